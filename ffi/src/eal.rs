@@ -1,0 +1,100 @@
+//! EAL: process-wide DPDK initialisation, lcore launch and cleanup.
+use crate::error::DpdkError;
+use std::ffi::{c_char, c_int, c_void, CString};
+
+/// Initialises the EAL with `args` (without the program name; it is added). Call once per
+/// process. Returns the number of arguments EAL consumed.
+pub fn init(args: &[String]) -> Result<usize, DpdkError> {
+    let mut owned: Vec<CString> = Vec::with_capacity(args.len() + 1);
+    owned.push(CString::new("vswitchd").expect("no NUL in literal"));
+    for a in args {
+        match CString::new(a.as_str()) {
+            Ok(c) => owned.push(c),
+            Err(_) => return Err(DpdkError::new(format!("EAL argument {a:?} contains NUL"), 22)),
+        }
+    }
+    // rte_eal_init may permute argv, so hand it a scratch array of pointers we own.
+    let mut argv: Vec<*mut c_char> = owned.iter().map(|c| c.as_ptr() as *mut c_char).collect();
+    let argc = argv.len() as c_int;
+    // SAFETY: argv holds argc valid NUL-terminated strings that outlive the call (owned).
+    let rc = unsafe { crate::sys::rte_eal_init(argc, argv.as_mut_ptr()) };
+    if rc < 0 {
+        return Err(DpdkError::from_errno("rte_eal_init"));
+    }
+    Ok(rc as usize)
+}
+
+/// Releases EAL resources (hugepage mappings, runtime files). Call after every port is closed.
+pub fn cleanup() -> Result<(), DpdkError> {
+    // SAFETY: called once, from the main lcore, after all workers have returned.
+    let rc = unsafe { crate::sys::rte_eal_cleanup() };
+    if rc < 0 {
+        return Err(DpdkError::new("rte_eal_cleanup", rc));
+    }
+    Ok(())
+}
+
+/// The calling thread's lcore id (`u32::MAX` outside an EAL thread).
+pub fn lcore_id() -> u32 {
+    // SAFETY: reads a per-thread variable; no preconditions.
+    unsafe { crate::sys::vs_lcore_id() }
+}
+
+/// Whether `lcore` is enabled in the EAL core list.
+pub fn lcore_enabled(lcore: u32) -> bool {
+    // SAFETY: pure lookup in the EAL configuration; any id is accepted.
+    unsafe { crate::sys::rte_lcore_is_enabled(lcore) != 0 }
+}
+
+/// The main lcore id.
+pub fn main_lcore() -> u32 {
+    // SAFETY: pure lookup in the EAL configuration.
+    unsafe { crate::sys::rte_get_main_lcore() }
+}
+
+/// The NUMA socket of `lcore`.
+pub fn lcore_socket(lcore: u32) -> u32 {
+    // SAFETY: pure lookup in the EAL configuration.
+    unsafe { crate::sys::rte_lcore_to_socket_id(lcore) }
+}
+
+type Job = Box<dyn FnOnce() -> i32 + Send + 'static>;
+
+extern "C" fn trampoline(arg: *mut c_void) -> c_int {
+    // SAFETY: arg was produced by Box::into_raw(Box<Job>) in `launch` and is consumed exactly once.
+    let job: Box<Job> = unsafe { Box::from_raw(arg as *mut Job) };
+    job()
+}
+
+/// Runs `f` on worker `lcore` (which must be idle). Join with [`wait`].
+pub fn launch(lcore: u32, f: impl FnOnce() -> i32 + Send + 'static) -> Result<(), DpdkError> {
+    let job: Box<Job> = Box::new(Box::new(f));
+    let raw = Box::into_raw(job) as *mut c_void;
+    // SAFETY: trampoline matches lcore_function_t; raw stays valid until the trampoline frees it.
+    let rc = unsafe { crate::sys::rte_eal_remote_launch(Some(trampoline), raw, lcore) };
+    if rc < 0 {
+        // SAFETY: the launch failed, so the trampoline never ran; reclaim the job here.
+        drop(unsafe { Box::from_raw(raw as *mut Job) });
+        return Err(DpdkError::new(format!("rte_eal_remote_launch(lcore {lcore})"), rc));
+    }
+    Ok(())
+}
+
+/// Waits for the job on `lcore` to return and gives its return value.
+pub fn wait(lcore: u32) -> i32 {
+    // SAFETY: called from the main lcore; waiting on an idle lcore returns at once.
+    unsafe { crate::sys::rte_eal_wait_lcore(lcore) }
+}
+
+/// TSC cycles (a few ns to read; no syscall).
+#[inline]
+pub fn tsc() -> u64 {
+    // SAFETY: reads the time-stamp counter; no preconditions.
+    unsafe { crate::sys::vs_get_tsc_cycles() }
+}
+
+/// TSC frequency in Hz, as EAL calibrated it.
+pub fn tsc_hz() -> u64 {
+    // SAFETY: reads a value EAL computed at init.
+    unsafe { crate::sys::vs_get_tsc_hz() }
+}

@@ -1,0 +1,22 @@
+//! `vswitch-ffi`: the only crate that binds DPDK.
+//!
+//! bindgen generates [`sys`] from the system DPDK (pkg-config `libdpdk` >= 22.11) at build time;
+//! a small C shim (`src/shim.c`) makes DPDK's static-inline fast-path functions callable
+//! (rx/tx burst, mbuf alloc/free/prepend/adj, `rte_errno`). On top sit thin safe wrappers:
+//! [`eal`] (init from config arguments, lcore launch, cleanup), [`mempool::Mempool`],
+//! [`ethdev`] (device probe, port + queue setup, bursts) and [`mbuf::Mbuf`] (an owned packet
+//! buffer that frees itself on drop).
+//!
+//! Every `unsafe` block in this crate carries a `// SAFETY:` line naming the invariant that
+//! makes it sound (enforced by `clippy::undocumented_unsafe_blocks`).
+
+pub mod eal;
+pub mod error;
+pub mod ethdev;
+pub mod mbuf;
+pub mod mempool;
+pub mod sys;
+
+pub use error::DpdkError;
+pub use mbuf::Mbuf;
+pub use mempool::Mempool;

@@ -1,0 +1,216 @@
+//! The control side of the process: load and validate configuration, start the data plane,
+//! report counters, shut down cleanly. (The async REST control plane builds on this.)
+use crate::counters::{totals, CoreCounters, Totals};
+use crate::io::Ports;
+use crate::runtime::{assign_queues, Worker};
+use crate::tables::compile::compile;
+use crate::tables::publish::Publisher;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use vswitch_config::{DesiredState, HostConfig, Problem};
+use vswitch_ffi::{eal, Mempool};
+
+/// Per-core learning table size (entries) and aging.
+const LEARN_CAPACITY: usize = 16384;
+
+/// Loads and validates the host config and the desired state (if given) together. On any
+/// problem returns one message that lists all of them.
+pub fn load(config: &Path, state: Option<&Path>) -> Result<(HostConfig, DesiredState), String> {
+    let host = vswitch_config::load_host(config);
+    let st = match state {
+        Some(p) => vswitch_config::load_state(p),
+        None => Ok(DesiredState::default()),
+    };
+    let mut msgs = Vec::new();
+    if let Err(e) = &host {
+        msgs.push(e.to_string());
+    }
+    if let Err(e) = &st {
+        msgs.push(e.to_string());
+    }
+    let (Ok(host), Ok(st)) = (host, st) else {
+        return Err(format!("vswitchd: configuration rejected, nothing started:\n{}", msgs.join("\n")));
+    };
+    let cross = vswitch_config::validate_for_host(&host, &st);
+    if !cross.is_empty() {
+        return Err(format!(
+            "vswitchd: configuration rejected, nothing started:\n{}",
+            problems_text(&cross)
+        ));
+    }
+    Ok((host, st))
+}
+
+fn problems_text(ps: &[Problem]) -> String {
+    ps.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+}
+
+/// The running data plane.
+pub struct Daemon {
+    host: HostConfig,
+    ports: Option<Ports>,
+    pool: Option<Mempool>,
+    cores: Vec<Arc<CoreCounters>>,
+    lcores: Vec<u32>,
+    publisher: Publisher,
+}
+
+impl Daemon {
+    /// EAL, mempool, ports, tables, workers. Any failure undoes what was done and returns a
+    /// message listing every problem.
+    pub fn start(host: HostConfig, state: DesiredState, stop: Arc<AtomicBool>) -> Result<Daemon, String> {
+        let mut eal_args = vec![
+            "-l".to_owned(),
+            std::iter::once(host.main_core)
+                .chain(host.cores.iter().copied())
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            "--main-lcore".to_owned(),
+            host.main_core.to_string(),
+        ];
+        eal_args.extend(host.eal_args.iter().cloned());
+        tracing::info!(args = ?eal_args, "initialising EAL");
+        eal::init(&eal_args).map_err(|e| {
+            format!("vswitchd: EAL initialisation failed: {e}\n  (EAL arguments: {})\n  hint: without hugepages add \"--no-huge\", \"-m\", \"512\" to eal_args", eal_args.join(" "))
+        })?;
+        let fail = |msg: String| {
+            let _ = eal::cleanup();
+            msg
+        };
+        let workers = host.cores.len() as u16;
+        let pool = Mempool::pktmbuf("vswitch_mbufs", host.mbufs, host.mbuf_cache, 2048 + 128, -1)
+            .map_err(|e| fail(format!("vswitchd: cannot create the mbuf pool: {e}")))?;
+        let ports = match Ports::open(&host, &pool, workers) {
+            Ok(p) => p,
+            Err(ps) => {
+                drop(pool);
+                return Err(fail(format!(
+                    "vswitchd: ports rejected, nothing started:\n{}",
+                    problems_text(&ps)
+                )));
+            }
+        };
+        for p in &ports.ports {
+            tracing::info!(port = %p.name, port_id = p.port_id, driver = %p.driver,
+                mac = %vswitch_config::MacAddr(p.mac), rx_queues = p.rx_queues, tx_queues = p.tx_queues, "port up");
+        }
+        let n_ports = host.ports.len();
+        let cores: Vec<Arc<CoreCounters>> =
+            host.cores.iter().map(|&l| Arc::new(CoreCounters::new(l, n_ports))).collect();
+        let tables = compile(&host, &state, 1);
+        let publisher = Publisher::new(tables, cores.clone());
+        let port_ids: Vec<u16> = ports.ports.iter().map(|p| p.port_id).collect();
+        let q: Vec<(u16, u16, u16)> = ports.ports.iter().map(|p| (p.index, p.port_id, p.rx_queues)).collect();
+        let assignment = assign_queues(&q, host.cores.len());
+        let mut daemon = Daemon {
+            lcores: Vec::new(),
+            cores,
+            publisher,
+            ports: Some(ports),
+            pool: Some(pool),
+            host,
+        };
+        for (w, (&lcore, rx)) in daemon.host.cores.iter().zip(assignment).enumerate() {
+            let worker = Worker {
+                lcore,
+                index: w as u16,
+                rx,
+                port_ids: port_ids.clone(),
+                tables: daemon.publisher.shared(),
+                counters: daemon.cores[w].clone(),
+                stop: stop.clone(),
+                idle: daemon.host.idle.clone(),
+                learn_capacity: LEARN_CAPACITY,
+                aging_ms: crate::tables::fdb::DEFAULT_AGING_MS,
+            };
+            tracing::info!(lcore, queues = ?worker.rx, "launching worker");
+            if let Err(e) = eal::launch(lcore, move || worker.run()) {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                daemon.shutdown();
+                return Err(format!("vswitchd: cannot launch worker on lcore {lcore}: {e}"));
+            }
+            daemon.lcores.push(lcore);
+        }
+        Ok(daemon)
+    }
+
+    pub fn port_count(&self) -> usize {
+        self.host.ports.len()
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.host.cores.len()
+    }
+
+    pub fn port_names(&self) -> Vec<String> {
+        self.host.ports.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// All cores' counters summed.
+    pub fn totals(&self) -> Totals {
+        totals(&self.cores, self.host.ports.len())
+    }
+
+    /// The table publisher (for reloads).
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Waits for the workers (the caller has set the stop flag), prints the final counters,
+    /// closes the ports, checks every mbuf came back, cleans up the EAL. True when clean.
+    pub fn shutdown(mut self) -> bool {
+        for &l in &self.lcores {
+            eal::wait(l);
+        }
+        let t = self.totals();
+        report(&t, &self.port_names());
+        if let Some(p) = self.ports.take() {
+            p.close();
+        }
+        let mut clean = true;
+        if let Some(pool) = self.pool.take() {
+            let in_use = pool.in_use();
+            println!("shutdown: mbufs in use after closing ports: {in_use} of {}", pool.size());
+            clean = in_use == 0;
+            drop(pool);
+        }
+        if let Err(e) = eal::cleanup() {
+            eprintln!("shutdown: {e}");
+        }
+        clean
+    }
+}
+
+/// Prints counters for people (aligned) and one JSON line for scripts (`stats-json: {...}`).
+pub fn report(t: &Totals, names: &[String]) {
+    use std::io::Write;
+    let mut out = String::new();
+    out.push_str(&format!("{:<16} {:>14} {:>16} {:>14} {:>16}\n", "port", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes"));
+    for (n, p) in names.iter().zip(&t.ports) {
+        out.push_str(&format!("{:<16} {:>14} {:>16} {:>14} {:>16}\n", n, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes));
+    }
+    out.push_str("drops:\n");
+    for (k, v) in t.drops.iter().filter(|(_, v)| *v > 0) {
+        out.push_str(&format!("  {k:<36} {v:>14}\n"));
+    }
+    out.push_str("events:\n");
+    for (k, v) in t.events.iter().filter(|(_, v)| *v > 0) {
+        out.push_str(&format!("  {k:<36} {v:>14}\n"));
+    }
+    let json = serde_json::json!({
+        "ports": names.iter().zip(&t.ports).map(|(n, p)| serde_json::json!({
+            "name": n, "rx_packets": p.rx_packets, "rx_bytes": p.rx_bytes,
+            "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes,
+        })).collect::<Vec<_>>(),
+        "drops": t.drops.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "events": t.events.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "busy_polls": t.busy_polls,
+        "idle_polls": t.idle_polls,
+    });
+    out.push_str(&format!("stats-json: {json}\n"));
+    let mut so = std::io::stdout().lock();
+    let _ = so.write_all(out.as_bytes());
+    let _ = so.flush();
+}

@@ -1,0 +1,278 @@
+//! Drop reasons, stage events and the per-core counters that hold them.
+//!
+//! Every packet the appliance does not forward is counted under exactly one [`DropReason`].
+//! Stages count into a plain per-batch array ([`BatchCounters`]); the worker adds it into its
+//! [`CoreCounters`] once per batch. A `CoreCounters` has exactly one writer (its core), so an
+//! update is a relaxed load + store of an `AtomicU64` (a plain `mov` on x86), and the control
+//! thread sums all cores without ever stopping them.
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $name { $($(#[$vm])* $v,)* }
+        impl $name {
+            /// Every variant, in counter order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+            /// How many variants (the length of a counter array).
+            pub const COUNT: usize = Self::ALL.len();
+            /// The counter name, `stage.reason`.
+            pub const fn name(self) -> &'static str {
+                match self { $($name::$v => $s,)* }
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// Why a packet was dropped. Names are `stage.reason`, as shown by counters and trace.
+    DropReason {
+        /// Shorter than an Ethernet header.
+        Runt => "classify.runt",
+        /// Longer than the ingress port's largest frame.
+        Oversize => "classify.oversize",
+        /// Received on a port that is administratively down.
+        PortDown => "classify.port_down",
+        /// A multicast or zero source MAC is never valid.
+        BadSrcMac => "classify.bad_src_mac",
+        /// Tagged with a VLAN id no network on this physnet uses.
+        UnknownVlan => "provider.unknown_vlan",
+        /// An outer TPID we do not switch (802.1ad / QinQ 0x88a8, 0x9100, 0x9200).
+        BadTpid => "provider.bad_tpid",
+        /// Tagged with an unknown VLAN on a physnet whose only network is flat.
+        TaggedOnFlat => "provider.tagged_on_flat",
+        /// Untagged on a physnet that has no flat network.
+        UntaggedNoFlat => "provider.untagged_no_flat",
+        /// A tag header cut short.
+        TruncatedTag => "provider.truncated_tag",
+        /// The ingress port carries no network (instance port without a network).
+        NoNetwork => "provider.no_network",
+        /// Source MAC is not the instance port's MAC (or an allowed address pair's).
+        SpoofedMac => "port_security.spoofed_mac",
+        /// Source IPv4 is not a fixed IP or allowed address pair of the port.
+        SpoofedIpv4 => "port_security.spoofed_ipv4",
+        /// Source IPv6 is not a fixed IP, allowed pair or the MAC's link-local address.
+        SpoofedIpv6 => "port_security.spoofed_ipv6",
+        /// ARP sender MAC/IP not the port's own.
+        SpoofedArp => "port_security.spoofed_arp",
+        /// A DHCP server reply from an instance (Neutron blocks rogue DHCP servers).
+        DhcpServer => "port_security.dhcp_server",
+        /// An IPv6 router advertisement from an instance (Neutron blocks rogue routers).
+        RouterAdvert => "port_security.router_advert",
+        /// Not IPv4, IPv6 or ARP from a port with port security.
+        EtherTypeDenied => "port_security.ethertype",
+        /// A VLAN-tagged frame from an instance port (no trunks).
+        TaggedFromInstance => "port_security.tagged",
+        /// An IP or ARP header that does not parse.
+        MalformedL3 => "port_security.malformed",
+        /// The network is administratively down.
+        NetworkDown => "integration.network_down",
+        /// The destination is the port the frame came in on.
+        Hairpin => "integration.hairpin",
+        /// Flooding would only reach the ingress port.
+        FloodEmpty => "integration.flood_empty",
+        /// No mbuf free for a flood copy.
+        NoMbuf => "output.no_mbuf",
+        /// No headroom to push a VLAN tag.
+        NoHeadroom => "output.no_headroom",
+        /// The frame is too big for the egress network's MTU.
+        EgressMtu => "output.egress_mtu",
+        /// The egress port is down.
+        EgressDown => "output.egress_port_down",
+        /// The transmit queue was full.
+        TxFull => "output.tx_full",
+    }
+}
+
+named_enum! {
+    /// Things stages count that are not drops.
+    Event {
+        /// A new MAC learned.
+        Learned => "integration.learned",
+        /// A learned MAC moved to another port.
+        MacMoved => "integration.mac_moved",
+        /// The per-core learning table had no free slot.
+        LearnTableFull => "integration.learn_table_full",
+        /// A frame from a provider port carried the source MAC of a local instance port
+        /// (never learned: a learned MAC never overrides a static one).
+        StaticMacConflict => "integration.static_mac_conflict",
+        /// A frame flooded to its network.
+        Flooded => "integration.flooded",
+        /// A frame forwarded to one known port.
+        Unicast => "integration.unicast",
+        /// Provider frames whose tag was removed on ingress.
+        VlanPopped => "provider.vlan_popped",
+        /// Provider frames that got a tag on egress.
+        VlanPushed => "provider.vlan_pushed",
+    }
+}
+
+/// Counters of one batch, in plain integers (stages add to these; no atomics on the way).
+#[derive(Debug, Clone)]
+pub struct BatchCounters {
+    pub drops: [u64; DropReason::COUNT],
+    pub events: [u64; Event::COUNT],
+}
+
+impl Default for BatchCounters {
+    fn default() -> Self {
+        Self {
+            drops: [0; DropReason::COUNT],
+            events: [0; Event::COUNT],
+        }
+    }
+}
+
+impl BatchCounters {
+    #[inline(always)]
+    pub fn drop(&mut self, r: DropReason) {
+        self.drops[r as usize] += 1;
+    }
+    #[inline(always)]
+    pub fn event(&mut self, e: Event) {
+        self.events[e as usize] += 1;
+    }
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+    pub fn count(&self, e: Event) -> u64 {
+        self.events[e as usize]
+    }
+}
+
+/// One port's traffic as seen by one core.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+}
+
+/// A core's counters. Written only by that core (single writer), read by anyone.
+#[derive(Debug)]
+pub struct CoreCounters {
+    pub lcore: u32,
+    pub ports: Vec<PortCounters>,
+    pub drops: [AtomicU64; DropReason::COUNT],
+    pub events: [AtomicU64; Event::COUNT],
+    /// Polls that returned packets / found nothing (the busy ratio).
+    pub busy_polls: AtomicU64,
+    pub idle_polls: AtomicU64,
+    /// Bumped after every poll round: the core's quiescent-state counter for table reclamation.
+    pub epoch: AtomicU64,
+}
+
+/// Adds `d` to a single-writer counter without a locked instruction.
+#[inline(always)]
+pub fn bump(c: &AtomicU64, d: u64) {
+    c.store(c.load(Relaxed).wrapping_add(d), Relaxed);
+}
+
+impl CoreCounters {
+    pub fn new(lcore: u32, n_ports: usize) -> Self {
+        Self {
+            lcore,
+            ports: (0..n_ports).map(|_| PortCounters::default()).collect(),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            events: std::array::from_fn(|_| AtomicU64::new(0)),
+            busy_polls: AtomicU64::new(0),
+            idle_polls: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// Folds a batch's counters in (the owning core only).
+    #[inline]
+    pub fn add_batch(&self, b: &BatchCounters) {
+        for (i, &v) in b.drops.iter().enumerate() {
+            if v != 0 {
+                bump(&self.drops[i], v);
+            }
+        }
+        for (i, &v) in b.events.iter().enumerate() {
+            if v != 0 {
+                bump(&self.events[i], v);
+            }
+        }
+    }
+}
+
+/// A summed, plain snapshot of all cores (control plane side).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Totals {
+    pub ports: Vec<PortTotals>,
+    pub drops: Vec<(String, u64)>,
+    pub events: Vec<(String, u64)>,
+    pub busy_polls: u64,
+    pub idle_polls: u64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PortTotals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// Sums every core's counters.
+pub fn totals(cores: &[std::sync::Arc<CoreCounters>], n_ports: usize) -> Totals {
+    let mut t = Totals {
+        ports: vec![PortTotals::default(); n_ports],
+        drops: DropReason::ALL.iter().map(|r| (r.name().to_owned(), 0)).collect(),
+        events: Event::ALL.iter().map(|e| (e.name().to_owned(), 0)).collect(),
+        ..Default::default()
+    };
+    for c in cores {
+        for (p, pc) in t.ports.iter_mut().zip(&c.ports) {
+            p.rx_packets += pc.rx_packets.load(Relaxed);
+            p.rx_bytes += pc.rx_bytes.load(Relaxed);
+            p.tx_packets += pc.tx_packets.load(Relaxed);
+            p.tx_bytes += pc.tx_bytes.load(Relaxed);
+        }
+        for (i, d) in c.drops.iter().enumerate() {
+            t.drops[i].1 += d.load(Relaxed);
+        }
+        for (i, e) in c.events.iter().enumerate() {
+            t.events[i].1 += e.load(Relaxed);
+        }
+        t.busy_polls += c.busy_polls.load(Relaxed);
+        t.idle_polls += c.idle_polls.load(Relaxed);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_stage_dotted() {
+        let mut seen = std::collections::HashSet::new();
+        for r in DropReason::ALL {
+            assert!(r.name().contains('.'), "{}", r.name());
+            assert!(seen.insert(r.name()));
+        }
+        for e in Event::ALL {
+            assert!(seen.insert(e.name()));
+        }
+    }
+
+    #[test]
+    fn batch_folds_into_core_and_totals() {
+        let c = std::sync::Arc::new(CoreCounters::new(1, 2));
+        let mut b = BatchCounters::default();
+        b.drop(DropReason::Hairpin);
+        b.drop(DropReason::Hairpin);
+        b.event(Event::Learned);
+        c.add_batch(&b);
+        c.add_batch(&b);
+        let t = totals(&[c.clone(), c], 2);
+        let get = |n: &str| t.drops.iter().find(|(k, _)| k == n).unwrap().1;
+        assert_eq!(get("integration.hairpin"), 8);
+        assert_eq!(t.events.iter().find(|(k, _)| k == "integration.learned").unwrap().1, 4);
+    }
+}

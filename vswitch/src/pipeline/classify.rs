@@ -1,0 +1,46 @@
+//! Stage `classify`: first look at every received frame.
+//!
+//! Reads: `Tables::ports` (ingress port state and largest frame).
+//! Writes: nothing but verdicts.
+//! Next: `Continue`, or a drop.
+//! Drops: `classify.runt` (< 14 bytes), `classify.port_down`, `classify.oversize`,
+//! `classify.bad_src_mac` (multicast or all-zero source: never a valid sender).
+use super::{Batch, Next, Tracer};
+use crate::counters::{BatchCounters, DropReason};
+use crate::packet::{PacketBuf, ETH_HDR_LEN};
+use crate::tables::Tables;
+use crate::trace;
+
+pub fn run<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut BatchCounters, tr: &mut T) {
+    let Some(port) = t.ports.get(b.in_port as usize) else {
+        for i in 0..b.len {
+            b.drop_pkt(i, DropReason::PortDown, c);
+        }
+        return;
+    };
+    for i in 0..b.len {
+        let Some(p) = b.pkts[i].as_ref() else { continue };
+        let d = p.data();
+        let r = if d.len() < ETH_HDR_LEN {
+            Some(DropReason::Runt)
+        } else if !port.up {
+            Some(DropReason::PortDown)
+        } else if p.pkt_len() > port.max_frame {
+            Some(DropReason::Oversize)
+        } else if d[6] & 1 != 0 || d[6..12] == [0; 6] {
+            Some(DropReason::BadSrcMac)
+        } else {
+            None
+        };
+        match r {
+            Some(r) => {
+                trace!(tr, i, "classify", "drop {} (port {}, {} bytes, max {})", r.name(), port.name, p.pkt_len(), port.max_frame);
+                b.drop_pkt(i, r, c);
+            }
+            None => {
+                trace!(tr, i, "classify", "in_port {} ({:?}), {} bytes", port.name, port.kind, p.pkt_len());
+                debug_assert_eq!(b.meta[i].next, Next::Continue);
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Stage `provider`: physical networks (the seed's br-provider) and the network of each frame.
+//!
+//! Reads: `Tables::ports`, `Tables::physnets` (flat network and VLAN map per physnet),
+//! `Tables::networks` (segment, for egress).
+//! Writes: `Meta::network`; pops the 802.1Q tag on ingress ([`ingress`]) and pushes it on
+//! egress ([`egress`]).
+//! Next: `Continue`, or a drop.
+//! Drops: `provider.unknown_vlan`, `provider.bad_tpid` (802.1ad and legacy QinQ TPIDs),
+//! `provider.tagged_on_flat`, `provider.untagged_no_flat`, `provider.truncated_tag`,
+//! `provider.no_network`; on egress `output.no_headroom`.
+//!
+//! On a provider port the seed's step "the OVS provider bridge swaps actual VLAN tag 101 with the
+//! internal VLAN tag" becomes: VLAN 101 selects the network, the tag is removed, and the network
+//! index travels as metadata. Priority-tagged frames (VID 0) belong to the flat network.
+use super::{Batch, Tracer};
+use crate::counters::{BatchCounters, DropReason, Event};
+use crate::packet::eth::EtherType;
+use crate::packet::vlan::{self, VlanTag};
+use crate::packet::PacketBuf;
+use crate::tables::{PortKind, Segment, Tables, NO_NET};
+use crate::trace;
+
+pub fn ingress<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut BatchCounters, tr: &mut T) {
+    let Some(port) = t.ports.get(b.in_port as usize) else { return };
+    match (port.kind, port.physnet) {
+        (PortKind::Provider, Some(pn)) => {
+            let pn = &t.physnets[pn as usize];
+            for i in 0..b.len {
+                if b.meta[i].next != super::Next::Continue {
+                    continue;
+                }
+                let Some(p) = b.pkts[i].as_mut() else { continue };
+                let d = p.data();
+                let etype = u16::from_be_bytes([d[12], d[13]]);
+                let verdict = if etype == EtherType::VLAN {
+                    match VlanTag::parse(d) {
+                        Err(_) => Err(DropReason::TruncatedTag),
+                        Ok(tag) if tag.vid == 0 && pn.flat != NO_NET => Ok((pn.flat, true, tag.vid)),
+                        Ok(tag) => match pn.vlans[tag.vid as usize] {
+                            NO_NET if pn.flat != NO_NET => Err(DropReason::TaggedOnFlat),
+                            NO_NET => Err(DropReason::UnknownVlan),
+                            n => Ok((n, true, tag.vid)),
+                        },
+                    }
+                } else if vlan::is_tpid(etype) {
+                    Err(DropReason::BadTpid)
+                } else if pn.flat != NO_NET {
+                    Ok((pn.flat, false, 0))
+                } else {
+                    Err(DropReason::UntaggedNoFlat)
+                };
+                match verdict {
+                    Ok((net, tagged, vid)) => {
+                        if tagged {
+                            if !vlan::pop(p) {
+                                b.drop_pkt(i, DropReason::TruncatedTag, c);
+                                continue;
+                            }
+                            c.event(Event::VlanPopped);
+                        }
+                        b.meta[i].network = net;
+                        trace!(tr, i, "provider", "physnet {} {} -> network {} ({})", pn.name,
+                            if tagged { format!("vlan {vid} (tag removed)") } else { "untagged".to_owned() },
+                            t.networks[net as usize].name, t.networks[net as usize].id);
+                    }
+                    Err(r) => {
+                        trace!(tr, i, "provider", "drop {} (physnet {}, ethertype {:#06x})", r.name(), pn.name, etype);
+                        b.drop_pkt(i, r, c);
+                    }
+                }
+            }
+        }
+        _ => {
+            let net = port.network;
+            for i in 0..b.len {
+                if b.meta[i].next != super::Next::Continue {
+                    continue;
+                }
+                if net == NO_NET {
+                    trace!(tr, i, "provider", "drop provider.no_network (port {} has no network)", port.name);
+                    b.drop_pkt(i, DropReason::NoNetwork, c);
+                } else {
+                    b.meta[i].network = net;
+                    trace!(tr, i, "provider", "instance port {} -> network {}", port.name, t.networks[net as usize].name);
+                }
+            }
+        }
+    }
+}
+
+/// Prepares a frame of network `net` to leave by `port`: on a provider port a VLAN network gets
+/// its tag pushed. Returns the drop reason if it cannot.
+#[inline]
+pub fn egress<B: PacketBuf>(p: &mut B, t: &Tables, port: u16, net: u16, c: &mut BatchCounters) -> Result<(), DropReason> {
+    let pe = &t.ports[port as usize];
+    if pe.kind == PortKind::Provider {
+        if let Segment::Vlan(vid) = t.networks[net as usize].segment {
+            if !vlan::push(p, vid) {
+                return Err(DropReason::NoHeadroom);
+            }
+            c.event(Event::VlanPushed);
+        }
+    }
+    Ok(())
+}

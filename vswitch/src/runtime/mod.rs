@@ -1,0 +1,160 @@
+//! Workers: queue-to-core assignment, the run-to-completion poll loop and idle back-off.
+//!
+//! Each worker lcore owns a set of (port, rx queue) pairs and one tx queue on every port. A
+//! poll round: load the current tables (one atomic load), then for each owned rx queue receive
+//! a burst of up to 32, run the stages over it, and buffer the output; at the end flush every
+//! tx buffer, fold the round's counters into the core's counters, and bump the core's epoch
+//! (its quiescent state for table reclamation). After `spin_polls` empty rounds the worker
+//! sleeps, doubling from 1 µs up to `max_sleep_us`, so several appliances can share a small
+//! machine; `busy` mode never sleeps.
+use crate::counters::{bump, BatchCounters, CoreCounters};
+use crate::io::DpdkTx;
+use crate::pipeline::output::{self, TxBuffers, TxStats};
+use crate::pipeline::{self, Batch, CoreState, NoTrace};
+use crate::tables::publish::SharedTables;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use vswitch_config::{IdleConfig, IdleMode};
+use vswitch_ffi::{eal, ethdev, Mbuf};
+
+/// One rx queue a worker polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxQueue {
+    /// Our port index.
+    pub port: u16,
+    /// The ethdev port id.
+    pub port_id: u16,
+    pub queue: u16,
+}
+
+/// Spreads every port's rx queues over `workers` cores, round robin across ports first so a
+/// core's queues come from different ports.
+pub fn assign_queues(ports: &[(u16, u16, u16)], workers: usize) -> Vec<Vec<RxQueue>> {
+    let mut out = vec![Vec::new(); workers.max(1)];
+    let mut k = 0;
+    let max_q = ports.iter().map(|p| p.2).max().unwrap_or(0);
+    for q in 0..max_q {
+        for &(port, port_id, nq) in ports {
+            if q < nq {
+                let w = k % out.len();
+                out[w].push(RxQueue { port, port_id, queue: q });
+                k += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Everything a worker needs; moved onto its lcore.
+pub struct Worker {
+    pub lcore: u32,
+    /// Index of this worker (its tx queue on every port).
+    pub index: u16,
+    pub rx: Vec<RxQueue>,
+    pub port_ids: Vec<u16>,
+    pub tables: SharedTables,
+    pub counters: Arc<CoreCounters>,
+    pub stop: Arc<AtomicBool>,
+    pub idle: IdleConfig,
+    pub learn_capacity: usize,
+    pub aging_ms: u64,
+}
+
+impl Worker {
+    /// The poll loop. Returns when `stop` is set, after flushing its tx buffers.
+    pub fn run(self) -> i32 {
+        let n_ports = self.port_ids.len();
+        let mut state = CoreState::new(self.learn_capacity, self.aging_ms);
+        let mut batch: Batch<Mbuf> = Batch::default();
+        let mut txb: TxBuffers<Mbuf> = TxBuffers::new(n_ports);
+        let mut tx = DpdkTx { port_ids: self.port_ids.clone(), queue: self.index };
+        let mut stats = vec![TxStats::default(); n_ports];
+        let mut rx_stats = vec![TxStats::default(); n_ports];
+        let mut bc = BatchCounters::default();
+        let hz_per_ms = (eal::tsc_hz() / 1000).max(1);
+        let mut idle_rounds: u32 = 0;
+        let mut sleep_us: u64 = 1;
+        let mut rx_buf: [Option<Mbuf>; ethdev::BURST] = std::array::from_fn(|_| None);
+
+        while !self.stop.load(Ordering::Relaxed) {
+            let tables = self.tables.load();
+            state.now_ms = eal::tsc() / hz_per_ms;
+            let mut got = 0usize;
+            for q in &self.rx {
+                let n = ethdev::rx_burst(q.port_id, q.queue, &mut rx_buf);
+                if n == 0 {
+                    continue;
+                }
+                got += n;
+                let rs = &mut rx_stats[q.port as usize];
+                for (slot, dst) in rx_buf[..n].iter_mut().zip(batch.pkts.iter_mut()) {
+                    let m = slot.take();
+                    if let Some(m) = m.as_ref() {
+                        rs.bytes += m.pkt_len() as u64;
+                    }
+                    *dst = m;
+                }
+                rs.packets += n as u64;
+                batch.start(q.port, n);
+                pipeline::process(&mut batch, &tables, &mut state, &mut bc, &mut NoTrace);
+                output::run(&mut batch, &tables, &mut txb, &mut tx, &mut bc, &mut stats, &mut NoTrace);
+            }
+            txb.flush(&mut tx, &mut bc, &mut stats);
+            drop(tables);
+
+            if got > 0 {
+                self.fold(&mut bc, &mut stats, &mut rx_stats);
+                bump(&self.counters.busy_polls, 1);
+                idle_rounds = 0;
+                sleep_us = 1;
+            } else {
+                bump(&self.counters.idle_polls, 1);
+                idle_rounds = idle_rounds.saturating_add(1);
+                if self.idle.mode == IdleMode::Backoff && idle_rounds > self.idle.spin_polls {
+                    std::thread::sleep(std::time::Duration::from_micros(sleep_us));
+                    sleep_us = (sleep_us * 2).min(self.idle.max_sleep_us as u64);
+                }
+            }
+            self.counters.epoch.fetch_add(1, Ordering::Release);
+        }
+        txb.flush(&mut tx, &mut bc, &mut stats);
+        self.fold(&mut bc, &mut stats, &mut rx_stats);
+        self.counters.epoch.fetch_add(1, Ordering::Release);
+        0
+    }
+
+    fn fold(&self, bc: &mut BatchCounters, stats: &mut [TxStats], rx: &mut [TxStats]) {
+        self.counters.add_batch(bc);
+        *bc = BatchCounters::default();
+        for (i, (t, r)) in stats.iter_mut().zip(rx.iter_mut()).enumerate() {
+            let pc = &self.counters.ports[i];
+            if t.packets != 0 {
+                bump(&pc.tx_packets, t.packets);
+                bump(&pc.tx_bytes, t.bytes);
+            }
+            if r.packets != 0 {
+                bump(&pc.rx_packets, r.packets);
+                bump(&pc.rx_bytes, r.bytes);
+            }
+            *t = TxStats::default();
+            *r = TxStats::default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_spread_round_robin() {
+        let a = assign_queues(&[(0, 10, 2), (1, 11, 1), (2, 12, 2)], 2);
+        assert_eq!(a[0].len() + a[1].len(), 5);
+        assert_eq!(a[0][0], RxQueue { port: 0, port_id: 10, queue: 0 });
+        assert_eq!(a[1][0], RxQueue { port: 1, port_id: 11, queue: 0 });
+        let one = assign_queues(&[(0, 0, 1), (1, 1, 1)], 1);
+        assert_eq!(one[0].len(), 2);
+        let more_workers = assign_queues(&[(0, 0, 1)], 3);
+        assert_eq!(more_workers.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 0, 0]);
+    }
+}

@@ -1,0 +1,168 @@
+//! Desired state + host config -> [`Tables`]. Runs on the control thread, never on a worker.
+//! The inputs are already validated (`vswitch_config`), so compilation cannot fail on them.
+use super::*;
+use std::net::{IpAddr, Ipv6Addr};
+use vswitch_config::{DesiredState, HostConfig, NetworkType};
+
+/// Frame overhead above the IP MTU: Ethernet header plus one 802.1Q tag.
+const L2_OVERHEAD: usize = 14 + 4;
+/// Largest frame accepted where no network bounds it (jumbo).
+const MAX_FRAME: usize = 9216 + L2_OVERHEAD;
+
+/// The EUI-64 link-local address (fe80::/64) Linux and Neutron derive from a MAC (RFC 4291 App. A).
+pub fn link_local_from_mac(m: MacAddr) -> Ipv6Addr {
+    let o = m.0;
+    Ipv6Addr::from([
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0,
+        o[0] ^ 0x02, o[1], o[2], 0xff, 0xfe, o[3], o[4], o[5],
+    ])
+}
+
+/// Compiles one generation of tables.
+pub fn compile(host: &HostConfig, state: &DesiredState, generation: u64) -> Tables {
+    let mut networks: Vec<NetworkEntry> = state
+        .networks
+        .iter()
+        .map(|n| NetworkEntry {
+            id: n.id.clone(),
+            name: n.display_name().to_owned(),
+            up: n.admin_state_up,
+            segment: match n.network_type {
+                NetworkType::Flat => Segment::Flat,
+                NetworkType::Vlan => Segment::Vlan(n.segmentation_id.unwrap_or(0) as u16),
+                NetworkType::Vxlan => Segment::Vxlan(n.segmentation_id.unwrap_or(0)),
+            },
+            mtu: n.effective_mtu(),
+            provider_port: None,
+            flood: Vec::new(),
+        })
+        .collect();
+    let net_idx = |id: &str| state.networks.iter().position(|n| n.id == id).map(|i| i as NetIdx);
+
+    // Physnets mapped on this host, each with its flat network and VLAN map.
+    let mut physnets = Vec::new();
+    for (name, port_name) in &host.bridge_mappings {
+        let Some(port) = host.ports.iter().position(|p| &p.name == port_name) else { continue };
+        let mut pn = PhysnetEntry {
+            name: name.clone(),
+            port: port as u16,
+            flat: NO_NET,
+            vlans: Box::new([NO_NET; 4096]),
+        };
+        for (i, n) in state.networks.iter().enumerate() {
+            if n.physical_network.as_deref() != Some(name.as_str()) {
+                continue;
+            }
+            match n.network_type {
+                NetworkType::Flat => pn.flat = i as NetIdx,
+                NetworkType::Vlan => {
+                    if let Some(vid) = n.segmentation_id.filter(|v| (1..4095).contains(v)) {
+                        pn.vlans[vid as usize] = i as NetIdx;
+                    }
+                }
+                NetworkType::Vxlan => continue,
+            }
+            networks[i].provider_port = Some(port as u16);
+        }
+        physnets.push(pn);
+    }
+
+    let mut fdb = FxHashMap::default();
+    let mut ports = Vec::with_capacity(host.ports.len());
+    for (pi, pc) in host.ports.iter().enumerate() {
+        let mut e = PortEntry {
+            name: pc.name.clone(),
+            kind: pc.kind,
+            up: true,
+            network: NO_NET,
+            physnet: physnets.iter().position(|p| p.port == pi as u16).map(|i| i as u16),
+            security: None,
+            learn: pc.kind == PortKind::Provider,
+            max_frame: MAX_FRAME,
+            iface_id: pc.iface_id.clone(),
+        };
+        if pc.kind == PortKind::Provider {
+            // The largest MTU of the networks this provider port carries bounds its frames.
+            let mtu = networks.iter().filter(|n| n.provider_port == Some(pi as u16)).map(|n| n.mtu).max();
+            if let Some(mtu) = mtu {
+                e.max_frame = mtu as usize + L2_OVERHEAD;
+            }
+        }
+        let neutron = pc.iface_id.as_deref().and_then(|id| state.ports.iter().find(|p| p.id == id));
+        if let (PortKind::Instance, Some(np)) = (pc.kind, neutron) {
+            if let (Some(ni), Some(net)) = (net_idx(&np.network_id), state.network(&np.network_id)) {
+                e.network = ni;
+                e.up = np.admin_state_up;
+                e.max_frame = net.effective_mtu() as usize + 14;
+                fdb.insert(fdb_key(ni, np.mac_address), pi as u16);
+                for aap in &np.allowed_address_pairs {
+                    if let Some(m) = aap.mac_address {
+                        fdb.entry(fdb_key(ni, m)).or_insert(pi as u16);
+                    }
+                }
+                if np.port_security(net) {
+                    e.security = Some(port_security(np));
+                } else {
+                    e.learn = true;
+                }
+                if np.admin_state_up {
+                    networks[ni as usize].flood.push(pi as u16);
+                }
+            }
+        }
+        ports.push(e);
+    }
+    for n in networks.iter_mut() {
+        if let Some(p) = n.provider_port {
+            n.flood.push(p);
+        }
+    }
+    Tables {
+        generation,
+        ports,
+        networks,
+        physnets,
+        fdb,
+    }
+}
+
+fn port_security(np: &vswitch_config::Port) -> PortSecurity {
+    let mut s = PortSecurity::default();
+    let mac = np.mac_address;
+    s.macs.push(mac);
+    let add = |s: &mut PortSecurity, m: MacAddr, net: ipnet::IpNet| match net {
+        ipnet::IpNet::V4(n) => s.v4.push((m, n)),
+        ipnet::IpNet::V6(n) => s.v6.push((m, n)),
+    };
+    for f in &np.fixed_ips {
+        let n = match f.ip_address {
+            IpAddr::V4(a) => ipnet::IpNet::V4(Ipv4Net::new(a, 32).expect("/32 is valid")),
+            IpAddr::V6(a) => ipnet::IpNet::V6(Ipv6Net::new(a, 128).expect("/128 is valid")),
+        };
+        add(&mut s, mac, n);
+    }
+    for aap in &np.allowed_address_pairs {
+        let m = aap.mac_address.unwrap_or(mac);
+        if !s.macs.contains(&m) {
+            s.macs.push(m);
+        }
+        add(&mut s, m, aap.ip_address);
+    }
+    for m in s.macs.clone() {
+        let ll = Ipv6Net::new(link_local_from_mac(m), 128).expect("/128 is valid");
+        s.v6.push((m, ll));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eui64_link_local_matches_linux() {
+        // Linux derives fe80::f816:3eff:fe71:e93e for fa:16:3e:71:e9:3e (as in the seed's SLAAC address).
+        let m: MacAddr = "fa:16:3e:71:e9:3e".parse().unwrap();
+        assert_eq!(link_local_from_mac(m), "fe80::f816:3eff:fe71:e93e".parse::<Ipv6Addr>().unwrap());
+    }
+}

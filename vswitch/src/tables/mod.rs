@@ -1,0 +1,148 @@
+//! The compiled, immutable lookup structures the stages read.
+//!
+//! Design note. The control plane compiles the desired state plus the host config into one
+//! [`Tables`] value: dense indices instead of ids (a network is a `NetIdx`, the seed's "local
+//! VLAN", which never appears on the wire), per-port stage flags, per-physnet VLAN maps as flat
+//! arrays (one load per lookup), a static FDB of every known port MAC, and per-network flood
+//! lists. A compiled value is never mutated; a change compiles a new one and [`publish`] swaps it
+//! in atomically, so every batch sees one consistent generation. State the fast path creates
+//! itself (learned MACs) lives per core in [`fdb::LearnTable`], not here.
+
+pub mod compile;
+pub mod fdb;
+pub mod publish;
+
+use crate::packet::MacAddr;
+use ipnet::{Ipv4Net, Ipv6Net};
+use rustc_hash::FxHashMap;
+pub use vswitch_config::PortKind;
+
+/// Dense network index (the seed's "local VLAN"; metadata only, never on the wire).
+pub type NetIdx = u16;
+/// No network.
+pub const NO_NET: NetIdx = u16::MAX;
+
+/// How a network reaches the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    Flat,
+    Vlan(u16),
+    Vxlan(u32),
+}
+
+/// One switch port as the stages see it.
+#[derive(Debug, Clone)]
+pub struct PortEntry {
+    pub name: String,
+    pub kind: PortKind,
+    /// Administratively up (the Neutron port's `admin_state_up` for instance ports).
+    pub up: bool,
+    /// The network of an instance port.
+    pub network: NetIdx,
+    /// The physnet index of a provider port.
+    pub physnet: Option<u16>,
+    /// Anti-spoofing rules; `None` when port security is off or the port is not an instance.
+    pub security: Option<PortSecurity>,
+    /// Learn source MACs of frames received here (provider ports, instance ports without port
+    /// security, which may legitimately front other MACs).
+    pub learn: bool,
+    /// Largest frame accepted on ingress (L2 header included).
+    pub max_frame: usize,
+    /// The Neutron port id carried by an instance port (for trace).
+    pub iface_id: Option<String>,
+}
+
+/// What an instance port may send: Neutron's port security.
+#[derive(Debug, Clone, Default)]
+pub struct PortSecurity {
+    /// The port's MAC plus the MACs of its allowed address pairs.
+    pub macs: Vec<MacAddr>,
+    /// (source MAC, allowed IPv4 prefix) pairs: fixed IPs with the port MAC, allowed address
+    /// pairs with theirs.
+    pub v4: Vec<(MacAddr, Ipv4Net)>,
+    /// The same for IPv6, plus each MAC's EUI-64 link-local address.
+    pub v6: Vec<(MacAddr, Ipv6Net)>,
+}
+
+impl PortSecurity {
+    #[inline]
+    pub fn mac_allowed(&self, m: MacAddr) -> bool {
+        self.macs.contains(&m)
+    }
+    #[inline]
+    pub fn v4_allowed(&self, m: MacAddr, ip: std::net::Ipv4Addr) -> bool {
+        self.v4.iter().any(|(pm, n)| *pm == m && n.contains(&ip))
+    }
+    #[inline]
+    pub fn v6_allowed(&self, m: MacAddr, ip: std::net::Ipv6Addr) -> bool {
+        self.v6.iter().any(|(pm, n)| *pm == m && n.contains(&ip))
+    }
+}
+
+/// A network with at least one presence on this host.
+#[derive(Debug, Clone)]
+pub struct NetworkEntry {
+    pub id: String,
+    pub name: String,
+    pub up: bool,
+    pub segment: Segment,
+    pub mtu: u16,
+    /// The provider port this network leaves by (flat/vlan networks whose physnet is mapped).
+    pub provider_port: Option<u16>,
+    /// Every local port on the network, ingress excluded at flood time.
+    pub flood: Vec<u16>,
+}
+
+/// A physical network mapped to a provider port (`bridge_mappings`).
+#[derive(Debug, Clone)]
+pub struct PhysnetEntry {
+    pub name: String,
+    pub port: u16,
+    /// The flat network of this physnet, if any.
+    pub flat: NetIdx,
+    /// VLAN id -> network (4096 entries, [`NO_NET`] where unused): one load per lookup.
+    pub vlans: Box<[NetIdx; 4096]>,
+}
+
+/// Static FDB key: network + MAC packed into one u64.
+#[inline(always)]
+pub fn fdb_key(net: NetIdx, mac: MacAddr) -> u64 {
+    let m = mac.0;
+    (net as u64) << 48
+        | (m[0] as u64) << 40
+        | (m[1] as u64) << 32
+        | (m[2] as u64) << 24
+        | (m[3] as u64) << 16
+        | (m[4] as u64) << 8
+        | m[5] as u64
+}
+
+/// One immutable generation of everything the stages read.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    /// Increases by one per accepted change.
+    pub generation: u64,
+    pub ports: Vec<PortEntry>,
+    pub networks: Vec<NetworkEntry>,
+    pub physnets: Vec<PhysnetEntry>,
+    /// (network, MAC) -> port, for every MAC the desired state binds to a local port.
+    pub fdb: FxHashMap<u64, u16>,
+}
+
+impl Tables {
+    /// Static FDB lookup.
+    #[inline(always)]
+    pub fn fdb_lookup(&self, net: NetIdx, mac: MacAddr) -> Option<u16> {
+        self.fdb.get(&fdb_key(net, mac)).copied()
+    }
+
+    /// The port index with this name.
+    pub fn port_index(&self, name: &str) -> Option<u16> {
+        self.ports.iter().position(|p| p.name == name).map(|i| i as u16)
+    }
+
+    /// The network index with this Neutron id.
+    pub fn network_index(&self, id: &str) -> Option<NetIdx> {
+        self.networks.iter().position(|n| n.id == id).map(|i| i as NetIdx)
+    }
+}
