@@ -1,0 +1,183 @@
+//! Host configuration (TOML): what this one appliance is, which lcores it
+//! polls on and which DPDK ports it drives. The Neutron-side desired state is
+//! in [`crate::state`]; [`crate::validate_for_host`] checks the two agree.
+//!
+//! This plays the part of `openvswitch_agent.ini` + `l3_agent.ini` in the
+//! seed's DVR deployment: `role` is the L3 agent's `agent_mode`, and
+//! `bridge_mappings` is the OVS agent's `bridge_mappings`, except that a
+//! physical network maps straight to a DPDK port rather than to a bridge.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+
+/// The L3 agent mode of this host (Neutron's `agent_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Compute node: distributed routing and floating IPs for local instances.
+    Dvr,
+    /// Network node: as `dvr`, plus centralised SNAT for instances without a floating IP.
+    DvrSnat,
+}
+
+/// What a DPDK port is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortKind {
+    /// One instance's vNIC; carries the Neutron port named by `iface_id`.
+    Instance,
+    /// The uplink to a physical network (flat or VLAN), named in `bridge_mappings`.
+    Provider,
+    /// The underlay link that VXLAN tunnels leave by, sourced from `local_vtep_ip`.
+    Overlay,
+}
+
+/// How a worker core waits when its queues are empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleMode {
+    /// Poll forever; lowest latency, one full CPU per worker.
+    Busy,
+    /// After `spin_polls` empty polls, sleep 1 us, doubling up to `max_sleep_us`.
+    Backoff,
+}
+
+/// Worker idle policy (`[idle]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdleConfig {
+    /// `busy` or `backoff`.
+    #[serde(default = "default_idle_mode")]
+    pub mode: IdleMode,
+    /// Longest single sleep in backoff mode, microseconds (1..=100000).
+    #[serde(default = "default_max_sleep_us")]
+    pub max_sleep_us: u32,
+    /// Empty polls in a row before the first sleep.
+    #[serde(default = "default_spin_polls")]
+    pub spin_polls: u32,
+}
+
+impl Default for IdleConfig {
+    fn default() -> Self {
+        IdleConfig {
+            mode: default_idle_mode(),
+            max_sleep_us: default_max_sleep_us(),
+            spin_polls: default_spin_polls(),
+        }
+    }
+}
+
+/// One DPDK port (`[[ports]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Local name used in logs, counters and `bridge_mappings`: `[A-Za-z0-9_.-]{1,31}`.
+    pub name: String,
+    /// DPDK device: a vdev name with its arguments
+    /// (`net_af_packet0,iface=sw-vm1`) or a PCI address (`0000:03:00.0`).
+    pub devargs: String,
+    /// What the port is attached to.
+    pub kind: PortKind,
+    /// For `kind = "instance"`: the Neutron port id this vNIC carries, like
+    /// OVS's `external_ids:iface-id`. Not allowed for other kinds.
+    #[serde(default)]
+    pub iface_id: Option<String>,
+    /// Receive queues, spread over the worker cores (1..=64).
+    #[serde(default = "default_rx_queues")]
+    pub rx_queues: u16,
+}
+
+/// The whole host config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// `dvr` (compute) or `dvr_snat` (network node).
+    pub role: Role,
+    /// This host's name as Neutron knows it; ports bound here carry it in `binding:host_id`.
+    pub host_id: String,
+    /// Source address of our VXLAN tunnels; required when an overlay port exists.
+    #[serde(default)]
+    pub local_vtep_ip: Option<Ipv4Addr>,
+    /// This host's unique DVR MAC, used as the source MAC of routed packets
+    /// so the same router MAC on every host does not confuse the fabric.
+    #[serde(default)]
+    pub dvr_mac: Option<MacAddr>,
+    /// lcore of the control thread (DPDK main lcore).
+    #[serde(default)]
+    pub main_core: u32,
+    /// Worker lcores, one poll loop each.
+    #[serde(default)]
+    pub cores: Vec<u32>,
+    /// Extra EAL arguments. Cores and ports are generated from `main_core`,
+    /// `cores` and `ports[].devargs`, so `-l`, `-c`, `--lcores` and `--vdev` are refused.
+    #[serde(default)]
+    pub eal_args: Vec<String>,
+    /// Packet buffers in the mempool (1024..=1048575; 2^n - 1 is most memory-efficient).
+    #[serde(default = "default_mbufs")]
+    pub mbufs: u32,
+    /// Per-core mempool cache size (at most 512, DPDK's `RTE_MEMPOOL_CACHE_MAX_SIZE`).
+    #[serde(default = "default_mbuf_cache")]
+    pub mbuf_cache: u32,
+    /// RX descriptors per queue: a power of two in 64..=4096.
+    #[serde(default = "default_desc")]
+    pub rx_desc: u16,
+    /// TX descriptors per queue: a power of two in 64..=4096.
+    #[serde(default = "default_desc")]
+    pub tx_desc: u16,
+    /// Worker idle policy.
+    #[serde(default)]
+    pub idle: IdleConfig,
+    /// The DPDK ports.
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
+    /// Physical network name -> name of the `provider` port that reaches it.
+    #[serde(default)]
+    pub bridge_mappings: BTreeMap<String, String>,
+}
+
+impl HostConfig {
+    /// The port called `name`.
+    pub fn port(&self, name: &str) -> Option<&PortConfig> {
+        self.ports.iter().find(|p| p.name == name)
+    }
+
+    /// The provider port that reaches physical network `physnet`.
+    pub fn provider_port(&self, physnet: &str) -> Option<&PortConfig> {
+        self.bridge_mappings
+            .get(physnet)
+            .and_then(|name| self.port(name))
+    }
+
+    /// The instance port carrying Neutron port `iface_id`.
+    pub fn instance_port(&self, iface_id: &str) -> Option<&PortConfig> {
+        self.ports
+            .iter()
+            .find(|p| p.kind == PortKind::Instance && p.iface_id.as_deref() == Some(iface_id))
+    }
+}
+
+fn default_idle_mode() -> IdleMode {
+    IdleMode::Backoff
+}
+fn default_max_sleep_us() -> u32 {
+    200
+}
+fn default_spin_polls() -> u32 {
+    64
+}
+fn default_rx_queues() -> u16 {
+    1
+}
+fn default_mbufs() -> u32 {
+    8191
+}
+fn default_mbuf_cache() -> u32 {
+    256
+}
+fn default_desc() -> u16 {
+    1024
+}

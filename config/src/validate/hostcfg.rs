@@ -1,0 +1,270 @@
+//! The host config: cores, EAL arguments, mempool and ring sizes, ports and
+//! bridge mappings.
+
+use std::collections::HashMap;
+
+use super::{bad_unicast_mac, first_use, Problems};
+use crate::error::Problem;
+use crate::host::{HostConfig, PortKind};
+
+/// DPDK's `RTE_MAX_LCORE` default.
+const MAX_LCORE: u32 = 1024;
+/// DPDK's `RTE_MEMPOOL_CACHE_MAX_SIZE`.
+const MAX_MBUF_CACHE: u32 = 512;
+
+/// EAL options we generate ourselves, with the field they come from.
+const GENERATED_EAL: [(&str, &str); 7] = [
+    ("-l", "main_core and cores"),
+    ("--lcores", "main_core and cores"),
+    ("-c", "main_core and cores"),
+    ("--main-lcore", "main_core"),
+    ("--master-lcore", "main_core"),
+    ("--vdev", "ports[].devargs"),
+    ("--coremask", "main_core and cores"),
+];
+
+impl HostConfig {
+    /// Checks every rule of the host config and returns every problem
+    /// found; empty means valid.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Problems(Vec::new());
+        self.check_identity(&mut out);
+        self.check_cores(&mut out);
+        self.check_eal_args(&mut out);
+        self.check_sizes(&mut out);
+        self.check_ports(&mut out);
+        self.check_bridge_mappings(&mut out);
+        out.0
+    }
+
+    fn check_identity(&self, out: &mut Problems) {
+        if self.host_id.trim().is_empty() {
+            out.push(
+                "host_id",
+                "host_id must not be empty; use the name Neutron has for this host in binding:host_id",
+            );
+        }
+        if let Some(ip) = self.local_vtep_ip {
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+                out.push(
+                    "local_vtep_ip",
+                    format!("{ip} cannot be a tunnel endpoint; use this host's underlay unicast address"),
+                );
+            }
+        } else if self.ports.iter().any(|p| p.kind == PortKind::Overlay) {
+            out.push(
+                "local_vtep_ip",
+                "an overlay port needs local_vtep_ip, the source address of this host's VXLAN tunnels",
+            );
+        }
+        if let Some(msg) = self.dvr_mac.and_then(bad_unicast_mac) {
+            out.push("dvr_mac", msg);
+        }
+    }
+
+    fn check_cores(&self, out: &mut Problems) {
+        if self.main_core >= MAX_LCORE {
+            out.push(
+                "main_core",
+                format!("lcore {} is out of range 0..=1023", self.main_core),
+            );
+        }
+        if self.cores.is_empty() {
+            out.push(
+                "cores",
+                "at least one worker core is needed, e.g. cores = [1]",
+            );
+        }
+        let mut seen = HashMap::new();
+        for (i, &core) in self.cores.iter().enumerate() {
+            let at = format!("cores[{i}]");
+            if core >= MAX_LCORE {
+                out.push(&at, format!("lcore {core} is out of range 0..=1023"));
+            }
+            if core == self.main_core {
+                out.push(
+                    &at,
+                    format!("lcore {core} is the main_core; workers need cores of their own"),
+                );
+            }
+            if let Some(k) = first_use(&mut seen, core, i) {
+                out.push(
+                    &at,
+                    format!("lcore {core} is listed twice, also at cores[{k}]"),
+                );
+            }
+        }
+    }
+
+    fn check_eal_args(&self, out: &mut Problems) {
+        for (i, arg) in self.eal_args.iter().enumerate() {
+            let hit = GENERATED_EAL.iter().find(|(opt, _)| {
+                arg == opt
+                    || (opt.starts_with("--") && arg.starts_with(&format!("{opt}=")))
+                    || (!opt.starts_with("--") && arg.len() > 2 && arg.starts_with(opt))
+            });
+            if let Some((opt, from)) = hit {
+                out.push(
+                    format!("eal_args[{i}]"),
+                    format!("{opt} must not be given in eal_args: it is generated from {from}; remove it and set {from} instead"),
+                );
+            }
+        }
+    }
+
+    fn check_sizes(&self, out: &mut Problems) {
+        if !(1024..=1_048_575).contains(&self.mbufs) {
+            out.push(
+                "mbufs",
+                format!("{} is out of range 1024..=1048575", self.mbufs),
+            );
+        }
+        if self.mbuf_cache > MAX_MBUF_CACHE {
+            out.push(
+                "mbuf_cache",
+                format!("{} is above DPDK's limit of 512", self.mbuf_cache),
+            );
+        }
+        for (field, n) in [("rx_desc", self.rx_desc), ("tx_desc", self.tx_desc)] {
+            if !(64..=4096).contains(&n) || !n.is_power_of_two() {
+                out.push(
+                    field,
+                    format!("{n} must be a power of two in 64..=4096, e.g. 1024"),
+                );
+            }
+        }
+        if !(1..=100_000).contains(&self.idle.max_sleep_us) {
+            out.push(
+                "idle.max_sleep_us",
+                format!("{} is out of range 1..=100000", self.idle.max_sleep_us),
+            );
+        }
+    }
+
+    fn check_ports(&self, out: &mut Problems) {
+        if self.ports.is_empty() {
+            out.push(
+                "ports",
+                "at least one [[ports]] entry is needed; a switch without ports forwards nothing",
+            );
+        }
+        let mut names = HashMap::new();
+        let mut devargs = HashMap::new();
+        let mut iface_ids = HashMap::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let at = format!("ports[{i}]");
+            let name_ok = (1..=31).contains(&port.name.len())
+                && port
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !name_ok {
+                out.push(
+                    format!("{at}.name"),
+                    format!(
+                        "port name {:?} must be 1 to 31 characters of A-Z, a-z, 0-9, '_', '.', '-'",
+                        port.name
+                    ),
+                );
+            } else if let Some(k) = first_use(&mut names, port.name.as_str(), i) {
+                out.push(
+                    format!("{at}.name"),
+                    format!("port name {} is already used by ports[{k}]", port.name),
+                );
+            }
+            if port.devargs.trim().is_empty() {
+                out.push(
+                    format!("{at}.devargs"),
+                    "devargs must not be empty: give a vdev (net_af_packet0,iface=eth1) or a PCI address (0000:03:00.0)",
+                );
+            } else if let Some(k) = first_use(&mut devargs, port.devargs.as_str(), i) {
+                out.push(
+                    format!("{at}.devargs"),
+                    format!("devargs {:?} are already used by ports[{k}]", port.devargs),
+                );
+            }
+            match (port.kind, &port.iface_id) {
+                (PortKind::Instance, None) => out.push(
+                    format!("{at}.iface_id"),
+                    "an instance port needs iface_id, the id of the Neutron port it carries",
+                ),
+                (PortKind::Instance, Some(id)) if id.is_empty() => {
+                    out.push(format!("{at}.iface_id"), "iface_id must not be empty")
+                }
+                (PortKind::Instance, Some(id)) => {
+                    if let Some(k) = first_use(&mut iface_ids, id.as_str(), i) {
+                        out.push(
+                            format!("{at}.iface_id"),
+                            format!("iface_id {id} is already carried by ports[{k}]"),
+                        );
+                    }
+                }
+                (kind, Some(_)) => out.push(
+                    format!("{at}.iface_id"),
+                    format!(
+                        "only instance ports carry a Neutron port; remove iface_id from this {} port",
+                        kind_name(kind)
+                    ),
+                ),
+                (_, None) => {}
+            }
+            if !(1..=64).contains(&port.rx_queues) {
+                out.push(
+                    format!("{at}.rx_queues"),
+                    format!("{} is out of range 1..=64", port.rx_queues),
+                );
+            }
+            if port.kind == PortKind::Provider
+                && !self.bridge_mappings.values().any(|p| p == &port.name)
+            {
+                out.push(
+                    &at,
+                    format!(
+                        "provider port {} is mapped by no physical network; add it to bridge_mappings, e.g. provider = \"{}\"",
+                        port.name, port.name
+                    ),
+                );
+            }
+        }
+    }
+
+    fn check_bridge_mappings(&self, out: &mut Problems) {
+        let mut by_port: HashMap<&str, &str> = HashMap::new();
+        for (physnet, port_name) in &self.bridge_mappings {
+            let at = format!("bridge_mappings.{physnet}");
+            if physnet.is_empty() {
+                out.push(&at, "physical network name must not be empty");
+            }
+            match self.port(port_name) {
+                None => out.push(
+                    &at,
+                    format!("port {port_name:?} does not exist; name a [[ports]] entry with kind = \"provider\""),
+                ),
+                Some(port) if port.kind != PortKind::Provider => out.push(
+                    &at,
+                    format!(
+                        "port {port_name} has kind = \"{}\"; physical networks map to kind = \"provider\" ports",
+                        kind_name(port.kind)
+                    ),
+                ),
+                Some(_) => {
+                    if let Some(other) = by_port.insert(port_name.as_str(), physnet.as_str()) {
+                        by_port.insert(port_name.as_str(), other);
+                        out.push(
+                            &at,
+                            format!("port {port_name} already carries physical network {other}; each physical network needs its own provider port"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn kind_name(kind: PortKind) -> &'static str {
+    match kind {
+        PortKind::Instance => "instance",
+        PortKind::Provider => "provider",
+        PortKind::Overlay => "overlay",
+    }
+}
