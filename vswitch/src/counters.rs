@@ -222,8 +222,14 @@ pub struct PortTotals {
 pub fn totals(cores: &[std::sync::Arc<CoreCounters>], n_ports: usize) -> Totals {
     let mut t = Totals {
         ports: vec![PortTotals::default(); n_ports],
-        drops: DropReason::ALL.iter().map(|r| (r.name().to_owned(), 0)).collect(),
-        events: Event::ALL.iter().map(|e| (e.name().to_owned(), 0)).collect(),
+        drops: DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_owned(), 0))
+            .collect(),
+        events: Event::ALL
+            .iter()
+            .map(|e| (e.name().to_owned(), 0))
+            .collect(),
         ..Default::default()
     };
     for c in cores {
@@ -273,6 +279,13 @@ mod tests {
         let t = totals(&[c.clone(), c], 2);
         let get = |n: &str| t.drops.iter().find(|(k, _)| k == n).unwrap().1;
         assert_eq!(get("integration.hairpin"), 8);
-        assert_eq!(t.events.iter().find(|(k, _)| k == "integration.learned").unwrap().1, 4);
+        assert_eq!(
+            t.events
+                .iter()
+                .find(|(k, _)| k == "integration.learned")
+                .unwrap()
+                .1,
+            4
+        );
     }
 }

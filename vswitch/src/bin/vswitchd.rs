@@ -13,7 +13,11 @@ use std::sync::Arc;
 use vswitch::control::{report, Daemon};
 
 #[derive(Parser, Debug)]
-#[command(name = "vswitchd", version, about = "DPDK virtual switch and distributed router (OpenStack OVS+DVR fast path)")]
+#[command(
+    name = "vswitchd",
+    version,
+    about = "DPDK virtual switch and distributed router (OpenStack OVS+DVR fast path)"
+)]
 struct Args {
     /// Host configuration (TOML): role, cores, EAL arguments, ports, bridge mappings.
     #[arg(long, short = 'c')]
@@ -42,7 +46,11 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        println!("configuration ok: {} ports, {} networks", host.ports.len(), state.networks.len());
+        println!(
+            "configuration ok: {} ports, {} networks",
+            host.ports.len(),
+            state.networks.len()
+        );
         return ExitCode::SUCCESS;
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -66,7 +74,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    println!("vswitchd: running ({} ports, {} workers); SIGUSR1 prints counters, SIGTERM stops", daemon.port_count(), daemon.worker_count());
+    println!(
+        "vswitchd: running ({} ports, {} workers); SIGUSR1 prints counters, SIGTERM stops",
+        daemon.port_count(),
+        daemon.worker_count()
+    );
     for sig in signals.forever() {
         match sig {
             signal_hook::consts::SIGUSR1 => report(&daemon.totals(), &daemon.port_names()),

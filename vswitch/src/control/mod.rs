@@ -30,7 +30,10 @@ pub fn load(config: &Path, state: Option<&Path>) -> Result<(HostConfig, DesiredS
         msgs.push(e.to_string());
     }
     let (Ok(host), Ok(st)) = (host, st) else {
-        return Err(format!("vswitchd: configuration rejected, nothing started:\n{}", msgs.join("\n")));
+        return Err(format!(
+            "vswitchd: configuration rejected, nothing started:\n{}",
+            msgs.join("\n")
+        ));
     };
     let cross = vswitch_config::validate_for_host(&host, &st);
     if !cross.is_empty() {
@@ -43,7 +46,10 @@ pub fn load(config: &Path, state: Option<&Path>) -> Result<(HostConfig, DesiredS
 }
 
 fn problems_text(ps: &[Problem]) -> String {
-    ps.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    ps.iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The running data plane.
@@ -59,7 +65,11 @@ pub struct Daemon {
 impl Daemon {
     /// EAL, mempool, ports, tables, workers. Any failure undoes what was done and returns a
     /// message listing every problem.
-    pub fn start(host: HostConfig, state: DesiredState, stop: Arc<AtomicBool>) -> Result<Daemon, String> {
+    pub fn start(
+        host: HostConfig,
+        state: DesiredState,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Daemon, String> {
         let mut eal_args = vec![
             "-l".to_owned(),
             std::iter::once(host.main_core)
@@ -97,12 +107,19 @@ impl Daemon {
                 mac = %vswitch_config::MacAddr(p.mac), rx_queues = p.rx_queues, tx_queues = p.tx_queues, "port up");
         }
         let n_ports = host.ports.len();
-        let cores: Vec<Arc<CoreCounters>> =
-            host.cores.iter().map(|&l| Arc::new(CoreCounters::new(l, n_ports))).collect();
+        let cores: Vec<Arc<CoreCounters>> = host
+            .cores
+            .iter()
+            .map(|&l| Arc::new(CoreCounters::new(l, n_ports)))
+            .collect();
         let tables = compile(&host, &state, 1);
         let publisher = Publisher::new(tables, cores.clone());
         let port_ids: Vec<u16> = ports.ports.iter().map(|p| p.port_id).collect();
-        let q: Vec<(u16, u16, u16)> = ports.ports.iter().map(|p| (p.index, p.port_id, p.rx_queues)).collect();
+        let q: Vec<(u16, u16, u16)> = ports
+            .ports
+            .iter()
+            .map(|p| (p.index, p.port_id, p.rx_queues))
+            .collect();
         let assignment = assign_queues(&q, host.cores.len());
         let mut daemon = Daemon {
             lcores: Vec::new(),
@@ -129,7 +146,9 @@ impl Daemon {
             if let Err(e) = eal::launch(lcore, move || worker.run()) {
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 daemon.shutdown();
-                return Err(format!("vswitchd: cannot launch worker on lcore {lcore}: {e}"));
+                return Err(format!(
+                    "vswitchd: cannot launch worker on lcore {lcore}: {e}"
+                ));
             }
             daemon.lcores.push(lcore);
         }
@@ -172,7 +191,10 @@ impl Daemon {
         let mut clean = true;
         if let Some(pool) = self.pool.take() {
             let in_use = pool.in_use();
-            println!("shutdown: mbufs in use after closing ports: {in_use} of {}", pool.size());
+            println!(
+                "shutdown: mbufs in use after closing ports: {in_use} of {}",
+                pool.size()
+            );
             clean = in_use == 0;
             drop(pool);
         }
@@ -187,9 +209,15 @@ impl Daemon {
 pub fn report(t: &Totals, names: &[String]) {
     use std::io::Write;
     let mut out = String::new();
-    out.push_str(&format!("{:<16} {:>14} {:>16} {:>14} {:>16}\n", "port", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes"));
+    out.push_str(&format!(
+        "{:<16} {:>14} {:>16} {:>14} {:>16}\n",
+        "port", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes"
+    ));
     for (n, p) in names.iter().zip(&t.ports) {
-        out.push_str(&format!("{:<16} {:>14} {:>16} {:>14} {:>16}\n", n, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes));
+        out.push_str(&format!(
+            "{:<16} {:>14} {:>16} {:>14} {:>16}\n",
+            n, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes
+        ));
     }
     out.push_str("drops:\n");
     for (k, v) in t.drops.iter().filter(|(_, v)| *v > 0) {

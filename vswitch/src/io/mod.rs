@@ -50,7 +50,10 @@ impl Ports {
                 let info = match ethdev::info(id) {
                     Ok(info) => info,
                     Err(e) => {
-                        problems.push(Problem { path: format!("ports[{i}]"), message: e.to_string() });
+                        problems.push(Problem {
+                            path: format!("ports[{i}]"),
+                            message: e.to_string(),
+                        });
                         continue;
                     }
                 };

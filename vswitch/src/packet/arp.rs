@@ -33,7 +33,11 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
         if b.len() < ARP_LEN {
             return Err(WireError::Truncated);
         }
-        if be16(b, field::HTYPE) != 1 || be16(b, field::PTYPE) != 0x0800 || b[field::HLEN] != 6 || b[field::PLEN] != 4 {
+        if be16(b, field::HTYPE) != 1
+            || be16(b, field::PTYPE) != 0x0800
+            || b[field::HLEN] != 6
+            || b[field::PLEN] != 4
+        {
             return Err(WireError::Malformed);
         }
         Ok(Self { buf })
@@ -114,7 +118,7 @@ mod tests {
         r.emit(&mut buf);
         let p = ArpPacket::new_checked(&buf[..]).unwrap();
         assert_eq!(ArpRepr::parse(&p), r);
-        let (e, _) = etherparse::ArpPacket::from_slice(&buf).unwrap();
+        let e = etherparse::ArpPacket::from_slice(&buf).unwrap();
         assert_eq!(e.operation, etherparse::ArpOperation::REPLY);
         assert_eq!(e.sender_protocol_addr(), &[198, 51, 100, 1]);
         assert_eq!(e.target_hw_addr(), &r.target_mac.0);
@@ -124,9 +128,15 @@ mod tests {
     fn rejects_truncated_and_foreign_arp() {
         let mut buf = [0u8; ARP_LEN];
         for n in 0..ARP_LEN {
-            assert_eq!(ArpPacket::new_checked(&buf[..n]).unwrap_err(), WireError::Truncated);
+            assert_eq!(
+                ArpPacket::new_checked(&buf[..n]).unwrap_err(),
+                WireError::Truncated
+            );
         }
-        assert_eq!(ArpPacket::new_checked(&buf[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            ArpPacket::new_checked(&buf[..]).unwrap_err(),
+            WireError::Malformed
+        );
         ArpRepr {
             operation: 1,
             sender_mac: MacAddr([2, 0, 0, 0, 0, 1]),
@@ -136,6 +146,9 @@ mod tests {
         }
         .emit(&mut buf);
         buf[5] = 16; // IPv6-sized protocol address: not ours
-        assert_eq!(ArpPacket::new_checked(&buf[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            ArpPacket::new_checked(&buf[..]).unwrap_err(),
+            WireError::Malformed
+        );
     }
 }

@@ -143,7 +143,10 @@ mod tests {
     #[test]
     fn truncated_is_rejected_at_every_length() {
         for n in 0..ETH_HDR_LEN {
-            assert_eq!(EthernetFrame::new_checked(&ARP_FRAME[..n]).unwrap_err(), WireError::Truncated);
+            assert_eq!(
+                EthernetFrame::new_checked(&ARP_FRAME[..n]).unwrap_err(),
+                WireError::Truncated
+            );
         }
     }
 
@@ -160,6 +163,9 @@ mod tests {
         assert_eq!(e.destination, r.dst.0);
         assert_eq!(e.source, r.src.0);
         assert_eq!(e.ether_type.0, EtherType::IPV6);
-        assert_eq!(EthernetRepr::parse(&EthernetFrame::new_checked(&buf[..]).unwrap()), r);
+        assert_eq!(
+            EthernetRepr::parse(&EthernetFrame::new_checked(&buf[..]).unwrap()),
+            r
+        );
     }
 }

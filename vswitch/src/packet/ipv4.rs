@@ -121,9 +121,17 @@ impl Ipv4Repr {
         let b = &mut buf[..IPV4_MIN_LEN];
         b[0] = 0x45;
         b[1] = 0;
-        put_be16(b, field::TOTAL_LEN, (IPV4_MIN_LEN + self.payload_len) as u16);
+        put_be16(
+            b,
+            field::TOTAL_LEN,
+            (IPV4_MIN_LEN + self.payload_len) as u16,
+        );
         put_be16(b, 4, 0);
-        put_be16(b, field::FLAGS_FRAG, if self.dont_fragment { 0x4000 } else { 0 });
+        put_be16(
+            b,
+            field::FLAGS_FRAG,
+            if self.dont_fragment { 0x4000 } else { 0 },
+        );
         b[field::TTL] = self.ttl;
         b[field::PROTO] = self.protocol;
         put_be16(b, field::CHECKSUM, 0);
@@ -182,12 +190,21 @@ mod tests {
         }
         let mut bad = b.clone();
         bad[0] = 0x44; // IHL 4
-        assert_eq!(Ipv4Packet::new_checked(&bad[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Ipv4Packet::new_checked(&bad[..]).unwrap_err(),
+            WireError::Malformed
+        );
         let mut bad = b.clone();
         bad[0] = 0x65; // version 6
-        assert_eq!(Ipv4Packet::new_checked(&bad[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Ipv4Packet::new_checked(&bad[..]).unwrap_err(),
+            WireError::Malformed
+        );
         let mut bad = b;
         bad[2..4].copy_from_slice(&10u16.to_be_bytes()); // total < header
-        assert_eq!(Ipv4Packet::new_checked(&bad[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Ipv4Packet::new_checked(&bad[..]).unwrap_err(),
+            WireError::Malformed
+        );
     }
 }

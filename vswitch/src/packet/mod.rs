@@ -16,7 +16,7 @@ pub mod udp;
 pub mod vlan;
 
 pub use buf::{PacketBuf, TestBuf};
-pub use eth::{EthernetFrame, EtherType, ETH_HDR_LEN};
+pub use eth::{EtherType, EthernetFrame, ETH_HDR_LEN};
 pub use vswitch_config::MacAddr;
 
 /// Why a header view could not be made.

@@ -67,13 +67,24 @@ mod tests {
     #[test]
     fn round_trip_and_bad_lengths() {
         let mut b = [0xa5u8; 12];
-        UdpRepr { src_port: 68, dst_port: 67, payload_len: 4 }.emit(&mut b);
+        UdpRepr {
+            src_port: 68,
+            dst_port: 67,
+            payload_len: 4,
+        }
+        .emit(&mut b);
         let u = UdpPacket::new_checked(&b[..]).unwrap();
         assert_eq!((u.src_port(), u.dst_port(), u.len()), (68, 67, 12));
         let (e, _) = etherparse::UdpHeader::from_slice(&b).unwrap();
         assert_eq!((e.source_port, e.destination_port, e.length), (68, 67, 12));
-        assert_eq!(UdpPacket::new_checked(&b[..11]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            UdpPacket::new_checked(&b[..11]).unwrap_err(),
+            WireError::Truncated
+        );
         b[4..6].copy_from_slice(&3u16.to_be_bytes());
-        assert_eq!(UdpPacket::new_checked(&b[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            UdpPacket::new_checked(&b[..]).unwrap_err(),
+            WireError::Malformed
+        );
     }
 }

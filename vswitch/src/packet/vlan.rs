@@ -46,7 +46,10 @@ impl VlanTag {
 /// Whether an EtherType value is a tag protocol identifier (802.1Q, 802.1ad or legacy QinQ).
 #[inline(always)]
 pub fn is_tpid(t: u16) -> bool {
-    matches!(t, EtherType::VLAN | EtherType::QINQ | EtherType::QINQ_9100 | EtherType::QINQ_9200)
+    matches!(
+        t,
+        EtherType::VLAN | EtherType::QINQ | EtherType::QINQ_9100 | EtherType::QINQ_9200
+    )
 }
 
 /// Removes the outer tag. The caller has checked the frame is tagged and long enough.
@@ -105,12 +108,20 @@ mod tests {
         let mut b = TestBuf::new(&[0u8; 17]);
         assert!(!pop(&mut b));
         assert_eq!(b.data().len(), 17);
-        assert_eq!(VlanTag::parse(&[0u8; 17]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            VlanTag::parse(&[0u8; 17]).unwrap_err(),
+            WireError::Truncated
+        );
     }
 
     #[test]
     fn tci_round_trip() {
-        let t = VlanTag { tpid: EtherType::VLAN, pcp: 5, dei: true, vid: 4094 };
+        let t = VlanTag {
+            tpid: EtherType::VLAN,
+            pcp: 5,
+            dei: true,
+            vid: 4094,
+        };
         let mut f = frame();
         f.splice(12..12, [0x81, 0x00, (t.tci() >> 8) as u8, t.tci() as u8]);
         assert_eq!(VlanTag::parse(&f).unwrap(), t);

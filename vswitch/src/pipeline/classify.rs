@@ -11,7 +11,12 @@ use crate::packet::{PacketBuf, ETH_HDR_LEN};
 use crate::tables::Tables;
 use crate::trace;
 
-pub fn run<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut BatchCounters, tr: &mut T) {
+pub fn run<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
     let Some(port) = t.ports.get(b.in_port as usize) else {
         for i in 0..b.len {
             b.drop_pkt(i, DropReason::PortDown, c);
@@ -19,7 +24,9 @@ pub fn run<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut BatchC
         return;
     };
     for i in 0..b.len {
-        let Some(p) = b.pkts[i].as_ref() else { continue };
+        let Some(p) = b.pkts[i].as_ref() else {
+            continue;
+        };
         let d = p.data();
         let r = if d.len() < ETH_HDR_LEN {
             Some(DropReason::Runt)
@@ -34,11 +41,28 @@ pub fn run<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut BatchC
         };
         match r {
             Some(r) => {
-                trace!(tr, i, "classify", "drop {} (port {}, {} bytes, max {})", r.name(), port.name, p.pkt_len(), port.max_frame);
+                trace!(
+                    tr,
+                    i,
+                    "classify",
+                    "drop {} (port {}, {} bytes, max {})",
+                    r.name(),
+                    port.name,
+                    p.pkt_len(),
+                    port.max_frame
+                );
                 b.drop_pkt(i, r, c);
             }
             None => {
-                trace!(tr, i, "classify", "in_port {} ({:?}), {} bytes", port.name, port.kind, p.pkt_len());
+                trace!(
+                    tr,
+                    i,
+                    "classify",
+                    "in_port {} ({:?}), {} bytes",
+                    port.name,
+                    port.kind,
+                    p.pkt_len()
+                );
                 debug_assert_eq!(b.meta[i].next, Next::Continue);
             }
         }

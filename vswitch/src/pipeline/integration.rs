@@ -20,14 +20,24 @@ use crate::tables::fdb::Learned;
 use crate::tables::Tables;
 use crate::trace;
 
-pub fn run<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, s: &mut CoreState, c: &mut BatchCounters, tr: &mut T) {
+pub fn run<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
     let in_port = b.in_port;
-    let Some(port) = t.ports.get(in_port as usize) else { return };
+    let Some(port) = t.ports.get(in_port as usize) else {
+        return;
+    };
     for i in 0..b.len {
         if b.meta[i].next != Next::Continue {
             continue;
         }
-        let Some(p) = b.pkts[i].as_ref() else { continue };
+        let Some(p) = b.pkts[i].as_ref() else {
+            continue;
+        };
         let Ok(eth) = EthernetFrame::new_checked(p.data()) else {
             b.drop_pkt(i, DropReason::Runt, c);
             continue;
@@ -35,7 +45,13 @@ pub fn run<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, s: &mut CoreSt
         let net_idx = b.meta[i].network;
         let net = &t.networks[net_idx as usize];
         if !net.up {
-            trace!(tr, i, "integration", "drop integration.network_down ({})", net.name);
+            trace!(
+                tr,
+                i,
+                "integration",
+                "drop integration.network_down ({})",
+                net.name
+            );
             b.drop_pkt(i, DropReason::NetworkDown, c);
             continue;
         }
@@ -55,17 +71,55 @@ pub fn run<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, s: &mut CoreSt
         }
 
         let next = if dst.is_multicast() {
-            trace!(tr, i, "integration", "network {}: {} is {}: flood", net.name, dst,
-                if dst.is_broadcast() { "broadcast" } else { "multicast" });
+            trace!(
+                tr,
+                i,
+                "integration",
+                "network {}: {} is {}: flood",
+                net.name,
+                dst,
+                if dst.is_broadcast() {
+                    "broadcast"
+                } else {
+                    "multicast"
+                }
+            );
             Next::Flood
         } else if let Some(out) = t.fdb_lookup(net_idx, dst) {
-            trace!(tr, i, "integration", "network {}: {} -> port {} (static fdb)", net.name, dst, t.ports[out as usize].name);
+            trace!(
+                tr,
+                i,
+                "integration",
+                "network {}: {} -> port {} (static fdb)",
+                net.name,
+                dst,
+                t.ports[out as usize].name
+            );
             Next::Output(out)
-        } else if let Some(out) = s.learn.lookup(net_idx, dst, s.now_ms).filter(|&o| (o as usize) < t.ports.len()) {
-            trace!(tr, i, "integration", "network {}: {} -> port {} (learned)", net.name, dst, t.ports[out as usize].name);
+        } else if let Some(out) = s
+            .learn
+            .lookup(net_idx, dst, s.now_ms)
+            .filter(|&o| (o as usize) < t.ports.len())
+        {
+            trace!(
+                tr,
+                i,
+                "integration",
+                "network {}: {} -> port {} (learned)",
+                net.name,
+                dst,
+                t.ports[out as usize].name
+            );
             Next::Output(out)
         } else {
-            trace!(tr, i, "integration", "network {}: {} unknown: flood", net.name, dst);
+            trace!(
+                tr,
+                i,
+                "integration",
+                "network {}: {} unknown: flood",
+                net.name,
+                dst
+            );
             Next::Flood
         };
         match next {

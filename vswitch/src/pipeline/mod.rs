@@ -128,3 +128,8 @@ pub fn process<B: PacketBuf, T: Tracer>(
     port_security::run(b, t, c, tr);
     integration::run(b, t, s, c, tr);
 }
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;

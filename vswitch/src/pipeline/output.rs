@@ -56,7 +56,14 @@ impl<B: PacketBuf> TxBuffers<B> {
 
     /// Queues one packet for `port`, flushing first if the buffer is full.
     #[inline]
-    pub fn push(&mut self, port: u16, p: B, tx: &mut impl Tx<B>, c: &mut BatchCounters, stats: &mut [TxStats]) {
+    pub fn push(
+        &mut self,
+        port: u16,
+        p: B,
+        tx: &mut impl Tx<B>,
+        c: &mut BatchCounters,
+        stats: &mut [TxStats],
+    ) {
         let Some(tb) = self.bufs.get_mut(port as usize) else {
             c.drop(DropReason::EgressDown);
             return;
@@ -69,7 +76,13 @@ impl<B: PacketBuf> TxBuffers<B> {
         tb.n += 1;
     }
 
-    fn flush_one(tb: &mut TxBuf<B>, port: u16, tx: &mut impl Tx<B>, c: &mut BatchCounters, stats: &mut [TxStats]) {
+    fn flush_one(
+        tb: &mut TxBuf<B>,
+        port: u16,
+        tx: &mut impl Tx<B>,
+        c: &mut BatchCounters,
+        stats: &mut [TxStats],
+    ) {
         if tb.n == 0 {
             return;
         }
@@ -167,15 +180,30 @@ fn send<B: PacketBuf, T: Tracer>(
             txb.push(port, p, tx, c, stats);
         }
         Err(r) => {
-            trace!(tr, i, "output", "drop {} at port {}", r.name(), t.ports[port as usize].name);
+            trace!(
+                tr,
+                i,
+                "output",
+                "drop {} at port {}",
+                r.name(),
+                t.ports[port as usize].name
+            );
             c.drop(r);
         }
     }
 }
 
 #[inline]
-fn egress_one<B: PacketBuf>(p: &mut B, t: &Tables, port: u16, net: u16, c: &mut BatchCounters) -> Result<(), DropReason> {
-    let Some(pe) = t.ports.get(port as usize) else { return Err(DropReason::EgressDown) };
+fn egress_one<B: PacketBuf>(
+    p: &mut B,
+    t: &Tables,
+    port: u16,
+    net: u16,
+    c: &mut BatchCounters,
+) -> Result<(), DropReason> {
+    let Some(pe) = t.ports.get(port as usize) else {
+        return Err(DropReason::EgressDown);
+    };
     if !pe.up {
         return Err(DropReason::EgressDown);
     }

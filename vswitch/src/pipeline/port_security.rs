@@ -27,20 +27,44 @@ use crate::tables::{PortSecurity, Tables};
 use crate::trace;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-pub fn run<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut BatchCounters, tr: &mut T) {
-    let Some(port) = t.ports.get(b.in_port as usize) else { return };
-    let Some(sec) = port.security.as_ref() else { return };
+pub fn run<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    let Some(port) = t.ports.get(b.in_port as usize) else {
+        return;
+    };
+    let Some(sec) = port.security.as_ref() else {
+        return;
+    };
     for i in 0..b.len {
         if b.meta[i].next != Next::Continue {
             continue;
         }
-        let Some(p) = b.pkts[i].as_ref() else { continue };
+        let Some(p) = b.pkts[i].as_ref() else {
+            continue;
+        };
         match check(p.data(), sec) {
             Ok(what) => {
-                trace!(tr, i, "port_security", "port {}: allowed ({what})", port.name);
+                trace!(
+                    tr,
+                    i,
+                    "port_security",
+                    "port {}: allowed ({what})",
+                    port.name
+                );
             }
             Err(r) => {
-                trace!(tr, i, "port_security", "port {}: drop {}", port.name, r.name());
+                trace!(
+                    tr,
+                    i,
+                    "port_security",
+                    "port {}: drop {}",
+                    port.name,
+                    r.name()
+                );
                 b.drop_pkt(i, r, c);
             }
         }
@@ -51,7 +75,9 @@ pub fn run<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut BatchC
 /// `Ok` carries a short word on what matched, for trace.
 #[inline]
 pub fn check(frame: &[u8], sec: &PortSecurity) -> Result<&'static str, DropReason> {
-    let Ok(eth) = EthernetFrame::new_checked(frame) else { return Err(DropReason::MalformedL3) };
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return Err(DropReason::MalformedL3);
+    };
     let src = eth.src();
     if !sec.mac_allowed(src) {
         return Err(DropReason::SpoofedMac);
@@ -69,7 +95,11 @@ fn check_v4(l3: &[u8], src: MacAddr, sec: &PortSecurity) -> Result<&'static str,
     let ip = Ipv4Packet::new_checked(l3).map_err(|_| DropReason::MalformedL3)?;
     let udp_ports = || {
         (ip.protocol() == PROTO_UDP && !ip.is_later_fragment())
-            .then(|| UdpPacket::new_checked(ip.payload()).ok().map(|u| (u.src_port(), u.dst_port())))
+            .then(|| {
+                UdpPacket::new_checked(ip.payload())
+                    .ok()
+                    .map(|u| (u.src_port(), u.dst_port()))
+            })
             .flatten()
     };
     if udp_ports() == Some((67, 68)) {
@@ -78,7 +108,11 @@ fn check_v4(l3: &[u8], src: MacAddr, sec: &PortSecurity) -> Result<&'static str,
     let s = ip.src();
     if s == Ipv4Addr::UNSPECIFIED {
         // DHCPDISCOVER/REQUEST before the instance has an address.
-        return if udp_ports() == Some((68, 67)) { Ok("dhcp client") } else { Err(DropReason::SpoofedIpv4) };
+        return if udp_ports() == Some((68, 67)) {
+            Ok("dhcp client")
+        } else {
+            Err(DropReason::SpoofedIpv4)
+        };
     }
     if sec.v4_allowed(src, s) {
         Ok("ipv4 source")
@@ -89,14 +123,16 @@ fn check_v4(l3: &[u8], src: MacAddr, sec: &PortSecurity) -> Result<&'static str,
 
 fn check_v6(l3: &[u8], src: MacAddr, sec: &PortSecurity) -> Result<&'static str, DropReason> {
     let ip = Ipv6Packet::new_checked(l3).map_err(|_| DropReason::MalformedL3)?;
-    let icmp_type = (ip.next_header() == NEXT_ICMPV6)
-        .then(|| Icmpv6Packet::new_checked(ip.payload()).ok().map(|m| m.msg_type()))
-        .flatten();
+    let upper = ip.upper_layer();
+    let icmp_type = match upper {
+        Some((NEXT_ICMPV6, l4)) => Icmpv6Packet::new_checked(l4).ok().map(|m| m.msg_type()),
+        _ => None,
+    };
     if icmp_type == Some(icmpv6::ROUTER_ADVERT) {
         return Err(DropReason::RouterAdvert);
     }
-    if ip.next_header() == NEXT_UDP {
-        if let Ok(u) = UdpPacket::new_checked(ip.payload()) {
+    if let Some((NEXT_UDP, l4)) = upper {
+        if let Ok(u) = UdpPacket::new_checked(l4) {
             if (u.src_port(), u.dst_port()) == (547, 546) {
                 return Err(DropReason::DhcpServer);
             }
@@ -106,7 +142,9 @@ fn check_v6(l3: &[u8], src: MacAddr, sec: &PortSecurity) -> Result<&'static str,
     if s == Ipv6Addr::UNSPECIFIED {
         // Duplicate address detection and MLD reports are sent from :: (RFC 4862, RFC 3810).
         return match icmp_type {
-            Some(icmpv6::NEIGHBOR_SOLICIT | icmpv6::MLD_REPORT | icmpv6::MLDV2_REPORT) => Ok("dad/mld from ::"),
+            Some(icmpv6::NEIGHBOR_SOLICIT | icmpv6::MLD_REPORT | icmpv6::MLDV2_REPORT) => {
+                Ok("dad/mld from ::")
+            }
             _ => Err(DropReason::SpoofedIpv6),
         };
     }

@@ -20,8 +20,15 @@ use crate::packet::PacketBuf;
 use crate::tables::{PortKind, Segment, Tables, NO_NET};
 use crate::trace;
 
-pub fn ingress<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut BatchCounters, tr: &mut T) {
-    let Some(port) = t.ports.get(b.in_port as usize) else { return };
+pub fn ingress<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    let Some(port) = t.ports.get(b.in_port as usize) else {
+        return;
+    };
     match (port.kind, port.physnet) {
         (PortKind::Provider, Some(pn)) => {
             let pn = &t.physnets[pn as usize];
@@ -29,13 +36,17 @@ pub fn ingress<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut Ba
                 if b.meta[i].next != super::Next::Continue {
                     continue;
                 }
-                let Some(p) = b.pkts[i].as_mut() else { continue };
+                let Some(p) = b.pkts[i].as_mut() else {
+                    continue;
+                };
                 let d = p.data();
                 let etype = u16::from_be_bytes([d[12], d[13]]);
                 let verdict = if etype == EtherType::VLAN {
                     match VlanTag::parse(d) {
                         Err(_) => Err(DropReason::TruncatedTag),
-                        Ok(tag) if tag.vid == 0 && pn.flat != NO_NET => Ok((pn.flat, true, tag.vid)),
+                        Ok(tag) if tag.vid == 0 && pn.flat != NO_NET => {
+                            Ok((pn.flat, true, tag.vid))
+                        }
                         Ok(tag) => match pn.vlans[tag.vid as usize] {
                             NO_NET if pn.flat != NO_NET => Err(DropReason::TaggedOnFlat),
                             NO_NET => Err(DropReason::UnknownVlan),
@@ -59,12 +70,31 @@ pub fn ingress<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut Ba
                             c.event(Event::VlanPopped);
                         }
                         b.meta[i].network = net;
-                        trace!(tr, i, "provider", "physnet {} {} -> network {} ({})", pn.name,
-                            if tagged { format!("vlan {vid} (tag removed)") } else { "untagged".to_owned() },
-                            t.networks[net as usize].name, t.networks[net as usize].id);
+                        trace!(
+                            tr,
+                            i,
+                            "provider",
+                            "physnet {} {} -> network {} ({})",
+                            pn.name,
+                            if tagged {
+                                format!("vlan {vid} (tag removed)")
+                            } else {
+                                "untagged".to_owned()
+                            },
+                            t.networks[net as usize].name,
+                            t.networks[net as usize].id
+                        );
                     }
                     Err(r) => {
-                        trace!(tr, i, "provider", "drop {} (physnet {}, ethertype {:#06x})", r.name(), pn.name, etype);
+                        trace!(
+                            tr,
+                            i,
+                            "provider",
+                            "drop {} (physnet {}, ethertype {:#06x})",
+                            r.name(),
+                            pn.name,
+                            etype
+                        );
                         b.drop_pkt(i, r, c);
                     }
                 }
@@ -77,11 +107,24 @@ pub fn ingress<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut Ba
                     continue;
                 }
                 if net == NO_NET {
-                    trace!(tr, i, "provider", "drop provider.no_network (port {} has no network)", port.name);
+                    trace!(
+                        tr,
+                        i,
+                        "provider",
+                        "drop provider.no_network (port {} has no network)",
+                        port.name
+                    );
                     b.drop_pkt(i, DropReason::NoNetwork, c);
                 } else {
                     b.meta[i].network = net;
-                    trace!(tr, i, "provider", "instance port {} -> network {}", port.name, t.networks[net as usize].name);
+                    trace!(
+                        tr,
+                        i,
+                        "provider",
+                        "instance port {} -> network {}",
+                        port.name,
+                        t.networks[net as usize].name
+                    );
                 }
             }
         }
@@ -91,7 +134,13 @@ pub fn ingress<B: PacketBuf, T: Tracer>(b: &mut Batch<B>, t: &Tables, c: &mut Ba
 /// Prepares a frame of network `net` to leave by `port`: on a provider port a VLAN network gets
 /// its tag pushed. Returns the drop reason if it cannot.
 #[inline]
-pub fn egress<B: PacketBuf>(p: &mut B, t: &Tables, port: u16, net: u16, c: &mut BatchCounters) -> Result<(), DropReason> {
+pub fn egress<B: PacketBuf>(
+    p: &mut B,
+    t: &Tables,
+    port: u16,
+    net: u16,
+    c: &mut BatchCounters,
+) -> Result<(), DropReason> {
     let pe = &t.ports[port as usize];
     if pe.kind == PortKind::Provider {
         if let Segment::Vlan(vid) = t.networks[net as usize].segment {

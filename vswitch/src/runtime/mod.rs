@@ -37,7 +37,11 @@ pub fn assign_queues(ports: &[(u16, u16, u16)], workers: usize) -> Vec<Vec<RxQue
         for &(port, port_id, nq) in ports {
             if q < nq {
                 let w = k % out.len();
-                out[w].push(RxQueue { port, port_id, queue: q });
+                out[w].push(RxQueue {
+                    port,
+                    port_id,
+                    queue: q,
+                });
                 k += 1;
             }
         }
@@ -67,7 +71,10 @@ impl Worker {
         let mut state = CoreState::new(self.learn_capacity, self.aging_ms);
         let mut batch: Batch<Mbuf> = Batch::default();
         let mut txb: TxBuffers<Mbuf> = TxBuffers::new(n_ports);
-        let mut tx = DpdkTx { port_ids: self.port_ids.clone(), queue: self.index };
+        let mut tx = DpdkTx {
+            port_ids: self.port_ids.clone(),
+            queue: self.index,
+        };
         let mut stats = vec![TxStats::default(); n_ports];
         let mut rx_stats = vec![TxStats::default(); n_ports];
         let mut bc = BatchCounters::default();
@@ -97,7 +104,15 @@ impl Worker {
                 rs.packets += n as u64;
                 batch.start(q.port, n);
                 pipeline::process(&mut batch, &tables, &mut state, &mut bc, &mut NoTrace);
-                output::run(&mut batch, &tables, &mut txb, &mut tx, &mut bc, &mut stats, &mut NoTrace);
+                output::run(
+                    &mut batch,
+                    &tables,
+                    &mut txb,
+                    &mut tx,
+                    &mut bc,
+                    &mut stats,
+                    &mut NoTrace,
+                );
             }
             txb.flush(&mut tx, &mut bc, &mut stats);
             drop(tables);
@@ -150,11 +165,28 @@ mod tests {
     fn queues_spread_round_robin() {
         let a = assign_queues(&[(0, 10, 2), (1, 11, 1), (2, 12, 2)], 2);
         assert_eq!(a[0].len() + a[1].len(), 5);
-        assert_eq!(a[0][0], RxQueue { port: 0, port_id: 10, queue: 0 });
-        assert_eq!(a[1][0], RxQueue { port: 1, port_id: 11, queue: 0 });
+        assert_eq!(
+            a[0][0],
+            RxQueue {
+                port: 0,
+                port_id: 10,
+                queue: 0
+            }
+        );
+        assert_eq!(
+            a[1][0],
+            RxQueue {
+                port: 1,
+                port_id: 11,
+                queue: 0
+            }
+        );
         let one = assign_queues(&[(0, 0, 1), (1, 1, 1)], 1);
         assert_eq!(one[0].len(), 2);
         let more_workers = assign_queues(&[(0, 0, 1)], 3);
-        assert_eq!(more_workers.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 0, 0]);
+        assert_eq!(
+            more_workers.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 0, 0]
+        );
     }
 }

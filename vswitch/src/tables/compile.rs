@@ -13,8 +13,22 @@ const MAX_FRAME: usize = 9216 + L2_OVERHEAD;
 pub fn link_local_from_mac(m: MacAddr) -> Ipv6Addr {
     let o = m.0;
     Ipv6Addr::from([
-        0xfe, 0x80, 0, 0, 0, 0, 0, 0,
-        o[0] ^ 0x02, o[1], o[2], 0xff, 0xfe, o[3], o[4], o[5],
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        o[0] ^ 0x02,
+        o[1],
+        o[2],
+        0xff,
+        0xfe,
+        o[3],
+        o[4],
+        o[5],
     ])
 }
 
@@ -37,12 +51,20 @@ pub fn compile(host: &HostConfig, state: &DesiredState, generation: u64) -> Tabl
             flood: Vec::new(),
         })
         .collect();
-    let net_idx = |id: &str| state.networks.iter().position(|n| n.id == id).map(|i| i as NetIdx);
+    let net_idx = |id: &str| {
+        state
+            .networks
+            .iter()
+            .position(|n| n.id == id)
+            .map(|i| i as NetIdx)
+    };
 
     // Physnets mapped on this host, each with its flat network and VLAN map.
     let mut physnets = Vec::new();
     for (name, port_name) in &host.bridge_mappings {
-        let Some(port) = host.ports.iter().position(|p| &p.name == port_name) else { continue };
+        let Some(port) = host.ports.iter().position(|p| &p.name == port_name) else {
+            continue;
+        };
         let mut pn = PhysnetEntry {
             name: name.clone(),
             port: port as u16,
@@ -75,7 +97,10 @@ pub fn compile(host: &HostConfig, state: &DesiredState, generation: u64) -> Tabl
             kind: pc.kind,
             up: true,
             network: NO_NET,
-            physnet: physnets.iter().position(|p| p.port == pi as u16).map(|i| i as u16),
+            physnet: physnets
+                .iter()
+                .position(|p| p.port == pi as u16)
+                .map(|i| i as u16),
             security: None,
             learn: pc.kind == PortKind::Provider,
             max_frame: MAX_FRAME,
@@ -83,14 +108,22 @@ pub fn compile(host: &HostConfig, state: &DesiredState, generation: u64) -> Tabl
         };
         if pc.kind == PortKind::Provider {
             // The largest MTU of the networks this provider port carries bounds its frames.
-            let mtu = networks.iter().filter(|n| n.provider_port == Some(pi as u16)).map(|n| n.mtu).max();
+            let mtu = networks
+                .iter()
+                .filter(|n| n.provider_port == Some(pi as u16))
+                .map(|n| n.mtu)
+                .max();
             if let Some(mtu) = mtu {
                 e.max_frame = mtu as usize + L2_OVERHEAD;
             }
         }
-        let neutron = pc.iface_id.as_deref().and_then(|id| state.ports.iter().find(|p| p.id == id));
+        let neutron = pc
+            .iface_id
+            .as_deref()
+            .and_then(|id| state.ports.iter().find(|p| p.id == id));
         if let (PortKind::Instance, Some(np)) = (pc.kind, neutron) {
-            if let (Some(ni), Some(net)) = (net_idx(&np.network_id), state.network(&np.network_id)) {
+            if let (Some(ni), Some(net)) = (net_idx(&np.network_id), state.network(&np.network_id))
+            {
                 e.network = ni;
                 e.up = np.admin_state_up;
                 e.max_frame = net.effective_mtu() as usize + 14;
@@ -163,6 +196,9 @@ mod tests {
     fn eui64_link_local_matches_linux() {
         // Linux derives fe80::f816:3eff:fe71:e93e for fa:16:3e:71:e9:3e (as in the seed's SLAAC address).
         let m: MacAddr = "fa:16:3e:71:e9:3e".parse().unwrap();
-        assert_eq!(link_local_from_mac(m), "fe80::f816:3eff:fe71:e93e".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            link_local_from_mac(m),
+            "fe80::f816:3eff:fe71:e93e".parse::<Ipv6Addr>().unwrap()
+        );
     }
 }

@@ -116,7 +116,11 @@ impl LearnTable {
         }
         match free {
             Some(idx) => {
-                self.slots[idx] = Slot { key, port, seen_ms: now_ms };
+                self.slots[idx] = Slot {
+                    key,
+                    port,
+                    seen_ms: now_ms,
+                };
                 Learned::New
             }
             None => Learned::Full,
@@ -125,7 +129,10 @@ impl LearnTable {
 
     /// Live entries (control plane / tests; walks the whole table).
     pub fn len(&self, now_ms: u64) -> usize {
-        self.slots.iter().filter(|s| s.key != 0 && self.live(s, now_ms)).count()
+        self.slots
+            .iter()
+            .filter(|s| s.key != 0 && self.live(s, now_ms))
+            .count()
     }
 
     pub fn is_empty(&self, now_ms: u64) -> bool {

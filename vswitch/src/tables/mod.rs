@@ -138,11 +138,17 @@ impl Tables {
 
     /// The port index with this name.
     pub fn port_index(&self, name: &str) -> Option<u16> {
-        self.ports.iter().position(|p| p.name == name).map(|i| i as u16)
+        self.ports
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| i as u16)
     }
 
     /// The network index with this Neutron id.
     pub fn network_index(&self, id: &str) -> Option<NetIdx> {
-        self.networks.iter().position(|n| n.id == id).map(|i| i as NetIdx)
+        self.networks
+            .iter()
+            .position(|n| n.id == id)
+            .map(|i| i as NetIdx)
     }
 }

@@ -50,7 +50,11 @@ impl Publisher {
     pub fn publish(&self, next: Tables, running: impl Fn() -> bool) -> Duration {
         let t0 = Instant::now();
         let old = self.shared.swap(Arc::new(next));
-        let marks: Vec<u64> = self.cores.iter().map(|c| c.epoch.load(Ordering::Acquire)).collect();
+        let marks: Vec<u64> = self
+            .cores
+            .iter()
+            .map(|c| c.epoch.load(Ordering::Acquire))
+            .collect();
         while running()
             && self
                 .cores

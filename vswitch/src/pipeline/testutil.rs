@@ -1,0 +1,257 @@
+//! Test fixtures: a small host with instance and provider ports, frames built with etherparse
+//! (an independent builder), and a transmit sink that records what each port would send.
+use super::output::{self, Tx, TxBuffers, TxStats};
+use super::{process, Batch, CoreState, Tracer, BURST};
+use crate::counters::BatchCounters;
+use crate::packet::{MacAddr, PacketBuf, TestBuf};
+use crate::tables::compile::compile;
+use crate::tables::Tables;
+
+pub const HOST: &str = r#"
+role = "dvr"
+host_id = "compute1"
+cores = [1]
+[[ports]]
+name = "vm1"
+devargs = "net_ring0"
+kind = "instance"
+iface_id = "p1"
+[[ports]]
+name = "vm2"
+devargs = "net_ring1"
+kind = "instance"
+iface_id = "p2"
+[[ports]]
+name = "vm3"
+devargs = "net_ring2"
+kind = "instance"
+iface_id = "p3"
+[[ports]]
+name = "uplink"
+devargs = "net_ring3"
+kind = "provider"
+[[ports]]
+name = "uplink2"
+devargs = "net_ring4"
+kind = "provider"
+[[ports]]
+name = "vm4"
+devargs = "net_ring5"
+kind = "instance"
+iface_id = "p4"
+[bridge_mappings]
+provider = "uplink"
+physnet2 = "uplink2"
+"#;
+
+pub const STATE: &str = r#"
+networks:
+  - {id: net1, name: provider1, "provider:network_type": vlan, "provider:physical_network": provider, "provider:segmentation_id": 101}
+  - {id: net2, name: flat1, "provider:network_type": flat, "provider:physical_network": provider}
+  - {id: net3, name: vlan200, "provider:network_type": vlan, "provider:physical_network": physnet2, "provider:segmentation_id": 200}
+subnets:
+  - {id: s1, name: s1, network_id: net1, cidr: 203.0.113.0/24, ip_version: 4}
+  - {id: s1v6, name: s1v6, network_id: net1, cidr: "fd00:203::/64", ip_version: 6}
+  - {id: s2, name: s2, network_id: net2, cidr: 198.51.100.0/24, ip_version: 4}
+ports:
+  - id: p1
+    network_id: net1
+    mac_address: "fa:16:3e:00:00:01"
+    fixed_ips: [{subnet_id: s1, ip_address: 203.0.113.11}, {subnet_id: s1v6, ip_address: "fd00:203::11"}]
+    allowed_address_pairs: [{ip_address: 203.0.113.128/25}, {ip_address: 203.0.113.99, mac_address: "fa:16:3e:00:00:99"}]
+    "binding:host_id": compute1
+  - id: p2
+    network_id: net1
+    mac_address: "fa:16:3e:00:00:02"
+    fixed_ips: [{subnet_id: s1, ip_address: 203.0.113.12}]
+    "binding:host_id": compute1
+  - id: p3
+    network_id: net2
+    mac_address: "fa:16:3e:00:00:03"
+    fixed_ips: [{subnet_id: s2, ip_address: 198.51.100.13}]
+    "binding:host_id": compute1
+  - id: p4
+    network_id: net1
+    mac_address: "fa:16:3e:00:00:04"
+    fixed_ips: [{subnet_id: s1, ip_address: 203.0.113.14}]
+    port_security_enabled: false
+    "binding:host_id": compute1
+"#;
+
+pub const VM1: u16 = 0;
+pub const VM2: u16 = 1;
+pub const VM3: u16 = 2;
+pub const UPLINK: u16 = 3;
+pub const UPLINK2: u16 = 4;
+pub const VM4: u16 = 5;
+
+pub fn mac(s: &str) -> MacAddr {
+    s.parse().unwrap()
+}
+pub const MAC1: &str = "fa:16:3e:00:00:01";
+pub const MAC2: &str = "fa:16:3e:00:00:02";
+pub const MAC3: &str = "fa:16:3e:00:00:03";
+
+pub fn tables() -> Tables {
+    let host = vswitch_config::parse_host_str(HOST).expect("fixture host config is valid");
+    let state = vswitch_config::parse_state_str(STATE, false).expect("fixture state is valid");
+    assert!(vswitch_config::validate_for_host(&host, &state).is_empty());
+    compile(&host, &state, 1)
+}
+
+/// Records every frame sent, per port.
+#[derive(Default)]
+pub struct Sink {
+    pub sent: Vec<Vec<Vec<u8>>>,
+    /// Accept at most this many frames per call (simulates a full tx ring).
+    pub limit: Option<usize>,
+}
+
+impl Tx<TestBuf> for Sink {
+    fn tx(&mut self, port: u16, pkts: &mut [Option<TestBuf>; BURST], n: usize) -> usize {
+        if self.sent.len() <= port as usize {
+            self.sent.resize(port as usize + 1, Vec::new());
+        }
+        let n = self.limit.map_or(n, |l| n.min(l));
+        for slot in &mut pkts[..n] {
+            let p = slot.take().expect("tx slots are full");
+            self.sent[port as usize].push(p.data().to_vec());
+        }
+        n
+    }
+}
+
+impl Sink {
+    pub fn on(&self, port: u16) -> &[Vec<u8>] {
+        self.sent
+            .get(port as usize)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
+    }
+    pub fn total(&self) -> usize {
+        self.sent.iter().map(Vec::len).sum()
+    }
+}
+
+/// Runs frames received on `in_port` through every stage (in batches of 32) and output.
+pub struct Harness {
+    pub t: Tables,
+    pub s: CoreState,
+    pub c: BatchCounters,
+    pub sink: Sink,
+    pub txb: TxBuffers<TestBuf>,
+    pub stats: Vec<TxStats>,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        let t = tables();
+        let n = t.ports.len();
+        Self {
+            t,
+            s: CoreState::new(1024, 300_000),
+            c: BatchCounters::default(),
+            sink: Sink::default(),
+            txb: TxBuffers::new(n),
+            stats: vec![TxStats::default(); n],
+        }
+    }
+
+    pub fn rx_traced<T: Tracer>(&mut self, in_port: u16, frames: &[Vec<u8>], tr: &mut T) {
+        for chunk in frames.chunks(BURST) {
+            let mut b: Batch<TestBuf> = Batch::default();
+            for (i, f) in chunk.iter().enumerate() {
+                b.pkts[i] = Some(TestBuf::new(f));
+            }
+            b.start(in_port, chunk.len());
+            process(&mut b, &self.t, &mut self.s, &mut self.c, tr);
+            output::run(
+                &mut b,
+                &self.t,
+                &mut self.txb,
+                &mut self.sink,
+                &mut self.c,
+                &mut self.stats,
+                tr,
+            );
+            assert!(
+                b.pkts.iter().all(Option::is_none),
+                "every packet left the batch"
+            );
+        }
+        self.txb.flush(&mut self.sink, &mut self.c, &mut self.stats);
+    }
+
+    pub fn rx(&mut self, in_port: u16, frames: &[Vec<u8>]) {
+        self.rx_traced(in_port, frames, &mut super::NoTrace);
+    }
+}
+
+/// An Ethernet/IPv4/UDP frame built by etherparse.
+pub fn udp4(src: &str, dst: &str, sip: [u8; 4], dip: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0)
+        .ipv4(sip, dip, 64)
+        .udp(sport, dport);
+    let payload = [0x42u8; 18];
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, &payload).unwrap();
+    out
+}
+
+/// The same frame with an 802.1Q tag (etherparse builds it).
+pub fn udp4_vlan(src: &str, dst: &str, vid: u16, sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0)
+        .single_vlan(etherparse::VlanId::try_new(vid).unwrap())
+        .ipv4(sip, dip, 64)
+        .udp(1000, 2000);
+    let payload = [0x42u8; 18];
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, &payload).unwrap();
+    out
+}
+
+/// An Ethernet/IPv6/UDP frame built by etherparse.
+pub fn udp6(src: &str, dst: &str, sip: &str, dip: &str, sport: u16, dport: u16) -> Vec<u8> {
+    let s: std::net::Ipv6Addr = sip.parse().unwrap();
+    let d: std::net::Ipv6Addr = dip.parse().unwrap();
+    let b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0)
+        .ipv6(s.octets(), d.octets(), 64)
+        .udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, &[1, 2, 3, 4]).unwrap();
+    out
+}
+
+/// An ICMPv6 message of `icmp_type` (RA = 134) built by etherparse.
+pub fn icmp6(src: &str, sip: &str, icmp_type: u8) -> Vec<u8> {
+    let s: std::net::Ipv6Addr = sip.parse().unwrap();
+    let d: std::net::Ipv6Addr = "ff02::1".parse().unwrap();
+    let b = etherparse::PacketBuilder::ethernet2(mac(src).0, [0x33, 0x33, 0, 0, 0, 1])
+        .ipv6(s.octets(), d.octets(), 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown {
+            type_u8: icmp_type,
+            code_u8: 0,
+            bytes5to8: [0; 4],
+        });
+    let mut out = Vec::new();
+    b.write(&mut out, &[0u8; 16]).unwrap();
+    out
+}
+
+/// An ARP request built by etherparse.
+pub fn arp(src: &str, sha: &str, spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let a = etherparse::ArpPacket::new(
+        etherparse::ArpHardwareId::ETHERNET,
+        etherparse::EtherType::IPV4,
+        etherparse::ArpOperation::REQUEST,
+        &mac(sha).0,
+        &spa,
+        &[0; 6],
+        &tpa,
+    )
+    .unwrap();
+    let b = etherparse::PacketBuilder::ethernet2(mac(src).0, [0xff; 6]).arp(a);
+    let mut out = Vec::new();
+    b.write(&mut out).unwrap();
+    out
+}
