@@ -1,0 +1,41 @@
+# The two commands a newcomer runs, as root, on a fresh Debian 12 / Ubuntu 23.04+ machine:
+#   make demo   - install what is missing, build, run vswitchd on a namespace topology, show it work
+#   make test   - install what is missing, then the whole suite (lint, unit, property, DPDK, system)
+# and for performance work:
+#   make bench  - Mpps per core against dpdk-testpmd on the same traffic (perf/README.md)
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:/usr/local/cargo/bin:$(PATH)
+CARGO ?= cargo
+VSWITCHD_RELEASE := target/release/vswitchd
+
+.PHONY: all provision build build-release demo test lint unit bench clean
+
+all: build
+
+provision:
+	bash vagrant/provision.sh
+
+build: provision
+	$(CARGO) build --workspace
+
+build-release: provision
+	$(CARGO) build --release -p vswitch
+
+demo: build-release
+	VSWITCHD=$(VSWITCHD_RELEASE) bash scripts/demo.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Every test binary of the workspace: unit, property, DPDK (net_pcap) and system tests
+# (namespaces, one vswitchd each). One test at a time, so two DPDK processes never fight over
+# the same worker core of a 2-core machine; the whole suite stays within a few minutes.
+test: provision lint
+	$(CARGO) test --workspace -- --test-threads=1
+
+bench: build-release
+	python3 perf/bench.py --vswitchd $(VSWITCHD_RELEASE)
+
+clean:
+	$(CARGO) clean
