@@ -69,3 +69,56 @@ impl Publisher {
         waited
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::testutil::tables;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+    #[test]
+    fn publish_swaps_whole_and_frees_only_after_every_core_moved_on() {
+        let cores: Vec<_> = (0..2).map(|i| Arc::new(CoreCounters::new(i, 6))).collect();
+        let p = Arc::new(Publisher::new(tables(), cores.clone()));
+        let shared = p.shared();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Two "workers": load, check the generation is whole, bump the epoch.
+        let workers: Vec<_> = cores
+            .iter()
+            .map(|c| {
+                let (c, shared, stop) = (c.clone(), shared.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    while !stop.load(Relaxed) {
+                        let t = shared.load();
+                        assert!(t.generation >= seen, "generations never go back");
+                        assert_eq!(t.ports.len(), 6);
+                        seen = t.generation;
+                        drop(t);
+                        c.epoch.fetch_add(1, Ordering::Release);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let first = p.current();
+        let weak = Arc::downgrade(&first);
+        drop(first);
+        for g in 2..=50 {
+            let mut t = tables();
+            t.generation = g;
+            p.publish(t, || true);
+        }
+        assert!(weak.upgrade().is_none(), "generation 1 was freed by the publisher");
+        assert_eq!(p.current().generation, 50);
+        // Two more epochs: each core has run a whole round that began after the last swap.
+        let marks: Vec<u64> = cores.iter().map(|c| c.epoch.load(Ordering::Acquire)).collect();
+        while cores.iter().zip(&marks).any(|(c, m)| c.epoch.load(Ordering::Acquire) < m + 2) {
+            std::thread::yield_now();
+        }
+        stop.store(true, Relaxed);
+        for w in workers {
+            assert_eq!(w.join().unwrap(), 50);
+        }
+    }
+}
