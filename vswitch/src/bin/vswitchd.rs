@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use vswitch::control::{report, Daemon};
+use vswitch::control::Daemon;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     );
     for sig in signals.forever() {
         match sig {
-            signal_hook::consts::SIGUSR1 => report(&daemon.totals(), &daemon.port_names()),
+            signal_hook::consts::SIGUSR1 => daemon.report(),
             _ => break,
         }
     }

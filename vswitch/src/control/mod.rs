@@ -172,6 +172,12 @@ impl Daemon {
         totals(&self.cores, self.host.ports.len())
     }
 
+    /// Prints the counters, the PMDs' own included.
+    pub fn report(&self) {
+        let driver = self.ports.as_ref().map(driver_stats).unwrap_or_default();
+        report(&self.totals(), &self.port_names(), &driver);
+    }
+
     /// The table publisher (for reloads).
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
@@ -184,7 +190,8 @@ impl Daemon {
             eal::wait(l);
         }
         let t = self.totals();
-        report(&t, &self.port_names());
+        let driver = self.ports.as_ref().map(driver_stats).unwrap_or_default();
+        report(&t, &self.port_names(), &driver);
         if let Some(p) = self.ports.take() {
             p.close();
         }
@@ -205,8 +212,18 @@ impl Daemon {
     }
 }
 
+/// The driver's own counters of every open port (misses, buffer shortages, errors).
+pub fn driver_stats(ports: &Ports) -> Vec<vswitch_ffi::ethdev::EthStats> {
+    ports
+        .ports
+        .iter()
+        .map(|p| vswitch_ffi::ethdev::stats(p.port_id))
+        .collect()
+}
+
 /// Prints counters for people (aligned) and one JSON line for scripts (`stats-json: {...}`).
-pub fn report(t: &Totals, names: &[String]) {
+/// `driver` holds each port's PMD counters when the ports are open.
+pub fn report(t: &Totals, names: &[String], driver: &[vswitch_ffi::ethdev::EthStats]) {
     use std::io::Write;
     let mut out = String::new();
     out.push_str(&format!(
@@ -218,6 +235,18 @@ pub fn report(t: &Totals, names: &[String]) {
             "{:<16} {:>14} {:>16} {:>14} {:>16}\n",
             n, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes
         ));
+    }
+    if !driver.is_empty() {
+        out.push_str(&format!(
+            "{:<16} {:>14} {:>16} {:>14} {:>16}\n",
+            "driver", "imissed", "rx_nombuf", "ierrors", "oerrors"
+        ));
+        for (n, d) in names.iter().zip(driver) {
+            out.push_str(&format!(
+                "{:<16} {:>14} {:>16} {:>14} {:>16}\n",
+                n, d.imissed, d.rx_nombuf, d.ierrors, d.oerrors
+            ));
+        }
     }
     out.push_str("drops:\n");
     for (k, v) in t.drops.iter().filter(|(_, v)| *v > 0) {
@@ -234,6 +263,10 @@ pub fn report(t: &Totals, names: &[String]) {
         })).collect::<Vec<_>>(),
         "drops": t.drops.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         "events": t.events.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "driver": names.iter().zip(driver).map(|(n, d)| serde_json::json!({
+            "name": n, "imissed": d.imissed, "rx_nombuf": d.rx_nombuf,
+            "ierrors": d.ierrors, "oerrors": d.oerrors,
+        })).collect::<Vec<_>>(),
         "busy_polls": t.busy_polls,
         "idle_polls": t.idle_polls,
     });

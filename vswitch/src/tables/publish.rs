@@ -109,11 +109,21 @@ mod tests {
             t.generation = g;
             p.publish(t, || true);
         }
-        assert!(weak.upgrade().is_none(), "generation 1 was freed by the publisher");
+        assert!(
+            weak.upgrade().is_none(),
+            "generation 1 was freed by the publisher"
+        );
         assert_eq!(p.current().generation, 50);
         // Two more epochs: each core has run a whole round that began after the last swap.
-        let marks: Vec<u64> = cores.iter().map(|c| c.epoch.load(Ordering::Acquire)).collect();
-        while cores.iter().zip(&marks).any(|(c, m)| c.epoch.load(Ordering::Acquire) < m + 2) {
+        let marks: Vec<u64> = cores
+            .iter()
+            .map(|c| c.epoch.load(Ordering::Acquire))
+            .collect();
+        while cores
+            .iter()
+            .zip(&marks)
+            .any(|(c, m)| c.epoch.load(Ordering::Acquire) < m + 2)
+        {
             std::thread::yield_now();
         }
         stop.store(true, Relaxed);
