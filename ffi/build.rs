@@ -82,9 +82,10 @@ fn main() {
 /// bindgen loads libclang at run time and panics with a cryptic message when it is absent;
 /// look for it first so the error names the package.
 fn check_libclang() {
-    let found = ["/usr/lib", "/usr/lib64", "/usr/local/lib"].iter().any(|d| {
-        walk_has_libclang(std::path::Path::new(d), 3)
-    }) || env::var_os("LIBCLANG_PATH").is_some();
+    let found = ["/usr/lib", "/usr/lib64", "/usr/local/lib"]
+        .iter()
+        .any(|d| walk_has_libclang(std::path::Path::new(d), 3))
+        || env::var_os("LIBCLANG_PATH").is_some();
     if !found {
         eprintln!("\nerror: libclang.so not found (bindgen needs it)\nhint: {HINT}\n");
         std::process::exit(1);
@@ -92,12 +93,15 @@ fn check_libclang() {
 }
 
 fn walk_has_libclang(dir: &std::path::Path, depth: u32) -> bool {
-    let Ok(rd) = std::fs::read_dir(dir) else { return false };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
     for e in rd.flatten() {
         let p = e.path();
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("libclang.so") || name.starts_with("libclang-") && name.contains(".so") {
+        if name.starts_with("libclang.so") || name.starts_with("libclang-") && name.contains(".so")
+        {
             return true;
         }
         if depth > 0 && p.is_dir() && walk_has_libclang(&p, depth - 1) {

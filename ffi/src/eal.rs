@@ -10,7 +10,12 @@ pub fn init(args: &[String]) -> Result<usize, DpdkError> {
     for a in args {
         match CString::new(a.as_str()) {
             Ok(c) => owned.push(c),
-            Err(_) => return Err(DpdkError::new(format!("EAL argument {a:?} contains NUL"), 22)),
+            Err(_) => {
+                return Err(DpdkError::new(
+                    format!("EAL argument {a:?} contains NUL"),
+                    22,
+                ))
+            }
         }
     }
     // rte_eal_init may permute argv, so hand it a scratch array of pointers we own.
@@ -75,7 +80,10 @@ pub fn launch(lcore: u32, f: impl FnOnce() -> i32 + Send + 'static) -> Result<()
     if rc < 0 {
         // SAFETY: the launch failed, so the trampoline never ran; reclaim the job here.
         drop(unsafe { Box::from_raw(raw as *mut Job) });
-        return Err(DpdkError::new(format!("rte_eal_remote_launch(lcore {lcore})"), rc));
+        return Err(DpdkError::new(
+            format!("rte_eal_remote_launch(lcore {lcore})"),
+            rc,
+        ));
     }
     Ok(())
 }

@@ -19,7 +19,10 @@ pub fn probe(devargs: &str) -> Result<u16, DpdkError> {
     }
     let name = devargs.split(',').next().unwrap_or(devargs);
     port_by_name(name).ok_or_else(|| {
-        DpdkError::new(format!("device {name} probed but no ethdev port by that name"), 19)
+        DpdkError::new(
+            format!("device {name} probed but no ethdev port by that name"),
+            19,
+        )
     })
 }
 
@@ -47,13 +50,18 @@ pub fn info(port: u16) -> Result<DevInfo, DpdkError> {
     // SAFETY: di is a valid, writable rte_eth_dev_info.
     let rc = unsafe { sys::rte_eth_dev_info_get(port, &mut di) };
     if rc != 0 {
-        return Err(DpdkError::new(format!("rte_eth_dev_info_get(port {port})"), rc));
+        return Err(DpdkError::new(
+            format!("rte_eth_dev_info_get(port {port})"),
+            rc,
+        ));
     }
     let driver = if di.driver_name.is_null() {
         String::new()
     } else {
         // SAFETY: driver_name is a NUL-terminated static string owned by the driver.
-        unsafe { CStr::from_ptr(di.driver_name) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(di.driver_name) }
+            .to_string_lossy()
+            .into_owned()
     };
     // SAFETY: a plain lookup for a valid port id.
     let socket = unsafe { sys::rte_eth_dev_socket_id(port) };
@@ -81,7 +89,10 @@ pub fn setup_and_start(port: u16, s: &PortSetup, pool: &Mempool) -> Result<(), D
     // SAFETY: conf is a valid zeroed configuration (defaults for every field).
     let rc = unsafe { sys::rte_eth_dev_configure(port, s.rx_queues, s.tx_queues, &conf) };
     if rc < 0 {
-        return Err(DpdkError::new(format!("rte_eth_dev_configure(port {port})"), rc));
+        return Err(DpdkError::new(
+            format!("rte_eth_dev_configure(port {port})"),
+            rc,
+        ));
     }
     // SAFETY: plain lookup for a valid port.
     let socket = unsafe { sys::rte_eth_dev_socket_id(port) }.max(0) as u32;
@@ -91,14 +102,21 @@ pub fn setup_and_start(port: u16, s: &PortSetup, pool: &Mempool) -> Result<(), D
             sys::rte_eth_rx_queue_setup(port, q, s.rx_desc, socket, std::ptr::null(), pool.as_ptr())
         };
         if rc < 0 {
-            return Err(DpdkError::new(format!("rte_eth_rx_queue_setup(port {port}, queue {q})"), rc));
+            return Err(DpdkError::new(
+                format!("rte_eth_rx_queue_setup(port {port}, queue {q})"),
+                rc,
+            ));
         }
     }
     for q in 0..s.tx_queues {
         // SAFETY: NULL conf means driver defaults.
-        let rc = unsafe { sys::rte_eth_tx_queue_setup(port, q, s.tx_desc, socket, std::ptr::null()) };
+        let rc =
+            unsafe { sys::rte_eth_tx_queue_setup(port, q, s.tx_desc, socket, std::ptr::null()) };
         if rc < 0 {
-            return Err(DpdkError::new(format!("rte_eth_tx_queue_setup(port {port}, queue {q})"), rc));
+            return Err(DpdkError::new(
+                format!("rte_eth_tx_queue_setup(port {port}, queue {q})"),
+                rc,
+            ));
         }
     }
     // SAFETY: valid configured port. Some PMDs (pcap, null) lack promiscuous control: fine.
@@ -106,7 +124,10 @@ pub fn setup_and_start(port: u16, s: &PortSetup, pool: &Mempool) -> Result<(), D
     // SAFETY: valid configured port with all queues set up.
     let rc = unsafe { sys::rte_eth_dev_start(port) };
     if rc < 0 {
-        return Err(DpdkError::new(format!("rte_eth_dev_start(port {port})"), rc));
+        return Err(DpdkError::new(
+            format!("rte_eth_dev_start(port {port})"),
+            rc,
+        ));
     }
     Ok(())
 }

@@ -51,7 +51,11 @@ impl Mbuf {
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         let m = self.m();
-        let (addr, off, len) = (m.buf_addr as *mut u8, m.data_off as usize, m.data_len as usize);
+        let (addr, off, len) = (
+            m.buf_addr as *mut u8,
+            m.data_off as usize,
+            m.data_len as usize,
+        );
         // SAFETY: as in `data`, and we own the mbuf exclusively (&mut self, refcnt 1 on rx/alloc).
         unsafe { std::slice::from_raw_parts_mut(addr.add(off), len) }
     }

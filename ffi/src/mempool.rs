@@ -19,13 +19,22 @@ unsafe impl Sync for Mempool {}
 impl Mempool {
     /// Creates a pool of `n` mbufs with a per-lcore cache of `cache` and `data_room` bytes of
     /// buffer (including `RTE_PKTMBUF_HEADROOM`) on NUMA `socket` (-1 for any).
-    pub fn pktmbuf(name: &str, n: u32, cache: u32, data_room: u16, socket: i32) -> Result<Self, DpdkError> {
+    pub fn pktmbuf(
+        name: &str,
+        n: u32,
+        cache: u32,
+        data_room: u16,
+        socket: i32,
+    ) -> Result<Self, DpdkError> {
         let cname = CString::new(name).map_err(|_| DpdkError::new("mempool name has NUL", 22))?;
         // SAFETY: cname is a valid C string for the duration of the call.
-        let p = unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, socket) };
+        let p =
+            unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, socket) };
         match NonNull::new(p) {
             Some(raw) => Ok(Self { raw, size: n }),
-            None => Err(DpdkError::from_errno(format!("rte_pktmbuf_pool_create({name}, {n} mbufs)"))),
+            None => Err(DpdkError::from_errno(format!(
+                "rte_pktmbuf_pool_create({name}, {n} mbufs)"
+            ))),
         }
     }
 

@@ -1,0 +1,525 @@
+#!/usr/bin/env python3
+"""Benchmark runner: Mpps per worker core of vswitchd against dpdk-testpmd on the same traffic.
+
+For every scenario in perf/scenarios/ (or those named with --scenario) and for --runs rounds,
+interleaved so machine noise hits every candidate alike:
+  ours     vswitchd (one worker core, idle mode busy) replaying the scenario's pcap on
+           net_pcap (infinite_rx) into net_null; two SIGUSR1 snapshots after the warm-up,
+           Mpps = delta tx_packets of the scenario's output port / elapsed time;
+  io       dpdk-testpmd --forward-mode=io on the same pcap, same cores, same memory mode;
+  macswap  dpdk-testpmd --forward-mode=macswap (touches every frame's header: the fairer bound).
+testpmd's rate is the mean of its per-second Tx-pps (--stats-period 1) of the output port over
+the same window (samples after the warm-up). Each figure is the median over the runs; `ratio`
+is the median of the per-run ratios ours/macswap (each taken from one round, so a slow patch of
+the machine cancels out).
+
+Writes perf/results/latest.json (one record per scenario) and keeps every run's configs and logs
+in perf/out/<scenario>/ (git-ignored). Standard library only.
+
+    python3 perf/bench.py                  # all scenarios, 5 runs, ~2.5 min per scenario
+    python3 perf/bench.py --runs 3 --scenario l2 --duration 5 --warmup 3
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import collections
+import datetime
+import json
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import gen_pcap  # noqa: E402
+
+KINDS = ("ours", "io", "macswap")
+
+
+class BenchError(Exception):
+    pass
+
+
+# --- process handling: every child in its own process group, all killed on any exit ---------------
+_LIVE: "set[Proc]" = set()
+
+
+def _kill_all() -> None:
+    for p in list(_LIVE):
+        p.kill()
+
+
+atexit.register(_kill_all)
+
+
+def _on_signal(signum, _frame):
+    _kill_all()
+    raise SystemExit(128 + signum)
+
+
+for _s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_s, _on_signal)
+
+
+class Proc:
+    """A child process whose output lines are collected by a thread (and written to a log)."""
+
+    def __init__(self, argv: List[str], log_path: str, env: Optional[Dict[str, str]] = None):
+        self.argv = argv
+        self.log = open(log_path, "w", buffering=1)
+        self.log.write("$ " + " ".join(argv) + "\n")
+        self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        self.tail: "collections.deque[str]" = collections.deque(maxlen=25)
+        self.p = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env, cwd=ROOT, text=True, errors="replace", bufsize=1,
+        )
+        _LIVE.add(self)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.log.write(line)
+            self.tail.append(line.rstrip("\n"))
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def expect(self, pattern: str, timeout: float) -> "re.Match[str]":
+        """The next output line matching `pattern` (earlier lines are consumed)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"timed out after {timeout:.0f}s waiting for /{pattern}/ from "
+                                 f"{os.path.basename(self.argv[0])}\n{self.tail_text()}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.p.wait()
+                raise BenchError(f"{os.path.basename(self.argv[0])} exited (rc {self.p.returncode}) "
+                                 f"before printing /{pattern}/\n{self.tail_text()}")
+            m = rx.search(line)
+            if m:
+                return m
+
+    def tail_text(self) -> str:
+        return "\n".join("    | " + line for line in self.tail)
+
+    def send(self, sig: int) -> None:
+        if self.p.poll() is None:
+            try:
+                os.kill(self.p.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Asks the process to stop, waits, kills the whole group if it does not."""
+        self.send(sig)
+        try:
+            self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.kill()  # leftovers of the group, if any
+        return self.p.returncode
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.reader.join(timeout=5)
+        if self.p.stdin:
+            try:
+                self.p.stdin.close()
+            except OSError:
+                pass
+        self.log.close()
+        _LIVE.discard(self)
+
+
+# --- environment -------------------------------------------------------------------------------------
+def hugepages_free_mib() -> int:
+    info = {}
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                k, _, v = line.partition(":")
+                info[k] = v.split()
+    except OSError:
+        return 0
+    try:
+        free = int(info["HugePages_Free"][0])
+        size_kib = int(info["Hugepagesize"][0])
+    except (KeyError, ValueError, IndexError):
+        return 0
+    mounted = False
+    try:
+        with open("/proc/mounts") as fh:
+            mounted = any(line.split()[2] == "hugetlbfs" for line in fh if len(line.split()) > 2)
+    except OSError:
+        pass
+    return free * size_kib // 1024 if mounted else 0
+
+
+def memory_args(mode: str) -> List[str]:
+    if mode == "huge":
+        return ["--in-memory"]
+    return ["--no-huge", "-m", "1024", "--no-shconf"]
+
+
+def host_info() -> Dict[str, object]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+            "hostname": platform.node()}
+
+
+def cmd_out(argv: List[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def loadavg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+# --- scenarios ---------------------------------------------------------------------------------------
+class Scenario:
+    def __init__(self, name: str, args):
+        self.name = name
+        self.dir = os.path.join(HERE, "scenarios", name)
+        with open(os.path.join(self.dir, "scenario.json")) as fh:
+            self.meta = json.load(fh)
+        self.output_port: str = self.meta["output_port"]
+        self.input_port: str = self.meta["input_port"]
+        self.out = os.path.join(HERE, "out", name)
+        os.makedirs(self.out, exist_ok=True)
+        if name not in gen_pcap.SCENARIOS:
+            raise BenchError(f"scenario {name}: no traffic generator in perf/gen_pcap.py SCENARIOS")
+        self.pcap = os.path.join(self.out, f"{name}.pcap")
+        self.frames = gen_pcap.generate(name, self.pcap, args.frames, args.flows)
+        sc = gen_pcap.SCENARIOS[name]
+        self.flows = args.flows or sc.flows.n_flows
+        self.frame_len = sc.flows.frame_len
+        self.state = os.path.join(self.dir, "state.yaml")
+        with open(os.path.join(self.dir, "host.toml")) as fh:
+            self.host_template = fh.read()
+        self._check_state(sc)
+
+    def _check_state(self, sc) -> None:
+        """The pcap's sender must be the state's port (or port security drops everything)."""
+        with open(self.state) as fh:
+            text = fh.read().lower()
+        for what in (sc.flows.src_mac, sc.flows.src_ip, sc.flows.dst_mac):
+            if what.lower() not in text:
+                raise BenchError(f"scenario {self.name}: {what} (from gen_pcap.py) is not in {self.state}; "
+                                 "keep the two in step")
+
+    def host_toml(self, mem: str, main_core: int, worker_core: int, prefix: str) -> str:
+        eal = ", ".join(json.dumps(a) for a in memory_args(mem))
+        text = (self.host_template.replace("@PCAP@", self.pcap)
+                .replace("@MAIN_CORE@", str(main_core))
+                .replace("@WORKER_CORE@", str(worker_core))
+                .replace("@EAL_ARGS@", eal)
+                .replace("@PREFIX@", prefix))
+        left = re.findall(r"@[A-Z_]+@", "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#")))
+        if left:
+            raise BenchError(f"scenario {self.name}: unknown placeholders {left} in host.toml")
+        return text
+
+
+# --- one measurement each ------------------------------------------------------------------------------
+def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
+    prefix = f"vsbench{os.getpid()}r{run}"
+    cfg = os.path.join(sc.out, f"host-{mem}.toml")
+    with open(cfg, "w") as fh:
+        fh.write(sc.host_toml(mem, a.main_core, a.worker_core, prefix))
+    env = dict(os.environ, NO_COLOR="1")
+    env.setdefault("RUST_LOG", "info")
+    p = Proc([a.vswitchd, "--config", cfg, "--state", sc.state],
+             os.path.join(sc.out, f"vswitchd-run{run}.log"), env)
+    try:
+        p.expect(r"^vswitchd: running", timeout=60)
+        time.sleep(a.warmup)
+        t0 = time.monotonic()
+        p.send(signal.SIGUSR1)
+        s0 = json.loads(p.expect(r"^stats-json: (.*)$", timeout=20).group(1))
+        time.sleep(max(0.0, t0 + a.duration - time.monotonic()))
+        t1 = time.monotonic()
+        p.send(signal.SIGUSR1)
+        s1 = json.loads(p.expect(r"^stats-json: (.*)$", timeout=20).group(1))
+        rc = p.stop(signal.SIGTERM)
+    finally:
+        p.kill()
+    tail = "\n".join(p.tail)
+
+    def port(s, name):
+        for e in s["ports"]:
+            if e["name"] == name:
+                return e
+        raise BenchError(f"no port {name!r} in vswitchd's stats-json")
+
+    tx = port(s1, sc.output_port)["tx_packets"] - port(s0, sc.output_port)["tx_packets"]
+    rx = port(s1, sc.input_port)["rx_packets"] - port(s0, sc.input_port)["rx_packets"]
+    drops = {k: v - s0["drops"].get(k, 0) for k, v in s1["drops"].items() if v - s0["drops"].get(k, 0)}
+    res: Dict[str, object] = {"mpps": tx / (t1 - t0) / 1e6, "rx_mpps": rx / (t1 - t0) / 1e6}
+    if drops:
+        res["drops"] = drops
+    # The PMDs' own counters (vswitchd prints them when it has them): misses and buffer shortages.
+    d0 = {e["name"]: e for e in s0.get("driver", [])}
+    driver = {}
+    for e in s1.get("driver", []):
+        for k, v in e.items():
+            if k != "name" and isinstance(v, int) and v - d0.get(e["name"], {}).get(k, 0):
+                driver[f"{e['name']}.{k}"] = v - d0.get(e["name"], {}).get(k, 0)
+    if driver:
+        res["driver"] = driver
+    polls = s1.get("busy_polls", 0) - s0.get("busy_polls", 0)
+    if polls > 0:
+        res["pkts_per_poll"] = round(rx / polls, 1)
+    warnings = []
+    if tx == 0:
+        raise BenchError(f"vswitchd forwarded nothing to {sc.output_port} (drops: {drops or 'none'}); "
+                         f"log: {p.log.name}")
+    if rc != 0:
+        warnings.append(f"vswitchd exited with {rc}")
+    m = re.search(r"mbufs in use after closing ports: (\d+)", tail)
+    if m and int(m.group(1)) != 0:
+        warnings.append(f"{m.group(1)} mbufs leaked at shutdown")
+    if warnings:
+        res["warnings"] = warnings
+    return res
+
+
+_PORT_HDR = re.compile(r"NIC statistics for port (\d+)")
+_TX_PPS = re.compile(r"Tx-pps:\s+(\d+)")
+
+
+def run_testpmd(sc: Scenario, a, mem: str, run: int, mode: str) -> Dict[str, object]:
+    prefix = f"tpbench{os.getpid()}r{run}{mode}"
+    argv = []
+    if shutil.which("stdbuf"):
+        argv += ["stdbuf", "-oL"]  # testpmd's stdout is a pipe: keep it line-buffered
+    argv += [a.testpmd, "-l", f"{a.main_core},{a.worker_core}", "--main-lcore", str(a.main_core),
+             "--no-pci", *memory_args(mem), "--file-prefix", prefix,
+             "--vdev", f"net_pcap0,rx_pcap={sc.pcap},infinite_rx=1",
+             "--vdev", "net_null0,no-rx=1",
+             "--", f"--forward-mode={mode}", "--auto-start", "--stats-period", "1",
+             "--total-num-mbufs=16384", "--burst=32"]
+    # The output is port 1 (net_null0): ports are numbered in --vdev order.
+    out_port = 1
+    need = int(a.warmup) + int(a.duration)
+    samples: List[int] = []
+    p = Proc(argv, os.path.join(sc.out, f"testpmd-{mode}-run{run}.log"))
+    try:
+        deadline = time.monotonic() + need + 60
+        cur = None
+        while len(samples) < need + 1:
+            m = p.expect(r"NIC statistics for port (\d+)|Tx-pps:\s+(\d+)",
+                         timeout=max(1.0, deadline - time.monotonic()))
+            if m.group(1) is not None:
+                cur = int(m.group(1))
+            elif cur == out_port:
+                samples.append(int(m.group(2)))
+        p.stop(signal.SIGINT)
+    finally:
+        p.kill()
+    # Sample 0 is testpmd's baseline (0); sample k covers about [k, k+1] s after start.
+    window = samples[int(a.warmup): int(a.warmup) + int(a.duration)]
+    mpps = sum(window) / len(window) / 1e6
+    if mpps == 0:
+        raise BenchError(f"testpmd {mode} forwarded nothing; log: {p.log.name}")
+    return {"mpps": mpps, "samples_mpps": [round(s / 1e6, 3) for s in window]}
+
+
+def check_vswitchd(sc: Scenario, a) -> None:
+    cfg = os.path.join(sc.out, "host-check.toml")
+    with open(cfg, "w") as fh:
+        fh.write(sc.host_toml("nohuge", a.main_core, a.worker_core, "check"))
+    r = subprocess.run([a.vswitchd, "--config", cfg, "--state", sc.state, "--check"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=30)
+    if r.returncode != 0:
+        raise BenchError(f"scenario {sc.name}: vswitchd rejects its configuration:\n{r.stdout}{r.stderr}")
+
+
+def pick_memory(a) -> str:
+    if a.memory != "auto":
+        return a.memory
+    # Two copies of the pool at most (one process at a time, plus the EAL's own): 256 MiB is ample.
+    return "huge" if hugepages_free_mib() >= 256 else "nohuge"
+
+
+def median(xs: List[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def bench_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
+    check_vswitchd(sc, a)
+    runs: List[Dict[str, object]] = []
+    for r in range(1, a.runs + 1):
+        rec: Dict[str, object] = {"run": r}
+        for kind in a.kinds:
+            t = time.monotonic()
+            if kind == "ours":
+                try:
+                    res = run_ours(sc, a, mem, r)
+                except BenchError as e:
+                    # Hugepages may be taken between the check and the run: fall back once.
+                    if mem == "huge" and a.memory == "auto" and re.search(
+                            r"Cannot allocate memory|Cannot init memory|errno 12\b", str(e)):
+                        print(f"  hugepage EAL start failed, falling back to --no-huge:\n{e}", file=sys.stderr)
+                        mem = "nohuge"
+                        res = run_ours(sc, a, mem, r)
+                    else:
+                        raise
+                rec["mpps"] = round(res["mpps"], 3)
+                for k in ("pkts_per_poll", "drops", "driver", "warnings"):
+                    if k in res:
+                        rec[k] = res[k]
+            else:
+                res = run_testpmd(sc, a, mem, r, kind)
+                rec[f"testpmd_{kind}_mpps"] = round(res["mpps"], 3)
+            print(f"  [{sc.name} run {r}/{a.runs}] {kind:<8} {res['mpps']:8.2f} Mpps  "
+                  f"({time.monotonic() - t:.1f}s)" + (f"  drops {res['drops']}" if res.get("drops") else "")
+                  + (f"  driver {res['driver']}" if res.get("driver") else "")
+                  + (f"  WARNING {res['warnings']}" if res.get("warnings") else ""), flush=True)
+        if "mpps" in rec and rec.get("testpmd_macswap_mpps"):
+            rec["ratio"] = round(rec["mpps"] / rec["testpmd_macswap_mpps"], 3)
+        runs.append(rec)
+
+    def med(key):
+        v = [r[key] for r in runs if key in r]
+        return round(median(v), 3) if v else None
+
+    return {
+        "scenario": sc.name,
+        "mpps": med("mpps"),
+        "testpmd_io_mpps": med("testpmd_io_mpps"),
+        "testpmd_macswap_mpps": med("testpmd_macswap_mpps"),
+        "ratio": med("ratio"),
+        "runs": runs,
+        "cores": 1,
+        "frames": sc.frames,
+        "flows": sc.flows,
+        "frame_len": sc.frame_len + 4,
+        "warmup_s": a.warmup,
+        "duration_s": a.duration,
+        "memory": "hugepages" if mem == "huge" else "no-huge",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": dict(host_info(), loadavg_start=round(a.load0, 2), loadavg_end=round(loadavg(), 2)),
+        "dpdk": cmd_out(["pkg-config", "--modversion", "libdpdk"]),
+        "commit": cmd_out(["git", "describe", "--always", "--dirty"]),
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--scenario", action="append", dest="scenarios",
+                    help="scenario to run (repeatable; default: every perf/scenarios/*/ with a generator)")
+    ap.add_argument("--runs", type=int, default=5, help="rounds per scenario (default 5)")
+    ap.add_argument("--duration", type=int, default=5, help="seconds measured per run (default 5)")
+    ap.add_argument("--warmup", type=int, default=3, help="seconds before measuring (default 3, >= 1)")
+    ap.add_argument("--vswitchd", default=os.path.join(ROOT, "target", "release", "vswitchd"))
+    ap.add_argument("--testpmd", default="dpdk-testpmd")
+    ap.add_argument("--main-core", type=int, default=0, help="control/main lcore (default 0)")
+    ap.add_argument("--worker-core", type=int, default=1, help="the one forwarding lcore (default 1)")
+    ap.add_argument("--memory", choices=("auto", "huge", "nohuge"), default="auto",
+                    help="hugepages (--in-memory) or --no-huge -m 1024; auto: hugepages when >= 256 MiB free")
+    ap.add_argument("--frames", type=int, help="frames in the pcap (default: the scenario's; at most 16384)")
+    ap.add_argument("--flows", type=int, help="distinct 5-tuples (default: the scenario's)")
+    ap.add_argument("--only", choices=KINDS, action="append", dest="kinds",
+                    help="measure only this candidate (repeatable; default all three)")
+    ap.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
+    a = ap.parse_args(argv)
+    a.kinds = [k for k in KINDS if k in (a.kinds or KINDS)]
+    if a.runs < 1 or a.duration < 1 or a.warmup < 1:
+        ap.error("--runs, --duration and --warmup must be >= 1")
+    if a.frames is not None and not 1 <= a.frames <= 16384:
+        ap.error("--frames must be 1..16384 (net_pcap holds the file in the port's mbuf pool)")
+    ncpu = os.cpu_count() or 1
+    if a.main_core == a.worker_core or max(a.main_core, a.worker_core) >= ncpu:
+        ap.error(f"--main-core and --worker-core must be two different cores below {ncpu}")
+    if "ours" in a.kinds and not os.access(a.vswitchd, os.X_OK):
+        ap.error(f"{a.vswitchd} not found: build it with `cargo build --release -p vswitch`")
+    if {"io", "macswap"} & set(a.kinds) and not shutil.which(a.testpmd):
+        ap.error(f"{a.testpmd} not found (apt-get install dpdk)")
+    available = sorted(d for d in os.listdir(os.path.join(HERE, "scenarios"))
+                       if os.path.isfile(os.path.join(HERE, "scenarios", d, "scenario.json")))
+    names = a.scenarios or [n for n in available if n in gen_pcap.SCENARIOS]
+    for n in names:
+        if n not in available:
+            ap.error(f"unknown scenario {n!r}; available: {', '.join(available)}")
+    a.load0 = loadavg()
+    if a.load0 > 0.5:
+        print(f"note: load average {a.load0:.2f} at start; figures will be noisy (the ratios less so)",
+              file=sys.stderr)
+    mem = pick_memory(a)
+    print(f"bench: {', '.join(names)}; {a.runs} runs x ({', '.join(a.kinds)}); warm-up {a.warmup}s, "
+          f"measure {a.duration}s; lcores main {a.main_core} worker {a.worker_core}; "
+          f"memory {'hugepages' if mem == 'huge' else '--no-huge'}", flush=True)
+    records = []
+    try:
+        for n in names:
+            sc = Scenario(n, a)
+            print(f"scenario {n}: {sc.frames} frames, {sc.flows} flows, {sc.frame_len + 4}-byte frames "
+                  f"({sc.pcap})", flush=True)
+            records.append(bench_scenario(sc, a, mem))
+    except BenchError as e:
+        print(f"bench: FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        _kill_all()
+
+    def f(x, w=8, p=2):
+        return f"{x:{w}.{p}f}" if isinstance(x, (int, float)) else f"{'-':>{w}}"
+
+    print()
+    print(f"{'scenario':<24} {'ours':>8} {'io':>8} {'macswap':>8} {'ours/macswap':>13}   (Mpps, 1 core, median of {a.runs})")
+    for r in records:
+        print(f"{r['scenario']:<24} {f(r['mpps'])} {f(r['testpmd_io_mpps'])} {f(r['testpmd_macswap_mpps'])} "
+              f"{f(r['ratio'], 13, 3)}")
+    os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
+    tmp = a.output + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(records, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, a.output)
+    print(f"\nwrote {os.path.relpath(a.output, ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

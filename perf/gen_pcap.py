@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Benchmark traffic: writes one pcap per scenario (stdlib only, no scapy).
+
+Each scenario is a `Scenario`: the frames one instance (or the fabric) sends into the switch,
+built from a flow description (`Flows`) that `perf/trex/*.py` reuses, so the pcap replayed by
+`net_pcap` here and the stream TRex sends on real hardware carry the same headers and the same
+flow pattern.
+
+Flow pattern (all scenarios, unless a scenario says otherwise): flow i of `n_flows` is
+    dst_ip   = dst_ip_base   + i % dst_ip_count
+    dst_port = dst_port_base + (i // dst_ip_count) % dst_port_count
+    src_port = src_port_base + i % n_flows
+so with the defaults (16 addresses x 64 ports, 1024 flows) every frame of a 1024-frame cycle is
+a distinct UDP 5-tuple. The pcap repeats the cycle up to `frames` frames (keep it under ~16 K:
+net_pcap's infinite_rx holds the whole file in mbufs of the port's pool).
+
+Usage:
+    python3 perf/gen_pcap.py l2 -o perf/out/l2.pcap [--frames 4096] [--flows 1024]
+    python3 perf/gen_pcap.py --list
+
+Adding a scenario: write a `build_<name>(flows, i) -> bytes` (compose `eth`, `ipv4`, `udp`,
+`vxlan`, ... below), register a `Scenario` in `SCENARIOS`, and add `perf/scenarios/<name>/`
+(host.toml, state.yaml whose ports/MACs/IPs match the constants here, scenario.json).
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import struct
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Optional
+
+# --- addresses shared with perf/scenarios/*/state.yaml (keep them in step) ---------------------
+VM1_MAC = "fa:16:3e:00:00:01"
+VM1_IP = "198.51.100.11"
+VM2_MAC = "fa:16:3e:00:00:02"
+VM2_IP = "198.51.100.12"
+# vm2 carries this prefix as an allowed address pair (addresses behind it), so the varying
+# destination addresses are all legitimately vm2's.
+VM2_BEHIND = "198.51.100.32/28"
+
+ETH_IPV4 = 0x0800
+ETH_VLAN = 0x8100
+IPPROTO_UDP = 17
+VXLAN_PORT = 4789
+
+
+# --- header builders ------------------------------------------------------------------------------
+def mac_bytes(mac: str) -> bytes:
+    b = bytes(int(x, 16) for x in mac.split(":"))
+    if len(b) != 6:
+        raise ValueError(f"bad MAC {mac!r}")
+    return b
+
+
+def ip_bytes(ip: str | int) -> bytes:
+    return ipaddress.IPv4Address(ip).packed
+
+
+def csum16(data: bytes) -> int:
+    """RFC 1071 Internet checksum (ones' complement of the ones' complement sum)."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def eth(dst: str, src: str, ethertype: int, vlan: Optional[int] = None) -> bytes:
+    h = mac_bytes(dst) + mac_bytes(src)
+    if vlan is not None:
+        h += struct.pack("!HH", ETH_VLAN, vlan & 0x0FFF)
+    return h + struct.pack("!H", ethertype)
+
+
+def ipv4(src: str | int, dst: str | int, proto: int, payload_len: int, ident: int = 0, ttl: int = 64,
+         dont_fragment: bool = True) -> bytes:
+    """A 20-byte IPv4 header with a correct header checksum."""
+    total = 20 + payload_len
+    flags_frag = 0x4000 if dont_fragment else 0
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, ident & 0xFFFF, flags_frag, ttl, proto, 0,
+                    ip_bytes(src), ip_bytes(dst))
+    c = csum16(h)
+    return h[:10] + struct.pack("!H", c) + h[12:]
+
+
+def udp(src_ip: str | int, dst_ip: str | int, sport: int, dport: int, payload: bytes) -> bytes:
+    """A UDP header + payload with a correct checksum (pseudo-header included)."""
+    length = 8 + len(payload)
+    h = struct.pack("!HHHH", sport, dport, length, 0)
+    pseudo = ip_bytes(src_ip) + ip_bytes(dst_ip) + struct.pack("!BBH", 0, IPPROTO_UDP, length)
+    c = csum16(pseudo + h + payload)
+    if c == 0:
+        c = 0xFFFF  # 0 means "no checksum" in UDP over IPv4
+    return h[:6] + struct.pack("!H", c) + payload
+
+
+def vxlan(vni: int) -> bytes:
+    """VXLAN header with the I flag (0x08) only, as Linux expects."""
+    return struct.pack("!II", 0x08 << 24, (vni & 0xFFFFFF) << 8)
+
+
+# --- flows ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Flows:
+    """One sender's traffic: addresses and the varying fields (see the module docstring)."""
+    src_mac: str
+    dst_mac: str
+    src_ip: str
+    dst_ip_base: str
+    dst_ip_count: int = 16
+    dst_port_base: int = 5001
+    dst_port_count: int = 64
+    src_port_base: int = 49152
+    n_flows: int = 1024
+    # Ethernet frame length without FCS: 60 here is a 64-byte frame on the wire.
+    frame_len: int = 60
+    vlan: Optional[int] = None
+
+    def tuple_of(self, i: int):
+        """(dst_ip, src_port, dst_port) of flow i (i taken modulo n_flows)."""
+        i %= self.n_flows
+        dst_ip = int(ipaddress.IPv4Address(self.dst_ip_base)) + i % self.dst_ip_count
+        dport = self.dst_port_base + (i // self.dst_ip_count) % self.dst_port_count
+        sport = self.src_port_base + i
+        return dst_ip, sport, dport
+
+
+def udp_frame(f: Flows, i: int, ident: Optional[int] = None) -> bytes:
+    """Ethernet/[VLAN]/IPv4/UDP frame of flow i, padded to `f.frame_len`."""
+    dst_ip, sport, dport = f.tuple_of(i)
+    hdr = 14 + (4 if f.vlan is not None else 0) + 20 + 8
+    payload = bytes(max(0, f.frame_len - hdr))
+    l4 = udp(f.src_ip, dst_ip, sport, dport, payload)
+    l3 = ipv4(f.src_ip, dst_ip, IPPROTO_UDP, len(l4), ident=i if ident is None else ident)
+    return eth(f.dst_mac, f.src_mac, ETH_IPV4, f.vlan) + l3 + l4
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    flows: Flows
+    build: Callable[[Flows, int], bytes]
+    # Frames in the pcap: a whole number of flow cycles, under ~16 K.
+    frames: int = 4096
+
+
+def build_l2(f: Flows, i: int) -> bytes:
+    return udp_frame(f, i)
+
+
+L2_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=VM2_MAC, src_ip=VM1_IP,
+                 dst_ip_base=str(ipaddress.IPv4Network(VM2_BEHIND)[0]))
+
+SCENARIOS: Dict[str, Scenario] = {
+    "l2": Scenario(
+        name="l2",
+        description="vm1 -> vm2 on one network, same host: port security + static FDB unicast",
+        flows=L2_FLOWS,
+        build=build_l2,
+    ),
+    # Planned (see perf/README.md): vxlan-encap, vxlan-decap, routed-east-west,
+    # conntrack-established, fip-inbound, snat-outbound.
+}
+
+
+# --- pcap writer ---------------------------------------------------------------------------------
+PCAP_MAGIC = 0xA1B2C3D4
+LINKTYPE_ETHERNET = 1
+
+
+def write_pcap(path: str, frames: List[bytes]) -> None:
+    """Classic little-endian pcap, microsecond timestamps 1 us apart."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", PCAP_MAGIC, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET))
+        for n, fr in enumerate(frames):
+            fh.write(struct.pack("<IIII", n // 1_000_000, n % 1_000_000, len(fr), len(fr)))
+            fh.write(fr)
+    os.replace(tmp, path)
+
+
+def frames_for(sc: Scenario, frames: Optional[int] = None, flows: Optional[int] = None) -> List[bytes]:
+    f = sc.flows if flows is None else replace(sc.flows, n_flows=flows)
+    n = sc.frames if frames is None else frames
+    # Build each distinct flow once, then repeat the cycle.
+    cycle = [sc.build(f, i) for i in range(min(n, f.n_flows))]
+    return [cycle[k % len(cycle)] for k in range(n)]
+
+
+def generate(name: str, path: str, frames: Optional[int] = None, flows: Optional[int] = None) -> int:
+    """Writes scenario `name`'s pcap to `path`; returns the frame count."""
+    sc = SCENARIOS[name]
+    fr = frames_for(sc, frames, flows)
+    write_pcap(path, fr)
+    return len(fr)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("scenario", nargs="?", help="scenario name (see --list)")
+    ap.add_argument("-o", "--output", help="pcap path (default perf/out/<scenario>.pcap)")
+    ap.add_argument("--frames", type=int, help="frames in the file (default: the scenario's)")
+    ap.add_argument("--flows", type=int, help="distinct 5-tuples (default: the scenario's)")
+    ap.add_argument("--list", action="store_true", help="list scenarios")
+    a = ap.parse_args(argv)
+    if a.list or not a.scenario:
+        for s in SCENARIOS.values():
+            print(f"{s.name:<24} {s.description}")
+        return 0 if a.list else 2
+    if a.scenario not in SCENARIOS:
+        print(f"unknown scenario {a.scenario!r}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    if a.frames is not None and not 1 <= a.frames <= 16384:
+        print("--frames must be 1..16384 (net_pcap holds the file in the port's mbuf pool)", file=sys.stderr)
+        return 2
+    out = a.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"{a.scenario}.pcap")
+    n = generate(a.scenario, out, a.frames, a.flows)
+    print(f"{out}: {n} frames")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
