@@ -94,11 +94,20 @@ pub fn wait(lcore: u32) -> i32 {
     unsafe { crate::sys::rte_eal_wait_lcore(lcore) }
 }
 
-/// TSC cycles (a few ns to read; no syscall).
-#[inline]
+/// TSC cycles (a few ns to read; no syscall). On x86_64 the instruction is inlined; elsewhere
+/// DPDK's `rte_get_tsc_cycles` is called through the shim.
+#[inline(always)]
 pub fn tsc() -> u64 {
-    // SAFETY: reads the time-stamp counter; no preconditions.
-    unsafe { crate::sys::vs_get_tsc_cycles() }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: RDTSC exists on every x86_64 CPU and has no preconditions.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: reads the time-stamp counter; no preconditions.
+        unsafe { crate::sys::vs_get_tsc_cycles() }
+    }
 }
 
 /// TSC frequency in Hz, as EAL calibrated it.

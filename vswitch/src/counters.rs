@@ -47,8 +47,8 @@ named_enum! {
         UntaggedNoFlat => "provider.untagged_no_flat",
         /// A tag header cut short.
         TruncatedTag => "provider.truncated_tag",
-        /// The ingress port carries no network (instance port without a network).
-        NoNetwork => "provider.no_network",
+        /// The ingress port carries no network (instance port without a network here).
+        NoNetwork => "classify.no_network",
         /// Source MAC is not the instance port's MAC (or an allowed address pair's).
         SpoofedMac => "port_security.spoofed_mac",
         /// Source IPv4 is not a fixed IP or allowed address pair of the port.

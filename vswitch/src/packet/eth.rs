@@ -24,6 +24,21 @@ impl EtherType {
     pub const IPV6: u16 = 0x86dd;
 }
 
+/// The MAC at `b[at..at + 6]` as a 48-bit integer (high byte first, like [`crate::tables::mac_u64`]).
+/// The caller guarantees `at + 6 <= b.len()`; a header of 14 bytes always allows both MACs.
+#[inline(always)]
+pub fn mac48_at(b: &[u8], at: usize) -> u64 {
+    let m = &b[at..at + 6];
+    (u32::from_be_bytes([m[0], m[1], m[2], m[3]]) as u64) << 16
+        | u16::from_be_bytes([m[4], m[5]]) as u64
+}
+
+/// Whether a 48-bit MAC integer has the group (multicast/broadcast) bit set.
+#[inline(always)]
+pub fn mac48_is_multicast(m: u64) -> bool {
+    m & (1 << 40) != 0
+}
+
 /// A view of an Ethernet header at the start of `T`.
 #[derive(Debug)]
 pub struct EthernetFrame<T: AsRef<[u8]>> {
@@ -56,6 +71,18 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     pub fn src(&self) -> MacAddr {
         let b = self.buf.as_ref();
         MacAddr([b[6], b[7], b[8], b[9], b[10], b[11]])
+    }
+
+    /// The destination MAC as a 48-bit integer (one 8-byte load).
+    #[inline(always)]
+    pub fn dst_u64(&self) -> u64 {
+        mac48_at(self.buf.as_ref(), 0)
+    }
+
+    /// The source MAC as a 48-bit integer (one 8-byte load).
+    #[inline(always)]
+    pub fn src_u64(&self) -> u64 {
+        mac48_at(self.buf.as_ref(), 6)
     }
 
     #[inline(always)]

@@ -1,14 +1,17 @@
 //! Stage `classify`: first look at every received frame.
 //!
-//! Reads: `Tables::ports` (ingress port state and largest frame).
-//! Writes: nothing but verdicts.
+//! Reads: `Tables::ports` (ingress port state, network of an instance port, largest frame).
+//! Writes: `Meta::network` of frames from instance ports (provider ports get theirs from the
+//! VLAN in the `provider` stage); the batch's received byte count.
 //! Next: `Continue`, or a drop.
 //! Drops: `classify.runt` (< 14 bytes), `classify.port_down`, `classify.oversize`,
-//! `classify.bad_src_mac` (multicast or all-zero source: never a valid sender).
+//! `classify.bad_src_mac` (multicast or all-zero source: never a valid sender),
+//! `classify.no_network` (an instance port whose Neutron port has no network here).
 use super::{Batch, Next, Tracer};
 use crate::counters::{BatchCounters, DropReason};
+use crate::packet::eth::{mac48_at, mac48_is_multicast};
 use crate::packet::{PacketBuf, ETH_HDR_LEN};
-use crate::tables::Tables;
+use crate::tables::{PortKind, Tables, NO_NET};
 use crate::trace;
 
 pub fn run<B: PacketBuf, T: Tracer>(
@@ -34,8 +37,13 @@ pub fn run<B: PacketBuf, T: Tracer>(
             Some(DropReason::PortDown)
         } else if p.pkt_len() > port.max_frame {
             Some(DropReason::Oversize)
-        } else if d[6] & 1 != 0 || d[6..12] == [0; 6] {
+        } else if {
+            let src = mac48_at(d, 6);
+            mac48_is_multicast(src) || src == 0
+        } {
             Some(DropReason::BadSrcMac)
+        } else if port.kind != PortKind::Provider && port.network == NO_NET {
+            Some(DropReason::NoNetwork)
         } else {
             None
         };
@@ -64,6 +72,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
                     p.pkt_len()
                 );
                 debug_assert_eq!(b.meta[i].next, Next::Continue);
+                b.meta[i].network = port.network;
             }
         }
     }

@@ -15,9 +15,10 @@
 //! (`integration.static_mac_conflict`).
 use super::{Batch, CoreState, Next, Tracer};
 use crate::counters::{BatchCounters, DropReason, Event};
+use crate::packet::eth::mac48_is_multicast;
 use crate::packet::{EthernetFrame, PacketBuf};
 use crate::tables::fdb::Learned;
-use crate::tables::Tables;
+use crate::tables::{fdb_key48, Tables};
 use crate::trace;
 
 pub fn run<B: PacketBuf, T: Tracer>(
@@ -31,6 +32,11 @@ pub fn run<B: PacketBuf, T: Tracer>(
     let Some(port) = t.ports.get(in_port as usize) else {
         return;
     };
+    // A batch usually carries a few flows: remember the last static FDB answer (the tables
+    // cannot change within a batch, so this one-entry cache is always coherent).
+    let mut last_key = u64::MAX;
+    let mut last_out: Option<u16> = None;
+    let (mut unicast, mut flooded) = (0u64, 0u64);
     for i in 0..b.len {
         if b.meta[i].next != Next::Continue {
             continue;
@@ -43,7 +49,10 @@ pub fn run<B: PacketBuf, T: Tracer>(
             continue;
         };
         let net_idx = b.meta[i].network;
-        let net = &t.networks[net_idx as usize];
+        let Some(net) = t.networks.get(net_idx as usize) else {
+            b.drop_pkt(i, DropReason::NoNetwork, c);
+            continue;
+        };
         if !net.up {
             trace!(
                 tr,
@@ -55,9 +64,10 @@ pub fn run<B: PacketBuf, T: Tracer>(
             b.drop_pkt(i, DropReason::NetworkDown, c);
             continue;
         }
-        let (src, dst) = (eth.src(), eth.dst());
+        let dst = eth.dst();
 
         if port.learn {
+            let src = eth.src();
             match t.fdb_lookup(net_idx, src) {
                 Some(owner) if owner != in_port => c.event(Event::StaticMacConflict),
                 Some(_) => {}
@@ -70,7 +80,8 @@ pub fn run<B: PacketBuf, T: Tracer>(
             }
         }
 
-        let next = if dst.is_multicast() {
+        let dst48 = eth.dst_u64();
+        let next = if mac48_is_multicast(dst48) {
             trace!(
                 tr,
                 i,
@@ -85,42 +96,49 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 }
             );
             Next::Flood
-        } else if let Some(out) = t.fdb_lookup(net_idx, dst) {
-            trace!(
-                tr,
-                i,
-                "integration",
-                "network {}: {} -> port {} (static fdb)",
-                net.name,
-                dst,
-                t.ports[out as usize].name
-            );
-            Next::Output(out)
-        } else if let Some(out) = s
-            .learn
-            .lookup(net_idx, dst, s.now_ms)
-            .filter(|&o| (o as usize) < t.ports.len())
-        {
-            trace!(
-                tr,
-                i,
-                "integration",
-                "network {}: {} -> port {} (learned)",
-                net.name,
-                dst,
-                t.ports[out as usize].name
-            );
-            Next::Output(out)
         } else {
-            trace!(
-                tr,
-                i,
-                "integration",
-                "network {}: {} unknown: flood",
-                net.name,
-                dst
-            );
-            Next::Flood
+            let key = fdb_key48(net_idx, dst48);
+            if key != last_key {
+                last_key = key;
+                last_out = t.fdb.get(&key).copied();
+            }
+            if let Some(out) = last_out {
+                trace!(
+                    tr,
+                    i,
+                    "integration",
+                    "network {}: {} -> port {} (static fdb)",
+                    net.name,
+                    dst,
+                    t.ports[out as usize].name
+                );
+                Next::Output(out)
+            } else if let Some(out) = s
+                .learn
+                .lookup(net_idx, dst, s.now_ms)
+                .filter(|&o| (o as usize) < t.ports.len())
+            {
+                trace!(
+                    tr,
+                    i,
+                    "integration",
+                    "network {}: {} -> port {} (learned)",
+                    net.name,
+                    dst,
+                    t.ports[out as usize].name
+                );
+                Next::Output(out)
+            } else {
+                trace!(
+                    tr,
+                    i,
+                    "integration",
+                    "network {}: {} unknown: flood",
+                    net.name,
+                    dst
+                );
+                Next::Flood
+            }
         };
         match next {
             Next::Output(o) if o == in_port => {
@@ -132,13 +150,15 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 b.drop_pkt(i, DropReason::FloodEmpty, c);
             }
             Next::Flood => {
-                c.event(Event::Flooded);
+                flooded += 1;
                 b.meta[i].next = Next::Flood;
             }
             n => {
-                c.event(Event::Unicast);
+                unicast += 1;
                 b.meta[i].next = n;
             }
         }
     }
+    c.events[Event::Unicast as usize] += unicast;
+    c.events[Event::Flooded as usize] += flooded;
 }

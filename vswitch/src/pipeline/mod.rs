@@ -64,6 +64,8 @@ pub struct Batch<B> {
     pub len: usize,
     /// The port every packet of this batch arrived on.
     pub in_port: u16,
+    /// Bytes received in this batch (summed by `classify`, which reads every length anyway).
+    pub rx_bytes: u64,
 }
 
 impl<B> Default for Batch<B> {
@@ -73,6 +75,7 @@ impl<B> Default for Batch<B> {
             meta: [Meta::default(); BURST],
             len: 0,
             in_port: 0,
+            rx_bytes: 0,
         }
     }
 }
@@ -83,6 +86,7 @@ impl<B: PacketBuf> Batch<B> {
     pub fn start(&mut self, in_port: u16, len: usize) {
         self.in_port = in_port;
         self.len = len;
+        self.rx_bytes = 0;
         for m in &mut self.meta[..len] {
             *m = Meta::default();
         }

@@ -201,11 +201,8 @@ fn egress_one<B: PacketBuf>(
     net: u16,
     c: &mut BatchCounters,
 ) -> Result<(), DropReason> {
-    let Some(pe) = t.ports.get(port as usize) else {
-        return Err(DropReason::EgressDown);
-    };
-    if !pe.up {
-        return Err(DropReason::EgressDown);
+    match (t.ports.get(port as usize), t.networks.get(net as usize)) {
+        (Some(pe), Some(ne)) if pe.up => super::provider::egress(p, pe, ne, c),
+        _ => Err(DropReason::EgressDown),
     }
-    super::provider::egress(p, t, port, net, c)
 }

@@ -78,47 +78,43 @@ pub fn check(frame: &[u8], sec: &PortSecurity) -> Result<&'static str, DropReaso
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return Err(DropReason::MalformedL3);
     };
-    let src = eth.src();
-    if !sec.mac_allowed(src) {
+    let src_key = eth.src_u64();
+    if !sec.mac_key_allowed(src_key) {
         return Err(DropReason::SpoofedMac);
     }
     match eth.ethertype() {
-        EtherType::IPV4 => check_v4(eth.payload(), src, sec),
-        EtherType::IPV6 => check_v6(eth.payload(), src, sec),
-        EtherType::ARP => check_arp(eth.payload(), src, sec),
+        EtherType::IPV4 => check_v4(eth.payload(), src_key, sec),
+        EtherType::IPV6 => check_v6(eth.payload(), eth.src(), sec),
+        EtherType::ARP => check_arp(eth.payload(), eth.src(), sec),
         t if crate::packet::vlan::is_tpid(t) => Err(DropReason::TaggedFromInstance),
         _ => Err(DropReason::EtherTypeDenied),
     }
 }
 
-fn check_v4(l3: &[u8], src: MacAddr, sec: &PortSecurity) -> Result<&'static str, DropReason> {
+fn check_v4(l3: &[u8], src: u64, sec: &PortSecurity) -> Result<&'static str, DropReason> {
     let ip = Ipv4Packet::new_checked(l3).map_err(|_| DropReason::MalformedL3)?;
-    let udp_ports = || {
-        (ip.protocol() == PROTO_UDP && !ip.is_later_fragment())
-            .then(|| {
-                UdpPacket::new_checked(ip.payload())
-                    .ok()
-                    .map(|u| (u.src_port(), u.dst_port()))
-            })
-            .flatten()
+    let s = u32::from(ip.src());
+    // UDP ports, read straight from the header (only DHCP's 67/68 matter here).
+    let hl = ip.header_len();
+    let udp = if ip.protocol() == PROTO_UDP && !ip.is_later_fragment() && ip.total_len() >= hl + 4 {
+        Some((
+            u16::from_be_bytes([l3[hl], l3[hl + 1]]),
+            u16::from_be_bytes([l3[hl + 2], l3[hl + 3]]),
+        ))
+    } else {
+        None
     };
-    if udp_ports() == Some((67, 68)) {
+    if udp == Some((67, 68)) {
         return Err(DropReason::DhcpServer);
     }
-    let s = ip.src();
-    if s == Ipv4Addr::UNSPECIFIED {
+    if sec.v4_key_allowed(src, s) {
+        return Ok("ipv4 source");
+    }
+    if s == 0 && udp == Some((68, 67)) {
         // DHCPDISCOVER/REQUEST before the instance has an address.
-        return if udp_ports() == Some((68, 67)) {
-            Ok("dhcp client")
-        } else {
-            Err(DropReason::SpoofedIpv4)
-        };
+        return Ok("dhcp client");
     }
-    if sec.v4_allowed(src, s) {
-        Ok("ipv4 source")
-    } else {
-        Err(DropReason::SpoofedIpv4)
-    }
+    Err(DropReason::SpoofedIpv4)
 }
 
 fn check_v6(l3: &[u8], src: MacAddr, sec: &PortSecurity) -> Result<&'static str, DropReason> {

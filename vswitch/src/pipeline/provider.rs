@@ -2,12 +2,12 @@
 //!
 //! Reads: `Tables::ports`, `Tables::physnets` (flat network and VLAN map per physnet),
 //! `Tables::networks` (segment, for egress).
-//! Writes: `Meta::network`; pops the 802.1Q tag on ingress ([`ingress`]) and pushes it on
+//! Writes: `Meta::network` of provider frames; pops the 802.1Q tag on ingress ([`ingress`]) and pushes it on
 //! egress ([`egress`]).
 //! Next: `Continue`, or a drop.
 //! Drops: `provider.unknown_vlan`, `provider.bad_tpid` (802.1ad and legacy QinQ TPIDs),
 //! `provider.tagged_on_flat`, `provider.untagged_no_flat`, `provider.truncated_tag`,
-//! `provider.no_network`; on egress `output.no_headroom`.
+//! `classify.no_network` (a provider port no physnet maps to); on egress `output.no_headroom`.
 //!
 //! On a provider port the seed's step "the OVS provider bridge swaps actual VLAN tag 101 with the
 //! internal VLAN tag" becomes: VLAN 101 selects the network, the tag is removed, and the network
@@ -17,7 +17,7 @@ use crate::counters::{BatchCounters, DropReason, Event};
 use crate::packet::eth::EtherType;
 use crate::packet::vlan::{self, VlanTag};
 use crate::packet::PacketBuf;
-use crate::tables::{PortKind, Segment, Tables, NO_NET};
+use crate::tables::{NetworkEntry, PortEntry, PortKind, Segment, Tables, NO_NET};
 use crate::trace;
 
 pub fn ingress<B: PacketBuf, T: Tracer>(
@@ -100,34 +100,23 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
                 }
             }
         }
-        _ => {
-            let net = port.network;
+        (PortKind::Provider, None) => {
+            // A provider port no physnet maps to carries no network.
             for i in 0..b.len {
-                if b.meta[i].next != super::Next::Continue {
-                    continue;
-                }
-                if net == NO_NET {
+                if b.meta[i].next == super::Next::Continue {
                     trace!(
                         tr,
                         i,
                         "provider",
-                        "drop provider.no_network (port {} has no network)",
+                        "drop classify.no_network (port {} maps no physnet)",
                         port.name
                     );
                     b.drop_pkt(i, DropReason::NoNetwork, c);
-                } else {
-                    b.meta[i].network = net;
-                    trace!(
-                        tr,
-                        i,
-                        "provider",
-                        "instance port {} -> network {}",
-                        port.name,
-                        t.networks[net as usize].name
-                    );
                 }
             }
         }
+        // Instance ports: `classify` already set the network from the port.
+        _ => {}
     }
 }
 
@@ -136,14 +125,12 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
 #[inline]
 pub fn egress<B: PacketBuf>(
     p: &mut B,
-    t: &Tables,
-    port: u16,
-    net: u16,
+    pe: &PortEntry,
+    net: &NetworkEntry,
     c: &mut BatchCounters,
 ) -> Result<(), DropReason> {
-    let pe = &t.ports[port as usize];
     if pe.kind == PortKind::Provider {
-        if let Segment::Vlan(vid) = t.networks[net as usize].segment {
+        if let Segment::Vlan(vid) = net.segment {
             if !vlan::push(p, vid) {
                 return Err(DropReason::NoHeadroom);
             }

@@ -3,8 +3,10 @@
 //! Each worker lcore owns a set of (port, rx queue) pairs and one tx queue on every port. A
 //! poll round: load the current tables (one atomic load), then for each owned rx queue receive
 //! a burst of up to 32, run the stages over it, and buffer the output; at the end flush every
-//! tx buffer, fold the round's counters into the core's counters, and bump the core's epoch
-//! (its quiescent state for table reclamation). After `spin_polls` empty rounds the worker
+//! tx buffer, fold the round's counters into the core's counters, and bump the core's epoch.
+//! The tables are held through an `arc_swap::Cache`, which swaps its `Arc` at the first load
+//! after a publish, so two epochs after a publish the core holds only the new generation
+//! (see `tables::publish`). After `spin_polls` empty rounds the worker
 //! sleeps, doubling from 1 µs up to `max_sleep_us`, so several appliances can share a small
 //! machine; `busy` mode never sleeps.
 use crate::counters::{bump, BatchCounters, CoreCounters};
@@ -81,29 +83,26 @@ impl Worker {
         let hz_per_ms = (eal::tsc_hz() / 1000).max(1);
         let mut idle_rounds: u32 = 0;
         let mut sleep_us: u64 = 1;
-        let mut rx_buf: [Option<Mbuf>; ethdev::BURST] = std::array::from_fn(|_| None);
 
+        // A cache of the current tables: one atomic load per round to see whether the pointer
+        // changed (no thread-local lookup, no reference count traffic while it has not).
+        let mut tables_cache = arc_swap::Cache::new(self.tables.clone());
         while !self.stop.load(Ordering::Relaxed) {
-            let tables = self.tables.load();
+            let tables = tables_cache.load();
             state.now_ms = eal::tsc() / hz_per_ms;
             let mut got = 0usize;
             for q in &self.rx {
-                let n = ethdev::rx_burst(q.port_id, q.queue, &mut rx_buf);
+                // Received straight into the batch: the slots are all empty between batches.
+                let n = ethdev::rx_burst(q.port_id, q.queue, &mut batch.pkts);
                 if n == 0 {
                     continue;
                 }
                 got += n;
-                let rs = &mut rx_stats[q.port as usize];
-                for (slot, dst) in rx_buf[..n].iter_mut().zip(batch.pkts.iter_mut()) {
-                    let m = slot.take();
-                    if let Some(m) = m.as_ref() {
-                        rs.bytes += m.pkt_len() as u64;
-                    }
-                    *dst = m;
-                }
-                rs.packets += n as u64;
                 batch.start(q.port, n);
                 pipeline::process(&mut batch, &tables, &mut state, &mut bc, &mut NoTrace);
+                let rs = &mut rx_stats[q.port as usize];
+                rs.packets += n as u64;
+                rs.bytes += batch.rx_bytes;
                 output::run(
                     &mut batch,
                     &tables,
@@ -115,7 +114,6 @@ impl Worker {
                 );
             }
             txb.flush(&mut tx, &mut bc, &mut stats);
-            drop(tables);
 
             if got > 0 {
                 self.fold(&mut bc, &mut stats, &mut rx_stats);

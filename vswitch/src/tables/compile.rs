@@ -185,7 +185,7 @@ fn port_security(np: &vswitch_config::Port) -> PortSecurity {
         let ll = Ipv6Net::new(link_local_from_mac(m), 128).expect("/128 is valid");
         s.v6.push((m, ll));
     }
-    s
+    PortSecurity::new(s.macs, s.v4, s.v6)
 }
 
 #[cfg(test)]

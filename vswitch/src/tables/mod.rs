@@ -53,6 +53,10 @@ pub struct PortEntry {
 }
 
 /// What an instance port may send: Neutron's port security.
+///
+/// Built with [`PortSecurity::new`], which also derives the integer forms the fast path
+/// compares (a MAC as a u64, an IPv4 prefix as address/mask words), so a check is a few
+/// integer compares over a handful of entries.
 #[derive(Debug, Clone, Default)]
 pub struct PortSecurity {
     /// The port's MAC plus the MACs of its allowed address pairs.
@@ -62,16 +66,61 @@ pub struct PortSecurity {
     pub v4: Vec<(MacAddr, Ipv4Net)>,
     /// The same for IPv6, plus each MAC's EUI-64 link-local address.
     pub v6: Vec<(MacAddr, Ipv6Net)>,
+    /// `macs` as [`mac_u64`] keys.
+    mac_keys: Vec<u64>,
+    /// `v4` as (MAC key, network address, netmask).
+    v4_keys: Vec<(u64, u32, u32)>,
+}
+
+/// A MAC as an integer (the 48 bits in the low bytes), for one-compare equality.
+#[inline(always)]
+pub fn mac_u64(b: &[u8; 6]) -> u64 {
+    (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64) << 16
+        | u16::from_be_bytes([b[4], b[5]]) as u64
 }
 
 impl PortSecurity {
+    pub fn new(
+        macs: Vec<MacAddr>,
+        v4: Vec<(MacAddr, Ipv4Net)>,
+        v6: Vec<(MacAddr, Ipv6Net)>,
+    ) -> Self {
+        let mac_keys = macs.iter().map(|m| mac_u64(&m.0)).collect();
+        let v4_keys = v4
+            .iter()
+            .map(|(m, n)| {
+                (
+                    mac_u64(&m.0),
+                    u32::from(n.network()),
+                    u32::from(n.netmask()),
+                )
+            })
+            .collect();
+        Self {
+            macs,
+            v4,
+            v6,
+            mac_keys,
+            v4_keys,
+        }
+    }
     #[inline]
     pub fn mac_allowed(&self, m: MacAddr) -> bool {
-        self.macs.contains(&m)
+        self.mac_key_allowed(mac_u64(&m.0))
+    }
+    #[inline(always)]
+    pub fn mac_key_allowed(&self, k: u64) -> bool {
+        self.mac_keys.iter().any(|&x| x == k)
     }
     #[inline]
     pub fn v4_allowed(&self, m: MacAddr, ip: std::net::Ipv4Addr) -> bool {
-        self.v4.iter().any(|(pm, n)| *pm == m && n.contains(&ip))
+        self.v4_key_allowed(mac_u64(&m.0), u32::from(ip))
+    }
+    #[inline(always)]
+    pub fn v4_key_allowed(&self, mac: u64, ip: u32) -> bool {
+        self.v4_keys
+            .iter()
+            .any(|&(m, net, mask)| m == mac && ip & mask == net)
     }
     #[inline]
     pub fn v6_allowed(&self, m: MacAddr, ip: std::net::Ipv6Addr) -> bool {
@@ -107,14 +156,13 @@ pub struct PhysnetEntry {
 /// Static FDB key: network + MAC packed into one u64.
 #[inline(always)]
 pub fn fdb_key(net: NetIdx, mac: MacAddr) -> u64 {
-    let m = mac.0;
-    (net as u64) << 48
-        | (m[0] as u64) << 40
-        | (m[1] as u64) << 32
-        | (m[2] as u64) << 24
-        | (m[3] as u64) << 16
-        | (m[4] as u64) << 8
-        | m[5] as u64
+    fdb_key48(net, mac_u64(&mac.0))
+}
+
+/// [`fdb_key`] from a MAC already read as a 48-bit integer.
+#[inline(always)]
+pub fn fdb_key48(net: NetIdx, mac48: u64) -> u64 {
+    (net as u64) << 48 | mac48
 }
 
 /// One immutable generation of everything the stages read.

@@ -1,10 +1,12 @@
 //! Publishing tables to the cores: one atomic pointer swap, frees on the control thread.
 //!
-//! Design note. Workers `load()` the current [`Tables`] at the top of every poll round and drop
-//! the guard at its end, so the end of a round is a quiescent state (QSBR): after it the worker
-//! holds no reference to any older generation. [`Publisher::publish`] swaps in the new value with
-//! one `ArcSwap::swap` (readers never block or retry), then keeps the old `Arc` until every
-//! worker's epoch counter has moved past the value it had at swap time, and only then drops it.
+//! Design note. Workers read the current [`Tables`] through an `arc_swap::Cache` at the top of
+//! every poll round and bump their epoch counter at its end. The cache replaces its `Arc` at the
+//! first load after a swap, so once a worker's epoch has advanced by two since the swap (the
+//! round in flight at swap time ended, and a whole round began after it) the worker holds no
+//! reference to any older generation: a quiescent state (QSBR). [`Publisher::publish`] swaps in
+//! the new value with one `ArcSwap::swap` (readers never block or retry), then keeps the old
+//! `Arc` until every worker has passed that point, and only then drops it.
 //! That way the last reference to an old generation is always released here, on the control
 //! thread, never inside a worker's loop (freeing a big table there would stall forwarding, and
 //! DPDK objects such as `rte_lpm` must be freed by a registered thread anyway).
@@ -60,7 +62,7 @@ impl Publisher {
                 .cores
                 .iter()
                 .zip(&marks)
-                .any(|(c, m)| c.epoch.load(Ordering::Acquire) == *m)
+                .any(|(c, m)| c.epoch.load(Ordering::Acquire) < m.wrapping_add(2))
         {
             std::thread::sleep(Duration::from_micros(20));
         }
@@ -89,12 +91,13 @@ mod tests {
                 let (c, shared, stop) = (c.clone(), shared.clone(), stop.clone());
                 std::thread::spawn(move || {
                     let mut seen = 0;
+                    // The same access pattern as a worker: a cache refreshed once per round.
+                    let mut cache = arc_swap::Cache::new(shared);
                     while !stop.load(Relaxed) {
-                        let t = shared.load();
+                        let t = cache.load();
                         assert!(t.generation >= seen, "generations never go back");
                         assert_eq!(t.ports.len(), 6);
                         seen = t.generation;
-                        drop(t);
                         c.epoch.fetch_add(1, Ordering::Release);
                     }
                     seen
