@@ -37,10 +37,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
             Some(DropReason::PortDown)
         } else if p.pkt_len() > port.max_frame {
             Some(DropReason::Oversize)
-        } else if {
-            let src = mac48_at(d, 6);
-            mac48_is_multicast(src) || src == 0
-        } {
+        } else if bad_src(d) {
             Some(DropReason::BadSrcMac)
         } else if port.kind != PortKind::Provider && port.network == NO_NET {
             Some(DropReason::NoNetwork)
@@ -76,4 +73,11 @@ pub fn run<B: PacketBuf, T: Tracer>(
             }
         }
     }
+}
+
+/// A multicast or all-zero source MAC (the caller has checked `d` holds a header).
+#[inline(always)]
+fn bad_src(d: &[u8]) -> bool {
+    let src = mac48_at(d, 6);
+    mac48_is_multicast(src) || src == 0
 }

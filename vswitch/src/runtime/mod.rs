@@ -99,13 +99,13 @@ impl Worker {
                 }
                 got += n;
                 batch.start(q.port, n);
-                pipeline::process(&mut batch, &tables, &mut state, &mut bc, &mut NoTrace);
+                pipeline::process(&mut batch, tables, &mut state, &mut bc, &mut NoTrace);
                 let rs = &mut rx_stats[q.port as usize];
                 rs.packets += n as u64;
                 rs.bytes += batch.rx_bytes;
                 output::run(
                     &mut batch,
-                    &tables,
+                    tables,
                     &mut txb,
                     &mut tx,
                     &mut bc,
