@@ -110,7 +110,7 @@ impl PortSecurity {
     }
     #[inline(always)]
     pub fn mac_key_allowed(&self, k: u64) -> bool {
-        self.mac_keys.iter().any(|&x| x == k)
+        self.mac_keys.contains(&k)
     }
     #[inline]
     pub fn v4_allowed(&self, m: MacAddr, ip: std::net::Ipv4Addr) -> bool {
