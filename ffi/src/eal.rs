@@ -29,14 +29,36 @@ pub fn init(args: &[String]) -> Result<usize, DpdkError> {
     Ok(rc as usize)
 }
 
-/// Releases EAL resources (hugepage mappings, runtime files). Call after every port is closed.
+/// Releases EAL resources (hugepage mappings, memory) and removes this process's runtime
+/// directory (`/var/run/dpdk/<file-prefix>`), which `rte_eal_cleanup` leaves behind. Call once,
+/// after every port is closed. (A DPDK secondary process sharing the prefix is not supported.)
 pub fn cleanup() -> Result<(), DpdkError> {
+    let runtime_dir = runtime_dir();
     // SAFETY: called once, from the main lcore, after all workers have returned.
     let rc = unsafe { crate::sys::rte_eal_cleanup() };
     if rc < 0 {
         return Err(DpdkError::new("rte_eal_cleanup", rc));
     }
+    if let Some(dir) =
+        runtime_dir.filter(|d| d.starts_with("/var/run/dpdk/") || d.starts_with("/run/dpdk/"))
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(())
+}
+
+/// EAL's runtime directory for this process, if EAL is initialised.
+pub fn runtime_dir() -> Option<std::path::PathBuf> {
+    // SAFETY: returns a pointer to a static NUL-terminated buffer inside EAL (or empty).
+    let p = unsafe { crate::sys::rte_eal_get_runtime_dir() };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: non-null and NUL-terminated (EAL's static buffer).
+    let s = unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned();
+    (!s.is_empty()).then(|| std::path::PathBuf::from(s))
 }
 
 /// The calling thread's lcore id (`u32::MAX` outside an EAL thread).

@@ -30,6 +30,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
         let Some(p) = b.pkts[i].as_ref() else {
             continue;
         };
+        b.rx_bytes += p.pkt_len() as u64;
         let d = p.data();
         let r = if d.len() < ETH_HDR_LEN {
             Some(DropReason::Runt)

@@ -32,6 +32,11 @@ fn unicast_between_instances_on_one_network_is_unchanged() {
         assert_eq!(h.c.drops.iter().sum::<u64>(), 0);
         assert_eq!(h.stats[VM2 as usize].packets, n as u64);
         assert_eq!(
+            h.rx_bytes,
+            frames.iter().map(|f| f.len() as u64).sum::<u64>(),
+            "rx bytes"
+        );
+        assert_eq!(
             h.stats[VM2 as usize].bytes,
             frames.iter().map(|f| f.len() as u64).sum::<u64>()
         );
@@ -299,6 +304,7 @@ fn runts_oversize_and_bad_sources_are_dropped() {
     let mut h = Harness::new();
     h.rx(VM1, &[vec![0u8; 13], vec![]]);
     assert_eq!(h.c.dropped(D::Runt), 2);
+    assert_eq!(h.rx_bytes, 13, "dropped frames were still received");
     let mut big = udp4(MAC1, MAC2, IP1, IP2, 1, 2);
     big.resize(1515, 0); // network MTU 1500 + 14
     h.rx(VM1, &[big]);

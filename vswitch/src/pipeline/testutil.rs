@@ -141,6 +141,8 @@ pub struct Harness {
     pub sink: Sink,
     pub txb: TxBuffers<TestBuf>,
     pub stats: Vec<TxStats>,
+    /// Bytes `classify` counted as received, over all batches.
+    pub rx_bytes: u64,
 }
 
 impl Harness {
@@ -154,6 +156,7 @@ impl Harness {
             sink: Sink::default(),
             txb: TxBuffers::new(n),
             stats: vec![TxStats::default(); n],
+            rx_bytes: 0,
         }
     }
 
@@ -165,6 +168,7 @@ impl Harness {
             }
             b.start(in_port, chunk.len());
             process(&mut b, &self.t, &mut self.s, &mut self.c, tr);
+            self.rx_bytes += b.rx_bytes;
             output::run(
                 &mut b,
                 &self.t,
