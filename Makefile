@@ -31,8 +31,11 @@ lint:
 # Every test binary of the workspace: unit, property, DPDK (net_pcap) and system tests
 # (namespaces, one vswitchd each). One test at a time, so two DPDK processes never fight over
 # the same worker core of a 2-core machine; the whole suite stays within a few minutes.
+# The last line sums every test binary's result ("tests: N passed, M failed").
 test: provision lint
-	$(CARGO) test --workspace -- --test-threads=1
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace -- --test-threads=1 2>&1 | tee target/test.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' target/test.log
 
 bench: build-release
 	python3 perf/bench.py --vswitchd $(VSWITCHD_RELEASE)
