@@ -161,7 +161,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
 
 /// Egress processing for one destination, then into that port's tx buffer (or dropped).
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn send<B: PacketBuf, T: Tracer>(
     mut p: B,
     port: u16,
