@@ -19,7 +19,7 @@ use std::sync::Arc;
 use vswitch_config::{IdleConfig, IdleMode};
 use vswitch_ffi::{eal, ethdev, Mbuf};
 
-/// Busy rounds between two reads of the clock and two folds of the counters.
+/// Busy rounds between two reads of the clock and two folds of the counters (a power of two).
 const FOLD_EVERY: u64 = 16;
 
 /// One rx queue a worker polls.
@@ -95,7 +95,7 @@ impl Worker {
             let tables = tables_cache.load();
             // The clock only ages learned MACs (300 s): reading it every 16th round is plenty,
             // and RDTSC is not free in a VM.
-            if round % FOLD_EVERY == 0 {
+            if round & (FOLD_EVERY - 1) == 0 {
                 state.now_ms = eal::tsc() / hz_per_ms;
             }
             round = round.wrapping_add(1);
@@ -127,7 +127,7 @@ impl Worker {
             if got > 0 {
                 // Counters reach the shared copy every 16 busy rounds (and on every idle one),
                 // so a reader is at most a few microseconds behind.
-                if round % FOLD_EVERY == 0 {
+                if round & (FOLD_EVERY - 1) == 0 {
                     self.fold(&mut bc, &mut stats, &mut rx_stats);
                 }
                 bump(&self.counters.busy_polls, 1);
