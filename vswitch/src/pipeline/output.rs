@@ -124,11 +124,19 @@ pub fn run<B: PacketBuf, T: Tracer>(
     tr: &mut T,
 ) {
     let in_port = b.in_port;
+    // The egress plan of the last (port, network) pair: a batch rarely has more than a few.
+    let mut cached: (u32, Plan) = (u32::MAX, Err(DropReason::EgressDown));
     for i in 0..b.len {
         let Some(p) = b.pkts[i].take() else { continue };
         let net = b.meta[i].network;
         match b.meta[i].next {
-            Next::Output(o) => send(p, o, i, net, t, txb, tx, c, stats, tr),
+            Next::Output(o) => {
+                let key = (o as u32) << 16 | net as u32;
+                if key != cached.0 {
+                    cached = (key, plan(t, o, net));
+                }
+                send(p, o, cached.1, i, t, txb, tx, c, stats, tr)
+            }
             Next::Flood => {
                 let flood = &t.networks[net as usize].flood;
                 let Some(last) = flood.iter().rposition(|&q| q != in_port) else {
@@ -142,11 +150,12 @@ pub fn run<B: PacketBuf, T: Tracer>(
                         continue;
                     }
                     match p.try_clone() {
-                        Some(cp) => send(cp, q, i, net, t, txb, tx, c, stats, tr),
+                        Some(cp) => send(cp, q, plan(t, q, net), i, t, txb, tx, c, stats, tr),
                         None => c.drop(DropReason::NoMbuf),
                     }
                 }
-                send(p, flood[last], i, net, t, txb, tx, c, stats, tr);
+                let q = flood[last];
+                send(p, q, plan(t, q, net), i, t, txb, tx, c, stats, tr);
             }
             Next::Drop(_) | Next::Continue => {
                 // Drops were counted by the stage that decided them; a packet still at Continue
@@ -159,14 +168,26 @@ pub fn run<B: PacketBuf, T: Tracer>(
     B::free_bulk(&mut b.pkts[..b.len]);
 }
 
+/// What leaving by one port takes for a frame of one network: a VLAN tag to push (or none),
+/// or the reason it cannot leave there.
+type Plan = Result<Option<u16>, DropReason>;
+
+#[inline]
+fn plan(t: &Tables, port: u16, net: u16) -> Plan {
+    match (t.ports.get(port as usize), t.networks.get(net as usize)) {
+        (Some(pe), Some(ne)) if pe.up => Ok(super::provider::egress_vlan(pe, ne)),
+        _ => Err(DropReason::EgressDown),
+    }
+}
+
 /// Egress processing for one destination, then into that port's tx buffer (or dropped).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn send<B: PacketBuf, T: Tracer>(
     mut p: B,
     port: u16,
+    plan: Plan,
     i: usize,
-    net: u16,
     t: &Tables,
     txb: &mut TxBuffers<B>,
     tx: &mut impl Tx<B>,
@@ -174,7 +195,12 @@ fn send<B: PacketBuf, T: Tracer>(
     stats: &mut [TxStats],
     tr: &mut T,
 ) {
-    match egress_one(&mut p, t, port, net, c) {
+    let r = match plan {
+        Ok(None) => Ok(()),
+        Ok(Some(vid)) => super::provider::push_tag(&mut p, vid, c),
+        Err(r) => Err(r),
+    };
+    match r {
         Ok(()) => {
             trace!(tr, i, "output", "tx port {}", t.ports[port as usize].name);
             txb.push(port, p, tx, c, stats);
@@ -190,19 +216,5 @@ fn send<B: PacketBuf, T: Tracer>(
             );
             c.drop(r);
         }
-    }
-}
-
-#[inline]
-fn egress_one<B: PacketBuf>(
-    p: &mut B,
-    t: &Tables,
-    port: u16,
-    net: u16,
-    c: &mut BatchCounters,
-) -> Result<(), DropReason> {
-    match (t.ports.get(port as usize), t.networks.get(net as usize)) {
-        (Some(pe), Some(ne)) if pe.up => super::provider::egress(p, pe, ne, c),
-        _ => Err(DropReason::EgressDown),
     }
 }

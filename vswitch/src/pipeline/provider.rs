@@ -120,22 +120,27 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
     }
 }
 
-/// Prepares a frame of network `net` to leave by `port`: on a provider port a VLAN network gets
-/// its tag pushed. Returns the drop reason if it cannot.
+/// The VLAN tag a frame of network `net` needs to leave by port `pe`: a VLAN network's
+/// segmentation id on a provider port, nothing otherwise. (Output computes this once per
+/// port and network, then applies [`push_tag`] per packet.)
 #[inline]
-pub fn egress<B: PacketBuf>(
+pub fn egress_vlan(pe: &PortEntry, net: &NetworkEntry) -> Option<u16> {
+    match (pe.kind, net.segment) {
+        (PortKind::Provider, Segment::Vlan(vid)) => Some(vid),
+        _ => None,
+    }
+}
+
+/// Pushes the provider VLAN tag on egress.
+#[inline]
+pub fn push_tag<B: PacketBuf>(
     p: &mut B,
-    pe: &PortEntry,
-    net: &NetworkEntry,
+    vid: u16,
     c: &mut BatchCounters,
 ) -> Result<(), DropReason> {
-    if pe.kind == PortKind::Provider {
-        if let Segment::Vlan(vid) = net.segment {
-            if !vlan::push(p, vid) {
-                return Err(DropReason::NoHeadroom);
-            }
-            c.event(Event::VlanPushed);
-        }
+    if !vlan::push(p, vid) {
+        return Err(DropReason::NoHeadroom);
     }
+    c.event(Event::VlanPushed);
     Ok(())
 }
