@@ -1,0 +1,140 @@
+//! Background processes and packet captures for system tests.
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Runs a command in the current namespace and panics unless it succeeds.
+pub fn sh(args: &[&str]) -> String {
+    let out = run_quiet(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A background process; killed (SIGKILL) on drop if still running.
+pub struct Bg {
+    pub label: String,
+    pub(super) child: Option<Child>,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Bg {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("process").id()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits until stdout or stderr contains `needle`; false on timeout or if it exited first.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        let seen = |b: &Bg| b.stdout_text().contains(needle) || b.stderr_text().contains(needle);
+        loop {
+            if seen(self) {
+                return true;
+            }
+            if !self.running() {
+                return seen(self);
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (`"TERM"`, `"INT"`, `"USR1"`...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().to_string();
+        let _ = run_quiet(&["kill", &format!("-{sig}"), &pid]);
+    }
+
+    /// Waits for the process to exit; kills it and panics after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> ExitStatus {
+        let end = Instant::now() + timeout;
+        let mut child = self.child.take().expect("process");
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return st,
+                Ok(None) if Instant::now() < end => sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "{} did not exit within {timeout:?}\nstdout: {}\nstderr: {}",
+                        self.label,
+                        self.stdout_text(),
+                        self.stderr_text()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends `sig`, then waits as [`Bg::wait`].
+    pub fn stop(self, sig: &str, timeout: Duration) -> ExitStatus {
+        self.signal(sig);
+        self.wait(timeout)
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A running tcpdump writing a pcap file. With `VST_VERBOSE` set in the environment,
+/// [`Capture::stop`] also prints every frame.
+pub struct Capture {
+    pub(super) bg: Bg,
+    pub(super) file: PathBuf,
+}
+
+impl Capture {
+    /// Stops the capture (after letting in-flight frames land) and returns one line per frame
+    /// as `tcpdump -e -n -t` prints it, e.g.
+    /// `fa:16:3e:00:01:11 > 02:00:00:00:01:50, ethertype 802.1Q (0x8100), length 102: vlan 101, p 0, ethertype IPv4 (0x0800), 203.0.113.11 > 203.0.113.50: ICMP echo reply, ...`.
+    pub fn stop(self) -> Vec<String> {
+        sleep(Duration::from_millis(300));
+        let label = self.bg.label.clone();
+        let st = self.bg.stop("TERM", Duration::from_secs(10));
+        assert!(st.success() || st.code().is_none(), "tcpdump failed: {st}");
+        let f = self.file.to_string_lossy().into_owned();
+        let out = run_quiet(&["tcpdump", "-r", &f, "-e", "-n", "-t"]);
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if std::env::var_os("VST_VERBOSE").is_some() {
+            eprintln!("--- capture {label} ({} frames)", lines.len());
+            for l in &lines {
+                eprintln!("    {l}");
+            }
+        }
+        lines
+    }
+}

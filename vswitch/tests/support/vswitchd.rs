@@ -1,0 +1,226 @@
+//! Starting, reading and stopping a `vswitchd` under test.
+use std::fs;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// One port of the host config written by [`host_toml`].
+pub struct HostPort<'a> {
+    pub name: &'a str,
+    /// The interface (in the switch namespace) the af_packet port attaches to.
+    pub iface: &'a str,
+    /// `instance` or `provider`.
+    pub kind: &'a str,
+    /// The Neutron port id, for instance ports.
+    pub iface_id: Option<&'a str>,
+}
+
+/// A host config for one vswitchd in a namespace: worker on lcore 1, no hugepages, a unique
+/// EAL file prefix, backoff idle, net_af_packet ports.
+pub fn host_toml(
+    host_id: &str,
+    file_prefix: &str,
+    ports: &[HostPort],
+    bridge_mappings: &[(&str, &str)],
+) -> String {
+    let mut s = format!(
+        "role = \"dvr\"\nhost_id = \"{host_id}\"\nmain_core = 0\ncores = [1]\n\
+         eal_args = [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--file-prefix\", \"{file_prefix}\"]\n\n\
+         [idle]\nmode = \"backoff\"\n\n"
+    );
+    for (i, p) in ports.iter().enumerate() {
+        s.push_str(&format!(
+            "[[ports]]\nname = \"{}\"\ndevargs = \"net_af_packet{i},iface={}\"\nkind = \"{}\"\n",
+            p.name, p.iface, p.kind
+        ));
+        if let Some(id) = p.iface_id {
+            s.push_str(&format!("iface_id = \"{id}\"\n"));
+        }
+        s.push('\n');
+    }
+    s.push_str("[bridge_mappings]\n");
+    for (physnet, port) in bridge_mappings {
+        s.push_str(&format!("{physnet} = \"{port}\"\n"));
+    }
+    s
+}
+
+/// Counters from one `stats-json:` line.
+#[derive(Debug, Clone)]
+pub struct Stats(pub serde_json::Value);
+
+/// One port's traffic counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+impl Stats {
+    /// A drop counter (`"port_security.spoofed_mac"`); panics on an unknown name so a renamed
+    /// counter fails loudly.
+    pub fn drop(&self, name: &str) -> u64 {
+        self.0["drops"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no drop counter {name:?} in {}", self.0["drops"]))
+    }
+
+    /// An event counter (`"provider.vlan_pushed"`).
+    pub fn event(&self, name: &str) -> u64 {
+        self.0["events"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no event counter {name:?} in {}", self.0["events"]))
+    }
+
+    /// Sum of all drop counters.
+    pub fn total_drops(&self) -> u64 {
+        self.0["drops"]
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0)
+    }
+
+    /// Drop counters that are not zero.
+    pub fn nonzero_drops(&self) -> Vec<(String, u64)> {
+        self.0["drops"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_u64().filter(|&n| n > 0).map(|n| (k.clone(), n)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A port's counters by port name.
+    pub fn port(&self, name: &str) -> PortStats {
+        let p = self.0["ports"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("no port {name:?} in {}", self.0["ports"]));
+        let g = |k: &str| {
+            p[k].as_u64()
+                .unwrap_or_else(|| panic!("port {name}: no {k}"))
+        };
+        PortStats {
+            rx_packets: g("rx_packets"),
+            rx_bytes: g("rx_bytes"),
+            tx_packets: g("tx_packets"),
+            tx_bytes: g("tx_bytes"),
+        }
+    }
+}
+
+/// The complete `stats-json:` lines printed so far.
+fn stats_lines(text: &str) -> Vec<&str> {
+    // Only lines that ended with a newline: the last one may still be being written.
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    complete
+        .lines()
+        .filter_map(|l| l.strip_prefix("stats-json: "))
+        .collect()
+}
+
+/// A vswitchd running inside a namespace.
+pub struct Vswitchd {
+    bg: Bg,
+}
+
+impl Vswitchd {
+    /// Writes the two config files into the topology's directory, starts
+    /// `ip netns exec <ns> vswitchd --config host.toml --state state.yaml` and waits for
+    /// "vswitchd: running".
+    pub fn start(topo: &Topology, ns: &str, host_toml: &str, state_yaml: &str) -> Vswitchd {
+        let host = topo.dir().join("host.toml");
+        let state = topo.dir().join("state.yaml");
+        fs::write(&host, host_toml).expect("write host.toml");
+        fs::write(&state, state_yaml).expect("write state.yaml");
+        let (h, s) = (
+            host.to_string_lossy().into_owned(),
+            state.to_string_lossy().into_owned(),
+        );
+        let mut bg = topo.spawn(ns, "vswitchd", &[VSWITCHD, "--config", &h, "--state", &s]);
+        let end = Instant::now() + Duration::from_secs(30);
+        while !bg.stdout_text().contains("vswitchd: running") {
+            if !bg.running() {
+                panic!(
+                    "vswitchd exited during start\nstdout: {}\nstderr: {}",
+                    bg.stdout_text(),
+                    bg.stderr_text()
+                );
+            }
+            if Instant::now() > end {
+                panic!(
+                    "vswitchd not running after 30 s\nstderr: {}",
+                    bg.stderr_text()
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+        Vswitchd { bg }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.bg.pid()
+    }
+
+    /// Asks for counters (SIGUSR1) and returns the new `stats-json:` line, parsed.
+    pub fn stats(&mut self) -> Stats {
+        let before = stats_lines(&self.bg.stdout_text()).len();
+        self.bg.signal("USR1");
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.bg.stdout_text();
+            let lines = stats_lines(&text);
+            if lines.len() > before {
+                let v = serde_json::from_str(lines[lines.len() - 1]).unwrap_or_else(|e| {
+                    panic!("bad stats-json line: {e}: {}", lines[lines.len() - 1])
+                });
+                return Stats(v);
+            }
+            assert!(
+                self.bg.running(),
+                "vswitchd died: {}",
+                self.bg.stderr_text()
+            );
+            assert!(
+                Instant::now() < end,
+                "no stats-json line within 10 s of SIGUSR1"
+            );
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops vswitchd with SIGTERM; asserts it exits 0 after printing final counters and
+    /// "shutdown: mbufs in use after closing ports: 0 of N". Returns the final counters.
+    pub fn stop(self) -> Stats {
+        let Vswitchd { bg } = self;
+        let (stdout, stderr) = (bg.stdout.clone(), bg.stderr.clone());
+        let st = bg.stop("TERM", Duration::from_secs(20));
+        let out = fs::read_to_string(&stdout).unwrap_or_default();
+        let err = fs::read_to_string(&stderr).unwrap_or_default();
+        assert!(
+            st.success(),
+            "vswitchd exited with {st}\nstdout: {out}\nstderr: {err}"
+        );
+        let leak = out
+            .lines()
+            .find(|l| l.starts_with("shutdown: mbufs in use after closing ports:"))
+            .unwrap_or_else(|| panic!("no mbuf line at shutdown\nstdout: {out}"));
+        assert!(
+            leak.starts_with("shutdown: mbufs in use after closing ports: 0 of "),
+            "mbufs leaked: {leak}"
+        );
+        let lines = stats_lines(&out);
+        let last = lines
+            .last()
+            .unwrap_or_else(|| panic!("no final stats-json line\nstdout: {out}"));
+        Stats(serde_json::from_str(last).expect("final stats-json"))
+    }
+}
