@@ -71,6 +71,75 @@ impl Default for IdleConfig {
     }
 }
 
+/// The VXLAN underlay (`[overlay]`): how tunnels leave by the `overlay` port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayConfig {
+    /// Prefix length of the underlay subnet `local_vtep_ip` is in: VTEPs inside it are
+    /// resolved by ARP directly, others through `gateway` (1..=32).
+    #[serde(default = "default_prefix_len")]
+    pub prefix_len: u8,
+    /// Underlay next hop for VTEPs outside that subnet.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Underlay IP MTU: an inner frame that does not fit after the 50 bytes of VXLAN
+    /// encapsulation is dropped (576..=9216).
+    #[serde(default = "default_underlay_mtu")]
+    pub mtu: u16,
+    /// Outer IPv4 TTL (1..=255).
+    #[serde(default = "default_ttl")]
+    pub ttl: u8,
+    /// Set Don't Fragment on the outer IPv4 header.
+    #[serde(default = "default_true")]
+    pub df: bool,
+    /// Compute the outer UDP checksum (RFC 7348 allows zero, the default).
+    #[serde(default)]
+    pub udp_checksum: bool,
+    /// VXLAN UDP destination port (IANA: 4789).
+    #[serde(default = "default_vxlan_port")]
+    pub udp_port: u16,
+    /// Learn inner source MACs of decapsulated frames (for networks without l2population;
+    /// off by default because the desired state is authoritative).
+    #[serde(default)]
+    pub learn: bool,
+    /// Static underlay neighbours (IP -> MAC), never aged: for links where ARP cannot run
+    /// (benchmarks on net_null) or is not wanted.
+    #[serde(default)]
+    pub neighbors: BTreeMap<Ipv4Addr, MacAddr>,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        OverlayConfig {
+            prefix_len: default_prefix_len(),
+            gateway: None,
+            mtu: default_underlay_mtu(),
+            ttl: default_ttl(),
+            df: true,
+            udp_checksum: false,
+            udp_port: default_vxlan_port(),
+            learn: false,
+            neighbors: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_prefix_len() -> u8 {
+    24
+}
+fn default_underlay_mtu() -> u16 {
+    1500
+}
+fn default_ttl() -> u8 {
+    64
+}
+fn default_true() -> bool {
+    true
+}
+fn default_vxlan_port() -> u16 {
+    4789
+}
+
 /// One DPDK port (`[[ports]]`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +206,9 @@ pub struct HostConfig {
     /// Physical network name -> name of the `provider` port that reaches it.
     #[serde(default)]
     pub bridge_mappings: BTreeMap<String, String>,
+    /// VXLAN underlay settings.
+    #[serde(default)]
+    pub overlay: OverlayConfig,
 }
 
 impl HostConfig {

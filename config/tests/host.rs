@@ -214,7 +214,8 @@ fn port_rules() {
         "iface_id port-instance1 is already carried by ports[0]",
     );
     has(&p, "ports[6].rx_queues", "0 is out of range 1..=64");
-    assert_eq!(p.len(), 8, "{}", common::list(&p));
+    has(&p, "ports", "2 ports have kind = \"overlay\"; VXLAN leaves by exactly one");
+    assert_eq!(p.len(), 9, "{}", common::list(&p));
 
     let mut h = compute1();
     h.ports.clear();
@@ -362,4 +363,73 @@ fn host_config_round_trips_through_toml() {
     assert_eq!(parse_host_str(&text).unwrap(), h);
     assert_eq!(h.provider_port("provider").unwrap().name, "uplink");
     assert_eq!(h.instance_port("port-instance1").unwrap().name, "vm1");
+}
+
+#[test]
+fn overlay_section_parses_with_defaults_and_static_neighbors() {
+    let text = format!(
+        "{MINIMAL}\n[overlay]\ngateway = \"10.0.0.1\"\nudp_checksum = true\n[overlay.neighbors]\n\"10.0.0.12\" = \"02:00:00:00:00:12\"\n"
+    )
+    .replace("host_id = \"compute1\"", "host_id = \"compute1\"\nlocal_vtep_ip = \"10.0.0.11\"");
+    let h = parse_host_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let o = &h.overlay;
+    assert_eq!(
+        (o.prefix_len, o.mtu, o.ttl, o.df, o.udp_port, o.learn),
+        (24, 1500, 64, true, 4789, false)
+    );
+    assert!(o.udp_checksum);
+    assert_eq!(o.gateway, Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(
+        o.neighbors
+            .get(&"10.0.0.12".parse().unwrap())
+            .map(|m| m.to_string()),
+        Some("02:00:00:00:00:12".to_owned())
+    );
+    assert_eq!(
+        parse_host_str(MINIMAL).unwrap().overlay,
+        vswitch_config::OverlayConfig::default()
+    );
+}
+
+#[test]
+fn overlay_rules_report_every_problem() {
+    let mut h = parse_host_str(MINIMAL).unwrap();
+    h.local_vtep_ip = Some("10.0.0.11".parse().unwrap());
+    h.overlay.prefix_len = 24;
+    h.overlay.gateway = Some("10.1.0.1".parse().unwrap());
+    h.overlay.mtu = 100;
+    h.overlay.ttl = 0;
+    h.overlay.udp_port = 0;
+    h.overlay.neighbors.insert(
+        "10.0.0.12".parse().unwrap(),
+        "01:00:5e:00:00:01".parse().unwrap(),
+    );
+    h.ports.push(port("ov1", PortKind::Overlay, None));
+    h.ports.push(port("ov2", PortKind::Overlay, None));
+    let p = h.validate();
+    has(
+        &p,
+        "overlay.gateway",
+        "10.1.0.1 is not in the underlay subnet of local_vtep_ip 10.0.0.11/24",
+    );
+    has(&p, "overlay.mtu", "100 is out of range 576..=9216");
+    has(
+        &p,
+        "overlay.ttl",
+        "a TTL of 0 would never leave this host; use 1..=255 (64 is usual)",
+    );
+    has(
+        &p,
+        "overlay.udp_port",
+        "port 0 is not a VXLAN port; the IANA port is 4789",
+    );
+    has(
+        &p,
+        "ports",
+        "2 ports have kind = \"overlay\"; VXLAN leaves by exactly one",
+    );
+    assert!(
+        p.iter().any(|x| x.path == "overlay.neighbors.10.0.0.12"),
+        "{p:?}"
+    );
 }

@@ -34,7 +34,68 @@ impl HostConfig {
         self.check_sizes(&mut out);
         self.check_ports(&mut out);
         self.check_bridge_mappings(&mut out);
+        self.check_overlay(&mut out);
         out.0
+    }
+
+    fn check_overlay(&self, out: &mut Problems) {
+        let o = &self.overlay;
+        if !(1..=32).contains(&o.prefix_len) {
+            out.push(
+                "overlay.prefix_len",
+                format!("{} is not a prefix length (1..=32)", o.prefix_len),
+            );
+        }
+        if !(576..=9216).contains(&o.mtu) {
+            out.push(
+                "overlay.mtu",
+                format!("{} is out of range 576..=9216", o.mtu),
+            );
+        }
+        if o.ttl == 0 {
+            out.push(
+                "overlay.ttl",
+                "a TTL of 0 would never leave this host; use 1..=255 (64 is usual)",
+            );
+        }
+        if o.udp_port == 0 {
+            out.push(
+                "overlay.udp_port",
+                "port 0 is not a VXLAN port; the IANA port is 4789",
+            );
+        }
+        if let (Some(gw), Some(local)) = (o.gateway, self.local_vtep_ip) {
+            if (1..=32).contains(&o.prefix_len) {
+                let mask = u32::MAX << (32 - o.prefix_len as u32);
+                if u32::from(gw) & mask != u32::from(local) & mask {
+                    out.push(
+                        "overlay.gateway",
+                        format!(
+                            "{gw} is not in the underlay subnet of local_vtep_ip {local}/{}",
+                            o.prefix_len
+                        ),
+                    );
+                }
+            }
+        }
+        for (ip, mac) in &o.neighbors {
+            if let Some(msg) = bad_unicast_mac(*mac) {
+                out.push(format!("overlay.neighbors.{ip}"), msg);
+            }
+        }
+        let overlay_ports = self
+            .ports
+            .iter()
+            .filter(|p| p.kind == PortKind::Overlay)
+            .count();
+        if overlay_ports > 1 {
+            out.push(
+                "ports",
+                format!(
+                    "{overlay_ports} ports have kind = \"overlay\"; VXLAN leaves by exactly one"
+                ),
+            );
+        }
     }
 
     fn check_identity(&self, out: &mut Problems) {
