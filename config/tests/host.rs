@@ -214,7 +214,11 @@ fn port_rules() {
         "iface_id port-instance1 is already carried by ports[0]",
     );
     has(&p, "ports[6].rx_queues", "0 is out of range 1..=64");
-    has(&p, "ports", "2 ports have kind = \"overlay\"; VXLAN leaves by exactly one");
+    has(
+        &p,
+        "ports",
+        "2 ports have kind = \"overlay\"; VXLAN leaves by exactly one",
+    );
     assert_eq!(p.len(), 9, "{}", common::list(&p));
 
     let mut h = compute1();

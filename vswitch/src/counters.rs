@@ -83,6 +83,30 @@ named_enum! {
         EgressDown => "output.egress_port_down",
         /// The transmit queue was full.
         TxFull => "output.tx_full",
+        /// Outer IPv4 not addressed to our VTEP (`local_vtep_ip`).
+        TunnelNotForUs => "tunnel.not_for_us",
+        /// UDP to another port than the VXLAN port.
+        TunnelWrongPort => "tunnel.wrong_port",
+        /// VXLAN header without the I flag.
+        TunnelBadFlags => "tunnel.bad_flags",
+        /// A VNI no network of ours uses.
+        TunnelUnknownVni => "tunnel.unknown_vni",
+        /// From an address that is no known host's VTEP (injected overlay traffic).
+        TunnelUnknownVtep => "tunnel.unknown_vtep",
+        /// Outer headers or the inner frame cut short.
+        TunnelTruncated => "tunnel.truncated",
+        /// An inner frame carrying its own 802.1Q tag.
+        TunnelInnerVlan => "tunnel.inner_vlan",
+        /// To a VTEP whose underlay MAC is not known yet (an ARP request went out instead).
+        TunnelUnresolved => "tunnel.unresolved",
+        /// Would exceed the underlay MTU once encapsulated.
+        TunnelTooBig => "tunnel.too_big",
+        /// Not VXLAN (other IP protocols, fragments, other EtherTypes) on the overlay port.
+        TunnelNotVxlan => "tunnel.not_vxlan",
+        /// An ARP on the underlay asking for someone else.
+        TunnelArpNotForUs => "tunnel.arp_not_for_us",
+        /// A decapsulated frame whose destination is behind another VTEP (never re-tunnelled).
+        TunnelSplitHorizon => "tunnel.split_horizon",
     }
 }
 
@@ -106,6 +130,70 @@ named_enum! {
         VlanPopped => "provider.vlan_popped",
         /// Provider frames that got a tag on egress.
         VlanPushed => "provider.vlan_pushed",
+        /// VXLAN frames decapsulated.
+        TunnelDecap => "tunnel.decap",
+        /// Frames encapsulated (each head-end replica counts).
+        TunnelEncap => "tunnel.encap",
+        /// ARP replies sent for our VTEP address.
+        ArpReplySent => "tunnel.arp_reply_sent",
+        /// ARP requests sent to resolve a VTEP or the underlay gateway.
+        ArpRequestSent => "tunnel.arp_request_sent",
+        /// Underlay neighbours learned or changed.
+        NeighborLearned => "tunnel.neighbor_learned",
+        /// ARP requests from instances answered locally (l2population's ARP responder).
+        ArpResponder => "tunnel.arp_responder",
+    }
+}
+
+/// Most remote VTEPs and networks that get their own tunnel counters.
+pub const MAX_VTEPS: usize = 1024;
+pub const MAX_NETWORKS: usize = 4096;
+
+/// Per-VTEP and per-network (VNI) tunnel counters of one core: single writer, like
+/// [`CoreCounters`], bumped per packet with plain stores.
+#[derive(Debug)]
+pub struct TunnelCounters {
+    pub vtep_rx: Box<[AtomicU64]>,
+    pub vtep_tx: Box<[AtomicU64]>,
+    /// Indexed by network index (the VNI is looked up from the tables when reported).
+    pub net_rx: Box<[AtomicU64]>,
+    pub net_tx: Box<[AtomicU64]>,
+}
+
+impl Default for TunnelCounters {
+    fn default() -> Self {
+        let z = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        Self {
+            vtep_rx: z(MAX_VTEPS),
+            vtep_tx: z(MAX_VTEPS),
+            net_rx: z(MAX_NETWORKS),
+            net_tx: z(MAX_NETWORKS),
+        }
+    }
+}
+
+impl TunnelCounters {
+    /// Counts one packet received from `vtep` on network `net`.
+    #[inline(always)]
+    pub fn rx(&self, vtep: u16, net: u16) {
+        if let (Some(a), Some(b)) = (
+            self.vtep_rx.get(vtep as usize),
+            self.net_rx.get(net as usize),
+        ) {
+            bump(a, 1);
+            bump(b, 1);
+        }
+    }
+    /// Counts one packet sent to `vtep` on network `net`.
+    #[inline(always)]
+    pub fn tx(&self, vtep: u16, net: u16) {
+        if let (Some(a), Some(b)) = (
+            self.vtep_tx.get(vtep as usize),
+            self.net_tx.get(net as usize),
+        ) {
+            bump(a, 1);
+            bump(b, 1);
+        }
     }
 }
 
@@ -163,6 +251,8 @@ pub struct CoreCounters {
     pub idle_polls: AtomicU64,
     /// Bumped after every poll round: the core's quiescent-state counter for table reclamation.
     pub epoch: AtomicU64,
+    /// Per-VTEP and per-VNI counters (shared with the core's `CoreState`).
+    pub tunnel: std::sync::Arc<TunnelCounters>,
 }
 
 /// Adds `d` to a single-writer counter without a locked instruction.
@@ -181,6 +271,7 @@ impl CoreCounters {
             busy_polls: AtomicU64::new(0),
             idle_polls: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            tunnel: std::sync::Arc::new(TunnelCounters::default()),
         }
     }
 
@@ -208,6 +299,9 @@ pub struct Totals {
     pub events: Vec<(String, u64)>,
     pub busy_polls: u64,
     pub idle_polls: u64,
+    /// (rx, tx) per VTEP index and per network index, summed over cores.
+    pub vteps: Vec<(u64, u64)>,
+    pub nets: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -247,6 +341,17 @@ pub fn totals(cores: &[std::sync::Arc<CoreCounters>], n_ports: usize) -> Totals 
         }
         t.busy_polls += c.busy_polls.load(Relaxed);
         t.idle_polls += c.idle_polls.load(Relaxed);
+        let tc = &c.tunnel;
+        t.vteps.resize(MAX_VTEPS, (0, 0));
+        t.nets.resize(MAX_NETWORKS, (0, 0));
+        for (i, v) in t.vteps.iter_mut().enumerate() {
+            v.0 += tc.vtep_rx[i].load(Relaxed);
+            v.1 += tc.vtep_tx[i].load(Relaxed);
+        }
+        for (i, v) in t.nets.iter_mut().enumerate() {
+            v.0 += tc.net_rx[i].load(Relaxed);
+            v.1 += tc.net_tx[i].load(Relaxed);
+        }
     }
     t
 }

@@ -4,6 +4,7 @@ use crate::counters::{totals, CoreCounters, Totals};
 use crate::io::Ports;
 use crate::runtime::{assign_queues, Worker};
 use crate::tables::compile::compile;
+use crate::tables::neighbor::NeighborTable;
 use crate::tables::publish::Publisher;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -13,6 +14,8 @@ use vswitch_ffi::{eal, Mempool};
 
 /// Per-core learning table size (entries) and aging.
 const LEARN_CAPACITY: usize = 16384;
+/// Underlay neighbours (VTEPs and gateways) the shared ARP cache holds.
+const NEIGHBOR_CAPACITY: usize = 4096;
 
 /// Loads and validates the host config and the desired state (if given) together. On any
 /// problem returns one message that lists all of them.
@@ -112,7 +115,16 @@ impl Daemon {
             .iter()
             .map(|&l| Arc::new(CoreCounters::new(l, n_ports)))
             .collect();
-        let tables = compile(&host, &state, 1);
+        let port_macs: Vec<vswitch_config::MacAddr> = ports
+            .ports
+            .iter()
+            .map(|p| vswitch_config::MacAddr(p.mac))
+            .collect();
+        let tables = compile(&host, &state, 1, &port_macs);
+        let neigh = Arc::new(NeighborTable::new(NEIGHBOR_CAPACITY));
+        for (ip, mac) in &host.overlay.neighbors {
+            neigh.set_static(*ip, crate::tables::mac_u64(&mac.0));
+        }
         let publisher = Publisher::new(tables, cores.clone());
         let port_ids: Vec<u16> = ports.ports.iter().map(|p| p.port_id).collect();
         let q: Vec<(u16, u16, u16)> = ports
@@ -141,6 +153,7 @@ impl Daemon {
                 idle: daemon.host.idle.clone(),
                 learn_capacity: LEARN_CAPACITY,
                 aging_ms: crate::tables::fdb::DEFAULT_AGING_MS,
+                neigh: neigh.clone(),
             };
             tracing::info!(lcore, queues = ?worker.rx, "launching worker");
             if let Err(e) = eal::launch(lcore, move || worker.run()) {
@@ -175,7 +188,12 @@ impl Daemon {
     /// Prints the counters, the PMDs' own included.
     pub fn report(&self) {
         let driver = self.ports.as_ref().map(driver_stats).unwrap_or_default();
-        report(&self.totals(), &self.port_names(), &driver);
+        report(
+            &self.totals(),
+            &self.port_names(),
+            &driver,
+            &self.publisher.current(),
+        );
     }
 
     /// The table publisher (for reloads).
@@ -191,7 +209,7 @@ impl Daemon {
         }
         let t = self.totals();
         let driver = self.ports.as_ref().map(driver_stats).unwrap_or_default();
-        report(&t, &self.port_names(), &driver);
+        report(&t, &self.port_names(), &driver, &self.publisher.current());
         if let Some(p) = self.ports.take() {
             p.close();
         }
@@ -223,7 +241,12 @@ pub fn driver_stats(ports: &Ports) -> Vec<vswitch_ffi::ethdev::EthStats> {
 
 /// Prints counters for people (aligned) and one JSON line for scripts (`stats-json: {...}`).
 /// `driver` holds each port's PMD counters when the ports are open.
-pub fn report(t: &Totals, names: &[String], driver: &[vswitch_ffi::ethdev::EthStats]) {
+pub fn report(
+    t: &Totals,
+    names: &[String],
+    driver: &[vswitch_ffi::ethdev::EthStats],
+    tables: &crate::tables::Tables,
+) {
     use std::io::Write;
     let mut out = String::new();
     out.push_str(&format!(
@@ -248,6 +271,48 @@ pub fn report(t: &Totals, names: &[String], driver: &[vswitch_ffi::ethdev::EthSt
             ));
         }
     }
+    let vteps: Vec<_> = tables
+        .vteps
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v, t.vteps.get(i).copied().unwrap_or_default()))
+        .collect();
+    let mut vnis: Vec<_> = tables
+        .vni
+        .iter()
+        .map(|(&vni, &n)| {
+            (
+                vni,
+                &tables.networks[n as usize].name,
+                t.nets.get(n as usize).copied().unwrap_or_default(),
+            )
+        })
+        .collect();
+    vnis.sort();
+    if !vteps.is_empty() {
+        out.push_str(&format!(
+            "{:<16} {:<16} {:>14} {:>14}\n",
+            "vtep", "host", "rx_packets", "tx_packets"
+        ));
+        for (v, (rx, tx)) in &vteps {
+            out.push_str(&format!(
+                "{:<16} {:<16} {:>14} {:>14}\n",
+                v.ip.to_string(),
+                v.host,
+                rx,
+                tx
+            ));
+        }
+    }
+    if !vnis.is_empty() {
+        out.push_str(&format!(
+            "{:<16} {:<16} {:>14} {:>14}\n",
+            "vni", "network", "rx_packets", "tx_packets"
+        ));
+        for (vni, name, (rx, tx)) in &vnis {
+            out.push_str(&format!("{:<16} {:<16} {:>14} {:>14}\n", vni, name, rx, tx));
+        }
+    }
     out.push_str("drops:\n");
     for (k, v) in t.drops.iter().filter(|(_, v)| *v > 0) {
         out.push_str(&format!("  {k:<36} {v:>14}\n"));
@@ -266,6 +331,12 @@ pub fn report(t: &Totals, names: &[String], driver: &[vswitch_ffi::ethdev::EthSt
         "driver": names.iter().zip(driver).map(|(n, d)| serde_json::json!({
             "name": n, "imissed": d.imissed, "rx_nombuf": d.rx_nombuf,
             "ierrors": d.ierrors, "oerrors": d.oerrors,
+        })).collect::<Vec<_>>(),
+        "vteps": vteps.iter().map(|(v, (rx, tx))| serde_json::json!({
+            "ip": v.ip.to_string(), "host": v.host, "rx_packets": rx, "tx_packets": tx,
+        })).collect::<Vec<_>>(),
+        "vnis": vnis.iter().map(|(vni, name, (rx, tx))| serde_json::json!({
+            "vni": vni, "network": name, "rx_packets": rx, "tx_packets": tx,
         })).collect::<Vec<_>>(),
         "busy_polls": t.busy_polls,
         "idle_polls": t.idle_polls,

@@ -16,6 +16,8 @@ pub trait PacketBuf: Sized {
     fn prepend(&mut self, n: usize) -> bool;
     /// Strips `n` bytes from the front; false (and unchanged) if the packet is shorter.
     fn adj(&mut self, n: usize) -> bool;
+    /// Strips `n` bytes from the end; false (and unchanged) if the last segment is shorter.
+    fn trim(&mut self, n: usize) -> bool;
     /// A deep copy for flooding; None when no buffer is free (the copy is then counted as a drop).
     fn try_clone(&self) -> Option<Self>;
     /// Frees every packet in `slots` (leaving them `None`); DPDK buffers go back in one call.
@@ -46,6 +48,10 @@ impl PacketBuf for Mbuf {
     #[inline(always)]
     fn adj(&mut self, n: usize) -> bool {
         Mbuf::adj(self, n)
+    }
+    #[inline(always)]
+    fn trim(&mut self, n: usize) -> bool {
+        Mbuf::trim(self, n)
     }
     #[inline(always)]
     fn try_clone(&self) -> Option<Self> {
@@ -102,6 +108,13 @@ impl PacketBuf for TestBuf {
             return false;
         }
         self.start += n;
+        true
+    }
+    fn trim(&mut self, n: usize) -> bool {
+        if n > self.pkt_len() {
+            return false;
+        }
+        self.buf.truncate(self.buf.len() - n);
         true
     }
     fn try_clone(&self) -> Option<Self> {

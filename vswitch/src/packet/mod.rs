@@ -14,6 +14,7 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod udp;
 pub mod vlan;
+pub mod vxlan;
 
 pub use buf::{PacketBuf, TestBuf};
 pub use eth::{EtherType, EthernetFrame, ETH_HDR_LEN};

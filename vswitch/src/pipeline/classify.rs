@@ -40,7 +40,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
             Some(DropReason::Oversize)
         } else if bad_src(d) {
             Some(DropReason::BadSrcMac)
-        } else if port.kind != PortKind::Provider && port.network == NO_NET {
+        } else if port.kind == PortKind::Instance && port.network == NO_NET {
             Some(DropReason::NoNetwork)
         } else {
             None

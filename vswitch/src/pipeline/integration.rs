@@ -18,7 +18,7 @@ use crate::counters::{BatchCounters, DropReason, Event};
 use crate::packet::eth::mac48_is_multicast;
 use crate::packet::{EthernetFrame, PacketBuf};
 use crate::tables::fdb::Learned;
-use crate::tables::{fdb_key48, Tables};
+use crate::tables::{fdb_key48, Dest, Tables, VTEP_BIT};
 use crate::trace;
 
 pub fn run<B: PacketBuf, T: Tracer>(
@@ -32,6 +32,10 @@ pub fn run<B: PacketBuf, T: Tracer>(
     let Some(port) = t.ports.get(in_port as usize) else {
         return;
     };
+    // Frames decapsulated from the overlay: their source is behind a VTEP, and they are never
+    // sent back into the overlay (split horizon: every host floods to every other itself).
+    let from_overlay = t.overlay.as_ref().is_some_and(|o| o.port == in_port);
+    let learn_overlay = from_overlay && t.overlay.as_ref().is_some_and(|o| o.learn);
     // A batch usually carries a few flows: remember the last static FDB answer (the tables
     // cannot change within a batch, so this one-entry cache is always coherent).
     let mut last_key = u64::MAX;
@@ -66,12 +70,18 @@ pub fn run<B: PacketBuf, T: Tracer>(
         }
         let dst = eth.dst();
 
-        if port.learn {
+        if port.learn || learn_overlay {
             let src = eth.src();
+            // What a learned entry points at: this port, or the VTEP the frame came from.
+            let here = if from_overlay {
+                VTEP_BIT | b.meta[i].from_vtep
+            } else {
+                in_port
+            };
             match t.fdb_lookup(net_idx, src) {
-                Some(owner) if owner != in_port => c.event(Event::StaticMacConflict),
+                Some(owner) if owner != here => c.event(Event::StaticMacConflict),
                 Some(_) => {}
-                None => match s.learn.learn(net_idx, src, in_port, s.now_ms) {
+                None => match s.learn.learn(net_idx, src, here, s.now_ms) {
                     Learned::New => c.event(Event::Learned),
                     Learned::Moved => c.event(Event::MacMoved),
                     Learned::Full => c.event(Event::LearnTableFull),
@@ -102,32 +112,21 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 last_key = key;
                 last_out = t.fdb.get(&key).copied();
             }
-            if let Some(out) = last_out {
+            let (found, how) = match last_out {
+                Some(d) => (Some(d), "static fdb"),
+                None => (s.learn.lookup(net_idx, dst, s.now_ms), "learned"),
+            };
+            if let Some(next) = found.and_then(|d| dest_next(t, d)) {
                 trace!(
                     tr,
                     i,
                     "integration",
-                    "network {}: {} -> port {} (static fdb)",
+                    "network {}: {} -> {} ({how})",
                     net.name,
                     dst,
-                    t.ports[out as usize].name
+                    describe(t, next)
                 );
-                Next::Output(out)
-            } else if let Some(out) = s
-                .learn
-                .lookup(net_idx, dst, s.now_ms)
-                .filter(|&o| (o as usize) < t.ports.len())
-            {
-                trace!(
-                    tr,
-                    i,
-                    "integration",
-                    "network {}: {} -> port {} (learned)",
-                    net.name,
-                    dst,
-                    t.ports[out as usize].name
-                );
-                Next::Output(out)
+                next
             } else {
                 trace!(
                     tr,
@@ -145,7 +144,14 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 trace!(tr, i, "integration", "drop integration.hairpin");
                 b.drop_pkt(i, DropReason::Hairpin, c);
             }
-            Next::Flood if !net.flood.iter().any(|&q| q != in_port) => {
+            Next::Tunnel(_) if from_overlay => {
+                trace!(tr, i, "integration", "drop tunnel.split_horizon");
+                b.drop_pkt(i, DropReason::TunnelSplitHorizon, c);
+            }
+            Next::Flood
+                if !net.flood.iter().any(|&q| q != in_port)
+                    && (from_overlay || net.flood_vteps.is_empty()) =>
+            {
                 trace!(tr, i, "integration", "drop integration.flood_empty");
                 b.drop_pkt(i, DropReason::FloodEmpty, c);
             }
@@ -161,4 +167,26 @@ pub fn run<B: PacketBuf, T: Tracer>(
     }
     c.events[Event::Unicast as usize] += unicast;
     c.events[Event::Flooded as usize] += flooded;
+}
+
+/// The verdict for an FDB destination that still exists in these tables.
+#[inline(always)]
+fn dest_next(t: &Tables, raw: u16) -> Option<Next> {
+    match Dest::from_raw(raw) {
+        Dest::Port(p) if (p as usize) < t.ports.len() => Some(Next::Output(p)),
+        Dest::Vtep(v) if (v as usize) < t.vteps.len() => Some(Next::Tunnel(v)),
+        _ => None,
+    }
+}
+
+/// A destination in words, for trace.
+fn describe(t: &Tables, n: Next) -> String {
+    match n {
+        Next::Output(p) => format!("port {}", t.ports[p as usize].name),
+        Next::Tunnel(v) => format!(
+            "VTEP {} ({})",
+            t.vteps[v as usize].ip, t.vteps[v as usize].host
+        ),
+        other => format!("{other:?}"),
+    }
 }

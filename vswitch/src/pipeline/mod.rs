@@ -17,10 +17,12 @@ pub mod output;
 pub mod port_security;
 pub mod provider;
 pub mod trace;
+pub mod tunnel;
 
-use crate::counters::{BatchCounters, DropReason};
+use crate::counters::{BatchCounters, DropReason, TunnelCounters};
 use crate::packet::PacketBuf;
 use crate::tables::fdb::LearnTable;
+use crate::tables::neighbor::NeighborTable;
 use crate::tables::{NetIdx, Tables, NO_NET};
 pub use trace::{NoTrace, TraceLog, Tracer};
 
@@ -36,8 +38,15 @@ pub enum Next {
     Drop(DropReason),
     /// To one port.
     Output(u16),
-    /// To every port of its network except the ingress one.
+    /// To every port of its network except the ingress one (and, from a local port, to every
+    /// remote VTEP of the network: head-end replication).
     Flood,
+    /// Encapsulated to a remote VTEP (index into `Tables::vteps`).
+    Tunnel(u16),
+    /// Back out of the ingress port (ARP replies built in place).
+    Reply,
+    /// Used up by the switch itself (an underlay ARP reply that taught us a neighbour).
+    Consumed,
 }
 
 /// Per-packet metadata carried beside the buffer.
@@ -46,6 +55,8 @@ pub struct Meta {
     /// The network (the seed's "local VLAN": metadata only, never on the wire).
     pub network: NetIdx,
     pub next: Next,
+    /// The remote VTEP a decapsulated frame came from (for inner MAC learning).
+    pub from_vtep: u16,
 }
 
 impl Default for Meta {
@@ -53,6 +64,7 @@ impl Default for Meta {
         Self {
             network: NO_NET,
             next: Next::Continue,
+            from_vtep: u16::MAX,
         }
     }
 }
@@ -106,13 +118,29 @@ pub struct CoreState {
     pub learn: LearnTable,
     /// The worker's clock, read once per poll round (injected, so tests control time).
     pub now_ms: u64,
+    /// The underlay ARP cache, shared by every core (lock-free).
+    pub neigh: std::sync::Arc<NeighborTable>,
+    /// When this core last sent an ARP request for an underlay address: (IPv4, ms), a few
+    /// slots, so an unresolved VTEP costs one request per [`tunnel::ARP_RETRY_MS`], not one per
+    /// packet.
+    pub arp_sent: [(u32, u64); 8],
+    /// This core's per-VTEP and per-VNI counters.
+    pub tunnel: std::sync::Arc<TunnelCounters>,
 }
 
 impl CoreState {
-    pub fn new(learn_capacity: usize, aging_ms: u64) -> Self {
+    pub fn new(
+        learn_capacity: usize,
+        aging_ms: u64,
+        neigh: std::sync::Arc<NeighborTable>,
+        tunnel: std::sync::Arc<TunnelCounters>,
+    ) -> Self {
         Self {
             learn: LearnTable::new(learn_capacity, aging_ms),
             now_ms: 0,
+            neigh,
+            arp_sent: [(0, 0); 8],
+            tunnel,
         }
     }
 }
@@ -129,7 +157,9 @@ pub fn process<B: PacketBuf, T: Tracer>(
 ) {
     classify::run(b, t, c, tr);
     provider::ingress(b, t, c, tr);
+    tunnel::decap(b, t, s, c, tr);
     port_security::run(b, t, c, tr);
+    tunnel::arp_responder(b, t, c, tr);
     integration::run(b, t, s, c, tr);
 }
 
@@ -137,3 +167,5 @@ pub fn process<B: PacketBuf, T: Tracer>(
 mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
+#[cfg(test)]
+mod tunnel_tests;

@@ -9,7 +9,8 @@
 //! A flooded frame is copied once per extra destination (the last destination gets the
 //! original). Copies, not reference-counted clones, because each egress may rewrite headers
 //! (a provider port pushes its VLAN tag).
-use super::{Batch, Next, Tracer, BURST};
+use super::tunnel::Encap;
+use super::{Batch, CoreState, Next, Tracer, BURST};
 use crate::counters::{BatchCounters, DropReason};
 use crate::packet::PacketBuf;
 use crate::tables::Tables;
@@ -114,9 +115,11 @@ impl<B: PacketBuf> TxBuffers<B> {
 }
 
 /// Moves every packet of the batch to its destination(s) and frees the dropped ones.
+#[allow(clippy::too_many_arguments)]
 pub fn run<B: PacketBuf, T: Tracer>(
     b: &mut Batch<B>,
     t: &Tables,
+    s: &mut CoreState,
     txb: &mut TxBuffers<B>,
     tx: &mut impl Tx<B>,
     c: &mut BatchCounters,
@@ -124,6 +127,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
     tr: &mut T,
 ) {
     let in_port = b.in_port;
+    let from_overlay = t.overlay.as_ref().is_some_and(|o| o.port == in_port);
     // The egress plan of the last (port, network) pair: a batch rarely has more than a few.
     let mut cached: (u32, Plan) = (u32::MAX, Err(DropReason::EgressDown));
     for i in 0..b.len {
@@ -137,25 +141,60 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 }
                 send(p, o, cached.1, i, t, txb, tx, c, stats, tr)
             }
+            Next::Tunnel(v) => tunnel_send(p, v, net, i, t, s, txb, tx, c, stats, tr),
+            Next::Reply => {
+                trace!(
+                    tr,
+                    i,
+                    "output",
+                    "reply out of port {}",
+                    t.ports[in_port as usize].name
+                );
+                txb.push(in_port, p, tx, c, stats);
+            }
+            Next::Consumed => b.pkts[i] = Some(p),
             Next::Flood => {
-                let flood = &t.networks[net as usize].flood;
-                let Some(last) = flood.iter().rposition(|&q| q != in_port) else {
+                let Some(n) = t.networks.get(net as usize) else {
                     c.drop(DropReason::FloodEmpty);
                     b.pkts[i] = Some(p);
                     continue;
                 };
-                // Copies for every destination but the last, made before any egress rewrite.
-                for &q in &flood[..last] {
-                    if q == in_port {
-                        continue;
+                // Head-end replication to the network's remote VTEPs, unless the frame came
+                // from the overlay (every host floods to the others itself: split horizon).
+                let vteps: &[u16] = if from_overlay { &[] } else { &n.flood_vteps };
+                let total = n.flood.iter().filter(|&&q| q != in_port).count() + vteps.len();
+                if total == 0 {
+                    c.drop(DropReason::FloodEmpty);
+                    b.pkts[i] = Some(p);
+                    continue;
+                }
+                // Copies for every destination but the last, made before any egress rewrite;
+                // the original goes to the last one.
+                let mut orig = Some(p);
+                let mut k = 0;
+                let next_copy = |k: usize, orig: &mut Option<B>, c: &mut BatchCounters| {
+                    let x = if k == total {
+                        orig.take()
+                    } else {
+                        orig.as_ref().and_then(|o| o.try_clone())
+                    };
+                    if x.is_none() {
+                        c.drop(DropReason::NoMbuf);
                     }
-                    match p.try_clone() {
-                        Some(cp) => send(cp, q, plan(t, q, net), i, t, txb, tx, c, stats, tr),
-                        None => c.drop(DropReason::NoMbuf),
+                    x
+                };
+                for &q in n.flood.iter().filter(|&&q| q != in_port) {
+                    k += 1;
+                    if let Some(x) = next_copy(k, &mut orig, c) {
+                        send(x, q, plan(t, q, net), i, t, txb, tx, c, stats, tr);
                     }
                 }
-                let q = flood[last];
-                send(p, q, plan(t, q, net), i, t, txb, tx, c, stats, tr);
+                for &v in vteps {
+                    k += 1;
+                    if let Some(x) = next_copy(k, &mut orig, c) {
+                        tunnel_send(x, v, net, i, t, s, txb, tx, c, stats, tr);
+                    }
+                }
             }
             Next::Drop(_) | Next::Continue => {
                 // Drops were counted by the stage that decided them; a packet still at Continue
@@ -166,6 +205,57 @@ pub fn run<B: PacketBuf, T: Tracer>(
         }
     }
     B::free_bulk(&mut b.pkts[..b.len]);
+}
+
+/// Encapsulation towards a remote VTEP, then into the overlay port's tx buffer. An unresolved
+/// VTEP costs the frame (`tunnel.unresolved`), whose buffer carries the ARP request instead.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn tunnel_send<B: PacketBuf, T: Tracer>(
+    mut p: B,
+    vtep: u16,
+    net: u16,
+    i: usize,
+    t: &Tables,
+    s: &mut CoreState,
+    txb: &mut TxBuffers<B>,
+    tx: &mut impl Tx<B>,
+    c: &mut BatchCounters,
+    stats: &mut [TxStats],
+    tr: &mut T,
+) {
+    let Some(oport) = t.overlay.as_ref().map(|o| o.port) else {
+        c.drop(DropReason::EgressDown);
+        return;
+    };
+    match super::tunnel::encap(&mut p, t, vtep, net, s, c) {
+        Encap::Sent => {
+            trace!(
+                tr,
+                i,
+                "output",
+                "vxlan to VTEP {} by port {}",
+                t.vteps[vtep as usize].ip,
+                t.ports[oport as usize].name
+            );
+            txb.push(oport, p, tx, c, stats);
+        }
+        Encap::ArpRequest => {
+            trace!(
+                tr,
+                i,
+                "output",
+                "drop tunnel.unresolved: VTEP {} not resolved, ARP request sent",
+                t.vteps[vtep as usize].ip
+            );
+            c.drop(DropReason::TunnelUnresolved);
+            txb.push(oport, p, tx, c, stats);
+        }
+        Encap::Drop(r) => {
+            trace!(tr, i, "output", "drop {}", r.name());
+            c.drop(r);
+        }
+    }
 }
 
 /// What leaving by one port takes for a frame of one network: a VLAN tag to push (or none),

@@ -93,10 +93,18 @@ pub const MAC2: &str = "fa:16:3e:00:00:02";
 pub const MAC3: &str = "fa:16:3e:00:00:03";
 
 pub fn tables() -> Tables {
-    let host = vswitch_config::parse_host_str(HOST).expect("fixture host config is valid");
-    let state = vswitch_config::parse_state_str(STATE, false).expect("fixture state is valid");
-    assert!(vswitch_config::validate_for_host(&host, &state).is_empty());
-    compile(&host, &state, 1)
+    tables_from(HOST, STATE, &[])
+}
+
+/// Tables compiled from a host config and a desired state (both must be valid).
+pub fn tables_from(host: &str, state: &str, port_macs: &[MacAddr]) -> Tables {
+    let host =
+        vswitch_config::parse_host_str(host).unwrap_or_else(|e| panic!("fixture host config: {e}"));
+    let state = vswitch_config::parse_state_str(state, false)
+        .unwrap_or_else(|e| panic!("fixture state: {e}"));
+    let cross = vswitch_config::validate_for_host(&host, &state);
+    assert!(cross.is_empty(), "{cross:?}");
+    compile(&host, &state, 1, port_macs)
 }
 
 /// Records every frame sent, per port.
@@ -147,11 +155,19 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Self {
-        let t = tables();
+        Self::with(tables())
+    }
+
+    pub fn with(t: Tables) -> Self {
         let n = t.ports.len();
         Self {
             t,
-            s: CoreState::new(1024, 300_000),
+            s: CoreState::new(
+                1024,
+                300_000,
+                std::sync::Arc::new(crate::tables::neighbor::NeighborTable::new(64)),
+                Default::default(),
+            ),
             c: BatchCounters::default(),
             sink: Sink::default(),
             txb: TxBuffers::new(n),
@@ -172,6 +188,7 @@ impl Harness {
             output::run(
                 &mut b,
                 &self.t,
+                &mut self.s,
                 &mut self.txb,
                 &mut self.sink,
                 &mut self.c,

@@ -13,6 +13,7 @@ use crate::counters::{bump, BatchCounters, CoreCounters};
 use crate::io::DpdkTx;
 use crate::pipeline::output::{self, TxBuffers, TxStats};
 use crate::pipeline::{self, Batch, CoreState, NoTrace};
+use crate::tables::neighbor::NeighborTable;
 use crate::tables::publish::SharedTables;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,13 +68,20 @@ pub struct Worker {
     pub idle: IdleConfig,
     pub learn_capacity: usize,
     pub aging_ms: u64,
+    /// The underlay ARP cache shared by every worker.
+    pub neigh: Arc<NeighborTable>,
 }
 
 impl Worker {
     /// The poll loop. Returns when `stop` is set, after flushing its tx buffers.
     pub fn run(self) -> i32 {
         let n_ports = self.port_ids.len();
-        let mut state = CoreState::new(self.learn_capacity, self.aging_ms);
+        let mut state = CoreState::new(
+            self.learn_capacity,
+            self.aging_ms,
+            self.neigh.clone(),
+            self.counters.tunnel.clone(),
+        );
         let mut batch: Batch<Mbuf> = Batch::default();
         let mut txb: TxBuffers<Mbuf> = TxBuffers::new(n_ports);
         let mut tx = DpdkTx {
@@ -115,6 +123,7 @@ impl Worker {
                 output::run(
                     &mut batch,
                     tables,
+                    &mut state,
                     &mut txb,
                     &mut tx,
                     &mut bc,

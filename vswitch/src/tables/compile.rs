@@ -32,8 +32,14 @@ pub fn link_local_from_mac(m: MacAddr) -> Ipv6Addr {
     ])
 }
 
-/// Compiles one generation of tables.
-pub fn compile(host: &HostConfig, state: &DesiredState, generation: u64) -> Tables {
+/// Compiles one generation of tables. `port_macs` are the ports' own MACs (from the NICs), in
+/// host config order; the overlay port's is the outer source MAC of every tunnel.
+pub fn compile(
+    host: &HostConfig,
+    state: &DesiredState,
+    generation: u64,
+    port_macs: &[MacAddr],
+) -> Tables {
     let mut networks: Vec<NetworkEntry> = state
         .networks
         .iter()
@@ -49,6 +55,7 @@ pub fn compile(host: &HostConfig, state: &DesiredState, generation: u64) -> Tabl
             mtu: n.effective_mtu(),
             provider_port: None,
             flood: Vec::new(),
+            flood_vteps: Vec::new(),
         })
         .collect();
     let net_idx = |id: &str| {
@@ -150,12 +157,115 @@ pub fn compile(host: &HostConfig, state: &DesiredState, generation: u64) -> Tabl
             n.flood.push(p);
         }
     }
-    Tables {
+    let mut t = Tables {
         generation,
         ports,
         networks,
         physnets,
         fdb,
+        vteps: Vec::new(),
+        vtep_by_ip: FxHashMap::default(),
+        vni: FxHashMap::default(),
+        arp: FxHashMap::default(),
+        overlay: None,
+    };
+    compile_overlay(host, state, port_macs, &mut t);
+    t
+}
+
+/// VXLAN: the overlay port, remote VTEPs, VNIs, l2population (remote MACs and flood lists) and
+/// the ARP responder.
+fn compile_overlay(host: &HostConfig, state: &DesiredState, port_macs: &[MacAddr], t: &mut Tables) {
+    let (Some(port), Some(local_ip)) = (
+        host.ports.iter().position(|p| p.kind == PortKind::Overlay),
+        host.local_vtep_ip,
+    ) else {
+        return;
+    };
+    let o = &host.overlay;
+    t.overlay = Some(OverlayEntry {
+        port: port as u16,
+        local_ip,
+        mac: port_macs
+            .get(port)
+            .copied()
+            .unwrap_or(MacAddr([0x02, 0, 0, 0, 0, 1])),
+        mask: if o.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - o.prefix_len.min(32) as u32)
+        },
+        gateway: o.gateway,
+        mtu: o.mtu,
+        ttl: o.ttl,
+        df: o.df,
+        udp_checksum: o.udp_checksum,
+        udp_port: o.udp_port,
+        learn: o.learn,
+    });
+    // The overlay port carries no network of its own; decapsulation gives each frame one.
+    t.ports[port].learn = false;
+    for h in state
+        .hosts
+        .iter()
+        .filter(|h| h.host != host.host_id && h.vtep_ip != local_ip)
+    {
+        if t.vteps.len() >= (VTEP_BIT - 1) as usize {
+            break;
+        }
+        t.vtep_by_ip
+            .insert(u32::from(h.vtep_ip), t.vteps.len() as u16);
+        t.vteps.push(VtepEntry {
+            host: h.host.clone(),
+            ip: h.vtep_ip,
+        });
+    }
+    let vtep_of_host = |name: &str| {
+        t.vteps
+            .iter()
+            .position(|v| v.host == name)
+            .map(|i| i as u16)
+    };
+    let mut remote: Vec<(usize, u16, &vswitch_config::Port)> = Vec::new();
+    for (ni, n) in state.networks.iter().enumerate() {
+        if n.network_type != NetworkType::Vxlan {
+            continue;
+        }
+        if let Some(vni) = n.segmentation_id {
+            t.vni.insert(vni, ni as NetIdx);
+        }
+    }
+    for p in &state.ports {
+        let Some(ni) = state.networks.iter().position(|n| n.id == p.network_id) else {
+            continue;
+        };
+        if state.networks[ni].network_type != NetworkType::Vxlan {
+            continue;
+        }
+        for f in &p.fixed_ips {
+            if let IpAddr::V4(a) = f.ip_address {
+                t.arp
+                    .insert((ni as u64) << 32 | u32::from(a) as u64, p.mac_address);
+            }
+        }
+        let bound = p.binding_host_id.as_deref();
+        if let Some(v) = bound.filter(|h| *h != host.host_id).and_then(vtep_of_host) {
+            remote.push((ni, v, p));
+        }
+    }
+    for (ni, v, p) in remote {
+        let dest = VTEP_BIT | v;
+        t.fdb
+            .entry(fdb_key(ni as NetIdx, p.mac_address))
+            .or_insert(dest);
+        for aap in &p.allowed_address_pairs {
+            if let Some(m) = aap.mac_address {
+                t.fdb.entry(fdb_key(ni as NetIdx, m)).or_insert(dest);
+            }
+        }
+        if p.admin_state_up && !t.networks[ni].flood_vteps.contains(&v) {
+            t.networks[ni].flood_vteps.push(v);
+        }
     }
 }
 

@@ -10,12 +10,77 @@
 
 pub mod compile;
 pub mod fdb;
+pub mod neighbor;
 pub mod publish;
 
 use crate::packet::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
 use rustc_hash::FxHashMap;
 pub use vswitch_config::PortKind;
+
+/// An FDB destination with this bit set is a remote VTEP index, not a local port.
+pub const VTEP_BIT: u16 = 0x8000;
+
+/// Where an FDB entry (static or learned) sends a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// A local port.
+    Port(u16),
+    /// A remote host's VTEP (index into [`Tables::vteps`]).
+    Vtep(u16),
+}
+
+impl Dest {
+    /// Decodes the u16 stored in the FDBs.
+    #[inline(always)]
+    pub fn from_raw(v: u16) -> Dest {
+        if v & VTEP_BIT != 0 {
+            Dest::Vtep(v & !VTEP_BIT)
+        } else {
+            Dest::Port(v)
+        }
+    }
+}
+
+/// A remote host reachable over VXLAN (from the desired state's `hosts`, this host excluded).
+#[derive(Debug, Clone)]
+pub struct VtepEntry {
+    pub host: String,
+    pub ip: std::net::Ipv4Addr,
+}
+
+/// How VXLAN leaves this host: the overlay port and the outer headers' settings.
+#[derive(Debug, Clone)]
+pub struct OverlayEntry {
+    /// The overlay (underlay-facing) port.
+    pub port: u16,
+    pub local_ip: std::net::Ipv4Addr,
+    /// The overlay port's own MAC (outer source, and what we answer ARP with).
+    pub mac: MacAddr,
+    /// Netmask of the underlay subnet: VTEPs inside it are ARPed directly.
+    pub mask: u32,
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Underlay IP MTU.
+    pub mtu: u16,
+    pub ttl: u8,
+    pub df: bool,
+    pub udp_checksum: bool,
+    pub udp_port: u16,
+    /// Learn inner source MACs from decapsulated frames.
+    pub learn: bool,
+}
+
+impl OverlayEntry {
+    /// The underlay next hop towards `vtep`: itself when on-link, else the gateway.
+    #[inline]
+    pub fn next_hop(&self, vtep: std::net::Ipv4Addr) -> Option<std::net::Ipv4Addr> {
+        if u32::from(vtep) & self.mask == u32::from(self.local_ip) & self.mask {
+            Some(vtep)
+        } else {
+            self.gateway
+        }
+    }
+}
 
 /// Dense network index (the seed's "local VLAN"; metadata only, never on the wire).
 pub type NetIdx = u16;
@@ -140,6 +205,9 @@ pub struct NetworkEntry {
     pub provider_port: Option<u16>,
     /// Every local port on the network, ingress excluded at flood time.
     pub flood: Vec<u16>,
+    /// Remote VTEPs with ports on this (VXLAN) network: l2population's flood list, the targets
+    /// of head-end replication.
+    pub flood_vteps: Vec<u16>,
 }
 
 /// A physical network mapped to a provider port (`bridge_mappings`).
@@ -173,15 +241,33 @@ pub struct Tables {
     pub ports: Vec<PortEntry>,
     pub networks: Vec<NetworkEntry>,
     pub physnets: Vec<PhysnetEntry>,
-    /// (network, MAC) -> port, for every MAC the desired state binds to a local port.
+    /// (network, MAC) -> destination ([`Dest`] encoding): every MAC the desired state binds to
+    /// a local port, and (l2population) every MAC bound to a remote host's VTEP.
     pub fdb: FxHashMap<u64, u16>,
+    /// Remote VTEPs, indexed by [`Dest::Vtep`].
+    pub vteps: Vec<VtepEntry>,
+    /// Remote VTEP address -> index, for decapsulation's source check.
+    pub vtep_by_ip: FxHashMap<u32, u16>,
+    /// VNI -> network.
+    pub vni: FxHashMap<u32, NetIdx>,
+    /// ARP responder: (network << 32 | IPv4) -> MAC of every port the desired state knows on a
+    /// VXLAN network.
+    pub arp: FxHashMap<u64, MacAddr>,
+    /// The VXLAN underlay, when this host has an overlay port.
+    pub overlay: Option<OverlayEntry>,
 }
 
 impl Tables {
-    /// Static FDB lookup.
+    /// Static FDB lookup (raw [`Dest`] encoding).
     #[inline(always)]
     pub fn fdb_lookup(&self, net: NetIdx, mac: MacAddr) -> Option<u16> {
         self.fdb.get(&fdb_key(net, mac)).copied()
+    }
+
+    /// ARP responder lookup.
+    #[inline(always)]
+    pub fn arp_lookup(&self, net: NetIdx, ip: u32) -> Option<MacAddr> {
+        self.arp.get(&((net as u64) << 32 | ip as u64)).copied()
     }
 
     /// The port index with this name.

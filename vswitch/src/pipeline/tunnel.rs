@@ -1,0 +1,439 @@
+//! Stage `tunnel`: VXLAN (RFC 7348) between hosts — the seed's br-tun — plus the underlay ARP
+//! of the overlay port and l2population's ARP responder.
+//!
+//! Reads: `Tables::overlay` (VTEP address, outer header settings), `Tables::vteps` and
+//! `vtep_by_ip` (known remote hosts), `Tables::vni`, `Tables::arp` (ARP responder).
+//! Writes: the shared underlay [`NeighborTable`](crate::tables::neighbor::NeighborTable) (ARP
+//! seen on the overlay port), the core's ARP retry slots and per-VTEP/VNI counters; rewrites
+//! frames in place (decapsulation strips the outer headers, encapsulation prepends them, ARP
+//! replies and requests are built in the buffer of the frame that caused them).
+//! Next: [`decap`] gives a decapsulated frame its network (`Continue`), answers ARP for our
+//! VTEP address (`Reply`) and takes in ARP replies (`Consumed`); [`arp_responder`] answers
+//! instances' ARP requests for known ports (`Reply`); [`encap`] runs in `output`.
+//! Drops: `tunnel.not_for_us`, `.wrong_port`, `.bad_flags`, `.unknown_vni`, `.unknown_vtep`,
+//! `.truncated`, `.inner_vlan`, `.not_vxlan`, `.arp_not_for_us` on ingress; `.unresolved`,
+//! `.too_big` on egress; `classify.bad_src_mac` for an inner frame with a bad source.
+//!
+//! Decapsulation accepts only frames to our VTEP address and VXLAN port, with the I flag, a
+//! known VNI, and from the VTEP of a host the desired state knows: the first line of defence
+//! against traffic injected into the overlay. The UDP checksum of received frames is not
+//! checked (RFC 7348 5: zero must be accepted; Linux sends zero by default).
+use super::{Batch, CoreState, Next, Tracer};
+use crate::counters::{BatchCounters, DropReason as D, Event};
+use crate::packet::arp::{ArpPacket, ArpRepr, ARP_LEN, OP_REPLY, OP_REQUEST};
+use crate::packet::eth::{mac48_at, mac48_is_multicast, EtherType, EthernetRepr};
+use crate::packet::ipv4::{Ipv4Packet, Ipv4Repr, PROTO_UDP};
+use crate::packet::udp::UdpPacket;
+use crate::packet::vxlan::{VxlanPacket, VxlanRepr, FLAG_I, VXLAN_ENCAP_LEN};
+use crate::packet::{checksum, EthernetFrame, MacAddr, PacketBuf};
+use crate::tables::{OverlayEntry, Segment, Tables};
+use crate::trace;
+use std::net::Ipv4Addr;
+
+/// Least time between two ARP requests from one core for one underlay address.
+pub const ARP_RETRY_MS: u64 = 100;
+/// Outer UDP source ports come from this range (RFC 7348 5: 49152-65535), chosen by a hash of
+/// the inner flow so one flow keeps one path through ECMP and RSS.
+const SPORT_BASE: u16 = 49152;
+
+/// Decapsulates VXLAN on the overlay port and handles the underlay's ARP.
+pub fn decap<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    let Some(o) = t.overlay.as_ref() else { return };
+    if b.in_port != o.port {
+        return;
+    }
+    for i in 0..b.len {
+        if b.meta[i].next != Next::Continue {
+            continue;
+        }
+        let Some(p) = b.pkts[i].as_mut() else {
+            continue;
+        };
+        match decap_one(p, t, o, s, c) {
+            Ok(Some((net, vtep))) => {
+                b.meta[i].network = net;
+                b.meta[i].from_vtep = vtep;
+                trace!(
+                    tr,
+                    i,
+                    "tunnel",
+                    "decap from VTEP {} ({}) vni -> network {}",
+                    t.vteps[vtep as usize].ip,
+                    t.vteps[vtep as usize].host,
+                    t.networks[net as usize].name
+                );
+            }
+            Ok(None) => {
+                // ARP handled in place: a reply to send back, or a reply we consumed.
+                let arp_reply = p.data().len() >= 14 && p.data()[6..12] == o.mac.0;
+                b.meta[i].next = if arp_reply {
+                    Next::Reply
+                } else {
+                    Next::Consumed
+                };
+                trace!(
+                    tr,
+                    i,
+                    "tunnel",
+                    "underlay ARP {}",
+                    if arp_reply {
+                        "request for our VTEP: replied"
+                    } else {
+                        "reply: neighbour noted"
+                    }
+                );
+            }
+            Err(r) => {
+                trace!(tr, i, "tunnel", "drop {}", r.name());
+                b.drop_pkt(i, r, c);
+            }
+        }
+    }
+}
+
+/// One frame from the underlay. `Ok(Some((network, vtep)))`: decapsulated; `Ok(None)`: an ARP
+/// handled in place.
+#[inline]
+fn decap_one<B: PacketBuf>(
+    p: &mut B,
+    t: &Tables,
+    o: &OverlayEntry,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+) -> Result<Option<(u16, u16)>, D> {
+    let d = p.data();
+    let eth = EthernetFrame::new_checked(d).map_err(|_| D::TunnelTruncated)?;
+    match eth.ethertype() {
+        EtherType::IPV4 => {}
+        EtherType::ARP => return underlay_arp(p, t, o, s, c).map(|()| None),
+        _ => return Err(D::TunnelNotVxlan),
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| D::TunnelTruncated)?;
+    if ip.dst() != o.local_ip {
+        return Err(D::TunnelNotForUs);
+    }
+    if ip.protocol() != PROTO_UDP || ip.is_later_fragment() || more_fragments(eth.payload()) {
+        return Err(D::TunnelNotVxlan);
+    }
+    let udp = UdpPacket::new_checked(ip.payload()).map_err(|_| D::TunnelTruncated)?;
+    if udp.dst_port() != o.udp_port {
+        return Err(D::TunnelWrongPort);
+    }
+    let udp_end = udp.len();
+    let vx = VxlanPacket::new_checked(&ip.payload()[8..udp_end]).map_err(|_| D::TunnelTruncated)?;
+    if vx.flags() & FLAG_I == 0 {
+        return Err(D::TunnelBadFlags);
+    }
+    let Some(&vtep) = t.vtep_by_ip.get(&u32::from(ip.src())) else {
+        return Err(D::TunnelUnknownVtep);
+    };
+    let Some(&net) = t.vni.get(&vx.vni()) else {
+        return Err(D::TunnelUnknownVni);
+    };
+    let inner = vx.payload();
+    if inner.len() < 14 {
+        return Err(D::TunnelTruncated);
+    }
+    let inner_type = u16::from_be_bytes([inner[12], inner[13]]);
+    if crate::packet::vlan::is_tpid(inner_type) {
+        return Err(D::TunnelInnerVlan);
+    }
+    let src = mac48_at(inner, 6);
+    if mac48_is_multicast(src) || src == 0 {
+        return Err(D::BadSrcMac);
+    }
+    let outer = 14 + ip.header_len() + 8 + 8;
+    let inner_len = inner.len();
+    let tail = p.pkt_len() - outer - inner_len;
+    if !p.adj(outer) || (tail > 0 && !p.trim(tail)) {
+        return Err(D::TunnelTruncated);
+    }
+    s.tunnel.rx(vtep, net);
+    c.event(Event::TunnelDecap);
+    Ok(Some((net, vtep)))
+}
+
+#[inline(always)]
+fn more_fragments(ip: &[u8]) -> bool {
+    ip[6] & 0x20 != 0
+}
+
+/// ARP on the overlay port: note the sender if it is a VTEP or the gateway; answer requests for
+/// our VTEP address in place. `Err` for what is not ours.
+fn underlay_arp<B: PacketBuf>(
+    p: &mut B,
+    t: &Tables,
+    o: &OverlayEntry,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+) -> Result<(), D> {
+    let d = p.data();
+    let arp = ArpPacket::new_checked(&d[14..]).map_err(|_| D::TunnelTruncated)?;
+    let (spa, sha, tpa, op) = (
+        arp.sender_ip(),
+        arp.sender_mac(),
+        arp.target_ip(),
+        arp.operation(),
+    );
+    let known = t.vtep_by_ip.contains_key(&u32::from(spa)) || o.gateway == Some(spa);
+    if known && s.neigh.learn(spa, crate::tables::mac_u64(&sha.0)) {
+        c.event(Event::NeighborLearned);
+    }
+    if op == OP_REQUEST && tpa == o.local_ip {
+        let reply = ArpRepr {
+            operation: OP_REPLY,
+            sender_mac: o.mac,
+            sender_ip: o.local_ip,
+            target_mac: sha,
+            target_ip: spa,
+        };
+        let d = p.data_mut();
+        EthernetRepr {
+            dst: sha,
+            src: o.mac,
+            ethertype: EtherType::ARP,
+        }
+        .emit(d);
+        reply.emit(&mut d[14..]);
+        c.event(Event::ArpReplySent);
+        return Ok(());
+    }
+    if op == OP_REPLY && known {
+        return Ok(());
+    }
+    Err(D::TunnelArpNotForUs)
+}
+
+/// Answers ARP requests from local ports for the address of any port the desired state knows
+/// on a VXLAN network (Neutron l2population's ARP responder), so they never cross the overlay.
+pub fn arp_responder<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    if t.arp.is_empty() || t.overlay.as_ref().is_some_and(|o| o.port == b.in_port) {
+        return;
+    }
+    for i in 0..b.len {
+        if b.meta[i].next != Next::Continue {
+            continue;
+        }
+        let net = b.meta[i].network;
+        if !matches!(
+            t.networks.get(net as usize).map(|n| n.segment),
+            Some(Segment::Vxlan(_))
+        ) {
+            continue;
+        }
+        let Some(p) = b.pkts[i].as_mut() else {
+            continue;
+        };
+        let d = p.data();
+        if d.len() < 14 + ARP_LEN || u16::from_be_bytes([d[12], d[13]]) != EtherType::ARP {
+            continue;
+        }
+        let Ok(arp) = ArpPacket::new_checked(&d[14..]) else {
+            continue;
+        };
+        if arp.operation() != OP_REQUEST {
+            continue;
+        }
+        let (sha, spa, tpa) = (arp.sender_mac(), arp.sender_ip(), arp.target_ip());
+        let Some(mac) = t.arp_lookup(net, u32::from(tpa)) else {
+            continue;
+        };
+        if mac == sha {
+            continue; // a duplicate address probe for its own address: let it through
+        }
+        let reply = ArpRepr {
+            operation: OP_REPLY,
+            sender_mac: mac,
+            sender_ip: tpa,
+            target_mac: sha,
+            target_ip: spa,
+        };
+        let src = EthernetFrame::new_unchecked(&d[..14]).src();
+        let d = p.data_mut();
+        EthernetRepr {
+            dst: src,
+            src: mac,
+            ethertype: EtherType::ARP,
+        }
+        .emit(d);
+        reply.emit(&mut d[14..]);
+        b.meta[i].next = Next::Reply;
+        c.event(Event::ArpResponder);
+        trace!(
+            tr,
+            i,
+            "tunnel",
+            "arp responder: {tpa} is-at {mac} (network {})",
+            t.networks[net as usize].name
+        );
+    }
+}
+
+/// What [`encap`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    /// Encapsulated: send it by the overlay port.
+    Sent,
+    /// The VTEP is unresolved: the frame is lost (the caller counts `tunnel.unresolved`) and
+    /// its buffer now holds an ARP request for the next hop, to send by the overlay port.
+    ArpRequest,
+    /// Dropped for this reason; free the buffer.
+    Drop(D),
+}
+
+/// Encapsulates a frame of network `net` for remote VTEP `vtep`.
+#[inline]
+pub fn encap<B: PacketBuf>(
+    p: &mut B,
+    t: &Tables,
+    vtep: u16,
+    net: u16,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+) -> Encap {
+    let (Some(o), Some(v), Some(n)) = (
+        t.overlay.as_ref(),
+        t.vteps.get(vtep as usize),
+        t.networks.get(net as usize),
+    ) else {
+        return Encap::Drop(D::EgressDown);
+    };
+    let Segment::Vxlan(vni) = n.segment else {
+        return Encap::Drop(D::TunnelNotVxlan);
+    };
+    let inner_len = p.pkt_len();
+    if inner_len + VXLAN_ENCAP_LEN - 14 > o.mtu as usize {
+        return Encap::Drop(D::TunnelTooBig);
+    }
+    let Some(nh) = o.next_hop(v.ip) else {
+        return Encap::Drop(D::TunnelUnresolved);
+    };
+    let Some(dst_mac) = s.neigh.lookup(nh) else {
+        return if arp_due(s, nh) && build_arp_request(p, o, nh) {
+            c.event(Event::ArpRequestSent);
+            Encap::ArpRequest
+        } else {
+            Encap::Drop(D::TunnelUnresolved)
+        };
+    };
+    let sport = SPORT_BASE | (flow_hash(p.data()) & 0x3fff) as u16;
+    if !p.prepend(VXLAN_ENCAP_LEN) {
+        return Encap::Drop(D::NoHeadroom);
+    }
+    let d = p.data_mut();
+    let m = dst_mac.to_be_bytes();
+    EthernetRepr {
+        dst: MacAddr([m[2], m[3], m[4], m[5], m[6], m[7]]),
+        src: o.mac,
+        ethertype: EtherType::IPV4,
+    }
+    .emit(d);
+    let udp_len = 8 + 8 + inner_len;
+    Ipv4Repr {
+        src: o.local_ip,
+        dst: v.ip,
+        protocol: PROTO_UDP,
+        payload_len: udp_len,
+        ttl: o.ttl,
+        dont_fragment: o.df,
+    }
+    .emit(&mut d[14..]);
+    let u = &mut d[34..42];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&o.udp_port.to_be_bytes());
+    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    u[6..8].copy_from_slice(&[0, 0]);
+    VxlanRepr { vni }.emit(&mut d[42..50]);
+    if o.udp_checksum {
+        let len = udp_len as u16;
+        let ph = checksum::pseudo_v4(o.local_ip.octets(), v.ip.octets(), PROTO_UDP, len);
+        let mut sum = !(checksum::sum(&d[34..34 + udp_len], ph) as u16);
+        if sum == 0 {
+            sum = 0xffff; // RFC 768: a computed zero is sent as all ones
+        }
+        d[40..42].copy_from_slice(&sum.to_be_bytes());
+    }
+    s.tunnel.tx(vtep, net);
+    c.event(Event::TunnelEncap);
+    Encap::Sent
+}
+
+/// Whether this core may send an ARP request for `ip` now (at most one per [`ARP_RETRY_MS`]).
+fn arp_due(s: &mut CoreState, ip: Ipv4Addr) -> bool {
+    let ip = u32::from(ip);
+    let now = s.now_ms;
+    let slot = s
+        .arp_sent
+        .iter()
+        .position(|&(a, _)| a == ip)
+        .unwrap_or_else(|| {
+            s.arp_sent
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, &(_, at))| at)
+                .map_or(0, |(i, _)| i)
+        });
+    let (a, at) = s.arp_sent[slot];
+    if a == ip && now.saturating_sub(at) < ARP_RETRY_MS && at != 0 {
+        return false;
+    }
+    s.arp_sent[slot] = (ip, now.max(1));
+    true
+}
+
+/// Turns the buffer into a broadcast ARP request for `ip` from our VTEP (60 bytes, padded).
+fn build_arp_request<B: PacketBuf>(p: &mut B, o: &OverlayEntry, ip: Ipv4Addr) -> bool {
+    const FRAME: usize = 60;
+    let len = p.pkt_len();
+    let ok = if len >= FRAME {
+        p.trim(len - FRAME)
+    } else {
+        p.prepend(FRAME - len)
+    };
+    if !ok || p.data().len() != FRAME {
+        return false;
+    }
+    let d = p.data_mut();
+    EthernetRepr {
+        dst: MacAddr::BROADCAST,
+        src: o.mac,
+        ethertype: EtherType::ARP,
+    }
+    .emit(d);
+    ArpRepr {
+        operation: OP_REQUEST,
+        sender_mac: o.mac,
+        sender_ip: o.local_ip,
+        target_mac: MacAddr::ZERO,
+        target_ip: ip,
+    }
+    .emit(&mut d[14..]);
+    d[14 + ARP_LEN..].fill(0);
+    true
+}
+
+/// A hash of the inner flow: MACs, and for IPv4 the addresses and (TCP/UDP) ports.
+#[inline(always)]
+fn flow_hash(f: &[u8]) -> u64 {
+    let mut h = mac48_at(f, 0) ^ mac48_at(f, 6).rotate_left(29);
+    if f.len() >= 38 && f[12..14] == [0x08, 0x00] {
+        let ips = u64::from_be_bytes([f[26], f[27], f[28], f[29], f[30], f[31], f[32], f[33]]);
+        h ^= ips.rotate_left(17);
+        if f[14] == 0x45 && (f[23] == 6 || f[23] == 17) {
+            h ^= u32::from_be_bytes([f[34], f[35], f[36], f[37]]) as u64;
+        }
+    }
+    h = (h ^ (h >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 29)
+}
