@@ -462,3 +462,40 @@ fn inner_learning_is_off_by_default_and_can_be_switched_on() {
     assert_eq!(out.len(), 1, "unicast to the learned VTEP, not flooded");
     assert_eq!(&out[0][30..34], &[10, 0, 0, 12]);
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(384))]
+
+        /// Mutated VXLAN frames, ARPs and random bytes on the overlay port, and random frames
+        /// from instances towards remote MACs: nothing panics and every frame leaves the batch.
+        #[test]
+        fn overlay_and_encap_never_panic(
+            muts in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in 0usize..120,
+            which in 0usize..4,
+            raw in proptest::collection::vec(any::<u8>(), 0..120),
+        ) {
+            let inner = udp4(R1, M1, IPR1, IP1, 80, 1234);
+            let mut f = match which {
+                0 => vxlan_frame([10, 0, 0, 12], [10, 0, 0, 11], 4789, 0x08, 101, &inner),
+                1 => arp(C2_MAC, C2_MAC, [10, 0, 0, 12], [10, 0, 0, 11]),
+                2 => udp4(M1, R1, IP1, IPR1, 1, 2),
+                _ => raw,
+            };
+            for (at, v) in muts {
+                if !f.is_empty() {
+                    let i = at % f.len();
+                    f[i] = v;
+                }
+            }
+            f.truncate(f.len().saturating_sub(cut % (f.len().max(1))));
+            let mut h = resolved();
+            h.rx(OVERLAY, std::slice::from_ref(&f));
+            h.rx(VM1, std::slice::from_ref(&f));
+        }
+    }
+}
