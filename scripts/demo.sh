@@ -8,13 +8,17 @@
 #   demo-<pid>-i2  inst2 203.0.113.12  ─┤
 #   demo-<pid>-i3  inst3 198.51.100.13 ─┤  flat1: flat (untagged) on physnet "provider"
 #                                       ├─ vswitchd (namespace demo-<pid>-sw, net_af_packet ports)
-#   demo-<pid>-prov provider host ──────┘  uplink: kernel 198.51.100.50 untagged (flat1) and a
-#                                          scapy peer 203.0.113.50 on VLAN 101 (vlan_host.py:
-#                                          this kernel has no 802.1Q support for eth0.101)
+#   demo-<pid>-prov provider host ──────┤  uplink: kernel 198.51.100.50 untagged (flat1) and a
+#                                       │  scapy peer 203.0.113.50 on VLAN 101 (vlan_host.py:
+#                                       │  this kernel has no 802.1Q support for eth0.101)
+#   demo-<pid>-i4  inst4 198.18.0.11  ──┤  selfservice2: VXLAN VNI 101
+#   demo-<pid>-kv  "compute2": a Linux kernel VTEP (10.0.0.12, vx0 VNI 101 + bridge) on the
+#                  overlay port; behind it demo-<pid>-r, a remote instance 198.18.0.22
 #
 # Shows: ping and a TCP transfer (with throughput) inside one network, isolation between the
 # two networks, the VLAN 101 host reaching an instance (tcpdump shows the tag), spoofed frames
-# dropped and counted, vswitchd's counters, and a clean shutdown (exit 0, no mbuf leaked).
+# dropped and counted, VXLAN to a Linux kernel VTEP (ping, TCP, tcpdump shows VNI 101),
+# vswitchd's counters, and a clean shutdown (exit 0, no mbuf leaked).
 # Everything it creates is removed on exit, also on failure or Ctrl-C. Prints "DEMO OK" or
 # "DEMO FAILED: <step>"; exits 0 only if every step worked.
 set -euo pipefail
@@ -23,8 +27,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VSWITCHD=${VSWITCHD:-$ROOT/target/release/vswitchd}
 VLAN_HOST=$ROOT/vswitch/tests/peers/vlan_host.py
 P=demo-$$
-SW=$P-sw I1=$P-i1 I2=$P-i2 I3=$P-i3 PROV=$P-prov
-NAMESPACES=("$SW" "$I1" "$I2" "$I3" "$PROV")
+SW=$P-sw I1=$P-i1 I2=$P-i2 I3=$P-i3 PROV=$P-prov I4=$P-i4 KV=$P-kv RI=$P-r
+NAMESPACES=("$SW" "$I1" "$I2" "$I3" "$PROV" "$I4" "$KV" "$RI")
 WORK=$(mktemp -d "/tmp/$P.XXXXXX")
 STEP="prerequisites"
 VS_PID="" PEER_PID="" TCPDUMP_PID="" SERVER_PID=""
@@ -81,7 +85,7 @@ done
 
 # --- topology --------------------------------------------------------------------------------
 STEP="topology"
-heading "1. Topology: 3 instances + provider host, each in its own namespace; vswitchd in $SW"
+heading "1. Topology: 4 instances, a provider host and a kernel VTEP, each in its own namespace; vswitchd in $SW"
 ip netns add "$SW"
 ip -n "$SW" link set lo up
 # host NS SWITCH_IF MAC CIDR
@@ -104,12 +108,30 @@ host "$I1" vm1 fa:16:3e:00:01:11 203.0.113.11/24
 host "$I2" vm2 fa:16:3e:00:01:12 203.0.113.12/24
 host "$I3" vm3 fa:16:3e:00:01:13 198.51.100.13/24
 host "$PROV" uplink 02:00:00:00:00:50 198.51.100.50/24
+host "$I4" vm4 fa:16:3e:00:01:14 198.18.0.11/24
+ip -n "$I4" link set eth0 mtu 1450
+# "compute2": the underlay end of the overlay port, a kernel VXLAN device and a bridge to a
+# remote instance, as a Linux compute node would have them.
+host "$KV" overlay 02:00:00:00:00:12 10.0.0.12/24
+ip -n "$KV" link add vx0 type vxlan id 101 local 10.0.0.12 remote 10.0.0.11 dstport 4789 dev eth0
+ip -n "$KV" link add br0 type bridge
+ip netns add "$RI"
+ip -n "$RI" link set lo up
+ip link add kv-r netns "$KV" type veth peer name eth0 netns "$RI"
+for l in vx0 kv-r; do ip -n "$KV" link set "$l" master br0; ip -n "$KV" link set "$l" up; done
+ip -n "$KV" link set br0 up
+ip -n "$RI" link set eth0 address fa:16:3e:00:02:22 mtu 1450
+ip -n "$RI" addr add 198.18.0.22/24 dev eth0
+ip -n "$RI" link set eth0 up
+nsx "$RI" ethtool -K eth0 tx off tso off gso off >/dev/null
+info "$(printf '%-16s eth0 %-17s %-17s <-> %s:br0:vx0 (VNI 101)' "$RI" fa:16:3e:00:02:22 198.18.0.22/24 "$KV")"
 
 cat >"$WORK/host.toml" <<EOF
 role = "dvr"
 host_id = "compute1"
 main_core = 0
 cores = [1]
+local_vtep_ip = "10.0.0.11"
 eal_args = ["--no-huge", "-m", "512", "--no-pci", "--no-shconf", "--file-prefix", "$P"]
 
 [idle]
@@ -138,17 +160,35 @@ name = "uplink"
 devargs = "net_af_packet3,iface=uplink"
 kind = "provider"
 
+[[ports]]
+name = "vm4"
+devargs = "net_af_packet4,iface=vm4"
+kind = "instance"
+iface_id = "port-inst4"
+
+[[ports]]
+name = "overlay"
+devargs = "net_af_packet5,iface=overlay"
+kind = "overlay"
+
 [bridge_mappings]
 provider = "uplink"
 EOF
 cat >"$WORK/state.yaml" <<'EOF'
+hosts:
+  - {host: compute1, vtep_ip: 10.0.0.11}
+  - {host: compute2, vtep_ip: 10.0.0.12}
 networks:
+  - {id: net-selfservice2, name: selfservice2, "provider:network_type": vxlan, "provider:segmentation_id": 101}
   - {id: net-provider1, name: provider1, "provider:network_type": vlan, "provider:physical_network": provider, "provider:segmentation_id": 101}
   - {id: net-flat1, name: flat1, "provider:network_type": flat, "provider:physical_network": provider}
 subnets:
   - {id: subnet-provider1, network_id: net-provider1, cidr: 203.0.113.0/24, ip_version: 4, gateway_ip: 203.0.113.1, enable_dhcp: false}
   - {id: subnet-flat1, network_id: net-flat1, cidr: 198.51.100.0/24, ip_version: 4, gateway_ip: 198.51.100.1, enable_dhcp: false}
+  - {id: subnet-selfservice2, network_id: net-selfservice2, cidr: 198.18.0.0/24, ip_version: 4, gateway_ip: 198.18.0.1, enable_dhcp: false}
 ports:
+  - {id: port-inst4, network_id: net-selfservice2, mac_address: "fa:16:3e:00:01:14", fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.18.0.11}], "binding:host_id": compute1}
+  - {id: port-remote, network_id: net-selfservice2, mac_address: "fa:16:3e:00:02:22", fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.18.0.22}], "binding:host_id": compute2}
   - id: port-inst1
     network_id: net-provider1
     mac_address: "fa:16:3e:00:01:11"
@@ -303,13 +343,38 @@ info "forged IPv4 203.0.113.99:      port_security.spoofed_ipv4 +$dip"
 info "spoofed frames that reached inst2: $seen"
 [ "$dmac" -eq 10 ] && [ "$dip" -eq 10 ] && [ "$seen" -eq 0 ] || die "spoofed frames not dropped as expected"
 
+# --- VXLAN -----------------------------------------------------------------------------------
+STEP="VXLAN to a Linux kernel VTEP"
+heading "8. VXLAN: inst4 (selfservice2, VNI 101) reaches 198.18.0.22 behind a Linux kernel VTEP"
+ip netns exec "$KV" tcpdump -i eth0 -n -U --immediate-mode -Z root -w "$WORK/underlay.pcap" udp port 4789 2>"$WORK/tcpdump.err" &
+TCPDUMP_PID=$!
+for _ in $(seq 100); do grep -q 'listening on' "$WORK/tcpdump.err" && break; sleep 0.05; done
+nsx "$I4" ping -n -c 3 -i 0.2 -W 1 198.18.0.22 | grep -E 'bytes from|transmitted' | sed 's/^/    /'
+ip netns exec "$RI" "$PY" "$WORK/server.py" 198.18.0.22 >"$WORK/server.out" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 100); do grep -q listening "$WORK/server.out" && break; sleep 0.05; done
+client_out=$(nsx "$I4" "$PY" "$WORK/client.py" 198.18.0.22 $((16 << 20)))
+wait "$SERVER_PID"; SERVER_PID=""
+read -r sent_n sent_h <<<"$client_out"
+read -r got_n got_h secs < <(tail -n 1 "$WORK/server.out")
+[ "$sent_n" = "$got_n" ] && [ "$sent_h" = "$got_h" ] || die "data differs over VXLAN"
+info "TCP: $got_n bytes over VXLAN, SHA-256 equal, $(awk -v n="$got_n" -v s="$secs" 'BEGIN { printf "%.0f Mbit/s", n*8/s/1e6 }')"
+sleep 0.3
+kill -TERM "$TCPDUMP_PID"; wait "$TCPDUMP_PID" || true; TCPDUMP_PID=""
+info "tcpdump on the kernel VTEP's underlay (one frame each way):"
+tcpdump -r "$WORK/underlay.pcap" -n -t 2>/dev/null >"$WORK/underlay.txt"
+grep -m1 -E '10\.0\.0\.11\.[0-9]+ > 10\.0\.0\.12\.4789: VXLAN, flags \[I\] \(0x08\), vni 101' "$WORK/underlay.txt" | cut -c1-150 | sed 's/^/    /' \
+  || die "no VXLAN VNI 101 frame from vswitchd on the underlay"
+grep -m1 -E '10\.0\.0\.12\.[0-9]+ > 10\.0\.0\.11\.4789: VXLAN' "$WORK/underlay.txt" | cut -c1-150 | sed 's/^/    /' \
+  || die "no VXLAN frame from the kernel VTEP"
+
 # --- counters and shutdown -------------------------------------------------------------------
 STEP="counters"
-heading "8. vswitchd counters (kill -USR1)"
+heading "9. vswitchd counters (kill -USR1)"
 counters print
 
 STEP="shutdown"
-heading "9. Stop vswitchd (SIGTERM): exit 0 and every mbuf returned"
+heading "10. Stop vswitchd (SIGTERM): exit 0 and every mbuf returned"
 kill -TERM "$VS_PID"
 rc=0; wait "$VS_PID" || rc=$?
 VS_PID=""
