@@ -13,7 +13,8 @@ the same window (samples after the warm-up). Each figure is the median over the 
 is the median of the per-run ratios ours/macswap (each taken from one round, so a slow patch of
 the machine cancels out).
 
-Writes perf/results/latest.json (one record per scenario) and keeps every run's configs and logs
+Writes perf/results/latest.json (one record per scenario; records of scenarios not run this
+time are kept) and keeps every run's configs and logs
 in perf/out/<scenario>/ (git-ignored). Standard library only.
 
     python3 perf/bench.py                  # all scenarios, 5 runs, ~2.5 min per scenario
@@ -232,7 +233,9 @@ class Scenario:
         self.frames = gen_pcap.generate(name, self.pcap, args.frames, args.flows)
         sc = gen_pcap.SCENARIOS[name]
         self.flows = args.flows or sc.flows.n_flows
-        self.frame_len = sc.flows.frame_len
+        # Length of the frames in the pcap (without FCS): the input side (vxlan-decap's carry
+        # the 50 bytes of outer headers, vxlan-encap's get them on the way out).
+        self.frame_len = len(sc.build(sc.flows, 0))
         self.state = os.path.join(self.dir, "state.yaml")
         with open(os.path.join(self.dir, "host.toml")) as fh:
             self.host_template = fh.read()
@@ -260,6 +263,11 @@ class Scenario:
         return text
 
 
+def remove_runtime_dir(prefix: str) -> None:
+    """The EAL leaves /var/run/dpdk/<file-prefix> behind even with --in-memory."""
+    shutil.rmtree(os.path.join("/var/run/dpdk", prefix), ignore_errors=True)
+
+
 # --- one measurement each ------------------------------------------------------------------------------
 def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
     prefix = f"vsbench{os.getpid()}r{run}"
@@ -283,6 +291,7 @@ def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
         rc = p.stop(signal.SIGTERM)
     finally:
         p.kill()
+        remove_runtime_dir(prefix)
     tail = "\n".join(p.tail)
 
     def port(s, name):
@@ -356,6 +365,7 @@ def run_testpmd(sc: Scenario, a, mem: str, run: int, mode: str) -> Dict[str, obj
         p.stop(signal.SIGINT)
     finally:
         p.kill()
+        remove_runtime_dir(prefix)
     # Sample 0 is testpmd's baseline (0); sample k covers about [k, k+1] s after start.
     window = samples[int(a.warmup): int(a.warmup) + int(a.duration)]
     mpps = sum(window) / len(window) / 1e6
@@ -512,12 +522,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{r['scenario']:<24} {f(r['mpps'])} {f(r['testpmd_io_mpps'])} {f(r['testpmd_macswap_mpps'])} "
               f"{f(r['ratio'], 13, 3)}")
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
+    # Records of scenarios not run this time stay (in their place); those run are replaced.
+    kept = []
+    try:
+        with open(a.output) as fh:
+            old = json.load(fh)
+        if isinstance(old, list):
+            kept = [r for r in old if isinstance(r, dict) and "scenario" in r]
+    except (OSError, ValueError):
+        pass
+    fresh = {r["scenario"]: r for r in records}
+    merged = [fresh.pop(r["scenario"], r) for r in kept] + list(fresh.values())
     tmp = a.output + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(records, fh, indent=2)
+        json.dump(merged, fh, indent=2)
         fh.write("\n")
     os.replace(tmp, a.output)
-    print(f"\nwrote {os.path.relpath(a.output, ROOT)}")
+    others = [r["scenario"] for r in merged if r["scenario"] not in {x["scenario"] for x in records}]
+    print(f"\nwrote {os.path.relpath(a.output, ROOT)}"
+          + (f" (kept the earlier records of {', '.join(others)})" if others else ""))
     return 0
 
 

@@ -40,6 +40,17 @@ VM2_IP = "198.51.100.12"
 # vm2 carries this prefix as an allowed address pair (addresses behind it), so the varying
 # destination addresses are all legitimately vm2's.
 VM2_BEHIND = "198.51.100.32/28"
+# vxlan-decap: vm1 (the local receiver) carries this prefix, the inner destinations.
+VM1_BEHIND = "198.51.100.48/28"
+
+# VXLAN scenarios: this host (bench1) and the remote one (bench2) on the underlay.
+LOCAL_VTEP_IP = "10.0.0.11"
+REMOTE_VTEP_IP = "10.0.0.12"
+REMOTE_VTEP_MAC = "02:00:00:00:00:12"   # [overlay.neighbors] in vxlan-encap's host.toml
+# DPDK's net_pcap PMD names its ports 02:70:63:61:70:NN ("\x02pcap" + index): the overlay
+# port of vxlan-decap is the process's first (only) pcap port.
+PCAP0_MAC = "02:70:63:61:70:00"
+VXLAN_VNI = 101
 
 ETH_IPV4 = 0x0800
 ETH_VLAN = 0x8100
@@ -154,8 +165,28 @@ def build_l2(f: Flows, i: int) -> bytes:
     return udp_frame(f, i)
 
 
+def vxlan_outer(inner: bytes, i: int, vni: int = VXLAN_VNI) -> bytes:
+    """`inner` as the remote VTEP (bench2, 10.0.0.12) sends it to us (10.0.0.11): outer
+    Ethernet to the overlay port / IPv4 (DF, TTL 64) / UDP 4789 with checksum 0 (as Linux and
+    RFC 7348 allow) and a source port that differs per flow, in 49152-65535 / VXLAN."""
+    sport = 49152 + i % 16384
+    l4_payload = vxlan(vni) + inner
+    udp_hdr = struct.pack("!HHHH", sport, VXLAN_PORT, 8 + len(l4_payload), 0)
+    l3 = ipv4(REMOTE_VTEP_IP, LOCAL_VTEP_IP, IPPROTO_UDP, 8 + len(l4_payload), ident=i)
+    return eth(PCAP0_MAC, REMOTE_VTEP_MAC, ETH_IPV4) + l3 + udp_hdr + l4_payload
+
+
+def build_vxlan_decap(f: Flows, i: int) -> bytes:
+    return vxlan_outer(udp_frame(f, i), i % f.n_flows)
+
+
 L2_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=VM2_MAC, src_ip=VM1_IP,
                  dst_ip_base=str(ipaddress.IPv4Network(VM2_BEHIND)[0]))
+
+# vxlan-decap: vm2 (on bench2, behind VTEP 10.0.0.12) -> vm1 (local); these are the inner
+# frames, wrapped by `vxlan_outer`.
+VXLAN_DECAP_FLOWS = Flows(src_mac=VM2_MAC, dst_mac=VM1_MAC, src_ip=VM2_IP,
+                          dst_ip_base=str(ipaddress.IPv4Network(VM1_BEHIND)[0]))
 
 SCENARIOS: Dict[str, Scenario] = {
     "l2": Scenario(
@@ -164,8 +195,22 @@ SCENARIOS: Dict[str, Scenario] = {
         flows=L2_FLOWS,
         build=build_l2,
     ),
-    # Planned (see perf/README.md): vxlan-encap, vxlan-decap, routed-east-west,
-    # conntrack-established, fip-inbound, snat-outbound.
+    # The same frames as l2, but vm2 lives on bench2: l2population maps its MAC to VTEP
+    # 10.0.0.12 and vm1's frames leave encapsulated (VNI 101) by the overlay port.
+    "vxlan-encap": Scenario(
+        name="vxlan-encap",
+        description="vm1 -> vm2 on another host: port security, l2pop FDB, VXLAN encapsulation",
+        flows=L2_FLOWS,
+        build=build_l2,
+    ),
+    "vxlan-decap": Scenario(
+        name="vxlan-decap",
+        description="remote VTEP -> vm1: VXLAN checks and decapsulation, static FDB unicast",
+        flows=VXLAN_DECAP_FLOWS,
+        build=build_vxlan_decap,
+    ),
+    # Planned (see perf/README.md): routed-east-west, conntrack-established, fip-inbound,
+    # snat-outbound.
 }
 
 

@@ -8,7 +8,11 @@
 //!   removed when the next topology is created.
 //! * [`Vswitchd`]: writes `host.toml`/`state.yaml`, starts `ip netns exec <sw> vswitchd`, waits
 //!   for `vswitchd: running`, reads counters ([`Stats`], via SIGUSR1 and the `stats-json:`
-//!   line) and stops it with SIGTERM, checking exit 0 and that no mbuf leaked.
+//!   line) and stops it with SIGTERM, checking exit 0 and that no mbuf leaked. Several may
+//!   run in one topology ([`Vswitchd::start_as`], each with its own EAL file prefix);
+//!   [`host_toml_overlay`] adds the VXLAN settings of a host with an overlay port.
+//! * Traffic and analysis: [`ping`], [`tcp_transfer`] (SHA-256 checked), [`py`] (scapy
+//!   snippets), [`tshark_fields`] (dissects a [`Capture`]'s pcap).
 //!
 //! Tests need root and a working `ip netns`; [`Topology::new`] returns `None` (after printing
 //! "skipped: needs root and DPDK ...") where they are missing, and the test returns early.
@@ -22,8 +26,11 @@ use std::thread::sleep;
 use std::time::Duration;
 
 mod process;
+mod traffic;
 mod vswitchd;
 pub use process::*;
+#[allow(unused_imports)] // not every test binary uses the traffic helpers
+pub use traffic::*;
 pub use vswitchd::*;
 
 /// Prefix of every namespace these helpers create (stale ones with a dead pid are reaped).
@@ -139,7 +146,7 @@ fn reap_stale() {
             destroy_netns(&ns);
             let name = format!("{NS_PREFIX}-{}-{pid}", parts[1]);
             let _ = fs::remove_dir_all(std::env::temp_dir().join(&name));
-            let _ = fs::remove_dir_all(format!("/var/run/dpdk/{name}"));
+            remove_dpdk_runtime_dirs(&name);
         }
     }
 }
@@ -246,6 +253,21 @@ impl Topology {
         ns
     }
 
+    /// Switches IPv6 off for every interface of `ns`, present and future, so that the
+    /// kernel's own ND/MLD/router solicitations never reach a switch port.
+    pub fn disable_ipv6(&self, ns: &str) {
+        self.ok(
+            ns,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        );
+    }
+
     /// Runs `args` inside `ns` and returns its output, whatever the exit status.
     pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
         Command::new("ip")
@@ -292,24 +314,29 @@ impl Topology {
     /// Starts a packet capture (tcpdump, all frames) on `iface` in `ns`; returns once it is
     /// listening.
     pub fn capture(&self, ns: &str, iface: &str, label: &str) -> Capture {
+        self.capture_with(ns, iface, label, &[])
+    }
+
+    /// [`Topology::capture`] with extra tcpdump arguments before the output file: options
+    /// such as `-Q in` (only received frames) or `-s 160` (snap length), and a trailing
+    /// filter expression.
+    pub fn capture_with(&self, ns: &str, iface: &str, label: &str, extra: &[&str]) -> Capture {
         let file = self.dir.join(format!("{label}.pcap"));
         let f = file.to_string_lossy().into_owned();
-        let mut bg = self.spawn(
-            ns,
-            label,
-            &[
-                "tcpdump",
-                "-i",
-                iface,
-                "-n",
-                "-U",
-                "--immediate-mode",
-                "-Z",
-                "root",
-                "-w",
-                &f,
-            ],
-        );
+        let mut args = vec![
+            "tcpdump",
+            "-i",
+            iface,
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-Z",
+            "root",
+            "-w",
+            &f,
+        ];
+        args.extend_from_slice(extra);
+        let mut bg = self.spawn(ns, label, &args);
         if !bg.wait_for("listening on", Duration::from_secs(10)) {
             panic!(
                 "tcpdump on {ns}/{iface} did not start: {}",
@@ -345,6 +372,18 @@ impl Drop for Topology {
             destroy_netns(ns);
         }
         let _ = fs::remove_dir_all(&self.dir);
-        let _ = fs::remove_dir_all(format!("/var/run/dpdk/{}", self.name));
+        remove_dpdk_runtime_dirs(&self.name);
+    }
+}
+
+/// Removes `/var/run/dpdk/<name>` and every `/var/run/dpdk/<name>*` (the EAL runtime
+/// directories of file prefixes derived from a topology's name, one per vswitchd).
+fn remove_dpdk_runtime_dirs(name: &str) {
+    if let Ok(rd) = fs::read_dir("/var/run/dpdk") {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(name) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Background processes and packet captures for system tests.
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -115,6 +115,16 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// Stops the capture (after letting in-flight frames land) and returns its pcap file
+    /// (in the topology's directory: valid until the topology is dropped).
+    pub fn stop_file(self) -> PathBuf {
+        sleep(Duration::from_millis(300));
+        let file = self.file.clone();
+        let st = self.bg.stop("TERM", Duration::from_secs(10));
+        assert!(st.success() || st.code().is_none(), "tcpdump failed: {st}");
+        file
+    }
+
     /// Stops the capture (after letting in-flight frames land) and returns one line per frame
     /// as `tcpdump -e -n -t` prints it, e.g.
     /// `fa:16:3e:00:01:11 > 02:00:00:00:01:50, ethertype 802.1Q (0x8100), length 102: vlan 101, p 0, ethertype IPv4 (0x0800), 203.0.113.11 > 203.0.113.50: ICMP echo reply, ...`.
@@ -137,4 +147,54 @@ impl Capture {
         }
         lines
     }
+}
+
+/// Dissects a pcap with tshark: one `Vec` of fields per frame that matches `display_filter`
+/// (`""`: every frame), in the order of `fields`. With `first_only`, a field that occurs
+/// several times in a frame (outer and inner `ip.src`) gives its first (outer) occurrence;
+/// otherwise all occurrences joined by `,`. IPv4 and UDP checksums are verified
+/// (`ip.checksum.status`, `udp.checksum.status`: 1 good, 0 bad; UDP: 3 not present).
+pub fn tshark_fields(
+    pcap: &Path,
+    display_filter: &str,
+    fields: &[&str],
+    first_only: bool,
+) -> Vec<Vec<String>> {
+    let f = pcap.to_string_lossy().into_owned();
+    let mut args: Vec<&str> = vec![
+        "tshark",
+        "-n",
+        "-r",
+        &f,
+        "-o",
+        "ip.check_checksum:TRUE",
+        "-o",
+        "udp.check_checksum:TRUE",
+        "-T",
+        "fields",
+        "-E",
+        "separator=/t",
+        "-E",
+        if first_only {
+            "occurrence=f"
+        } else {
+            "occurrence=a"
+        },
+    ];
+    if !display_filter.is_empty() {
+        args.extend_from_slice(&["-Y", display_filter]);
+    }
+    for field in fields {
+        args.extend_from_slice(&["-e", field]);
+    }
+    let out = run_quiet(&args);
+    assert!(
+        out.status.success(),
+        "tshark failed on {f}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
 }

@@ -10,10 +10,22 @@ pub struct HostPort<'a> {
     pub name: &'a str,
     /// The interface (in the switch namespace) the af_packet port attaches to.
     pub iface: &'a str,
-    /// `instance` or `provider`.
+    /// `instance`, `provider` or `overlay`.
     pub kind: &'a str,
     /// The Neutron port id, for instance ports.
     pub iface_id: Option<&'a str>,
+}
+
+/// This host's VXLAN settings for [`host_toml_overlay`]: `local_vtep_ip`, `dvr_mac` and the
+/// `[overlay]` section (absent fields keep vswitchd's defaults).
+#[derive(Default)]
+pub struct OverlayHost<'a> {
+    pub local_vtep_ip: &'a str,
+    pub dvr_mac: Option<&'a str>,
+    /// Raw `key = value` lines of `[overlay]`, e.g. `"udp_checksum = true"`.
+    pub settings: &'a [&'a str],
+    /// Static underlay neighbours (`[overlay.neighbors]`): (IP, MAC).
+    pub neighbors: &'a [(&'a str, &'a str)],
 }
 
 /// A host config for one vswitchd in a namespace: worker on lcore 1, no hugepages, a unique
@@ -24,11 +36,28 @@ pub fn host_toml(
     ports: &[HostPort],
     bridge_mappings: &[(&str, &str)],
 ) -> String {
+    host_toml_overlay(host_id, file_prefix, ports, bridge_mappings, None)
+}
+
+/// [`host_toml`] with VXLAN settings (ports of `kind = "overlay"` need them).
+pub fn host_toml_overlay(
+    host_id: &str,
+    file_prefix: &str,
+    ports: &[HostPort],
+    bridge_mappings: &[(&str, &str)],
+    overlay: Option<&OverlayHost>,
+) -> String {
     let mut s = format!(
         "role = \"dvr\"\nhost_id = \"{host_id}\"\nmain_core = 0\ncores = [1]\n\
-         eal_args = [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--file-prefix\", \"{file_prefix}\"]\n\n\
-         [idle]\nmode = \"backoff\"\n\n"
+         eal_args = [\"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--file-prefix\", \"{file_prefix}\"]\n"
     );
+    if let Some(o) = overlay {
+        s.push_str(&format!("local_vtep_ip = \"{}\"\n", o.local_vtep_ip));
+        if let Some(mac) = o.dvr_mac {
+            s.push_str(&format!("dvr_mac = \"{mac}\"\n"));
+        }
+    }
+    s.push_str("\n[idle]\nmode = \"backoff\"\n\n");
     for (i, p) in ports.iter().enumerate() {
         s.push_str(&format!(
             "[[ports]]\nname = \"{}\"\ndevargs = \"net_af_packet{i},iface={}\"\nkind = \"{}\"\n",
@@ -42,6 +71,19 @@ pub fn host_toml(
     s.push_str("[bridge_mappings]\n");
     for (physnet, port) in bridge_mappings {
         s.push_str(&format!("{physnet} = \"{port}\"\n"));
+    }
+    if let Some(o) = overlay {
+        s.push_str("\n[overlay]\n");
+        for line in o.settings {
+            s.push_str(line);
+            s.push('\n');
+        }
+        if !o.neighbors.is_empty() {
+            s.push_str("\n[overlay.neighbors]\n");
+            for (ip, mac) in o.neighbors {
+                s.push_str(&format!("\"{ip}\" = \"{mac}\"\n"));
+            }
+        }
     }
     s
 }
@@ -114,6 +156,78 @@ impl Stats {
     }
 }
 
+/// Packets one remote VTEP or one VNI carried (`"vteps"` / `"vnis"` of `stats-json:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+impl TunnelStats {
+    fn from_json(v: &serde_json::Value, what: &str) -> TunnelStats {
+        let g = |k: &str| {
+            v[k].as_u64()
+                .unwrap_or_else(|| panic!("{what}: no {k} in {v}"))
+        };
+        TunnelStats {
+            rx_packets: g("rx_packets"),
+            tx_packets: g("tx_packets"),
+        }
+    }
+}
+
+impl Stats {
+    /// The counters of remote VTEP `ip`; zeros when vswitchd lists no entry for it (it never
+    /// exchanged a packet with it). Panics when there is no `"vteps"` list at all.
+    pub fn vtep(&self, ip: &str) -> TunnelStats {
+        let list = self.0["vteps"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no \"vteps\" list in stats-json: {}", self.0));
+        list.iter()
+            .find(|e| e["ip"] == ip)
+            .map(|e| TunnelStats::from_json(e, &format!("vtep {ip}")))
+            .unwrap_or_default()
+    }
+
+    /// The counters of VNI `vni`; zeros when vswitchd lists no entry for it. Panics when
+    /// there is no `"vnis"` list at all.
+    pub fn vni(&self, vni: u32) -> TunnelStats {
+        let list = self.0["vnis"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no \"vnis\" list in stats-json: {}", self.0));
+        list.iter()
+            .find(|e| e["vni"].as_u64() == Some(u64::from(vni)))
+            .map(|e| TunnelStats::from_json(e, &format!("vni {vni}")))
+            .unwrap_or_default()
+    }
+
+    /// `self.drop(name) - before.drop(name)`.
+    pub fn drop_delta(&self, before: &Stats, name: &str) -> u64 {
+        self.drop(name) - before.drop(name)
+    }
+
+    /// `self.event(name) - before.event(name)`.
+    pub fn event_delta(&self, before: &Stats, name: &str) -> u64 {
+        self.event(name) - before.event(name)
+    }
+
+    /// Drop counters that grew since `before` (name, delta).
+    pub fn drops_since(&self, before: &Stats) -> Vec<(String, u64)> {
+        self.0["drops"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        let old = before.0["drops"][k.as_str()].as_u64().unwrap_or(0);
+                        let d = v.as_u64().unwrap_or(0).saturating_sub(old);
+                        (d > 0).then(|| (k.clone(), d))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// The complete `stats-json:` lines printed so far.
 fn stats_lines(text: &str) -> Vec<&str> {
     // Only lines that ended with a newline: the last one may still be being written.
@@ -137,27 +251,67 @@ impl Vswitchd {
     /// `ip netns exec <ns> vswitchd --config host.toml --state state.yaml` and waits for
     /// "vswitchd: running".
     pub fn start(topo: &Topology, ns: &str, host_toml: &str, state_yaml: &str) -> Vswitchd {
-        let host = topo.dir().join("host.toml");
-        let state = topo.dir().join("state.yaml");
+        Self::start_files(
+            topo,
+            ns,
+            "vswitchd",
+            "host.toml",
+            "state.yaml",
+            host_toml,
+            state_yaml,
+        )
+    }
+
+    /// As [`Vswitchd::start`] for one of several vswitchd processes in one topology: its
+    /// files are `<label>-host.toml`, `<label>-state.yaml` and `<label>.out/.err`.
+    pub fn start_as(
+        topo: &Topology,
+        ns: &str,
+        label: &str,
+        host_toml: &str,
+        state_yaml: &str,
+    ) -> Vswitchd {
+        Self::start_files(
+            topo,
+            ns,
+            label,
+            &format!("{label}-host.toml"),
+            &format!("{label}-state.yaml"),
+            host_toml,
+            state_yaml,
+        )
+    }
+
+    fn start_files(
+        topo: &Topology,
+        ns: &str,
+        label: &str,
+        host_file: &str,
+        state_file: &str,
+        host_toml: &str,
+        state_yaml: &str,
+    ) -> Vswitchd {
+        let host = topo.dir().join(host_file);
+        let state = topo.dir().join(state_file);
         fs::write(&host, host_toml).expect("write host.toml");
         fs::write(&state, state_yaml).expect("write state.yaml");
         let (h, s) = (
             host.to_string_lossy().into_owned(),
             state.to_string_lossy().into_owned(),
         );
-        let mut bg = topo.spawn(ns, "vswitchd", &[VSWITCHD, "--config", &h, "--state", &s]);
+        let mut bg = topo.spawn(ns, label, &[VSWITCHD, "--config", &h, "--state", &s]);
         let end = Instant::now() + Duration::from_secs(30);
         while !bg.stdout_text().contains("vswitchd: running") {
             if !bg.running() {
                 panic!(
-                    "vswitchd exited during start\nstdout: {}\nstderr: {}",
+                    "{label} exited during start\nstdout: {}\nstderr: {}",
                     bg.stdout_text(),
                     bg.stderr_text()
                 );
             }
             if Instant::now() > end {
                 panic!(
-                    "vswitchd not running after 30 s\nstderr: {}",
+                    "{label} not running after 30 s\nstderr: {}",
                     bg.stderr_text()
                 );
             }

@@ -1,0 +1,122 @@
+//! Traffic between namespaces: kernel ping, a SHA-256-checked TCP transfer, scapy snippets.
+use std::time::Duration;
+
+use super::*;
+
+/// Kernel ping from `ns` to `dst`, 0.2 s apart, giving up after `deadline_s`; returns ping's
+/// exit code (0: all answered, 1: some lost) and its output.
+pub fn ping(topo: &Topology, ns: &str, dst: &str, count: u32, deadline_s: u32) -> (i32, String) {
+    let (c, w) = (count.to_string(), deadline_s.to_string());
+    let out = topo.exec(
+        ns,
+        &[
+            "ping", "-n", "-c", &c, "-i", "0.2", "-W", "1", "-w", &w, dst,
+        ],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Runs a python snippet (with scapy importable) inside `ns` with `args`; asserts success
+/// and returns its stdout.
+pub fn py(topo: &Topology, ns: &str, code: &str, args: &[&str]) -> String {
+    let mut a = vec![python(), "-c", code];
+    a.extend_from_slice(args);
+    topo.ok(ns, &a)
+}
+
+const TCP_SERVER_PY: &str = r#"
+import hashlib, socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+s.settimeout(30)
+print("listening", flush=True)
+c, _ = s.accept()
+c.settimeout(30)
+h, n, t0 = hashlib.sha256(), 0, time.monotonic()
+while True:
+    b = c.recv(1 << 16)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+dt = time.monotonic() - t0
+print("received", n, h.hexdigest(), "%.3f" % dt, flush=True)
+"#;
+
+const TCP_CLIENT_PY: &str = r#"
+import hashlib, os, socket, sys
+n = int(sys.argv[3])
+data = os.urandom(n)
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+c.recv(1)  # the server closes once it has read everything
+c.close()
+print("sent", n, hashlib.sha256(data).hexdigest(), flush=True)
+"#;
+
+/// Sends `bytes` random bytes over TCP from `client_ns` to a server in `server_ns` listening
+/// on `server_ip:port`; asserts that every byte arrived with the same SHA-256. Returns the
+/// receiver's seconds from accept to EOF.
+pub fn tcp_transfer(
+    topo: &Topology,
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: &str,
+    port: u16,
+    bytes: usize,
+) -> f64 {
+    let port_s = port.to_string();
+    let label = format!("tcp-server-{port}");
+    let mut server = topo.spawn(
+        server_ns,
+        &label,
+        &[python(), "-c", TCP_SERVER_PY, server_ip, &port_s],
+    );
+    assert!(
+        server.wait_for("listening", Duration::from_secs(10)),
+        "tcp server in {server_ns} did not start: {}",
+        server.stderr_text()
+    );
+    let client = py(
+        topo,
+        client_ns,
+        TCP_CLIENT_PY,
+        &[server_ip, &port_s, &bytes.to_string()],
+    );
+    let out_path = server.stdout.clone();
+    let st = server.wait(Duration::from_secs(30));
+    assert!(st.success(), "tcp server in {server_ns} failed: {st}");
+    let server_out = std::fs::read_to_string(out_path).unwrap_or_default();
+    let sent: Vec<&str> = client.split_whitespace().collect();
+    let recv: Vec<&str> = server_out
+        .lines()
+        .find(|l| l.starts_with("received"))
+        .unwrap_or_else(|| panic!("tcp server output: {server_out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(sent[1], bytes.to_string(), "client: {client}");
+    assert_eq!(
+        recv[1],
+        bytes.to_string(),
+        "server received {} of {bytes} bytes",
+        recv[1]
+    );
+    assert_eq!(
+        recv[2], sent[2],
+        "SHA-256 differs between sender and receiver"
+    );
+    let secs: f64 = recv[3].parse().expect("seconds");
+    eprintln!(
+        "TCP {bytes} bytes {client_ns} -> {server_ns} in {secs:.3} s ({:.0} Mbit/s)",
+        bytes as f64 * 8.0 / secs.max(1e-6) / 1e6
+    );
+    secs
+}
