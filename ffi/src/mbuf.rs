@@ -84,25 +84,36 @@ impl Mbuf {
         self.m().data_off as usize
     }
 
-    /// Grows the packet at the front by `n` bytes (uninitialised content). False when the
-    /// headroom is too small; the packet is then unchanged.
+    /// Grows the packet at the front by `n` bytes (content left as it was in the headroom).
+    /// False when the headroom is too small; the packet is then unchanged. Done here rather
+    /// than through `rte_pktmbuf_prepend` so the per-packet call inlines (VXLAN encapsulation).
     #[inline]
     pub fn prepend(&mut self, n: usize) -> bool {
-        if n > u16::MAX as usize {
+        // SAFETY: self.0 is a valid mbuf we own exclusively (type invariant, &mut self).
+        let m = unsafe { self.0.as_mut() };
+        if n > m.data_off as usize {
             return false;
         }
-        // SAFETY: self.0 is a valid mbuf we own; rte_pktmbuf_prepend checks the headroom.
-        !unsafe { sys::vs_pktmbuf_prepend(self.0.as_ptr(), n as u16) }.is_null()
+        // The same field updates as rte_pktmbuf_prepend: the data start moves into the headroom.
+        m.data_off -= n as u16;
+        m.data_len += n as u16;
+        m.pkt_len += n as u32;
+        true
     }
 
     /// Removes `n` bytes from the front. False when the first segment is shorter.
     #[inline]
     pub fn adj(&mut self, n: usize) -> bool {
-        if n > u16::MAX as usize {
+        // SAFETY: self.0 is a valid mbuf we own exclusively (type invariant, &mut self).
+        let m = unsafe { self.0.as_mut() };
+        if n > m.data_len as usize {
             return false;
         }
-        // SAFETY: self.0 is a valid mbuf we own; rte_pktmbuf_adj checks the length.
-        !unsafe { sys::vs_pktmbuf_adj(self.0.as_ptr(), n as u16) }.is_null()
+        // The same field updates as rte_pktmbuf_adj.
+        m.data_off += n as u16;
+        m.data_len -= n as u16;
+        m.pkt_len -= n as u32;
+        true
     }
 
     /// Appends `n` bytes at the end of the last segment (uninitialised). False when no tailroom.

@@ -184,15 +184,15 @@ impl TunnelCounters {
             bump(b, 1);
         }
     }
-    /// Counts one packet sent to `vtep` on network `net`.
+    /// Counts `n` packets sent to `vtep` on network `net`.
     #[inline(always)]
-    pub fn tx(&self, vtep: u16, net: u16) {
+    pub fn tx_n(&self, vtep: u16, net: u16, n: u64) {
         if let (Some(a), Some(b)) = (
             self.vtep_tx.get(vtep as usize),
             self.net_tx.get(net as usize),
         ) {
-            bump(a, 1);
-            bump(b, 1);
+            bump(a, n);
+            bump(b, n);
         }
     }
 }

@@ -126,6 +126,8 @@ pub struct CoreState {
     pub arp_sent: [(u32, u64); 8],
     /// This core's per-VTEP and per-VNI counters.
     pub tunnel: std::sync::Arc<TunnelCounters>,
+    /// The encapsulation plan of the last (VTEP, network) of this batch.
+    pub encap: tunnel::EncapCache,
 }
 
 impl CoreState {
@@ -141,6 +143,7 @@ impl CoreState {
             neigh,
             arp_sent: [(0, 0); 8],
             tunnel,
+            encap: Default::default(),
         }
     }
 }

@@ -128,6 +128,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
 ) {
     let in_port = b.in_port;
     let from_overlay = t.overlay.as_ref().is_some_and(|o| o.port == in_port);
+    s.encap = Default::default();
     // The egress plan of the last (port, network) pair: a batch rarely has more than a few.
     let mut cached: (u32, Plan) = (u32::MAX, Err(DropReason::EgressDown));
     for i in 0..b.len {
@@ -204,13 +205,14 @@ pub fn run<B: PacketBuf, T: Tracer>(
             }
         }
     }
+    s.encap.flush(&s.tunnel);
     B::free_bulk(&mut b.pkts[..b.len]);
 }
 
 /// Encapsulation towards a remote VTEP, then into the overlay port's tx buffer. An unresolved
 /// VTEP costs the frame (`tunnel.unresolved`), whose buffer carries the ARP request instead.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn tunnel_send<B: PacketBuf, T: Tracer>(
     mut p: B,
     vtep: u16,

@@ -22,9 +22,9 @@ use super::{Batch, CoreState, Next, Tracer};
 use crate::counters::{BatchCounters, DropReason as D, Event};
 use crate::packet::arp::{ArpPacket, ArpRepr, ARP_LEN, OP_REPLY, OP_REQUEST};
 use crate::packet::eth::{mac48_at, mac48_is_multicast, EtherType, EthernetRepr};
-use crate::packet::ipv4::{Ipv4Packet, Ipv4Repr, PROTO_UDP};
+use crate::packet::ipv4::{Ipv4Packet, PROTO_UDP};
 use crate::packet::udp::UdpPacket;
-use crate::packet::vxlan::{VxlanPacket, VxlanRepr, FLAG_I, VXLAN_ENCAP_LEN};
+use crate::packet::vxlan::{VxlanPacket, FLAG_I, VXLAN_ENCAP_LEN};
 use crate::packet::{checksum, EthernetFrame, MacAddr, PacketBuf};
 use crate::tables::{OverlayEntry, Segment, Tables};
 use crate::trace;
@@ -292,8 +292,83 @@ pub enum Encap {
     Drop(D),
 }
 
+/// How frames of one network reach one VTEP, worked out once per batch: the outer headers with
+/// everything but lengths, checksum and source port already in place.
+#[derive(Debug, Clone, Copy)]
+pub enum EncapPlan {
+    Ready {
+        header: [u8; VXLAN_ENCAP_LEN],
+        /// Sum of the constant outer IPv4 words (see `VtepEntry::ip_sum`).
+        ip_sum: u32,
+        /// Largest inner frame the underlay MTU allows.
+        max_inner: usize,
+        udp_checksum: bool,
+    },
+    /// The next hop's MAC is unknown: ARP for it.
+    Unresolved(Ipv4Addr),
+    Drop(D),
+}
+
+/// The per-batch encapsulation cache of one core: the plan for the last (VTEP, network) and
+/// how many frames it sent, added to the per-VTEP/VNI counters once.
+#[derive(Debug, Clone, Copy)]
+pub struct EncapCache {
+    key: u32,
+    plan: EncapPlan,
+    sent: u64,
+}
+
+impl Default for EncapCache {
+    fn default() -> Self {
+        Self {
+            key: u32::MAX,
+            plan: EncapPlan::Drop(D::EgressDown),
+            sent: 0,
+        }
+    }
+}
+
+impl EncapCache {
+    /// Ends a batch: counts what was sent and forgets the plan (a neighbour may change).
+    #[inline]
+    pub fn flush(&mut self, tunnel: &crate::counters::TunnelCounters) {
+        if self.sent != 0 {
+            tunnel.tx_n((self.key >> 16) as u16, self.key as u16, self.sent);
+        }
+        *self = Self::default();
+    }
+}
+
+fn plan(t: &Tables, vtep: u16, net: u16, s: &CoreState) -> EncapPlan {
+    let (Some(o), Some(v), Some(n)) = (
+        t.overlay.as_ref(),
+        t.vteps.get(vtep as usize),
+        t.networks.get(net as usize),
+    ) else {
+        return EncapPlan::Drop(D::EgressDown);
+    };
+    let Segment::Vxlan(vni) = n.segment else {
+        return EncapPlan::Drop(D::TunnelNotVxlan);
+    };
+    let Some(nh) = o.next_hop(v.ip) else {
+        return EncapPlan::Drop(D::TunnelUnresolved);
+    };
+    let Some(mac) = s.neigh.lookup(nh) else {
+        return EncapPlan::Unresolved(nh);
+    };
+    let mut header = v.header;
+    header[0..6].copy_from_slice(&mac.to_be_bytes()[2..8]);
+    header[46..49].copy_from_slice(&vni.to_be_bytes()[1..4]);
+    EncapPlan::Ready {
+        header,
+        ip_sum: v.ip_sum,
+        max_inner: (o.mtu as usize).saturating_sub(VXLAN_ENCAP_LEN - 14),
+        udp_checksum: o.udp_checksum,
+    }
+}
+
 /// Encapsulates a frame of network `net` for remote VTEP `vtep`.
-#[inline]
+#[inline(always)]
 pub fn encap<B: PacketBuf>(
     p: &mut B,
     t: &Tables,
@@ -302,69 +377,66 @@ pub fn encap<B: PacketBuf>(
     s: &mut CoreState,
     c: &mut BatchCounters,
 ) -> Encap {
-    let (Some(o), Some(v), Some(n)) = (
-        t.overlay.as_ref(),
-        t.vteps.get(vtep as usize),
-        t.networks.get(net as usize),
-    ) else {
-        return Encap::Drop(D::EgressDown);
-    };
-    let Segment::Vxlan(vni) = n.segment else {
-        return Encap::Drop(D::TunnelNotVxlan);
+    let key = (vtep as u32) << 16 | net as u32;
+    if s.encap.key != key {
+        s.encap.flush(&s.tunnel);
+        s.encap = EncapCache {
+            key,
+            plan: plan(t, vtep, net, s),
+            sent: 0,
+        };
+    }
+    let (header, ip_sum, max_inner, udp_checksum) = match s.encap.plan {
+        EncapPlan::Ready {
+            header,
+            ip_sum,
+            max_inner,
+            udp_checksum,
+        } => (header, ip_sum, max_inner, udp_checksum),
+        EncapPlan::Drop(r) => return Encap::Drop(r),
+        EncapPlan::Unresolved(nh) => {
+            let Some(o) = t.overlay.as_ref() else {
+                return Encap::Drop(D::EgressDown);
+            };
+            return if arp_due(s, nh) && build_arp_request(p, o, nh) {
+                c.event(Event::ArpRequestSent);
+                Encap::ArpRequest
+            } else {
+                Encap::Drop(D::TunnelUnresolved)
+            };
+        }
     };
     let inner_len = p.pkt_len();
-    if inner_len + VXLAN_ENCAP_LEN - 14 > o.mtu as usize {
+    if inner_len > max_inner {
         return Encap::Drop(D::TunnelTooBig);
     }
-    let Some(nh) = o.next_hop(v.ip) else {
-        return Encap::Drop(D::TunnelUnresolved);
-    };
-    let Some(dst_mac) = s.neigh.lookup(nh) else {
-        return if arp_due(s, nh) && build_arp_request(p, o, nh) {
-            c.event(Event::ArpRequestSent);
-            Encap::ArpRequest
-        } else {
-            Encap::Drop(D::TunnelUnresolved)
-        };
-    };
     let sport = SPORT_BASE | (flow_hash(p.data()) & 0x3fff) as u16;
     if !p.prepend(VXLAN_ENCAP_LEN) {
         return Encap::Drop(D::NoHeadroom);
     }
+    // Copy the planned headers, then patch what differs per packet.
     let d = p.data_mut();
-    let m = dst_mac.to_be_bytes();
-    EthernetRepr {
-        dst: MacAddr([m[2], m[3], m[4], m[5], m[6], m[7]]),
-        src: o.mac,
-        ethertype: EtherType::IPV4,
-    }
-    .emit(d);
-    let udp_len = 8 + 8 + inner_len;
-    Ipv4Repr {
-        src: o.local_ip,
-        dst: v.ip,
-        protocol: PROTO_UDP,
-        payload_len: udp_len,
-        ttl: o.ttl,
-        dont_fragment: o.df,
-    }
-    .emit(&mut d[14..]);
-    let u = &mut d[34..42];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&o.udp_port.to_be_bytes());
-    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    u[6..8].copy_from_slice(&[0, 0]);
-    VxlanRepr { vni }.emit(&mut d[42..50]);
-    if o.udp_checksum {
-        let len = udp_len as u16;
-        let ph = checksum::pseudo_v4(o.local_ip.octets(), v.ip.octets(), PROTO_UDP, len);
-        let mut sum = !(checksum::sum(&d[34..34 + udp_len], ph) as u16);
-        if sum == 0 {
-            sum = 0xffff; // RFC 768: a computed zero is sent as all ones
+    let h = &mut d[..VXLAN_ENCAP_LEN];
+    h.copy_from_slice(&header);
+    let udp_len = (8 + 8 + inner_len) as u16;
+    let ip_len = 20 + udp_len;
+    h[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    let mut sum = ip_sum + ip_len as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    h[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    h[34..36].copy_from_slice(&sport.to_be_bytes());
+    h[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    if udp_checksum {
+        let (src, dst) = ([h[26], h[27], h[28], h[29]], [h[30], h[31], h[32], h[33]]);
+        let ph = checksum::pseudo_v4(src, dst, PROTO_UDP, udp_len);
+        let mut cs = !(checksum::sum(&d[34..34 + udp_len as usize], ph) as u16);
+        if cs == 0 {
+            cs = 0xffff; // RFC 768: a computed zero is sent as all ones
         }
-        d[40..42].copy_from_slice(&sum.to_be_bytes());
+        d[40..42].copy_from_slice(&cs.to_be_bytes());
     }
-    s.tunnel.tx(vtep, net);
+    s.encap.sent += 1;
     c.event(Event::TunnelEncap);
     Encap::Sent
 }

@@ -215,9 +215,12 @@ fn compile_overlay(host: &HostConfig, state: &DesiredState, port_macs: &[MacAddr
         }
         t.vtep_by_ip
             .insert(u32::from(h.vtep_ip), t.vteps.len() as u16);
+        let (header, ip_sum) = outer_header(t.overlay.as_ref().expect("set above"), h.vtep_ip);
         t.vteps.push(VtepEntry {
             host: h.host.clone(),
             ip: h.vtep_ip,
+            header,
+            ip_sum,
         });
     }
     let vtep_of_host = |name: &str| {
@@ -267,6 +270,35 @@ fn compile_overlay(host: &HostConfig, state: &DesiredState, port_macs: &[MacAddr
             t.networks[ni].flood_vteps.push(v);
         }
     }
+}
+
+/// The prebuilt outer headers towards `vtep` and the sum of their constant IPv4 words.
+fn outer_header(o: &OverlayEntry, vtep: std::net::Ipv4Addr) -> ([u8; 50], u32) {
+    use crate::packet::eth::{EtherType, EthernetRepr};
+    use crate::packet::ipv4::{Ipv4Repr, PROTO_UDP};
+    let mut h = [0u8; 50];
+    EthernetRepr {
+        dst: MacAddr::ZERO,
+        src: o.mac,
+        ethertype: EtherType::IPV4,
+    }
+    .emit(&mut h);
+    Ipv4Repr {
+        src: o.local_ip,
+        dst: vtep,
+        protocol: PROTO_UDP,
+        payload_len: 0,
+        ttl: o.ttl,
+        dont_fragment: o.df,
+    }
+    .emit(&mut h[14..]);
+    // Total length and checksum are per packet.
+    h[16..18].fill(0);
+    h[24..26].fill(0);
+    let ip_sum = crate::packet::checksum::sum(&h[14..34], 0);
+    h[36..38].copy_from_slice(&o.udp_port.to_be_bytes());
+    crate::packet::vxlan::VxlanRepr { vni: 0 }.emit(&mut h[42..50]);
+    (h, ip_sum)
 }
 
 fn port_security(np: &vswitch_config::Port) -> PortSecurity {

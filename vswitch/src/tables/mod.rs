@@ -47,6 +47,14 @@ impl Dest {
 pub struct VtepEntry {
     pub host: String,
     pub ip: std::net::Ipv4Addr,
+    /// The outer headers towards this VTEP, prebuilt (as OVS builds tunnel headers once per
+    /// port): Ethernet (destination left zero), IPv4 without total length and checksum, UDP
+    /// with only the destination port, VXLAN with the I flag. Encapsulation copies these 50
+    /// bytes and patches the destination MAC, lengths, source port, VNI and checksum.
+    pub header: [u8; 50],
+    /// One's-complement sum of the IPv4 header words that never change (everything but total
+    /// length and checksum): the checksum is then one add and a fold per packet.
+    pub ip_sum: u32,
 }
 
 /// How VXLAN leaves this host: the overlay port and the outer headers' settings.
