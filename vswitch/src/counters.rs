@@ -173,15 +173,15 @@ impl Default for TunnelCounters {
 }
 
 impl TunnelCounters {
-    /// Counts one packet received from `vtep` on network `net`.
+    /// Counts `n` packets received from `vtep` on network `net`.
     #[inline(always)]
-    pub fn rx(&self, vtep: u16, net: u16) {
+    pub fn rx_n(&self, vtep: u16, net: u16, n: u64) {
         if let (Some(a), Some(b)) = (
             self.vtep_rx.get(vtep as usize),
             self.net_rx.get(net as usize),
         ) {
-            bump(a, 1);
-            bump(b, 1);
+            bump(a, n);
+            bump(b, n);
         }
     }
     /// Counts `n` packets sent to `vtep` on network `net`.

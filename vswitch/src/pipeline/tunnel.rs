@@ -48,6 +48,7 @@ pub fn decap<B: PacketBuf, T: Tracer>(
     if b.in_port != o.port {
         return;
     }
+    let mut k = DecapCache::new();
     for i in 0..b.len {
         if b.meta[i].next != Next::Continue {
             continue;
@@ -55,7 +56,7 @@ pub fn decap<B: PacketBuf, T: Tracer>(
         let Some(p) = b.pkts[i].as_mut() else {
             continue;
         };
-        match decap_one(p, t, o, s, c) {
+        match decap_one(p, t, o, s, c, &mut k) {
             Ok(Some((net, vtep))) => {
                 b.meta[i].network = net;
                 b.meta[i].from_vtep = vtep;
@@ -95,17 +96,19 @@ pub fn decap<B: PacketBuf, T: Tracer>(
             }
         }
     }
+    k.flush(&s.tunnel);
 }
 
 /// One frame from the underlay. `Ok(Some((network, vtep)))`: decapsulated; `Ok(None)`: an ARP
 /// handled in place.
-#[inline]
+#[inline(always)]
 fn decap_one<B: PacketBuf>(
     p: &mut B,
     t: &Tables,
     o: &OverlayEntry,
     s: &mut CoreState,
     c: &mut BatchCounters,
+    k: &mut DecapCache,
 ) -> Result<Option<(u16, u16)>, D> {
     let d = p.data();
     let eth = EthernetFrame::new_checked(d).map_err(|_| D::TunnelTruncated)?;
@@ -130,12 +133,26 @@ fn decap_one<B: PacketBuf>(
     if vx.flags() & FLAG_I == 0 {
         return Err(D::TunnelBadFlags);
     }
-    let Some(&vtep) = t.vtep_by_ip.get(&u32::from(ip.src())) else {
-        return Err(D::TunnelUnknownVtep);
-    };
-    let Some(&net) = t.vni.get(&vx.vni()) else {
-        return Err(D::TunnelUnknownVni);
-    };
+    let src_ip = u32::from(ip.src());
+    // The cached key carries a "valid" bit above the address, so no address (not even
+    // 0.0.0.0) can match before a real lookup has been made.
+    let src_key = src_ip as u64 | 1 << 32;
+    if src_key != k.src_key {
+        let Some(&vtep) = t.vtep_by_ip.get(&src_ip) else {
+            return Err(D::TunnelUnknownVtep);
+        };
+        k.src_key = src_key;
+        k.vtep = vtep;
+    }
+    let vni = vx.vni();
+    if vni != k.vni {
+        let Some(&net) = t.vni.get(&vni) else {
+            return Err(D::TunnelUnknownVni);
+        };
+        k.vni = vni;
+        k.net = net;
+    }
+    let (vtep, net) = (k.vtep, k.net);
     let inner = vx.payload();
     if inner.len() < 14 {
         return Err(D::TunnelTruncated);
@@ -154,9 +171,52 @@ fn decap_one<B: PacketBuf>(
     if !p.adj(outer) || (tail > 0 && !p.trim(tail)) {
         return Err(D::TunnelTruncated);
     }
-    s.tunnel.rx(vtep, net);
+    k.count(vtep, net, &s.tunnel);
     c.event(Event::TunnelDecap);
     Ok(Some((net, vtep)))
+}
+
+/// Lookups of one batch's decapsulation: the last source VTEP and VNI (a batch from the
+/// underlay usually comes from few VTEPs), and frames received per (VTEP, network), added to
+/// the per-VTEP/VNI counters once.
+struct DecapCache {
+    /// Last source address looked up, with bit 32 set (0: none yet).
+    src_key: u64,
+    vtep: u16,
+    vni: u32,
+    net: u16,
+    counted: (u16, u16),
+    n: u64,
+}
+
+impl DecapCache {
+    fn new() -> Self {
+        // u32::MAX is no VNI (they are 24 bits), so the first lookup always happens.
+        Self {
+            src_key: 0,
+            vtep: 0,
+            vni: u32::MAX,
+            net: 0,
+            counted: (0, 0),
+            n: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn count(&mut self, vtep: u16, net: u16, tc: &crate::counters::TunnelCounters) {
+        if (vtep, net) != self.counted {
+            self.flush(tc);
+            self.counted = (vtep, net);
+        }
+        self.n += 1;
+    }
+
+    fn flush(&mut self, tc: &crate::counters::TunnelCounters) {
+        if self.n != 0 {
+            tc.rx_n(self.counted.0, self.counted.1, self.n);
+            self.n = 0;
+        }
+    }
 }
 
 #[inline(always)]

@@ -315,6 +315,22 @@ fn bad_overlay_traffic_is_dropped_by_reason() {
 }
 
 #[test]
+fn a_known_vtep_earlier_in_the_batch_does_not_vouch_for_an_unknown_one() {
+    let inner = udp4(R1, M1, IPR1, IP1, 80, 1234);
+    let good = vxlan_frame([10, 0, 0, 12], [10, 0, 0, 11], 4789, 0x08, 101, &inner);
+    let bad = vxlan_frame([10, 0, 0, 99], [10, 0, 0, 11], 4789, 0x08, 101, &inner);
+    let zero = vxlan_frame([0, 0, 0, 0], [10, 0, 0, 11], 4789, 0x08, 101, &inner);
+    let mut h = Harness::with(tables());
+    h.rx(OVERLAY, &[good.clone(), bad, good, zero]);
+    assert_eq!(h.c.dropped(D::TunnelUnknownVtep), 2);
+    assert_eq!(h.sink.on(VM1).len(), 2);
+    assert_eq!(
+        h.s.tunnel.vtep_rx[0].load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[test]
 fn arp_responder_answers_for_remote_ports_without_the_overlay() {
     let mut h = resolved();
     h.rx(VM1, &[arp(M1, M1, IP1, IPR1)]);
