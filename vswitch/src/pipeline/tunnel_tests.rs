@@ -515,3 +515,52 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn vteps_off_the_underlay_subnet_go_through_the_gateway() {
+    // compute3 lives on another underlay subnet, reached through 10.0.0.1.
+    let host = format!("{HOST}\n[overlay]\nprefix_len = 24\ngateway = \"10.0.0.1\"\n");
+    let state = STATE.replace("10.0.0.13", "10.9.0.13");
+    let macs = [
+        mac("02:00:00:00:00:01"),
+        mac("02:00:00:00:00:02"),
+        mac(OV_MAC),
+    ];
+    let mut h = Harness::with(tables_from(&host, &state, &macs));
+    // Unresolved gateway: the ARP request is for the gateway, not for the VTEP.
+    h.rx(
+        VM2,
+        &[udp4(
+            "fa:16:3e:00:01:12",
+            R2,
+            [198, 18, 0, 12],
+            [198, 18, 0, 31],
+            1,
+            2,
+        )],
+    );
+    let out = h.sink.on(OVERLAY).to_vec();
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0][38..42], &[10, 0, 0, 1], "ARP target is the gateway");
+    // Once the gateway is known, frames leave with its MAC and the VTEP's address.
+    h.s.neigh.set_static(
+        "10.0.0.1".parse().unwrap(),
+        mac_u64(&mac("02:00:00:00:00:01").0),
+    );
+    h.rx(
+        VM2,
+        &[udp4(
+            "fa:16:3e:00:01:12",
+            R2,
+            [198, 18, 0, 12],
+            [198, 18, 0, 31],
+            1,
+            2,
+        )],
+    );
+    let f = &h.sink.on(OVERLAY)[1];
+    assert_eq!(&f[0..6], &mac("02:00:00:00:00:01").0);
+    assert_eq!(&f[30..34], &[10, 9, 0, 13]);
+    let (ip, _) = etherparse::Ipv4Header::from_slice(&f[14..]).unwrap();
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+}
