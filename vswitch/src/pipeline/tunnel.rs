@@ -558,14 +558,23 @@ fn build_arp_request<B: PacketBuf>(p: &mut B, o: &OverlayEntry, ip: Ipv4Addr) ->
 /// A hash of the inner flow: MACs, and for IPv4 the addresses and (TCP/UDP) ports.
 #[inline(always)]
 fn flow_hash(f: &[u8]) -> u64 {
-    let mut h = mac48_at(f, 0) ^ mac48_at(f, 6).rotate_left(29);
-    if f.len() >= 38 && f[12..14] == [0x08, 0x00] {
-        let ips = u64::from_be_bytes([f[26], f[27], f[28], f[29], f[30], f[31], f[32], f[33]]);
-        h ^= ips.rotate_left(17);
-        if f[14] == 0x45 && (f[23] == 6 || f[23] == 17) {
-            h ^= u32::from_be_bytes([f[34], f[35], f[36], f[37]]) as u64;
+    // Native-order 8-byte loads and a xor-fold: only the low 14 bits are used, and they must
+    // stay the same for every packet of a flow, not be cryptographic.
+    let le64 = |b: &[u8]| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let mut h = if f.len() >= 38 {
+        // MACs, EtherType, IPv4 version/TOS, then (IPv4) both addresses.
+        let mut h = le64(&f[0..8]) ^ le64(&f[8..16]).rotate_left(13);
+        if f[12..14] == [0x08, 0x00] {
+            h ^= le64(&f[26..34]).rotate_left(29);
+            if f[14] == 0x45 && (f[23] == 6 || f[23] == 17) {
+                h ^= u32::from_le_bytes([f[34], f[35], f[36], f[37]]) as u64;
+            }
         }
-    }
-    h = (h ^ (h >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    h ^ (h >> 29)
+        h
+    } else {
+        mac48_at(f, 0) ^ mac48_at(f, 6).rotate_left(29)
+    };
+    h ^= h >> 32;
+    h ^= h >> 16;
+    h ^ (h >> 8)
 }
