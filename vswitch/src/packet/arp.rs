@@ -28,6 +28,7 @@ pub struct ArpPacket<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> ArpPacket<T> {
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < ARP_LEN {
@@ -42,23 +43,28 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
         }
         Ok(Self { buf })
     }
+    #[inline]
     pub fn operation(&self) -> u16 {
         be16(self.buf.as_ref(), field::OPER)
     }
+    #[inline]
     pub fn sender_mac(&self) -> MacAddr {
         let mut m = [0u8; 6];
         m.copy_from_slice(&self.buf.as_ref()[field::SHA]);
         MacAddr(m)
     }
+    #[inline]
     pub fn sender_ip(&self) -> Ipv4Addr {
         let b = &self.buf.as_ref()[field::SPA];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
     }
+    #[inline]
     pub fn target_mac(&self) -> MacAddr {
         let mut m = [0u8; 6];
         m.copy_from_slice(&self.buf.as_ref()[field::THA]);
         MacAddr(m)
     }
+    #[inline]
     pub fn target_ip(&self) -> Ipv4Addr {
         let b = &self.buf.as_ref()[field::TPA];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
@@ -76,6 +82,7 @@ pub struct ArpRepr {
 }
 
 impl ArpRepr {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &ArpPacket<T>) -> Self {
         Self {
             operation: p.operation(),
@@ -87,6 +94,7 @@ impl ArpRepr {
     }
 
     /// Writes the packet into `buf[..ARP_LEN]`.
+    #[inline]
     pub fn emit(&self, buf: &mut [u8]) {
         let b = &mut buf[..ARP_LEN];
         put_be16(b, field::HTYPE, 1);

@@ -16,15 +16,18 @@ pub struct Icmpv6Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         if buf.as_ref().len() < 4 {
             return Err(WireError::Truncated);
         }
         Ok(Self { buf })
     }
+    #[inline]
     pub fn msg_type(&self) -> u8 {
         self.buf.as_ref()[0]
     }
+    #[inline]
     pub fn code(&self) -> u8 {
         self.buf.as_ref()[1]
     }

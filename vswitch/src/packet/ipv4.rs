@@ -28,6 +28,7 @@ pub struct Ipv4Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < IPV4_MIN_LEN {
@@ -46,38 +47,48 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         }
         Ok(Self { buf })
     }
+    #[inline]
     pub fn header_len(&self) -> usize {
         ((self.buf.as_ref()[field::VER_IHL] & 0x0f) as usize) * 4
     }
+    #[inline]
     pub fn total_len(&self) -> usize {
         be16(self.buf.as_ref(), field::TOTAL_LEN) as usize
     }
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.buf.as_ref()[field::TTL]
     }
+    #[inline]
     pub fn protocol(&self) -> u8 {
         self.buf.as_ref()[field::PROTO]
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), field::CHECKSUM)
     }
     /// Fragment offset is non-zero: no L4 header follows.
+    #[inline]
     pub fn is_later_fragment(&self) -> bool {
         be16(self.buf.as_ref(), field::FLAGS_FRAG) & 0x1fff != 0
     }
+    #[inline]
     pub fn src(&self) -> Ipv4Addr {
         let b = &self.buf.as_ref()[field::SRC];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
     }
+    #[inline]
     pub fn dst(&self) -> Ipv4Addr {
         let b = &self.buf.as_ref()[field::DST];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
     }
     /// Whether the header checksum is right.
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         checksum::sum(&self.buf.as_ref()[..self.header_len()], 0) == 0xffff
     }
     /// The L4 bytes (after options, up to `total_len`).
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[self.header_len()..self.total_len()]
     }
@@ -85,6 +96,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Decrements TTL and patches the checksum incrementally (RFC 1624), as a router does.
+    #[inline]
     pub fn decrement_ttl(&mut self) {
         let b = self.buf.as_mut();
         let old = be16(b, field::TTL);
@@ -94,6 +106,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         put_be16(b, field::CHECKSUM, c);
     }
     /// Recomputes the header checksum from scratch.
+    #[inline]
     pub fn fill_checksum(&mut self) {
         let hl = self.header_len();
         let b = self.buf.as_mut();
@@ -117,6 +130,7 @@ pub struct Ipv4Repr {
 
 impl Ipv4Repr {
     /// Writes a 20-byte header with a correct checksum into `buf[..20]`.
+    #[inline]
     pub fn emit(&self, buf: &mut [u8]) {
         let b = &mut buf[..IPV4_MIN_LEN];
         b[0] = 0x45;

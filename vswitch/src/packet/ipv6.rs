@@ -16,6 +16,7 @@ pub struct Ipv6Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < IPV6_HDR_LEN {
@@ -29,25 +30,31 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         }
         Ok(Self { buf })
     }
+    #[inline]
     pub fn payload_len(&self) -> usize {
         be16(self.buf.as_ref(), 4) as usize
     }
+    #[inline]
     pub fn next_header(&self) -> u8 {
         self.buf.as_ref()[6]
     }
+    #[inline]
     pub fn hop_limit(&self) -> u8 {
         self.buf.as_ref()[7]
     }
+    #[inline]
     pub fn src(&self) -> Ipv6Addr {
         let mut a = [0u8; 16];
         a.copy_from_slice(&self.buf.as_ref()[8..24]);
         Ipv6Addr::from(a)
     }
+    #[inline]
     pub fn dst(&self) -> Ipv6Addr {
         let mut a = [0u8; 16];
         a.copy_from_slice(&self.buf.as_ref()[24..40]);
         Ipv6Addr::from(a)
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[IPV6_HDR_LEN..IPV6_HDR_LEN + self.payload_len()]
     }
@@ -55,6 +62,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// The upper-layer protocol and its bytes, after skipping Hop-by-Hop, Routing and
     /// Destination Options headers (RFC 8200 4.1; MLD reports carry a Hop-by-Hop Router Alert).
     /// `None` for a fragment, ESP/AH, or a chain cut short or longer than [`MAX_EXT_HEADERS`].
+    #[inline]
     pub fn upper_layer(&self) -> Option<(u8, &[u8])> {
         let mut next = self.next_header();
         let mut rest = self.payload();
@@ -98,6 +106,7 @@ pub struct Ipv6Repr {
 
 impl Ipv6Repr {
     /// Writes the 40-byte header into `buf[..40]`.
+    #[inline]
     pub fn emit(&self, buf: &mut [u8]) {
         let b = &mut buf[..IPV6_HDR_LEN];
         b[0] = 0x60;
