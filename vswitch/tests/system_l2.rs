@@ -15,7 +15,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::{host_toml, python, HostPort, Stats, Topology, Vswitchd, VLAN_HOST_PY};
+use support::{host_toml, python, tcp_transfer, HostPort, Stats, Topology, Vswitchd, VLAN_HOST_PY};
 
 const INST1_MAC: &str = "fa:16:3e:00:01:11";
 const INST2_MAC: &str = "fa:16:3e:00:01:12";
@@ -225,39 +225,6 @@ fn send_frames(lab: &Lab, ns: &str, src: (&str, &str), dst: (&str, &str), count:
     assert!(out.contains(&format!("sent {count}")), "sender said: {out}");
 }
 
-const TCP_SERVER_PY: &str = r#"
-import hashlib, socket, sys, time
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-s.settimeout(30)
-print("listening", flush=True)
-c, _ = s.accept()
-c.settimeout(30)
-h, n, t0 = hashlib.sha256(), 0, time.monotonic()
-while True:
-    b = c.recv(1 << 16)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-dt = time.monotonic() - t0
-print("received", n, h.hexdigest(), "%.3f" % dt, flush=True)
-"#;
-
-const TCP_CLIENT_PY: &str = r#"
-import hashlib, os, socket, sys
-n = int(sys.argv[3])
-data = os.urandom(n)
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-c.sendall(data)
-c.shutdown(socket.SHUT_WR)
-c.recv(1)  # the server closes once it has read everything
-c.close()
-print("sent", n, hashlib.sha256(data).hexdigest(), flush=True)
-"#;
-
 #[test]
 fn same_network_ping_and_tcp() {
     let Some(mut lab) = Lab::start("same") else {
@@ -271,49 +238,7 @@ fn same_network_ping_and_tcp() {
 
     // 8 MiB inst2 -> inst1 over TCP, checked end to end with a SHA-256.
     const BYTES: usize = 8 << 20;
-    let mut server = lab.topo.spawn(
-        &lab.inst1,
-        "tcp-server",
-        &[python(), "-c", TCP_SERVER_PY, INST1_IP, "5001"],
-    );
-    assert!(
-        server.wait_for("listening", Duration::from_secs(10)),
-        "server did not start"
-    );
-    let client = lab.py(
-        &lab.inst2,
-        TCP_CLIENT_PY,
-        &[INST1_IP, "5001", &BYTES.to_string()],
-    );
-    let server_out = {
-        let out_path = server.stdout.clone();
-        let st = server.wait(Duration::from_secs(30));
-        assert!(st.success(), "tcp server failed: {st}");
-        std::fs::read_to_string(out_path).unwrap()
-    };
-    let sent: Vec<&str> = client.split_whitespace().collect();
-    let recv: Vec<&str> = server_out
-        .lines()
-        .find(|l| l.starts_with("received"))
-        .unwrap_or_else(|| panic!("server output: {server_out}"))
-        .split_whitespace()
-        .collect();
-    assert_eq!(sent[1], BYTES.to_string(), "client: {client}");
-    assert_eq!(
-        recv[1],
-        BYTES.to_string(),
-        "server received {} of {BYTES} bytes",
-        recv[1]
-    );
-    assert_eq!(
-        recv[2], sent[2],
-        "SHA-256 differs between sender and receiver"
-    );
-    let secs: f64 = recv[3].parse().unwrap();
-    eprintln!(
-        "TCP {BYTES} bytes inst2 -> inst1 in {secs:.3} s ({:.0} Mbit/s)",
-        BYTES as f64 * 8.0 / secs.max(1e-6) / 1e6
-    );
+    tcp_transfer(&lab.topo, &lab.inst2, &lab.inst1, INST1_IP, 5001, BYTES);
 
     let after = lab.stats();
     let d = |p: &str| {
