@@ -67,24 +67,6 @@ pub fn lcore_id() -> u32 {
     unsafe { crate::sys::vs_lcore_id() }
 }
 
-/// Whether `lcore` is enabled in the EAL core list.
-pub fn lcore_enabled(lcore: u32) -> bool {
-    // SAFETY: pure lookup in the EAL configuration; any id is accepted.
-    unsafe { crate::sys::rte_lcore_is_enabled(lcore) != 0 }
-}
-
-/// The main lcore id.
-pub fn main_lcore() -> u32 {
-    // SAFETY: pure lookup in the EAL configuration.
-    unsafe { crate::sys::rte_get_main_lcore() }
-}
-
-/// The NUMA socket of `lcore`.
-pub fn lcore_socket(lcore: u32) -> u32 {
-    // SAFETY: pure lookup in the EAL configuration.
-    unsafe { crate::sys::rte_lcore_to_socket_id(lcore) }
-}
-
 type Job = Box<dyn FnOnce() -> i32 + Send + 'static>;
 
 extern "C" fn trampoline(arg: *mut c_void) -> c_int {

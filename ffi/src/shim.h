@@ -13,8 +13,6 @@ uint16_t vs_eth_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, 
 struct rte_mbuf *vs_pktmbuf_alloc(struct rte_mempool *mp);
 int vs_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **pkts, unsigned n);
 void vs_pktmbuf_free(struct rte_mbuf *m);
-char *vs_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len);
-char *vs_pktmbuf_adj(struct rte_mbuf *m, uint16_t len);
 char *vs_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 int vs_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
 uint16_t vs_pktmbuf_headroom(const struct rte_mbuf *m);

@@ -77,8 +77,6 @@ named_enum! {
         NoMbuf => "output.no_mbuf",
         /// No headroom to push a VLAN tag.
         NoHeadroom => "output.no_headroom",
-        /// The frame is too big for the egress network's MTU.
-        EgressMtu => "output.egress_mtu",
         /// The egress port is down.
         EgressDown => "output.egress_port_down",
         /// The transmit queue was full.
