@@ -66,7 +66,12 @@ fn tables() -> Tables {
 
 /// A harness whose underlay already knows compute2's MAC.
 fn resolved() -> Harness {
-    let h = Harness::with(tables());
+    resolved_with(tables())
+}
+
+/// The same over tables a test has adjusted.
+fn resolved_with(t: Tables) -> Harness {
+    let h = Harness::with(t);
     h.s.neigh
         .set_static("10.0.0.12".parse().unwrap(), mac_u64(&mac(C2_MAC).0));
     h
@@ -143,9 +148,7 @@ fn encap_to_remote_vtep_is_valid_vxlan() {
 fn computed_udp_checksum_is_valid() {
     let mut t = tables();
     t.overlay.as_mut().unwrap().udp_checksum = true;
-    let mut h = Harness::with(t);
-    h.s.neigh
-        .set_static("10.0.0.12".parse().unwrap(), mac_u64(&mac(C2_MAC).0));
+    let mut h = resolved_with(t);
     h.rx(VM1, &[udp4(M1, R1, IP1, IPR1, 1, 2)]);
     let f = &h.sink.on(OVERLAY)[0];
     let s = etherparse::SlicedPacket::from_ethernet(f).unwrap();
@@ -442,9 +445,7 @@ fn overlay_frames_never_go_back_into_the_overlay() {
 fn frames_too_big_for_the_underlay_are_dropped() {
     let mut t = tables();
     t.overlay.as_mut().unwrap().mtu = 600;
-    let mut h = Harness::with(t);
-    h.s.neigh
-        .set_static("10.0.0.12".parse().unwrap(), mac_u64(&mac(C2_MAC).0));
+    let mut h = resolved_with(t);
     let mut big = udp4(M1, R1, IP1, IPR1, 1, 2);
     big.resize(14 + 600 - 36 + 1, 0);
     h.rx(VM1, &[big]);
@@ -468,9 +469,7 @@ fn inner_learning_is_off_by_default_and_can_be_switched_on() {
     assert_eq!(h.c.count(E::Learned), 0);
     let mut t = tables();
     t.overlay.as_mut().unwrap().learn = true;
-    let mut h = Harness::with(t);
-    h.s.neigh
-        .set_static("10.0.0.12".parse().unwrap(), mac_u64(&mac(C2_MAC).0));
+    let mut h = resolved_with(t);
     h.rx(OVERLAY, &[frame]);
     assert_eq!(h.c.count(E::Learned), 1);
     h.rx(VM1, &[udp4(M1, unknown, IP1, [198, 51, 100, 99], 1, 2)]);
