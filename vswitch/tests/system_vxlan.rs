@@ -773,33 +773,21 @@ fn east_west_same_network_across_two_vswitchd_hosts() {
     let seen_b2 = cap_b2.stop();
     let seen_a2 = cap_a2.stop();
     let ul2 = cap_ul2.stop_file();
-    let leaked: Vec<_> = seen_b2
-        .iter()
-        .filter(|l| l.contains(I1_MAC) || l.contains(I1_IP))
-        .collect();
-    assert!(
-        leaked.is_empty(),
-        "b2 (VNI 102) received frames of a1 (VNI 101): {leaked:#?}"
+    assert_isolated(
+        &seen_b2,
+        "b2 (VNI 102)",
+        (I1_MAC, I1_IP),
+        "a1 (VNI 101)",
+        B1_MAC,
+        "b1",
     );
-    assert!(
-        seen_b2
-            .iter()
-            .any(|l| l.starts_with(&format!("{B1_MAC} >"))),
-        "b2 saw nothing from b1: {seen_b2:#?}"
-    );
-    let leaked: Vec<_> = seen_a2
-        .iter()
-        .filter(|l| l.contains(B1_MAC) || l.contains(B1_IP))
-        .collect();
-    assert!(
-        leaked.is_empty(),
-        "a2 (VNI 101) received frames of b1 (VNI 102): {leaked:#?}"
-    );
-    assert!(
-        seen_a2
-            .iter()
-            .any(|l| l.starts_with(&format!("{I1_MAC} >"))),
-        "a2 saw nothing from a1: {seen_a2:#?}"
+    assert_isolated(
+        &seen_a2,
+        "a2 (VNI 101)",
+        (B1_MAC, B1_IP),
+        "b1 (VNI 102)",
+        I1_MAC,
+        "a1",
     );
     // On the underlay, every frame of a1 is on VNI 101 and every frame of b1 on VNI 102.
     let vx = tshark_fields(&ul2, "vxlan", &["vxlan.vni", "eth.src"], false);
@@ -1310,4 +1298,28 @@ fn outer_ttl_df_and_udp_checksum_follow_overlay_settings() {
         "tunnel.encap vs VXLAN frames on the underlay"
     );
     lab.finish();
+}
+
+/// A capture on `who` holds no frame of `foreign` (its MAC or IP), and at least one frame from
+/// `own_mac` (`own`, on the same network): the positive control that the capture worked.
+fn assert_isolated(
+    seen: &[String],
+    who: &str,
+    foreign: (&str, &str),
+    foreign_name: &str,
+    own_mac: &str,
+    own: &str,
+) {
+    let leaked: Vec<_> = seen
+        .iter()
+        .filter(|l| l.contains(foreign.0) || l.contains(foreign.1))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "{who} received frames of {foreign_name}: {leaked:#?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.starts_with(&format!("{own_mac} >"))),
+        "{who} saw nothing from {own}: {seen:#?}"
+    );
 }
