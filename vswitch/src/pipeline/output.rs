@@ -33,6 +33,8 @@ struct TxBuf<B> {
     n: usize,
     /// Bytes queued, for the port's tx byte counter.
     bytes: u64,
+    /// What flushes have sent since the counters were last taken.
+    sent: TxStats,
 }
 
 /// Per-port results of a flush, for the core's counters.
@@ -50,6 +52,7 @@ impl<B: PacketBuf> TxBuffers<B> {
                     pkts: std::array::from_fn(|_| None),
                     n: 0,
                     bytes: 0,
+                    sent: TxStats::default(),
                 })
                 .collect(),
         }
@@ -57,33 +60,20 @@ impl<B: PacketBuf> TxBuffers<B> {
 
     /// Queues one packet for `port`, flushing first if the buffer is full.
     #[inline]
-    pub fn push(
-        &mut self,
-        port: u16,
-        p: B,
-        tx: &mut impl Tx<B>,
-        c: &mut BatchCounters,
-        stats: &mut [TxStats],
-    ) {
+    pub fn push(&mut self, port: u16, p: B, tx: &mut impl Tx<B>, c: &mut BatchCounters) {
         let Some(tb) = self.bufs.get_mut(port as usize) else {
             c.drop(DropReason::EgressDown);
             return;
         };
         if tb.n == BURST {
-            Self::flush_one(tb, port, tx, c, stats);
+            Self::flush_one(tb, port, tx, c);
         }
         tb.bytes += p.pkt_len() as u64;
         tb.pkts[tb.n] = Some(p);
         tb.n += 1;
     }
 
-    fn flush_one(
-        tb: &mut TxBuf<B>,
-        port: u16,
-        tx: &mut impl Tx<B>,
-        c: &mut BatchCounters,
-        stats: &mut [TxStats],
-    ) {
+    fn flush_one(tb: &mut TxBuf<B>, port: u16, tx: &mut impl Tx<B>, c: &mut BatchCounters) {
         if tb.n == 0 {
             return;
         }
@@ -98,24 +88,33 @@ impl<B: PacketBuf> TxBuffers<B> {
                 }
             }
         }
-        if let Some(s) = stats.get_mut(port as usize) {
-            s.packets += sent as u64;
-            s.bytes += tb.bytes;
-        }
+        tb.sent.packets += sent as u64;
+        tb.sent.bytes += tb.bytes;
         tb.n = 0;
         tb.bytes = 0;
     }
 
+    /// What was sent on each port since the last call, resetting it (for the core's counters).
+    pub fn take_sent(&mut self) -> impl Iterator<Item = TxStats> + '_ {
+        self.bufs.iter_mut().map(|tb| std::mem::take(&mut tb.sent))
+    }
+
+    /// Sent so far on `port`, without resetting (tests).
+    pub fn sent(&self, port: u16) -> TxStats {
+        self.bufs
+            .get(port as usize)
+            .map_or_else(TxStats::default, |tb| tb.sent)
+    }
+
     /// Sends everything buffered (end of a poll round).
-    pub fn flush(&mut self, tx: &mut impl Tx<B>, c: &mut BatchCounters, stats: &mut [TxStats]) {
+    pub fn flush(&mut self, tx: &mut impl Tx<B>, c: &mut BatchCounters) {
         for (port, tb) in self.bufs.iter_mut().enumerate() {
-            Self::flush_one(tb, port as u16, tx, c, stats);
+            Self::flush_one(tb, port as u16, tx, c);
         }
     }
 }
 
 /// Moves every packet of the batch to its destination(s) and frees the dropped ones.
-#[allow(clippy::too_many_arguments)]
 pub fn run<B: PacketBuf, T: Tracer>(
     b: &mut Batch<B>,
     t: &Tables,
@@ -123,7 +122,6 @@ pub fn run<B: PacketBuf, T: Tracer>(
     txb: &mut TxBuffers<B>,
     tx: &mut impl Tx<B>,
     c: &mut BatchCounters,
-    stats: &mut [TxStats],
     tr: &mut T,
 ) {
     let in_port = b.in_port;
@@ -140,9 +138,9 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 if key != cached.0 {
                     cached = (key, plan(t, o, net));
                 }
-                send(p, o, cached.1, i, t, txb, tx, c, stats, tr)
+                send(p, o, cached.1, i, t, txb, tx, c, tr)
             }
-            Next::Tunnel(v) => tunnel_send(p, v, net, i, t, s, txb, tx, c, stats, tr),
+            Next::Tunnel(v) => tunnel_send(p, v, net, i, t, s, txb, tx, c, tr),
             Next::Reply => {
                 trace!(
                     tr,
@@ -151,7 +149,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
                     "reply out of port {}",
                     t.ports[in_port as usize].name
                 );
-                txb.push(in_port, p, tx, c, stats);
+                txb.push(in_port, p, tx, c);
             }
             Next::Consumed => b.pkts[i] = Some(p),
             Next::Flood => {
@@ -187,13 +185,13 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 for &q in n.flood.iter().filter(|&&q| q != in_port) {
                     k += 1;
                     if let Some(x) = next_copy(k, &mut orig, c) {
-                        send(x, q, plan(t, q, net), i, t, txb, tx, c, stats, tr);
+                        send(x, q, plan(t, q, net), i, t, txb, tx, c, tr);
                     }
                 }
                 for &v in vteps {
                     k += 1;
                     if let Some(x) = next_copy(k, &mut orig, c) {
-                        tunnel_send(x, v, net, i, t, s, txb, tx, c, stats, tr);
+                        tunnel_send(x, v, net, i, t, s, txb, tx, c, tr);
                     }
                 }
             }
@@ -223,7 +221,6 @@ fn tunnel_send<B: PacketBuf, T: Tracer>(
     txb: &mut TxBuffers<B>,
     tx: &mut impl Tx<B>,
     c: &mut BatchCounters,
-    stats: &mut [TxStats],
     tr: &mut T,
 ) {
     let Some(oport) = t.overlay.as_ref().map(|o| o.port) else {
@@ -240,7 +237,7 @@ fn tunnel_send<B: PacketBuf, T: Tracer>(
                 t.vteps[vtep as usize].ip,
                 t.ports[oport as usize].name
             );
-            txb.push(oport, p, tx, c, stats);
+            txb.push(oport, p, tx, c);
         }
         Encap::ArpRequest => {
             trace!(
@@ -251,7 +248,7 @@ fn tunnel_send<B: PacketBuf, T: Tracer>(
                 t.vteps[vtep as usize].ip
             );
             c.drop(DropReason::TunnelUnresolved);
-            txb.push(oport, p, tx, c, stats);
+            txb.push(oport, p, tx, c);
         }
         Encap::Drop(r) => {
             trace!(tr, i, "output", "drop {}", r.name());
@@ -284,7 +281,6 @@ fn send<B: PacketBuf, T: Tracer>(
     txb: &mut TxBuffers<B>,
     tx: &mut impl Tx<B>,
     c: &mut BatchCounters,
-    stats: &mut [TxStats],
     tr: &mut T,
 ) {
     let r = match plan {
@@ -295,7 +291,7 @@ fn send<B: PacketBuf, T: Tracer>(
     match r {
         Ok(()) => {
             trace!(tr, i, "output", "tx port {}", t.ports[port as usize].name);
-            txb.push(port, p, tx, c, stats);
+            txb.push(port, p, tx, c);
         }
         Err(r) => {
             trace!(

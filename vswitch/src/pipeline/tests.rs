@@ -30,14 +30,14 @@ fn unicast_between_instances_on_one_network_is_unchanged() {
         assert_eq!(h.sink.total(), n);
         assert_eq!(h.c.count(E::Unicast), n as u64);
         assert_eq!(h.c.drops.iter().sum::<u64>(), 0);
-        assert_eq!(h.stats[VM2 as usize].packets, n as u64);
+        assert_eq!(h.txb.sent(VM2).packets, n as u64);
         assert_eq!(
             h.rx_bytes,
             frames.iter().map(|f| f.len() as u64).sum::<u64>(),
             "rx bytes"
         );
         assert_eq!(
-            h.stats[VM2 as usize].bytes,
+            h.txb.sent(VM2).bytes,
             frames.iter().map(|f| f.len() as u64).sum::<u64>()
         );
     }
@@ -323,7 +323,7 @@ fn full_tx_ring_drops_and_counts_the_rest() {
     h.rx(VM1, &frames);
     assert_eq!(h.sink.on(VM2).len(), 10);
     assert_eq!(h.c.dropped(D::TxFull), 22);
-    assert_eq!(h.stats[VM2 as usize].packets, 10);
+    assert_eq!(h.txb.sent(VM2).packets, 10);
 }
 
 #[test]

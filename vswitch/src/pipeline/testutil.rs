@@ -1,6 +1,6 @@
 //! Test fixtures: a small host with instance and provider ports, frames built with etherparse
 //! (an independent builder), and a transmit sink that records what each port would send.
-use super::output::{self, Tx, TxBuffers, TxStats};
+use super::output::{self, Tx, TxBuffers};
 use super::{process, Batch, CoreState, Tracer, BURST};
 use crate::counters::BatchCounters;
 use crate::packet::{MacAddr, PacketBuf, TestBuf};
@@ -148,7 +148,6 @@ pub struct Harness {
     pub c: BatchCounters,
     pub sink: Sink,
     pub txb: TxBuffers<TestBuf>,
-    pub stats: Vec<TxStats>,
     /// Bytes `classify` counted as received, over all batches.
     pub rx_bytes: u64,
 }
@@ -171,7 +170,6 @@ impl Harness {
             c: BatchCounters::default(),
             sink: Sink::default(),
             txb: TxBuffers::new(n),
-            stats: vec![TxStats::default(); n],
             rx_bytes: 0,
         }
     }
@@ -192,7 +190,6 @@ impl Harness {
                 &mut self.txb,
                 &mut self.sink,
                 &mut self.c,
-                &mut self.stats,
                 tr,
             );
             assert!(
@@ -200,7 +197,7 @@ impl Harness {
                 "every packet left the batch"
             );
         }
-        self.txb.flush(&mut self.sink, &mut self.c, &mut self.stats);
+        self.txb.flush(&mut self.sink, &mut self.c);
     }
 
     pub fn rx(&mut self, in_port: u16, frames: &[Vec<u8>]) {

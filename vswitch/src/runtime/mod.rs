@@ -88,7 +88,6 @@ impl Worker {
             port_ids: self.port_ids.clone(),
             queue: self.index,
         };
-        let mut stats = vec![TxStats::default(); n_ports];
         let mut rx_stats = vec![TxStats::default(); n_ports];
         let mut bc = BatchCounters::default();
         let hz_per_ms = (eal::tsc_hz() / 1000).max(1);
@@ -127,23 +126,22 @@ impl Worker {
                     &mut txb,
                     &mut tx,
                     &mut bc,
-                    &mut stats,
                     &mut NoTrace,
                 );
             }
-            txb.flush(&mut tx, &mut bc, &mut stats);
+            txb.flush(&mut tx, &mut bc);
 
             if got > 0 {
                 // Counters reach the shared copy every 16 busy rounds (and on every idle one),
                 // so a reader is at most a few microseconds behind.
                 if round & (FOLD_EVERY - 1) == 0 {
-                    self.fold(&mut bc, &mut stats, &mut rx_stats);
+                    self.fold(&mut bc, &mut txb, &mut rx_stats);
                 }
                 bump(&self.counters.busy_polls, 1);
                 idle_rounds = 0;
                 sleep_us = 1;
             } else {
-                self.fold(&mut bc, &mut stats, &mut rx_stats);
+                self.fold(&mut bc, &mut txb, &mut rx_stats);
                 bump(&self.counters.idle_polls, 1);
                 idle_rounds = idle_rounds.saturating_add(1);
                 if self.idle.mode == IdleMode::Backoff && idle_rounds > self.idle.spin_polls {
@@ -153,8 +151,8 @@ impl Worker {
             }
             self.quiesce();
         }
-        txb.flush(&mut tx, &mut bc, &mut stats);
-        self.fold(&mut bc, &mut stats, &mut rx_stats);
+        txb.flush(&mut tx, &mut bc);
+        self.fold(&mut bc, &mut txb, &mut rx_stats);
         self.quiesce();
         0
     }
@@ -167,10 +165,10 @@ impl Worker {
         e.store(e.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
     }
 
-    fn fold(&self, bc: &mut BatchCounters, stats: &mut [TxStats], rx: &mut [TxStats]) {
+    fn fold(&self, bc: &mut BatchCounters, txb: &mut TxBuffers<Mbuf>, rx: &mut [TxStats]) {
         self.counters.add_batch(bc);
         *bc = BatchCounters::default();
-        for (i, (t, r)) in stats.iter_mut().zip(rx.iter_mut()).enumerate() {
+        for (i, (t, r)) in txb.take_sent().zip(rx.iter_mut()).enumerate() {
             let pc = &self.counters.ports[i];
             if t.packets != 0 {
                 bump(&pc.tx_packets, t.packets);
@@ -180,7 +178,6 @@ impl Worker {
                 bump(&pc.rx_packets, r.packets);
                 bump(&pc.rx_bytes, r.bytes);
             }
-            *t = TxStats::default();
             *r = TxStats::default();
         }
     }
