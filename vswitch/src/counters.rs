@@ -105,6 +105,29 @@ named_enum! {
         TunnelArpNotForUs => "tunnel.arp_not_for_us",
         /// A decapsulated frame whose destination is behind another VTEP (never re-tunnelled).
         TunnelSplitHorizon => "tunnel.split_horizon",
+        /// A frame to a gateway MAC from the overlay or a provider port: DVR routes on the
+        /// sending host, so such a frame is never routed a second time.
+        RouterFromFabric => "router.gateway_from_fabric",
+        /// Neither IPv4 nor IPv6 to a gateway MAC.
+        RouterNotIp => "router.not_ip",
+        /// An IP header that does not parse, or an IPv4 header checksum that is wrong.
+        RouterMalformed => "router.malformed",
+        /// The router is administratively down.
+        RouterDown => "router.down",
+        /// Multicast, broadcast, link-local or unspecified addresses are never routed.
+        RouterNotRoutable => "router.not_routable",
+        /// TTL / hop limit would reach zero (the ICMP error was sent unless rate-limited).
+        RouterTtlExceeded => "router.ttl_exceeded",
+        /// No route to the destination (ICMP unreachable sent unless rate-limited).
+        RouterNoRoute => "router.no_route",
+        /// Larger than the egress MTU with DF set, or IPv6 (ICMP sent unless rate-limited).
+        RouterTooBig => "router.too_big",
+        /// Larger than the egress MTU without DF: this router does not fragment.
+        RouterNeedsFragmentation => "router.needs_fragmentation",
+        /// The next hop's MAC is not known yet (an ARP request / NS went out instead).
+        RouterUnresolved => "router.unresolved",
+        /// To a router address, but not something the router answers (echo, ND).
+        RouterToRouter => "router.to_router",
     }
 }
 
@@ -140,6 +163,28 @@ named_enum! {
         NeighborLearned => "tunnel.neighbor_learned",
         /// ARP requests from instances answered locally (l2population's ARP responder).
         ArpResponder => "tunnel.arp_responder",
+        /// Packets routed (forwarded to another subnet or next hop).
+        Routed => "router.routed",
+        /// Routed frames that left the host with its DVR MAC as source.
+        DvrMacOut => "router.dvr_mac_out",
+        /// Frames from the fabric with another host's DVR MAC, source rewritten to the gateway.
+        DvrMacIn => "router.dvr_mac_in",
+        /// Routed to the centralized SNAT port (no route but the router's gateway).
+        ToSnat => "router.to_snat",
+        /// ARP requests for a gateway address answered.
+        GatewayArpReply => "router.arp_reply",
+        /// Neighbor Solicitations for a gateway address answered.
+        GatewayNaSent => "router.nd_advert",
+        /// Echo requests to a router address answered.
+        EchoReply => "router.echo_reply",
+        /// ICMP / ICMPv6 errors sent (time exceeded, unreachable, too big).
+        IcmpErrorSent => "router.icmp_error_sent",
+        /// ICMP errors not sent because of the per-core rate limit.
+        IcmpRateLimited => "router.icmp_rate_limited",
+        /// ARP requests / Neighbor Solicitations sent to resolve a next hop.
+        ResolveSent => "router.resolve_sent",
+        /// Next hops learned from ARP replies / Neighbor Advertisements.
+        RouterNeighborLearned => "router.neighbor_learned",
     }
 }
 
@@ -191,6 +236,50 @@ impl TunnelCounters {
         ) {
             bump(a, n);
             bump(b, n);
+        }
+    }
+}
+
+/// Most routers that get their own counters.
+pub const MAX_ROUTERS: usize = 1024;
+
+/// Per-router counters of one core (single writer), indexed by router index, added once per
+/// batch from the router stage's local tallies.
+#[derive(Debug)]
+pub struct RouterCounters {
+    /// [routed, delivered to the router itself, ICMP errors sent, dropped]
+    pub c: Box<[[AtomicU64; 4]]>,
+}
+
+impl Default for RouterCounters {
+    fn default() -> Self {
+        Self {
+            c: (0..MAX_ROUTERS)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+}
+
+/// What [`RouterCounters`] counts per router.
+#[derive(Debug, Clone, Copy)]
+#[repr(usize)]
+pub enum RouterStat {
+    Routed = 0,
+    Local = 1,
+    IcmpSent = 2,
+    Dropped = 3,
+}
+
+impl RouterCounters {
+    #[inline(always)]
+    pub fn add(&self, router: u16, what: [u64; 4]) {
+        if let Some(c) = self.c.get(router as usize) {
+            for (a, v) in c.iter().zip(what) {
+                if v != 0 {
+                    bump(a, v);
+                }
+            }
         }
     }
 }
@@ -251,6 +340,8 @@ pub struct CoreCounters {
     pub epoch: AtomicU64,
     /// Per-VTEP and per-VNI counters (shared with the core's `CoreState`).
     pub tunnel: std::sync::Arc<TunnelCounters>,
+    /// Per-router counters (shared with the core's `CoreState`).
+    pub router: std::sync::Arc<RouterCounters>,
 }
 
 /// Adds `d` to a single-writer counter without a locked instruction.
@@ -270,6 +361,7 @@ impl CoreCounters {
             idle_polls: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             tunnel: std::sync::Arc::new(TunnelCounters::default()),
+            router: std::sync::Arc::new(RouterCounters::default()),
         }
     }
 
@@ -300,6 +392,8 @@ pub struct Totals {
     /// (rx, tx) per VTEP index and per network index, summed over cores.
     pub vteps: Vec<(u64, u64)>,
     pub nets: Vec<(u64, u64)>,
+    /// [routed, local, icmp errors, dropped] per router index, summed over cores.
+    pub routers: Vec<[u64; 4]>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -349,6 +443,12 @@ pub fn totals(cores: &[std::sync::Arc<CoreCounters>], n_ports: usize) -> Totals 
         for (i, v) in t.nets.iter_mut().enumerate() {
             v.0 += tc.net_rx[i].load(Relaxed);
             v.1 += tc.net_tx[i].load(Relaxed);
+        }
+        t.routers.resize(MAX_ROUTERS, [0; 4]);
+        for (v, rc) in t.routers.iter_mut().zip(c.router.c.iter()) {
+            for (a, b) in v.iter_mut().zip(rc) {
+                *a += b.load(Relaxed);
+            }
         }
     }
     t

@@ -4,6 +4,7 @@ use crate::counters::{totals, CoreCounters, Totals};
 use crate::io::Ports;
 use crate::runtime::{assign_queues, Worker};
 use crate::tables::compile::compile;
+use crate::tables::l3neigh::L3Neighbors;
 use crate::tables::neighbor::NeighborTable;
 use crate::tables::publish::Publisher;
 use std::path::Path;
@@ -14,6 +15,8 @@ use vswitch_ffi::{eal, Mempool};
 
 /// Per-core learning table size (entries) and aging.
 const LEARN_CAPACITY: usize = 16384;
+/// Next hops the routers may resolve themselves (beyond the desired state's ports).
+const L3_NEIGHBOR_CAPACITY: usize = 16384;
 /// Underlay neighbours (VTEPs and gateways) the shared ARP cache holds.
 const NEIGHBOR_CAPACITY: usize = 4096;
 
@@ -122,6 +125,7 @@ impl Daemon {
             .collect();
         let tables = compile(&host, &state, 1, &port_macs);
         let neigh = Arc::new(NeighborTable::new(NEIGHBOR_CAPACITY));
+        let l3neigh = Arc::new(L3Neighbors::new(L3_NEIGHBOR_CAPACITY));
         for (ip, mac) in &host.overlay.neighbors {
             neigh.set_static(*ip, crate::tables::mac_u64(&mac.0));
         }
@@ -153,7 +157,10 @@ impl Daemon {
                 idle: daemon.host.idle.clone(),
                 learn_capacity: LEARN_CAPACITY,
                 aging_ms: crate::tables::fdb::DEFAULT_AGING_MS,
-                neigh: neigh.clone(),
+                shared: crate::pipeline::SharedState {
+                    neigh: neigh.clone(),
+                    l3neigh: l3neigh.clone(),
+                },
             };
             tracing::info!(lcore, queues = ?worker.rx, "launching worker");
             if let Err(e) = eal::launch(lcore, move || worker.run()) {
@@ -313,6 +320,25 @@ pub fn report(
             out.push_str(&format!("{:<16} {:<16} {:>14} {:>14}\n", vni, name, rx, tx));
         }
     }
+    let routers: Vec<_> = tables
+        .l3
+        .routers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r, t.routers.get(i).copied().unwrap_or_default()))
+        .collect();
+    if !routers.is_empty() {
+        out.push_str(&format!(
+            "{:<16} {:>14} {:>14} {:>14} {:>14}\n",
+            "router", "routed", "local", "icmp_errors", "dropped"
+        ));
+        for (r, c) in &routers {
+            out.push_str(&format!(
+                "{:<16} {:>14} {:>14} {:>14} {:>14}\n",
+                r.name, c[0], c[1], c[2], c[3]
+            ));
+        }
+    }
     out.push_str("drops:\n");
     for (k, v) in t.drops.iter().filter(|(_, v)| *v > 0) {
         out.push_str(&format!("  {k:<36} {v:>14}\n"));
@@ -337,6 +363,10 @@ pub fn report(
         })).collect::<Vec<_>>(),
         "vnis": vnis.iter().map(|(vni, name, (rx, tx))| serde_json::json!({
             "vni": vni, "network": name, "rx_packets": rx, "tx_packets": tx,
+        })).collect::<Vec<_>>(),
+        "routers": routers.iter().map(|(r, c)| serde_json::json!({
+            "id": r.id, "name": r.name, "routed": c[0], "local": c[1],
+            "icmp_errors": c[2], "dropped": c[3],
         })).collect::<Vec<_>>(),
         "busy_polls": t.busy_polls,
         "idle_polls": t.idle_polls,

@@ -18,6 +18,7 @@ use crate::counters::{BatchCounters, DropReason, Event};
 use crate::packet::eth::mac48_is_multicast;
 use crate::packet::{EthernetFrame, PacketBuf};
 use crate::tables::fdb::Learned;
+use crate::tables::router::ROUTER_BIT;
 use crate::tables::{fdb_key48, Dest, Tables, VTEP_BIT};
 use crate::trace;
 
@@ -79,6 +80,9 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 in_port
             };
             match t.fdb_lookup(net_idx, src) {
+                // A gateway MAC as source: a frame the router itself sent (or another host's
+                // routed frame after `dvr_ingress`), never learned.
+                Some(owner) if owner & VTEP_BIT == 0 && owner & ROUTER_BIT != 0 => {}
                 Some(owner) if owner != here => c.event(Event::StaticMacConflict),
                 Some(_) => {}
                 None => match s.learn.learn(net_idx, src, here, s.now_ms) {
@@ -171,10 +175,11 @@ pub fn run<B: PacketBuf, T: Tracer>(
 
 /// The verdict for an FDB destination that still exists in these tables.
 #[inline(always)]
-fn dest_next(t: &Tables, raw: u16) -> Option<Next> {
+pub(crate) fn dest_next(t: &Tables, raw: u16) -> Option<Next> {
     match Dest::from_raw(raw) {
         Dest::Port(p) if (p as usize) < t.ports.len() => Some(Next::Output(p)),
         Dest::Vtep(v) if (v as usize) < t.vteps.len() => Some(Next::Tunnel(v)),
+        Dest::Router(r) if (r as usize) < t.l3.rifs.len() => Some(Next::Route(r)),
         _ => None,
     }
 }
@@ -187,6 +192,13 @@ fn describe(t: &Tables, n: Next) -> String {
             "VTEP {} ({})",
             t.vteps[v as usize].ip, t.vteps[v as usize].host
         ),
+        Next::Route(r) => {
+            let rif = &t.l3.rifs[r as usize];
+            format!(
+                "router {} (interface {})",
+                t.l3.routers[rif.router as usize].name, rif.port_id
+            )
+        }
         other => format!("{other:?}"),
     }
 }

@@ -2,9 +2,13 @@
 //!
 //! Order for a batch received on one port: [`classify`] (length, port state, source MAC) ->
 //! [`provider`] (physnet VLAN -> network on provider ports; an instance port's network) ->
-//! [`port_security`] (Neutron anti-spoofing on instance ports) -> [`integration`] (per-network
-//! FDB, learning, flood decision) -> [`output`] (VLAN push on provider egress, flood copies,
-//! per-port tx buffers). A stage only touches packets whose verdict is still
+//! [`tunnel::decap`] (VXLAN -> network on the overlay port) -> [`router::dvr_ingress`]
+//! (another host's DVR MAC -> gateway MAC) -> [`port_security`] (Neutron anti-spoofing on
+//! instance ports) -> [`router::gateway_responder`] (ARP/ND for gateway addresses) ->
+//! [`tunnel::arp_responder`] -> [`integration`] (per-network FDB, learning, flood decision; a
+//! gateway MAC hands the frame to the router) -> [`router::route`] (FIB, TTL, MAC rewrite, L2
+//! lookup in the egress network, ICMP) -> [`output`] (VLAN push on provider egress, VXLAN
+//! encap, flood copies, per-port tx buffers). A stage only touches packets whose verdict is still
 //! [`Next::Continue`]; a drop records its [`DropReason`] and the packet is freed in bulk at the
 //! end. Stages never allocate, lock, log or panic.
 //!
@@ -16,12 +20,14 @@ pub mod integration;
 pub mod output;
 pub mod port_security;
 pub mod provider;
+pub mod router;
 pub mod trace;
 pub mod tunnel;
 
-use crate::counters::{BatchCounters, DropReason, TunnelCounters};
+use crate::counters::{BatchCounters, DropReason, RouterCounters, TunnelCounters};
 use crate::packet::PacketBuf;
 use crate::tables::fdb::LearnTable;
+use crate::tables::l3neigh::L3Neighbors;
 use crate::tables::neighbor::NeighborTable;
 use crate::tables::{NetIdx, Tables, NO_NET};
 pub use trace::{NoTrace, TraceLog, Tracer};
@@ -43,6 +49,12 @@ pub enum Next {
     Flood,
     /// Encapsulated to a remote VTEP (index into `Tables::vteps`).
     Tunnel(u16),
+    /// To a router interface on this host (index into `Tables::l3.rifs`): the router stage
+    /// decides what follows.
+    Route(u16),
+    /// To every local port of its network except the ingress one, never to remote VTEPs (the
+    /// router's own ARP requests and Neighbor Solicitations).
+    FloodLocal,
     /// Back out of the ingress port (ARP replies built in place).
     Reply,
     /// Used up by the switch itself (an underlay ARP reply that taught us a neighbour).
@@ -128,22 +140,44 @@ pub struct CoreState {
     pub tunnel: std::sync::Arc<TunnelCounters>,
     /// The encapsulation plan of the last (VTEP, network) of this batch.
     pub encap: tunnel::EncapCache,
+    /// Next hops the routers resolved (shared by every core, lock-free).
+    pub l3neigh: std::sync::Arc<L3Neighbors>,
+    /// This core's per-router counters.
+    pub router: std::sync::Arc<RouterCounters>,
+    /// ICMP error rate limit: a token bucket (tokens, last refill in ms).
+    pub icmp_tokens: u32,
+    pub icmp_refill_ms: u64,
+    /// When this core last asked for a router next hop: (key, ms), as `arp_sent`.
+    pub resolve_sent: [(u64, u64); 8],
+}
+
+/// Shared state every core's [`CoreState`] points at.
+#[derive(Debug, Clone)]
+pub struct SharedState {
+    pub neigh: std::sync::Arc<NeighborTable>,
+    pub l3neigh: std::sync::Arc<L3Neighbors>,
 }
 
 impl CoreState {
     pub fn new(
         learn_capacity: usize,
         aging_ms: u64,
-        neigh: std::sync::Arc<NeighborTable>,
+        shared: &SharedState,
         tunnel: std::sync::Arc<TunnelCounters>,
+        router: std::sync::Arc<RouterCounters>,
     ) -> Self {
         Self {
             learn: LearnTable::new(learn_capacity, aging_ms),
             now_ms: 0,
-            neigh,
+            neigh: shared.neigh.clone(),
             arp_sent: [(0, 0); 8],
             tunnel,
             encap: Default::default(),
+            l3neigh: shared.l3neigh.clone(),
+            router,
+            icmp_tokens: router::ICMP_BURST,
+            icmp_refill_ms: 0,
+            resolve_sent: [(0, 0); 8],
         }
     }
 }
@@ -161,11 +195,16 @@ pub fn process<B: PacketBuf, T: Tracer>(
     classify::run(b, t, c, tr);
     provider::ingress(b, t, c, tr);
     tunnel::decap(b, t, s, c, tr);
+    router::dvr_ingress(b, t, c, tr);
     port_security::run(b, t, c, tr);
+    router::gateway_responder(b, t, s, c, tr);
     tunnel::arp_responder(b, t, c, tr);
     integration::run(b, t, s, c, tr);
+    router::route(b, t, s, c, tr);
 }
 
+#[cfg(test)]
+mod router_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -152,7 +152,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 txb.push(in_port, p, tx, c);
             }
             Next::Consumed => b.pkts[i] = Some(p),
-            Next::Flood => {
+            Next::Flood | Next::FloodLocal => {
                 let Some(n) = t.networks.get(net as usize) else {
                     c.drop(DropReason::FloodEmpty);
                     b.pkts[i] = Some(p);
@@ -160,8 +160,15 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 };
                 // Head-end replication to the network's remote VTEPs, unless the frame came
                 // from the overlay (every host floods to the others itself: split horizon).
-                let vteps: &[u16] = if from_overlay { &[] } else { &n.flood_vteps };
-                let total = n.flood.iter().filter(|&&q| q != in_port).count() + vteps.len();
+                let local_only = from_overlay || b.meta[i].next == Next::FloodLocal;
+                let vteps: &[u16] = if local_only { &[] } else { &n.flood_vteps };
+                // The router's own requests may need the ingress port too.
+                let skip = if b.meta[i].next == Next::FloodLocal {
+                    u16::MAX
+                } else {
+                    in_port
+                };
+                let total = n.flood.iter().filter(|&&q| q != skip).count() + vteps.len();
                 if total == 0 {
                     c.drop(DropReason::FloodEmpty);
                     b.pkts[i] = Some(p);
@@ -182,7 +189,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
                     }
                     x
                 };
-                for &q in n.flood.iter().filter(|&&q| q != in_port) {
+                for &q in n.flood.iter().filter(|&&q| q != skip) {
                     k += 1;
                     if let Some(x) = next_copy(k, &mut orig, c) {
                         send(x, q, plan(t, q, net), i, t, txb, tx, c, tr);
@@ -195,10 +202,10 @@ pub fn run<B: PacketBuf, T: Tracer>(
                     }
                 }
             }
-            Next::Drop(_) | Next::Continue => {
+            Next::Drop(_) | Next::Continue | Next::Route(_) => {
                 // Drops were counted by the stage that decided them; a packet still at Continue
                 // means no stage claimed it, which is a bug, so it is dropped too.
-                debug_assert!(!matches!(b.meta[i].next, Next::Continue));
+                debug_assert!(!matches!(b.meta[i].next, Next::Continue | Next::Route(_)));
                 b.pkts[i] = Some(p);
             }
         }

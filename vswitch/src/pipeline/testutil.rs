@@ -164,7 +164,11 @@ impl Harness {
             s: CoreState::new(
                 1024,
                 300_000,
-                std::sync::Arc::new(crate::tables::neighbor::NeighborTable::new(64)),
+                &super::SharedState {
+                    neigh: std::sync::Arc::new(crate::tables::neighbor::NeighborTable::new(64)),
+                    l3neigh: std::sync::Arc::new(crate::tables::l3neigh::L3Neighbors::new(64)),
+                },
+                Default::default(),
                 Default::default(),
             ),
             c: BatchCounters::default(),

@@ -12,8 +12,7 @@
 use crate::counters::{bump, BatchCounters, CoreCounters};
 use crate::io::DpdkTx;
 use crate::pipeline::output::{self, TxBuffers, TxStats};
-use crate::pipeline::{self, Batch, CoreState, NoTrace};
-use crate::tables::neighbor::NeighborTable;
+use crate::pipeline::{self, Batch, CoreState, NoTrace, SharedState};
 use crate::tables::publish::SharedTables;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -68,8 +67,8 @@ pub struct Worker {
     pub idle: IdleConfig,
     pub learn_capacity: usize,
     pub aging_ms: u64,
-    /// The underlay ARP cache shared by every worker.
-    pub neigh: Arc<NeighborTable>,
+    /// The neighbour tables shared by every worker.
+    pub shared: SharedState,
 }
 
 impl Worker {
@@ -79,8 +78,9 @@ impl Worker {
         let mut state = CoreState::new(
             self.learn_capacity,
             self.aging_ms,
-            self.neigh.clone(),
+            &self.shared,
             self.counters.tunnel.clone(),
+            self.counters.router.clone(),
         );
         let mut batch: Batch<Mbuf> = Batch::default();
         let mut txb: TxBuffers<Mbuf> = TxBuffers::new(n_ports);

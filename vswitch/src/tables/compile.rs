@@ -168,8 +168,10 @@ pub fn compile(
         vni: FxHashMap::default(),
         arp: FxHashMap::default(),
         overlay: None,
+        l3: Default::default(),
     };
     compile_overlay(host, state, port_macs, &mut t);
+    super::router::compile_routers(host, state, &mut t);
     t
 }
 

@@ -10,8 +10,11 @@
 
 pub mod compile;
 pub mod fdb;
+pub mod l3neigh;
+pub mod lpm;
 pub mod neighbor;
 pub mod publish;
+pub mod router;
 
 use crate::packet::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -28,6 +31,8 @@ pub enum Dest {
     Port(u16),
     /// A remote host's VTEP (index into [`Tables::vteps`]).
     Vtep(u16),
+    /// A router interface on this host (index into `Tables::l3.rifs`).
+    Router(u16),
 }
 
 impl Dest {
@@ -36,6 +41,8 @@ impl Dest {
     pub fn from_raw(v: u16) -> Dest {
         if v & VTEP_BIT != 0 {
             Dest::Vtep(v & !VTEP_BIT)
+        } else if v & router::ROUTER_BIT != 0 {
+            Dest::Router(v & !router::ROUTER_BIT)
         } else {
             Dest::Port(v)
         }
@@ -263,6 +270,8 @@ pub struct Tables {
     pub arp: FxHashMap<u64, MacAddr>,
     /// The VXLAN underlay, when this host has an overlay port.
     pub overlay: Option<OverlayEntry>,
+    /// Distributed routers on this host.
+    pub l3: router::L3Tables,
 }
 
 impl Tables {

@@ -1,0 +1,1134 @@
+//! Stage `router`: the distributed virtual router (the seed's qrouter namespace on every host).
+//!
+//! Reads: `Tables::l3` (router interfaces, FIBs, pre-populated neighbours, DVR MACs),
+//! `Tables::fdb` and the core's learned MACs (the L2 destination in the egress network),
+//! `Tables::networks` (MTU, segment), the shared routed-neighbour table.
+//! Writes: frames in place (TTL / hop limit, MACs; ARP and NA replies, echo replies and ICMP
+//! errors built in the buffer of the packet that caused them), the shared neighbour table
+//! (answers to the router's ARP/NS), the core's ICMP token bucket and per-router counters.
+//! Next: [`gateway_responder`] answers ARP and Neighbor Solicitations for gateway addresses
+//! (`Reply`) and takes in answers to the router's own (`Consumed`); [`route`] turns a frame
+//! addressed to a gateway MAC (`Route`) into `Output`/`Tunnel`/`Flood` in the egress network,
+//! an ICMP error or echo reply back out of the ingress port, or an ARP request/NS
+//! (`FloodLocal`); [`dvr_ingress`] rewrites another host's DVR MAC to the gateway MAC.
+//! Drops: `router.gateway_from_fabric`, `.not_ip`, `.malformed`, `.down`, `.not_routable`,
+//! `.ttl_exceeded`, `.no_route`, `.too_big`, `.needs_fragmentation`, `.unresolved`,
+//! `.to_router`.
+//!
+//! DVR. Every host routes what its own instances send (the seed: "routing between
+//! self-service networks occurs on the compute node containing the instance sending the
+//! packet"). A routed frame that leaves the host (VXLAN, a provider port, or a flood that may)
+//! carries this host's DVR MAC as source, so one gateway MAC never appears from several hosts
+//! on the fabric; the receiving host sees a known DVR MAC and delivers the frame to its
+//! instance with the gateway MAC of the instance's subnet as source, as Neutron's br-tun/br-int
+//! DVR flows do. A frame from the fabric to a gateway MAC is never routed again.
+//!
+//! ICMP errors (RFC 1812 4.3.2, RFC 4443 2.4) come from the ingress interface's address, quote
+//! as much of the original as fits in 576 bytes (IPv4) or 1280 (IPv6), are never sent about an
+//! ICMP error, a non-first fragment or a multicast/unspecified source, and are rate-limited per
+//! core with a token bucket (1 per ms, bursts of [`ICMP_BURST`], Linux's defaults).
+use super::integration::dest_next;
+use super::{Batch, CoreState, Next, Tracer};
+use crate::counters::{BatchCounters, DropReason as D, Event as E, RouterStat};
+use crate::packet::arp::{ArpPacket, ArpRepr, ARP_LEN, OP_REPLY, OP_REQUEST};
+use crate::packet::eth::{mac48_at, EtherType, EthernetRepr};
+use crate::packet::icmpv6::{NEIGHBOR_ADVERT, NEIGHBOR_SOLICIT};
+use crate::packet::ipv4::{Ipv4Packet, Ipv4Repr};
+use crate::packet::ipv6::{Ipv6Packet, Ipv6Repr};
+use crate::packet::{checksum, MacAddr, PacketBuf};
+use crate::tables::l3neigh::v4_key;
+use crate::tables::router::{RifEntry, RouterEntry};
+use crate::tables::{fdb_key48, mac_u64, NetIdx, PortKind, Segment, Tables};
+use crate::trace;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Largest burst of ICMP errors one core sends (tokens in the bucket).
+pub const ICMP_BURST: u32 = 50;
+/// IPv4 ICMP errors are at most this long (RFC 1812 4.3.2.3).
+const ICMP4_MAX: usize = 576;
+/// IPv6 ICMP errors are at most this long (RFC 4443 2.4 (c): the minimum MTU).
+const ICMP6_MAX: usize = 1280;
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+/// VXLAN adds this much to the inner IP packet (outer Ethernet excluded: it is not in the
+/// underlay IP MTU): outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+const VXLAN_IP_OVERHEAD: u16 = 50;
+
+/// Rewrites another host's DVR MAC to the local gateway MAC on frames from the fabric.
+pub fn dvr_ingress<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    if t.l3.dvr_macs.is_empty() {
+        return;
+    }
+    match t.ports.get(b.in_port as usize) {
+        Some(p) if p.kind != PortKind::Instance => {}
+        _ => return,
+    }
+    for i in 0..b.len {
+        if b.meta[i].next != Next::Continue {
+            continue;
+        }
+        let Some(p) = b.pkts[i].as_mut() else {
+            continue;
+        };
+        let d = p.data();
+        if d.len() < 14 || !t.l3.dvr_macs.contains(&mac48_at(d, 6)) {
+            continue;
+        }
+        let key = fdb_key48(b.meta[i].network, mac48_at(d, 0));
+        match t.l3.dvr_rewrite.get(&key) {
+            Some(gw) => {
+                p.data_mut()[6..12].copy_from_slice(&gw.0);
+                c.event(E::DvrMacIn);
+                trace!(
+                    tr,
+                    i,
+                    "router",
+                    "from a DVR MAC: source rewritten to gateway {gw}"
+                );
+            }
+            None => {
+                trace!(
+                    tr,
+                    i,
+                    "router",
+                    "from a DVR MAC, not to a local instance: unchanged"
+                );
+            }
+        }
+    }
+}
+
+/// Answers ARP requests and Neighbor Solicitations from local instances for a gateway
+/// address, and takes in the answers to the router's own requests.
+pub fn gateway_responder<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    let l3 = &t.l3;
+    if l3.rifs.is_empty() {
+        return;
+    }
+    // Only instances ask this host's router instance: the fabric's copies of the same question
+    // are answered by the router instance on the asker's own host.
+    match t.ports.get(b.in_port as usize) {
+        Some(p) if p.kind == PortKind::Instance => {}
+        _ => return,
+    }
+    for i in 0..b.len {
+        if b.meta[i].next != Next::Continue {
+            continue;
+        }
+        let net = b.meta[i].network;
+        let Some(p) = b.pkts[i].as_mut() else {
+            continue;
+        };
+        let d = p.data();
+        if d.len() < 14 {
+            continue;
+        }
+        let next = match u16::from_be_bytes([d[12], d[13]]) {
+            EtherType::ARP => gateway_arp(p, t, s, net, c),
+            EtherType::IPV6 => gateway_nd(p, t, s, net, c),
+            _ => None,
+        };
+        if let Some(n) = next {
+            trace!(
+                tr,
+                i,
+                "router",
+                "{}",
+                if n == Next::Reply {
+                    "request for a gateway address: answered"
+                } else {
+                    "answer to the router's own request: neighbour noted"
+                }
+            );
+            b.meta[i].next = n;
+        }
+    }
+}
+
+fn gateway_arp<B: PacketBuf>(
+    p: &mut B,
+    t: &Tables,
+    s: &mut CoreState,
+    net: NetIdx,
+    c: &mut BatchCounters,
+) -> Option<Next> {
+    let d = p.data();
+    if d.len() < 14 + ARP_LEN {
+        return None;
+    }
+    let arp = ArpPacket::new_checked(&d[14..]).ok()?;
+    let (op, sha, spa, tpa) = (
+        arp.operation(),
+        arp.sender_mac(),
+        arp.sender_ip(),
+        arp.target_ip(),
+    );
+    let &rif =
+        t.l3.gw4
+            .get(&((net as u64) << 32 | u32::from(tpa) as u64))?;
+    let mac = t.l3.rifs[rif as usize].mac;
+    // The asker's address is worth keeping unless the desired state already knows it.
+    let spa_key = v4_key(u32::from(spa));
+    if !spa.is_unspecified()
+        && t.l3.neighbor(net, spa_key).is_none()
+        && s.l3neigh.learn(net, spa_key, mac_u64(&sha.0))
+    {
+        c.event(E::RouterNeighborLearned);
+    }
+    match op {
+        OP_REQUEST => {
+            let src = MacAddr(d[6..12].try_into().ok()?);
+            let d = p.data_mut();
+            EthernetRepr {
+                dst: src,
+                src: mac,
+                ethertype: EtherType::ARP,
+            }
+            .emit(d);
+            ArpRepr {
+                operation: OP_REPLY,
+                sender_mac: mac,
+                sender_ip: tpa,
+                target_mac: sha,
+                target_ip: spa,
+            }
+            .emit(&mut d[14..]);
+            c.event(E::GatewayArpReply);
+            Some(Next::Reply)
+        }
+        OP_REPLY => Some(Next::Consumed),
+        _ => None,
+    }
+}
+
+/// Neighbor Solicitation for a gateway address -> Neighbor Advertisement; an advertisement to
+/// a gateway MAC -> a learned next hop.
+fn gateway_nd<B: PacketBuf>(
+    p: &mut B,
+    t: &Tables,
+    s: &mut CoreState,
+    net: NetIdx,
+    c: &mut BatchCounters,
+) -> Option<Next> {
+    let d = p.data();
+    let ip = Ipv6Packet::new_checked(&d[14..]).ok()?;
+    let (nh, icmp) = ip.upper_layer()?;
+    // RFC 4861 7.1: hop limit 255, at least 24 bytes, code 0.
+    if nh != PROTO_ICMPV6 || icmp.len() < 24 || ip.hop_limit() != 255 || icmp[1] != 0 {
+        return None;
+    }
+    let ty = icmp[0];
+    if ty != NEIGHBOR_SOLICIT && ty != NEIGHBOR_ADVERT {
+        return None;
+    }
+    let target = u128::from_be_bytes(icmp[8..24].try_into().ok()?);
+    let src_ip = ip.src();
+    // The link-layer address option (source for NS, target for NA), else the frame's source.
+    let lla = nd_option(&icmp[24..], if ty == NEIGHBOR_SOLICIT { 1 } else { 2 })
+        .unwrap_or_else(|| mac48_at(d, 6));
+    if ty == NEIGHBOR_ADVERT {
+        // Only answers addressed to one of our gateway MACs are ours to take.
+        let to_us = t
+            .fdb
+            .get(&fdb_key48(net, mac48_at(d, 0)))
+            .is_some_and(|&v| {
+                matches!(
+                    crate::tables::Dest::from_raw(v),
+                    crate::tables::Dest::Router(_)
+                )
+            });
+        if !to_us {
+            return None;
+        }
+        if t.l3.neighbor(net, target).is_none() && s.l3neigh.learn(net, target, lla) {
+            c.event(E::RouterNeighborLearned);
+        }
+        return Some(Next::Consumed);
+    }
+    let &rif = t.l3.gw6.get(&(net, target))?;
+    if src_ip.is_unspecified() {
+        return None; // duplicate address detection: not ours to answer
+    }
+    let src_key = u128::from(src_ip);
+    if t.l3.neighbor(net, src_key).is_none() && s.l3neigh.learn(net, src_key, lla) {
+        c.event(E::RouterNeighborLearned);
+    }
+    let mac = t.l3.rifs[rif as usize].mac;
+    let dst_mac = MacAddr(d[6..12].try_into().ok()?);
+    // Ethernet 14 + IPv6 40 + NA 24 + target link-layer address option 8.
+    const LEN: usize = 14 + 40 + 24 + 8;
+    if !set_len(p, LEN) {
+        return None;
+    }
+    let d = p.data_mut();
+    EthernetRepr {
+        dst: dst_mac,
+        src: mac,
+        ethertype: EtherType::IPV6,
+    }
+    .emit(d);
+    let gw = Ipv6Addr::from(target);
+    Ipv6Repr {
+        src: gw,
+        dst: src_ip,
+        next_header: PROTO_ICMPV6,
+        payload_len: 32,
+        hop_limit: 255,
+    }
+    .emit(&mut d[14..]);
+    let m = &mut d[54..LEN];
+    m[0] = NEIGHBOR_ADVERT;
+    m[1] = 0;
+    m[2..4].fill(0);
+    // Router, Solicited, Override.
+    m[4..8].copy_from_slice(&0xe000_0000u32.to_be_bytes());
+    m[8..24].copy_from_slice(&target.to_be_bytes());
+    m[24] = 2;
+    m[25] = 1;
+    m[26..32].copy_from_slice(&mac.0);
+    let ph = checksum::pseudo_v6(gw.octets(), src_ip.octets(), PROTO_ICMPV6, 32);
+    let cs = !(checksum::sum(m, ph) as u16);
+    m[2..4].copy_from_slice(&cs.to_be_bytes());
+    c.event(E::GatewayNaSent);
+    Some(Next::Reply)
+}
+
+/// The MAC in the first ND option of type `want` (RFC 4861 4.6.1), as a 48-bit integer.
+fn nd_option(mut opts: &[u8], want: u8) -> Option<u64> {
+    while opts.len() >= 8 {
+        let len = opts[1] as usize * 8;
+        if len == 0 || len > opts.len() {
+            return None;
+        }
+        if opts[0] == want {
+            return Some(mac48_at(opts, 2));
+        }
+        opts = &opts[len..];
+    }
+    None
+}
+
+/// Makes the packet exactly `len` bytes (its contents are about to be rewritten).
+fn set_len<B: PacketBuf>(p: &mut B, len: usize) -> bool {
+    let have = p.pkt_len();
+    let ok = match have.cmp(&len) {
+        std::cmp::Ordering::Less => p.prepend(len - have),
+        std::cmp::Ordering::Greater => p.trim(have - len),
+        std::cmp::Ordering::Equal => true,
+    };
+    ok && p.data().len() == len
+}
+
+/// Where a routed destination goes, worked out once per (ingress interface, destination) and
+/// batch.
+#[derive(Debug, Clone, Copy)]
+struct Hop {
+    net: NetIdx,
+    next: Next,
+    /// Destination and source MAC, as they go into bytes 0..12.
+    macs: [u8; 12],
+    /// Largest IP packet the egress allows.
+    mtu: u16,
+    dvr: bool,
+    to_snat: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Miss {
+    NoRoute,
+    /// The next hop's MAC is unknown: ask from this interface.
+    Unresolved {
+        rif: u16,
+        addr: u128,
+    },
+}
+
+/// Routes the frames integration handed to a router interface.
+pub fn route<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    if t.l3.rifs.is_empty() {
+        return;
+    }
+    let from_instance = t
+        .ports
+        .get(b.in_port as usize)
+        .is_some_and(|p| p.kind == PortKind::Instance);
+    let mut cache: Option<(u16, u128, Result<Hop, Miss>)> = None;
+    let mut tally = Tally::default();
+    for i in 0..b.len {
+        let Next::Route(rif_in) = b.meta[i].next else {
+            continue;
+        };
+        let Some(p) = b.pkts[i].as_mut() else {
+            continue;
+        };
+        let Some(rif) = t.l3.rifs.get(rif_in as usize) else {
+            b.drop_pkt(i, D::RouterToRouter, c);
+            continue;
+        };
+        let r = &t.l3.routers[rif.router as usize];
+        tally.switch(rif.router, &s.router);
+        if !from_instance {
+            trace!(
+                tr,
+                i,
+                "router",
+                "drop router.gateway_from_fabric (routed on its sending host)"
+            );
+            tally.c[RouterStat::Dropped as usize] += 1;
+            b.drop_pkt(i, D::RouterFromFabric, c);
+            continue;
+        }
+        let ctx = Ctx { t, r, rif_in, rif };
+        let d = p.data();
+        let et = if d.len() >= 14 {
+            u16::from_be_bytes([d[12], d[13]])
+        } else {
+            0
+        };
+        let out = match et {
+            EtherType::IPV4 => route_v4(p, &ctx, s, c, &mut cache, i, tr),
+            EtherType::IPV6 => route_v6(p, &ctx, s, c, &mut cache, i, tr),
+            EtherType::ARP => Err(D::RouterToRouter),
+            _ => Err(D::RouterNotIp),
+        };
+        match out {
+            Ok(Verdict::Forward(h)) => {
+                b.meta[i].network = h.net;
+                b.meta[i].next = h.next;
+                tally.c[RouterStat::Routed as usize] += 1;
+                c.event(E::Routed);
+                if h.dvr {
+                    c.event(E::DvrMacOut);
+                }
+                if h.to_snat {
+                    c.event(E::ToSnat);
+                }
+            }
+            Ok(Verdict::Back(kind)) => {
+                // A reply or ICMP error from the router, out of the ingress port.
+                b.meta[i].next = Next::Output(b.in_port);
+                tally.c[kind as usize] += 1;
+            }
+            Ok(Verdict::Resolve(net)) => {
+                b.meta[i].network = net;
+                b.meta[i].next = Next::FloodLocal;
+                c.drop(D::RouterUnresolved);
+                tally.c[RouterStat::Dropped as usize] += 1;
+            }
+            Err(r) => {
+                trace!(tr, i, "router", "drop {}", r.name());
+                tally.c[RouterStat::Dropped as usize] += 1;
+                b.drop_pkt(i, r, c);
+            }
+        }
+    }
+    tally.flush(&s.router);
+}
+
+/// Per-router counts of one batch, added to the core's counters when the router changes.
+#[derive(Default)]
+struct Tally {
+    router: Option<u16>,
+    c: [u64; 4],
+}
+
+impl Tally {
+    #[inline(always)]
+    fn switch(&mut self, router: u16, rc: &crate::counters::RouterCounters) {
+        if self.router != Some(router) {
+            self.flush(rc);
+            self.router = Some(router);
+        }
+    }
+    fn flush(&mut self, rc: &crate::counters::RouterCounters) {
+        if let Some(r) = self.router {
+            rc.add(r, self.c);
+        }
+        self.c = [0; 4];
+    }
+}
+
+struct Ctx<'a> {
+    t: &'a Tables,
+    r: &'a RouterEntry,
+    rif_in: u16,
+    rif: &'a RifEntry,
+}
+
+enum Verdict {
+    Forward(Hop),
+    /// Rewritten into a reply or error to the sender.
+    Back(RouterStat),
+    /// Rewritten into an ARP request / NS on this network.
+    Resolve(NetIdx),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route_v4<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    cache: &mut Option<(u16, u128, Result<Hop, Miss>)>,
+    i: usize,
+    tr: &mut T,
+) -> Result<Verdict, D> {
+    let d = p.data();
+    let ip = Ipv4Packet::new_checked(&d[14..]).map_err(|_| D::RouterMalformed)?;
+    if !ip.verify_checksum() {
+        return Err(D::RouterMalformed);
+    }
+    let dst = u32::from(ip.dst());
+    let src = u32::from(ip.src());
+    let (ttl, total, proto) = (ip.ttl(), ip.total_len(), ip.protocol());
+    let df = d[14 + 6] & 0x40 != 0;
+    let later_fragment = ip.is_later_fragment();
+    if x.r.local4.contains(&dst) {
+        // For the router itself: echo only.
+        let icmp = &d[14 + ip.header_len()..14 + total];
+        if proto == PROTO_ICMP && !later_fragment && icmp.len() >= 8 && icmp[0] == 8 {
+            echo_reply_v4(p, x.rif.mac);
+            c.event(E::EchoReply);
+            trace!(
+                tr,
+                i,
+                "router",
+                "echo request to {}: replied",
+                Ipv4Addr::from(dst)
+            );
+            return Ok(Verdict::Back(RouterStat::Local));
+        }
+        return Err(D::RouterToRouter);
+    }
+    if !x.r.up {
+        return Err(D::RouterDown);
+    }
+    if !v4_routable(dst) || !v4_routable(src) {
+        return Err(D::RouterNotRoutable);
+    }
+    if ttl <= 1 {
+        trace!(tr, i, "router", "TTL {ttl}: time exceeded");
+        return icmp_v4(p, x, s, c, 11, 0, 0, D::RouterTtlExceeded);
+    }
+    let key = v4_key(dst);
+    let hop = match cache {
+        Some((r, k, h)) if *r == x.rif_in && *k == key => *h,
+        _ => {
+            let h = next_hop(x, s, key, false);
+            *cache = Some((x.rif_in, key, h));
+            h
+        }
+    };
+    let h = match hop {
+        Ok(h) => h,
+        Err(Miss::NoRoute) => {
+            trace!(tr, i, "router", "{}: no route", Ipv4Addr::from(dst));
+            return icmp_v4(p, x, s, c, 3, 0, 0, D::RouterNoRoute);
+        }
+        Err(Miss::Unresolved { rif, addr }) => {
+            return resolve(p, x, s, c, rif, addr, i, tr);
+        }
+    };
+    if total > h.mtu as usize {
+        if !df {
+            return Err(D::RouterNeedsFragmentation);
+        }
+        trace!(
+            tr,
+            i,
+            "router",
+            "{total} bytes > egress MTU {}: fragmentation needed",
+            h.mtu
+        );
+        return icmp_v4(p, x, s, c, 3, 4, h.mtu as u32, D::RouterTooBig);
+    }
+    let d = p.data_mut();
+    if let Ok(mut ipm) = Ipv4Packet::new_checked(&mut d[14..]) {
+        ipm.decrement_ttl();
+    }
+    d[..12].copy_from_slice(&h.macs);
+    trace_hop(tr, i, x, &h, Ipv4Addr::from(dst).into());
+    Ok(Verdict::Forward(h))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route_v6<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    cache: &mut Option<(u16, u128, Result<Hop, Miss>)>,
+    i: usize,
+    tr: &mut T,
+) -> Result<Verdict, D> {
+    let d = p.data();
+    let ip = Ipv6Packet::new_checked(&d[14..]).map_err(|_| D::RouterMalformed)?;
+    let dst = ip.dst();
+    let src = ip.src();
+    let hop_limit = ip.hop_limit();
+    let total = 40 + ip.payload_len();
+    let dkey = u128::from(dst);
+    if x.r.local6.contains(&dkey) {
+        if let Some((PROTO_ICMPV6, icmp)) = ip.upper_layer() {
+            if icmp.len() >= 8 && icmp[0] == 128 {
+                echo_reply_v6(p, x.rif.mac);
+                c.event(E::EchoReply);
+                trace!(tr, i, "router", "echo request to {dst}: replied");
+                return Ok(Verdict::Back(RouterStat::Local));
+            }
+        }
+        return Err(D::RouterToRouter);
+    }
+    if !x.r.up {
+        return Err(D::RouterDown);
+    }
+    if !v6_routable(dst) || !v6_routable(src) {
+        return Err(D::RouterNotRoutable);
+    }
+    if hop_limit <= 1 {
+        trace!(tr, i, "router", "hop limit {hop_limit}: time exceeded");
+        return icmp_v6(p, x, s, c, 3, 0, 0, D::RouterTtlExceeded);
+    }
+    let hop = match cache {
+        Some((r, k, h)) if *r == x.rif_in && *k == dkey => *h,
+        _ => {
+            let h = next_hop(x, s, dkey, true);
+            *cache = Some((x.rif_in, dkey, h));
+            h
+        }
+    };
+    let h = match hop {
+        Ok(h) => h,
+        Err(Miss::NoRoute) => {
+            trace!(tr, i, "router", "{dst}: no route");
+            return icmp_v6(p, x, s, c, 1, 0, 0, D::RouterNoRoute);
+        }
+        Err(Miss::Unresolved { rif, addr }) => {
+            return resolve(p, x, s, c, rif, addr, i, tr);
+        }
+    };
+    if total > h.mtu as usize {
+        trace!(
+            tr,
+            i,
+            "router",
+            "{total} bytes > egress MTU {}: packet too big",
+            h.mtu
+        );
+        return icmp_v6(p, x, s, c, 2, 0, h.mtu as u32, D::RouterTooBig);
+    }
+    let d = p.data_mut();
+    d[14 + 7] = hop_limit - 1;
+    d[..12].copy_from_slice(&h.macs);
+    trace_hop(tr, i, x, &h, dst.into());
+    Ok(Verdict::Forward(h))
+}
+
+fn trace_hop<T: Tracer>(tr: &mut T, i: usize, x: &Ctx<'_>, h: &Hop, dst: std::net::IpAddr) {
+    trace!(
+        tr,
+        i,
+        "router",
+        "{} {dst}: {} -> network {}, {} -> {}, to {:?}{}{}",
+        x.r.name,
+        x.r.fib_route_for(dst).map_or("-".to_string(), |r| {
+            format!(
+                "route {}{}",
+                r.prefix,
+                r.via.map_or(String::new(), |v| format!(" via {v}"))
+            )
+        }),
+        x.t.networks[h.net as usize].name,
+        MacAddr(h.macs[6..12].try_into().expect("6 bytes")),
+        MacAddr(h.macs[0..6].try_into().expect("6 bytes")),
+        h.next,
+        if h.dvr {
+            " (source: this host's DVR MAC)"
+        } else {
+            ""
+        },
+        if h.to_snat {
+            " (default: centralized SNAT port)"
+        } else {
+            ""
+        },
+    );
+}
+
+impl RouterEntry {
+    /// The route a destination matches (trace only).
+    pub fn fib_route_for(
+        &self,
+        dst: std::net::IpAddr,
+    ) -> Option<&crate::tables::router::RouteEntry> {
+        let idx = match dst {
+            std::net::IpAddr::V4(a) => self.fib4.lookup(u32::from(a)),
+            std::net::IpAddr::V6(a) => self.fib6.lookup(u128::from(a)),
+        };
+        idx.and_then(|(r, _)| self.routes.get(r as usize))
+    }
+}
+
+/// FIB lookup, next hop, its MAC and its L2 destination in the egress network.
+fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, Miss> {
+    let t = x.t;
+    let found = if v6 {
+        x.r.fib6.lookup(dst)
+    } else {
+        x.r.fib4.lookup(dst as u32)
+    };
+    let (rif_out, nh, snat_mac) = match found.and_then(|(ri, _)| x.r.routes.get(ri as usize)) {
+        Some(re) => {
+            let nh = match re.via {
+                Some(std::net::IpAddr::V4(a)) => v4_key(u32::from(a)),
+                Some(std::net::IpAddr::V6(a)) => u128::from(a),
+                None => dst,
+            };
+            (re.rif, nh, None)
+        }
+        None => match (v6, x.rif.snat) {
+            // North-south without a floating IP: to the router's SNAT port on the network
+            // node, on the same subnet.
+            (false, Some((ip, mac))) => (x.rif_in, v4_key(u32::from(ip)), Some(mac_u64(&mac.0))),
+            _ => return Err(Miss::NoRoute),
+        },
+    };
+    let out = &t.l3.rifs[rif_out as usize];
+    let net = out.net;
+    let mac = snat_mac
+        .or_else(|| t.l3.neighbor(net, nh))
+        .or_else(|| s.l3neigh.lookup(net, nh))
+        .ok_or(Miss::Unresolved {
+            rif: rif_out,
+            addr: nh,
+        })?;
+    let ne = &t.networks[net as usize];
+    let static_dest = t.fdb.get(&fdb_key48(net, mac)).copied();
+    let learned = || {
+        let m = MacAddr(mac.to_be_bytes()[2..8].try_into().expect("6 bytes"));
+        s.learn.lookup(net, m, s.now_ms)
+    };
+    let next = match static_dest.or_else(learned).and_then(|d| dest_next(t, d)) {
+        Some(Next::Route(_)) => return Err(Miss::NoRoute),
+        Some(n) => n,
+        None => Next::Flood,
+    };
+    let leaves = match next {
+        Next::Output(p) => t.ports[p as usize].kind != PortKind::Instance,
+        Next::Tunnel(_) => true,
+        _ => ne.provider_port.is_some() || !ne.flood_vteps.is_empty(),
+    };
+    let src = match (leaves, t.l3.dvr_mac) {
+        (true, Some(m)) => m,
+        _ => out.mac,
+    };
+    let mut mtu = ne.mtu;
+    let tunnelled = matches!(next, Next::Tunnel(_))
+        || (next == Next::Flood
+            && matches!(ne.segment, Segment::Vxlan(_))
+            && !ne.flood_vteps.is_empty());
+    if tunnelled {
+        if let Some(o) = t.overlay.as_ref() {
+            mtu = mtu.min(o.mtu.saturating_sub(VXLAN_IP_OVERHEAD));
+        }
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&mac.to_be_bytes()[2..8]);
+    macs[6..].copy_from_slice(&src.0);
+    Ok(Hop {
+        net,
+        next,
+        macs,
+        mtu,
+        dvr: leaves && t.l3.dvr_mac.is_some(),
+        to_snat: snat_mac.is_some(),
+    })
+}
+
+fn v4_routable(a: u32) -> bool {
+    let first = (a >> 24) as u8;
+    // 0/8, 127/8, multicast, class E and broadcast; 169.254/16 link-local.
+    !(first == 0 || first == 127 || first >= 224 || a >> 16 == 0xa9fe)
+}
+
+fn v6_routable(a: Ipv6Addr) -> bool {
+    let s = a.segments();
+    !(a.is_unspecified() || a.is_loopback() || s[0] & 0xff00 == 0xff00 || s[0] & 0xffc0 == 0xfe80)
+}
+
+/// Echo request -> echo reply, in place: addresses and MACs swapped, type 0, TTL 64.
+fn echo_reply_v4<B: PacketBuf>(p: &mut B, mac: MacAddr) {
+    let d = p.data_mut();
+    let src_mac: [u8; 6] = d[6..12].try_into().expect("6 bytes");
+    d[0..6].copy_from_slice(&src_mac);
+    d[6..12].copy_from_slice(&mac.0);
+    let hl = ((d[14] & 0x0f) as usize) * 4;
+    let (a, b): ([u8; 4], [u8; 4]) = (
+        d[26..30].try_into().expect("4"),
+        d[30..34].try_into().expect("4"),
+    );
+    d[26..30].copy_from_slice(&b);
+    d[30..34].copy_from_slice(&a);
+    d[14 + 8] = 64;
+    if let Ok(mut ip) = Ipv4Packet::new_checked(&mut d[14..]) {
+        ip.fill_checksum();
+    }
+    let at = 14 + hl;
+    let old = u16::from_be_bytes([d[at], d[at + 1]]);
+    d[at] = 0;
+    let cs = checksum::update16(
+        u16::from_be_bytes([d[at + 2], d[at + 3]]),
+        old,
+        u16::from_be_bytes([d[at], d[at + 1]]),
+    );
+    d[at + 2..at + 4].copy_from_slice(&cs.to_be_bytes());
+}
+
+/// ICMPv6 echo request -> reply, in place (the pseudo-header sum is unchanged by the swap).
+fn echo_reply_v6<B: PacketBuf>(p: &mut B, mac: MacAddr) {
+    let d = p.data_mut();
+    let src_mac: [u8; 6] = d[6..12].try_into().expect("6 bytes");
+    d[0..6].copy_from_slice(&src_mac);
+    d[6..12].copy_from_slice(&mac.0);
+    let (a, b): ([u8; 16], [u8; 16]) = (
+        d[22..38].try_into().expect("16"),
+        d[38..54].try_into().expect("16"),
+    );
+    d[22..38].copy_from_slice(&b);
+    d[38..54].copy_from_slice(&a);
+    d[14 + 7] = 64;
+    // upper_layer() found the ICMPv6 header; with extension headers it is further in.
+    let at = match Ipv6Packet::new_checked(&d[14..]).ok().and_then(|ip| {
+        ip.upper_layer()
+            .map(|(_, l4)| 14 + 40 + ip.payload_len() - l4.len())
+    }) {
+        Some(at) => at,
+        None => return,
+    };
+    let old = u16::from_be_bytes([d[at], d[at + 1]]);
+    d[at] = 129;
+    let new = u16::from_be_bytes([d[at], d[at + 1]]);
+    let cs = checksum::update16(u16::from_be_bytes([d[at + 2], d[at + 3]]), old, new);
+    d[at + 2..at + 4].copy_from_slice(&cs.to_be_bytes());
+}
+
+/// Takes an ICMP token (refilled one per ms, up to [`ICMP_BURST`]).
+fn icmp_token(s: &mut CoreState) -> bool {
+    let now = s.now_ms;
+    let add = now.saturating_sub(s.icmp_refill_ms);
+    if add > 0 {
+        s.icmp_tokens = (s.icmp_tokens as u64 + add).min(ICMP_BURST as u64) as u32;
+        s.icmp_refill_ms = now;
+    }
+    if s.icmp_tokens == 0 {
+        return false;
+    }
+    s.icmp_tokens -= 1;
+    true
+}
+
+/// Turns the packet into an ICMP error to its sender, or drops it for `reason` when no error
+/// may be sent.
+#[allow(clippy::too_many_arguments)]
+fn icmp_v4<B: PacketBuf>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    ty: u8,
+    code: u8,
+    mtu: u32,
+    reason: D,
+) -> Result<Verdict, D> {
+    let d = p.data();
+    let ip = Ipv4Packet::new_checked(&d[14..]).map_err(|_| reason)?;
+    let orig_src = u32::from(ip.src());
+    // RFC 1812 4.3.2.7: never about an ICMP error, a non-first fragment, or to a source that
+    // is not a unicast host.
+    if ip.is_later_fragment() || !v4_routable(orig_src) {
+        return Err(reason);
+    }
+    if ip.protocol() == PROTO_ICMP {
+        let t = ip.payload().first().copied().unwrap_or(0);
+        if matches!(t, 3 | 4 | 5 | 11 | 12) {
+            return Err(reason);
+        }
+    }
+    let Some(from) = x.rif.v4_source(orig_src) else {
+        return Err(reason);
+    };
+    if !icmp_token(s) {
+        c.event(E::IcmpRateLimited);
+        return Err(reason);
+    }
+    let quote_len = ip.total_len().min(ICMP4_MAX - 20 - 8);
+    let mut quote = [0u8; ICMP4_MAX - 20 - 8];
+    quote[..quote_len].copy_from_slice(&d[14..14 + quote_len]);
+    let dst_mac = MacAddr(d[6..12].try_into().expect("6 bytes"));
+    let len = 14 + 20 + 8 + quote_len;
+    if !set_len(p, len) {
+        return Err(reason);
+    }
+    let d = p.data_mut();
+    EthernetRepr {
+        dst: dst_mac,
+        src: x.rif.mac,
+        ethertype: EtherType::IPV4,
+    }
+    .emit(d);
+    Ipv4Repr {
+        src: Ipv4Addr::from(from),
+        dst: Ipv4Addr::from(orig_src),
+        protocol: PROTO_ICMP,
+        payload_len: 8 + quote_len,
+        ttl: 64,
+        dont_fragment: false,
+    }
+    .emit(&mut d[14..]);
+    let m = &mut d[34..len];
+    m[0] = ty;
+    m[1] = code;
+    m[2..4].fill(0);
+    // Unused, or (fragmentation needed, RFC 1191) the next-hop MTU in the low 16 bits.
+    m[4..8].copy_from_slice(&mtu.to_be_bytes());
+    m[8..].copy_from_slice(&quote[..quote_len]);
+    let cs = checksum::checksum(m);
+    m[2..4].copy_from_slice(&cs.to_be_bytes());
+    c.event(E::IcmpErrorSent);
+    Ok(Verdict::Back(RouterStat::IcmpSent))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn icmp_v6<B: PacketBuf>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    ty: u8,
+    code: u8,
+    word: u32,
+    reason: D,
+) -> Result<Verdict, D> {
+    let d = p.data();
+    let ip = Ipv6Packet::new_checked(&d[14..]).map_err(|_| reason)?;
+    let orig_src = ip.src();
+    if !v6_routable(orig_src) {
+        return Err(reason);
+    }
+    // RFC 4443 2.4 (e): never about an ICMPv6 error message.
+    if let Some((PROTO_ICMPV6, l4)) = ip.upper_layer() {
+        if l4.first().is_some_and(|&t| t < 128) {
+            return Err(reason);
+        }
+    }
+    let Some(from) = x.rif.v6_source(u128::from(orig_src)) else {
+        return Err(reason);
+    };
+    if !icmp_token(s) {
+        c.event(E::IcmpRateLimited);
+        return Err(reason);
+    }
+    const MAXQ: usize = ICMP6_MAX - 40 - 8;
+    let quote_len = (40 + ip.payload_len()).min(MAXQ);
+    let mut quote = [0u8; MAXQ];
+    quote[..quote_len].copy_from_slice(&d[14..14 + quote_len]);
+    let dst_mac = MacAddr(d[6..12].try_into().expect("6 bytes"));
+    let len = 14 + 40 + 8 + quote_len;
+    if !set_len(p, len) {
+        return Err(reason);
+    }
+    let d = p.data_mut();
+    EthernetRepr {
+        dst: dst_mac,
+        src: x.rif.mac,
+        ethertype: EtherType::IPV6,
+    }
+    .emit(d);
+    let from = Ipv6Addr::from(from);
+    Ipv6Repr {
+        src: from,
+        dst: orig_src,
+        next_header: PROTO_ICMPV6,
+        payload_len: 8 + quote_len,
+        hop_limit: 64,
+    }
+    .emit(&mut d[14..]);
+    let m = &mut d[54..len];
+    m[0] = ty;
+    m[1] = code;
+    m[2..4].fill(0);
+    m[4..8].copy_from_slice(&word.to_be_bytes());
+    m[8..].copy_from_slice(&quote[..quote_len]);
+    let ph = checksum::pseudo_v6(
+        from.octets(),
+        orig_src.octets(),
+        PROTO_ICMPV6,
+        (8 + quote_len) as u32,
+    );
+    let cs = !(checksum::sum(m, ph) as u16);
+    m[2..4].copy_from_slice(&cs.to_be_bytes());
+    c.event(E::IcmpErrorSent);
+    Ok(Verdict::Back(RouterStat::IcmpSent))
+}
+
+/// Whether this core may ask for `key` now (one request per `ARP_RETRY_MS` per core).
+fn resolve_due(s: &mut CoreState, key: u64) -> bool {
+    let now = s.now_ms;
+    let slot = s
+        .resolve_sent
+        .iter()
+        .position(|&(k, _)| k == key)
+        .unwrap_or_else(|| {
+            s.resolve_sent
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, &(_, at))| at)
+                .map_or(0, |(i, _)| i)
+        });
+    let (k, at) = s.resolve_sent[slot];
+    if k == key && at != 0 && now.saturating_sub(at) < super::tunnel::ARP_RETRY_MS {
+        return false;
+    }
+    s.resolve_sent[slot] = (key, now.max(1));
+    true
+}
+
+/// The next hop is unknown: the packet becomes an ARP request (IPv4) or a Neighbor
+/// Solicitation (IPv6) from the egress interface, flooded to local ports only.
+#[allow(clippy::too_many_arguments)]
+fn resolve<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    rif: u16,
+    addr: u128,
+    i: usize,
+    tr: &mut T,
+) -> Result<Verdict, D> {
+    let out = &x.t.l3.rifs[rif as usize];
+    let key = (out.net as u64) << 48 ^ (addr as u64) ^ ((addr >> 64) as u64).rotate_left(17);
+    if !resolve_due(s, key) {
+        return Err(D::RouterUnresolved);
+    }
+    let v4 = addr >> 32 == 0xffff;
+    let ok = if v4 {
+        let target = addr as u32;
+        match out.v4_source(target) {
+            Some(from) => build_arp_request(p, out.mac, from, target),
+            None => false,
+        }
+    } else {
+        match out.v6_source(addr) {
+            Some(from) => build_ns(p, out.mac, from, addr),
+            None => false,
+        }
+    };
+    if !ok {
+        return Err(D::RouterUnresolved);
+    }
+    c.event(E::ResolveSent);
+    trace!(
+        tr,
+        i,
+        "router",
+        "drop router.unresolved: next hop {} unknown on network {}, asking",
+        if v4 {
+            Ipv4Addr::from(addr as u32).to_string()
+        } else {
+            Ipv6Addr::from(addr).to_string()
+        },
+        x.t.networks[out.net as usize].name
+    );
+    Ok(Verdict::Resolve(out.net))
+}
+
+/// A broadcast ARP request for `target` from (`mac`, `from`), 60 bytes.
+fn build_arp_request<B: PacketBuf>(p: &mut B, mac: MacAddr, from: u32, target: u32) -> bool {
+    const LEN: usize = 60;
+    if !set_len(p, LEN) {
+        return false;
+    }
+    let d = p.data_mut();
+    EthernetRepr {
+        dst: MacAddr::BROADCAST,
+        src: mac,
+        ethertype: EtherType::ARP,
+    }
+    .emit(d);
+    ArpRepr {
+        operation: OP_REQUEST,
+        sender_mac: mac,
+        sender_ip: Ipv4Addr::from(from),
+        target_mac: MacAddr::ZERO,
+        target_ip: Ipv4Addr::from(target),
+    }
+    .emit(&mut d[14..]);
+    d[14 + ARP_LEN..].fill(0);
+    true
+}
+
+/// A Neighbor Solicitation for `target` to its solicited-node multicast address (RFC 4861
+/// 7.2.2), with our link-layer address.
+fn build_ns<B: PacketBuf>(p: &mut B, mac: MacAddr, from: u128, target: u128) -> bool {
+    const LEN: usize = 14 + 40 + 24 + 8;
+    if !set_len(p, LEN) {
+        return false;
+    }
+    let t = target.to_be_bytes();
+    let dst_ip = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | t[13] as u16,
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    let d = p.data_mut();
+    EthernetRepr {
+        dst: MacAddr([0x33, 0x33, 0xff, t[13], t[14], t[15]]),
+        src: mac,
+        ethertype: EtherType::IPV6,
+    }
+    .emit(d);
+    let from = Ipv6Addr::from(from);
+    Ipv6Repr {
+        src: from,
+        dst: dst_ip,
+        next_header: PROTO_ICMPV6,
+        payload_len: 32,
+        hop_limit: 255,
+    }
+    .emit(&mut d[14..]);
+    let m = &mut d[54..LEN];
+    m[0] = NEIGHBOR_SOLICIT;
+    m[1] = 0;
+    m[2..8].fill(0);
+    m[8..24].copy_from_slice(&t);
+    m[24] = 1;
+    m[25] = 1;
+    m[26..32].copy_from_slice(&mac.0);
+    let ph = checksum::pseudo_v6(from.octets(), dst_ip.octets(), PROTO_ICMPV6, 32);
+    let cs = !(checksum::sum(m, ph) as u16);
+    m[2..4].copy_from_slice(&cs.to_be_bytes());
+    true
+}

@@ -1,0 +1,669 @@
+//! Router stage tests: gateway ARP/ND, same-host and cross-host (DVR MAC) routing, TTL and
+//! checksums re-parsed by etherparse, ICMP errors byte-checked, echo, the SNAT default, next-hop
+//! resolution and the ICMP rate limit.
+use super::testutil::*;
+use crate::counters::{DropReason as D, Event as E};
+use crate::tables::{mac_u64, Tables};
+use etherparse::{Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
+
+const HOST: &str = r#"
+role = "dvr"
+host_id = "compute1"
+local_vtep_ip = "10.0.0.11"
+dvr_mac = "fa:16:3f:00:00:01"
+cores = [1]
+[[ports]]
+name = "vm1"
+devargs = "net_ring0"
+kind = "instance"
+iface_id = "p1"
+[[ports]]
+name = "vm2"
+devargs = "net_ring1"
+kind = "instance"
+iface_id = "p2"
+[[ports]]
+name = "vm3"
+devargs = "net_ring2"
+kind = "instance"
+iface_id = "p3"
+[[ports]]
+name = "overlay"
+devargs = "net_ring3"
+kind = "overlay"
+"#;
+
+const STATE: &str = r#"
+hosts:
+  - {host: compute1, vtep_ip: 10.0.0.11, dvr_mac: "fa:16:3f:00:00:01"}
+  - {host: compute2, vtep_ip: 10.0.0.12, dvr_mac: "fa:16:3f:00:00:02"}
+  - {host: network1, vtep_ip: 10.0.0.13, dvr_mac: "fa:16:3f:00:00:03"}
+networks:
+  # 1500-byte MTUs over a 1500-byte underlay: only the VXLAN overhead limits routed packets
+  # that leave the host (to 1450).
+  - {id: n1, name: selfservice1, "provider:network_type": vxlan, "provider:segmentation_id": 101, mtu: 1500}
+  - {id: n2, name: selfservice2, "provider:network_type": vxlan, "provider:segmentation_id": 102, mtu: 1500}
+  - {id: next, name: provider1, "provider:network_type": flat, "provider:physical_network": provider, "router:external": true}
+subnets:
+  - {id: s1, name: s1, network_id: n1, cidr: 198.51.100.0/24, ip_version: 4, gateway_ip: 198.51.100.1}
+  - {id: s1v6, name: s1v6, network_id: n1, cidr: "fd00:198:51:100::/64", ip_version: 6, gateway_ip: "fd00:198:51:100::1"}
+  - {id: s2, name: s2, network_id: n2, cidr: 198.18.0.0/24, ip_version: 4, gateway_ip: 198.18.0.1}
+  - {id: s2v6, name: s2v6, network_id: n2, cidr: "fd00:198:18::/64", ip_version: 6, gateway_ip: "fd00:198:18::1"}
+  - {id: sext, name: sext, network_id: next, cidr: 203.0.113.0/24, ip_version: 4}
+routers:
+  - id: r1
+    name: router1
+    distributed: true
+    external_gateway_info: {network_id: next, enable_snat: true, external_fixed_ips: [{subnet_id: sext, ip_address: 203.0.113.11}]}
+    routes: [{destination: 10.20.0.0/16, nexthop: 198.18.0.50}]
+ports:
+  - {id: p1, network_id: n1, mac_address: "fa:16:3e:00:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.11}, {subnet_id: s1v6, ip_address: "fd00:198:51:100::11"}], "binding:host_id": compute1, device_owner: "compute:nova"}
+  - {id: p2, network_id: n2, mac_address: "fa:16:3e:00:00:02", fixed_ips: [{subnet_id: s2, ip_address: 198.18.0.12}, {subnet_id: s2v6, ip_address: "fd00:198:18::12"}], "binding:host_id": compute1, device_owner: "compute:nova"}
+  - {id: p3, network_id: n1, mac_address: "fa:16:3e:00:00:03", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.13}], port_security_enabled: false, "binding:host_id": compute1, device_owner: "compute:nova"}
+  - {id: r2, network_id: n2, mac_address: "fa:16:3e:00:02:01", fixed_ips: [{subnet_id: s2, ip_address: 198.18.0.21}, {subnet_id: s2v6, ip_address: "fd00:198:18::21"}], "binding:host_id": compute2, device_owner: "compute:nova"}
+  - {id: nh, network_id: n2, mac_address: "fa:16:3e:00:02:50", fixed_ips: [{subnet_id: s2, ip_address: 198.18.0.50}], "binding:host_id": compute2, device_owner: "compute:nova"}
+  - {id: gw1, network_id: n1, mac_address: "fa:16:3e:aa:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.1}, {subnet_id: s1v6, ip_address: "fd00:198:51:100::1"}], device_owner: "network:router_interface_distributed", device_id: r1}
+  - {id: gw2, network_id: n2, mac_address: "fa:16:3e:aa:00:02", fixed_ips: [{subnet_id: s2, ip_address: 198.18.0.1}, {subnet_id: s2v6, ip_address: "fd00:198:18::1"}], device_owner: "network:router_interface_distributed", device_id: r1}
+  - {id: snat1, network_id: n1, mac_address: "fa:16:3e:bb:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.10}], "binding:host_id": network1, device_owner: "network:router_centralized_snat", device_id: r1}
+"#;
+
+const VM1: u16 = 0;
+const VM2: u16 = 1;
+const VM3: u16 = 2;
+const OVERLAY: u16 = 3;
+const M1: &str = "fa:16:3e:00:00:01";
+const M2: &str = "fa:16:3e:00:00:02";
+const M3: &str = "fa:16:3e:00:00:03";
+const R2: &str = "fa:16:3e:00:02:01";
+const NH: &str = "fa:16:3e:00:02:50";
+const GW1: &str = "fa:16:3e:aa:00:01";
+const GW2: &str = "fa:16:3e:aa:00:02";
+const SNAT1: &str = "fa:16:3e:bb:00:01";
+const DVR1: &str = "fa:16:3f:00:00:01";
+const DVR2: &str = "fa:16:3f:00:00:02";
+const OV_MAC: &str = "02:00:00:00:00:11";
+const C2_MAC: &str = "02:00:00:00:00:12";
+const IP1: [u8; 4] = [198, 51, 100, 11];
+const IP2: [u8; 4] = [198, 18, 0, 12];
+const IPR2: [u8; 4] = [198, 18, 0, 21];
+
+fn tables() -> Tables {
+    let macs = [
+        mac("02:00:00:00:00:01"),
+        mac("02:00:00:00:00:02"),
+        mac("02:00:00:00:00:03"),
+        mac(OV_MAC),
+    ];
+    tables_from(HOST, STATE, &macs)
+}
+
+/// A harness whose underlay already knows compute2's and network1's MAC.
+fn harness() -> Harness {
+    let h = Harness::with(tables());
+    for ip in ["10.0.0.12", "10.0.0.13"] {
+        h.s.neigh
+            .set_static(ip.parse().unwrap(), mac_u64(&mac(C2_MAC).0));
+    }
+    h
+}
+
+/// A UDP frame with TTL `ttl`, DF and a payload of `len` bytes.
+fn udp4_sized(src: &str, dst: &str, sip: [u8; 4], dip: [u8; 4], ttl: u8, len: usize) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0)
+        .ipv4(sip, dip, ttl)
+        .udp(40000, 33434);
+    let payload = vec![0x5a; len];
+    let mut out = Vec::new();
+    b.write(&mut out, &payload).unwrap();
+    out
+}
+
+fn udp6_ttl(src: &str, dst: &str, sip: &str, dip: &str, hop: u8, len: usize) -> Vec<u8> {
+    let s: std::net::Ipv6Addr = sip.parse().unwrap();
+    let d: std::net::Ipv6Addr = dip.parse().unwrap();
+    let b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0)
+        .ipv6(s.octets(), d.octets(), hop)
+        .udp(40000, 33434);
+    let mut out = Vec::new();
+    b.write(&mut out, &vec![0x5a; len]).unwrap();
+    out
+}
+
+/// Decapsulates a VXLAN frame: (VNI, inner frame).
+fn inner_of(f: &[u8]) -> (u32, Vec<u8>) {
+    let vni = u32::from_be_bytes([0, f[46], f[47], f[48]]);
+    (vni, f[50..].to_vec())
+}
+
+fn ipv4_of(f: &[u8]) -> etherparse::Ipv4Header {
+    etherparse::Ipv4Header::from_slice(&f[14..]).unwrap().0
+}
+
+#[test]
+fn gateway_arp_is_answered_with_the_interface_mac() {
+    let mut h = harness();
+    h.rx(VM1, &[arp(M1, M1, IP1, [198, 51, 100, 1])]);
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    let p = SlicedPacket::from_ethernet(&out[0]).unwrap();
+    let Some(etherparse::NetSlice::Arp(a)) = p.net else {
+        panic!("not ARP")
+    };
+    assert_eq!(a.operation(), etherparse::ArpOperation::REPLY);
+    assert_eq!(a.sender_hw_addr(), &mac(GW1).0);
+    assert_eq!(a.sender_protocol_addr(), &[198, 51, 100, 1]);
+    assert_eq!(a.target_protocol_addr(), &IP1);
+    assert_eq!(&out[0][..6], &mac(M1).0);
+    assert_eq!(h.c.count(E::GatewayArpReply), 1);
+    // Nothing crossed the overlay.
+    assert!(h.sink.on(OVERLAY).is_empty());
+}
+
+#[test]
+fn same_host_routing_rewrites_macs_and_ttl() {
+    let mut h = harness();
+    h.rx(VM1, &[udp4_sized(M1, GW1, IP1, IP2, 64, 100)]);
+    let out = h.sink.on(VM2);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    let f = &out[0];
+    assert_eq!(&f[..6], &mac(M2).0, "to the instance");
+    assert_eq!(
+        &f[6..12],
+        &mac(GW2).0,
+        "from the egress interface (local delivery)"
+    );
+    let ip = ipv4_of(f);
+    assert_eq!(ip.time_to_live, 63);
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    assert_eq!((ip.source, ip.destination), (IP1, IP2));
+    // The payload is untouched and the UDP checksum still right.
+    let p = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(TransportSlice::Udp(u)) = p.transport else {
+        panic!("udp")
+    };
+    assert_eq!(u.payload(), &[0x5a; 100][..]);
+    assert_eq!(
+        u.to_header()
+            .calc_checksum_ipv4_raw(IP1, IP2, u.payload())
+            .unwrap(),
+        u.checksum()
+    );
+    assert_eq!(h.c.count(E::Routed), 1);
+    assert_eq!(h.c.count(E::DvrMacOut), 0);
+    assert!(h.sink.on(OVERLAY).is_empty());
+    assert_eq!(
+        h.s.router.c[0][0].load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn cross_host_routing_leaves_with_the_dvr_mac_on_the_egress_vni() {
+    let mut h = harness();
+    h.rx(VM1, &[udp4_sized(M1, GW1, IP1, IPR2, 64, 64)]);
+    let out = h.sink.on(OVERLAY);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    let (vni, inner) = inner_of(&out[0]);
+    assert_eq!(
+        vni, 102,
+        "VNI of the destination's network: routed on this host"
+    );
+    assert_eq!(&inner[..6], &mac(R2).0);
+    assert_eq!(
+        &inner[6..12],
+        &mac(DVR1).0,
+        "this host's DVR MAC, not the gateway's"
+    );
+    let ip = ipv4_of(&inner);
+    assert_eq!(ip.time_to_live, 63);
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    assert_eq!(h.c.count(E::DvrMacOut), 1);
+}
+
+#[test]
+fn static_route_goes_via_its_next_hop() {
+    let mut h = harness();
+    h.rx(VM1, &[udp4_sized(M1, GW1, IP1, [10, 20, 3, 4], 64, 10)]);
+    let out = h.sink.on(OVERLAY);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    let (vni, inner) = inner_of(&out[0]);
+    assert_eq!(vni, 102);
+    assert_eq!(&inner[..6], &mac(NH).0, "the next hop's MAC");
+    assert_eq!(ipv4_of(&inner).destination, [10, 20, 3, 4]);
+}
+
+#[test]
+fn routed_frame_from_another_host_gets_the_gateway_mac_as_source() {
+    let mut h = harness();
+    // compute2 routed R2 -> vm2's network... here: a frame routed on compute2 to vm1.
+    let inner = udp4_sized(DVR2, M1, IPR2, IP1, 63, 20);
+    let outer = vxlan(&inner, 101);
+    h.rx(OVERLAY, &[outer]);
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    assert_eq!(&out[0][6..12], &mac(GW1).0);
+    assert_eq!(&out[0][12..], &inner[12..], "only the source MAC changed");
+    assert_eq!(h.c.count(E::DvrMacIn), 1);
+    assert_eq!(h.c.count(E::Routed), 0, "never routed a second time");
+}
+
+#[test]
+fn gateway_mac_from_the_overlay_is_never_routed_again() {
+    let mut h = harness();
+    let inner = udp4_sized(R2, GW2, IPR2, IP1, 64, 20);
+    h.rx(OVERLAY, &[vxlan(&inner, 102)]);
+    assert_eq!(h.sink.total(), 0);
+    assert_eq!(h.c.dropped(D::RouterFromFabric), 1);
+}
+
+fn vxlan(inner: &[u8], vni: u32) -> Vec<u8> {
+    let v = vni.to_be_bytes();
+    let mut payload = vec![0x08, 0, 0, 0, v[1], v[2], v[3], 0];
+    payload.extend_from_slice(inner);
+    let b = etherparse::PacketBuilder::ethernet2(mac(C2_MAC).0, mac(OV_MAC).0)
+        .ipv4([10, 0, 0, 12], [10, 0, 0, 11], 64)
+        .udp(50000, 4789);
+    let mut out = Vec::new();
+    b.write(&mut out, &payload).unwrap();
+    out
+}
+
+/// The ICMP error in `f`: (type, code, bytes 5..8, quoted bytes), with its checksums checked.
+fn icmp4_error(f: &[u8]) -> (Icmpv4Type, Vec<u8>) {
+    let p = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    let h = ip.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum());
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("not ICMP")
+    };
+    let all = ip.payload().payload;
+    assert_eq!(
+        etherparse::checksum::Sum16BitWords::new()
+            .add_slice(all)
+            .ones_complement(),
+        0,
+        "ICMP checksum"
+    );
+    (icmp.icmp_type(), icmp.payload().to_vec())
+}
+
+#[test]
+fn ttl_one_gets_time_exceeded_from_the_ingress_interface() {
+    let mut h = harness();
+    let orig = udp4_sized(M1, GW1, IP1, IP2, 1, 700);
+    h.rx(VM1, std::slice::from_ref(&orig));
+    assert!(h.sink.on(VM2).is_empty());
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    let f = &out[0];
+    assert_eq!((&f[..6], &f[6..12]), (&mac(M1).0[..], &mac(GW1).0[..]));
+    let ip = ipv4_of(f);
+    assert_eq!((ip.source, ip.destination), ([198, 51, 100, 1], IP1));
+    let (ty, quote) = icmp4_error(f);
+    assert!(matches!(
+        ty,
+        Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit)
+    ));
+    // RFC 1812: as much of the original as fits in 576 bytes.
+    assert_eq!(f.len() - 14, 576);
+    assert_eq!(&quote[..], &orig[14..14 + 576 - 28]);
+    assert_eq!(h.c.count(E::IcmpErrorSent), 1);
+}
+
+#[test]
+fn no_route_gets_net_unreachable_and_unroutable_sources_get_nothing() {
+    // Without the SNAT port there is no default: 10.99.0.1 matches nothing.
+    let state = STATE.replace(
+        "device_owner: \"network:router_centralized_snat\"",
+        "device_owner: \"network:dhcp\"",
+    );
+    let mut t = tables_from(HOST, &state, &[]);
+    t.overlay = tables().overlay;
+    let mut h = Harness::with(t);
+    h.rx(VM1, &[udp4_sized(M1, GW1, IP1, [10, 99, 0, 1], 64, 10)]);
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    let (ty, quote) = icmp4_error(&out[0]);
+    assert!(matches!(
+        ty,
+        Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Network)
+    ));
+    assert_eq!(
+        &quote[16..20],
+        &[10, 99, 0, 1],
+        "quotes the original header"
+    );
+    // An ICMP error is never sent about an ICMP error.
+    let b = etherparse::PacketBuilder::ethernet2(mac(M1).0, mac(GW1).0)
+        .ipv4(IP1, [10, 99, 0, 1], 64)
+        .icmpv4(Icmpv4Type::TimeExceeded(
+            etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+        ));
+    let mut f = Vec::new();
+    b.write(&mut f, &[0u8; 28]).unwrap();
+    h.rx(VM1, &[f]);
+    assert_eq!(h.sink.on(VM1).len(), 1);
+    assert_eq!(h.c.dropped(D::RouterNoRoute), 1);
+}
+
+#[test]
+fn default_goes_to_the_centralized_snat_port_over_the_overlay() {
+    let mut h = harness();
+    h.rx(VM1, &[udp4_sized(M1, GW1, IP1, [203, 0, 113, 50], 64, 10)]);
+    let out = h.sink.on(OVERLAY);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    assert_eq!(&out[0][30..34], &[10, 0, 0, 13], "to network1's VTEP");
+    let (vni, inner) = inner_of(&out[0]);
+    assert_eq!(
+        vni, 101,
+        "the instance's own network (the SNAT port is on it)"
+    );
+    assert_eq!(&inner[..6], &mac(SNAT1).0);
+    assert_eq!(&inner[6..12], &mac(DVR1).0);
+    assert_eq!(ipv4_of(&inner).destination, [203, 0, 113, 50]);
+    assert_eq!(h.c.count(E::ToSnat), 1);
+}
+
+#[test]
+fn oversized_df_packet_gets_fragmentation_needed_with_the_mtu() {
+    let mut h = harness();
+    // 1472 bytes of IP with DF fit the networks (1500) but not VXLAN over a 1500 underlay.
+    h.rx(VM1, &[udp4_sized(M1, GW1, IP1, IPR2, 64, 1444)]);
+    assert!(h.sink.on(OVERLAY).is_empty());
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    let (ty, _) = icmp4_error(&out[0]);
+    match ty {
+        Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
+        ) => assert_eq!(next_hop_mtu, 1450),
+        other => panic!("{other:?}"),
+    }
+    // Without DF: dropped, counted (this router does not fragment).
+    let mut f = udp4_sized(M1, GW1, IP1, IPR2, 64, 1444);
+    f[20] &= !0x40;
+    let mut ip = etherparse::Ipv4Header::from_slice(&f[14..]).unwrap().0;
+    ip.header_checksum = ip.calc_header_checksum();
+    f[24..26].copy_from_slice(&ip.header_checksum.to_be_bytes());
+    h.rx(VM1, &[f]);
+    assert_eq!(h.c.dropped(D::RouterNeedsFragmentation), 1);
+}
+
+#[test]
+fn echo_to_the_gateway_is_answered() {
+    let mut h = harness();
+    let b = etherparse::PacketBuilder::ethernet2(mac(M1).0, mac(GW1).0)
+        .ipv4(IP1, [198, 51, 100, 1], 64)
+        .icmpv4_echo_request(7, 1);
+    let mut f = Vec::new();
+    b.write(&mut f, b"ping").unwrap();
+    h.rx(VM1, &[f]);
+    let out = h.sink.on(VM1).to_vec();
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    let p = SlicedPacket::from_ethernet(&out[0]).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("icmp")
+    };
+    assert!(matches!(icmp.icmp_type(), Icmpv4Type::EchoReply(e) if e.id == 7 && e.seq == 1));
+    assert_eq!(icmp.payload(), b"ping");
+    let ip = ipv4_of(&out[0]);
+    assert_eq!((ip.source, ip.destination), ([198, 51, 100, 1], IP1));
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    let Some(NetSlice::Ipv4(ipv)) = &p.net else {
+        panic!()
+    };
+    assert_eq!(
+        etherparse::checksum::Sum16BitWords::new()
+            .add_slice(ipv.payload().payload)
+            .ones_complement(),
+        0
+    );
+    // Echo to the other interface's address works from here too (one router).
+    let b = etherparse::PacketBuilder::ethernet2(mac(M1).0, mac(GW1).0)
+        .ipv4(IP1, [198, 18, 0, 1], 64)
+        .icmpv4_echo_request(7, 2);
+    let mut f = Vec::new();
+    b.write(&mut f, b"ping").unwrap();
+    h.rx(VM1, &[f]);
+    assert_eq!(h.sink.on(VM1).len(), 2);
+    assert_eq!(h.c.count(E::EchoReply), 2);
+}
+
+/// A Neighbor Solicitation for `target` from (`mac`, `src`), built by etherparse.
+fn ns(m: &str, src: &str, target: &str) -> Vec<u8> {
+    let s: std::net::Ipv6Addr = src.parse().unwrap();
+    let t: std::net::Ipv6Addr = target.parse().unwrap();
+    let o = t.octets();
+    let d = std::net::Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | o[13] as u16,
+        u16::from_be_bytes([o[14], o[15]]),
+    );
+    let b = etherparse::PacketBuilder::ethernet2(mac(m).0, [0x33, 0x33, 0xff, o[13], o[14], o[15]])
+        .ipv6(s.octets(), d.octets(), 255)
+        .icmpv6(Icmpv6Type::NeighborSolicitation);
+    let mut payload = o.to_vec();
+    payload.extend_from_slice(&[1, 1]);
+    payload.extend_from_slice(&mac(m).0);
+    let mut out = Vec::new();
+    b.write(&mut out, &payload).unwrap();
+    out
+}
+
+#[test]
+fn neighbor_solicitation_for_the_gateway_gets_an_advertisement() {
+    let mut h = harness();
+    h.rx(VM1, &[ns(M1, "fd00:198:51:100::11", "fd00:198:51:100::1")]);
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    let f = &out[0];
+    assert_eq!((&f[..6], &f[6..12]), (&mac(M1).0[..], &mac(GW1).0[..]));
+    let p = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(NetSlice::Ipv6(ip)) = &p.net else {
+        panic!()
+    };
+    let src = ip.header().source_addr();
+    let dst = ip.header().destination_addr();
+    assert_eq!(
+        src,
+        "fd00:198:51:100::1".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    assert_eq!(ip.header().hop_limit(), 255);
+    let Some(TransportSlice::Icmpv6(icmp)) = p.transport else {
+        panic!()
+    };
+    assert_eq!(
+        icmp.icmp_type(),
+        Icmpv6Type::NeighborAdvertisement(etherparse::icmpv6::NeighborAdvertisementHeader {
+            router: true,
+            solicited: true,
+            r#override: true
+        })
+    );
+    assert_eq!(
+        icmp.icmp_type()
+            .calc_checksum(src.octets(), dst.octets(), icmp.payload())
+            .unwrap(),
+        icmp.checksum()
+    );
+    let body = icmp.payload();
+    assert_eq!(&body[..16], &src.octets());
+    assert_eq!(&body[16..18], &[2, 1], "target link-layer address option");
+    assert_eq!(&body[18..24], &mac(GW1).0);
+    assert_eq!(h.c.count(E::GatewayNaSent), 1);
+}
+
+#[test]
+fn ipv6_is_routed_with_hop_limit_and_errors() {
+    let mut h = harness();
+    h.rx(
+        VM1,
+        &[udp6_ttl(
+            M1,
+            GW1,
+            "fd00:198:51:100::11",
+            "fd00:198:18::21",
+            64,
+            40,
+        )],
+    );
+    let out = h.sink.on(OVERLAY).to_vec();
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    let (vni, inner) = inner_of(&out[0]);
+    assert_eq!(vni, 102);
+    assert_eq!(
+        (&inner[..6], &inner[6..12]),
+        (&mac(R2).0[..], &mac(DVR1).0[..])
+    );
+    assert_eq!(inner[14 + 7], 63);
+
+    // Hop limit 1: time exceeded (type 3) from the ingress interface's address.
+    h.rx(
+        VM1,
+        &[udp6_ttl(
+            M1,
+            GW1,
+            "fd00:198:51:100::11",
+            "fd00:198:18::12",
+            1,
+            40,
+        )],
+    );
+    // Too big for the 1450 MTU: packet too big (type 2) carrying the MTU.
+    h.rx(
+        VM1,
+        &[udp6_ttl(
+            M1,
+            GW1,
+            "fd00:198:51:100::11",
+            "fd00:198:18::21",
+            64,
+            1440,
+        )],
+    );
+    let back = h.sink.on(VM1);
+    assert_eq!(back.len(), 2, "drops {:?}", h.c.drops);
+    for (f, want) in back.iter().zip([
+        Icmpv6Type::TimeExceeded(etherparse::icmpv6::TimeExceededCode::HopLimitExceeded),
+        Icmpv6Type::PacketTooBig { mtu: 1450 },
+    ]) {
+        let p = SlicedPacket::from_ethernet(f).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &p.net else {
+            panic!()
+        };
+        let (src, dst) = (ip.header().source_addr(), ip.header().destination_addr());
+        assert_eq!(
+            src,
+            "fd00:198:51:100::1".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        let Some(TransportSlice::Icmpv6(icmp)) = p.transport else {
+            panic!()
+        };
+        assert_eq!(icmp.icmp_type(), want);
+        assert_eq!(
+            icmp.icmp_type()
+                .calc_checksum(src.octets(), dst.octets(), icmp.payload())
+                .unwrap(),
+            icmp.checksum()
+        );
+        assert!(f.len() - 14 <= 1280, "RFC 4443: fits the minimum MTU");
+    }
+}
+
+#[test]
+fn unknown_next_hop_is_resolved_by_arp_then_routed() {
+    let mut h = harness();
+    // 198.51.100.77 sits behind vm3 (no port security): nobody in the desired state has it.
+    let f = udp4_sized(M2, GW2, IP2, [198, 51, 100, 77], 64, 10);
+    h.rx(VM2, std::slice::from_ref(&f));
+    assert_eq!(h.c.dropped(D::RouterUnresolved), 1);
+    // The ARP request went to the local ports of the egress network only, from the gateway.
+    let reqs: Vec<_> = [VM1, VM3]
+        .iter()
+        .flat_map(|&p| h.sink.on(p).to_vec())
+        .collect();
+    assert_eq!(reqs.len(), 2, "vm1 and vm3");
+    assert!(h.sink.on(OVERLAY).is_empty(), "never over the overlay");
+    let p = SlicedPacket::from_ethernet(&reqs[0]).unwrap();
+    let Some(NetSlice::Arp(a)) = p.net else {
+        panic!()
+    };
+    assert_eq!(a.operation(), etherparse::ArpOperation::REQUEST);
+    assert_eq!(a.sender_hw_addr(), &mac(GW1).0);
+    assert_eq!(a.sender_protocol_addr(), &[198, 51, 100, 1]);
+    assert_eq!(a.target_protocol_addr(), &[198, 51, 100, 77]);
+    // A second packet within the retry time does not ask again.
+    h.rx(VM2, std::slice::from_ref(&f));
+    assert_eq!(h.c.count(E::ResolveSent), 1);
+    // vm3 answers for .77; the next packet is routed to it.
+    let reply = {
+        let a = etherparse::ArpPacket::new(
+            etherparse::ArpHardwareId::ETHERNET,
+            etherparse::EtherType::IPV4,
+            etherparse::ArpOperation::REPLY,
+            &mac(M3).0,
+            &[198, 51, 100, 77],
+            &mac(GW1).0,
+            &[198, 51, 100, 1],
+        )
+        .unwrap();
+        let b = etherparse::PacketBuilder::ethernet2(mac(M3).0, mac(GW1).0).arp(a);
+        let mut out = Vec::new();
+        b.write(&mut out).unwrap();
+        out
+    };
+    h.rx(VM3, &[reply]);
+    assert_eq!(h.c.count(E::RouterNeighborLearned), 1);
+    let before = h.sink.on(VM3).len();
+    h.rx(VM2, &[f]);
+    let out = h.sink.on(VM3);
+    assert_eq!(out.len(), before + 1, "drops {:?}", h.c.drops);
+    assert_eq!(&out[before][..6], &mac(M3).0);
+}
+
+#[test]
+fn icmp_errors_are_rate_limited_per_core() {
+    let mut h = harness();
+    let frames: Vec<_> = (0..60)
+        .map(|_| udp4_sized(M1, GW1, IP1, IP2, 1, 10))
+        .collect();
+    h.rx(VM1, &frames);
+    assert_eq!(h.sink.on(VM1).len(), 50, "a burst of 50");
+    assert_eq!(h.c.count(E::IcmpRateLimited), 10);
+    assert_eq!(h.c.dropped(D::RouterTtlExceeded), 10);
+    // Tokens come back at one per ms.
+    h.s.now_ms += 5;
+    h.rx(VM1, &frames[..10]);
+    assert_eq!(h.sink.on(VM1).len(), 55);
+}
+
+#[test]
+fn every_packet_is_accounted_for_with_routing() {
+    // A mixed burst: each packet ends routed, answered, or dropped with a reason.
+    let mut h = harness();
+    let frames = vec![
+        udp4_sized(M1, GW1, IP1, IP2, 64, 10),
+        udp4_sized(M1, GW1, IP1, IPR2, 64, 10),
+        udp4_sized(M1, GW1, IP1, IP2, 1, 10),
+        udp4_sized(M1, GW1, IP1, [224, 0, 0, 5], 64, 10),
+        arp(M1, M1, IP1, [198, 51, 100, 1]),
+        udp4(M1, M1, IP1, IP1, 1, 2),
+    ];
+    h.rx(VM1, &frames);
+    let drops: u64 = h.c.drops.iter().sum();
+    assert_eq!(
+        h.sink.total() as u64 + drops,
+        frames.len() as u64,
+        "{:?}",
+        h.c.drops
+    );
+    assert_eq!(h.c.dropped(D::RouterNotRoutable), 1);
+}

@@ -1,0 +1,369 @@
+//! Compiled distributed routers: interfaces, FIBs, pre-populated neighbours and the DVR MACs.
+//!
+//! Which routers live here (the seed: "every host carries an instance of each router that has
+//! ports on it"): on a `dvr` host, each distributed router with an interface on a network that
+//! has a local instance port; on a `dvr_snat` host, every router (centralized ones included).
+//! A router interface is a Neutron port with `device_owner` `network:router_interface_distributed`
+//! (or `network:router_interface` for a centralized router) whose `device_id` is the router; its
+//! MAC and addresses are the same on every host, which is why routed frames leaving the host
+//! carry the host's DVR MAC instead.
+use super::lpm::Lpm;
+use super::*;
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr};
+use vswitch_config::{DesiredState, HostConfig, Role};
+
+/// An FDB destination with this bit (and not [`VTEP_BIT`]) set is a router interface.
+pub const ROUTER_BIT: u16 = 0x4000;
+
+pub const OWNER_RIF_DVR: &str = "network:router_interface_distributed";
+pub const OWNER_RIF: &str = "network:router_interface";
+pub const OWNER_SNAT: &str = "network:router_centralized_snat";
+
+/// One router instance on this host.
+#[derive(Debug, Clone)]
+pub struct RouterEntry {
+    pub id: String,
+    pub name: String,
+    pub up: bool,
+    /// IPv4 FIB: prefix -> index into `routes`.
+    pub fib4: Lpm<u32>,
+    /// IPv6 FIB: prefix -> index into `routes`.
+    pub fib6: Lpm<u128>,
+    pub routes: Vec<RouteEntry>,
+    /// The router's own addresses (any interface): packets to them are for the router.
+    pub local4: Vec<u32>,
+    pub local6: Vec<u128>,
+}
+
+/// A FIB entry.
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    pub prefix: IpNet,
+    /// The interface it leaves by.
+    pub rif: u16,
+    /// The next hop for a static route; `None` for a connected subnet (the destination is the
+    /// next hop).
+    pub via: Option<IpAddr>,
+}
+
+/// A router interface (a router's port on one network).
+#[derive(Debug, Clone)]
+pub struct RifEntry {
+    pub router: u16,
+    pub port_id: String,
+    pub net: NetIdx,
+    pub mac: MacAddr,
+    /// Interface addresses with their subnet's prefix length.
+    pub v4: Vec<Ipv4Net>,
+    pub v6: Vec<Ipv6Net>,
+    /// On a `dvr` host, the router's centralized SNAT port on this interface's subnet (IPv4,
+    /// MAC): the next hop of traffic that matches no route (north-south without a floating IP
+    /// goes to the network node).
+    pub snat: Option<(Ipv4Addr, MacAddr)>,
+}
+
+impl RifEntry {
+    /// The interface address to source ICMP errors and replies from, for a peer at `peer`.
+    pub fn v4_source(&self, peer: u32) -> Option<u32> {
+        self.v4
+            .iter()
+            .find(|n| u32::from(n.network()) == peer & u32::from(n.netmask()))
+            .or(self.v4.first())
+            .map(|n| u32::from(n.addr()))
+    }
+    pub fn v6_source(&self, peer: u128) -> Option<u128> {
+        self.v6
+            .iter()
+            .find(|n| u128::from(n.network()) == peer & u128::from(n.netmask()))
+            .or(self.v6.first())
+            .map(|n| u128::from(n.addr()))
+    }
+}
+
+/// The L3 part of [`Tables`].
+#[derive(Debug, Clone, Default)]
+pub struct L3Tables {
+    pub routers: Vec<RouterEntry>,
+    pub rifs: Vec<RifEntry>,
+    /// (network << 32 | IPv4) of every interface address -> interface: ARP for the gateway.
+    pub gw4: FxHashMap<u64, u16>,
+    /// (network, IPv6) of every interface address -> interface: Neighbor Solicitations.
+    pub gw6: FxHashMap<(NetIdx, u128), u16>,
+    /// Pre-populated neighbours (as Neutron's l3 agent installs them): (network, address as
+    /// 128 bits, IPv4 mapped) -> MAC (48-bit integer), every fixed IP on a routed network.
+    pub neigh: FxHashMap<(NetIdx, u128), u64>,
+    /// This host's DVR MAC: the source of routed frames that leave the host.
+    pub dvr_mac: Option<MacAddr>,
+    /// Other hosts' DVR MACs (48-bit integers): a frame from the fabric with one of these as
+    /// source was routed on its sending host.
+    pub dvr_macs: rustc_hash::FxHashSet<u64>,
+    /// fdb_key(network, local instance MAC) -> the gateway MAC of that instance's subnet: the
+    /// source a routed frame from another host is delivered with.
+    pub dvr_rewrite: FxHashMap<u64, MacAddr>,
+}
+
+impl L3Tables {
+    /// The static neighbour of (network, address).
+    #[inline(always)]
+    pub fn neighbor(&self, net: NetIdx, addr: u128) -> Option<u64> {
+        self.neigh.get(&(net, addr)).copied()
+    }
+}
+
+fn key_of(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => super::l3neigh::v4_key(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// Compiles the routers this host carries into `t.l3` and their gateway MACs into the FDB.
+pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) {
+    let mut l3 = L3Tables {
+        dvr_mac: host
+            .dvr_mac
+            .or_else(|| state.host(&host.host_id).and_then(|h| h.dvr_mac)),
+        ..Default::default()
+    };
+    for h in state.hosts.iter().filter(|h| h.host != host.host_id) {
+        if let Some(m) = h.dvr_mac {
+            l3.dvr_macs.insert(mac_u64(&m.0));
+        }
+    }
+    let net_ids: Vec<String> = t.networks.iter().map(|n| n.id.clone()).collect();
+    let net_idx = |id: &str| net_ids.iter().position(|n| n == id).map(|i| i as NetIdx);
+    // Networks with a local instance port.
+    let local_nets: Vec<NetIdx> = t
+        .ports
+        .iter()
+        .filter(|p| p.kind == PortKind::Instance && p.network != NO_NET)
+        .map(|p| p.network)
+        .collect();
+    let snat_host = host.role == Role::DvrSnat;
+    for r in &state.routers {
+        let rif_ports: Vec<&vswitch_config::Port> = state
+            .ports
+            .iter()
+            .filter(|p| {
+                p.device_id == r.id
+                    && (p.device_owner == OWNER_RIF_DVR || p.device_owner == OWNER_RIF)
+            })
+            .collect();
+        let here = if snat_host {
+            !rif_ports.is_empty()
+        } else {
+            r.distributed
+                && rif_ports
+                    .iter()
+                    .any(|p| net_idx(&p.network_id).is_some_and(|n| local_nets.contains(&n)))
+        };
+        if !here {
+            continue;
+        }
+        let ri = l3.routers.len() as u16;
+        let first_rif = l3.rifs.len();
+        for p in &rif_ports {
+            let Some(net) = net_idx(&p.network_id) else {
+                continue;
+            };
+            let mut rif = RifEntry {
+                router: ri,
+                port_id: p.id.clone(),
+                net,
+                mac: p.mac_address,
+                v4: Vec::new(),
+                v6: Vec::new(),
+                snat: None,
+            };
+            for f in &p.fixed_ips {
+                let Some(sn) = state.subnet(&f.subnet_id) else {
+                    continue;
+                };
+                match (f.ip_address, sn.cidr) {
+                    (IpAddr::V4(a), IpNet::V4(c)) => rif
+                        .v4
+                        .push(Ipv4Net::new(a, c.prefix_len()).expect("valid prefix")),
+                    (IpAddr::V6(a), IpNet::V6(c)) => rif
+                        .v6
+                        .push(Ipv6Net::new(a, c.prefix_len()).expect("valid prefix")),
+                    _ => {}
+                }
+            }
+            let snat_wanted = !snat_host
+                && r.external_gateway_info
+                    .as_ref()
+                    .is_some_and(|g| g.enable_snat);
+            if snat_wanted {
+                rif.snat = state
+                    .ports
+                    .iter()
+                    .filter(|sp| {
+                        sp.device_owner == OWNER_SNAT
+                            && sp.device_id == r.id
+                            && sp.network_id == p.network_id
+                    })
+                    .find_map(|sp| {
+                        sp.fixed_ips.iter().find_map(|f| match f.ip_address {
+                            IpAddr::V4(a) if rif.v4.iter().any(|n| n.contains(&a)) => {
+                                Some((a, sp.mac_address))
+                            }
+                            _ => None,
+                        })
+                    });
+            }
+            l3.rifs.push(rif);
+        }
+        let rifs = &l3.rifs[first_rif..];
+        let mut routes: Vec<RouteEntry> = Vec::new();
+        // Static routes first, connected subnets last: for the same prefix the connected
+        // one wins (the FIB keeps the last duplicate).
+        for sr in &r.routes {
+            let nh = sr.nexthop;
+            let rif = rifs.iter().position(|x| match nh {
+                IpAddr::V4(a) => x.v4.iter().any(|n| n.contains(&a)),
+                IpAddr::V6(a) => x.v6.iter().any(|n| n.contains(&a)),
+            });
+            if let Some(k) = rif {
+                routes.push(RouteEntry {
+                    prefix: sr.destination.trunc(),
+                    rif: (first_rif + k) as u16,
+                    via: Some(nh),
+                });
+            }
+        }
+        for (k, x) in rifs.iter().enumerate() {
+            let rif = (first_rif + k) as u16;
+            for n in &x.v4 {
+                routes.push(RouteEntry {
+                    prefix: IpNet::V4(n.trunc()),
+                    rif,
+                    via: None,
+                });
+            }
+            for n in &x.v6 {
+                routes.push(RouteEntry {
+                    prefix: IpNet::V6(n.trunc()),
+                    rif,
+                    via: None,
+                });
+            }
+        }
+        let fib4 = Lpm::build(
+            routes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| match e.prefix {
+                    IpNet::V4(n) => Some((u32::from(n.network()), n.prefix_len(), i as u32)),
+                    IpNet::V6(_) => None,
+                }),
+        );
+        let fib6 = Lpm::build(
+            routes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| match e.prefix {
+                    IpNet::V6(n) => Some((u128::from(n.network()), n.prefix_len(), i as u32)),
+                    IpNet::V4(_) => None,
+                }),
+        );
+        l3.routers.push(RouterEntry {
+            id: r.id.clone(),
+            name: if r.name.is_empty() {
+                r.id.clone()
+            } else {
+                r.name.clone()
+            },
+            up: r.admin_state_up,
+            fib4,
+            fib6,
+            routes,
+            local4: rifs
+                .iter()
+                .flat_map(|x| x.v4.iter().map(|n| u32::from(n.addr())))
+                .collect(),
+            local6: rifs
+                .iter()
+                .flat_map(|x| x.v6.iter().map(|n| u128::from(n.addr())))
+                .collect(),
+        });
+    }
+
+    // Gateway addresses, gateway MACs in the FDB, and the neighbours of routed networks.
+    let mut routed_nets: Vec<NetIdx> = Vec::new();
+    for (i, x) in l3.rifs.iter().enumerate() {
+        let i = i as u16;
+        for n in &x.v4 {
+            l3.gw4
+                .insert((x.net as u64) << 32 | u32::from(n.addr()) as u64, i);
+        }
+        for n in &x.v6 {
+            l3.gw6.insert((x.net, u128::from(n.addr())), i);
+        }
+        t.fdb.insert(fdb_key(x.net, x.mac), ROUTER_BIT | i);
+        if !routed_nets.contains(&x.net) {
+            routed_nets.push(x.net);
+        }
+    }
+    for p in &state.ports {
+        let Some(net) = net_idx(&p.network_id).filter(|n| routed_nets.contains(n)) else {
+            continue;
+        };
+        let mac = mac_u64(&p.mac_address.0);
+        for f in &p.fixed_ips {
+            let k = (net, key_of(f.ip_address));
+            if !l3.gw4.is_empty() || !l3.gw6.is_empty() {
+                // Our own interface addresses are not neighbours.
+                let ours = match f.ip_address {
+                    IpAddr::V4(a) => l3
+                        .gw4
+                        .contains_key(&((net as u64) << 32 | u32::from(a) as u64)),
+                    IpAddr::V6(a) => l3.gw6.contains_key(&(net, u128::from(a))),
+                };
+                if ours {
+                    continue;
+                }
+            }
+            l3.neigh.entry(k).or_insert(mac);
+        }
+        for aap in &p.allowed_address_pairs {
+            let single = match aap.ip_address {
+                IpNet::V4(n) => n.prefix_len() == 32,
+                IpNet::V6(n) => n.prefix_len() == 128,
+            };
+            if single {
+                let m = aap.mac_address.map_or(mac, |m| mac_u64(&m.0));
+                l3.neigh
+                    .entry((net, key_of(aap.ip_address.addr())))
+                    .or_insert(m);
+            }
+        }
+    }
+    // Local instance ports: the gateway MAC their routed frames from other hosts get.
+    for pe in t.ports.iter().filter(|p| p.kind == PortKind::Instance) {
+        let Some(np) = pe
+            .iface_id
+            .as_deref()
+            .and_then(|id| state.ports.iter().find(|p| p.id == id))
+        else {
+            continue;
+        };
+        let gw = np.fixed_ips.iter().find_map(|f| {
+            l3.rifs
+                .iter()
+                .find(|x| {
+                    x.net == pe.network
+                        && match f.ip_address {
+                            IpAddr::V4(a) => x.v4.iter().any(|n| n.contains(&a)),
+                            IpAddr::V6(a) => x.v6.iter().any(|n| n.contains(&a)),
+                        }
+                })
+                .map(|x| x.mac)
+        });
+        if let Some(gw) = gw {
+            l3.dvr_rewrite
+                .insert(fdb_key(pe.network, np.mac_address), gw);
+        }
+    }
+    t.l3 = l3;
+}
