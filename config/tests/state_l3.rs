@@ -59,6 +59,10 @@ fn route_rules() {
             destination: "10.2.3.4/16".parse().unwrap(),
             nexthop: "fd00:198:51:100::20".parse().unwrap(),
         },
+        Route {
+            destination: "10.3.0.0/16".parse().unwrap(),
+            nexthop: "10.9.9.9".parse().unwrap(),
+        },
     ];
     let p = s.validate();
     has(
@@ -71,7 +75,30 @@ fn route_rules() {
         "routers[0].routes[1].nexthop",
         "nexthop fd00:198:51:100::20 is IPv6 but destination 10.2.3.4/16 is IPv4",
     );
-    assert_eq!(p.len(), 2);
+    has(
+        &p,
+        "routers[0].routes[2].nexthop",
+        "nexthop 10.9.9.9 is on none of the router's interface subnets; add an interface on its subnet",
+    );
+    assert_eq!(p.len(), 3);
+}
+
+#[test]
+fn a_host_routing_for_a_distributed_router_needs_a_dvr_mac() {
+    let mut host = common::compute1();
+    let mut s = seed();
+    assert!(vswitch_config::validate_for_host(&host, &s).is_empty());
+    host.dvr_mac = None;
+    // Still listed in state.hosts: fine.
+    assert!(vswitch_config::validate_for_host(&host, &s).is_empty());
+    for h in &mut s.hosts {
+        h.dvr_mac = None;
+    }
+    only(
+        &vswitch_config::validate_for_host(&host, &s),
+        "host.dvr_mac",
+        "missing: state.routers[0] (78d2f628-137c-4f26-a257-25fc20f203c1) is distributed, and routed frames leave each host with that host's unique DVR MAC (set host.dvr_mac or state.hosts[].dvr_mac)",
+    );
 }
 
 fn fip(id: &str, addr: &str, port: Option<&str>, fixed: Option<&str>) -> FloatingIp {

@@ -50,6 +50,30 @@ pub fn validate_for_host(host: &HostConfig, state: &DesiredState) -> Vec<Problem
         }
     }
 
+    // A distributed router's interfaces have the same MAC on every host: routed frames leave
+    // a host with its own DVR MAC instead, so a host routing for a distributed router needs one.
+    let has_dvr_mac = host.dvr_mac.is_some()
+        || state
+            .hosts
+            .iter()
+            .any(|h| h.host == host.host_id && h.dvr_mac.is_some());
+    if !has_dvr_mac {
+        if let Some((i, r)) = state.routers.iter().enumerate().find(|(_, r)| {
+            r.distributed
+                && state.ports.iter().any(|p| {
+                    p.device_id == r.id && p.device_owner == "network:router_interface_distributed"
+                })
+        }) {
+            out.push(
+                "host.dvr_mac",
+                format!(
+                    "missing: state.routers[{i}] ({}) is distributed, and routed frames leave each host with that host's unique DVR MAC (set host.dvr_mac or state.hosts[].dvr_mac)",
+                    r.id
+                ),
+            );
+        }
+    }
+
     if let Some((i, entry)) = state
         .hosts
         .iter()

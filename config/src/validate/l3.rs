@@ -42,6 +42,30 @@ pub(super) fn check_routers(state: &DesiredState, index: &Index<'_>, out: &mut P
                     ),
                 );
             }
+            // The next hop must be on one of the router's own subnets (an interface port's
+            // subnet), or the route can never be used.
+            let on_link = state
+                .ports
+                .iter()
+                .filter(|p| {
+                    p.device_id == router.id
+                        && matches!(
+                            p.device_owner.as_str(),
+                            "network:router_interface_distributed" | "network:router_interface"
+                        )
+                })
+                .flat_map(|p| p.fixed_ips.iter())
+                .filter_map(|f| state.subnet(&f.subnet_id))
+                .any(|sn| sn.cidr.contains(&route.nexthop));
+            if !on_link && family(route.nexthop) == family(route.destination.addr()) {
+                out.push(
+                    format!("{rat}.nexthop"),
+                    format!(
+                        "nexthop {} is on none of the router's interface subnets; add an interface on its subnet",
+                        route.nexthop
+                    ),
+                );
+            }
             let dest_family = family(route.destination.addr());
             if family(route.nexthop) != dest_family {
                 out.push(
