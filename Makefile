@@ -39,6 +39,7 @@ test: provision lint
 
 bench: build-release
 	python3 perf/bench.py --vswitchd $(VSWITCHD_RELEASE)
+	$(CARGO) run --release -q -p vswitch --example lpm_bench
 
 clean:
 	$(CARGO) clean

@@ -13,7 +13,7 @@
 use rustc_hash::FxHashMap;
 
 /// Up to this many prefixes, lookups scan a sorted array instead of hashing.
-pub const LINEAR_MAX: usize = 16;
+pub const LINEAR_MAX: usize = 8;
 
 /// An address type the FIB can be keyed by.
 pub trait LpmKey: Copy + Eq + std::hash::Hash + std::fmt::Debug {
@@ -72,6 +72,11 @@ impl<K: LpmKey> Lpm<K> {
     /// Builds the table. Later duplicates of a prefix replace earlier ones (so callers list
     /// connected routes last to make them win over a static route for the same prefix).
     pub fn build(prefixes: impl IntoIterator<Item = (K, u8, u32)>) -> Self {
+        Self::build_with(prefixes, LINEAR_MAX)
+    }
+
+    /// [`build`](Self::build) with another size limit for the linear form (benchmarks).
+    pub fn build_with(prefixes: impl IntoIterator<Item = (K, u8, u32)>, linear_max: usize) -> Self {
         // Deduplicate by (length, masked prefix), keeping the last value and first position.
         let mut all: FxHashMap<(u8, K), u32> = FxHashMap::default();
         let mut order: Vec<(u8, K)> = Vec::new();
@@ -98,7 +103,7 @@ impl<K: LpmKey> Lpm<K> {
             }
         }
         let rest = entries.into_iter().filter(|&(_, len, _)| len != 0);
-        if t.len <= LINEAR_MAX {
+        if t.len <= linear_max {
             t.linear = rest.collect();
         } else {
             for (k, len, v) in rest {
