@@ -183,6 +183,10 @@ named_enum! {
         IcmpRateLimited => "router.icmp_rate_limited",
         /// ARP requests / Neighbor Solicitations sent to resolve a next hop.
         ResolveSent => "router.resolve_sent",
+        /// Packets held while their next hop resolves.
+        NextHopHeld => "router.held",
+        /// Held packets routed once their next hop resolved.
+        NextHopReleased => "router.released",
         /// Next hops learned from ARP replies / Neighbor Advertisements.
         RouterNeighborLearned => "router.neighbor_learned",
     }

@@ -189,6 +189,7 @@ pub fn process<B: PacketBuf, T: Tracer>(
     b: &mut Batch<B>,
     t: &Tables,
     s: &mut CoreState,
+    held: &mut router::Pending<B>,
     c: &mut BatchCounters,
     tr: &mut T,
 ) {
@@ -200,7 +201,7 @@ pub fn process<B: PacketBuf, T: Tracer>(
     router::gateway_responder(b, t, s, c, tr);
     tunnel::arp_responder(b, t, c, tr);
     integration::run(b, t, s, c, tr);
-    router::route(b, t, s, c, tr);
+    router::route(b, t, s, held, c, tr);
 }
 
 #[cfg(test)]

@@ -359,6 +359,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
     b: &mut Batch<B>,
     t: &Tables,
     s: &mut CoreState,
+    held: &mut Pending<B>,
     c: &mut BatchCounters,
     tr: &mut T,
 ) {
@@ -426,11 +427,69 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 b.meta[i].next = Next::Output(b.in_port);
                 tally.c[kind as usize] += 1;
             }
-            Ok(Verdict::Resolve(net)) => {
-                b.meta[i].network = net;
-                b.meta[i].next = Next::FloodLocal;
-                c.drop(D::RouterUnresolved);
-                tally.c[RouterStat::Dropped as usize] += 1;
+            Ok(Verdict::Unresolved { rif, addr }) => {
+                let out = &t.l3.rifs[rif as usize];
+                let key =
+                    (out.net as u64) << 48 ^ (addr as u64) ^ ((addr >> 64) as u64).rotate_left(17);
+                let due = resolve_due(s, key);
+                let gen = t.generation;
+                let held = if held.has_room(out.net, addr) {
+                    b.pkts[i].take().map(|orig| {
+                        // Ask in a copy; the original waits for the answer.
+                        let ask = if due { orig.try_clone() } else { None };
+                        held.push(Held {
+                            p: orig,
+                            rif_in,
+                            in_net: b.meta[i].network,
+                            in_port: b.in_port,
+                            net: out.net,
+                            addr,
+                            since_ms: s.now_ms,
+                            generation: gen,
+                        });
+                        c.event(E::NextHopHeld);
+                        b.pkts[i] = ask;
+                    })
+                } else {
+                    None
+                };
+                // The buffer left in the slot (the copy, or the packet itself when the queue
+                // is full) becomes the request.
+                let asked = due
+                    && b.pkts[i]
+                        .as_mut()
+                        .is_some_and(|q| build_request(q, out, addr));
+                if asked {
+                    c.event(E::ResolveSent);
+                    b.meta[i].network = out.net;
+                    b.meta[i].next = Next::FloodLocal;
+                } else {
+                    b.meta[i].next = Next::Drop(D::RouterUnresolved);
+                }
+                if held.is_none() {
+                    c.drop(D::RouterUnresolved);
+                    tally.c[RouterStat::Dropped as usize] += 1;
+                } else if !asked {
+                    // The copy could not be made or used: nothing to count, it is freed.
+                    b.meta[i].next = Next::Consumed;
+                    if let Some(q) = b.pkts[i].take() {
+                        drop(q);
+                    }
+                }
+                trace!(
+                    tr,
+                    i,
+                    "router",
+                    "next hop {} unknown on network {}: {}{}",
+                    addr_str(addr),
+                    t.networks[out.net as usize].name,
+                    if held.is_some() {
+                        "packet held until it resolves"
+                    } else {
+                        "drop router.unresolved (queue full)"
+                    },
+                    if asked { ", asking" } else { "" }
+                );
             }
             Err(r) => {
                 trace!(tr, i, "router", "drop {}", r.name());
@@ -476,8 +535,11 @@ enum Verdict {
     Forward(Hop),
     /// Rewritten into a reply or error to the sender.
     Back(RouterStat),
-    /// Rewritten into an ARP request / NS on this network.
-    Resolve(NetIdx),
+    /// The next hop's MAC is unknown (the packet is untouched).
+    Unresolved {
+        rif: u16,
+        addr: u128,
+    },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -542,9 +604,7 @@ fn route_v4<B: PacketBuf, T: Tracer>(
             trace!(tr, i, "router", "{}: no route", Ipv4Addr::from(dst));
             return icmp_v4(p, x, s, c, 3, 0, 0, D::RouterNoRoute);
         }
-        Err(Miss::Unresolved { rif, addr }) => {
-            return resolve(p, x, s, c, rif, addr, i, tr);
-        }
+        Err(Miss::Unresolved { rif, addr }) => return Ok(Verdict::Unresolved { rif, addr }),
     };
     if total > h.mtu as usize {
         if !df {
@@ -620,9 +680,7 @@ fn route_v6<B: PacketBuf, T: Tracer>(
             trace!(tr, i, "router", "{dst}: no route");
             return icmp_v6(p, x, s, c, 1, 0, 0, D::RouterNoRoute);
         }
-        Err(Miss::Unresolved { rif, addr }) => {
-            return resolve(p, x, s, c, rif, addr, i, tr);
-        }
+        Err(Miss::Unresolved { rif, addr }) => return Ok(Verdict::Unresolved { rif, addr }),
     };
     if total > h.mtu as usize {
         trace!(
@@ -1010,54 +1068,167 @@ fn resolve_due(s: &mut CoreState, key: u64) -> bool {
     true
 }
 
-/// The next hop is unknown: the packet becomes an ARP request (IPv4) or a Neighbor
-/// Solicitation (IPv6) from the egress interface, flooded to local ports only.
-#[allow(clippy::too_many_arguments)]
-fn resolve<B: PacketBuf, T: Tracer>(
-    p: &mut B,
-    x: &Ctx<'_>,
-    s: &mut CoreState,
-    c: &mut BatchCounters,
-    rif: u16,
-    addr: u128,
-    i: usize,
-    tr: &mut T,
-) -> Result<Verdict, D> {
-    let out = &x.t.l3.rifs[rif as usize];
-    let key = (out.net as u64) << 48 ^ (addr as u64) ^ ((addr >> 64) as u64).rotate_left(17);
-    if !resolve_due(s, key) {
-        return Err(D::RouterUnresolved);
-    }
-    let v4 = addr >> 32 == 0xffff;
-    let ok = if v4 {
+/// Turns `p` into an ARP request (IPv4) or a Neighbor Solicitation (IPv6) for `addr` from
+/// interface `out`.
+fn build_request<B: PacketBuf>(p: &mut B, out: &RifEntry, addr: u128) -> bool {
+    if addr >> 32 == 0xffff {
         let target = addr as u32;
-        match out.v4_source(target) {
-            Some(from) => build_arp_request(p, out.mac, from, target),
-            None => false,
-        }
+        out.v4_source(target)
+            .is_some_and(|from| build_arp_request(p, out.mac, from, target))
     } else {
-        match out.v6_source(addr) {
-            Some(from) => build_ns(p, out.mac, from, addr),
-            None => false,
-        }
-    };
-    if !ok {
-        return Err(D::RouterUnresolved);
+        out.v6_source(addr)
+            .is_some_and(|from| build_ns(p, out.mac, from, addr))
     }
-    c.event(E::ResolveSent);
-    trace!(
-        tr,
-        i,
-        "router",
-        "drop router.unresolved: next hop {} unknown on network {}, asking",
-        if v4 {
-            Ipv4Addr::from(addr as u32).to_string()
-        } else {
-            Ipv6Addr::from(addr).to_string()
-        },
-        x.t.networks[out.net as usize].name
-    );
-    Ok(Verdict::Resolve(out.net))
+}
+
+/// A next-hop key (IPv4 mapped) in words.
+fn addr_str(addr: u128) -> String {
+    if addr >> 32 == 0xffff {
+        Ipv4Addr::from(addr as u32).to_string()
+    } else {
+        Ipv6Addr::from(addr).to_string()
+    }
+}
+
+/// Most packets one core holds while their next hops resolve.
+pub const PENDING_MAX: usize = 64;
+/// Most packets held for one next hop (Linux keeps a few per unresolved neighbour too).
+pub const PENDING_PER_HOP: usize = 8;
+/// How long a held packet waits for its next hop before it is dropped (`router.unresolved`).
+pub const PENDING_MS: u64 = 1000;
+
+/// A packet waiting for its next hop's MAC.
+pub struct Held<B> {
+    p: B,
+    rif_in: u16,
+    in_net: NetIdx,
+    in_port: u16,
+    net: NetIdx,
+    addr: u128,
+    since_ms: u64,
+    generation: u64,
+}
+
+/// One core's bounded queue of packets whose next hop is being resolved: allocated once, at
+/// start; when full (or [`PENDING_PER_HOP`] for one next hop) a packet is dropped and counted
+/// instead. [`release_pending`] routes what has resolved and drops what waited too long.
+pub struct Pending<B> {
+    q: Vec<Option<Held<B>>>,
+    n: usize,
+}
+
+impl<B> Default for Pending<B> {
+    fn default() -> Self {
+        Self {
+            q: (0..PENDING_MAX).map(|_| None).collect(),
+            n: 0,
+        }
+    }
+}
+
+impl<B> Pending<B> {
+    /// Packets held now.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+    fn has_room(&self, net: NetIdx, addr: u128) -> bool {
+        self.n < PENDING_MAX
+            && self
+                .q
+                .iter()
+                .flatten()
+                .filter(|h| h.net == net && h.addr == addr)
+                .count()
+                < PENDING_PER_HOP
+    }
+    fn push(&mut self, h: Held<B>) {
+        if let Some(slot) = self.q.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(h);
+            self.n += 1;
+        }
+    }
+    /// Frees every held packet (shutdown). Returns how many.
+    pub fn clear(&mut self) -> usize {
+        let n = self.n;
+        for s in &mut self.q {
+            s.take();
+        }
+        self.n = 0;
+        n
+    }
+}
+
+/// Routes held packets whose next hop has resolved (into the transmit buffers, through the
+/// normal router and output stages), and drops those that waited more than [`PENDING_MS`] or
+/// whose tables have changed since (`router.unresolved`). Called once per poll round.
+pub fn release_pending<B: PacketBuf>(
+    held: &mut Pending<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    txb: &mut super::output::TxBuffers<B>,
+    tx: &mut impl super::output::Tx<B>,
+    c: &mut BatchCounters,
+) {
+    if held.n == 0 {
+        return;
+    }
+    // Ready packets go through the stages in one-port batches.
+    let mut b: Batch<B> = Batch::default();
+    let now = s.now_ms;
+    for k in 0..held.q.len() {
+        let Some(h) = held.q[k].as_ref() else {
+            continue;
+        };
+        let stale = h.generation != t.generation || now.saturating_sub(h.since_ms) > PENDING_MS;
+        let ready = !stale
+            && (t.l3.neighbor(h.net, h.addr).is_some()
+                || s.l3neigh.lookup(h.net, h.addr).is_some());
+        if !stale && !ready {
+            continue;
+        }
+        let Some(h) = held.q[k].take() else { continue };
+        held.n -= 1;
+        if stale {
+            c.drop(D::RouterUnresolved);
+            drop(h.p);
+            continue;
+        }
+        if b.len > 0 && (b.in_port != h.in_port || b.len == super::BURST) {
+            flush_released(&mut b, t, s, held, txb, tx, c);
+        }
+        if b.len == 0 {
+            b.start(h.in_port, 0);
+        }
+        let i = b.len;
+        b.pkts[i] = Some(h.p);
+        b.meta[i] = super::Meta {
+            network: h.in_net,
+            next: Next::Route(h.rif_in),
+            from_vtep: u16::MAX,
+        };
+        b.len += 1;
+        c.event(E::NextHopReleased);
+    }
+    if b.len > 0 {
+        flush_released(&mut b, t, s, held, txb, tx, c);
+    }
+}
+
+fn flush_released<B: PacketBuf>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    held: &mut Pending<B>,
+    txb: &mut super::output::TxBuffers<B>,
+    tx: &mut impl super::output::Tx<B>,
+    c: &mut BatchCounters,
+) {
+    route(b, t, s, held, c, &mut super::NoTrace);
+    super::output::run(b, t, s, txb, tx, c, &mut super::NoTrace);
+    b.len = 0;
 }
 
 /// A broadcast ARP request for `target` from (`mac`, `from`), 60 bytes.

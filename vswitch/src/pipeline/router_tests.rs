@@ -578,13 +578,32 @@ fn ipv6_is_routed_with_hop_limit_and_errors() {
     }
 }
 
+/// vm3's ARP reply for `ip` to the selfservice1 gateway.
+fn arp_reply_from_vm3(ip: [u8; 4]) -> Vec<u8> {
+    let a = etherparse::ArpPacket::new(
+        etherparse::ArpHardwareId::ETHERNET,
+        etherparse::EtherType::IPV4,
+        etherparse::ArpOperation::REPLY,
+        &mac(M3).0,
+        &ip,
+        &mac(GW1).0,
+        &[198, 51, 100, 1],
+    )
+    .unwrap();
+    let b = etherparse::PacketBuilder::ethernet2(mac(M3).0, mac(GW1).0).arp(a);
+    let mut out = Vec::new();
+    b.write(&mut out).unwrap();
+    out
+}
+
 #[test]
-fn unknown_next_hop_is_resolved_by_arp_then_routed() {
+fn unknown_next_hop_is_resolved_by_arp_while_packets_wait() {
     let mut h = harness();
     // 198.51.100.77 sits behind vm3 (no port security): nobody in the desired state has it.
     let f = udp4_sized(M2, GW2, IP2, [198, 51, 100, 77], 64, 10);
     h.rx(VM2, std::slice::from_ref(&f));
-    assert_eq!(h.c.dropped(D::RouterUnresolved), 1);
+    assert_eq!(h.c.count(E::NextHopHeld), 1, "held, not dropped");
+    assert_eq!(h.c.drops.iter().sum::<u64>(), 0, "{:?}", h.c.drops);
     // The ARP request went to the local ports of the egress network only, from the gateway.
     let reqs: Vec<_> = [VM1, VM3]
         .iter()
@@ -600,33 +619,61 @@ fn unknown_next_hop_is_resolved_by_arp_then_routed() {
     assert_eq!(a.sender_hw_addr(), &mac(GW1).0);
     assert_eq!(a.sender_protocol_addr(), &[198, 51, 100, 1]);
     assert_eq!(a.target_protocol_addr(), &[198, 51, 100, 77]);
-    // A second packet within the retry time does not ask again.
+    // A second packet within the retry time waits too, without asking again.
     h.rx(VM2, std::slice::from_ref(&f));
     assert_eq!(h.c.count(E::ResolveSent), 1);
-    // vm3 answers for .77; the next packet is routed to it.
-    let reply = {
-        let a = etherparse::ArpPacket::new(
-            etherparse::ArpHardwareId::ETHERNET,
-            etherparse::EtherType::IPV4,
-            etherparse::ArpOperation::REPLY,
-            &mac(M3).0,
-            &[198, 51, 100, 77],
-            &mac(GW1).0,
-            &[198, 51, 100, 1],
-        )
-        .unwrap();
-        let b = etherparse::PacketBuilder::ethernet2(mac(M3).0, mac(GW1).0).arp(a);
-        let mut out = Vec::new();
-        b.write(&mut out).unwrap();
-        out
-    };
-    h.rx(VM3, &[reply]);
-    assert_eq!(h.c.count(E::RouterNeighborLearned), 1);
+    assert_eq!(h.held.len(), 2);
+    // vm3 answers for .77: both waiting packets leave, in order, routed.
     let before = h.sink.on(VM3).len();
+    h.rx(VM3, &[arp_reply_from_vm3([198, 51, 100, 77])]);
+    assert_eq!(h.c.count(E::RouterNeighborLearned), 1);
+    assert_eq!(h.c.count(E::NextHopReleased), 2);
+    assert_eq!(h.held.len(), 0);
+    let out = h.sink.on(VM3).to_vec();
+    assert_eq!(out.len(), before + 2, "drops {:?}", h.c.drops);
+    for g in &out[before..] {
+        assert_eq!((&g[..6], &g[6..12]), (&mac(M3).0[..], &mac(GW1).0[..]));
+        assert_eq!(ipv4_of(g).time_to_live, 63);
+        assert_eq!(
+            &g[14 + 20..],
+            &f[14 + 20..],
+            "the payload is the original one"
+        );
+    }
+    // Later packets are routed at once.
     h.rx(VM2, &[f]);
-    let out = h.sink.on(VM3);
-    assert_eq!(out.len(), before + 1, "drops {:?}", h.c.drops);
-    assert_eq!(&out[before][..6], &mac(M3).0);
+    assert_eq!(h.sink.on(VM3).len(), before + 3);
+    assert_eq!(h.c.drops.iter().sum::<u64>(), 0, "{:?}", h.c.drops);
+}
+
+#[test]
+fn the_wait_queue_is_bounded_and_times_out() {
+    use super::router::{PENDING_MS, PENDING_PER_HOP};
+    let mut h = harness();
+    let frames: Vec<_> = (0..PENDING_PER_HOP + 3)
+        .map(|_| udp4_sized(M2, GW2, IP2, [198, 51, 100, 77], 64, 10))
+        .collect();
+    h.rx(VM2, &frames);
+    assert_eq!(h.held.len(), PENDING_PER_HOP);
+    assert_eq!(
+        h.c.dropped(D::RouterUnresolved),
+        3,
+        "beyond the per-hop bound"
+    );
+    // Another next hop has its own share.
+    h.rx(VM2, &[udp4_sized(M2, GW2, IP2, [198, 51, 100, 78], 64, 10)]);
+    assert_eq!(h.held.len(), PENDING_PER_HOP + 1);
+    // Nobody answers: after PENDING_MS they are dropped and counted, and nothing leaks.
+    h.s.now_ms += PENDING_MS + 1;
+    h.rx(VM2, &[]);
+    assert_eq!(h.held.len(), 0);
+    assert_eq!(
+        h.c.dropped(D::RouterUnresolved),
+        3 + PENDING_PER_HOP as u64 + 1
+    );
+    // An answer after that finds nothing waiting.
+    h.rx(VM3, &[arp_reply_from_vm3([198, 51, 100, 77])]);
+    assert_eq!(h.c.count(E::NextHopReleased), 0);
 }
 
 #[test]

@@ -150,6 +150,8 @@ pub struct Harness {
     pub txb: TxBuffers<TestBuf>,
     /// Bytes `classify` counted as received, over all batches.
     pub rx_bytes: u64,
+    /// Packets the router holds while their next hop resolves.
+    pub held: super::router::Pending<TestBuf>,
 }
 
 impl Harness {
@@ -174,6 +176,7 @@ impl Harness {
             c: BatchCounters::default(),
             sink: Sink::default(),
             txb: TxBuffers::new(n),
+            held: Default::default(),
             rx_bytes: 0,
         }
     }
@@ -185,7 +188,14 @@ impl Harness {
                 b.pkts[i] = Some(TestBuf::new(f));
             }
             b.start(in_port, chunk.len());
-            process(&mut b, &self.t, &mut self.s, &mut self.c, tr);
+            process(
+                &mut b,
+                &self.t,
+                &mut self.s,
+                &mut self.held,
+                &mut self.c,
+                tr,
+            );
             self.rx_bytes += b.rx_bytes;
             output::run(
                 &mut b,
@@ -201,6 +211,14 @@ impl Harness {
                 "every packet left the batch"
             );
         }
+        super::router::release_pending(
+            &mut self.held,
+            &self.t,
+            &mut self.s,
+            &mut self.txb,
+            &mut self.sink,
+            &mut self.c,
+        );
         self.txb.flush(&mut self.sink, &mut self.c);
     }
 

@@ -12,6 +12,7 @@
 use crate::counters::{bump, BatchCounters, CoreCounters};
 use crate::io::DpdkTx;
 use crate::pipeline::output::{self, TxBuffers, TxStats};
+use crate::pipeline::router::{release_pending, Pending};
 use crate::pipeline::{self, Batch, CoreState, NoTrace, SharedState};
 use crate::tables::publish::SharedTables;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,6 +85,8 @@ impl Worker {
         );
         let mut batch: Batch<Mbuf> = Batch::default();
         let mut txb: TxBuffers<Mbuf> = TxBuffers::new(n_ports);
+        // Packets waiting for a router next hop to resolve (bounded, allocated now).
+        let mut held: Pending<Mbuf> = Pending::default();
         let mut tx = DpdkTx {
             port_ids: self.port_ids.clone(),
             queue: self.index,
@@ -115,7 +118,14 @@ impl Worker {
                 }
                 got += n;
                 batch.start(q.port, n);
-                pipeline::process(&mut batch, tables, &mut state, &mut bc, &mut NoTrace);
+                pipeline::process(
+                    &mut batch,
+                    tables,
+                    &mut state,
+                    &mut held,
+                    &mut bc,
+                    &mut NoTrace,
+                );
                 let rs = &mut rx_stats[q.port as usize];
                 rs.packets += n as u64;
                 rs.bytes += batch.rx_bytes;
@@ -128,6 +138,9 @@ impl Worker {
                     &mut bc,
                     &mut NoTrace,
                 );
+            }
+            if !held.is_empty() {
+                release_pending(&mut held, tables, &mut state, &mut txb, &mut tx, &mut bc);
             }
             txb.flush(&mut tx, &mut bc);
 
@@ -152,6 +165,10 @@ impl Worker {
             self.quiesce();
         }
         txb.flush(&mut tx, &mut bc);
+        // Packets still waiting for a next hop are lost with the shutdown: counted, freed.
+        for _ in 0..held.clear() {
+            bc.drop(crate::counters::DropReason::RouterUnresolved);
+        }
         self.fold(&mut bc, &mut txb, &mut rx_stats);
         self.quiesce();
         0
