@@ -714,3 +714,18 @@ fn every_packet_is_accounted_for_with_routing() {
     );
     assert_eq!(h.c.dropped(D::RouterNotRoutable), 1);
 }
+
+#[test]
+fn trace_shows_the_route_and_the_dvr_mac() {
+    let mut h = harness();
+    let mut tr = crate::pipeline::TraceLog::default();
+    h.rx_traced(VM1, &[udp4_sized(M1, GW1, IP1, IPR2, 64, 10)], &mut tr);
+    let lines = tr.for_packet(0).join("\n");
+    for want in [
+        "integration: network selfservice1: fa:16:3e:aa:00:01 -> router router1 (interface gw1)",
+        "router: router1 198.18.0.21: route 198.18.0.0/24 -> network selfservice2, fa:16:3f:00:00:01 -> fa:16:3e:00:02:01, to Tunnel(0) (source: this host's DVR MAC)",
+        "output: vxlan to VTEP 10.0.0.12",
+    ] {
+        assert!(lines.contains(want), "missing {want:?} in:\n{lines}");
+    }
+}
