@@ -12,13 +12,16 @@
 #                                       │  scapy peer 203.0.113.50 on VLAN 101 (vlan_host.py:
 #                                       │  this kernel has no 802.1Q support for eth0.101)
 #   demo-<pid>-i4  inst4 198.18.0.11  ──┤  selfservice2: VXLAN VNI 101
+#   demo-<pid>-i5  inst5 198.19.0.15  ──┤  selfservice1: VXLAN VNI 102; router1 (distributed)
+#                                       │  joins selfservice1 (.1) and selfservice2 (.1)
 #   demo-<pid>-kv  "compute2": a Linux kernel VTEP (10.0.0.12, vx0 VNI 101 + bridge) on the
 #                  overlay port; behind it demo-<pid>-r, a remote instance 198.18.0.22
 #
 # Shows: ping and a TCP transfer (with throughput) inside one network, isolation between the
 # two networks, the VLAN 101 host reaching an instance (tcpdump shows the tag), spoofed frames
 # dropped and counted, VXLAN to a Linux kernel VTEP (ping, TCP, tcpdump shows VNI 101),
-# vswitchd's counters, and a clean shutdown (exit 0, no mbuf leaked).
+# distributed routing (gateway ping, routed ping/TCP, tracepath's one hop, TTL exceeded, and a
+# routed frame reaching compute2 with this host's DVR MAC as source), vswitchd's counters, and a clean shutdown (exit 0, no mbuf leaked).
 # Everything it creates is removed on exit, also on failure or Ctrl-C. Prints "DEMO OK" or
 # "DEMO FAILED: <step>"; exits 0 only if every step worked.
 set -euo pipefail
@@ -27,8 +30,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VSWITCHD=${VSWITCHD:-$ROOT/target/release/vswitchd}
 VLAN_HOST=$ROOT/vswitch/tests/peers/vlan_host.py
 P=demo-$$
-SW=$P-sw I1=$P-i1 I2=$P-i2 I3=$P-i3 PROV=$P-prov I4=$P-i4 KV=$P-kv RI=$P-r
-NAMESPACES=("$SW" "$I1" "$I2" "$I3" "$PROV" "$I4" "$KV" "$RI")
+SW=$P-sw I1=$P-i1 I2=$P-i2 I3=$P-i3 PROV=$P-prov I4=$P-i4 KV=$P-kv RI=$P-r I5=$P-i5
+NAMESPACES=("$SW" "$I1" "$I2" "$I3" "$PROV" "$I4" "$KV" "$RI" "$I5")
 WORK=$(mktemp -d "/tmp/$P.XXXXXX")
 STEP="prerequisites"
 VS_PID="" PEER_PID="" TCPDUMP_PID="" SERVER_PID=""
@@ -85,7 +88,7 @@ done
 
 # --- topology --------------------------------------------------------------------------------
 STEP="topology"
-heading "1. Topology: 4 instances, a provider host and a kernel VTEP, each in its own namespace; vswitchd in $SW"
+heading "1. Topology: 5 instances, a provider host and a kernel VTEP, each in its own namespace; vswitchd in $SW"
 ip netns add "$SW"
 ip -n "$SW" link set lo up
 # host NS SWITCH_IF MAC CIDR
@@ -110,6 +113,10 @@ host "$I3" vm3 fa:16:3e:00:01:13 198.51.100.13/24
 host "$PROV" uplink 02:00:00:00:00:50 198.51.100.50/24
 host "$I4" vm4 fa:16:3e:00:01:14 198.18.0.11/24
 ip -n "$I4" link set eth0 mtu 1450
+ip -n "$I4" route add default via 198.18.0.1
+host "$I5" vm5 fa:16:3e:00:01:15 198.19.0.15/24
+ip -n "$I5" link set eth0 mtu 1450
+ip -n "$I5" route add default via 198.19.0.1
 # "compute2": the underlay end of the overlay port, a kernel VXLAN device and a bridge to a
 # remote instance, as a Linux compute node would have them.
 host "$KV" overlay 02:00:00:00:00:12 10.0.0.12/24
@@ -132,6 +139,7 @@ host_id = "compute1"
 main_core = 0
 cores = [1]
 local_vtep_ip = "10.0.0.11"
+dvr_mac = "fa:16:3f:00:00:11"
 eal_args = ["--no-huge", "-m", "512", "--no-pci", "--no-shconf", "--file-prefix", "$P"]
 
 [idle]
@@ -171,22 +179,35 @@ name = "overlay"
 devargs = "net_af_packet5,iface=overlay"
 kind = "overlay"
 
+[[ports]]
+name = "vm5"
+devargs = "net_af_packet6,iface=vm5"
+kind = "instance"
+iface_id = "port-inst5"
+
 [bridge_mappings]
 provider = "uplink"
 EOF
 cat >"$WORK/state.yaml" <<'EOF'
 hosts:
-  - {host: compute1, vtep_ip: 10.0.0.11}
-  - {host: compute2, vtep_ip: 10.0.0.12}
+  - {host: compute1, vtep_ip: 10.0.0.11, dvr_mac: "fa:16:3f:00:00:11"}
+  - {host: compute2, vtep_ip: 10.0.0.12, dvr_mac: "fa:16:3f:00:00:12"}
 networks:
   - {id: net-selfservice2, name: selfservice2, "provider:network_type": vxlan, "provider:segmentation_id": 101}
+  - {id: net-selfservice1, name: selfservice1, "provider:network_type": vxlan, "provider:segmentation_id": 102}
   - {id: net-provider1, name: provider1, "provider:network_type": vlan, "provider:physical_network": provider, "provider:segmentation_id": 101}
   - {id: net-flat1, name: flat1, "provider:network_type": flat, "provider:physical_network": provider}
 subnets:
   - {id: subnet-provider1, network_id: net-provider1, cidr: 203.0.113.0/24, ip_version: 4, gateway_ip: 203.0.113.1, enable_dhcp: false}
   - {id: subnet-flat1, network_id: net-flat1, cidr: 198.51.100.0/24, ip_version: 4, gateway_ip: 198.51.100.1, enable_dhcp: false}
   - {id: subnet-selfservice2, network_id: net-selfservice2, cidr: 198.18.0.0/24, ip_version: 4, gateway_ip: 198.18.0.1, enable_dhcp: false}
+  - {id: subnet-selfservice1, network_id: net-selfservice1, cidr: 198.19.0.0/24, ip_version: 4, gateway_ip: 198.19.0.1, enable_dhcp: false}
+routers:
+  - {id: router1, name: router1, distributed: true}
 ports:
+  - {id: port-inst5, network_id: net-selfservice1, mac_address: "fa:16:3e:00:01:15", fixed_ips: [{subnet_id: subnet-selfservice1, ip_address: 198.19.0.15}], "binding:host_id": compute1}
+  - {id: router1-ss1, network_id: net-selfservice1, mac_address: "fa:16:3e:aa:00:01", fixed_ips: [{subnet_id: subnet-selfservice1, ip_address: 198.19.0.1}], device_owner: "network:router_interface_distributed", device_id: router1}
+  - {id: router1-ss2, network_id: net-selfservice2, mac_address: "fa:16:3e:aa:00:02", fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.18.0.1}], device_owner: "network:router_interface_distributed", device_id: router1}
   - {id: port-inst4, network_id: net-selfservice2, mac_address: "fa:16:3e:00:01:14", fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.18.0.11}], "binding:host_id": compute1}
   - {id: port-remote, network_id: net-selfservice2, mac_address: "fa:16:3e:00:02:22", fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.18.0.22}], "binding:host_id": compute2}
   - id: port-inst1
@@ -368,13 +389,53 @@ grep -m1 -E '10\.0\.0\.11\.[0-9]+ > 10\.0\.0\.12\.4789: VXLAN, flags \[I\] \(0x0
 grep -m1 -E '10\.0\.0\.12\.[0-9]+ > 10\.0\.0\.11\.4789: VXLAN' "$WORK/underlay.txt" | cut -c1-150 | sed 's/^/    /' \
   || die "no VXLAN frame from the kernel VTEP"
 
+# --- distributed routing ---------------------------------------------------------------------
+STEP="DVR: gateway"
+heading "9. Distributed routing: router1 on this host joins selfservice1 and selfservice2"
+info "inst5 (198.19.0.15) pings its gateway 198.19.0.1 (answered by vswitchd's router):"
+nsx "$I5" ping -n -c 2 -i 0.2 -W 1 198.19.0.1 | grep -E 'bytes from|transmitted' | sed 's/^/    /'
+STEP="DVR: routed ping and TCP"
+info "inst5 -> inst4 (198.18.0.11, the other subnet, same host): routed here"
+nsx "$I5" ping -n -c 3 -i 0.2 -W 1 198.18.0.11 | grep -E 'bytes from|transmitted' | sed 's/^/    /'
+ip netns exec "$I4" "$PY" "$WORK/server.py" 198.18.0.11 >"$WORK/server.out" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 100); do grep -q listening "$WORK/server.out" && break; sleep 0.05; done
+client_out=$(nsx "$I5" "$PY" "$WORK/client.py" 198.18.0.11 $((16 << 20)))
+wait "$SERVER_PID"; SERVER_PID=""
+read -r sent_n sent_h <<<"$client_out"
+read -r got_n got_h secs < <(tail -n 1 "$WORK/server.out")
+[ "$sent_n" = "$got_n" ] && [ "$sent_h" = "$got_h" ] || die "data differs across the router"
+info "TCP: $got_n bytes routed, SHA-256 equal, $(awk -v n="$got_n" -v s="$secs" 'BEGIN { printf "%.0f Mbit/s", n*8/s/1e6 }')"
+STEP="DVR: tracepath"
+info "tracepath -n inst5 -> inst4: one router hop"
+nsx "$I5" tracepath -n -m 5 198.18.0.11 >"$WORK/tracepath.txt" 2>&1 || true
+sed 's/^/    /' "$WORK/tracepath.txt"
+grep -qE '^ 1: +198\.19\.0\.1 ' "$WORK/tracepath.txt" || die "tracepath did not see the gateway as hop 1"
+grep -qE '^ 2: +198\.18\.0\.11 ' "$WORK/tracepath.txt" || die "tracepath did not reach inst4 at hop 2"
+STEP="DVR: TTL exceeded"
+info "ping -t 1: the router answers time exceeded"
+nsx "$I5" ping -n -c 1 -t 1 -W 1 198.18.0.11 >"$WORK/ttl.txt" 2>&1 || true
+grep -E 'Time to live exceeded' "$WORK/ttl.txt" | sed 's/^/    /'
+grep -q 'From 198.19.0.1 .*Time to live exceeded' "$WORK/ttl.txt" || die "no time exceeded from 198.19.0.1"
+STEP="DVR: DVR MAC on the wire"
+info "inst5 -> 198.18.0.22 (behind compute2's kernel VTEP): routed on this host, sent with its DVR MAC"
+ip netns exec "$RI" tcpdump -i eth0 -e -n -U --immediate-mode -Z root -w "$WORK/remote.pcap" udp port 7777 2>"$WORK/tcpdump.err" &
+TCPDUMP_PID=$!
+for _ in $(seq 100); do grep -q 'listening on' "$WORK/tcpdump.err" && break; sleep 0.05; done
+nsx "$I5" "$PY" -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b"routed", ("198.18.0.22", 7777)) for _ in range(3)]'
+sleep 0.3
+kill -TERM "$TCPDUMP_PID"; wait "$TCPDUMP_PID" || true; TCPDUMP_PID=""
+tcpdump -r "$WORK/remote.pcap" -e -n -v -t 2>/dev/null | head -n 2 | cut -c1-170 | sed 's/^/    /'
+tcpdump -r "$WORK/remote.pcap" -e -n -v -t 2>/dev/null | grep -q '^fa:16:3f:00:00:11 > fa:16:3e:00:02:22.*ttl 63' \
+  || die "the routed frame did not arrive with this host's DVR MAC and TTL 63"
+
 # --- counters and shutdown -------------------------------------------------------------------
 STEP="counters"
-heading "9. vswitchd counters (kill -USR1)"
+heading "10. vswitchd counters (kill -USR1)"
 counters print
 
 STEP="shutdown"
-heading "10. Stop vswitchd (SIGTERM): exit 0 and every mbuf returned"
+heading "11. Stop vswitchd (SIGTERM): exit 0 and every mbuf returned"
 kill -TERM "$VS_PID"
 rc=0; wait "$VS_PID" || rc=$?
 VS_PID=""
