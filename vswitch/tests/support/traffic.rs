@@ -31,7 +31,7 @@ pub fn py(topo: &Topology, ns: &str, code: &str, args: &[&str]) -> String {
 
 const TCP_SERVER_PY: &str = r#"
 import hashlib, socket, sys, time
-s = socket.socket()
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(1)
@@ -63,8 +63,8 @@ print("sent", n, hashlib.sha256(data).hexdigest(), flush=True)
 "#;
 
 /// Sends `bytes` random bytes over TCP from `client_ns` to a server in `server_ns` listening
-/// on `server_ip:port`; asserts that every byte arrived with the same SHA-256. Returns the
-/// receiver's seconds from accept to EOF.
+/// on `server_ip:port` (IPv4 or IPv6); asserts that every byte arrived with the same SHA-256.
+/// Returns the receiver's seconds from accept to EOF.
 pub fn tcp_transfer(
     topo: &Topology,
     client_ns: &str,

@@ -176,6 +176,16 @@ impl TunnelStats {
     }
 }
 
+/// One router instance's counters (`"routers"` of `stats-json:`): packets routed, answered by
+/// the router itself (echo), ICMP errors sent, dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterStats {
+    pub routed: u64,
+    pub local: u64,
+    pub icmp_errors: u64,
+    pub dropped: u64,
+}
+
 impl Stats {
     /// The counters of remote VTEP `ip`; zeros when vswitchd lists no entry for it (it never
     /// exchanged a packet with it). Panics when there is no `"vteps"` list at all.
@@ -199,6 +209,28 @@ impl Stats {
             .find(|e| e["vni"].as_u64() == Some(u64::from(vni)))
             .map(|e| TunnelStats::from_json(e, &format!("vni {vni}")))
             .unwrap_or_default()
+    }
+
+    /// The counters of the router named `name` (`"routers"` of `stats-json:`); panics when
+    /// this host carries no such router.
+    pub fn router(&self, name: &str) -> RouterStats {
+        let list = self.0["routers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no \"routers\" list in stats-json: {}", self.0));
+        let r = list
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no router {name:?} in {}", self.0["routers"]));
+        let g = |k: &str| {
+            r[k].as_u64()
+                .unwrap_or_else(|| panic!("router {name}: no {k} in {r}"))
+        };
+        RouterStats {
+            routed: g("routed"),
+            local: g("local"),
+            icmp_errors: g("icmp_errors"),
+            dropped: g("dropped"),
+        }
     }
 
     /// `self.drop(name) - before.drop(name)`.
