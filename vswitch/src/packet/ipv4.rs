@@ -96,7 +96,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Decrements TTL and patches the checksum incrementally (RFC 1624), as a router does.
-    #[inline]
+    #[inline(always)]
     pub fn decrement_ttl(&mut self) {
         let b = self.buf.as_mut();
         let old = be16(b, field::TTL);

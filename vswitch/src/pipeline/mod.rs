@@ -149,6 +149,8 @@ pub struct CoreState {
     pub icmp_refill_ms: u64,
     /// When this core last asked for a router next hop: (key, ms), as `arp_sent`.
     pub resolve_sent: [(u64, u64); 8],
+    /// This core's cache of routing decisions.
+    pub route_cache: router::RouteCache,
 }
 
 /// Shared state every core's [`CoreState`] points at.
@@ -178,6 +180,7 @@ impl CoreState {
             icmp_tokens: router::ICMP_BURST,
             icmp_refill_ms: 0,
             resolve_sent: [(0, 0); 8],
+            route_cache: Default::default(),
         }
     }
 }

@@ -342,6 +342,135 @@ struct Hop {
     mtu: u16,
     dvr: bool,
     to_snat: bool,
+    /// Decided from compiled tables only (static neighbour, static FDB), so it holds for as
+    /// long as this generation of tables does and may go into the [`RouteCache`].
+    cacheable: bool,
+}
+
+/// Entries of a core's [`RouteCache`] (a power of two).
+const ROUTE_CACHE: usize = 256;
+
+#[derive(Debug, Clone, Copy)]
+struct CacheEntry {
+    /// Tables generation the entry was decided in (`u64::MAX`: empty).
+    generation: u64,
+    rif_in: u16,
+    dst: u128,
+    hop: Hop,
+}
+
+/// A core's direct-mapped cache of routing decisions: (ingress interface, destination) -> the
+/// whole [`Hop`] (egress network, L2 destination, both MACs, MTU). Like OVS's exact-match
+/// cache in front of its classifier: a hit skips the FIB, the neighbour and the FDB lookups.
+/// Only decisions taken from the compiled tables are kept, tagged with their generation, so a
+/// new generation (any change of routes, ports or neighbours in the desired state) makes every
+/// entry a miss; next hops the router resolved itself and learned MACs are looked up every
+/// time, since they may move.
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    e: Box<[CacheEntry]>,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        let empty = CacheEntry {
+            generation: u64::MAX,
+            rif_in: 0,
+            dst: 0,
+            hop: Hop {
+                net: 0,
+                next: Next::Consumed,
+                macs: [0; 12],
+                mtu: 0,
+                dvr: false,
+                to_snat: false,
+                cacheable: false,
+            },
+        };
+        Self {
+            e: vec![empty; ROUTE_CACHE].into_boxed_slice(),
+        }
+    }
+}
+
+/// The routing decision for `dst` (IPv4 mapped) from the ingress interface of `x`.
+#[inline(always)]
+fn cached_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, Miss> {
+    let i = cache_slot(dst, x.rif_in);
+    let e = &s.route_cache.e[i];
+    if e.generation == x.t.generation && e.dst == dst && e.rif_in == x.rif_in {
+        return Ok(e.hop);
+    }
+    let r = next_hop(x, s, dst, v6);
+    if let Ok(hop) = r {
+        if hop.cacheable {
+            s.route_cache.e[i] = CacheEntry {
+                generation: x.t.generation,
+                rif_in: x.rif_in,
+                dst,
+                hop,
+            };
+        }
+    }
+    r
+}
+
+/// Forwards an option-less IPv4 packet whose decision is in the route cache and needs nothing
+/// else (TTL above 1, fits the egress MTU, unicast addresses, not for the router): TTL and
+/// checksum (RFC 1624) and both MACs rewritten in place. `None`: nothing was changed, take the
+/// full path.
+#[inline(always)]
+fn fast_v4(d: &mut [u8], x: &Ctx<'_>, s: &CoreState) -> Option<Hop> {
+    if d.len() < 34 || d[12..15] != [0x08, 0x00, 0x45] {
+        return None;
+    }
+    let total = u16::from_be_bytes([d[16], d[17]]) as usize;
+    let ttl = d[22];
+    if total < 20 || 14 + total > d.len() || ttl <= 1 || !ipv4_sum20_ok(&d[14..34]) {
+        return None;
+    }
+    let dst = u32::from_be_bytes([d[30], d[31], d[32], d[33]]);
+    let src = u32::from_be_bytes([d[26], d[27], d[28], d[29]]);
+    if !v4_routable(dst) || !v4_routable(src) || x.r.local4.contains(&dst) || !x.r.up {
+        return None;
+    }
+    let key = v4_key(dst);
+    let e = &s.route_cache.e[cache_slot(key, x.rif_in)];
+    if e.generation != x.t.generation || e.dst != key || e.rif_in != x.rif_in {
+        return None;
+    }
+    let h = e.hop;
+    if total > h.mtu as usize {
+        return None;
+    }
+    // TTL is the high byte of the word at 22; the checksum at 24.
+    let old = u16::from_be_bytes([ttl, d[23]]);
+    d[22] = ttl - 1;
+    let new = u16::from_be_bytes([d[22], d[23]]);
+    let cs = checksum::update16(u16::from_be_bytes([d[24], d[25]]), old, new);
+    d[24..26].copy_from_slice(&cs.to_be_bytes());
+    d[..12].copy_from_slice(&h.macs);
+    Some(h)
+}
+
+/// The route cache slot of (destination, ingress interface).
+#[inline(always)]
+fn cache_slot(dst: u128, rif_in: u16) -> usize {
+    let h = (dst as u64 ^ (dst >> 64) as u64 ^ (rif_in as u64) << 40)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 56) as usize & (ROUTE_CACHE - 1)
+}
+
+/// A 20-byte IPv4 header's checksum is right (five 32-bit adds and a fold).
+#[inline(always)]
+fn ipv4_sum20_ok(h: &[u8]) -> bool {
+    let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
+    let mut s = w(0) + w(4) + w(8) + w(12) + w(16);
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s == 0xffff
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -370,7 +499,6 @@ pub fn route<B: PacketBuf, T: Tracer>(
         .ports
         .get(b.in_port as usize)
         .is_some_and(|p| p.kind == PortKind::Instance);
-    let mut cache: Option<(u16, u128, Result<Hop, Miss>)> = None;
     let mut tally = Tally::default();
     for i in 0..b.len {
         let Next::Route(rif_in) = b.meta[i].next else {
@@ -397,6 +525,23 @@ pub fn route<B: PacketBuf, T: Tracer>(
             continue;
         }
         let ctx = Ctx { t, r, rif_in, rif };
+        // The common case first: an option-less IPv4 packet to a destination in the route
+        // cache, forwarded as is. Anything else takes the full path below.
+        if !T::ON {
+            if let Some(h) = fast_v4(p.data_mut(), &ctx, s) {
+                b.meta[i].network = h.net;
+                b.meta[i].next = h.next;
+                tally.c[RouterStat::Routed as usize] += 1;
+                c.event(E::Routed);
+                if h.dvr {
+                    c.event(E::DvrMacOut);
+                }
+                if h.to_snat {
+                    c.event(E::ToSnat);
+                }
+                continue;
+            }
+        }
         let d = p.data();
         let et = if d.len() >= 14 {
             u16::from_be_bytes([d[12], d[13]])
@@ -404,8 +549,8 @@ pub fn route<B: PacketBuf, T: Tracer>(
             0
         };
         let out = match et {
-            EtherType::IPV4 => route_v4(p, &ctx, s, c, &mut cache, i, tr),
-            EtherType::IPV6 => route_v6(p, &ctx, s, c, &mut cache, i, tr),
+            EtherType::IPV4 => route_v4(p, &ctx, s, c, i, tr),
+            EtherType::IPV6 => route_v6(p, &ctx, s, c, i, tr),
             EtherType::ARP => Err(D::RouterToRouter),
             _ => Err(D::RouterNotIp),
         };
@@ -548,13 +693,17 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     x: &Ctx<'_>,
     s: &mut CoreState,
     c: &mut BatchCounters,
-    cache: &mut Option<(u16, u128, Result<Hop, Miss>)>,
     i: usize,
     tr: &mut T,
 ) -> Result<Verdict, D> {
     let d = p.data();
     let ip = Ipv4Packet::new_checked(&d[14..]).map_err(|_| D::RouterMalformed)?;
-    if !ip.verify_checksum() {
+    let sum_ok = if d[14] == 0x45 {
+        ipv4_sum20_ok(&d[14..34])
+    } else {
+        ip.verify_checksum()
+    };
+    if !sum_ok {
         return Err(D::RouterMalformed);
     }
     let dst = u32::from(ip.dst());
@@ -589,15 +738,7 @@ fn route_v4<B: PacketBuf, T: Tracer>(
         trace!(tr, i, "router", "TTL {ttl}: time exceeded");
         return icmp_v4(p, x, s, c, 11, 0, 0, D::RouterTtlExceeded);
     }
-    let key = v4_key(dst);
-    let hop = match cache {
-        Some((r, k, h)) if *r == x.rif_in && *k == key => *h,
-        _ => {
-            let h = next_hop(x, s, key, false);
-            *cache = Some((x.rif_in, key, h));
-            h
-        }
-    };
+    let hop = cached_hop(x, s, v4_key(dst), false);
     let h = match hop {
         Ok(h) => h,
         Err(Miss::NoRoute) => {
@@ -634,7 +775,6 @@ fn route_v6<B: PacketBuf, T: Tracer>(
     x: &Ctx<'_>,
     s: &mut CoreState,
     c: &mut BatchCounters,
-    cache: &mut Option<(u16, u128, Result<Hop, Miss>)>,
     i: usize,
     tr: &mut T,
 ) -> Result<Verdict, D> {
@@ -666,14 +806,7 @@ fn route_v6<B: PacketBuf, T: Tracer>(
         trace!(tr, i, "router", "hop limit {hop_limit}: time exceeded");
         return icmp_v6(p, x, s, c, 3, 0, 0, D::RouterTtlExceeded);
     }
-    let hop = match cache {
-        Some((r, k, h)) if *r == x.rif_in && *k == dkey => *h,
-        _ => {
-            let h = next_hop(x, s, dkey, true);
-            *cache = Some((x.rif_in, dkey, h));
-            h
-        }
-    };
+    let hop = cached_hop(x, s, dkey, true);
     let h = match hop {
         Ok(h) => h,
         Err(Miss::NoRoute) => {
@@ -699,6 +832,7 @@ fn route_v6<B: PacketBuf, T: Tracer>(
     Ok(Verdict::Forward(h))
 }
 
+#[inline(always)]
 fn trace_hop<T: Tracer>(tr: &mut T, i: usize, x: &Ctx<'_>, h: &Hop, dst: std::net::IpAddr) {
     trace!(
         tr,
@@ -770,8 +904,8 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
     };
     let out = &t.l3.rifs[rif_out as usize];
     let net = out.net;
-    let mac = snat_mac
-        .or_else(|| t.l3.neighbor(net, nh))
+    let static_mac = snat_mac.or_else(|| t.l3.neighbor(net, nh));
+    let mac = static_mac
         .or_else(|| s.l3neigh.lookup(net, nh))
         .ok_or(Miss::Unresolved {
             rif: rif_out,
@@ -783,6 +917,7 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
         let m = MacAddr(mac.to_be_bytes()[2..8].try_into().expect("6 bytes"));
         s.learn.lookup(net, m, s.now_ms)
     };
+    let from_static = static_mac.is_some() && static_dest.is_some();
     let next = match static_dest.or_else(learned).and_then(|d| dest_next(t, d)) {
         Some(Next::Route(_)) => return Err(Miss::NoRoute),
         Some(n) => n,
@@ -817,6 +952,7 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
         mtu,
         dvr: leaves && t.l3.dvr_mac.is_some(),
         to_snat: snat_mac.is_some(),
+        cacheable: from_static,
     })
 }
 

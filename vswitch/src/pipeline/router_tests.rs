@@ -729,3 +729,26 @@ fn trace_shows_the_route_and_the_dvr_mac() {
         assert!(lines.contains(want), "missing {want:?} in:\n{lines}");
     }
 }
+
+#[test]
+fn route_cache_follows_new_tables() {
+    let mut h = harness();
+    let f = udp4_sized(M1, GW1, IP1, IPR2, 64, 10);
+    h.rx(VM1, std::slice::from_ref(&f));
+    h.rx(VM1, std::slice::from_ref(&f));
+    // The remote instance's port gets another MAC in the next generation of tables.
+    let moved = "fa:16:3e:00:02:99";
+    let mut t = tables_from(HOST, &STATE.replace(R2, moved), &[]);
+    t.overlay = tables().overlay;
+    t.generation = h.t.generation + 1;
+    h.t = t;
+    h.rx(VM1, std::slice::from_ref(&f));
+    let out = h.sink.on(OVERLAY);
+    assert_eq!(out.len(), 3, "drops {:?}", h.c.drops);
+    assert_eq!(&inner_of(&out[1]).1[..6], &mac(R2).0);
+    assert_eq!(
+        &inner_of(&out[2]).1[..6],
+        &mac(moved).0,
+        "not the cached MAC"
+    );
+}
