@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark runner: Mpps per worker core of vswitchd against dpdk-testpmd on the same traffic.
 
-For every scenario in perf/scenarios/ (or those named with --scenario) and for --runs rounds,
-interleaved so machine noise hits every candidate alike:
+For every scenario in perf/scenarios/ (or those named with --scenario), first a verification
+run: vswitchd replays the pcap once with its output port writing a pcap; every frame must come
+out, none be dropped, each of scenario.json's `expect_events` be raised once per frame and every
+frame out be the one gen_pcap.py's checker expects (--verify-only: only this; --no-verify: skip
+it). Then, for --runs rounds, interleaved so machine noise hits every candidate alike:
   ours     vswitchd (one worker core, idle mode busy) replaying the scenario's pcap on
            net_pcap (infinite_rx) into net_null; two SIGUSR1 snapshots after the warm-up,
            Mpps = delta tx_packets of the scenario's output port / elapsed time;
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
+import dataclasses
 import datetime
 import json
 import os
@@ -34,6 +38,7 @@ import re
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -225,6 +230,8 @@ class Scenario:
             self.meta = json.load(fh)
         self.output_port: str = self.meta["output_port"]
         self.input_port: str = self.meta["input_port"]
+        # Events (stage counters) every received frame must raise once, e.g. router.routed.
+        self.expect_events: List[str] = list(self.meta.get("expect_events", []))
         self.out = os.path.join(HERE, "out", name)
         os.makedirs(self.out, exist_ok=True)
         if name not in gen_pcap.SCENARIOS:
@@ -233,6 +240,10 @@ class Scenario:
         self.frames = gen_pcap.generate(name, self.pcap, args.frames, args.flows)
         sc = gen_pcap.SCENARIOS[name]
         self.flows = args.flows or sc.flows.n_flows
+        self.flow_spec = dataclasses.replace(sc.flows, n_flows=self.flows)
+        self.state_needs = sc.state_needs
+        # Checks one output frame of the verification run (None: counters only).
+        self.verify = sc.verify
         # Length of the frames in the pcap (without FCS): the input side (vxlan-decap's carry
         # the 50 bytes of outer headers, vxlan-encap's get them on the way out).
         self.frame_len = len(sc.build(sc.flows, 0))
@@ -245,7 +256,7 @@ class Scenario:
         """The pcap's sender must be the state's port (or port security drops everything)."""
         with open(self.state) as fh:
             text = fh.read().lower()
-        for what in (sc.flows.src_mac, sc.flows.src_ip, sc.flows.dst_mac):
+        for what in (sc.flows.src_mac, sc.flows.src_ip, sc.flows.dst_mac, *sc.state_needs):
             if what.lower() not in text:
                 raise BenchError(f"scenario {self.name}: {what} (from gen_pcap.py) is not in {self.state}; "
                                  "keep the two in step")
@@ -266,6 +277,35 @@ class Scenario:
 def remove_runtime_dir(prefix: str) -> None:
     """The EAL leaves /var/run/dpdk/<file-prefix> behind even with --in-memory."""
     shutil.rmtree(os.path.join("/var/run/dpdk", prefix), ignore_errors=True)
+
+
+def stats_port(s: Dict, name: str) -> Dict:
+    for e in s["ports"]:
+        if e["name"] == name:
+            return e
+    raise BenchError(f"no port {name!r} in vswitchd's stats-json")
+
+
+def event_deltas(s0: Optional[Dict], s1: Dict, names: List[str]) -> Dict[str, Optional[int]]:
+    """Each event's increase from snapshot s0 (None: from start) to s1; None if not reported."""
+    out: Dict[str, Optional[int]] = {}
+    for n in names:
+        if n not in s1.get("events", {}):
+            out[n] = None
+        else:
+            out[n] = s1["events"][n] - (s0 or {}).get("events", {}).get(n, 0)
+    return out
+
+
+def event_mismatches(events: Dict[str, Optional[int]], rx: int, slack: int) -> List[str]:
+    """The expected events that are not raised once per received frame (within `slack`)."""
+    bad = []
+    for n, v in events.items():
+        if v is None:
+            bad.append(f"event {n} not in vswitchd's stats-json")
+        elif abs(v - rx) > slack:
+            bad.append(f"event {n} = {v}, expected one per received frame ({rx})")
+    return bad
 
 
 # --- one measurement each ------------------------------------------------------------------------------
@@ -294,18 +334,19 @@ def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
         remove_runtime_dir(prefix)
     tail = "\n".join(p.tail)
 
-    def port(s, name):
-        for e in s["ports"]:
-            if e["name"] == name:
-                return e
-        raise BenchError(f"no port {name!r} in vswitchd's stats-json")
-
+    port = stats_port
     tx = port(s1, sc.output_port)["tx_packets"] - port(s0, sc.output_port)["tx_packets"]
     rx = port(s1, sc.input_port)["rx_packets"] - port(s0, sc.input_port)["rx_packets"]
     drops = {k: v - s0["drops"].get(k, 0) for k, v in s1["drops"].items() if v - s0["drops"].get(k, 0)}
     res: Dict[str, object] = {"mpps": tx / (t1 - t0) / 1e6, "rx_mpps": rx / (t1 - t0) / 1e6}
     if drops:
         res["drops"] = drops
+    # The scenario's path, counted: every frame received in the window raises each expected
+    # event once. The snapshots are taken while the worker runs (the counters are not read at
+    # one instant), hence the slack.
+    events = event_deltas(s0, s1, sc.expect_events)
+    if events:
+        res["events"] = events
     # The PMDs' own counters (vswitchd prints them when it has them): misses and buffer shortages.
     d0 = {e["name"]: e for e in s0.get("driver", [])}
     driver = {}
@@ -318,7 +359,7 @@ def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
     polls = s1.get("busy_polls", 0) - s0.get("busy_polls", 0)
     if polls > 0:
         res["pkts_per_poll"] = round(rx / polls, 1)
-    warnings = []
+    warnings = event_mismatches(events, rx, slack=1024 + rx // 10000)
     if tx == 0:
         raise BenchError(f"vswitchd forwarded nothing to {sc.output_port} (drops: {drops or 'none'}); "
                          f"log: {p.log.name}")
@@ -384,6 +425,110 @@ def check_vswitchd(sc: Scenario, a) -> None:
         raise BenchError(f"scenario {sc.name}: vswitchd rejects its configuration:\n{r.stdout}{r.stderr}")
 
 
+def read_pcap(path: str) -> List[bytes]:
+    """The frames of a classic pcap file (micro- or nanosecond timestamps, either byte order;
+    net_pcap's tx_pcap writes nanosecond ones)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    magic = data[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        end = "<"
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        end = ">"
+    else:
+        raise BenchError(f"{path}: not a pcap file (magic {magic.hex()})")
+    frames = []
+    off = 24
+    while off + 16 <= len(data):
+        incl = struct.unpack(end + "I", data[off + 8:off + 12])[0]
+        frames.append(data[off + 16:off + 16 + incl])
+        off += 16 + incl
+    return frames
+
+
+def verify_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
+    """Before measuring: is the scenario's path the one intended? vswitchd replays the pcap
+    once (no infinite_rx) and its output port writes a pcap (net_pcap tx_pcap) instead of
+    net_null. Every frame must come out (tx = rx = frames in the pcap), nothing be dropped,
+    each of the scenario's `expect_events` (scenario.json) be raised exactly once per frame,
+    and, where gen_pcap.py has a checker for the scenario, every frame out be byte for byte the
+    one expected. Raises BenchError otherwise; returns the summary kept in the record."""
+    prefix = f"vsverify{os.getpid()}"
+    out_pcap = os.path.join(sc.out, "verify-out.pcap")
+    if os.path.exists(out_pcap):
+        os.remove(out_pcap)
+    text = sc.host_toml(mem, a.main_core, a.worker_core, prefix)
+    in_dev = f"net_pcap0,rx_pcap={sc.pcap},infinite_rx=1"
+    out_dev = "net_null0,no-rx=1"
+    if text.count(in_dev) != 1 or text.count(out_dev) != 1:
+        raise BenchError(f"scenario {sc.name}: host.toml must carry the devargs "
+                         f"'net_pcap0,rx_pcap=@PCAP@,infinite_rx=1' and {out_dev!r} once each")
+    text = text.replace(in_dev, f"net_pcap0,rx_pcap={sc.pcap}").replace(out_dev, f"net_pcap1,tx_pcap={out_pcap}")
+    cfg = os.path.join(sc.out, "host-verify.toml")
+    with open(cfg, "w") as fh:
+        fh.write(text)
+    env = dict(os.environ, NO_COLOR="1")
+    env.setdefault("RUST_LOG", "info")
+    p = Proc([a.vswitchd, "--config", cfg, "--state", sc.state], os.path.join(sc.out, "vswitchd-verify.log"), env)
+    try:
+        p.expect(r"^vswitchd: running", timeout=60)
+        deadline = time.monotonic() + 30
+        last = None
+        while True:
+            time.sleep(0.3)
+            p.send(signal.SIGUSR1)
+            st = json.loads(p.expect(r"^stats-json: (.*)$", timeout=20).group(1))
+            rx = stats_port(st, sc.input_port)["rx_packets"]
+            now = (rx, stats_port(st, sc.output_port)["tx_packets"], sum(st["drops"].values()),
+                   sum(st["events"].values()))
+            if rx >= sc.frames and now == last:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"scenario {sc.name}: verification run: vswitchd received {rx} of "
+                                 f"{sc.frames} frames in 30 s; log: {p.log.name}")
+            last = now
+        rc = p.stop(signal.SIGTERM)
+    finally:
+        p.kill()
+        remove_runtime_dir(prefix)
+    tx = stats_port(st, sc.output_port)["tx_packets"]
+    drops = {k: v for k, v in st["drops"].items() if v}
+    events = event_deltas(None, st, sc.expect_events)
+    problems = []
+    if rx != sc.frames:
+        problems.append(f"received {rx} frames, the pcap holds {sc.frames}")
+    if tx != rx:
+        problems.append(f"{sc.output_port} sent {tx} of {rx} frames received on {sc.input_port}")
+    if drops:
+        problems.append(f"drops {drops}")
+    problems += event_mismatches(events, rx, slack=0)
+    if rc != 0:
+        problems.append(f"vswitchd exited with {rc}")
+    checked = 0
+    if sc.verify is not None and rc == 0:
+        out = read_pcap(out_pcap)
+        if len(out) != tx:
+            problems.append(f"{out_pcap} holds {len(out)} frames, vswitchd counted {tx} sent")
+        cycle = min(sc.frames, sc.flows)
+        wrong = []
+        for k, fr in enumerate(out):
+            err = sc.verify(sc.flow_spec, k % cycle, fr)
+            if err:
+                wrong.append(f"frame {k} (flow {k % cycle}): {err}")
+        checked = len(out) - len(wrong)
+        if wrong:
+            problems.append(f"{len(wrong)} of {len(out)} frames out are not the expected ones; first: "
+                            + "\n    ".join(wrong[:3]))
+    if problems:
+        raise BenchError(f"scenario {sc.name}: verification run failed (counters and log: "
+                         f"{p.log.name}):\n  " + "\n  ".join(problems))
+    print(f"  [{sc.name} verify] {rx} frames in, {tx} out, no drops"
+          + "".join(f", {n} {v}" for n, v in events.items())
+          + (f"; {checked} frames out checked byte for byte ({os.path.relpath(out_pcap, ROOT)})"
+             if sc.verify is not None else ""), flush=True)
+    return {"frames": rx, "tx": tx, "events": events, "frames_checked": checked}
+
+
 def pick_memory(a) -> str:
     if a.memory != "auto":
         return a.memory
@@ -397,6 +542,20 @@ def median(xs: List[float]) -> float:
 
 def bench_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
     check_vswitchd(sc, a)
+    verified = None
+    if "ours" in a.kinds and a.verify:
+        try:
+            verified = verify_scenario(sc, a, mem)
+        except BenchError as e:
+            if mem == "huge" and a.memory == "auto" and re.search(
+                    r"Cannot allocate memory|Cannot init memory|errno 12\b", str(e)):
+                print(f"  hugepage EAL start failed, falling back to --no-huge:\n{e}", file=sys.stderr)
+                mem = "nohuge"
+                verified = verify_scenario(sc, a, mem)
+            else:
+                raise
+    if a.verify_only:
+        return {"scenario": sc.name, "verified": verified}
     runs: List[Dict[str, object]] = []
     for r in range(1, a.runs + 1):
         rec: Dict[str, object] = {"run": r}
@@ -415,7 +574,7 @@ def bench_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
                     else:
                         raise
                 rec["mpps"] = round(res["mpps"], 3)
-                for k in ("pkts_per_poll", "drops", "driver", "warnings"):
+                for k in ("pkts_per_poll", "events", "drops", "driver", "warnings"):
                     if k in res:
                         rec[k] = res[k]
             else:
@@ -440,6 +599,7 @@ def bench_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
         "testpmd_macswap_mpps": med("testpmd_macswap_mpps"),
         "ratio": med("ratio"),
         "runs": runs,
+        "verified": verified,
         "cores": 1,
         "frames": sc.frames,
         "flows": sc.flows,
@@ -472,8 +632,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--flows", type=int, help="distinct 5-tuples (default: the scenario's)")
     ap.add_argument("--only", choices=KINDS, action="append", dest="kinds",
                     help="measure only this candidate (repeatable; default all three)")
+    ap.add_argument("--no-verify", action="store_false", dest="verify",
+                    help="skip the verification run (pcap replayed once, every frame checked) before measuring")
+    ap.add_argument("--verify-only", action="store_true",
+                    help="only the verification run of each scenario; measure nothing, write no results")
     ap.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
     a = ap.parse_args(argv)
+    if a.verify_only and not a.verify:
+        ap.error("--verify-only and --no-verify exclude each other")
+    if a.verify_only and "ours" not in (a.kinds or KINDS):
+        ap.error("--verify-only checks vswitchd: not with --only io/macswap")
     a.kinds = [k for k in KINDS if k in (a.kinds or KINDS)]
     if a.runs < 1 or a.duration < 1 or a.warmup < 1:
         ap.error("--runs, --duration and --warmup must be >= 1")
@@ -512,6 +680,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     finally:
         _kill_all()
+    if a.verify_only:
+        print(f"\nverified: {', '.join(r['scenario'] for r in records)}")
+        return 0
 
     def f(x, w=8, p=2):
         return f"{x:{w}.{p}f}" if isinstance(x, (int, float)) else f"{'-':>{w}}"

@@ -52,6 +52,19 @@ REMOTE_VTEP_MAC = "02:00:00:00:00:12"   # [overlay.neighbors] in vxlan-encap's h
 PCAP0_MAC = "02:70:63:61:70:00"
 VXLAN_VNI = 101
 
+# routed-east-west: DVR router1 between selfservice1 (VNI 101, vm1's, 198.51.100.0/24) and
+# selfservice2 (VNI 102, 198.18.0.0/24) on host compute1; the destinations are instances of
+# selfservice2 bound to compute2 (VTEP 10.0.0.12). vm1 sends to its gateway's MAC; the router
+# rewrites the source to compute1's DVR MAC and the destination to the instance's MAC.
+GW1_MAC = "fa:16:3e:aa:00:01"      # router1's interface on selfservice1, 198.51.100.1
+GW2_MAC = "fa:16:3e:aa:00:02"      # router1's interface on selfservice2, 198.18.0.1
+DVR_MAC_LOCAL = "fa:16:3f:00:00:11"   # compute1's (this host's) dvr_mac
+ROUTED_VNI = 102                   # selfservice2
+# The destination instances: ROUTED_DST_COUNT ports on selfservice2 bound to compute2, fixed
+# IPs from ROUTED_DST_BASE on; instance k has MAC fa:16:3e:02:00:<last octet of its IP>.
+ROUTED_DST_BASE = "198.18.0.32"
+ROUTED_DST_COUNT = 8
+
 ETH_IPV4 = 0x0800
 ETH_VLAN = 0x8100
 IPPROTO_UDP = 17
@@ -159,6 +172,13 @@ class Scenario:
     build: Callable[[Flows, int], bytes]
     # Frames in the pcap: a whole number of flow cycles, under ~16 K.
     frames: int = 4096
+    # Further strings the scenario's state.yaml must contain (MACs/IPs the traffic relies on
+    # besides the sender's and the first hop's), checked by bench.py.
+    state_needs: tuple = ()
+    # Checks frame k of what the switch sent out of the output port when the pcap was replayed
+    # once (flow k % n_flows, in order): None if right, else what is wrong. bench.py runs it
+    # on a verification run before measuring.
+    verify: Optional[Callable[[Flows, int, bytes], Optional[str]]] = None
 
 
 def build_l2(f: Flows, i: int) -> bytes:
@@ -180,6 +200,67 @@ def build_vxlan_decap(f: Flows, i: int) -> bytes:
     return vxlan_outer(udp_frame(f, i), i % f.n_flows)
 
 
+def routed_dst_mac(ip: str | int) -> str:
+    """The MAC of the routed-east-west destination instance with address `ip`."""
+    return "fa:16:3e:02:00:%02x" % (int(ipaddress.IPv4Address(ip)) & 0xFF)
+
+
+def routed_dst_ips() -> List[str]:
+    base = int(ipaddress.IPv4Address(ROUTED_DST_BASE))
+    return [str(ipaddress.IPv4Address(base + k)) for k in range(ROUTED_DST_COUNT)]
+
+
+def routed_inner(f: Flows, i: int) -> bytes:
+    """The frame of flow i as router1 forwards it: to the destination instance's MAC from
+    compute1's DVR MAC, TTL 63, IPv4 checksum updated; UDP untouched."""
+    fr = bytearray(udp_frame(f, i))
+    dst_ip = struct.unpack("!I", fr[30:34])[0]
+    fr[0:6] = mac_bytes(routed_dst_mac(dst_ip))
+    fr[6:12] = mac_bytes(DVR_MAC_LOCAL)
+    fr[22] -= 1
+    fr[24:26] = b"\0\0"
+    fr[24:26] = struct.pack("!H", csum16(bytes(fr[14:34])))
+    return bytes(fr)
+
+
+def verify_vxlan_out(out: bytes, inner: bytes, vni: int) -> Optional[str]:
+    """`out` must be `inner` in VXLAN (`vni`) from LOCAL_VTEP_IP to REMOTE_VTEP_IP, outer
+    destination MAC REMOTE_VTEP_MAC, valid outer IPv4 checksum, UDP to 4789."""
+    if len(out) != 50 + len(inner):
+        return f"{len(out)} bytes, expected {50 + len(inner)}"
+    if out[0:6] != mac_bytes(REMOTE_VTEP_MAC) or out[12:14] != struct.pack("!H", ETH_IPV4):
+        return f"outer Ethernet {out[0:6].hex(':')} type {out[12:14].hex()}"
+    ip = out[14:34]
+    if ip[0] != 0x45 or ip[9] != IPPROTO_UDP or csum16(ip) != 0:
+        return f"outer IPv4 header {ip.hex()} (version/IHL, protocol or checksum wrong)"
+    if ip[12:16] != ip_bytes(LOCAL_VTEP_IP) or ip[16:20] != ip_bytes(REMOTE_VTEP_IP):
+        return f"outer {ipaddress.IPv4Address(ip[12:16])} -> {ipaddress.IPv4Address(ip[16:20])}"
+    if struct.unpack("!H", ip[2:4])[0] != len(out) - 14:
+        return f"outer IPv4 total length {struct.unpack('!H', ip[2:4])[0]}"
+    dport, ulen = struct.unpack("!HH", out[36:40])
+    if dport != VXLAN_PORT or ulen != len(out) - 34:
+        return f"outer UDP dport {dport} length {ulen}"
+    if out[42:50] != vxlan(vni):
+        return f"VXLAN header {out[42:50].hex()}, expected {vxlan(vni).hex()}"
+    if out[50:] != inner:
+        return f"inner frame\n      got      {out[50:].hex()}\n      expected {inner.hex()}"
+    return None
+
+
+def verify_unchanged(f: Flows, i: int, out: bytes) -> Optional[str]:
+    """Switched frames leave as they came (l2, vxlan-decap's inner frames)."""
+    want = udp_frame(f, i)
+    return None if out == want else f"got {out.hex()}\n      expected {want.hex()}"
+
+
+def verify_vxlan_encap(f: Flows, i: int, out: bytes) -> Optional[str]:
+    return verify_vxlan_out(out, udp_frame(f, i), VXLAN_VNI)
+
+
+def verify_routed_east_west(f: Flows, i: int, out: bytes) -> Optional[str]:
+    return verify_vxlan_out(out, routed_inner(f, i), ROUTED_VNI)
+
+
 L2_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=VM2_MAC, src_ip=VM1_IP,
                  dst_ip_base=str(ipaddress.IPv4Network(VM2_BEHIND)[0]))
 
@@ -188,12 +269,18 @@ L2_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=VM2_MAC, src_ip=VM1_IP,
 VXLAN_DECAP_FLOWS = Flows(src_mac=VM2_MAC, dst_mac=VM1_MAC, src_ip=VM2_IP,
                           dst_ip_base=str(ipaddress.IPv4Network(VM1_BEHIND)[0]))
 
+# routed-east-west: vm1 (selfservice1, compute1) -> ROUTED_DST_COUNT instances of selfservice2
+# on compute2, addressed to the selfservice1 gateway's MAC; 8 destinations x 128 dst ports.
+ROUTED_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=GW1_MAC, src_ip=VM1_IP, dst_ip_base=ROUTED_DST_BASE,
+                     dst_ip_count=ROUTED_DST_COUNT, dst_port_count=1024 // ROUTED_DST_COUNT)
+
 SCENARIOS: Dict[str, Scenario] = {
     "l2": Scenario(
         name="l2",
         description="vm1 -> vm2 on one network, same host: port security + static FDB unicast",
         flows=L2_FLOWS,
         build=build_l2,
+        verify=verify_unchanged,
     ),
     # The same frames as l2, but vm2 lives on bench2: l2population maps its MAC to VTEP
     # 10.0.0.12 and vm1's frames leave encapsulated (VNI 101) by the overlay port.
@@ -202,15 +289,29 @@ SCENARIOS: Dict[str, Scenario] = {
         description="vm1 -> vm2 on another host: port security, l2pop FDB, VXLAN encapsulation",
         flows=L2_FLOWS,
         build=build_l2,
+        verify=verify_vxlan_encap,
     ),
     "vxlan-decap": Scenario(
         name="vxlan-decap",
         description="remote VTEP -> vm1: VXLAN checks and decapsulation, static FDB unicast",
         flows=VXLAN_DECAP_FLOWS,
         build=build_vxlan_decap,
+        verify=verify_unchanged,
     ),
-    # Planned (see perf/README.md): routed-east-west, conntrack-established, fip-inbound,
-    # snat-outbound.
+    # DVR east-west: vm1 sends to its gateway MAC; router1 on compute1 routes to selfservice2
+    # (FIB, TTL - 1, DVR MAC as source, the destination instance's MAC from the pre-populated
+    # neighbours) and the frames leave VXLAN-encapsulated (VNI 102) towards compute2.
+    "routed-east-west": Scenario(
+        name="routed-east-west",
+        description="vm1 (selfservice1) -> 8 instances of selfservice2 on compute2: port security, "
+                    "DVR routing (FIB, TTL, DVR MAC), l2pop FDB, VXLAN encapsulation",
+        flows=ROUTED_FLOWS,
+        build=build_l2,
+        state_needs=tuple(routed_dst_ips()) + tuple(routed_dst_mac(a) for a in routed_dst_ips())
+        + (DVR_MAC_LOCAL, GW2_MAC),
+        verify=verify_routed_east_west,
+    ),
+    # Planned (see perf/README.md): conntrack-established, fip-inbound, snat-outbound.
 }
 
 
