@@ -28,7 +28,7 @@ pub struct Ipv4Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < IPV4_MIN_LEN {
@@ -47,48 +47,48 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         }
         Ok(Self { buf })
     }
-    #[inline]
+    #[inline(always)]
     pub fn header_len(&self) -> usize {
         ((self.buf.as_ref()[field::VER_IHL] & 0x0f) as usize) * 4
     }
-    #[inline]
+    #[inline(always)]
     pub fn total_len(&self) -> usize {
         be16(self.buf.as_ref(), field::TOTAL_LEN) as usize
     }
-    #[inline]
+    #[inline(always)]
     pub fn ttl(&self) -> u8 {
         self.buf.as_ref()[field::TTL]
     }
-    #[inline]
+    #[inline(always)]
     pub fn protocol(&self) -> u8 {
         self.buf.as_ref()[field::PROTO]
     }
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), field::CHECKSUM)
     }
     /// Fragment offset is non-zero: no L4 header follows.
-    #[inline]
+    #[inline(always)]
     pub fn is_later_fragment(&self) -> bool {
         be16(self.buf.as_ref(), field::FLAGS_FRAG) & 0x1fff != 0
     }
-    #[inline]
+    #[inline(always)]
     pub fn src(&self) -> Ipv4Addr {
         let b = &self.buf.as_ref()[field::SRC];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
     }
-    #[inline]
+    #[inline(always)]
     pub fn dst(&self) -> Ipv4Addr {
         let b = &self.buf.as_ref()[field::DST];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
     }
     /// Whether the header checksum is right.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         checksum::sum(&self.buf.as_ref()[..self.header_len()], 0) == 0xffff
     }
     /// The L4 bytes (after options, up to `total_len`).
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[self.header_len()..self.total_len()]
     }
@@ -106,7 +106,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         put_be16(b, field::CHECKSUM, c);
     }
     /// Recomputes the header checksum from scratch.
-    #[inline]
+    #[inline(always)]
     pub fn fill_checksum(&mut self) {
         let hl = self.header_len();
         let b = self.buf.as_mut();
@@ -130,7 +130,7 @@ pub struct Ipv4Repr {
 
 impl Ipv4Repr {
     /// Writes a 20-byte header with a correct checksum into `buf[..20]`.
-    #[inline]
+    #[inline(always)]
     pub fn emit(&self, buf: &mut [u8]) {
         let b = &mut buf[..IPV4_MIN_LEN];
         b[0] = 0x45;

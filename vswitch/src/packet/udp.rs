@@ -11,7 +11,7 @@ pub struct UdpPacket<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < UDP_HDR_LEN {
@@ -26,23 +26,23 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         }
         Ok(Self { buf })
     }
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         be16(self.buf.as_ref(), 0)
     }
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         be16(self.buf.as_ref(), 2)
     }
-    #[inline]
+    #[inline(always)]
     pub fn len(&self) -> usize {
         be16(self.buf.as_ref(), 4) as usize
     }
-    #[inline]
+    #[inline(always)]
     pub fn is_empty(&self) -> bool {
         self.len() == UDP_HDR_LEN
     }
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), 6)
     }
@@ -58,7 +58,7 @@ pub struct UdpRepr {
 
 impl UdpRepr {
     /// Writes the header with checksum 0 ("not computed", allowed for IPv4) into `buf[..8]`.
-    #[inline]
+    #[inline(always)]
     pub fn emit(&self, buf: &mut [u8]) {
         put_be16(buf, 0, self.src_port);
         put_be16(buf, 2, self.dst_port);

@@ -16,24 +16,24 @@ pub struct VxlanPacket<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> VxlanPacket<T> {
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         if buf.as_ref().len() < VXLAN_HDR_LEN {
             return Err(WireError::Truncated);
         }
         Ok(Self { buf })
     }
-    #[inline]
+    #[inline(always)]
     pub fn flags(&self) -> u8 {
         self.buf.as_ref()[0]
     }
-    #[inline]
+    #[inline(always)]
     pub fn vni(&self) -> u32 {
         let b = self.buf.as_ref();
         u32::from_be_bytes([0, b[4], b[5], b[6]])
     }
     /// The encapsulated Ethernet frame.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[VXLAN_HDR_LEN..]
     }
@@ -47,7 +47,7 @@ pub struct VxlanRepr {
 
 impl VxlanRepr {
     /// Writes the header (I flag set, reserved bits zero) into `buf[..8]`.
-    #[inline]
+    #[inline(always)]
     pub fn emit(&self, buf: &mut [u8]) {
         let v = self.vni.to_be_bytes();
         buf[..VXLAN_HDR_LEN].copy_from_slice(&[FLAG_I, 0, 0, 0, v[1], v[2], v[3], 0]);

@@ -76,7 +76,13 @@ pub fn dvr_ingress<B: PacketBuf, T: Tracer>(
             continue;
         };
         let d = p.data();
-        if d.len() < 14 || !t.l3.dvr_macs.contains(&mac48_at(d, 6)) {
+        if d.len() < 14 {
+            continue;
+        }
+        let src = mac48_at(d, 6);
+        if t.l3.dvr_prefix.is_some_and(|pre| (src >> 24) as u32 != pre)
+            || !t.l3.dvr_macs.contains(&src)
+        {
             continue;
         }
         let key = fdb_key48(b.meta[i].network, mac48_at(d, 0));
@@ -431,7 +437,10 @@ fn fast_v4(d: &mut [u8], x: &Ctx<'_>, s: &CoreState) -> Option<Hop> {
     }
     let dst = u32::from_be_bytes([d[30], d[31], d[32], d[33]]);
     let src = u32::from_be_bytes([d[26], d[27], d[28], d[29]]);
-    if !v4_routable(dst) || !v4_routable(src) || x.r.local4.contains(&dst) || !x.r.up {
+    // The destination needs no checks of its own: the cache only holds decisions for routable
+    // destinations that are not the router's, taken while the router was up, and a new
+    // generation of tables (where that could change) misses.
+    if !v4_routable(src) {
         return None;
     }
     let key = v4_key(dst);
@@ -500,6 +509,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
         .get(b.in_port as usize)
         .is_some_and(|p| p.kind == PortKind::Instance);
     let mut tally = Tally::default();
+    let mut fwd = Forwarded::default();
     for i in 0..b.len {
         let Next::Route(rif_in) = b.meta[i].next else {
             continue;
@@ -532,13 +542,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 b.meta[i].network = h.net;
                 b.meta[i].next = h.next;
                 tally.c[RouterStat::Routed as usize] += 1;
-                c.event(E::Routed);
-                if h.dvr {
-                    c.event(E::DvrMacOut);
-                }
-                if h.to_snat {
-                    c.event(E::ToSnat);
-                }
+                fwd.count(&h);
                 continue;
             }
         }
@@ -559,13 +563,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 b.meta[i].network = h.net;
                 b.meta[i].next = h.next;
                 tally.c[RouterStat::Routed as usize] += 1;
-                c.event(E::Routed);
-                if h.dvr {
-                    c.event(E::DvrMacOut);
-                }
-                if h.to_snat {
-                    c.event(E::ToSnat);
-                }
+                fwd.count(&h);
             }
             Ok(Verdict::Back(kind)) => {
                 // A reply or ICMP error from the router, out of the ingress port.
@@ -644,6 +642,29 @@ pub fn route<B: PacketBuf, T: Tracer>(
         }
     }
     tally.flush(&s.router);
+    fwd.add_to(c);
+}
+
+/// Events of the packets one batch routed, added to the batch counters once.
+#[derive(Default)]
+struct Forwarded {
+    routed: u64,
+    dvr: u64,
+    snat: u64,
+}
+
+impl Forwarded {
+    #[inline(always)]
+    fn count(&mut self, h: &Hop) {
+        self.routed += 1;
+        self.dvr += h.dvr as u64;
+        self.snat += h.to_snat as u64;
+    }
+    fn add_to(&self, c: &mut BatchCounters) {
+        c.events[E::Routed as usize] += self.routed;
+        c.events[E::DvrMacOut as usize] += self.dvr;
+        c.events[E::ToSnat as usize] += self.snat;
+    }
 }
 
 /// Per-router counts of one batch, added to the core's counters when the router changes.
@@ -956,15 +977,23 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
     })
 }
 
+#[inline(always)]
 fn v4_routable(a: u32) -> bool {
     let first = (a >> 24) as u8;
     // 0/8, 127/8, multicast, class E and broadcast; 169.254/16 link-local.
     !(first == 0 || first == 127 || first >= 224 || a >> 16 == 0xa9fe)
 }
 
+/// Unspecified, loopback, multicast, link-local and IPv4-mapped (RFC 4291 2.5.5.2: never on
+/// the wire; also keeps IPv6 keys apart from the IPv4 ones in the route cache) are never routed.
 fn v6_routable(a: Ipv6Addr) -> bool {
     let s = a.segments();
-    !(a.is_unspecified() || a.is_loopback() || s[0] & 0xff00 == 0xff00 || s[0] & 0xffc0 == 0xfe80)
+    let v4_mapped = u128::from(a) >> 32 == 0xffff;
+    !(a.is_unspecified()
+        || a.is_loopback()
+        || v4_mapped
+        || s[0] & 0xff00 == 0xff00
+        || s[0] & 0xffc0 == 0xfe80)
 }
 
 /// Echo request -> echo reply, in place: addresses and MACs swapped, type 0, TTL 64.

@@ -752,3 +752,82 @@ fn route_cache_follows_new_tables() {
         "not the cached MAC"
     );
 }
+
+/// DVR on VLAN provider networks: no tunnel, the DVR MAC is what the physical network sees.
+mod vlan {
+    use super::*;
+
+    const HOST: &str = r#"
+role = "dvr"
+host_id = "compute1"
+dvr_mac = "fa:16:3f:00:00:01"
+cores = [1]
+[[ports]]
+name = "vm1"
+devargs = "net_ring0"
+kind = "instance"
+iface_id = "p1"
+[[ports]]
+name = "vm2"
+devargs = "net_ring1"
+kind = "instance"
+iface_id = "p2"
+[[ports]]
+name = "uplink"
+devargs = "net_ring2"
+kind = "provider"
+[bridge_mappings]
+provider = "uplink"
+"#;
+
+    const STATE: &str = r#"
+hosts:
+  - {host: compute1, vtep_ip: 10.0.0.11, dvr_mac: "fa:16:3f:00:00:01"}
+  - {host: compute2, vtep_ip: 10.0.0.12, dvr_mac: "fa:16:3f:00:00:02"}
+networks:
+  - {id: n1, name: vlan101, "provider:network_type": vlan, "provider:physical_network": provider, "provider:segmentation_id": 101}
+  - {id: n2, name: vlan102, "provider:network_type": vlan, "provider:physical_network": provider, "provider:segmentation_id": 102}
+subnets:
+  - {id: s1, name: s1, network_id: n1, cidr: 198.51.100.0/24, ip_version: 4, gateway_ip: 198.51.100.1}
+  - {id: s2, name: s2, network_id: n2, cidr: 198.18.0.0/24, ip_version: 4, gateway_ip: 198.18.0.1}
+routers:
+  - {id: r1, name: router1, distributed: true}
+ports:
+  - {id: p1, network_id: n1, mac_address: "fa:16:3e:00:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.11}], "binding:host_id": compute1}
+  - {id: p2, network_id: n2, mac_address: "fa:16:3e:00:00:02", fixed_ips: [{subnet_id: s2, ip_address: 198.18.0.12}], "binding:host_id": compute1}
+  - {id: r2, network_id: n2, mac_address: "fa:16:3e:00:02:01", fixed_ips: [{subnet_id: s2, ip_address: 198.18.0.21}], "binding:host_id": compute2}
+  - {id: gw1, network_id: n1, mac_address: "fa:16:3e:aa:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.1}], device_owner: "network:router_interface_distributed", device_id: r1}
+  - {id: gw2, network_id: n2, mac_address: "fa:16:3e:aa:00:02", fixed_ips: [{subnet_id: s2, ip_address: 198.18.0.1}], device_owner: "network:router_interface_distributed", device_id: r1}
+"#;
+    const UPLINK: u16 = 2;
+
+    #[test]
+    fn routed_frames_leave_tagged_with_the_dvr_mac_and_arrive_with_the_gateway_mac() {
+        let mut h = Harness::with(tables_from(HOST, STATE, &[]));
+        // compute2's instance has been heard on VLAN 102 (learned behind the uplink).
+        h.rx(UPLINK, &[udp4_vlan(R2, M2, 102, IPR2, IP2)]);
+        let before = h.sink.on(VM2).len();
+        h.rx(VM1, &[udp4_sized(M1, GW1, IP1, IPR2, 64, 10)]);
+        let out = h.sink.on(UPLINK);
+        assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+        let f = &out[0];
+        assert_eq!((&f[..6], &f[6..12]), (&mac(R2).0[..], &mac(DVR1).0[..]));
+        assert_eq!(&f[12..16], &[0x81, 0x00, 0x00, 102], "tagged with VLAN 102");
+        assert_eq!(f[18 + 8], 63, "TTL");
+        assert_eq!(h.sink.on(VM2).len(), before, "unicast: no flood copy");
+        assert_eq!(h.c.count(E::DvrMacOut), 1);
+
+        // compute2 routed a frame to vm1 and sent it on VLAN 101 with its DVR MAC.
+        h.rx(UPLINK, &[udp4_vlan(DVR2, M1, 101, IPR2, IP1)]);
+        let got = h.sink.on(VM1);
+        assert_eq!(got.len(), 1, "drops {:?}", h.c.drops);
+        assert_eq!(
+            (&got[0][..6], &got[0][6..12]),
+            (&mac(M1).0[..], &mac(GW1).0[..])
+        );
+        assert_eq!(h.c.count(E::DvrMacIn), 1);
+        // The gateway MAC arriving from the physical network is not routed here.
+        h.rx(UPLINK, &[udp4_vlan(R2, GW2, 102, IPR2, IP1)]);
+        assert_eq!(h.c.dropped(D::RouterFromFabric), 1);
+    }
+}

@@ -98,6 +98,10 @@ pub struct L3Tables {
     /// Other hosts' DVR MACs (48-bit integers): a frame from the fabric with one of these as
     /// source was routed on its sending host.
     pub dvr_macs: rustc_hash::FxHashSet<u64>,
+    /// The 24-bit prefix every DVR MAC shares (Neutron derives them all from one
+    /// `dvr_base_mac`), so most frames are ruled out with one compare before the set lookup;
+    /// `None` when they differ (every frame from the fabric is then looked up).
+    pub dvr_prefix: Option<u32>,
     /// fdb_key(network, local instance MAC) -> the gateway MAC of that instance's subnet: the
     /// source a routed frame from another host is delivered with.
     pub dvr_rewrite: FxHashMap<u64, MacAddr>,
@@ -131,6 +135,10 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
             l3.dvr_macs.insert(mac_u64(&m.0));
         }
     }
+    let mut prefixes = l3.dvr_macs.iter().map(|m| (m >> 24) as u32);
+    l3.dvr_prefix = prefixes
+        .next()
+        .filter(|&first| prefixes.all(|p| p == first));
     let net_ids: Vec<String> = t.networks.iter().map(|n| n.id.clone()).collect();
     let net_idx = |id: &str| net_ids.iter().position(|n| n == id).map(|i| i as NetIdx);
     // Networks with a local instance port.
