@@ -162,13 +162,19 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 // from the overlay (every host floods to the others itself: split horizon).
                 let local_only = from_overlay || b.meta[i].next == Next::FloodLocal;
                 let vteps: &[u16] = if local_only { &[] } else { &n.flood_vteps };
-                // The router's own requests may need the ingress port too.
-                let skip = if b.meta[i].next == Next::FloodLocal {
-                    u16::MAX
-                } else {
-                    in_port
+                // The router's own requests (gateway MAC as source) go to this host's instance
+                // ports only, the ingress one included: never onto the fabric, where every
+                // host's router has that MAC.
+                let router_ask = b.meta[i].next == Next::FloodLocal;
+                let skip = if router_ask { u16::MAX } else { in_port };
+                let to = |q: u16| {
+                    q != skip
+                        && (!router_ask
+                            || t.ports
+                                .get(q as usize)
+                                .is_some_and(|pe| pe.kind == crate::tables::PortKind::Instance))
                 };
-                let total = n.flood.iter().filter(|&&q| q != skip).count() + vteps.len();
+                let total = n.flood.iter().filter(|&&q| to(q)).count() + vteps.len();
                 if total == 0 {
                     c.drop(DropReason::FloodEmpty);
                     b.pkts[i] = Some(p);
@@ -189,7 +195,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
                     }
                     x
                 };
-                for &q in n.flood.iter().filter(|&&q| q != skip) {
+                for &q in n.flood.iter().filter(|&&q| to(q)) {
                     k += 1;
                     if let Some(x) = next_copy(k, &mut orig, c) {
                         send(x, q, plan(t, q, net), i, t, txb, tx, c, tr);

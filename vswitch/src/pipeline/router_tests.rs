@@ -829,5 +829,20 @@ ports:
         // The gateway MAC arriving from the physical network is not routed here.
         h.rx(UPLINK, &[udp4_vlan(R2, GW2, 102, IPR2, IP1)]);
         assert_eq!(h.c.dropped(D::RouterFromFabric), 1);
+
+        // Asking for an unknown next hop never puts the gateway MAC on the physical network.
+        let on_uplink = h.sink.on(UPLINK).len();
+        h.rx(VM1, &[udp4_sized(M1, GW1, IP1, [198, 18, 0, 99], 64, 10)]);
+        assert_eq!(h.c.count(E::ResolveSent), 1);
+        assert_eq!(
+            h.sink.on(UPLINK).len(),
+            on_uplink,
+            "no request on the uplink"
+        );
+        let asked = h.sink.on(VM2).last().unwrap();
+        assert_eq!(
+            (&asked[..6], &asked[6..12]),
+            (&[0xff; 6][..], &mac(GW2).0[..])
+        );
     }
 }
