@@ -122,11 +122,15 @@ pub fn gateway_responder<B: PacketBuf, T: Tracer>(
     if l3.rifs.is_empty() {
         return;
     }
-    // Only instances ask this host's router instance: the fabric's copies of the same question
-    // are answered by the router instance on the asker's own host.
-    match t.ports.get(b.in_port as usize) {
-        Some(p) if p.kind == PortKind::Instance => {}
-        _ => return,
+    // Only instances ask this host's instance of a distributed router: the fabric's copies of
+    // the same question are answered by the router instance on the asker's own host. A
+    // centralized router lives on one host only and answers the fabric too.
+    let from_instance = match t.ports.get(b.in_port as usize) {
+        Some(p) => p.kind == PortKind::Instance,
+        None => return,
+    };
+    if !from_instance && !l3.routers.iter().any(|r| !r.distributed) {
+        return;
     }
     for i in 0..b.len {
         if b.meta[i].next != Next::Continue {
@@ -141,8 +145,8 @@ pub fn gateway_responder<B: PacketBuf, T: Tracer>(
             continue;
         }
         let next = match u16::from_be_bytes([d[12], d[13]]) {
-            EtherType::ARP => gateway_arp(p, t, s, net, c),
-            EtherType::IPV6 => gateway_nd(p, t, s, net, c),
+            EtherType::ARP => gateway_arp(p, t, s, net, from_instance, c),
+            EtherType::IPV6 => gateway_nd(p, t, s, net, from_instance, c),
             _ => None,
         };
         if let Some(n) = next {
@@ -167,6 +171,7 @@ fn gateway_arp<B: PacketBuf>(
     t: &Tables,
     s: &mut CoreState,
     net: NetIdx,
+    from_instance: bool,
     c: &mut BatchCounters,
 ) -> Option<Next> {
     let d = p.data();
@@ -180,13 +185,31 @@ fn gateway_arp<B: PacketBuf>(
         arp.sender_ip(),
         arp.target_ip(),
     );
-    let &rif =
-        t.l3.gw4
-            .get(&((net as u64) << 32 | u32::from(tpa) as u64))?;
-    let mac = t.l3.rifs[rif as usize].mac;
-    // The asker's address is worth keeping unless the desired state already knows it.
     let spa_key = v4_key(u32::from(spa));
-    if !spa.is_unspecified()
+    let Some(&rif) = t.l3.gw4.get(&((net as u64) << 32 | u32::from(tpa) as u64)) else {
+        // A gratuitous ARP refreshes a next hop the router already resolved (a moved
+        // address, a VRRP failover); it is not answered and goes on as usual.
+        if spa == tpa
+            && from_instance
+            && s.l3neigh.lookup(net, spa_key).is_some()
+            && s.l3neigh.learn(net, spa_key, mac_u64(&sha.0))
+        {
+            c.event(E::RouterNeighborLearned);
+        }
+        return None;
+    };
+    let rif = &t.l3.rifs[rif as usize];
+    if !from_instance && t.l3.routers[rif.router as usize].distributed {
+        return None;
+    }
+    let mac = rif.mac;
+    // The asker's address is worth keeping when it is on the interface's subnet and the
+    // desired state does not know it already (nothing else may fill the shared table).
+    let on_link = rif
+        .v4
+        .iter()
+        .any(|n| n.contains(&spa) && spa != n.network() && spa != n.broadcast());
+    if on_link
         && t.l3.neighbor(net, spa_key).is_none()
         && s.l3neigh.learn(net, spa_key, mac_u64(&sha.0))
     {
@@ -225,6 +248,7 @@ fn gateway_nd<B: PacketBuf>(
     t: &Tables,
     s: &mut CoreState,
     net: NetIdx,
+    from_instance: bool,
     c: &mut BatchCounters,
 ) -> Option<Next> {
     let d = p.data();
@@ -238,6 +262,17 @@ fn gateway_nd<B: PacketBuf>(
     if ty != NEIGHBOR_SOLICIT && ty != NEIGHBOR_ADVERT {
         return None;
     }
+    // RFC 4861 7.1.1: a message with a bad checksum is silently discarded (here: left to the
+    // L2 path, which treats it as any other frame).
+    let ph = checksum::pseudo_v6(
+        ip.src().octets(),
+        ip.dst().octets(),
+        PROTO_ICMPV6,
+        icmp.len() as u32,
+    );
+    if checksum::sum(icmp, ph) != 0xffff {
+        return None;
+    }
     let target = u128::from_be_bytes(icmp[8..24].try_into().ok()?);
     let src_ip = ip.src();
     // The link-layer address option (source for NS, target for NA), else the frame's source.
@@ -248,6 +283,14 @@ fn gateway_nd<B: PacketBuf>(
         let to_us = t
             .fdb
             .get(&fdb_key48(net, mac48_at(d, 0)))
+            .filter(|&&v| {
+                let r = v & !crate::tables::router::ROUTER_BIT;
+                from_instance
+                    || t.l3
+                        .rifs
+                        .get(r as usize)
+                        .is_some_and(|x| !t.l3.routers[x.router as usize].distributed)
+            })
             .is_some_and(|&v| {
                 matches!(
                     crate::tables::Dest::from_raw(v),
@@ -257,17 +300,28 @@ fn gateway_nd<B: PacketBuf>(
         if !to_us {
             return None;
         }
-        if t.l3.neighbor(net, target).is_none() && s.l3neigh.learn(net, target, lla) {
+        let on_link =
+            t.l3.rifs
+                .iter()
+                .any(|x| x.net == net && x.v6.iter().any(|n| n.contains(&Ipv6Addr::from(target))));
+        if on_link && t.l3.neighbor(net, target).is_none() && s.l3neigh.learn(net, target, lla) {
             c.event(E::RouterNeighborLearned);
         }
         return Some(Next::Consumed);
     }
     let &rif = t.l3.gw6.get(&(net, target))?;
+    if !from_instance && t.l3.routers[t.l3.rifs[rif as usize].router as usize].distributed {
+        return None;
+    }
     if src_ip.is_unspecified() {
         return None; // duplicate address detection: not ours to answer
     }
     let src_key = u128::from(src_ip);
-    if t.l3.neighbor(net, src_key).is_none() && s.l3neigh.learn(net, src_key, lla) {
+    let on_link = t.l3.rifs[rif as usize]
+        .v6
+        .iter()
+        .any(|n| n.contains(&src_ip));
+    if on_link && t.l3.neighbor(net, src_key).is_none() && s.l3neigh.learn(net, src_key, lla) {
         c.event(E::RouterNeighborLearned);
     }
     let mac = t.l3.rifs[rif as usize].mac;
@@ -485,6 +539,9 @@ fn ipv4_sum20_ok(h: &[u8]) -> bool {
 #[derive(Debug, Clone, Copy)]
 enum Miss {
     NoRoute,
+    /// The network or broadcast address of a connected IPv4 subnet: directed broadcasts are
+    /// not forwarded (RFC 2644), and there is no host to resolve.
+    Broadcast,
     /// The next hop's MAC is unknown: ask from this interface.
     Unresolved {
         rif: u16,
@@ -523,7 +580,9 @@ pub fn route<B: PacketBuf, T: Tracer>(
         };
         let r = &t.l3.routers[rif.router as usize];
         tally.switch(rif.router, &s.router);
-        if !from_instance {
+        // A distributed router routes what its own host's instances send; a centralized one
+        // (legacy, on the network node) also what arrives over the fabric.
+        if !from_instance && r.distributed {
             trace!(
                 tr,
                 i,
@@ -574,9 +633,18 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 let out = &t.l3.rifs[rif as usize];
                 let key =
                     (out.net as u64) << 48 ^ (addr as u64) ^ ((addr >> 64) as u64).rotate_left(17);
-                let due = resolve_due(s, key);
+                // Only this host's instances are asked (see output's FloodLocal): with none on
+                // that network nobody can answer, so nothing waits.
+                let can_ask = t.networks.get(out.net as usize).is_some_and(|n| {
+                    n.flood.iter().any(|&q| {
+                        t.ports
+                            .get(q as usize)
+                            .is_some_and(|pe| pe.kind == PortKind::Instance)
+                    })
+                });
+                let due = can_ask && resolve_due(s, key);
                 let gen = t.generation;
-                let held = if held.has_room(out.net, addr) {
+                let held = if can_ask && held.has_room(out.net, addr) {
                     b.pkts[i].take().map(|orig| {
                         // Ask in a copy; the original waits for the answer.
                         let ask = if due { orig.try_clone() } else { None };
@@ -589,6 +657,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
                             addr,
                             since_ms: s.now_ms,
                             generation: gen,
+                            seq: 0,
                         });
                         c.event(E::NextHopHeld);
                         b.pkts[i] = ask;
@@ -733,9 +802,10 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     let df = d[14 + 6] & 0x40 != 0;
     let later_fragment = ip.is_later_fragment();
     if x.r.local4.contains(&dst) {
-        // For the router itself: echo only.
+        // For the router itself: echo only, unfragmented, from a unicast source.
         let icmp = &d[14 + ip.header_len()..14 + total];
-        if proto == PROTO_ICMP && !later_fragment && icmp.len() >= 8 && icmp[0] == 8 {
+        let fragment = later_fragment || d[14 + 6] & 0x20 != 0;
+        if proto == PROTO_ICMP && !fragment && v4_routable(src) && icmp.len() >= 8 && icmp[0] == 8 {
             echo_reply_v4(p, x.rif.mac);
             c.event(E::EchoReply);
             trace!(
@@ -755,6 +825,11 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     if !v4_routable(dst) || !v4_routable(src) {
         return Err(D::RouterNotRoutable);
     }
+    // Source-routed packets are not forwarded (RFC 1812 5.2.4.1 allows it; Linux's
+    // accept_source_route = 0 default does the same).
+    if has_source_route(&d[14 + 20..14 + ip.header_len()]) {
+        return Err(D::RouterNotRoutable);
+    }
     if ttl <= 1 {
         trace!(tr, i, "router", "TTL {ttl}: time exceeded");
         return icmp_v4(p, x, s, c, 11, 0, 0, D::RouterTtlExceeded);
@@ -767,6 +842,7 @@ fn route_v4<B: PacketBuf, T: Tracer>(
             return icmp_v4(p, x, s, c, 3, 0, 0, D::RouterNoRoute);
         }
         Err(Miss::Unresolved { rif, addr }) => return Ok(Verdict::Unresolved { rif, addr }),
+        Err(Miss::Broadcast) => return Err(D::RouterNotRoutable),
     };
     if total > h.mtu as usize {
         if !df {
@@ -807,6 +883,9 @@ fn route_v6<B: PacketBuf, T: Tracer>(
     let total = 40 + ip.payload_len();
     let dkey = u128::from(dst);
     if x.r.local6.contains(&dkey) {
+        if !v6_routable(src) {
+            return Err(D::RouterToRouter);
+        }
         if let Some((PROTO_ICMPV6, icmp)) = ip.upper_layer() {
             if icmp.len() >= 8 && icmp[0] == 128 {
                 echo_reply_v6(p, x.rif.mac);
@@ -835,6 +914,7 @@ fn route_v6<B: PacketBuf, T: Tracer>(
             return icmp_v6(p, x, s, c, 1, 0, 0, D::RouterNoRoute);
         }
         Err(Miss::Unresolved { rif, addr }) => return Ok(Verdict::Unresolved { rif, addr }),
+        Err(Miss::Broadcast) => return Err(D::RouterNotRoutable),
     };
     if total > h.mtu as usize {
         trace!(
@@ -909,6 +989,14 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
     };
     let (rif_out, nh, snat_mac) = match found.and_then(|(ri, _)| x.r.routes.get(ri as usize)) {
         Some(re) => {
+            if let (None, ipnet::IpNet::V4(n)) = (re.via, re.prefix) {
+                let a = dst as u32;
+                if n.prefix_len() <= 30
+                    && (a == u32::from(n.network()) || a == u32::from(n.broadcast()))
+                {
+                    return Err(Miss::Broadcast);
+                }
+            }
             let nh = match re.via {
                 Some(std::net::IpAddr::V4(a)) => v4_key(u32::from(a)),
                 Some(std::net::IpAddr::V6(a)) => u128::from(a),
@@ -949,6 +1037,9 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
         Next::Tunnel(_) => true,
         _ => ne.provider_port.is_some() || !ne.flood_vteps.is_empty(),
     };
+    // Only a distributed router's MACs exist on several hosts; a centralized one (on the
+    // network node) sends with its own interface MAC.
+    let leaves = leaves && x.r.distributed;
     let src = match (leaves, t.l3.dvr_mac) {
         (true, Some(m)) => m,
         _ => out.mac,
@@ -975,6 +1066,25 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
         to_snat: snat_mac.is_some(),
         cacheable: from_static,
     })
+}
+
+/// Whether IPv4 options carry a loose or strict source route (RFC 791).
+fn has_source_route(mut o: &[u8]) -> bool {
+    while let Some(&kind) = o.first() {
+        match kind {
+            0 => return false,
+            1 => o = &o[1..],
+            0x83 | 0x89 => return true,
+            _ => {
+                let len = o.get(1).copied().unwrap_or(0) as usize;
+                if len < 2 || len > o.len() {
+                    return false;
+                }
+                o = &o[len..];
+            }
+        }
+    }
+    false
 }
 
 #[inline(always)]
@@ -1010,6 +1120,9 @@ fn echo_reply_v4<B: PacketBuf>(p: &mut B, mac: MacAddr) {
     d[26..30].copy_from_slice(&b);
     d[30..34].copy_from_slice(&a);
     d[14 + 8] = 64;
+    // A fresh, unfragmented datagram: no flags, offset 0.
+    d[14 + 6] = 0;
+    d[14 + 7] = 0;
     if let Ok(mut ip) = Ipv4Packet::new_checked(&mut d[14..]) {
         ip.fill_checksum();
     }
@@ -1155,11 +1268,12 @@ fn icmp_v6<B: PacketBuf>(
     if !v6_routable(orig_src) {
         return Err(reason);
     }
-    // RFC 4443 2.4 (e): never about an ICMPv6 error message.
-    if let Some((PROTO_ICMPV6, l4)) = ip.upper_layer() {
-        if l4.first().is_some_and(|&t| t < 128) {
-            return Err(reason);
-        }
+    // RFC 4443 2.4 (e): never about an ICMPv6 error message. When the upper layer cannot be
+    // found (a fragment, an unparsable header chain) it may be one: no error either.
+    match ip.upper_layer() {
+        Some((PROTO_ICMPV6, l4)) if l4.first().is_none_or(|&t| t < 128) => return Err(reason),
+        None => return Err(reason),
+        _ => {}
     }
     let Some(from) = x.rif.v6_source(u128::from(orig_src)) else {
         return Err(reason);
@@ -1272,6 +1386,8 @@ pub struct Held<B> {
     addr: u128,
     since_ms: u64,
     generation: u64,
+    /// Arrival order: released packets leave in it.
+    seq: u64,
 }
 
 /// One core's bounded queue of packets whose next hop is being resolved: allocated once, at
@@ -1280,6 +1396,7 @@ pub struct Held<B> {
 pub struct Pending<B> {
     q: Vec<Option<Held<B>>>,
     n: usize,
+    seq: u64,
 }
 
 impl<B> Default for Pending<B> {
@@ -1287,6 +1404,7 @@ impl<B> Default for Pending<B> {
         Self {
             q: (0..PENDING_MAX).map(|_| None).collect(),
             n: 0,
+            seq: 0,
         }
     }
 }
@@ -1309,8 +1427,10 @@ impl<B> Pending<B> {
                 .count()
                 < PENDING_PER_HOP
     }
-    fn push(&mut self, h: Held<B>) {
+    fn push(&mut self, mut h: Held<B>) {
         if let Some(slot) = self.q.iter_mut().find(|s| s.is_none()) {
+            h.seq = self.seq;
+            self.seq += 1;
             *slot = Some(h);
             self.n += 1;
         }
@@ -1340,10 +1460,20 @@ pub fn release_pending<B: PacketBuf>(
     if held.n == 0 {
         return;
     }
-    // Ready packets go through the stages in one-port batches.
+    // Ready packets go through the stages in one-port batches, oldest first.
     let mut b: Batch<B> = Batch::default();
     let now = s.now_ms;
-    for k in 0..held.q.len() {
+    let mut order = [(u64::MAX, 0usize); PENDING_MAX];
+    for (k, slot) in held.q.iter().enumerate() {
+        if let Some(h) = slot {
+            order[k] = (h.seq, k);
+        }
+    }
+    order.sort_unstable();
+    for &(seq, k) in &order {
+        if seq == u64::MAX {
+            break;
+        }
         let Some(h) = held.q[k].as_ref() else {
             continue;
         };

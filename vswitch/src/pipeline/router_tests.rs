@@ -846,3 +846,184 @@ ports:
         );
     }
 }
+
+mod fuzz {
+    //! Mutated routing traffic through the whole pipeline: no panic, nothing held forever.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        let echo = {
+            let b = etherparse::PacketBuilder::ethernet2(mac(M1).0, mac(GW1).0)
+                .ipv4(IP1, [198, 51, 100, 1], 64)
+                .icmpv4_echo_request(1, 1);
+            let mut f = Vec::new();
+            b.write(&mut f, b"x").unwrap();
+            f
+        };
+        let templates = vec![
+            udp4_sized(M1, GW1, IP1, IPR2, 64, 30),
+            udp4_sized(M1, GW1, IP1, IP2, 1, 30),
+            udp4_sized(M1, GW1, IP1, [198, 18, 0, 99], 64, 30),
+            udp4_sized(M1, GW1, IP1, [203, 0, 113, 9], 64, 30),
+            udp6_ttl(M1, GW1, "fd00:198:51:100::11", "fd00:198:18::21", 64, 30),
+            udp6_ttl(M1, GW1, "fd00:198:51:100::11", "fd00:198:18::12", 1, 30),
+            ns(M1, "fd00:198:51:100::11", "fd00:198:51:100::1"),
+            arp(M1, M1, IP1, [198, 51, 100, 1]),
+            echo,
+            vxlan(&udp4_sized(DVR2, M1, IPR2, IP1, 63, 20), 101),
+        ];
+        (
+            proptest::sample::select(templates),
+            proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            0usize..200,
+        )
+            .prop_map(|(mut f, muts, cut)| {
+                for (at, v) in muts {
+                    // Leave the MACs alone more often than not, so frames reach the router.
+                    let i = 12 + at % (f.len() - 12);
+                    f[i] = v;
+                }
+                f.truncate(f.len().saturating_sub(cut % f.len().max(1)));
+                f
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn routing_never_panics_and_holds_nothing_forever(
+            frames in proptest::collection::vec(frame(), 1..40),
+            port in proptest::sample::select(vec![VM1, VM2, VM3, OVERLAY]),
+        ) {
+            let mut h = harness();
+            h.rx(port, &frames);
+            prop_assert!(h.held.len() <= super::super::router::PENDING_MAX);
+            let handled = h.sink.total() as u64 + h.c.drops.iter().sum::<u64>() + h.held.len() as u64;
+            prop_assert!(handled > 0 || frames.iter().all(|f| f.len() >= 42 && f[12..14] == [8, 6]));
+            h.s.now_ms += super::super::router::PENDING_MS + 1;
+            h.rx(port, &[]);
+            prop_assert_eq!(h.held.len(), 0);
+        }
+    }
+}
+
+#[test]
+fn held_packets_leave_in_arrival_order() {
+    let mut h = harness();
+    let to = |last: u8, tag: u8| {
+        let mut f = udp4_sized(M2, GW2, IP2, [198, 51, 100, last], 64, 10);
+        let n = f.len();
+        f[n - 1] = tag;
+        f
+    };
+    // P1 -> .77, P2 -> .78, P3 -> .77; .78 resolves (P2 leaves); P4 -> .77; .77 resolves.
+    h.rx(VM2, &[to(77, 1), to(78, 2), to(77, 3)]);
+    h.rx(VM3, &[arp_reply_from_vm3([198, 51, 100, 78])]);
+    h.rx(VM2, &[to(77, 4)]);
+    h.rx(VM3, &[arp_reply_from_vm3([198, 51, 100, 77])]);
+    let tags: Vec<u8> = h
+        .sink
+        .on(VM3)
+        .iter()
+        .filter(|f| f.len() > 42 && f[12..14] == [8, 0])
+        .map(|f| *f.last().unwrap())
+        .collect();
+    assert_eq!(tags, vec![2, 1, 3, 4]);
+}
+
+#[test]
+fn gateway_learns_only_on_link_askers_and_gratuitous_arp_refreshes() {
+    let mut h = harness();
+    // vm3 (no port security) asks for the gateway from an address off the subnet: answered,
+    // not learned.
+    h.rx(VM3, &[arp(M3, M3, [10, 9, 9, 9], [198, 51, 100, 1])]);
+    assert_eq!(h.c.count(E::GatewayArpReply), 1);
+    assert_eq!(h.c.count(E::RouterNeighborLearned), 0);
+    // On the subnet: learned.
+    h.rx(VM3, &[arp(M3, M3, [198, 51, 100, 77], [198, 51, 100, 1])]);
+    assert_eq!(h.c.count(E::RouterNeighborLearned), 1);
+    // A gratuitous ARP moves it.
+    h.rx(
+        VM3,
+        &[arp(
+            M3,
+            "fa:16:3e:00:00:33",
+            [198, 51, 100, 77],
+            [198, 51, 100, 77],
+        )],
+    );
+    assert_eq!(h.c.count(E::RouterNeighborLearned), 2);
+    h.rx(VM2, &[udp4_sized(M2, GW2, IP2, [198, 51, 100, 77], 64, 10)]);
+    let out = h.sink.on(VM3).last().unwrap().clone();
+    assert_eq!(&out[..6], &mac("fa:16:3e:00:00:33").0);
+}
+
+#[test]
+fn broadcasts_source_routes_and_odd_echoes_are_not_routed_or_answered() {
+    let mut h = harness();
+    // Directed broadcast of a connected subnet, and its network address.
+    h.rx(VM1, &[udp4_sized(M1, GW1, IP1, [198, 18, 0, 255], 64, 10)]);
+    h.rx(VM1, &[udp4_sized(M1, GW1, IP1, [198, 18, 0, 0], 64, 10)]);
+    assert_eq!(h.c.dropped(D::RouterNotRoutable), 2);
+    // A loose source route option (RFC 791), header checksum fixed up.
+    let mut f = udp4_sized(M1, GW1, IP1, IP2, 64, 10);
+    let opt = [0x83u8, 7, 4, 198, 18, 0, 12, 0];
+    f.splice(34..34, opt);
+    f[14] = 0x47;
+    let total = u16::from_be_bytes([f[16], f[17]]) + 8;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[24..26].fill(0);
+    let cs = crate::packet::checksum::checksum(&f[14..42]);
+    f[24..26].copy_from_slice(&cs.to_be_bytes());
+    h.rx(VM1, &[f]);
+    assert_eq!(h.c.dropped(D::RouterNotRoutable), 3);
+    // An echo request that is a first fragment gets no reply.
+    let b = etherparse::PacketBuilder::ethernet2(mac(M1).0, mac(GW1).0)
+        .ipv4(IP1, [198, 51, 100, 1], 64)
+        .icmpv4_echo_request(1, 1);
+    let mut e = Vec::new();
+    b.write(&mut e, b"frag").unwrap();
+    e[20] |= 0x20;
+    e[24..26].fill(0);
+    let cs = crate::packet::checksum::checksum(&e[14..34]);
+    e[24..26].copy_from_slice(&cs.to_be_bytes());
+    h.rx(VM1, &[e]);
+    assert_eq!(h.c.count(E::EchoReply), 0);
+    assert_eq!(h.c.dropped(D::RouterToRouter), 1);
+    assert!(h.sink.on(VM1).is_empty());
+}
+
+#[test]
+fn a_centralized_router_routes_what_comes_over_the_fabric() {
+    let host = HOST.replace("role = \"dvr\"", "role = \"dvr_snat\"");
+    let state = STATE.replace("    distributed: true\n", "    distributed: false\n");
+    let state = state.replace(
+        "network:router_interface_distributed",
+        "network:router_interface",
+    );
+    let mut t = tables_from(&host, &state, &[]);
+    t.overlay = tables().overlay;
+    let mut h = Harness::with(t);
+    for ip in ["10.0.0.12", "10.0.0.13"] {
+        h.s.neigh
+            .set_static(ip.parse().unwrap(), mac_u64(&mac(C2_MAC).0));
+    }
+    // compute2's instance sends to its gateway, which lives here: routed to vm1.
+    let inner = udp4_sized(R2, GW2, IPR2, IP1, 64, 20);
+    h.rx(OVERLAY, &[vxlan(&inner, 102)]);
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    assert_eq!(
+        &out[0][6..12],
+        &mac(GW1).0,
+        "its own interface MAC, no DVR MAC"
+    );
+    // And the reply goes back over the overlay with the interface MAC too.
+    h.rx(VM1, &[udp4_sized(M1, GW1, IP1, IPR2, 64, 20)]);
+    let back = h.sink.on(OVERLAY);
+    assert_eq!(back.len(), 1, "drops {:?}", h.c.drops);
+    assert_eq!(&inner_of(&back[0]).1[6..12], &mac(GW2).0);
+    assert_eq!(h.c.count(E::DvrMacOut), 0);
+}

@@ -95,6 +95,10 @@ impl L3Neighbors {
     pub fn learn(&self, net: u16, addr: u128, mac: u64) -> bool {
         let word = mac & MAC_MASK | VALID;
         if let Some(s) = self.find(net, addr) {
+            // Most answers confirm what is known: read before writing the shared line.
+            if s.mac.load(Ordering::Acquire) == word {
+                return false;
+            }
             return s.mac.swap(word, Ordering::AcqRel) != word;
         }
         let tag = Self::tag(net, addr);

@@ -26,6 +26,9 @@ pub struct RouterEntry {
     pub id: String,
     pub name: String,
     pub up: bool,
+    /// Distributed (an instance on every host with its networks) or centralized (the
+    /// network node only).
+    pub distributed: bool,
     /// IPv4 FIB: prefix -> index into `routes`.
     pub fib4: Lpm<u32>,
     /// IPv6 FIB: prefix -> index into `routes`.
@@ -169,6 +172,11 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
         if !here {
             continue;
         }
+        // Interface indices share the FDB value space with ports and VTEPs (below
+        // ROUTER_BIT): a host never carries more interfaces than that.
+        if l3.rifs.len() + rif_ports.len() >= ROUTER_BIT as usize {
+            continue;
+        }
         let ri = l3.routers.len() as u16;
         let first_rif = l3.rifs.len();
         for p in &rif_ports {
@@ -198,10 +206,9 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
                     _ => {}
                 }
             }
-            let snat_wanted = !snat_host
-                && r.external_gateway_info
-                    .as_ref()
-                    .is_some_and(|g| g.enable_snat);
+            // With a gateway, what matches no route goes to the SNAT port on the network node
+            // (which translates it, or only routes it when `enable_snat` is off).
+            let snat_wanted = !snat_host && r.external_gateway_info.is_some();
             if snat_wanted {
                 rif.snat = state
                     .ports
@@ -283,6 +290,7 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
                 r.name.clone()
             },
             up: r.admin_state_up,
+            distributed: r.distributed,
             fib4,
             fib6,
             routes,
