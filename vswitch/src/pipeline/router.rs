@@ -524,10 +524,12 @@ fn cache_slot(dst: u128, rif_in: u16) -> usize {
     (h >> 56) as usize & (ROUTE_CACHE - 1)
 }
 
-/// A 20-byte IPv4 header's checksum is right (five 32-bit adds and a fold).
+/// A 20-byte IPv4 header's checksum is right (five 32-bit adds and a fold). The one's
+/// complement sum does not depend on byte order (RFC 1071 2(B)), and all ones reads the same
+/// either way, so the words are summed as they lie in memory.
 #[inline(always)]
 fn ipv4_sum20_ok(h: &[u8]) -> bool {
-    let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
+    let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
     let mut s = w(0) + w(4) + w(8) + w(12) + w(16);
     s = (s & 0xffff_ffff) + (s >> 32);
     s = (s & 0xffff) + (s >> 16);
