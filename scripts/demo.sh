@@ -291,13 +291,18 @@ c = socket.create_connection((sys.argv[1], 5001), timeout=30)
 c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
 print(n, hashlib.sha256(data).hexdigest(), flush=True)
 EOF
-ip netns exec "$I1" "$PY" "$WORK/server.py" 203.0.113.11 >"$WORK/server.out" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 100); do grep -q listening "$WORK/server.out" && break; sleep 0.05; done
-client_out=$(nsx "$I2" "$PY" "$WORK/client.py" 203.0.113.11 $((64 << 20)))
-wait "$SERVER_PID"; SERVER_PID=""
-read -r sent_n sent_h <<<"$client_out"
-read -r got_n got_h secs < <(tail -n 1 "$WORK/server.out")
+# transfer SERVER_NS SERVER_IP CLIENT_NS BYTES: a TCP transfer; sets sent_n sent_h got_n got_h secs.
+# Background processes start as `ip netns exec` directly (not via nsx) so $! is the server.
+transfer() {
+  ip netns exec "$1" "$PY" "$WORK/server.py" "$2" >"$WORK/server.out" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 100); do grep -q listening "$WORK/server.out" && break; sleep 0.05; done
+  client_out=$(nsx "$3" "$PY" "$WORK/client.py" "$2" "$4")
+  wait "$SERVER_PID"; SERVER_PID=""
+  read -r sent_n sent_h <<<"$client_out"
+  read -r got_n got_h secs < <(tail -n 1 "$WORK/server.out")
+}
+transfer "$I1" 203.0.113.11 "$I2" $((64 << 20))
 info "sent     $sent_n bytes sha256 $sent_h"
 info "received $got_n bytes sha256 $got_h"
 [ "$sent_n" = $((64 << 20)) ] && [ "$sent_n" = "$got_n" ] && [ "$sent_h" = "$got_h" ] || die "data differs"
@@ -371,13 +376,7 @@ ip netns exec "$KV" tcpdump -i eth0 -n -U --immediate-mode -Z root -w "$WORK/und
 TCPDUMP_PID=$!
 for _ in $(seq 100); do grep -q 'listening on' "$WORK/tcpdump.err" && break; sleep 0.05; done
 nsx "$I4" ping -n -c 3 -i 0.2 -W 1 198.18.0.22 | grep -E 'bytes from|transmitted' | sed 's/^/    /'
-ip netns exec "$RI" "$PY" "$WORK/server.py" 198.18.0.22 >"$WORK/server.out" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 100); do grep -q listening "$WORK/server.out" && break; sleep 0.05; done
-client_out=$(nsx "$I4" "$PY" "$WORK/client.py" 198.18.0.22 $((16 << 20)))
-wait "$SERVER_PID"; SERVER_PID=""
-read -r sent_n sent_h <<<"$client_out"
-read -r got_n got_h secs < <(tail -n 1 "$WORK/server.out")
+transfer "$RI" 198.18.0.22 "$I4" $((16 << 20))
 [ "$sent_n" = "$got_n" ] && [ "$sent_h" = "$got_h" ] || die "data differs over VXLAN"
 info "TCP: $got_n bytes over VXLAN, SHA-256 equal, $(awk -v n="$got_n" -v s="$secs" 'BEGIN { printf "%.0f Mbit/s", n*8/s/1e6 }')"
 sleep 0.3
@@ -397,13 +396,7 @@ nsx "$I5" ping -n -c 2 -i 0.2 -W 1 198.19.0.1 | grep -E 'bytes from|transmitted'
 STEP="DVR: routed ping and TCP"
 info "inst5 -> inst4 (198.18.0.11, the other subnet, same host): routed here"
 nsx "$I5" ping -n -c 3 -i 0.2 -W 1 198.18.0.11 | grep -E 'bytes from|transmitted' | sed 's/^/    /'
-ip netns exec "$I4" "$PY" "$WORK/server.py" 198.18.0.11 >"$WORK/server.out" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 100); do grep -q listening "$WORK/server.out" && break; sleep 0.05; done
-client_out=$(nsx "$I5" "$PY" "$WORK/client.py" 198.18.0.11 $((16 << 20)))
-wait "$SERVER_PID"; SERVER_PID=""
-read -r sent_n sent_h <<<"$client_out"
-read -r got_n got_h secs < <(tail -n 1 "$WORK/server.out")
+transfer "$I4" 198.18.0.11 "$I5" $((16 << 20))
 [ "$sent_n" = "$got_n" ] && [ "$sent_h" = "$got_h" ] || die "data differs across the router"
 info "TCP: $got_n bytes routed, SHA-256 equal, $(awk -v n="$got_n" -v s="$secs" 'BEGIN { printf "%.0f Mbit/s", n*8/s/1e6 }')"
 STEP="DVR: tracepath"

@@ -30,8 +30,8 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use support::{
-    host_toml_overlay, ping, tcp_transfer, tshark_fields, HostPort, OverlayHost, Stats, Topology,
-    Vswitchd,
+    host_toml_overlay, ping, tcp_transfer, tshark_fields, HostPort, InstanceNet, OverlayHost,
+    Stats, Topology, Vswitchd,
 };
 
 // Instance 1 (selfservice1) and instance 2 (selfservice2).
@@ -139,58 +139,21 @@ struct Inst<'a> {
     gw6: &'a str,
 }
 
-/// An instance namespace `role` whose `eth0` (MTU 1500, offloads off, IPv4 and static IPv6
-/// without DAD, router solicitations or RAs) is joined to `sw_if` in the switch namespace
-/// `sw` (whose IPv6 is off). Default routes for both families go via the gateway addresses.
+/// An instance namespace `role` whose `eth0` (MTU 1500, IPv4 and static IPv6, quiet IPv6:
+/// no DAD, router solicitations or RAs) is joined to `sw_if` in the switch namespace `sw`.
+/// Default routes for both families go via the gateway addresses.
 fn add_instance(topo: &mut Topology, role: &str, sw: &str, sw_if: &str, i: &Inst) -> String {
-    let ns = topo.add_ns(role);
-    // Before the veth exists, so that its eth0 inherits them ("default").
-    for conf in ["all", "default"] {
-        for (k, v) in [
-            ("accept_dad", "0"),
-            ("dad_transmits", "0"),
-            ("router_solicitations", "0"),
-            ("accept_ra", "0"),
-        ] {
-            topo.ok(
-                &ns,
-                &[
-                    "sysctl",
-                    "-q",
-                    "-w",
-                    &format!("net.ipv6.conf.{conf}.{k}={v}"),
-                ],
-            );
-        }
-    }
-    topo.veth(sw, sw_if, &ns, "eth0");
-    topo.ok(sw, &["ip", "link", "set", sw_if, "up"]);
     let cidr = format!("{}/24", i.ip);
     let cidr6 = format!("{}/64", i.ip6);
-    for args in [
-        &["ip", "link", "set", "eth0", "address", i.mac][..],
-        &["ip", "link", "set", "eth0", "mtu", "1500"],
-        &[
-            "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
-        ],
-        &["ip", "addr", "add", &cidr, "dev", "eth0"],
-        &["ip", "-6", "addr", "add", &cidr6, "dev", "eth0", "nodad"],
-        &["ip", "link", "set", "eth0", "up"],
-        &["ip", "route", "add", "default", "via", i.gw, "dev", "eth0"],
-        &[
-            "ip", "-6", "route", "add", "default", "via", i.gw6, "dev", "eth0",
-        ],
-    ] {
-        topo.ok(&ns, args);
-    }
-    ns
-}
-
-/// Sets MAC `mac` on `iface` in `ns` and brings it up (the af_packet PMD takes the
-/// interface's MAC as the overlay port's).
-fn underlay_end(topo: &Topology, ns: &str, iface: &str, mac: &str) {
-    topo.ok(ns, &["ip", "link", "set", iface, "address", mac]);
-    topo.ok(ns, &["ip", "link", "set", iface, "up"]);
+    let n = InstanceNet {
+        mac: i.mac,
+        cidr: &cidr,
+        mtu: 1500,
+        cidr6: Some(&cidr6),
+        gw: Some(i.gw),
+        gw6: Some(i.gw6),
+    };
+    topo.add_instance(role, sw, sw_if, &n)
 }
 
 /// A host config with instance ports (name = interface in the switch namespace, Neutron port
@@ -405,8 +368,8 @@ fn east_west_routed_across_hosts() {
     let i1 = add_instance(&mut topo, "i1", &sw1, "vm1", &INST1);
     let i2 = add_instance(&mut topo, "i2", &sw2, "vm2", &INST2);
     topo.veth(&sw1, "ul", &sw2, "ul");
-    underlay_end(&topo, &sw1, "ul", UL1_MAC);
-    underlay_end(&topo, &sw2, "ul", UL2_MAC);
+    topo.set_mac_up(&sw1, "ul", UL1_MAC);
+    topo.set_mac_up(&sw2, "ul", UL2_MAC);
     let state = state_yaml("compute2");
     // compute1 names its DVR MAC in its host config, compute2 only in the desired state.
     let h1 = dvr_host_toml(
@@ -719,8 +682,8 @@ fn same_host_routing_between_subnets() {
     let rn = topo.add_ns("rn");
     topo.disable_ipv6(&rn);
     topo.veth(&sw, "ul", &rn, "eth0");
-    underlay_end(&topo, &sw, "ul", UL1_MAC);
-    underlay_end(&topo, &rn, "eth0", UL2_MAC);
+    topo.set_mac_up(&sw, "ul", UL1_MAC);
+    topo.set_mac_up(&rn, "eth0", UL2_MAC);
     let host = dvr_host_toml(
         "compute1",
         &topo.name,

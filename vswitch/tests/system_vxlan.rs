@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use support::{
-    host_toml_overlay, ping, py, tcp_transfer, tshark_fields, HostPort, OverlayHost, Stats,
-    Topology, Vswitchd,
+    host_toml_overlay, ping, py, tcp_transfer, tshark_fields, HostPort, InstanceNet, OverlayHost,
+    Stats, Topology, Vswitchd,
 };
 
 // compute1's instances.
@@ -155,7 +155,7 @@ hosts:
 // --- topology building blocks -------------------------------------------------------------
 
 /// An instance namespace `role` whose `eth0` (MAC `mac`, `ip`/24, MTU 1450 as Neutron gives
-/// a VXLAN network, offloads off, IPv6 off) is joined to `sw_if` in the switch namespace.
+/// a VXLAN network, IPv6 off) is joined to `sw_if` in the switch namespace.
 fn add_instance(
     topo: &mut Topology,
     role: &str,
@@ -164,30 +164,16 @@ fn add_instance(
     mac: &str,
     ip: &str,
 ) -> String {
-    let ns = topo.add_ns(role);
-    topo.disable_ipv6(&ns);
-    topo.veth(sw, sw_if, &ns, "eth0");
-    topo.ok(sw, &["ip", "link", "set", sw_if, "up"]);
     let cidr = format!("{ip}/24");
-    for args in [
-        &["ip", "link", "set", "eth0", "address", mac][..],
-        &["ip", "link", "set", "eth0", "mtu", "1450"],
-        &["ip", "addr", "add", &cidr, "dev", "eth0"],
-        &["ip", "link", "set", "eth0", "up"],
-        &[
-            "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
-        ],
-    ] {
-        topo.ok(&ns, args);
-    }
-    ns
-}
-
-/// Sets MAC `mac` on `iface` in `ns` and brings it up (the switch end of the underlay: the
-/// af_packet PMD takes the interface's MAC as the overlay port's).
-fn underlay_switch_end(topo: &Topology, ns: &str, iface: &str, mac: &str) {
-    topo.ok(ns, &["ip", "link", "set", iface, "address", mac]);
-    topo.ok(ns, &["ip", "link", "set", iface, "up"]);
+    let n = InstanceNet {
+        mac,
+        cidr: &cidr,
+        mtu: 1450,
+        cidr6: None,
+        gw: None,
+        gw6: None,
+    };
+    topo.add_instance(role, sw, sw_if, &n)
 }
 
 /// compute`n`'s host config: instance ports (name = interface in the switch namespace,
@@ -248,7 +234,7 @@ impl Lab {
         let rn = topo.add_ns("rn");
         topo.disable_ipv6(&rn);
         topo.veth(&sw, "ul", &rn, "eth0");
-        underlay_switch_end(&topo, &sw, "ul", UL1_MAC);
+        topo.set_mac_up(&sw, "ul", UL1_MAC);
         let rn_cidr = format!("{VTEP2}/24");
         for args in [
             &["ip", "link", "set", "eth0", "address", UL2_MAC][..],
@@ -707,8 +693,8 @@ fn east_west_same_network_across_two_vswitchd_hosts() {
     let a2 = add_instance(&mut topo, "a2", &sw2, "a2", I2_MAC, I2_IP);
     let b2 = add_instance(&mut topo, "b2", &sw2, "b2", B2_MAC, B2_IP);
     topo.veth(&sw1, "ul", &sw2, "ul");
-    underlay_switch_end(&topo, &sw1, "ul", UL1_MAC);
-    underlay_switch_end(&topo, &sw2, "ul", UL2_MAC);
+    topo.set_mac_up(&sw1, "ul", UL1_MAC);
+    topo.set_mac_up(&sw2, "ul", UL2_MAC);
     let h1 = overlay_host_toml(
         "compute1",
         &format!("{}-c1", topo.name),

@@ -135,7 +135,7 @@ pub struct CoreState {
     /// When this core last sent an ARP request for an underlay address: (IPv4, ms), a few
     /// slots, so an unresolved VTEP costs one request per [`tunnel::ARP_RETRY_MS`], not one per
     /// packet.
-    pub arp_sent: [(u32, u64); 8],
+    pub arp_sent: [(u64, u64); 8],
     /// This core's per-VTEP and per-VNI counters.
     pub tunnel: std::sync::Arc<TunnelCounters>,
     /// The encapsulation plan of the last (VTEP, network) of this batch.
@@ -151,6 +151,29 @@ pub struct CoreState {
     pub resolve_sent: [(u64, u64); 8],
     /// This core's cache of routing decisions.
     pub route_cache: router::RouteCache,
+}
+
+/// Whether a core may send a request (ARP, NS) for `key` now: at most one per
+/// [`tunnel::ARP_RETRY_MS`] per key, remembered in a few (key, ms) slots, the oldest reused.
+pub(crate) fn request_due(slots: &mut [(u64, u64)], key: u64, now: u64) -> bool {
+    let slot = slots
+        .iter()
+        .position(|&(k, _)| k == key)
+        .unwrap_or_else(|| {
+            slots
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, &(_, at))| at)
+                .map_or(0, |(i, _)| i)
+        });
+    let Some(&(k, at)) = slots.get(slot) else {
+        return true;
+    };
+    if k == key && at != 0 && now.saturating_sub(at) < tunnel::ARP_RETRY_MS {
+        return false;
+    }
+    slots[slot] = (key, now.max(1));
+    true
 }
 
 /// Shared state every core's [`CoreState`] points at.

@@ -1329,24 +1329,7 @@ fn icmp_v6<B: PacketBuf>(
 
 /// Whether this core may ask for `key` now (one request per `ARP_RETRY_MS` per core).
 fn resolve_due(s: &mut CoreState, key: u64) -> bool {
-    let now = s.now_ms;
-    let slot = s
-        .resolve_sent
-        .iter()
-        .position(|&(k, _)| k == key)
-        .unwrap_or_else(|| {
-            s.resolve_sent
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, &(_, at))| at)
-                .map_or(0, |(i, _)| i)
-        });
-    let (k, at) = s.resolve_sent[slot];
-    if k == key && at != 0 && now.saturating_sub(at) < super::tunnel::ARP_RETRY_MS {
-        return false;
-    }
-    s.resolve_sent[slot] = (key, now.max(1));
-    true
+    super::request_due(&mut s.resolve_sent, key, s.now_ms)
 }
 
 /// Turns `p` into an ARP request (IPv4) or a Neighbor Solicitation (IPv6) for `addr` from

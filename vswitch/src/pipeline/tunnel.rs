@@ -503,25 +503,7 @@ pub fn encap<B: PacketBuf>(
 
 /// Whether this core may send an ARP request for `ip` now (at most one per [`ARP_RETRY_MS`]).
 fn arp_due(s: &mut CoreState, ip: Ipv4Addr) -> bool {
-    let ip = u32::from(ip);
-    let now = s.now_ms;
-    let slot = s
-        .arp_sent
-        .iter()
-        .position(|&(a, _)| a == ip)
-        .unwrap_or_else(|| {
-            s.arp_sent
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, &(_, at))| at)
-                .map_or(0, |(i, _)| i)
-        });
-    let (a, at) = s.arp_sent[slot];
-    if a == ip && now.saturating_sub(at) < ARP_RETRY_MS && at != 0 {
-        return false;
-    }
-    s.arp_sent[slot] = (ip, now.max(1));
-    true
+    super::request_due(&mut s.arp_sent, u32::from(ip) as u64, s.now_ms)
 }
 
 /// Turns the buffer into a broadcast ARP request for `ip` from our VTEP (60 bytes, padded).

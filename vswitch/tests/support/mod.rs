@@ -152,6 +152,19 @@ fn reap_stale() {
 }
 
 /// A set of namespaces, veths and processes that is torn down on drop.
+/// How [`Topology::add_instance`] sets up an instance's `eth0`.
+pub struct InstanceNet<'a> {
+    pub mac: &'a str,
+    /// IPv4 address with its prefix length ("198.51.100.11/24").
+    pub cidr: &'a str,
+    pub mtu: u32,
+    /// IPv6 address with its prefix length; `None` switches IPv6 off in the namespace.
+    pub cidr6: Option<&'a str>,
+    /// Default routes.
+    pub gw: Option<&'a str>,
+    pub gw6: Option<&'a str>,
+}
+
 pub struct Topology {
     /// `vst-<tag>-<pid>`: namespace prefix, also used as the DPDK `--file-prefix`.
     pub name: String,
@@ -251,6 +264,77 @@ impl Topology {
             ],
         );
         ns
+    }
+
+    /// A new instance namespace `role` whose `eth0` is joined to `sw_if` in the switch
+    /// namespace `sw` and set up as `n` says (offloads off: af_packet forwards what veth hands
+    /// it, so no partial checksums). Returns the namespace.
+    pub fn add_instance(
+        &mut self,
+        role: &str,
+        sw: &str,
+        sw_if: &str,
+        n: &InstanceNet<'_>,
+    ) -> String {
+        let ns = self.add_ns(role);
+        if n.cidr6.is_some() {
+            // A quiet IPv6 stack: no DAD, router solicitations or RAs. Set before the veth
+            // exists, so that its eth0 inherits them ("default").
+            for conf in ["all", "default"] {
+                for kv in [
+                    "accept_dad=0",
+                    "dad_transmits=0",
+                    "router_solicitations=0",
+                    "accept_ra=0",
+                ] {
+                    let arg = format!("net.ipv6.conf.{conf}.{kv}");
+                    self.ok(&ns, &["sysctl", "-q", "-w", &arg]);
+                }
+            }
+        } else {
+            self.disable_ipv6(&ns);
+        }
+        self.veth(sw, sw_if, &ns, "eth0");
+        self.ok(sw, &["ip", "link", "set", sw_if, "up"]);
+        let mtu = n.mtu.to_string();
+        self.ok(&ns, &["ip", "link", "set", "eth0", "address", n.mac]);
+        self.ok(&ns, &["ip", "link", "set", "eth0", "mtu", &mtu]);
+        self.ok(
+            &ns,
+            &[
+                "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
+            ],
+        );
+        self.ok(&ns, &["ip", "addr", "add", n.cidr, "dev", "eth0"]);
+        if let Some(c6) = n.cidr6 {
+            self.ok(
+                &ns,
+                &["ip", "-6", "addr", "add", c6, "dev", "eth0", "nodad"],
+            );
+        }
+        self.ok(&ns, &["ip", "link", "set", "eth0", "up"]);
+        if let Some(gw) = n.gw {
+            self.ok(
+                &ns,
+                &["ip", "route", "add", "default", "via", gw, "dev", "eth0"],
+            );
+        }
+        if let Some(gw6) = n.gw6 {
+            self.ok(
+                &ns,
+                &[
+                    "ip", "-6", "route", "add", "default", "via", gw6, "dev", "eth0",
+                ],
+            );
+        }
+        ns
+    }
+
+    /// Sets MAC `mac` on `iface` in `ns` and brings it up (e.g. the switch end of an underlay:
+    /// the af_packet PMD takes the interface's MAC as the port's).
+    pub fn set_mac_up(&self, ns: &str, iface: &str, mac: &str) {
+        self.ok(ns, &["ip", "link", "set", iface, "address", mac]);
+        self.ok(ns, &["ip", "link", "set", iface, "up"]);
     }
 
     /// Switches IPv6 off for every interface of `ns`, present and future, so that the
