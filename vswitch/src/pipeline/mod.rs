@@ -4,8 +4,8 @@
 //! [`provider`] (physnet VLAN -> network on provider ports; an instance port's network) ->
 //! [`tunnel::decap`] (VXLAN -> network on the overlay port) -> [`router::dvr_ingress`]
 //! (another host's DVR MAC -> gateway MAC) -> [`port_security`] (Neutron anti-spoofing on
-//! instance ports) -> [`router::gateway_responder`] (ARP/ND for gateway addresses) ->
-//! [`tunnel::arp_responder`] -> [`integration`] (per-network FDB, learning, flood decision; a
+//! instance ports) -> [`responders`] (ARP/ND for gateway addresses, l2population's ARP
+//! responder) -> [`integration`] (per-network FDB, learning, flood decision; a
 //! gateway MAC hands the frame to the router) -> [`router::route`] (FIB, TTL, MAC rewrite, L2
 //! lookup in the egress network, ICMP) -> [`output`] (VLAN push on provider egress, VXLAN
 //! encap, flood copies, per-port tx buffers). A stage only touches packets whose verdict is still
@@ -153,6 +153,51 @@ pub struct CoreState {
     pub route_cache: router::RouteCache,
 }
 
+/// Local answers to ARP and Neighbor Discovery, in one pass over the batch: the routers'
+/// gateway addresses ([`router::gateway_respond`]), then l2population's ARP responder
+/// ([`tunnel::arp_respond`]). Frames answered become `Reply` (or `Consumed`); the rest go on.
+#[inline]
+pub fn responders<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    let gw = router::gateway_scope(t, b.in_port);
+    let l2pop = tunnel::arp_responder_active(t, b.in_port);
+    if gw.is_none() && !l2pop {
+        return;
+    }
+    for i in 0..b.len {
+        if b.meta[i].next != Next::Continue {
+            continue;
+        }
+        let net = b.meta[i].network;
+        let Some(p) = b.pkts[i].as_mut() else {
+            continue;
+        };
+        let d = p.data();
+        if d.len() < 14 {
+            continue;
+        }
+        let et = u16::from_be_bytes([d[12], d[13]]);
+        if et != crate::packet::EtherType::ARP && et != crate::packet::EtherType::IPV6 {
+            continue;
+        }
+        let mut next = None;
+        if let Some(from_instance) = gw {
+            next = router::gateway_respond(p, t, s, net, from_instance, et, i, c, tr);
+        }
+        if next.is_none() && l2pop && et == crate::packet::EtherType::ARP {
+            next = tunnel::arp_respond(p, t, net, i, c, tr);
+        }
+        if let Some(n) = next {
+            b.meta[i].next = n;
+        }
+    }
+}
+
 /// Whether a core may send a request (ARP, NS) for `key` now: at most one per
 /// [`tunnel::ARP_RETRY_MS`] per key, remembered in a few (key, ms) slots, the oldest reused.
 pub(crate) fn request_due(slots: &mut [(u64, u64)], key: u64, now: u64) -> bool {
@@ -224,8 +269,7 @@ pub fn process<B: PacketBuf, T: Tracer>(
     tunnel::decap(b, t, s, c, tr);
     router::dvr_ingress(b, t, c, tr);
     port_security::run(b, t, c, tr);
-    router::gateway_responder(b, t, s, c, tr);
-    tunnel::arp_responder(b, t, c, tr);
+    responders(b, t, s, c, tr);
     integration::run(b, t, s, c, tr);
     router::route(b, t, s, held, c, tr);
 }

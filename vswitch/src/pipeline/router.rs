@@ -6,7 +6,7 @@
 //! Writes: frames in place (TTL / hop limit, MACs; ARP and NA replies, echo replies and ICMP
 //! errors built in the buffer of the packet that caused them), the shared neighbour table
 //! (answers to the router's ARP/NS), the core's ICMP token bucket and per-router counters.
-//! Next: [`gateway_responder`] answers ARP and Neighbor Solicitations for gateway addresses
+//! Next: [`gateway_respond`] answers ARP and Neighbor Solicitations for gateway addresses
 //! (`Reply`) and takes in answers to the router's own (`Consumed`); [`route`] turns a frame
 //! addressed to a gateway MAC (`Route`) into `Output`/`Tunnel`/`Flood` in the egress network,
 //! an ICMP error or echo reply back out of the ingress port, or an ARP request/NS
@@ -109,61 +109,52 @@ pub fn dvr_ingress<B: PacketBuf, T: Tracer>(
     }
 }
 
-/// Answers ARP requests and Neighbor Solicitations from local instances for a gateway
-/// address, and takes in the answers to the router's own requests.
-pub fn gateway_responder<B: PacketBuf, T: Tracer>(
-    b: &mut Batch<B>,
+/// Whether the gateways answer frames received on `in_port`: `Some(from_instance)`, or
+/// `None` when no router here may (only instances ask this host's instance of a distributed
+/// router: the fabric's copies of the same question are answered by the router instance on the
+/// asker's own host; a centralized router lives on one host only and answers the fabric too).
+#[inline]
+pub fn gateway_scope(t: &Tables, in_port: u16) -> Option<bool> {
+    if t.l3.rifs.is_empty() {
+        return None;
+    }
+    let from_instance = t.ports.get(in_port as usize)?.kind == PortKind::Instance;
+    (from_instance || t.l3.routers.iter().any(|r| !r.distributed)).then_some(from_instance)
+}
+
+/// Answers an ARP request or Neighbor Solicitation for a gateway address in place
+/// (`Some(Reply)`), or takes in an answer to the router's own request (`Some(Consumed)`).
+/// Called by [`super::responders`] for ARP and IPv6 frames (`ethertype`).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn gateway_respond<B: PacketBuf, T: Tracer>(
+    p: &mut B,
     t: &Tables,
     s: &mut CoreState,
+    net: NetIdx,
+    from_instance: bool,
+    ethertype: u16,
+    i: usize,
     c: &mut BatchCounters,
     tr: &mut T,
-) {
-    let l3 = &t.l3;
-    if l3.rifs.is_empty() {
-        return;
-    }
-    // Only instances ask this host's instance of a distributed router: the fabric's copies of
-    // the same question are answered by the router instance on the asker's own host. A
-    // centralized router lives on one host only and answers the fabric too.
-    let from_instance = match t.ports.get(b.in_port as usize) {
-        Some(p) => p.kind == PortKind::Instance,
-        None => return,
-    };
-    if !from_instance && !l3.routers.iter().any(|r| !r.distributed) {
-        return;
-    }
-    for i in 0..b.len {
-        if b.meta[i].next != Next::Continue {
-            continue;
+) -> Option<Next> {
+    let n = if ethertype == EtherType::ARP {
+        gateway_arp(p, t, s, net, from_instance, c)
+    } else {
+        gateway_nd(p, t, s, net, from_instance, c)
+    }?;
+    trace!(
+        tr,
+        i,
+        "router",
+        "{}",
+        if n == Next::Reply {
+            "request for a gateway address: answered"
+        } else {
+            "answer to the router's own request: neighbour noted"
         }
-        let net = b.meta[i].network;
-        let Some(p) = b.pkts[i].as_mut() else {
-            continue;
-        };
-        let d = p.data();
-        if d.len() < 14 {
-            continue;
-        }
-        let next = match u16::from_be_bytes([d[12], d[13]]) {
-            EtherType::ARP => gateway_arp(p, t, s, net, from_instance, c),
-            EtherType::IPV6 => gateway_nd(p, t, s, net, from_instance, c),
-            _ => None,
-        };
-        if let Some(n) = next {
-            trace!(
-                tr,
-                i,
-                "router",
-                "{}",
-                if n == Next::Reply {
-                    "request for a gateway address: answered"
-                } else {
-                    "answer to the router's own request: neighbour noted"
-                }
-            );
-            b.meta[i].next = n;
-        }
-    }
+    );
+    Some(n)
 }
 
 fn gateway_arp<B: PacketBuf>(
@@ -420,7 +411,7 @@ struct CacheEntry {
 }
 
 /// A core's direct-mapped cache of routing decisions: (ingress interface, destination) -> the
-/// whole [`Hop`] (egress network, L2 destination, both MACs, MTU). Like OVS's exact-match
+/// whole `Hop` (egress network, L2 destination, both MACs, MTU). Like OVS's exact-match
 /// cache in front of its classifier: a hit skips the FIB, the neighbour and the FDB lookups.
 /// Only decisions taken from the compiled tables are kept, tagged with their generation, so a
 /// new generation (any change of routes, ports or neighbours in the desired state) makes every

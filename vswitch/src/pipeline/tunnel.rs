@@ -8,7 +8,7 @@
 //! frames in place (decapsulation strips the outer headers, encapsulation prepends them, ARP
 //! replies and requests are built in the buffer of the frame that caused them).
 //! Next: [`decap`] gives a decapsulated frame its network (`Continue`), answers ARP for our
-//! VTEP address (`Reply`) and takes in ARP replies (`Consumed`); [`arp_responder`] answers
+//! VTEP address (`Reply`) and takes in ARP replies (`Consumed`); [`arp_respond`] answers
 //! instances' ARP requests for known ports (`Reply`); [`encap`] runs in `output`.
 //! Drops: `tunnel.not_for_us`, `.wrong_port`, `.bad_flags`, `.unknown_vni`, `.unknown_vtep`,
 //! `.truncated`, `.inner_vlan`, `.not_vxlan`, `.arp_not_for_us` on ingress; `.unresolved`,
@@ -270,74 +270,70 @@ fn underlay_arp<B: PacketBuf>(
     Err(D::TunnelArpNotForUs)
 }
 
-/// Answers ARP requests from local ports for the address of any port the desired state knows
-/// on a VXLAN network (Neutron l2population's ARP responder), so they never cross the overlay.
-pub fn arp_responder<B: PacketBuf, T: Tracer>(
-    b: &mut Batch<B>,
+/// Whether l2population's ARP responder works on frames received on `in_port` (any port but
+/// the overlay, when some port is known on a VXLAN network).
+#[inline]
+pub fn arp_responder_active(t: &Tables, in_port: u16) -> bool {
+    !t.arp.is_empty() && t.overlay.as_ref().is_none_or(|o| o.port != in_port)
+}
+
+/// Answers an ARP request from a local port for the address of any port the desired state
+/// knows on a VXLAN network (Neutron l2population's ARP responder), so it never crosses the
+/// overlay: the reply is built in place (`Some(Reply)`). Called by
+/// [`super::responders`] for ARP frames.
+#[inline]
+pub fn arp_respond<B: PacketBuf, T: Tracer>(
+    p: &mut B,
     t: &Tables,
+    net: u16,
+    i: usize,
     c: &mut BatchCounters,
     tr: &mut T,
-) {
-    if t.arp.is_empty() || t.overlay.as_ref().is_some_and(|o| o.port == b.in_port) {
-        return;
+) -> Option<Next> {
+    if !matches!(
+        t.networks.get(net as usize).map(|n| n.segment),
+        Some(Segment::Vxlan(_))
+    ) {
+        return None;
     }
-    for i in 0..b.len {
-        if b.meta[i].next != Next::Continue {
-            continue;
-        }
-        let net = b.meta[i].network;
-        if !matches!(
-            t.networks.get(net as usize).map(|n| n.segment),
-            Some(Segment::Vxlan(_))
-        ) {
-            continue;
-        }
-        let Some(p) = b.pkts[i].as_mut() else {
-            continue;
-        };
-        let d = p.data();
-        if d.len() < 14 + ARP_LEN || u16::from_be_bytes([d[12], d[13]]) != EtherType::ARP {
-            continue;
-        }
-        let Ok(arp) = ArpPacket::new_checked(&d[14..]) else {
-            continue;
-        };
-        if arp.operation() != OP_REQUEST {
-            continue;
-        }
-        let (sha, spa, tpa) = (arp.sender_mac(), arp.sender_ip(), arp.target_ip());
-        let Some(mac) = t.arp_lookup(net, u32::from(tpa)) else {
-            continue;
-        };
-        if mac == sha {
-            continue; // a duplicate address probe for its own address: let it through
-        }
-        let reply = ArpRepr {
-            operation: OP_REPLY,
-            sender_mac: mac,
-            sender_ip: tpa,
-            target_mac: sha,
-            target_ip: spa,
-        };
-        let src = EthernetFrame::new_unchecked(&d[..14]).src();
-        let d = p.data_mut();
-        EthernetRepr {
-            dst: src,
-            src: mac,
-            ethertype: EtherType::ARP,
-        }
-        .emit(d);
-        reply.emit(&mut d[14..]);
-        b.meta[i].next = Next::Reply;
-        c.event(Event::ArpResponder);
-        trace!(
-            tr,
-            i,
-            "tunnel",
-            "arp responder: {tpa} is-at {mac} (network {})",
-            t.networks[net as usize].name
-        );
+    let d = p.data();
+    if d.len() < 14 + ARP_LEN {
+        return None;
     }
+    let arp = ArpPacket::new_checked(&d[14..]).ok()?;
+    if arp.operation() != OP_REQUEST {
+        return None;
+    }
+    let (sha, spa, tpa) = (arp.sender_mac(), arp.sender_ip(), arp.target_ip());
+    let mac = t.arp_lookup(net, u32::from(tpa))?;
+    if mac == sha {
+        return None; // a duplicate address probe for its own address: let it through
+    }
+    let reply = ArpRepr {
+        operation: OP_REPLY,
+        sender_mac: mac,
+        sender_ip: tpa,
+        target_mac: sha,
+        target_ip: spa,
+    };
+    let src = EthernetFrame::new_unchecked(&d[..14]).src();
+    let d = p.data_mut();
+    EthernetRepr {
+        dst: src,
+        src: mac,
+        ethertype: EtherType::ARP,
+    }
+    .emit(d);
+    reply.emit(&mut d[14..]);
+    c.event(Event::ArpResponder);
+    trace!(
+        tr,
+        i,
+        "tunnel",
+        "arp responder: {tpa} is-at {mac} (network {})",
+        t.networks[net as usize].name
+    );
+    Some(Next::Reply)
 }
 
 /// What [`encap`] did with a frame.
