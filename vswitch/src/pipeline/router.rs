@@ -1453,20 +1453,32 @@ pub fn release_pending<B: PacketBuf>(
         let Some(h) = held.q[k].as_ref() else {
             continue;
         };
-        let stale = h.generation != t.generation || now.saturating_sub(h.since_ms) > PENDING_MS;
+        let new_tables = h.generation != t.generation;
+        let timed_out = now.saturating_sub(h.since_ms) > PENDING_MS;
+        let stale = new_tables || timed_out;
         let ready = !stale
             && (t.l3.neighbor(h.net, h.addr).is_some()
                 || s.l3neigh.lookup(h.net, h.addr).is_some());
         if !stale && !ready {
             continue;
         }
-        let Some(h) = held.q[k].take() else { continue };
-        held.n -= 1;
-        if stale {
-            c.drop(D::RouterUnresolved);
-            drop(h.p);
+        let Some(mut h) = held.q[k].take() else {
             continue;
-        }
+        };
+        held.n -= 1;
+        let next = if stale {
+            c.drop(D::RouterUnresolved);
+            // RFC 1812 5.2.7.1 / RFC 4443 3.1: the sender hears that the host is unreachable
+            // (indices are only meaningful in the tables the packet was held under).
+            if new_tables || !unreachable(&mut h, t, s, c) {
+                drop(h.p);
+                continue;
+            }
+            Next::Output(h.in_port)
+        } else {
+            c.event(E::NextHopReleased);
+            Next::Route(h.rif_in)
+        };
         if b.len > 0 && (b.in_port != h.in_port || b.len == super::BURST) {
             flush_released(&mut b, t, s, held, txb, tx, c);
         }
@@ -1477,15 +1489,51 @@ pub fn release_pending<B: PacketBuf>(
         b.pkts[i] = Some(h.p);
         b.meta[i] = super::Meta {
             network: h.in_net,
-            next: Next::Route(h.rif_in),
+            next,
             from_vtep: u16::MAX,
         };
         b.len += 1;
-        c.event(E::NextHopReleased);
     }
     if b.len > 0 {
         flush_released(&mut b, t, s, held, txb, tx, c);
     }
+}
+
+/// Turns a held packet whose next hop never answered into an ICMP host unreachable (IPv4) /
+/// address unreachable (IPv6) to its sender. Whether it was.
+fn unreachable<B: PacketBuf>(
+    h: &mut Held<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+) -> bool {
+    let Some(rif) = t.l3.rifs.get(h.rif_in as usize) else {
+        return false;
+    };
+    let Some(r) = t.l3.routers.get(rif.router as usize) else {
+        return false;
+    };
+    let x = Ctx {
+        t,
+        r,
+        rif_in: h.rif_in,
+        rif,
+    };
+    let d = h.p.data();
+    let et = if d.len() >= 14 {
+        u16::from_be_bytes([d[12], d[13]])
+    } else {
+        0
+    };
+    let sent = match et {
+        EtherType::IPV4 => icmp_v4(&mut h.p, &x, s, c, 3, 1, 0, D::RouterUnresolved),
+        EtherType::IPV6 => icmp_v6(&mut h.p, &x, s, c, 1, 3, 0, D::RouterUnresolved),
+        _ => Err(D::RouterUnresolved),
+    };
+    if sent.is_ok() {
+        s.router.add(rif.router, [0, 0, 1, 0]);
+    }
+    sent.is_ok()
 }
 
 fn flush_released<B: PacketBuf>(

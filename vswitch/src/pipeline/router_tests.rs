@@ -663,13 +663,28 @@ fn the_wait_queue_is_bounded_and_times_out() {
     // Another next hop has its own share.
     h.rx(VM2, &[udp4_sized(M2, GW2, IP2, [198, 51, 100, 78], 64, 10)]);
     assert_eq!(h.held.len(), PENDING_PER_HOP + 1);
-    // Nobody answers: after PENDING_MS they are dropped and counted, and nothing leaks.
+    // Nobody answers: after PENDING_MS they are dropped and counted, each sender told the
+    // host is unreachable (as the token bucket allows), and nothing leaks.
+    let before = h.sink.on(VM2).len();
     h.s.now_ms += PENDING_MS + 1;
     h.rx(VM2, &[]);
     assert_eq!(h.held.len(), 0);
     assert_eq!(
         h.c.dropped(D::RouterUnresolved),
         3 + PENDING_PER_HOP as u64 + 1
+    );
+    let errors = &h.sink.on(VM2)[before..];
+    assert_eq!(errors.len(), PENDING_PER_HOP + 1);
+    let (ty, quote) = icmp4_error(&errors[0]);
+    assert!(matches!(
+        ty,
+        Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Host)
+    ));
+    assert_eq!(&quote[16..20], &[198, 51, 100, 77]);
+    assert_eq!(
+        ipv4_of(&errors[0]).source,
+        [198, 18, 0, 1],
+        "from the ingress interface"
     );
     // An answer after that finds nothing waiting.
     h.rx(VM3, &[arp_reply_from_vm3([198, 51, 100, 77])]);
