@@ -30,8 +30,8 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use support::{
-    host_toml_overlay, ping, tcp_transfer, tshark_fields, HostPort, InstanceNet, OverlayHost,
-    Stats, Topology, Vswitchd,
+    host_toml_overlay, instance_and_overlay_ports, ping, tcp_transfer, tshark_fields, InstanceNet,
+    OverlayHost, Stats, Topology, Vswitchd,
 };
 
 // Instance 1 (selfservice1) and instance 2 (selfservice2).
@@ -166,21 +166,7 @@ fn dvr_host_toml(
     dvr_mac: Option<&str>,
     instances: &[(&str, &str)],
 ) -> String {
-    let mut ports: Vec<HostPort> = instances
-        .iter()
-        .map(|(name, id)| HostPort {
-            name,
-            iface: name,
-            kind: "instance",
-            iface_id: Some(id),
-        })
-        .collect();
-    ports.push(HostPort {
-        name: "overlay",
-        iface: "ul",
-        kind: "overlay",
-        iface_id: None,
-    });
+    let ports = instance_and_overlay_ports(instances);
     let overlay = OverlayHost {
         local_vtep_ip: vtep,
         dvr_mac,

@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use support::{
-    host_toml_overlay, ping, py, tcp_transfer, tshark_fields, HostPort, InstanceNet, OverlayHost,
-    Stats, Topology, Vswitchd,
+    host_toml_overlay, instance_and_overlay_ports, ping, py, tcp_transfer, tshark_fields,
+    InstanceNet, OverlayHost, Stats, Topology, Vswitchd,
 };
 
 // compute1's instances.
@@ -186,21 +186,7 @@ fn overlay_host_toml(
     instances: &[(&str, &str)],
     settings: &[&str],
 ) -> String {
-    let mut ports: Vec<HostPort> = instances
-        .iter()
-        .map(|(name, id)| HostPort {
-            name,
-            iface: name,
-            kind: "instance",
-            iface_id: Some(id),
-        })
-        .collect();
-    ports.push(HostPort {
-        name: "overlay",
-        iface: "ul",
-        kind: "overlay",
-        iface_id: None,
-    });
+    let ports = instance_and_overlay_ports(instances);
     let overlay = OverlayHost {
         local_vtep_ip: vtep,
         dvr_mac: Some(dvr_mac),

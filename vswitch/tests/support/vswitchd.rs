@@ -16,6 +16,27 @@ pub struct HostPort<'a> {
     pub iface_id: Option<&'a str>,
 }
 
+/// Instance ports (port name = interface in the switch namespace, Neutron port id) and the
+/// overlay port on interface `ul`: the ports of a compute host in the overlay tests.
+pub fn instance_and_overlay_ports<'a>(instances: &'a [(&'a str, &'a str)]) -> Vec<HostPort<'a>> {
+    let mut ports: Vec<HostPort> = instances
+        .iter()
+        .map(|(name, id)| HostPort {
+            name,
+            iface: name,
+            kind: "instance",
+            iface_id: Some(id),
+        })
+        .collect();
+    ports.push(HostPort {
+        name: "overlay",
+        iface: "ul",
+        kind: "overlay",
+        iface_id: None,
+    });
+    ports
+}
+
 /// This host's VXLAN settings for [`host_toml_overlay`]: `local_vtep_ip`, `dvr_mac` and the
 /// `[overlay]` section (absent fields keep vswitchd's defaults).
 #[derive(Default)]
