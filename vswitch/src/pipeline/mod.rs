@@ -156,7 +156,7 @@ pub struct CoreState {
 /// Local answers to ARP and Neighbor Discovery, in one pass over the batch: the routers'
 /// gateway addresses ([`router::gateway_respond`]), then l2population's ARP responder
 /// ([`tunnel::arp_respond`]). Frames answered become `Reply` (or `Consumed`); the rest go on.
-#[inline]
+#[inline(never)]
 pub fn responders<B: PacketBuf, T: Tracer>(
     b: &mut Batch<B>,
     t: &Tables,
@@ -267,11 +267,19 @@ pub fn process<B: PacketBuf, T: Tracer>(
     classify::run(b, t, c, tr);
     provider::ingress(b, t, c, tr);
     tunnel::decap(b, t, s, c, tr);
-    router::dvr_ingress(b, t, c, tr);
+    // The routing stages stay out of line behind cheap checks, so a host (or a batch) without
+    // routers keeps the switching loop as small as it was.
+    if !t.l3.dvr_macs.is_empty() {
+        router::dvr_ingress(b, t, c, tr);
+    }
     port_security::run(b, t, c, tr);
-    responders(b, t, s, c, tr);
+    if !t.l3.rifs.is_empty() || !t.arp.is_empty() {
+        responders(b, t, s, c, tr);
+    }
     integration::run(b, t, s, c, tr);
-    router::route(b, t, s, held, c, tr);
+    if !t.l3.rifs.is_empty() {
+        router::route(b, t, s, held, c, tr);
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ const PROTO_ICMPV6: u8 = 58;
 const VXLAN_IP_OVERHEAD: u16 = 50;
 
 /// Rewrites another host's DVR MAC to the local gateway MAC on frames from the fabric.
+#[inline(never)]
 pub fn dvr_ingress<B: PacketBuf, T: Tracer>(
     b: &mut Batch<B>,
     t: &Tables,
@@ -543,6 +544,7 @@ enum Miss {
 }
 
 /// Routes the frames integration handed to a router interface.
+#[inline(never)]
 pub fn route<B: PacketBuf, T: Tracer>(
     b: &mut Batch<B>,
     t: &Tables,
