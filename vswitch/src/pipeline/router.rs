@@ -1205,45 +1205,100 @@ fn icmp_v4<B: PacketBuf>(
     let Some(from) = x.rif.v4_source(orig_src) else {
         return Err(reason);
     };
+    let orig_len = ip.total_len();
+    // The word after type/code/checksum: unused, or (fragmentation needed, RFC 1191) the
+    // next-hop MTU in its low 16 bits.
+    let head = IcmpHead {
+        ty,
+        code,
+        word: mtu,
+    };
+    let sent = icmp_error::<B, { ICMP4_MAX - 20 - 8 }>(
+        p,
+        x.rif.mac,
+        s,
+        c,
+        (EtherType::IPV4, 20),
+        orig_len,
+        head,
+        |d, icmp_len| {
+            Ipv4Repr {
+                src: Ipv4Addr::from(from),
+                dst: Ipv4Addr::from(orig_src),
+                protocol: PROTO_ICMP,
+                payload_len: icmp_len,
+                ttl: 64,
+                dont_fragment: false,
+            }
+            .emit(d);
+            0
+        },
+    );
+    if sent {
+        Ok(Verdict::Back(RouterStat::IcmpSent))
+    } else {
+        Err(reason)
+    }
+}
+
+/// Type, code and the 32-bit word that follows the checksum of an ICMP / ICMPv6 error.
+#[derive(Clone, Copy)]
+struct IcmpHead {
+    ty: u8,
+    code: u8,
+    word: u32,
+}
+
+/// What building an ICMP and an ICMPv6 error share, once the family's own checks have passed:
+/// the rate limit, the quote of the original (from its IP header on, `orig_len` bytes at most
+/// `MAXQ`), the frame back to the sender (Ethernet from `mac`, the IP header `ip_hdr` writes
+/// given the ICMP length, returning the checksum's initial sum: 0 for IPv4, the pseudo-header
+/// for IPv6), the ICMP header and checksum. Whether the packet became the error.
+#[allow(clippy::too_many_arguments)]
+fn icmp_error<B: PacketBuf, const MAXQ: usize>(
+    p: &mut B,
+    mac: MacAddr,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    (ethertype, ip_len): (u16, usize),
+    orig_len: usize,
+    head: IcmpHead,
+    ip_hdr: impl FnOnce(&mut [u8], usize) -> u32,
+) -> bool {
     if !icmp_token(s) {
         c.event(E::IcmpRateLimited);
-        return Err(reason);
+        return false;
     }
-    let quote_len = ip.total_len().min(ICMP4_MAX - 20 - 8);
-    let mut quote = [0u8; ICMP4_MAX - 20 - 8];
+    let d = p.data();
+    let quote_len = orig_len.min(MAXQ).min(d.len().saturating_sub(14));
+    let mut quote = [0u8; MAXQ];
     quote[..quote_len].copy_from_slice(&d[14..14 + quote_len]);
-    let dst_mac = MacAddr(d[6..12].try_into().expect("6 bytes"));
-    let len = 14 + 20 + 8 + quote_len;
+    let Ok(dst_mac) = d[6..12].try_into().map(MacAddr) else {
+        return false;
+    };
+    let at = 14 + ip_len;
+    let len = at + 8 + quote_len;
     if !set_len(p, len) {
-        return Err(reason);
+        return false;
     }
     let d = p.data_mut();
     EthernetRepr {
         dst: dst_mac,
-        src: x.rif.mac,
-        ethertype: EtherType::IPV4,
+        src: mac,
+        ethertype,
     }
     .emit(d);
-    Ipv4Repr {
-        src: Ipv4Addr::from(from),
-        dst: Ipv4Addr::from(orig_src),
-        protocol: PROTO_ICMP,
-        payload_len: 8 + quote_len,
-        ttl: 64,
-        dont_fragment: false,
-    }
-    .emit(&mut d[14..]);
-    let m = &mut d[34..len];
-    m[0] = ty;
-    m[1] = code;
+    let initial = ip_hdr(&mut d[14..at], 8 + quote_len);
+    let m = &mut d[at..len];
+    m[0] = head.ty;
+    m[1] = head.code;
     m[2..4].fill(0);
-    // Unused, or (fragmentation needed, RFC 1191) the next-hop MTU in the low 16 bits.
-    m[4..8].copy_from_slice(&mtu.to_be_bytes());
+    m[4..8].copy_from_slice(&head.word.to_be_bytes());
     m[8..].copy_from_slice(&quote[..quote_len]);
-    let cs = checksum::checksum(m);
+    let cs = !(checksum::sum(m, initial) as u16);
     m[2..4].copy_from_slice(&cs.to_be_bytes());
     c.event(E::IcmpErrorSent);
-    Ok(Verdict::Back(RouterStat::IcmpSent))
+    true
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1273,51 +1328,39 @@ fn icmp_v6<B: PacketBuf>(
     let Some(from) = x.rif.v6_source(u128::from(orig_src)) else {
         return Err(reason);
     };
-    if !icmp_token(s) {
-        c.event(E::IcmpRateLimited);
-        return Err(reason);
-    }
-    const MAXQ: usize = ICMP6_MAX - 40 - 8;
-    let quote_len = (40 + ip.payload_len()).min(MAXQ);
-    let mut quote = [0u8; MAXQ];
-    quote[..quote_len].copy_from_slice(&d[14..14 + quote_len]);
-    let dst_mac = MacAddr(d[6..12].try_into().expect("6 bytes"));
-    let len = 14 + 40 + 8 + quote_len;
-    if !set_len(p, len) {
-        return Err(reason);
-    }
-    let d = p.data_mut();
-    EthernetRepr {
-        dst: dst_mac,
-        src: x.rif.mac,
-        ethertype: EtherType::IPV6,
-    }
-    .emit(d);
     let from = Ipv6Addr::from(from);
-    Ipv6Repr {
-        src: from,
-        dst: orig_src,
-        next_header: PROTO_ICMPV6,
-        payload_len: 8 + quote_len,
-        hop_limit: 64,
-    }
-    .emit(&mut d[14..]);
-    let m = &mut d[54..len];
-    m[0] = ty;
-    m[1] = code;
-    m[2..4].fill(0);
-    m[4..8].copy_from_slice(&word.to_be_bytes());
-    m[8..].copy_from_slice(&quote[..quote_len]);
-    let ph = checksum::pseudo_v6(
-        from.octets(),
-        orig_src.octets(),
-        PROTO_ICMPV6,
-        (8 + quote_len) as u32,
+    let orig_len = 40 + ip.payload_len();
+    let head = IcmpHead { ty, code, word };
+    let sent = icmp_error::<B, { ICMP6_MAX - 40 - 8 }>(
+        p,
+        x.rif.mac,
+        s,
+        c,
+        (EtherType::IPV6, 40),
+        orig_len,
+        head,
+        |d, icmp_len| {
+            Ipv6Repr {
+                src: from,
+                dst: orig_src,
+                next_header: PROTO_ICMPV6,
+                payload_len: icmp_len,
+                hop_limit: 64,
+            }
+            .emit(d);
+            checksum::pseudo_v6(
+                from.octets(),
+                orig_src.octets(),
+                PROTO_ICMPV6,
+                icmp_len as u32,
+            )
+        },
     );
-    let cs = !(checksum::sum(m, ph) as u16);
-    m[2..4].copy_from_slice(&cs.to_be_bytes());
-    c.event(E::IcmpErrorSent);
-    Ok(Verdict::Back(RouterStat::IcmpSent))
+    if sent {
+        Ok(Verdict::Back(RouterStat::IcmpSent))
+    } else {
+        Err(reason)
+    }
 }
 
 /// Whether this core may ask for `key` now (one request per `ARP_RETRY_MS` per core).
