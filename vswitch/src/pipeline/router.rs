@@ -827,14 +827,36 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     }
     if ttl <= 1 {
         trace!(tr, i, "router", "TTL {ttl}: time exceeded");
-        return icmp_v4(p, x, s, c, 11, 0, 0, D::RouterTtlExceeded);
+        return icmp_v4(
+            p,
+            x,
+            s,
+            c,
+            IcmpHead {
+                ty: 11,
+                code: 0,
+                word: 0,
+            },
+            D::RouterTtlExceeded,
+        );
     }
     let hop = cached_hop(x, s, v4_key(dst), false);
     let h = match hop {
         Ok(h) => h,
         Err(Miss::NoRoute) => {
             trace!(tr, i, "router", "{}: no route", Ipv4Addr::from(dst));
-            return icmp_v4(p, x, s, c, 3, 0, 0, D::RouterNoRoute);
+            return icmp_v4(
+                p,
+                x,
+                s,
+                c,
+                IcmpHead {
+                    ty: 3,
+                    code: 0,
+                    word: 0,
+                },
+                D::RouterNoRoute,
+            );
         }
         Err(Miss::Unresolved { rif, addr }) => return Ok(Verdict::Unresolved { rif, addr }),
         Err(Miss::Broadcast) => return Err(D::RouterNotRoutable),
@@ -850,7 +872,18 @@ fn route_v4<B: PacketBuf, T: Tracer>(
             "{total} bytes > egress MTU {}: fragmentation needed",
             h.mtu
         );
-        return icmp_v4(p, x, s, c, 3, 4, h.mtu as u32, D::RouterTooBig);
+        return icmp_v4(
+            p,
+            x,
+            s,
+            c,
+            IcmpHead {
+                ty: 3,
+                code: 4,
+                word: h.mtu as u32,
+            },
+            D::RouterTooBig,
+        );
     }
     let d = p.data_mut();
     if let Ok(mut ipm) = Ipv4Packet::new_checked(&mut d[14..]) {
@@ -899,14 +932,36 @@ fn route_v6<B: PacketBuf, T: Tracer>(
     }
     if hop_limit <= 1 {
         trace!(tr, i, "router", "hop limit {hop_limit}: time exceeded");
-        return icmp_v6(p, x, s, c, 3, 0, 0, D::RouterTtlExceeded);
+        return icmp_v6(
+            p,
+            x,
+            s,
+            c,
+            IcmpHead {
+                ty: 3,
+                code: 0,
+                word: 0,
+            },
+            D::RouterTtlExceeded,
+        );
     }
     let hop = cached_hop(x, s, dkey, true);
     let h = match hop {
         Ok(h) => h,
         Err(Miss::NoRoute) => {
             trace!(tr, i, "router", "{dst}: no route");
-            return icmp_v6(p, x, s, c, 1, 0, 0, D::RouterNoRoute);
+            return icmp_v6(
+                p,
+                x,
+                s,
+                c,
+                IcmpHead {
+                    ty: 1,
+                    code: 0,
+                    word: 0,
+                },
+                D::RouterNoRoute,
+            );
         }
         Err(Miss::Unresolved { rif, addr }) => return Ok(Verdict::Unresolved { rif, addr }),
         Err(Miss::Broadcast) => return Err(D::RouterNotRoutable),
@@ -919,7 +974,18 @@ fn route_v6<B: PacketBuf, T: Tracer>(
             "{total} bytes > egress MTU {}: packet too big",
             h.mtu
         );
-        return icmp_v6(p, x, s, c, 2, 0, h.mtu as u32, D::RouterTooBig);
+        return icmp_v6(
+            p,
+            x,
+            s,
+            c,
+            IcmpHead {
+                ty: 2,
+                code: 0,
+                word: h.mtu as u32,
+            },
+            D::RouterTooBig,
+        );
     }
     let d = p.data_mut();
     d[14 + 7] = hop_limit - 1;
@@ -1177,15 +1243,12 @@ fn icmp_token(s: &mut CoreState) -> bool {
 
 /// Turns the packet into an ICMP error to its sender, or drops it for `reason` when no error
 /// may be sent.
-#[allow(clippy::too_many_arguments)]
 fn icmp_v4<B: PacketBuf>(
     p: &mut B,
     x: &Ctx<'_>,
     s: &mut CoreState,
     c: &mut BatchCounters,
-    ty: u8,
-    code: u8,
-    mtu: u32,
+    head: IcmpHead,
     reason: D,
 ) -> Result<Verdict, D> {
     let d = p.data();
@@ -1206,13 +1269,6 @@ fn icmp_v4<B: PacketBuf>(
         return Err(reason);
     };
     let orig_len = ip.total_len();
-    // The word after type/code/checksum: unused, or (fragmentation needed, RFC 1191) the
-    // next-hop MTU in its low 16 bits.
-    let head = IcmpHead {
-        ty,
-        code,
-        word: mtu,
-    };
     let sent = icmp_error::<B, { ICMP4_MAX - 20 - 8 }>(
         p,
         x.rif.mac,
@@ -1241,7 +1297,9 @@ fn icmp_v4<B: PacketBuf>(
     }
 }
 
-/// Type, code and the 32-bit word that follows the checksum of an ICMP / ICMPv6 error.
+/// Type, code and the 32-bit word that follows the checksum of an ICMP / ICMPv6 error
+/// (unused; the next-hop MTU of fragmentation needed in its low 16 bits, RFC 1191; the MTU of
+/// packet too big, RFC 4443).
 #[derive(Clone, Copy)]
 struct IcmpHead {
     ty: u8,
@@ -1301,15 +1359,12 @@ fn icmp_error<B: PacketBuf, const MAXQ: usize>(
     true
 }
 
-#[allow(clippy::too_many_arguments)]
 fn icmp_v6<B: PacketBuf>(
     p: &mut B,
     x: &Ctx<'_>,
     s: &mut CoreState,
     c: &mut BatchCounters,
-    ty: u8,
-    code: u8,
-    word: u32,
+    head: IcmpHead,
     reason: D,
 ) -> Result<Verdict, D> {
     let d = p.data();
@@ -1330,7 +1385,6 @@ fn icmp_v6<B: PacketBuf>(
     };
     let from = Ipv6Addr::from(from);
     let orig_len = 40 + ip.payload_len();
-    let head = IcmpHead { ty, code, word };
     let sent = icmp_error::<B, { ICMP6_MAX - 40 - 8 }>(
         p,
         x.rif.mac,
@@ -1571,8 +1625,30 @@ fn unreachable<B: PacketBuf>(
         0
     };
     let sent = match et {
-        EtherType::IPV4 => icmp_v4(&mut h.p, &x, s, c, 3, 1, 0, D::RouterUnresolved),
-        EtherType::IPV6 => icmp_v6(&mut h.p, &x, s, c, 1, 3, 0, D::RouterUnresolved),
+        EtherType::IPV4 => icmp_v4(
+            &mut h.p,
+            &x,
+            s,
+            c,
+            IcmpHead {
+                ty: 3,
+                code: 1,
+                word: 0,
+            },
+            D::RouterUnresolved,
+        ),
+        EtherType::IPV6 => icmp_v6(
+            &mut h.p,
+            &x,
+            s,
+            c,
+            IcmpHead {
+                ty: 1,
+                code: 3,
+                word: 0,
+            },
+            D::RouterUnresolved,
+        ),
         _ => Err(D::RouterUnresolved),
     };
     if sent.is_ok() {

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const PROBE: usize = 16;
 const READY: u64 = 1 << 63;
 const CLAIMED: u64 = 1 << 62;
-const VALID: u64 = 1 << 63;
 const MAC_MASK: u64 = (1 << 48) - 1;
 
 #[derive(Debug, Default)]
@@ -68,7 +67,6 @@ impl L3Neighbors {
     pub fn lookup(&self, net: u16, addr: u128) -> Option<u64> {
         self.find(net, addr)
             .map(|s| s.mac.load(Ordering::Acquire))
-            .filter(|m| m & VALID != 0)
             .map(|m| m & MAC_MASK)
     }
 
@@ -93,7 +91,8 @@ impl L3Neighbors {
 
     /// Records `addr` on `net` at `mac` (48-bit integer). Returns whether it is new or changed.
     pub fn learn(&self, net: u16, addr: u128, mac: u64) -> bool {
-        let word = mac & MAC_MASK | VALID;
+        // A slot's MAC is written before its tag is published, so a found slot always holds one.
+        let word = mac & MAC_MASK;
         if let Some(s) = self.find(net, addr) {
             // Most answers confirm what is known: read before writing the shared line.
             if s.mac.load(Ordering::Acquire) == word {
@@ -118,22 +117,6 @@ impl L3Neighbors {
         }
         false
     }
-
-    /// Every resolved entry: (network, address, MAC), for reports.
-    pub fn entries(&self) -> Vec<(u16, u128, u64)> {
-        self.slots
-            .iter()
-            .filter_map(|s| {
-                let t = s.tag.load(Ordering::Acquire);
-                let m = s.mac.load(Ordering::Acquire);
-                (t & READY != 0 && m & VALID != 0).then(|| {
-                    let a = (s.hi.load(Ordering::Relaxed) as u128) << 64
-                        | s.lo.load(Ordering::Relaxed) as u128;
-                    (t as u16, a, m & MAC_MASK)
-                })
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -155,7 +138,6 @@ mod tests {
         assert!(!t.learn(1, a, 0x0200_0000_0009), "unchanged");
         assert!(t.learn(1, a, 0x0200_0000_000a), "moved");
         assert_eq!(t.lookup(1, a), Some(0x0200_0000_000a));
-        assert_eq!(t.entries().len(), 2);
     }
 
     #[test]
