@@ -347,10 +347,8 @@ fn east_west_routed_across_hosts() {
     let Some(mut topo) = Topology::new("dvrew") else {
         return;
     };
-    let sw1 = topo.add_ns("sw1");
-    let sw2 = topo.add_ns("sw2");
-    topo.disable_ipv6(&sw1);
-    topo.disable_ipv6(&sw2);
+    let sw1 = topo.add_switch_ns("sw1");
+    let sw2 = topo.add_switch_ns("sw2");
     let i1 = add_instance(&mut topo, "i1", &sw1, "vm1", &INST1);
     let i2 = add_instance(&mut topo, "i2", &sw2, "vm2", &INST2);
     topo.veth(&sw1, "ul", &sw2, "ul");
@@ -660,8 +658,7 @@ fn same_host_routing_between_subnets() {
     let Some(mut topo) = Topology::new("dvrsh") else {
         return;
     };
-    let sw = topo.add_ns("sw");
-    topo.disable_ipv6(&sw);
+    let sw = topo.add_switch_ns("sw");
     let i1 = add_instance(&mut topo, "i1", &sw, "vm1", &INST1);
     let i2 = add_instance(&mut topo, "i2", &sw, "vm2", &INST2);
     // The overlay port's peer only listens (no address, no IPv6).

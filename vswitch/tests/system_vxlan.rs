@@ -213,8 +213,7 @@ impl Lab {
     fn start(tag: &str, kernel_vtep: bool, overlay: &[&str]) -> Option<Lab> {
         let started = Instant::now();
         let mut topo = Topology::new(tag)?;
-        let sw = topo.add_ns("sw");
-        topo.disable_ipv6(&sw);
+        let sw = topo.add_switch_ns("sw");
         let i1 = add_instance(&mut topo, "i1", &sw, "vm1", I1_MAC, I1_IP);
 
         let rn = topo.add_ns("rn");
@@ -670,10 +669,8 @@ fn east_west_same_network_across_two_vswitchd_hosts() {
     let Some(mut topo) = Topology::new("ew") else {
         return;
     };
-    let sw1 = topo.add_ns("sw1");
-    let sw2 = topo.add_ns("sw2");
-    topo.disable_ipv6(&sw1);
-    topo.disable_ipv6(&sw2);
+    let sw1 = topo.add_switch_ns("sw1");
+    let sw2 = topo.add_switch_ns("sw2");
     let a1 = add_instance(&mut topo, "a1", &sw1, "a1", I1_MAC, I1_IP);
     let b1 = add_instance(&mut topo, "b1", &sw1, "b1", B1_MAC, B1_IP);
     let a2 = add_instance(&mut topo, "a2", &sw2, "a2", I2_MAC, I2_IP);

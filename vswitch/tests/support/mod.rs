@@ -330,6 +330,14 @@ impl Topology {
         ns
     }
 
+    /// A namespace for a `vswitchd`, with IPv6 off: the kernel must not put frames of its own
+    /// (ND, MLD) on the switch's ports.
+    pub fn add_switch_ns(&mut self, role: &str) -> String {
+        let ns = self.add_ns(role);
+        self.disable_ipv6(&ns);
+        ns
+    }
+
     /// Sets MAC `mac` on `iface` in `ns` and brings it up (e.g. the switch end of an underlay:
     /// the af_packet PMD takes the interface's MAC as the port's).
     pub fn set_mac_up(&self, ns: &str, iface: &str, mac: &str) {
