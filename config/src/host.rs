@@ -209,6 +209,87 @@ pub struct HostConfig {
     /// VXLAN underlay settings.
     #[serde(default)]
     pub overlay: OverlayConfig,
+    /// Connection tracking for security groups (`[conntrack]`).
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
+}
+
+/// Connection tracking (`[conntrack]`): the table's size and the per-state timeouts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackConfig {
+    /// Tracked connections in all, split evenly over the worker cores and allocated at start
+    /// (1024..=67108864). When a core's share is full, new connections are refused.
+    #[serde(default = "default_ct_capacity")]
+    pub capacity: u32,
+    /// When full, a new connection evicts the oldest connection that is not established
+    /// (Linux's early drop) instead of being refused; established ones are never evicted.
+    #[serde(default = "default_true")]
+    pub evict_unestablished: bool,
+    /// Instance ports whose zone tracks TCP liberally: no sequence/window checks and
+    /// mid-stream pick-up (for asymmetric paths), like Linux's `nf_conntrack_tcp_be_liberal`.
+    #[serde(default)]
+    pub liberal_ports: Vec<String>,
+    /// Per-state timeouts, seconds.
+    #[serde(default)]
+    pub timeouts: ConntrackTimeouts,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            capacity: default_ct_capacity(),
+            evict_unestablished: true,
+            liberal_ports: Vec::new(),
+            timeouts: ConntrackTimeouts::default(),
+        }
+    }
+}
+
+fn default_ct_capacity() -> u32 {
+    262_144
+}
+
+/// Idle timeouts per connection state, in seconds; the defaults are Linux's
+/// (`net.netfilter.nf_conntrack_*_timeout*`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackTimeouts {
+    pub tcp_syn_sent: u32,
+    pub tcp_syn_recv: u32,
+    pub tcp_established: u32,
+    pub tcp_fin_wait: u32,
+    pub tcp_close_wait: u32,
+    pub tcp_last_ack: u32,
+    pub tcp_time_wait: u32,
+    pub tcp_close: u32,
+    /// UDP before a reply was seen.
+    pub udp: u32,
+    /// UDP once both directions were seen.
+    pub udp_stream: u32,
+    /// ICMP / ICMPv6 echo.
+    pub icmp: u32,
+    /// Any other protocol.
+    pub generic: u32,
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        ConntrackTimeouts {
+            tcp_syn_sent: 120,
+            tcp_syn_recv: 60,
+            tcp_established: 432_000,
+            tcp_fin_wait: 120,
+            tcp_close_wait: 60,
+            tcp_last_ack: 30,
+            tcp_time_wait: 120,
+            tcp_close: 10,
+            udp: 30,
+            udp_stream: 120,
+            icmp: 30,
+            generic: 600,
+        }
+    }
 }
 
 impl HostConfig {

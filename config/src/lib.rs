@@ -29,7 +29,10 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 pub use error::{ConfigError, Problem};
-pub use host::{HostConfig, IdleConfig, IdleMode, OverlayConfig, PortConfig, PortKind, Role};
+pub use host::{
+    ConntrackConfig, ConntrackTimeouts, HostConfig, IdleConfig, IdleMode, OverlayConfig,
+    PortConfig, PortKind, Role,
+};
 pub use mac::{MacAddr, ParseMacError};
 pub use state::{
     AllocationPool, AllowedAddressPair, DesiredState, Direction, EtherType, ExternalGatewayInfo,

@@ -128,6 +128,21 @@ named_enum! {
         RouterUnresolved => "router.unresolved",
         /// To a router address, but not something the router answers (echo, ND).
         RouterToRouter => "router.to_router",
+        /// A new connection from an instance that no egress rule of its groups allows.
+        FirewallEgressDenied => "firewall.egress_denied",
+        /// A new connection towards an instance that no ingress rule of its groups allows.
+        FirewallIngressDenied => "firewall.ingress_denied",
+        /// A packet of a connection whose allowing rule was removed (the connection is cut).
+        FirewallRevoked => "firewall.revoked",
+        /// Not a valid packet of a tracked connection (out of window, no connection to
+        /// continue, an ICMP error about nothing tracked, bad transport header).
+        ConntrackInvalid => "conntrack.invalid",
+        /// A new connection while this core's connection table is full.
+        ConntrackFull => "conntrack.full",
+        /// A later IP fragment (no transport header; fragments are not reassembled).
+        ConntrackFragment => "conntrack.fragment",
+        /// The core that owns the connection had no room in its hand-off ring.
+        HandoffFull => "conntrack.handoff_full",
     }
 }
 
@@ -136,6 +151,12 @@ named_enum! {
     Event {
         /// A new MAC learned.
         Learned => "integration.learned",
+        /// A connection committed to the connection table.
+        ConntrackNew => "conntrack.new",
+        /// An ICMP error let through as related to a tracked connection.
+        ConntrackRelated => "conntrack.related",
+        /// A packet handed to the core that owns its connection.
+        ConntrackHandoff => "conntrack.handoff",
         /// A learned MAC moved to another port.
         MacMoved => "integration.mac_moved",
         /// The per-core learning table had no free slot.
@@ -328,6 +349,44 @@ pub struct PortCounters {
     pub rx_bytes: AtomicU64,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
+    /// Packets the security groups let through / dropped on this port (both directions).
+    pub fw_allowed: AtomicU64,
+    pub fw_dropped: AtomicU64,
+}
+
+/// A core's connection table, as of its last fold (gauges and running totals).
+#[derive(Debug, Default)]
+pub struct ConntrackCounters {
+    pub capacity: AtomicU64,
+    pub entries: AtomicU64,
+    /// Live connections per state (`conntrack::state::NAMES`).
+    pub by_state: [AtomicU64; crate::pipeline::conntrack::state::COUNT],
+    pub new: AtomicU64,
+    pub refused_full: AtomicU64,
+    pub evicted: AtomicU64,
+    pub expired: AtomicU64,
+    pub cut: AtomicU64,
+    pub related: AtomicU64,
+    pub handoffs: AtomicU64,
+}
+
+impl ConntrackCounters {
+    /// Copies a core's table figures (the owning core only).
+    pub fn store(&self, ct: &crate::pipeline::conntrack::Conntrack) {
+        let st = &ct.stats;
+        self.capacity.store(ct.capacity() as u64, Relaxed);
+        self.entries.store(ct.len() as u64, Relaxed);
+        for (a, &v) in self.by_state.iter().zip(ct.by_state.iter()) {
+            a.store(v as u64, Relaxed);
+        }
+        self.new.store(st.new, Relaxed);
+        self.refused_full.store(st.refused_full, Relaxed);
+        self.evicted.store(st.evicted, Relaxed);
+        self.expired.store(st.expired, Relaxed);
+        self.cut.store(st.cut, Relaxed);
+        self.related.store(st.related, Relaxed);
+        self.handoffs.store(st.handoffs, Relaxed);
+    }
 }
 
 /// A core's counters. Written only by that core (single writer), read by anyone.
@@ -346,6 +405,8 @@ pub struct CoreCounters {
     pub tunnel: std::sync::Arc<TunnelCounters>,
     /// Per-router counters (shared with the core's `CoreState`).
     pub router: std::sync::Arc<RouterCounters>,
+    /// The core's connection table.
+    pub conntrack: ConntrackCounters,
 }
 
 /// Adds `d` to a single-writer counter without a locked instruction.
@@ -366,6 +427,7 @@ impl CoreCounters {
             epoch: AtomicU64::new(0),
             tunnel: std::sync::Arc::new(TunnelCounters::default()),
             router: std::sync::Arc::new(RouterCounters::default()),
+            conntrack: ConntrackCounters::default(),
         }
     }
 
@@ -398,6 +460,10 @@ pub struct Totals {
     pub nets: Vec<(u64, u64)>,
     /// [routed, local, icmp errors, dropped] per router index, summed over cores.
     pub routers: Vec<[u64; 4]>,
+    /// Connection tracking summed over cores: (name, value), gauges then totals.
+    pub conntrack: Vec<(String, u64)>,
+    /// (allowed, dropped) by the security groups, per port.
+    pub firewall: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -447,6 +513,44 @@ pub fn totals(cores: &[std::sync::Arc<CoreCounters>], n_ports: usize) -> Totals 
         for (i, v) in t.nets.iter_mut().enumerate() {
             v.0 += tc.net_rx[i].load(Relaxed);
             v.1 += tc.net_tx[i].load(Relaxed);
+        }
+        t.firewall.resize(n_ports, (0, 0));
+        for (f, pc) in t.firewall.iter_mut().zip(&c.ports) {
+            f.0 += pc.fw_allowed.load(Relaxed);
+            f.1 += pc.fw_dropped.load(Relaxed);
+        }
+        let ct = &c.conntrack;
+        let mut vals: Vec<(String, u64)> = vec![
+            ("capacity".into(), ct.capacity.load(Relaxed)),
+            ("entries".into(), ct.entries.load(Relaxed)),
+        ];
+        let states = &crate::pipeline::conntrack::state::NAMES;
+        let mut established = 0;
+        for (i, a) in ct.by_state.iter().enumerate().skip(1) {
+            let v = a.load(Relaxed);
+            if matches!(states[i], "tcp_established" | "replied") {
+                established += v;
+            }
+            vals.push((states[i].to_string(), v));
+        }
+        vals.push(("established".into(), established));
+        for (n, a) in [
+            ("new", &ct.new),
+            ("refused_full", &ct.refused_full),
+            ("evicted", &ct.evicted),
+            ("expired", &ct.expired),
+            ("cut", &ct.cut),
+            ("related", &ct.related),
+            ("handoffs", &ct.handoffs),
+        ] {
+            vals.push((n.to_string(), a.load(Relaxed)));
+        }
+        if t.conntrack.is_empty() {
+            t.conntrack = vals;
+        } else {
+            for (a, b) in t.conntrack.iter_mut().zip(vals) {
+                a.1 += b.1;
+            }
         }
         t.routers.resize(MAX_ROUTERS, [0; 4]);
         for (v, rc) in t.routers.iter_mut().zip(c.router.c.iter()) {

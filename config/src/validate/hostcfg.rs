@@ -35,7 +35,57 @@ impl HostConfig {
         self.check_ports(&mut out);
         self.check_bridge_mappings(&mut out);
         self.check_overlay(&mut out);
+        self.check_conntrack(&mut out);
         out.0
+    }
+
+    fn check_conntrack(&self, out: &mut Problems) {
+        let ct = &self.conntrack;
+        if !(1024..=67_108_864).contains(&ct.capacity) {
+            out.push(
+                "conntrack.capacity",
+                format!("{} is out of range 1024..=67108864", ct.capacity),
+            );
+        }
+        for (i, name) in ct.liberal_ports.iter().enumerate() {
+            match self.port(name) {
+                Some(p) if p.kind == PortKind::Instance => {}
+                Some(_) => out.push(
+                    format!("conntrack.liberal_ports[{i}]"),
+                    format!(
+                        "port \"{name}\" is not an instance port; zones belong to instance ports"
+                    ),
+                ),
+                None => out.push(
+                    format!("conntrack.liberal_ports[{i}]"),
+                    format!("no port is called \"{name}\""),
+                ),
+            }
+        }
+        let t = &ct.timeouts;
+        for (field, v) in [
+            ("tcp_syn_sent", t.tcp_syn_sent),
+            ("tcp_syn_recv", t.tcp_syn_recv),
+            ("tcp_established", t.tcp_established),
+            ("tcp_fin_wait", t.tcp_fin_wait),
+            ("tcp_close_wait", t.tcp_close_wait),
+            ("tcp_last_ack", t.tcp_last_ack),
+            ("tcp_time_wait", t.tcp_time_wait),
+            ("tcp_close", t.tcp_close),
+            ("udp", t.udp),
+            ("udp_stream", t.udp_stream),
+            ("icmp", t.icmp),
+            ("generic", t.generic),
+        ] {
+            // The table keeps deadlines as 32-bit milliseconds compared with wrapping
+            // arithmetic, so a timeout must stay under 2^31 ms (24 days).
+            if !(1..=1_000_000).contains(&v) {
+                out.push(
+                    format!("conntrack.timeouts.{field}"),
+                    format!("{v} s is out of range 1..=1000000"),
+                );
+            }
+        }
     }
 
     fn check_overlay(&self, out: &mut Problems) {

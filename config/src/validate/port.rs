@@ -105,6 +105,19 @@ pub(super) fn check_ports(state: &DesiredState, index: &Index<'_>, out: &mut Pro
                 );
             }
         }
+        // Neutron refuses a port whose groups mix stateful and stateless: one port is either
+        // tracked or matched packet by packet.
+        let kinds: Vec<bool> = port
+            .security_groups
+            .iter()
+            .filter_map(|g| state.security_group(g).map(|g| g.stateful))
+            .collect();
+        if kinds.iter().any(|&k| k) && kinds.iter().any(|&k| !k) {
+            out.push(
+                format!("{at}.security_groups"),
+                "stateful and stateless security groups cannot be combined on one port",
+            );
+        }
         let secured = network.map_or(port.port_security_enabled.unwrap_or(true), |n| {
             port.port_security(n)
         });

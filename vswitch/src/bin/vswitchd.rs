@@ -3,8 +3,9 @@
 //! `vswitchd --config host.toml --state state.yaml` validates both files as a whole (every
 //! problem listed, non-zero exit, nothing started), initialises the EAL, opens every port,
 //! compiles the tables, launches one poll loop per worker lcore and then waits for signals on
-//! the main lcore: SIGUSR1 prints the counters, SIGINT/SIGTERM stop the workers, return every
-//! mbuf, close the ports and clean up the EAL.
+//! the main lcore: SIGUSR1 prints the counters, SIGHUP re-reads the state file (applied only
+//! when valid, as one atomic table swap; the running state is untouched otherwise),
+//! SIGINT/SIGTERM stop the workers, return every mbuf, close the ports and clean up the EAL.
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let daemon = match Daemon::start(host, state, stop.clone()) {
+    let mut daemon = match Daemon::start(host, state, stop.clone()) {
         Ok(d) => d,
         Err(msg) => {
             eprintln!("{msg}");
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGUSR1,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -82,6 +84,18 @@ fn main() -> ExitCode {
     for sig in signals.forever() {
         match sig {
             signal_hook::consts::SIGUSR1 => daemon.report(),
+            signal_hook::consts::SIGHUP => match args.state.as_deref() {
+                Some(path) => match daemon.reload(path) {
+                    Ok((generation, took)) => println!(
+                        "vswitchd: state reloaded, generation {generation} live on every core in {} us",
+                        took.as_micros()
+                    ),
+                    Err(msg) => println!(
+                        "vswitchd: reload rejected, the running state is unchanged:\n{msg}"
+                    ),
+                },
+                None => println!("vswitchd: SIGHUP ignored: started without --state"),
+            },
             _ => break,
         }
     }

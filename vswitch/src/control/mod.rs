@@ -66,6 +66,10 @@ pub struct Daemon {
     cores: Vec<Arc<CoreCounters>>,
     lcores: Vec<u32>,
     publisher: Publisher,
+    /// The ports' own MACs (what the compiler needs besides the two files).
+    port_macs: Vec<vswitch_config::MacAddr>,
+    /// The generation now live.
+    generation: u64,
 }
 
 impl Daemon {
@@ -137,7 +141,18 @@ impl Daemon {
             .map(|p| (p.index, p.port_id, p.rx_queues))
             .collect();
         let assignment = assign_queues(&q, host.cores.len());
+        // The connection table's hard capacity, split evenly over the workers (each owns the
+        // connections its share of the 5-tuple hash maps to), and their hand-off rings.
+        let n_workers = host.cores.len().max(1);
+        let ct_per_core = (host.conntrack.capacity as usize).div_ceil(n_workers);
+        let inboxes: Arc<crate::io::Inboxes> = Arc::new(
+            (0..n_workers)
+                .map(|_| crossbeam_queue::ArrayQueue::new(crate::io::INBOX_SLOTS))
+                .collect(),
+        );
         let mut daemon = Daemon {
+            port_macs: port_macs.clone(),
+            generation: 1,
             lcores: Vec::new(),
             cores,
             publisher,
@@ -161,6 +176,13 @@ impl Daemon {
                     neigh: neigh.clone(),
                     l3neigh: l3neigh.clone(),
                 },
+                ct_capacity: ct_per_core,
+                ct_timeouts: crate::pipeline::conntrack::Timeouts::from_config(
+                    &daemon.host.conntrack.timeouts,
+                ),
+                ct_evict: daemon.host.conntrack.evict_unestablished,
+                workers: n_workers as u16,
+                inboxes: inboxes.clone(),
             };
             tracing::info!(lcore, queues = ?worker.rx, "launching worker");
             if let Err(e) = eal::launch(lcore, move || worker.run()) {
@@ -206,6 +228,22 @@ impl Daemon {
     /// The table publisher (for reloads).
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
+    }
+
+    /// Reads the desired state from `path` again; if it is valid for this host, compiles it and
+    /// makes it live on every core (one swap). Returns the new generation and how long until
+    /// every core ran on it, or every problem found (nothing changes then).
+    pub fn reload(&mut self, path: &Path) -> Result<(u64, std::time::Duration), String> {
+        let state = vswitch_config::load_state(path).map_err(|e| e.to_string())?;
+        let problems = vswitch_config::validate_for_host(&self.host, &state);
+        if !problems.is_empty() {
+            return Err(problems_text(&problems));
+        }
+        let next = self.generation + 1;
+        let tables = compile(&self.host, &state, next, &self.port_macs);
+        let took = self.publisher.publish(tables, || true);
+        self.generation = next;
+        Ok((next, took))
     }
 
     /// Waits for the workers (the caller has set the stop flag), prints the final counters,
@@ -347,6 +385,36 @@ pub fn report(
     for (k, v) in t.events.iter().filter(|(_, v)| *v > 0) {
         out.push_str(&format!("  {k:<36} {v:>14}\n"));
     }
+    // Security groups: per instance port with groups, and the connection table.
+    let firewall: Vec<(&String, (u64, u64))> = names
+        .iter()
+        .zip(&tables.ports)
+        .zip(t.firewall.iter().chain(std::iter::repeat(&(0, 0))))
+        .filter(|((_, pe), _)| pe.firewall.is_some())
+        .map(|((n, _), &f)| (n, f))
+        .collect();
+    if !firewall.is_empty() {
+        out.push_str(&format!(
+            "{:<16} {:>14} {:>14}\n",
+            "firewall", "allowed", "dropped"
+        ));
+        for (n, (a, d)) in &firewall {
+            out.push_str(&format!("{:<16} {:>14} {:>14}\n", n, a, d));
+        }
+        let ct = |k: &str| t.conntrack.iter().find(|(n, _)| n == k).map_or(0, |x| x.1);
+        out.push_str(&format!(
+            "conntrack        entries {} of {}, established {}, new {}, refused (full) {}, evicted {}, expired {}, cut {}, related {}\n",
+            ct("entries"),
+            ct("capacity"),
+            ct("established"),
+            ct("new"),
+            ct("refused_full"),
+            ct("evicted"),
+            ct("expired"),
+            ct("cut"),
+            ct("related"),
+        ));
+    }
     let json = serde_json::json!({
         "ports": names.iter().zip(&t.ports).map(|(n, p)| serde_json::json!({
             "name": n, "rx_packets": p.rx_packets, "rx_bytes": p.rx_bytes,
@@ -367,6 +435,10 @@ pub fn report(
         "routers": routers.iter().map(|(r, c)| serde_json::json!({
             "id": r.id, "name": r.name, "routed": c[0], "local": c[1],
             "icmp_errors": c[2], "dropped": c[3],
+        })).collect::<Vec<_>>(),
+        "conntrack": t.conntrack.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "firewall": firewall.iter().map(|(n, (a, d))| serde_json::json!({
+            "port": n, "allowed": a, "dropped": d,
         })).collect::<Vec<_>>(),
         "busy_polls": t.busy_polls,
         "idle_polls": t.idle_polls,

@@ -128,7 +128,15 @@ pub struct DpdkTx {
     /// Our port index -> ethdev port id.
     pub port_ids: Vec<u16>,
     pub queue: u16,
+    /// Every worker's hand-off ring, by worker index.
+    pub inboxes: std::sync::Arc<Inboxes>,
 }
+
+/// Each worker's ring of packets handed over by other workers (lock-free, bounded).
+pub type Inboxes = Vec<crossbeam_queue::ArrayQueue<crate::pipeline::Handoff<Mbuf>>>;
+
+/// Slots in each worker's hand-off ring.
+pub const INBOX_SLOTS: usize = 4096;
 
 impl Tx<Mbuf> for DpdkTx {
     #[inline]
@@ -136,6 +144,18 @@ impl Tx<Mbuf> for DpdkTx {
         match self.port_ids.get(port as usize) {
             Some(&id) => ethdev::tx_burst(id, self.queue, pkts, n),
             None => 0,
+        }
+    }
+
+    #[inline]
+    fn handoff(
+        &mut self,
+        core: u16,
+        h: crate::pipeline::Handoff<Mbuf>,
+    ) -> Result<(), crate::pipeline::Handoff<Mbuf>> {
+        match self.inboxes.get(core as usize) {
+            Some(q) => q.push(h),
+            None => Err(h),
         }
     }
 }

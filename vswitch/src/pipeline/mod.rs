@@ -16,6 +16,8 @@
 //! compile to nothing; `trace` runs the same code with a recorder and explains every decision.
 
 pub mod classify;
+pub mod conntrack;
+pub mod firewall;
 pub mod integration;
 pub mod output;
 pub mod port_security;
@@ -59,6 +61,10 @@ pub enum Next {
     Reply,
     /// Used up by the switch itself (an underlay ARP reply that taught us a neighbour).
     Consumed,
+    /// To the worker core that owns the packet's connection: core index, the stage it resumes
+    /// at ([`firewall::STAGE_EGRESS`] or [`firewall::STAGE_INGRESS`]) and, for the latter, the
+    /// instance port it was about to leave by.
+    Handoff(u16, u8, u16),
 }
 
 /// Per-packet metadata carried beside the buffer.
@@ -151,6 +157,8 @@ pub struct CoreState {
     pub resolve_sent: [(u64, u64); 8],
     /// This core's cache of routing decisions.
     pub route_cache: router::RouteCache,
+    /// This core's connection table and security-group counters.
+    pub fw: firewall::FwCore,
 }
 
 /// Local answers to ARP and Neighbor Discovery, in one pass over the batch: the routers'
@@ -221,6 +229,9 @@ pub(crate) fn request_due(slots: &mut [(u64, u64)], key: u64, now: u64) -> bool 
     true
 }
 
+/// Connections a [`CoreState`] tracks until the runtime gives it the configured table.
+const DEFAULT_CT_CAPACITY: usize = 4096;
+
 /// Shared state every core's [`CoreState`] points at.
 #[derive(Debug, Clone)]
 pub struct SharedState {
@@ -249,6 +260,15 @@ impl CoreState {
             icmp_refill_ms: 0,
             resolve_sent: [(0, 0); 8],
             route_cache: Default::default(),
+            fw: firewall::FwCore::new(
+                conntrack::Conntrack::new(
+                    DEFAULT_CT_CAPACITY,
+                    conntrack::Timeouts::default(),
+                    true,
+                ),
+                0,
+                1,
+            ),
         }
     }
 }
@@ -273,6 +293,22 @@ pub fn process<B: PacketBuf, T: Tracer>(
         router::dvr_ingress(b, t, c, tr);
     }
     port_security::run(b, t, c, tr);
+    if t.firewall {
+        firewall::egress(b, t, s, c, tr);
+    }
+    switch_and_route(b, t, s, held, c, tr);
+}
+
+/// The stages after the egress firewall: local answers, switching, routing, ingress firewall.
+#[inline(always)]
+fn switch_and_route<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    held: &mut router::Pending<B>,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
     if !t.l3.rifs.is_empty() || !t.arp.is_empty() {
         responders(b, t, s, c, tr);
     }
@@ -280,6 +316,37 @@ pub fn process<B: PacketBuf, T: Tracer>(
     if !t.l3.rifs.is_empty() {
         router::route(b, t, s, held, c, tr);
     }
+    if t.firewall {
+        firewall::ingress(b, t, s, c, tr);
+    }
+}
+
+/// Runs the rest of the stages for packets another core handed over because this core owns
+/// their connections: all of them had reached `stage`, and arrived on `b.in_port`.
+pub fn resume<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    stage: u8,
+    t: &Tables,
+    s: &mut CoreState,
+    held: &mut router::Pending<B>,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    if stage == firewall::STAGE_EGRESS {
+        firewall::egress(b, t, s, c, tr);
+        switch_and_route(b, t, s, held, c, tr);
+    } else {
+        firewall::ingress(b, t, s, c, tr);
+    }
+}
+
+/// One packet on its way to the core that owns its connection.
+#[derive(Debug)]
+pub struct Handoff<B> {
+    pub p: B,
+    pub meta: Meta,
+    pub in_port: u16,
+    pub stage: u8,
 }
 
 #[cfg(test)]

@@ -20,6 +20,13 @@ use crate::trace;
 pub trait Tx<B> {
     /// Sends `pkts[..n]`; sent ones leave their slot (`None`). Returns how many were sent.
     fn tx(&mut self, port: u16, pkts: &mut [Option<B>; BURST], n: usize) -> usize;
+
+    /// Gives a packet to worker `core`, which owns its connection. `Err` gives it back when
+    /// that core's ring is full (or there is no such core).
+    fn handoff(&mut self, core: u16, h: super::Handoff<B>) -> Result<(), super::Handoff<B>> {
+        let _ = core;
+        Err(h)
+    }
 }
 
 /// One core's transmit buffers: up to [`BURST`] packets per port, flushed when full and at the
@@ -152,6 +159,21 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 txb.push(in_port, p, tx, c);
             }
             Next::Consumed => b.pkts[i] = Some(p),
+            Next::Handoff(core, stage, _) => {
+                trace!(tr, i, "output", "handed to core {core}");
+                let h = super::Handoff {
+                    p,
+                    meta: b.meta[i],
+                    in_port,
+                    stage,
+                };
+                if let Err(h) = tx.handoff(core, h) {
+                    c.drop(DropReason::HandoffFull);
+                    b.pkts[i] = Some(h.p);
+                } else {
+                    c.event(crate::counters::Event::ConntrackHandoff);
+                }
+            }
             Next::Flood | Next::FloodLocal => {
                 let Some(n) = t.networks.get(net as usize) else {
                     c.drop(DropReason::FloodEmpty);
@@ -167,14 +189,32 @@ pub fn run<B: PacketBuf, T: Tracer>(
                 // host's router has that MAC.
                 let router_ask = b.meta[i].next == Next::FloodLocal;
                 let skip = if router_ask { u16::MAX } else { in_port };
+                // What the security groups of instance ports judge a flooded copy by.
+                let fl = t.firewall.then(|| super::conntrack::flow::parse(p.data()));
                 let to = |q: u16| {
                     q != skip
                         && (!router_ask
                             || t.ports
                                 .get(q as usize)
                                 .is_some_and(|pe| pe.kind == crate::tables::PortKind::Instance))
+                        && fl
+                            .as_ref()
+                            .is_none_or(|f| super::firewall::flood_allowed(t, q, f))
                 };
                 let total = n.flood.iter().filter(|&&q| to(q)).count() + vteps.len();
+                if total == 0 && fl.is_some() && n.flood.iter().any(|&q| q != skip) {
+                    // Every destination was an instance whose ingress rules refuse it.
+                    trace!(
+                        tr,
+                        i,
+                        "output",
+                        "flood refused by every destination's security groups"
+                    );
+                    c.drop(DropReason::FirewallIngressDenied);
+                    s.fw.ingress_drops += 1;
+                    b.pkts[i] = Some(p);
+                    continue;
+                }
                 if total == 0 {
                     c.drop(DropReason::FloodEmpty);
                     b.pkts[i] = Some(p);

@@ -1667,6 +1667,9 @@ fn flush_released<B: PacketBuf>(
     c: &mut BatchCounters,
 ) {
     route(b, t, s, held, c, &mut super::NoTrace);
+    if t.firewall {
+        super::firewall::ingress(b, t, s, c, &mut super::NoTrace);
+    }
     super::output::run(b, t, s, txb, tx, c, &mut super::NoTrace);
     b.len = 0;
 }

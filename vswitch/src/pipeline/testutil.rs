@@ -100,11 +100,61 @@ pub fn tables() -> Tables {
 pub fn tables_from(host: &str, state: &str, port_macs: &[MacAddr]) -> Tables {
     let host =
         vswitch_config::parse_host_str(host).unwrap_or_else(|e| panic!("fixture host config: {e}"));
-    let state = vswitch_config::parse_state_str(state, false)
+    let mut state = vswitch_config::parse_state_str(state, false)
         .unwrap_or_else(|e| panic!("fixture state: {e}"));
+    open_security_group(&mut state);
     let cross = vswitch_config::validate_for_host(&host, &state);
     assert!(cross.is_empty(), "{cross:?}");
     compile(&host, &state, 1, port_macs)
+}
+
+/// The switching and routing fixtures are about forwarding, not filtering: when a fixture
+/// declares no security groups, every port with port security gets one that allows
+/// everything in both directions (Neutron would drop all IP on a port with none). Fixtures
+/// that test the firewall declare their own groups and are left alone.
+pub fn open_security_group(state: &mut vswitch_config::DesiredState) {
+    use vswitch_config::{Direction, EtherType, SecurityGroup, SecurityGroupRule};
+    if !state.security_groups.is_empty() {
+        return;
+    }
+    state.security_groups.push(SecurityGroup {
+        id: "sg-open".into(),
+        name: "open".into(),
+        description: String::new(),
+        stateful: true,
+    });
+    for (i, (dir, et)) in [
+        (Direction::Ingress, EtherType::Ipv4),
+        (Direction::Ingress, EtherType::Ipv6),
+        (Direction::Egress, EtherType::Ipv4),
+        (Direction::Egress, EtherType::Ipv6),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        state.security_group_rules.push(SecurityGroupRule {
+            id: format!("sg-open-{i}"),
+            security_group_id: "sg-open".into(),
+            direction: dir,
+            ethertype: et,
+            protocol: None,
+            port_range_min: None,
+            port_range_max: None,
+            remote_ip_prefix: None,
+            remote_group_id: None,
+            description: String::new(),
+        });
+    }
+    let nets = state.networks.clone();
+    for p in &mut state.ports {
+        let secured = nets
+            .iter()
+            .find(|n| n.id == p.network_id)
+            .is_some_and(|n| p.port_security(n));
+        if secured && (p.device_owner.starts_with("compute") || p.device_owner.is_empty()) {
+            p.security_groups.push("sg-open".into());
+        }
+    }
 }
 
 /// Records every frame sent, per port.

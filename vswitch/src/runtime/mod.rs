@@ -70,7 +70,20 @@ pub struct Worker {
     pub aging_ms: u64,
     /// The neighbour tables shared by every worker.
     pub shared: SharedState,
+    /// This worker's share of the connection table, its timeouts and eviction policy.
+    pub ct_capacity: usize,
+    pub ct_timeouts: crate::pipeline::conntrack::Timeouts,
+    pub ct_evict: bool,
+    /// How many workers share connections (by a symmetric hash of the 5-tuple).
+    pub workers: u16,
+    /// Every worker's hand-off ring; this worker reads its own (`index`).
+    pub inboxes: Arc<crate::io::Inboxes>,
 }
+
+/// Slots of the connection table examined per sweep call: a few on busy rounds (every
+/// [`FOLD_EVERY`]th), more when idle.
+const SWEEP_BUSY: usize = 64;
+const SWEEP_IDLE: usize = 2048;
 
 impl Worker {
     /// The poll loop. Returns when `stop` is set, after flushing its tx buffers.
@@ -83,6 +96,17 @@ impl Worker {
             self.counters.tunnel.clone(),
             self.counters.router.clone(),
         );
+        state.fw = crate::pipeline::firewall::FwCore::new(
+            crate::pipeline::conntrack::Conntrack::new(
+                self.ct_capacity,
+                self.ct_timeouts,
+                self.ct_evict,
+            ),
+            self.index,
+            self.workers,
+        );
+        state.fw.per_port = vec![[0; 2]; n_ports];
+        let mut fw_folded = vec![[0u64; 2]; n_ports];
         let mut batch: Batch<Mbuf> = Batch::default();
         let mut txb: TxBuffers<Mbuf> = TxBuffers::new(n_ports);
         // Packets waiting for a router next hop to resolve (bounded, allocated now).
@@ -90,6 +114,7 @@ impl Worker {
         let mut tx = DpdkTx {
             port_ids: self.port_ids.clone(),
             queue: self.index,
+            inboxes: self.inboxes.clone(),
         };
         let mut rx_stats = vec![TxStats::default(); n_ports];
         let mut bc = BatchCounters::default();
@@ -107,6 +132,10 @@ impl Worker {
             // and RDTSC is not free in a VM.
             if round & (FOLD_EVERY - 1) == 0 {
                 state.now_ms = eal::tsc() / hz_per_ms;
+                state.fw.now = state.now_ms as u32;
+                if tables.firewall {
+                    crate::pipeline::firewall::sweep(tables, &mut state.fw, SWEEP_BUSY);
+                }
             }
             round = round.wrapping_add(1);
             let mut got = 0usize;
@@ -139,6 +168,10 @@ impl Worker {
                     &mut NoTrace,
                 );
             }
+            // Packets other workers handed over because this one owns their connections.
+            got += self.drain_inbox(
+                &mut batch, tables, &mut state, &mut held, &mut txb, &mut tx, &mut bc,
+            );
             if !held.is_empty() {
                 release_pending(&mut held, tables, &mut state, &mut txb, &mut tx, &mut bc);
             }
@@ -149,12 +182,19 @@ impl Worker {
                 // so a reader is at most a few microseconds behind.
                 if round & (FOLD_EVERY - 1) == 0 {
                     self.fold(&mut bc, &mut txb, &mut rx_stats);
+                    self.fold_fw(&state, &mut fw_folded);
                 }
                 bump(&self.counters.busy_polls, 1);
                 idle_rounds = 0;
                 sleep_us = 1;
             } else {
+                if tables.firewall {
+                    state.now_ms = eal::tsc() / hz_per_ms;
+                    state.fw.now = state.now_ms as u32;
+                    crate::pipeline::firewall::sweep(tables, &mut state.fw, SWEEP_IDLE);
+                }
                 self.fold(&mut bc, &mut txb, &mut rx_stats);
+                self.fold_fw(&state, &mut fw_folded);
                 bump(&self.counters.idle_polls, 1);
                 idle_rounds = idle_rounds.saturating_add(1);
                 if self.idle.mode == IdleMode::Backoff && idle_rounds > self.idle.spin_polls {
@@ -169,9 +209,103 @@ impl Worker {
         for _ in 0..held.clear() {
             bc.drop(crate::counters::DropReason::RouterUnresolved);
         }
+        // Packets handed to this worker and not yet taken are freed with the shutdown.
+        if let Some(q) = self.inboxes.get(self.index as usize) {
+            while let Some(h) = q.pop() {
+                drop(h.p);
+                bc.drop(crate::counters::DropReason::HandoffFull);
+            }
+        }
         self.fold(&mut bc, &mut txb, &mut rx_stats);
+        self.fold_fw(&state, &mut fw_folded);
         self.quiesce();
         0
+    }
+
+    /// Runs the packets waiting in this worker's hand-off ring through the rest of their
+    /// stages, in batches of one ingress port and one resume stage. Returns how many.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn drain_inbox(
+        &self,
+        batch: &mut Batch<Mbuf>,
+        tables: &crate::tables::Tables,
+        state: &mut CoreState,
+        held: &mut Pending<Mbuf>,
+        txb: &mut TxBuffers<Mbuf>,
+        tx: &mut DpdkTx,
+        bc: &mut BatchCounters,
+    ) -> usize {
+        let Some(q) = self.inboxes.get(self.index as usize) else {
+            return 0;
+        };
+        if q.is_empty() {
+            return 0;
+        }
+        let mut total = 0;
+        let mut stage = 0u8;
+        batch.len = 0;
+        // At most one ring's worth per round, so other work is never starved.
+        for _ in 0..crate::io::INBOX_SLOTS {
+            let Some(h) = q.pop() else { break };
+            if batch.len > 0
+                && (batch.in_port != h.in_port || stage != h.stage || batch.len == pipeline::BURST)
+            {
+                self.run_resumed(batch, stage, tables, state, held, txb, tx, bc);
+            }
+            if batch.len == 0 {
+                batch.in_port = h.in_port;
+                batch.rx_bytes = 0;
+                stage = h.stage;
+            }
+            let i = batch.len;
+            batch.pkts[i] = Some(h.p);
+            let mut m = h.meta;
+            m.next = match m.next {
+                pipeline::Next::Handoff(_, crate::pipeline::firewall::STAGE_INGRESS, port) => {
+                    pipeline::Next::Output(port)
+                }
+                _ => pipeline::Next::Continue,
+            };
+            batch.meta[i] = m;
+            batch.len += 1;
+            total += 1;
+        }
+        if batch.len > 0 {
+            self.run_resumed(batch, stage, tables, state, held, txb, tx, bc);
+        }
+        total
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn run_resumed(
+        &self,
+        batch: &mut Batch<Mbuf>,
+        stage: u8,
+        tables: &crate::tables::Tables,
+        state: &mut CoreState,
+        held: &mut Pending<Mbuf>,
+        txb: &mut TxBuffers<Mbuf>,
+        tx: &mut DpdkTx,
+        bc: &mut BatchCounters,
+    ) {
+        pipeline::resume(batch, stage, tables, state, held, bc, &mut NoTrace);
+        output::run(batch, tables, state, txb, tx, bc, &mut NoTrace);
+        batch.len = 0;
+    }
+
+    /// Publishes the connection table's figures and the per-port firewall counts.
+    fn fold_fw(&self, state: &CoreState, folded: &mut [[u64; 2]]) {
+        self.counters.conntrack.store(&state.fw.ct);
+        for (i, (now, was)) in state.fw.per_port.iter().zip(folded.iter_mut()).enumerate() {
+            if now != was {
+                let pc = &self.counters.ports[i];
+                bump(&pc.fw_allowed, now[0] - was[0]);
+                bump(&pc.fw_dropped, now[1] - was[1]);
+                *was = *now;
+            }
+        }
     }
 
     /// Ends a round: this core holds nothing it loaded before. Single writer, so a plain

@@ -98,6 +98,9 @@ pub fn compile(
 
     let mut fdb = FxHashMap::default();
     let mut ports = Vec::with_capacity(host.ports.len());
+    // Remote groups are expanded once and shared by every port's classifier.
+    let (groups, group_index) = super::secgroup::expand_groups(state);
+    let groups = std::sync::Arc::new(groups);
     for (pi, pc) in host.ports.iter().enumerate() {
         let mut e = PortEntry {
             name: pc.name.clone(),
@@ -112,6 +115,7 @@ pub fn compile(
             learn: pc.kind == PortKind::Provider,
             max_frame: MAX_FRAME,
             iface_id: pc.iface_id.clone(),
+            firewall: None,
         };
         if pc.kind == PortKind::Provider {
             // The largest MTU of the networks this provider port carries bounds its frames.
@@ -142,6 +146,14 @@ pub fn compile(
                 }
                 if np.port_security(net) {
                     e.security = Some(port_security(np));
+                    e.firewall = Some(std::sync::Arc::new(port_firewall(
+                        host,
+                        state,
+                        pi,
+                        np,
+                        &groups,
+                        &group_index,
+                    )));
                 } else {
                     e.learn = true;
                 }
@@ -169,7 +181,9 @@ pub fn compile(
         arp: FxHashMap::default(),
         overlay: None,
         l3: Default::default(),
+        firewall: false,
     };
+    t.firewall = t.ports.iter().any(|p| p.firewall.is_some());
     compile_overlay(host, state, port_macs, &mut t);
     super::router::compile_routers(host, state, &mut t);
     t
@@ -301,6 +315,38 @@ fn outer_header(o: &OverlayEntry, vtep: std::net::Ipv4Addr) -> ([u8; 50], u32) {
     h[36..38].copy_from_slice(&o.udp_port.to_be_bytes());
     crate::packet::vxlan::VxlanRepr { vni: 0 }.emit(&mut h[42..50]);
     (h, ip_sum)
+}
+
+/// A port's security groups as a classifier, in the zone of host port `pi`.
+fn port_firewall(
+    host: &HostConfig,
+    state: &DesiredState,
+    pi: usize,
+    np: &vswitch_config::Port,
+    groups: &std::sync::Arc<Vec<super::secgroup::GroupMembers>>,
+    group_index: &FxHashMap<String, u32>,
+) -> super::secgroup::PortFirewall {
+    let rules: Vec<&vswitch_config::SecurityGroupRule> = np
+        .security_groups
+        .iter()
+        .flat_map(|g| state.rules_of(g))
+        .collect();
+    // Validation refuses mixing; a port with no group is stateful (and allows nothing).
+    let stateful = np
+        .security_groups
+        .iter()
+        .filter_map(|g| state.security_group(g))
+        .all(|g| g.stateful);
+    let liberal = host.conntrack.liberal_ports.contains(&host.ports[pi].name);
+    super::secgroup::compile_port(
+        pi as u16 + 1,
+        stateful,
+        liberal,
+        np.security_groups.clone(),
+        &rules,
+        groups,
+        group_index,
+    )
 }
 
 fn port_security(np: &vswitch_config::Port) -> PortSecurity {

@@ -15,6 +15,7 @@ pub mod lpm;
 pub mod neighbor;
 pub mod publish;
 pub mod router;
+pub mod secgroup;
 
 use crate::packet::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -130,6 +131,8 @@ pub struct PortEntry {
     pub max_frame: usize,
     /// The Neutron port id carried by an instance port (for trace).
     pub iface_id: Option<String>,
+    /// Security groups of an instance port with port security (absent: no filtering).
+    pub firewall: Option<std::sync::Arc<secgroup::PortFirewall>>,
 }
 
 /// What an instance port may send: Neutron's port security.
@@ -272,6 +275,8 @@ pub struct Tables {
     pub overlay: Option<OverlayEntry>,
     /// Distributed routers on this host.
     pub l3: router::L3Tables,
+    /// Some port has security groups (the firewall stages run).
+    pub firewall: bool,
 }
 
 impl Tables {

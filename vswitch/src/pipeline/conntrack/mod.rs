@@ -1,0 +1,702 @@
+//! Connection tracking: one table per worker core, entries keyed by zone + 5-tuple.
+//!
+//! Design note.
+//! - **Entries.** A connection is one [`Entry`] (104 bytes) in a slab allocated at start-up
+//!   with the hard capacity; nothing is allocated afterwards. It is reachable from both
+//!   directions: the hash index links each entry twice, once under its original tuple and once
+//!   under the reversed one (the two intrusive `chain` links), so a reply finds the same entry
+//!   in one lookup. The bucket array holds one `u32` head per bucket (a power of two at least
+//!   the capacity), so a tracked connection costs at most 112 bytes.
+//! - **Zones.** The key carries a 16-bit zone. Security groups use one zone per instance port
+//!   (OpenStack's iptables firewall does the same), so a connection between two instances of
+//!   one host has an entry in each port's zone: egress rules are judged in the sender's zone,
+//!   ingress rules in the receiver's.
+//! - **Ownership across cores.** Each core owns its table and nobody else touches it: no
+//!   lock, no atomic on the fast path. A connection belongs to the core chosen by a
+//!   *symmetric* hash of its addresses, ports and protocol ([`Key::owner_hash`]; the zone is
+//!   left out so both zones of a same-host connection have the same owner). Both directions
+//!   hash alike, so they meet the same entry; a core that receives a packet it does not own
+//!   hands it to the owner over a lock-free ring (`pipeline::handoff`), and the owner runs the
+//!   rest of the pipeline. With one worker nothing is ever handed off.
+//! - **Expiry without a stop-the-world scan.** Every entry has a deadline (per-state
+//!   timeouts, Linux's defaults). [`Conntrack::sweep`] examines a bounded number of slab slots
+//!   per call from a moving cursor (the worker calls it every few poll rounds, more when idle),
+//!   and a lookup that finds an expired entry removes it on the spot.
+//! - **Capacity.** When the slab is full a new connection evicts the oldest entry that is not
+//!   yet *assured* (TCP handshake completed, or a reply seen), kept in insertion order on an
+//!   intrusive list, when `evict_unestablished` is set (Linux's early drop); otherwise, or when
+//!   every entry is assured, it is refused and counted. Lookups never allocate, so established
+//!   connections keep flowing however full the table is.
+pub mod flow;
+pub mod tcp;
+
+#[cfg(test)]
+mod tests;
+
+/// End of a list / empty bucket.
+const NIL: u32 = u32::MAX;
+
+/// Connection states (`Entry::state`). TCP uses 1..=9 (RFC 793's states as Linux tracks them),
+/// every other protocol [`UNREPLIED`] then [`REPLIED`].
+pub mod state {
+    pub const FREE: u8 = 0;
+    pub const SYN_SENT: u8 = 1;
+    pub const SYN_RECV: u8 = 2;
+    pub const ESTABLISHED: u8 = 3;
+    pub const FIN_WAIT: u8 = 4;
+    pub const CLOSE_WAIT: u8 = 5;
+    pub const LAST_ACK: u8 = 6;
+    pub const TIME_WAIT: u8 = 7;
+    pub const CLOSE: u8 = 8;
+    /// Simultaneous open: a SYN seen from both sides.
+    pub const SYN_SENT2: u8 = 9;
+    /// UDP, ICMP echo, other protocols: only the original direction seen.
+    pub const UNREPLIED: u8 = 10;
+    /// ... and a reply seen.
+    pub const REPLIED: u8 = 11;
+    /// How many states (a gauge array's length).
+    pub const COUNT: usize = 12;
+    /// Counter names, indexed by state.
+    pub const NAMES: [&str; COUNT] = [
+        "free",
+        "tcp_syn_sent",
+        "tcp_syn_recv",
+        "tcp_established",
+        "tcp_fin_wait",
+        "tcp_close_wait",
+        "tcp_last_ack",
+        "tcp_time_wait",
+        "tcp_close",
+        "tcp_syn_sent2",
+        "unreplied",
+        "replied",
+    ];
+}
+
+/// `Entry::flags`.
+pub mod flag {
+    /// A packet in the reply direction was seen.
+    pub const SEEN_REPLY: u8 = 1;
+    /// The connection is established (handshake done or reply seen): never evicted.
+    pub const ASSURED: u8 = 2;
+    /// Opened towards the instance (admitted by ingress rules), else by egress rules.
+    pub const INGRESS: u8 = 4;
+    /// On the not-yet-assured list.
+    pub const LISTED: u8 = 8;
+    /// Tracked liberally (no TCP window checks).
+    pub const LIBERAL: u8 = 16;
+}
+
+/// Protocol numbers the tracker treats specially.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Zone + 5-tuple, IPv4 or IPv6, packed into five words: source address (two words, an IPv4
+/// address in the low 32 bits of the first), destination address, then source port (bits
+/// 48..64), destination port (32..48), zone (16..32), protocol (8..16) and IPv6 flag (0..8).
+/// ICMP echo uses the identifier as both ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Key {
+    pub w: [u64; 5],
+}
+
+impl Key {
+    #[inline(always)]
+    fn meta(sport: u16, dport: u16, zone: u16, proto: u8, v6: bool) -> u64 {
+        (sport as u64) << 48
+            | (dport as u64) << 32
+            | (zone as u64) << 16
+            | (proto as u64) << 8
+            | v6 as u64
+    }
+
+    #[inline(always)]
+    pub fn v4(zone: u16, proto: u8, src: u32, dst: u32, sport: u16, dport: u16) -> Key {
+        Key {
+            w: [
+                src as u64,
+                0,
+                dst as u64,
+                0,
+                Self::meta(sport, dport, zone, proto, false),
+            ],
+        }
+    }
+
+    #[inline(always)]
+    pub fn v6(zone: u16, proto: u8, src: u128, dst: u128, sport: u16, dport: u16) -> Key {
+        Key {
+            w: [
+                (src >> 64) as u64,
+                src as u64,
+                (dst >> 64) as u64,
+                dst as u64,
+                Self::meta(sport, dport, zone, proto, true),
+            ],
+        }
+    }
+
+    #[inline(always)]
+    pub fn sport(&self) -> u16 {
+        (self.w[4] >> 48) as u16
+    }
+    #[inline(always)]
+    pub fn dport(&self) -> u16 {
+        (self.w[4] >> 32) as u16
+    }
+    #[inline(always)]
+    pub fn zone(&self) -> u16 {
+        (self.w[4] >> 16) as u16
+    }
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        (self.w[4] >> 8) as u8
+    }
+    #[inline(always)]
+    pub fn is_v6(&self) -> bool {
+        self.w[4] & 1 != 0
+    }
+    /// The source address as an IPv6-sized integer (an IPv4 address in the low 32 bits).
+    #[inline(always)]
+    pub fn src128(&self) -> u128 {
+        if self.is_v6() {
+            (self.w[0] as u128) << 64 | self.w[1] as u128
+        } else {
+            self.w[0] as u128
+        }
+    }
+    #[inline(always)]
+    pub fn dst128(&self) -> u128 {
+        if self.is_v6() {
+            (self.w[2] as u128) << 64 | self.w[3] as u128
+        } else {
+            self.w[2] as u128
+        }
+    }
+
+    /// The same key in another zone.
+    #[inline(always)]
+    pub fn with_zone(mut self, zone: u16) -> Key {
+        self.w[4] = self.w[4] & !(0xffff << 16) | (zone as u64) << 16;
+        self
+    }
+
+    /// The key of the other direction.
+    #[inline(always)]
+    pub fn reverse(&self) -> Key {
+        let m = self.w[4];
+        let ports = (m >> 48) << 32 | ((m >> 32) & 0xffff) << 48;
+        Key {
+            w: [
+                self.w[2],
+                self.w[3],
+                self.w[0],
+                self.w[1],
+                ports | (m & 0xffff_ffff),
+            ],
+        }
+    }
+
+    /// Hash of this direction (the index bucket).
+    #[inline(always)]
+    pub fn hash(&self) -> u64 {
+        let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+        for w in self.w {
+            h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
+            h ^= h >> 32;
+        }
+        h
+    }
+
+    /// A hash both directions share and the zone does not change: which core owns the
+    /// connection.
+    #[inline(always)]
+    pub fn owner_hash(&self) -> u64 {
+        let m = self.w[4];
+        let ports = (m >> 48) ^ ((m >> 32) & 0xffff);
+        let a = self.w[0] ^ self.w[2];
+        let b = self.w[1] ^ self.w[3];
+        let mut h = (a ^ b.rotate_left(17) ^ ports << 40 ^ (m >> 8 & 0xff) << 56)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^= h >> 29;
+        h.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 32
+    }
+
+    /// Addresses for display.
+    pub fn addrs(&self) -> (std::net::IpAddr, std::net::IpAddr) {
+        if self.is_v6() {
+            (
+                std::net::Ipv6Addr::from(self.src128()).into(),
+                std::net::Ipv6Addr::from(self.dst128()).into(),
+            )
+        } else {
+            (
+                std::net::Ipv4Addr::from(self.w[0] as u32).into(),
+                std::net::Ipv4Addr::from(self.w[2] as u32).into(),
+            )
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (s, d) = self.addrs();
+        let p = match self.proto() {
+            PROTO_TCP => "tcp".to_string(),
+            PROTO_UDP => "udp".to_string(),
+            PROTO_ICMP | PROTO_ICMPV6 => "icmp".to_string(),
+            n => format!("proto {n}"),
+        };
+        write!(
+            f,
+            "zone {} {p} {s}:{} -> {d}:{}",
+            self.zone(),
+            self.sport(),
+            self.dport()
+        )
+    }
+}
+
+/// What TCP tracking keeps per direction (Guido van Rooij's window tracking, as Linux).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpPeer {
+    /// Highest sequence number sent + 1 (seq + len).
+    pub end: u32,
+    /// Highest sequence number the peer's window allows (ack + window).
+    pub maxend: u32,
+    /// Largest window seen (after scaling).
+    pub maxwin: u32,
+    /// Window scale shift in force.
+    pub scale: u8,
+    /// Window-scale option offered in this side's SYN (255: none).
+    pub wscale_opt: u8,
+}
+
+/// One tracked connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Entry {
+    /// The original direction's key (its first packet).
+    pub key: Key,
+    /// Hash chain links of the original (0) and reply (1) keys: `index << 1 | direction`.
+    chain: [u32; 2],
+    /// Not-yet-assured list (or free list) links.
+    prev: u32,
+    next: u32,
+    /// Deadline, milliseconds of the core's clock (wrapping).
+    pub expires: u32,
+    /// The security policy version that admitted it (see `tables::secgroup`).
+    pub policy: u32,
+    pub tcp: [TcpPeer; 2],
+    pub state: u8,
+    pub flags: u8,
+}
+
+/// Timeouts in milliseconds per state, and per protocol family for the non-TCP states.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub tcp: [u32; state::COUNT],
+    pub udp: u32,
+    pub udp_stream: u32,
+    pub icmp: u32,
+    pub generic: u32,
+}
+
+impl Timeouts {
+    pub fn from_config(t: &vswitch_config::ConntrackTimeouts) -> Self {
+        let ms = |s: u32| s.saturating_mul(1000);
+        let mut tcp = [0; state::COUNT];
+        tcp[state::SYN_SENT as usize] = ms(t.tcp_syn_sent);
+        tcp[state::SYN_SENT2 as usize] = ms(t.tcp_syn_sent);
+        tcp[state::SYN_RECV as usize] = ms(t.tcp_syn_recv);
+        tcp[state::ESTABLISHED as usize] = ms(t.tcp_established);
+        tcp[state::FIN_WAIT as usize] = ms(t.tcp_fin_wait);
+        tcp[state::CLOSE_WAIT as usize] = ms(t.tcp_close_wait);
+        tcp[state::LAST_ACK as usize] = ms(t.tcp_last_ack);
+        tcp[state::TIME_WAIT as usize] = ms(t.tcp_time_wait);
+        tcp[state::CLOSE as usize] = ms(t.tcp_close);
+        Timeouts {
+            tcp,
+            udp: ms(t.udp),
+            udp_stream: ms(t.udp_stream),
+            icmp: ms(t.icmp),
+            generic: ms(t.generic),
+        }
+    }
+
+    /// The idle timeout of a connection of protocol `proto` in state `st`.
+    #[inline(always)]
+    pub fn of(&self, proto: u8, st: u8) -> u32 {
+        match proto {
+            PROTO_TCP => self.tcp.get(st as usize).copied().unwrap_or(0),
+            PROTO_UDP => {
+                if st == state::REPLIED {
+                    self.udp_stream
+                } else {
+                    self.udp
+                }
+            }
+            PROTO_ICMP | PROTO_ICMPV6 => self.icmp,
+            _ => self.generic,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self::from_config(&vswitch_config::ConntrackTimeouts::default())
+    }
+}
+
+/// Events a core's tracker counts (summed by the control side).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtStats {
+    /// Connections created.
+    pub new: u64,
+    /// New connections refused because the table was full.
+    pub refused_full: u64,
+    /// Not-yet-established connections evicted to make room.
+    pub evicted: u64,
+    /// Connections removed by their timeout.
+    pub expired: u64,
+    /// Connections removed because the rule that allowed them is gone.
+    pub cut: u64,
+    /// Packets related to a tracked connection (ICMP errors).
+    pub related: u64,
+    /// Packets handed to the core that owns their connection.
+    pub handoffs: u64,
+}
+
+/// A deadline has passed (wrapping milliseconds).
+#[inline(always)]
+pub fn expired(deadline: u32, now: u32) -> bool {
+    (now.wrapping_sub(deadline) as i32) >= 0
+}
+
+/// One core's connection table.
+pub struct Conntrack {
+    entries: Vec<Entry>,
+    buckets: Vec<u32>,
+    mask: u64,
+    free: u32,
+    used: u32,
+    /// Oldest and newest not-yet-assured entries.
+    head: u32,
+    tail: u32,
+    cursor: u32,
+    pub timeouts: Timeouts,
+    pub evict: bool,
+    pub stats: CtStats,
+    /// Live entries per state.
+    pub by_state: [u32; state::COUNT],
+}
+
+impl std::fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("capacity", &self.entries.len())
+            .field("used", &self.used)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Conntrack {
+    /// A table for `capacity` connections (at least 1), all memory allocated now.
+    pub fn new(capacity: usize, timeouts: Timeouts, evict: bool) -> Self {
+        let capacity = capacity.clamp(1, NIL as usize / 2 - 1);
+        let mut entries = vec![Entry::default(); capacity];
+        for (i, e) in entries.iter_mut().enumerate() {
+            e.next = if i + 1 < capacity { i as u32 + 1 } else { NIL };
+        }
+        let nb = capacity.next_power_of_two().max(16);
+        Conntrack {
+            entries,
+            buckets: vec![NIL; nb],
+            mask: nb as u64 - 1,
+            free: 0,
+            used: 0,
+            head: NIL,
+            tail: NIL,
+            cursor: 0,
+            timeouts,
+            evict,
+            stats: CtStats::default(),
+            by_state: [0; state::COUNT],
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.used as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    /// Bytes this table holds (entries and index), for the memory-per-connection benchmark.
+    pub fn memory_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.buckets.capacity() * std::mem::size_of::<u32>()
+    }
+
+    #[inline(always)]
+    pub fn entry(&self, idx: u32) -> Option<&Entry> {
+        self.entries.get(idx as usize)
+    }
+
+    #[inline(always)]
+    pub fn entry_mut(&mut self, idx: u32) -> Option<&mut Entry> {
+        self.entries.get_mut(idx as usize)
+    }
+
+    /// Finds the connection `k` belongs to: (entry, direction 0 original / 1 reply). An
+    /// expired entry found on the way is removed and not returned.
+    #[inline]
+    pub fn lookup(&mut self, k: &Key, now: u32) -> Option<(u32, u8)> {
+        let b = (k.hash() & self.mask) as usize;
+        let mut link = *self.buckets.get(b)?;
+        while link != NIL {
+            let idx = link >> 1;
+            let dir = (link & 1) as u8;
+            let e = self.entries.get(idx as usize)?;
+            let hit = if dir == 0 {
+                e.key == *k
+            } else {
+                e.key == k.reverse()
+            };
+            if hit {
+                if expired(e.expires, now) {
+                    self.stats.expired += 1;
+                    self.remove(idx);
+                    return None;
+                }
+                return Some((idx, dir));
+            }
+            link = e.chain[dir as usize];
+        }
+        None
+    }
+
+    /// Creates a connection whose first packet had key `k`, in state `st`. When the table is
+    /// full, evicts the oldest not-yet-assured entry if allowed, else refuses (`None`).
+    pub fn insert(&mut self, k: &Key, st: u8, flags: u8, policy: u32, now: u32) -> Option<u32> {
+        if self.free == NIL && !(self.evict && self.evict_oldest()) {
+            self.stats.refused_full += 1;
+            return None;
+        }
+        let idx = self.free;
+        let e = self.entries.get_mut(idx as usize)?;
+        self.free = e.next;
+        *e = Entry {
+            key: *k,
+            chain: [NIL; 2],
+            prev: NIL,
+            next: NIL,
+            expires: now.wrapping_add(self.timeouts.of(k.proto(), st)),
+            policy,
+            tcp: [TcpPeer::default(); 2],
+            state: st,
+            flags: flags & !flag::LISTED,
+        };
+        self.used += 1;
+        self.stats.new += 1;
+        if let Some(c) = self.by_state.get_mut(st as usize) {
+            *c += 1;
+        }
+        let h0 = (k.hash() & self.mask) as usize;
+        let h1 = (k.reverse().hash() & self.mask) as usize;
+        for (dir, b) in [(0usize, h0), (1, h1)] {
+            let head = self.buckets[b];
+            self.entries[idx as usize].chain[dir] = head;
+            self.buckets[b] = idx << 1 | dir as u32;
+        }
+        if flags & flag::ASSURED == 0 {
+            self.list_push(idx);
+        }
+        Some(idx)
+    }
+
+    /// Moves a connection to state `st` and renews its deadline.
+    #[inline]
+    pub fn set_state(&mut self, idx: u32, st: u8, now: u32) {
+        let Some(e) = self.entries.get_mut(idx as usize) else {
+            return;
+        };
+        if e.state != st {
+            if let Some(c) = self.by_state.get_mut(e.state as usize) {
+                *c = c.saturating_sub(1);
+            }
+            if let Some(c) = self.by_state.get_mut(st as usize) {
+                *c += 1;
+            }
+            e.state = st;
+        }
+        e.expires = now.wrapping_add(self.timeouts.of(e.key.proto(), st));
+    }
+
+    /// Marks a connection established: it leaves the eviction list.
+    #[inline]
+    pub fn assure(&mut self, idx: u32) {
+        let Some(e) = self.entries.get_mut(idx as usize) else {
+            return;
+        };
+        e.flags |= flag::ASSURED;
+        if e.flags & flag::LISTED != 0 {
+            self.list_unlink(idx);
+        }
+    }
+
+    /// Removes a connection.
+    pub fn remove(&mut self, idx: u32) {
+        let Some(e) = self.entries.get(idx as usize).copied() else {
+            return;
+        };
+        if e.state == state::FREE {
+            return;
+        }
+        if e.flags & flag::LISTED != 0 {
+            self.list_unlink(idx);
+        }
+        let h0 = (e.key.hash() & self.mask) as usize;
+        let h1 = (e.key.reverse().hash() & self.mask) as usize;
+        self.unchain(h0, idx << 1, e.chain[0]);
+        self.unchain(h1, idx << 1 | 1, e.chain[1]);
+        if let Some(c) = self.by_state.get_mut(e.state as usize) {
+            *c = c.saturating_sub(1);
+        }
+        let free = self.free;
+        if let Some(e) = self.entries.get_mut(idx as usize) {
+            e.state = state::FREE;
+            e.flags = 0;
+            e.next = free;
+        }
+        self.free = idx;
+        self.used -= 1;
+    }
+
+    /// Unlinks `link` (whose successor is `after`) from bucket `b`'s chain.
+    fn unchain(&mut self, b: usize, link: u32, after: u32) {
+        let Some(&head) = self.buckets.get(b) else {
+            return;
+        };
+        if head == link {
+            self.buckets[b] = after;
+            return;
+        }
+        let mut cur = head;
+        while cur != NIL {
+            let (i, d) = ((cur >> 1) as usize, (cur & 1) as usize);
+            let Some(e) = self.entries.get_mut(i) else {
+                return;
+            };
+            if e.chain[d] == link {
+                e.chain[d] = after;
+                return;
+            }
+            cur = e.chain[d];
+        }
+    }
+
+    fn list_push(&mut self, idx: u32) {
+        let tail = self.tail;
+        if let Some(e) = self.entries.get_mut(idx as usize) {
+            e.prev = tail;
+            e.next = NIL;
+            e.flags |= flag::LISTED;
+        }
+        match self.entries.get_mut(tail as usize) {
+            Some(t) => t.next = idx,
+            None => self.head = idx,
+        }
+        self.tail = idx;
+    }
+
+    fn list_unlink(&mut self, idx: u32) {
+        let Some(e) = self.entries.get_mut(idx as usize) else {
+            return;
+        };
+        let (p, n) = (e.prev, e.next);
+        e.flags &= !flag::LISTED;
+        e.prev = NIL;
+        e.next = NIL;
+        match self.entries.get_mut(p as usize) {
+            Some(pe) => pe.next = n,
+            None => self.head = n,
+        }
+        match self.entries.get_mut(n as usize) {
+            Some(ne) => ne.prev = p,
+            None => self.tail = p,
+        }
+    }
+
+    /// Evicts the oldest not-yet-assured connection. Whether there was one.
+    fn evict_oldest(&mut self) -> bool {
+        if self.head == NIL {
+            return false;
+        }
+        let idx = self.head;
+        self.remove(idx);
+        self.stats.evicted += 1;
+        true
+    }
+
+    /// Examines up to `budget` slots from where the last sweep stopped: expired entries are
+    /// removed, and `keep` decides for every live one: `None` cuts the connection, `Some(v)`
+    /// keeps it under policy version `v`.
+    pub fn sweep(&mut self, now: u32, budget: usize, mut keep: impl FnMut(&Entry) -> Option<u32>) {
+        let n = self.entries.len() as u32;
+        if n == 0 || self.used == 0 {
+            return;
+        }
+        for _ in 0..budget.min(n as usize) {
+            let idx = self.cursor;
+            self.cursor = if idx + 1 >= n { 0 } else { idx + 1 };
+            let Some(e) = self.entries.get(idx as usize) else {
+                continue;
+            };
+            if e.state == state::FREE {
+                continue;
+            }
+            if expired(e.expires, now) {
+                self.stats.expired += 1;
+                self.remove(idx);
+            } else {
+                match keep(e) {
+                    Some(v) => self.entries[idx as usize].policy = v,
+                    None => {
+                        self.stats.cut += 1;
+                        self.remove(idx);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes every connection (of `zone` only, when given). Returns how many.
+    pub fn flush(&mut self, zone: Option<u16>) -> usize {
+        let mut n = 0;
+        for idx in 0..self.entries.len() as u32 {
+            let e = &self.entries[idx as usize];
+            if e.state != state::FREE && zone.is_none_or(|z| e.key.zone() == z) {
+                self.remove(idx);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Every live connection (for listing; not for the fast path).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Entry)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.state != state::FREE)
+            .map(|(i, e)| (i as u32, e))
+    }
+}

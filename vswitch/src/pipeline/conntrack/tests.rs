@@ -1,0 +1,417 @@
+//! The connection table and the TCP tracker, driven by scripted segments.
+use super::state::*;
+use super::tcp::{self, Segment, Verdict, ACK, FIN, RST, SYN};
+use super::*;
+
+fn seg(flags: u8, seq: u32, ack: u32, win: u16, len: u32) -> Segment {
+    Segment {
+        seq,
+        ack,
+        win,
+        flags,
+        len,
+        wscale: 255,
+    }
+}
+
+/// A tracked connection driven segment by segment.
+struct Conn {
+    st: u8,
+    peers: [TcpPeer; 2],
+    liberal: bool,
+}
+
+impl Conn {
+    fn open(syn: Segment) -> Conn {
+        let mut peers = [TcpPeer::default(); 2];
+        tcp::open(&mut peers, &syn);
+        Conn {
+            st: SYN_SENT,
+            peers,
+            liberal: false,
+        }
+    }
+    fn go(&mut self, dir: u8, s: Segment) -> Verdict {
+        let v = tcp::track(self.st, dir, &mut self.peers, &s, self.liberal);
+        if let Verdict::Ok(n) = v {
+            self.st = n;
+        }
+        v
+    }
+}
+
+const A: u32 = 1_000; // the opener's initial sequence number
+const B: u32 = 4_000_000_000; // the responder's, close to the wrap
+
+/// SYN, SYN-ACK, ACK: the three-way handshake.
+fn established() -> Conn {
+    let mut c = Conn::open(seg(SYN, A, 0, 64240, 0));
+    assert_eq!(
+        c.go(1, seg(SYN | ACK, B, A + 1, 65160, 0)),
+        Verdict::Ok(SYN_RECV)
+    );
+    assert_eq!(
+        c.go(0, seg(ACK, A + 1, B.wrapping_add(1), 502, 0)),
+        Verdict::Ok(ESTABLISHED)
+    );
+    c
+}
+
+#[test]
+fn handshake_data_and_orderly_close() {
+    let mut c = established();
+    let b1 = B.wrapping_add(1);
+    // Data both ways, across the responder's sequence wrap.
+    assert_eq!(
+        c.go(0, seg(ACK | tcp::PSH, A + 1, b1, 502, 100)),
+        Verdict::Ok(ESTABLISHED)
+    );
+    assert_eq!(
+        c.go(1, seg(ACK, b1, A + 101, 509, 1000)),
+        Verdict::Ok(ESTABLISHED)
+    );
+    let b2 = b1.wrapping_add(1000);
+    assert_eq!(
+        c.go(0, seg(ACK, A + 101, b2, 502, 0)),
+        Verdict::Ok(ESTABLISHED)
+    );
+    // The opener closes first: FIN, the FIN acked, the responder's FIN, the last ACK.
+    assert_eq!(
+        c.go(0, seg(FIN | ACK, A + 101, b2, 502, 0)),
+        Verdict::Ok(FIN_WAIT)
+    );
+    assert_eq!(
+        c.go(1, seg(ACK, b2, A + 102, 509, 0)),
+        Verdict::Ok(CLOSE_WAIT)
+    );
+    assert_eq!(
+        c.go(1, seg(FIN | ACK, b2, A + 102, 509, 0)),
+        Verdict::Ok(LAST_ACK)
+    );
+    assert_eq!(
+        c.go(0, seg(ACK, A + 102, b2.wrapping_add(1), 502, 0)),
+        Verdict::Ok(TIME_WAIT)
+    );
+}
+
+#[test]
+fn retransmissions_are_accepted_and_ignored_where_linux_ignores_them() {
+    let mut c = Conn::open(seg(SYN, A, 0, 64240, 0));
+    // The SYN again (lost SYN-ACK): still SYN_SENT.
+    assert_eq!(c.go(0, seg(SYN, A, 0, 64240, 0)), Verdict::Ok(SYN_SENT));
+    assert_eq!(
+        c.go(1, seg(SYN | ACK, B, A + 1, 65160, 0)),
+        Verdict::Ok(SYN_RECV)
+    );
+    assert_eq!(
+        c.go(0, seg(ACK, A + 1, B.wrapping_add(1), 502, 0)),
+        Verdict::Ok(ESTABLISHED)
+    );
+    // A late SYN-ACK copy changes nothing.
+    assert_eq!(
+        c.go(1, seg(SYN | ACK, B, A + 1, 65160, 0)),
+        Verdict::Ignored
+    );
+    // Data, then the same data again (a retransmission is inside the window).
+    assert_eq!(
+        c.go(0, seg(ACK, A + 1, B.wrapping_add(1), 502, 500)),
+        Verdict::Ok(ESTABLISHED)
+    );
+    assert_eq!(
+        c.go(0, seg(ACK, A + 1, B.wrapping_add(1), 502, 500)),
+        Verdict::Ok(ESTABLISHED)
+    );
+    assert_eq!(c.st, ESTABLISHED);
+}
+
+#[test]
+fn segments_outside_the_window_are_invalid() {
+    let mut c = established();
+    let b1 = B.wrapping_add(1);
+    // Far beyond what the responder advertised (65160 bytes).
+    assert_eq!(
+        c.go(0, seg(ACK, A + 1 + 10_000_000, b1, 502, 100)),
+        Verdict::Invalid
+    );
+    // Acknowledging data the responder never sent.
+    assert_eq!(
+        c.go(0, seg(ACK, A + 1, b1.wrapping_add(5_000_000), 502, 0)),
+        Verdict::Invalid
+    );
+    // Far behind (an old duplicate from a previous incarnation).
+    assert_eq!(
+        c.go(1, seg(ACK, b1.wrapping_sub(3_000_000), A + 1, 509, 10)),
+        Verdict::Invalid
+    );
+    // None of that moved the state; a good segment still passes.
+    assert_eq!(c.st, ESTABLISHED);
+    assert_eq!(
+        c.go(0, seg(ACK, A + 1, b1, 502, 10)),
+        Verdict::Ok(ESTABLISHED)
+    );
+}
+
+#[test]
+fn liberal_tracking_skips_window_checks() {
+    let mut c = established();
+    c.liberal = true;
+    assert_eq!(
+        c.go(0, seg(ACK, A + 1 + 10_000_000, B.wrapping_add(1), 502, 100)),
+        Verdict::Ok(ESTABLISHED)
+    );
+}
+
+#[test]
+fn reset_in_window_closes_and_out_of_window_is_invalid() {
+    let mut c = established();
+    assert_eq!(
+        c.go(1, seg(RST, B.wrapping_add(1) + 10_000_000, 0, 0, 0)),
+        Verdict::Invalid
+    );
+    assert_eq!(c.st, ESTABLISHED);
+    assert_eq!(
+        c.go(1, seg(RST, B.wrapping_add(1), 0, 0, 0)),
+        Verdict::Ok(CLOSE)
+    );
+    // A SYN answered by RST|ACK (port closed) closes too.
+    let mut r = Conn::open(seg(SYN, A, 0, 64240, 0));
+    assert_eq!(r.go(1, seg(RST | ACK, 0, A + 1, 0, 0)), Verdict::Ok(CLOSE));
+}
+
+#[test]
+fn impossible_flags_and_early_segments_are_invalid() {
+    let mut c = Conn::open(seg(SYN, A, 0, 64240, 0));
+    assert_eq!(c.go(0, seg(SYN | FIN, A, 0, 1, 0)), Verdict::Invalid);
+    assert_eq!(c.go(0, seg(0, A, 0, 1, 0)), Verdict::Invalid);
+    // Data from the opener before the handshake completed.
+    assert_eq!(c.go(0, seg(ACK, A + 1, 77, 502, 10)), Verdict::Invalid);
+    // A FIN from the responder in SYN_SENT.
+    assert_eq!(c.go(1, seg(FIN | ACK, B, A + 1, 1, 0)), Verdict::Invalid);
+    assert!(!tcp::opens(SYN | ACK) && !tcp::opens(ACK) && tcp::opens(SYN | tcp::PSH));
+}
+
+#[test]
+fn window_scaling_needs_both_sides() {
+    // Both offer scaling: a 1 MiB window (16 << 16) is usable after the handshake.
+    let mut s = seg(SYN, A, 0, 64240, 0);
+    s.wscale = 7;
+    let mut c = Conn::open(s);
+    let mut sa = seg(SYN | ACK, B, A + 1, 65160, 0);
+    sa.wscale = 7;
+    assert_eq!(c.go(1, sa), Verdict::Ok(SYN_RECV));
+    assert_eq!(
+        c.go(0, seg(ACK, A + 1, B.wrapping_add(1), 8192, 0)),
+        Verdict::Ok(ESTABLISHED)
+    );
+    // The opener advertised 8192 << 7 = 1 MiB: the responder may send 900 KB ahead.
+    assert_eq!(
+        c.go(
+            1,
+            seg(
+                ACK,
+                B.wrapping_add(1).wrapping_add(900_000),
+                A + 1,
+                509,
+                1000
+            )
+        ),
+        Verdict::Ok(ESTABLISHED)
+    );
+    // Only one side offered it: no scaling, so the same jump is out of window.
+    let mut s = seg(SYN, A, 0, 64240, 0);
+    s.wscale = 7;
+    let mut c = Conn::open(s);
+    assert_eq!(
+        c.go(1, seg(SYN | ACK, B, A + 1, 65160, 0)),
+        Verdict::Ok(SYN_RECV)
+    );
+    assert_eq!(
+        c.go(0, seg(ACK, A + 1, B.wrapping_add(1), 8192, 0)),
+        Verdict::Ok(ESTABLISHED)
+    );
+    assert_eq!(
+        c.go(
+            1,
+            seg(
+                ACK,
+                B.wrapping_add(1).wrapping_add(900_000),
+                A + 1,
+                509,
+                1000
+            )
+        ),
+        Verdict::Invalid
+    );
+}
+
+#[test]
+fn simultaneous_open() {
+    let mut c = Conn::open(seg(SYN, A, 0, 64240, 0));
+    assert_eq!(c.go(1, seg(SYN, B, 0, 65160, 0)), Verdict::Ok(SYN_SENT2));
+    assert_eq!(
+        c.go(1, seg(SYN | ACK, B, A + 1, 65160, 0)),
+        Verdict::Ok(SYN_RECV)
+    );
+}
+
+// --- the table --------------------------------------------------------------------------------
+
+fn key(n: u32) -> Key {
+    Key::v4(
+        3,
+        PROTO_TCP,
+        0xc633_6400 | (n & 0xff),
+        0xcb00_7100 | (n >> 8 & 0xff),
+        40000 + (n >> 16) as u16,
+        22,
+    )
+}
+
+#[test]
+fn one_entry_from_both_directions() {
+    let mut ct = Conntrack::new(64, Timeouts::default(), false);
+    let k = key(7);
+    let idx = ct.insert(&k, SYN_SENT, 0, 1, 0).unwrap();
+    assert_eq!(ct.lookup(&k, 1), Some((idx, 0)));
+    assert_eq!(ct.lookup(&k.reverse(), 1), Some((idx, 1)));
+    // Another zone, or other ports, are other connections.
+    assert_eq!(ct.lookup(&k.with_zone(4), 1), None);
+    assert_eq!(ct.lookup(&key(8), 1), None);
+    // IPv6 keys with the same low bits do not collide with IPv4 ones.
+    let k6 = Key::v6(3, PROTO_TCP, k.src128(), k.dst128(), k.sport(), k.dport());
+    assert_eq!(ct.lookup(&k6, 1), None);
+    assert_eq!(k.reverse().reverse(), k);
+    assert_eq!(k.owner_hash(), k.reverse().owner_hash());
+    assert_eq!(k.owner_hash(), k.with_zone(9).owner_hash());
+    ct.remove(idx);
+    assert_eq!(ct.lookup(&k, 1), None);
+    assert_eq!(ct.len(), 0);
+}
+
+#[test]
+fn many_entries_with_colliding_buckets_stay_reachable_after_removals() {
+    let mut ct = Conntrack::new(5000, Timeouts::default(), false);
+    let mut ids = Vec::new();
+    for n in 0..5000 {
+        ids.push(
+            ct.insert(&key(n * 7919), ESTABLISHED, flag::ASSURED, 1, 0)
+                .unwrap(),
+        );
+    }
+    assert!(
+        ct.insert(&key(1_000_001), SYN_SENT, 0, 1, 0).is_none(),
+        "full"
+    );
+    assert_eq!(ct.stats.refused_full, 1);
+    for n in (0..5000).step_by(2) {
+        ct.remove(ids[n as usize]);
+    }
+    for n in 0..5000u32 {
+        let k = key(n * 7919);
+        let want = (n % 2 == 1).then_some(ids[n as usize]);
+        assert_eq!(ct.lookup(&k, 1).map(|x| x.0), want, "entry {n}");
+        assert_eq!(
+            ct.lookup(&k.reverse(), 1).map(|x| x.0),
+            want,
+            "reply of entry {n}"
+        );
+    }
+    assert_eq!(ct.len(), 2500);
+    assert_eq!(ct.by_state[ESTABLISHED as usize], 2500);
+}
+
+#[test]
+fn expiry_by_lookup_and_by_sweep() {
+    let t = Timeouts::default();
+    let mut ct = Conntrack::new(16, t, false);
+    let a = key(1);
+    let b = key(2);
+    ct.insert(&a, SYN_SENT, 0, 1, 1000).unwrap();
+    ct.insert(&b, UNREPLIED, 0, 1, 1000).unwrap();
+    // 120 s for SYN_SENT: alive just before, gone at the deadline.
+    assert!(ct.lookup(&a, 1000 + 119_999).is_some());
+    assert!(ct.lookup(&a, 1000 + 120_000).is_none());
+    assert_eq!(ct.stats.expired, 1);
+    // The sweep finds the other one without any packet.
+    ct.sweep(1000 + 600_000, 16, |_| Some(1));
+    assert_eq!(ct.len(), 0);
+    assert_eq!(ct.stats.expired, 2);
+    // Deadlines survive the 32-bit clock wrapping.
+    let now = u32::MAX - 5;
+    ct.insert(&a, ESTABLISHED, flag::ASSURED, 1, now).unwrap();
+    assert!(ct.lookup(&a, now.wrapping_add(10_000)).is_some());
+}
+
+#[test]
+fn sweep_cuts_what_the_policy_no_longer_allows() {
+    let mut ct = Conntrack::new(16, Timeouts::default(), false);
+    ct.insert(&key(1), ESTABLISHED, flag::ASSURED, 7, 0)
+        .unwrap();
+    ct.insert(&key(2), ESTABLISHED, flag::ASSURED, 7, 0)
+        .unwrap();
+    ct.sweep(1, 16, |e| (e.key.src128() & 0xff == 1).then_some(8));
+    assert_eq!(ct.len(), 1);
+    assert_eq!(ct.stats.cut, 1);
+    let (idx, _) = ct.lookup(&key(1), 2).unwrap();
+    assert_eq!(ct.entry(idx).unwrap().policy, 8);
+}
+
+#[test]
+fn full_table_evicts_the_oldest_unestablished_never_an_established_one() {
+    let mut ct = Conntrack::new(4, Timeouts::default(), true);
+    let est = ct
+        .insert(&key(1), ESTABLISHED, flag::ASSURED, 1, 0)
+        .unwrap();
+    let old = ct.insert(&key(2), SYN_SENT, 0, 1, 0).unwrap();
+    let mid = ct.insert(&key(3), SYN_SENT, 0, 1, 0).unwrap();
+    ct.insert(&key(4), SYN_SENT, 0, 1, 0).unwrap();
+    // The handshake of key(3) completes: it leaves the eviction list.
+    ct.assure(mid);
+    assert!(ct.insert(&key(5), SYN_SENT, 0, 1, 0).is_some());
+    assert_eq!(ct.stats.evicted, 1);
+    assert!(
+        ct.lookup(&key(2), 1).is_none(),
+        "the oldest unestablished went"
+    );
+    let _ = old;
+    assert!(ct.insert(&key(6), SYN_SENT, 0, 1, 0).is_some());
+    assert!(ct.lookup(&key(4), 1).is_none());
+    assert!(ct.insert(&key(7), SYN_SENT, 0, 1, 0).is_some());
+    assert!(ct.lookup(&key(5), 1).is_none());
+    // Established ones were never touched.
+    assert_eq!(ct.lookup(&key(1), 1).map(|x| x.0), Some(est));
+    assert_eq!(ct.lookup(&key(3), 1).map(|x| x.0), Some(mid));
+    assert_eq!(ct.len(), 4);
+    // With only established entries left, a new connection is refused.
+    let mut full = Conntrack::new(2, Timeouts::default(), true);
+    full.insert(&key(1), ESTABLISHED, flag::ASSURED, 1, 0)
+        .unwrap();
+    full.insert(&key(2), REPLIED, flag::ASSURED, 1, 0).unwrap();
+    assert!(full.insert(&key(3), SYN_SENT, 0, 1, 0).is_none());
+    assert_eq!(full.stats.refused_full, 1);
+}
+
+#[test]
+fn memory_per_connection_is_at_most_128_bytes() {
+    assert!(
+        std::mem::size_of::<Entry>() <= 104,
+        "{}",
+        std::mem::size_of::<Entry>()
+    );
+    let ct = Conntrack::new(1 << 16, Timeouts::default(), true);
+    let per = ct.memory_bytes() / ct.capacity();
+    assert!(per <= 128, "{per} bytes per connection");
+}
+
+#[test]
+fn flush_by_zone() {
+    let mut ct = Conntrack::new(16, Timeouts::default(), false);
+    ct.insert(&key(1), ESTABLISHED, flag::ASSURED, 1, 0)
+        .unwrap();
+    ct.insert(&key(2).with_zone(9), ESTABLISHED, flag::ASSURED, 1, 0)
+        .unwrap();
+    assert_eq!(ct.flush(Some(9)), 1);
+    assert_eq!(ct.len(), 1);
+    assert_eq!(ct.flush(None), 1);
+    assert!(ct.is_empty());
+}

@@ -1,0 +1,493 @@
+//! Stages `firewall::egress` and `firewall::ingress`: security groups with connection tracking.
+//!
+//! Reads: `PortEntry::firewall` (the port's compiled groups, absent when port security is off),
+//! the core's [`Conntrack`] table.
+//! Writes: connection entries (created, advanced, cut).
+//! Next: `Continue` (egress) / unchanged output (ingress), `Handoff` to the core that owns the
+//! connection, or a drop.
+//! Drops: `firewall.egress_denied`, `firewall.ingress_denied` (no rule allows a new
+//! connection), `firewall.revoked` (a rule that allowed the connection is gone),
+//! `conntrack.invalid` (not a valid packet of a tracked connection, e.g. a TCP segment out of
+//! window, an ACK with no connection, an ICMP error about nothing we track), `conntrack.full`,
+//! `conntrack.fragment` (a later fragment: nothing to track it by).
+//!
+//! As Neutron's OVS firewall: egress rules are judged where the frame enters from the instance,
+//! ingress rules where it is about to leave towards an instance (after switching and routing),
+//! each in the conntrack zone of that instance port. ARP, IPv6 Neighbor Discovery and MLD,
+//! DHCP client requests and DHCP replies always pass. A port whose groups are stateless is
+//! matched packet by packet against its rules, with no tracking. Frames the switch answers
+//! itself (`Reply`: gateway ARP/echo, ICMP errors the router builds) go back to the instance
+//! without an ingress check: they answer what the instance sent.
+use super::conntrack::flow::{self, Flow, Kind};
+use super::conntrack::{flag, state, tcp, Conntrack, Key};
+use super::{Batch, CoreState, Next, Tracer};
+use crate::counters::{BatchCounters, DropReason};
+use crate::packet::PacketBuf;
+use crate::tables::secgroup::PortFirewall;
+use crate::tables::Tables;
+use crate::trace;
+
+/// Where a handed-off packet resumes on its owner core.
+pub const STAGE_EGRESS: u8 = 0;
+pub const STAGE_INGRESS: u8 = 1;
+
+/// Per-core firewall state beside the conntrack table.
+#[derive(Debug)]
+pub struct FwCore {
+    pub ct: Conntrack,
+    /// This worker's index and how many workers share connections.
+    pub core: u16,
+    pub cores: u16,
+    /// Per port: packets the firewall let through and dropped.
+    pub per_port: Vec<[u64; 2]>,
+    /// `now_ms` as conntrack's wrapping 32-bit clock.
+    pub now: u32,
+    /// Packets the ingress stage dropped after switching had already counted them as
+    /// forwarded (so every packet can still be accounted for exactly once).
+    pub ingress_drops: u64,
+}
+
+impl FwCore {
+    pub fn new(ct: Conntrack, core: u16, cores: u16) -> Self {
+        FwCore {
+            ct,
+            core,
+            cores: cores.max(1),
+            per_port: Vec::new(),
+            now: 0,
+            ingress_drops: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn count(&mut self, port: u16, allowed: bool) {
+        if let Some(c) = self.per_port.get_mut(port as usize) {
+            c[!allowed as usize] += 1;
+        } else {
+            // Sized on first use (at most once per port index; not on the steady path).
+            self.per_port.resize(port as usize + 1, [0; 2]);
+            self.per_port[port as usize][!allowed as usize] += 1;
+        }
+    }
+}
+
+/// A decision about one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Drop(DropReason),
+    /// Another core owns the connection.
+    Handoff(u16),
+}
+
+/// Egress rules for frames entering from an instance port.
+#[inline(never)]
+pub fn egress<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    let in_port = b.in_port;
+    let Some(fw) = t
+        .ports
+        .get(in_port as usize)
+        .and_then(|p| p.firewall.as_deref())
+    else {
+        return;
+    };
+    for i in 0..b.len {
+        if b.meta[i].next != Next::Continue {
+            continue;
+        }
+        let Some(p) = b.pkts[i].as_ref() else {
+            continue;
+        };
+        let o = judge::<T>(p.data(), fw, false, &mut s.fw, c, tr, i, t);
+        apply(b, i, o, in_port, STAGE_EGRESS, &mut s.fw, c);
+    }
+}
+
+/// Ingress rules for frames about to be sent to an instance port.
+#[inline(never)]
+pub fn ingress<B: PacketBuf, T: Tracer>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) {
+    for i in 0..b.len {
+        let Next::Output(port) = b.meta[i].next else {
+            continue;
+        };
+        let Some(fw) = t
+            .ports
+            .get(port as usize)
+            .and_then(|p| p.firewall.as_deref())
+        else {
+            continue;
+        };
+        let Some(p) = b.pkts[i].as_ref() else {
+            continue;
+        };
+        let o = judge::<T>(p.data(), fw, true, &mut s.fw, c, tr, i, t);
+        if o == Outcome::Pass {
+            s.fw.count(port, true);
+            continue;
+        }
+        if let Outcome::Drop(_) = o {
+            s.fw.ingress_drops += 1;
+        }
+        apply(b, i, o, port, STAGE_INGRESS, &mut s.fw, c);
+    }
+}
+
+#[inline(always)]
+fn apply<B: PacketBuf>(
+    b: &mut Batch<B>,
+    i: usize,
+    o: Outcome,
+    port: u16,
+    stage: u8,
+    f: &mut FwCore,
+    c: &mut BatchCounters,
+) {
+    match o {
+        Outcome::Pass => {
+            if stage == STAGE_EGRESS {
+                f.count(port, true);
+            }
+        }
+        Outcome::Drop(r) => {
+            f.count(port, false);
+            b.drop_pkt(i, r, c);
+        }
+        Outcome::Handoff(core) => {
+            f.ct.stats.handoffs += 1;
+            b.meta[i].next = Next::Handoff(core, stage, port);
+        }
+    }
+}
+
+/// Whether a flooded copy (broadcast, multicast, unknown unicast) may go to an instance port:
+/// such traffic opens no connection, so it is matched against the port's ingress rules alone.
+pub fn flood_allowed(t: &Tables, port: u16, f: &Flow) -> bool {
+    let Some(fw) = t
+        .ports
+        .get(port as usize)
+        .and_then(|p| p.firewall.as_deref())
+    else {
+        return true;
+    };
+    match f.kind {
+        Kind::Bypass(_) => true,
+        Kind::Malformed | Kind::Fragment => false,
+        _ => {
+            let (k, v6) = (f.key, f.key.is_v6());
+            fw.allows(true, v6, k.proto(), f.port_key, k.src128())
+                .is_some()
+        }
+    }
+}
+
+/// The port key rules match a connection by, from its original key (revalidation).
+#[inline]
+fn rule_port_key(k: &Key) -> u16 {
+    match k.proto() {
+        super::conntrack::PROTO_ICMP => 8 << 8,
+        super::conntrack::PROTO_ICMPV6 => 128 << 8,
+        _ => k.dport(),
+    }
+}
+
+/// Whether the current rules still allow a tracked connection (the version it was admitted
+/// under differs from the port's).
+#[inline]
+pub fn still_allowed(fw: &PortFirewall, e: &super::conntrack::Entry) -> bool {
+    let ingress = e.flags & flag::INGRESS != 0;
+    let k = &e.key;
+    let remote = if ingress { k.src128() } else { k.dst128() };
+    fw.allows(ingress, k.is_v6(), k.proto(), rule_port_key(k), remote)
+        .is_some()
+}
+
+/// Sweeps part of the table: expiry, and connections whose rules changed are re-checked (cut
+/// when no rule allows them any more).
+pub fn sweep(t: &Tables, f: &mut FwCore, budget: usize) {
+    let now = f.now;
+    f.ct.sweep(now, budget, |e| {
+        let zone = e.key.zone();
+        let fw = (zone as usize)
+            .checked_sub(1)
+            .and_then(|p| t.ports.get(p))
+            .and_then(|p| p.firewall.as_deref());
+        match fw {
+            Some(fw) if fw.version == e.policy => Some(e.policy),
+            Some(fw) if still_allowed(fw, e) => Some(fw.version),
+            _ => None,
+        }
+    });
+}
+
+/// Judges one frame for `fw`'s port in one direction.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn judge<T: Tracer>(
+    frame: &[u8],
+    fw: &PortFirewall,
+    ingress: bool,
+    f: &mut FwCore,
+    c: &mut BatchCounters,
+    tr: &mut T,
+    i: usize,
+    t: &Tables,
+) -> Outcome {
+    let dir_name = if ingress { "ingress" } else { "egress" };
+    let port_name = if T::ON {
+        (fw.zone as usize)
+            .checked_sub(1)
+            .and_then(|p| t.ports.get(p))
+            .map_or("?", |p| p.name.as_str())
+    } else {
+        ""
+    };
+    let denied = if ingress {
+        DropReason::FirewallIngressDenied
+    } else {
+        DropReason::FirewallEgressDenied
+    };
+    let fl = flow::parse(frame);
+    let stateless = |fl: &Flow, tr: &mut T| -> Outcome {
+        let k = fl.key;
+        let remote = if ingress { k.src128() } else { k.dst128() };
+        match fw.allows(ingress, k.is_v6(), k.proto(), fl.port_key, remote) {
+            Some(rules) => {
+                trace!(
+                    tr,
+                    i,
+                    "firewall",
+                    "port {port_name} {dir_name}: {} allowed by rule {} (stateless)",
+                    k,
+                    rules.join(", ")
+                );
+                Outcome::Pass
+            }
+            None => {
+                trace!(
+                    tr,
+                    i,
+                    "firewall",
+                    "port {port_name} {dir_name}: {} matches no rule: drop",
+                    k
+                );
+                Outcome::Drop(denied)
+            }
+        }
+    };
+    match fl.kind {
+        Kind::Bypass(why) => {
+            trace!(
+                tr,
+                i,
+                "firewall",
+                "port {port_name} {dir_name}: {why}, always allowed"
+            );
+            return Outcome::Pass;
+        }
+        Kind::Malformed => {
+            trace!(
+                tr,
+                i,
+                "firewall",
+                "port {port_name} {dir_name}: malformed transport header: drop"
+            );
+            return Outcome::Drop(DropReason::ConntrackInvalid);
+        }
+        Kind::Fragment => {
+            trace!(
+                tr,
+                i,
+                "firewall",
+                "port {port_name} {dir_name}: later fragment, not reassembled: drop"
+            );
+            return Outcome::Drop(DropReason::ConntrackFragment);
+        }
+        Kind::IcmpOther => return stateless(&fl, tr),
+        _ if !fw.stateful => return stateless(&fl, tr),
+        _ => {}
+    }
+    // The connection this frame belongs to (an ICMP error: the one whose packet it quotes).
+    let key = match fl.kind {
+        Kind::Error(inner) => inner.with_zone(fw.zone),
+        _ => fl.key.with_zone(fw.zone),
+    };
+    if f.cores > 1 {
+        let owner = (key.owner_hash() % f.cores as u64) as u16;
+        if owner != f.core {
+            trace!(
+                tr,
+                i,
+                "firewall",
+                "port {port_name} {dir_name}: {key} belongs to core {owner}: hand off"
+            );
+            return Outcome::Handoff(owner);
+        }
+    }
+    let now = f.now;
+    let ct = &mut f.ct;
+    if let Kind::Error(_) = fl.kind {
+        return match ct.lookup(&key, now) {
+            Some(_) => {
+                ct.stats.related += 1;
+                c.event(crate::counters::Event::ConntrackRelated);
+                trace!(
+                    tr,
+                    i,
+                    "firewall",
+                    "port {port_name} {dir_name}: ICMP error related to {key}: allowed"
+                );
+                Outcome::Pass
+            }
+            None => {
+                trace!(tr, i, "firewall", "port {port_name} {dir_name}: ICMP error about {key}, which is not tracked: drop");
+                Outcome::Drop(DropReason::ConntrackInvalid)
+            }
+        };
+    }
+    let mut hit = ct.lookup(&key, now);
+    // A SYN on a closed connection opens a new one (judged by the rules again).
+    if let (Some((idx, _)), Kind::Tcp(seg)) = (hit, fl.kind) {
+        if tcp::opens(seg.flags)
+            && ct
+                .entry(idx)
+                .is_some_and(|e| matches!(e.state, state::TIME_WAIT | state::CLOSE))
+        {
+            ct.remove(idx);
+            hit = None;
+        }
+    }
+    if let Some((idx, dir)) = hit {
+        let Some(e) = ct.entry_mut(idx) else {
+            return Outcome::Drop(DropReason::ConntrackInvalid);
+        };
+        if e.policy != fw.version {
+            if still_allowed(fw, e) {
+                e.policy = fw.version;
+            } else {
+                ct.remove(idx);
+                ct.stats.cut += 1;
+                trace!(tr, i, "firewall", "port {port_name} {dir_name}: {key}: the rule that allowed it is gone: cut, drop");
+                return Outcome::Drop(DropReason::FirewallRevoked);
+            }
+        }
+        let liberal = e.flags & flag::LIBERAL != 0;
+        let st = e.state;
+        let next = match fl.kind {
+            Kind::Tcp(seg) => match tcp::track(st, dir, &mut e.tcp, &seg, liberal) {
+                tcp::Verdict::Ok(n) => n,
+                tcp::Verdict::Ignored => {
+                    trace!(
+                        tr,
+                        i,
+                        "firewall",
+                        "port {port_name} {dir_name}: {key}: {} (ignored retransmission)",
+                        state::NAMES[st as usize]
+                    );
+                    return Outcome::Pass;
+                }
+                tcp::Verdict::Invalid => {
+                    trace!(tr, i, "firewall", "port {port_name} {dir_name}: {key}: flags {:#04x} seq {} ack {} not valid in {}: drop", seg.flags, seg.seq, seg.ack, state::NAMES[st as usize]);
+                    return Outcome::Drop(DropReason::ConntrackInvalid);
+                }
+            },
+            _ if dir == 1 => state::REPLIED,
+            _ => st,
+        };
+        if dir == 1 {
+            e.flags |= flag::SEEN_REPLY;
+        }
+        let assure = e.flags & flag::ASSURED == 0
+            && ((next == state::ESTABLISHED) || next == state::REPLIED);
+        ct.set_state(idx, next, now);
+        if assure {
+            ct.assure(idx);
+        }
+        trace!(
+            tr,
+            i,
+            "firewall",
+            "port {port_name} {dir_name}: {key}: tracked, {} ({}), allowed",
+            state::NAMES[next as usize],
+            if dir == 0 { "original" } else { "reply" }
+        );
+        return Outcome::Pass;
+    }
+    // A new connection: only some packets may open one, and only if a rule allows it.
+    let liberal = fw.liberal;
+    let (opens, pickup) = match fl.kind {
+        Kind::Tcp(seg) => {
+            let o = tcp::opens(seg.flags);
+            (
+                o || (liberal && tcp::valid_flags(seg.flags) && seg.flags & tcp::RST == 0),
+                !o,
+            )
+        }
+        Kind::Echo(request) => (request, false),
+        _ => (true, false),
+    };
+    if !opens {
+        trace!(tr, i, "firewall", "port {port_name} {dir_name}: {key}: no connection, and this packet cannot open one: drop");
+        return Outcome::Drop(DropReason::ConntrackInvalid);
+    }
+    let remote = if ingress { key.src128() } else { key.dst128() };
+    let Some(rules) = fw.allows(ingress, key.is_v6(), key.proto(), fl.port_key, remote) else {
+        trace!(
+            tr,
+            i,
+            "firewall",
+            "port {port_name} {dir_name}: new {key}: no rule of groups [{}] allows it: drop",
+            fw.group_ids.join(", ")
+        );
+        return Outcome::Drop(denied);
+    };
+    let mut flags = if ingress { flag::INGRESS } else { 0 };
+    if liberal {
+        flags |= flag::LIBERAL;
+    }
+    let first = match fl.kind {
+        Kind::Tcp(_) if pickup => state::ESTABLISHED,
+        Kind::Tcp(_) => state::SYN_SENT,
+        _ => state::UNREPLIED,
+    };
+    let Some(idx) = ct.insert(&key, first, flags, fw.version, now) else {
+        trace!(
+            tr,
+            i,
+            "firewall",
+            "port {port_name} {dir_name}: new {key}: connection table full: drop"
+        );
+        return Outcome::Drop(DropReason::ConntrackFull);
+    };
+    if let (Kind::Tcp(seg), Some(e)) = (fl.kind, ct.entry_mut(idx)) {
+        if pickup {
+            tcp::pick_up(&mut e.tcp, &seg);
+        } else {
+            tcp::open(&mut e.tcp, &seg);
+        }
+    }
+    if pickup {
+        ct.assure(idx);
+    }
+    c.event(crate::counters::Event::ConntrackNew);
+    trace!(
+        tr,
+        i,
+        "firewall",
+        "port {port_name} {dir_name}: new {key} ({}): allowed by rule {}, committed",
+        state::NAMES[first as usize],
+        rules.join(", ")
+    );
+    Outcome::Pass
+}
