@@ -350,6 +350,8 @@ pub struct Handoff<B> {
 }
 
 #[cfg(test)]
+mod firewall_tests;
+#[cfg(test)]
 mod router_tests;
 #[cfg(test)]
 mod tests;

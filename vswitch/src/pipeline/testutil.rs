@@ -163,9 +163,20 @@ pub struct Sink {
     pub sent: Vec<Vec<Vec<u8>>>,
     /// Accept at most this many frames per call (simulates a full tx ring).
     pub limit: Option<usize>,
+    /// Packets handed to another core: (core, packet).
+    pub handoffs: Vec<(u16, super::Handoff<TestBuf>)>,
 }
 
 impl Tx<TestBuf> for Sink {
+    fn handoff(
+        &mut self,
+        core: u16,
+        h: super::Handoff<TestBuf>,
+    ) -> Result<(), super::Handoff<TestBuf>> {
+        self.handoffs.push((core, h));
+        Ok(())
+    }
+
     fn tx(&mut self, port: u16, pkts: &mut [Option<TestBuf>; BURST], n: usize) -> usize {
         if self.sent.len() <= port as usize {
             self.sent.resize(port as usize + 1, Vec::new());

@@ -306,7 +306,8 @@ pub struct Timeouts {
 impl Timeouts {
     pub fn from_config(t: &vswitch_config::ConntrackTimeouts) -> Self {
         let ms = |s: u32| s.saturating_mul(1000);
-        let mut tcp = [0; state::COUNT];
+        // Slots that are not TCP states get the generic timeout: never zero.
+        let mut tcp = [ms(t.generic); state::COUNT];
         tcp[state::SYN_SENT as usize] = ms(t.tcp_syn_sent);
         tcp[state::SYN_SENT2 as usize] = ms(t.tcp_syn_sent);
         tcp[state::SYN_RECV as usize] = ms(t.tcp_syn_recv);
@@ -566,7 +567,10 @@ impl Conntrack {
         let h0 = (e.key.hash() & self.mask) as usize;
         let h1 = (e.key.reverse().hash() & self.mask) as usize;
         self.unchain(h0, idx << 1, e.chain[0]);
-        self.unchain(h1, idx << 1 | 1, e.chain[1]);
+        // Both links may share a bucket, and unlinking the first can rewrite this entry's own
+        // second link: read it again.
+        let after = self.entries.get(idx as usize).map_or(NIL, |e| e.chain[1]);
+        self.unchain(h1, idx << 1 | 1, after);
         if let Some(c) = self.by_state.get_mut(e.state as usize) {
             *c = c.saturating_sub(1);
         }

@@ -1,0 +1,672 @@
+//! Security groups and connection tracking through the whole pipeline: frames built by
+//! etherparse, decisions read from what each port would send and from the counters.
+use super::conntrack::state;
+use super::output::{self, TxBuffers};
+use super::testutil::*;
+use super::{firewall, Batch, CoreState, NoTrace, TraceLog};
+use crate::counters::{DropReason as D, Event as E};
+use crate::packet::TestBuf;
+use crate::tables::Tables;
+
+const IP1: [u8; 4] = [203, 0, 113, 11];
+const IP2: [u8; 4] = [203, 0, 113, 12];
+const IP3: [u8; 4] = [198, 51, 100, 13];
+
+/// vm1 (p1) is in `default` (egress anything; ingress only from `default` members), vm2 (p2)
+/// in `web` (egress anything; ingress TCP 80 and UDP 5000-5010 from anyone), vm3 (p3) in a
+/// stateless group that allows egress UDP and ingress UDP 53 only.
+fn sg_state(extra_rules: &str, p2_groups: &str) -> String {
+    let mut s = STATE
+        .replace(
+            "    mac_address: \"fa:16:3e:00:00:01\"\n",
+            "    mac_address: \"fa:16:3e:00:00:01\"\n    security_groups: [sg-default]\n",
+        )
+        .replace(
+            "    mac_address: \"fa:16:3e:00:00:02\"\n",
+            &format!(
+                "    mac_address: \"fa:16:3e:00:00:02\"\n    security_groups: [{p2_groups}]\n"
+            ),
+        )
+        .replace(
+            "    mac_address: \"fa:16:3e:00:00:03\"\n",
+            "    mac_address: \"fa:16:3e:00:00:03\"\n    security_groups: [sg-stateless]\n",
+        );
+    s.push_str(
+        r#"
+security_groups:
+  - {id: sg-default, name: default}
+  - {id: sg-web, name: web}
+  - {id: sg-stateless, name: stateless, stateful: false}
+security_group_rules:
+  - {id: def-eg4, security_group_id: sg-default, direction: egress, ethertype: IPv4}
+  - {id: def-eg6, security_group_id: sg-default, direction: egress, ethertype: IPv6}
+  - {id: def-in4, security_group_id: sg-default, direction: ingress, ethertype: IPv4, remote_group_id: sg-default}
+  - {id: def-in6, security_group_id: sg-default, direction: ingress, ethertype: IPv6, remote_group_id: sg-default}
+  - {id: web-eg4, security_group_id: sg-web, direction: egress, ethertype: IPv4}
+  - {id: web-http, security_group_id: sg-web, direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: 80, port_range_max: 80}
+  - {id: web-udp, security_group_id: sg-web, direction: ingress, ethertype: IPv4, protocol: udp, port_range_min: 5000, port_range_max: 5010}
+  - {id: sl-eg, security_group_id: sg-stateless, direction: egress, ethertype: IPv4, protocol: udp}
+  - {id: sl-dns, security_group_id: sg-stateless, direction: ingress, ethertype: IPv4, protocol: udp, port_range_min: 53, port_range_max: 53}
+"#,
+    );
+    s.push_str(extra_rules);
+    s
+}
+
+fn sg_tables(extra_rules: &str, p2_groups: &str) -> Tables {
+    tables_from(HOST, &sg_state(extra_rules, p2_groups), &[])
+}
+
+/// A TCP segment built by etherparse.
+#[allow(clippy::too_many_arguments)]
+fn tcp4(
+    src: &str,
+    dst: &str,
+    sip: [u8; 4],
+    dip: [u8; 4],
+    ports: (u16, u16),
+    seq: u32,
+    ack: Option<u32>,
+    flags: &str,
+    len: usize,
+) -> Vec<u8> {
+    let mut b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0)
+        .ipv4(sip, dip, 64)
+        .tcp(ports.0, ports.1, seq, 64000);
+    for f in flags.chars() {
+        b = match f {
+            'S' => b.syn(),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            'P' => b.psh(),
+            _ => b,
+        };
+    }
+    if let Some(a) = ack {
+        b = b.ack(a);
+    }
+    let payload = vec![0x5au8; len];
+    let mut out = Vec::new();
+    b.write(&mut out, &payload).unwrap();
+    out
+}
+
+/// A client's handshake and one data segment each way between (vm, MAC, IP) pairs.
+struct Tcp {
+    c: (u16, &'static str, [u8; 4]),
+    s: (u16, &'static str, [u8; 4]),
+    ports: (u16, u16),
+}
+
+impl Tcp {
+    fn syn(&self) -> Vec<u8> {
+        tcp4(
+            self.c.1, self.s.1, self.c.2, self.s.2, self.ports, 100, None, "S", 0,
+        )
+    }
+    fn syn_ack(&self) -> Vec<u8> {
+        tcp4(
+            self.s.1,
+            self.c.1,
+            self.s.2,
+            self.c.2,
+            (self.ports.1, self.ports.0),
+            9000,
+            Some(101),
+            "S",
+            0,
+        )
+    }
+    fn ack(&self) -> Vec<u8> {
+        tcp4(
+            self.c.1,
+            self.s.1,
+            self.c.2,
+            self.s.2,
+            self.ports,
+            101,
+            Some(9001),
+            "",
+            0,
+        )
+    }
+    fn data_from_client(&self) -> Vec<u8> {
+        tcp4(
+            self.c.1,
+            self.s.1,
+            self.c.2,
+            self.s.2,
+            self.ports,
+            101,
+            Some(9001),
+            "P",
+            100,
+        )
+    }
+    fn data_from_server(&self) -> Vec<u8> {
+        tcp4(
+            self.s.1,
+            self.c.1,
+            self.s.2,
+            self.c.2,
+            (self.ports.1, self.ports.0),
+            9001,
+            Some(201),
+            "P",
+            100,
+        )
+    }
+    /// Handshake plus data; asserts every segment reached the other side.
+    fn run(&self, h: &mut Harness) {
+        let (cv, sv) = (self.c.0, self.s.0);
+        for (from, to, f) in [
+            (cv, sv, self.syn()),
+            (sv, cv, self.syn_ack()),
+            (cv, sv, self.ack()),
+            (cv, sv, self.data_from_client()),
+            (sv, cv, self.data_from_server()),
+        ] {
+            let before = h.sink.on(to).len();
+            h.rx(from, &[f]);
+            assert_eq!(
+                h.sink.on(to).len(),
+                before + 1,
+                "segment {from} -> {to}; drops {:?}",
+                nonzero(h)
+            );
+        }
+    }
+}
+
+fn nonzero(h: &Harness) -> Vec<(&'static str, u64)> {
+    D::ALL
+        .iter()
+        .filter(|r| h.c.dropped(**r) > 0)
+        .map(|r| (r.name(), h.c.dropped(*r)))
+        .collect()
+}
+
+const WEB_80: Tcp = Tcp {
+    c: (VM1, MAC1, IP1),
+    s: (VM2, MAC2, IP2),
+    ports: (40000, 80),
+};
+
+#[test]
+fn default_group_allows_egress_and_replies_but_not_unsolicited_ingress() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    WEB_80.run(&mut h);
+    // One connection, one entry in each instance's zone, both established.
+    assert_eq!(h.s.fw.ct.len(), 2);
+    assert_eq!(h.s.fw.ct.by_state[state::ESTABLISHED as usize], 2);
+    assert_eq!(h.c.count(E::ConntrackNew), 2);
+    // vm2 (not in default) opens a connection to vm1: its egress allows it, vm1's ingress not.
+    let back = Tcp {
+        c: (VM2, MAC2, IP2),
+        s: (VM1, MAC1, IP1),
+        ports: (41000, 22),
+    };
+    h.rx(VM2, &[back.syn()]);
+    assert_eq!(h.c.dropped(D::FirewallIngressDenied), 1);
+    assert_eq!(h.sink.on(VM1).len(), 2, "only the two replies reached vm1");
+    // vm1 -> vm2 on a port web does not open.
+    let ssh = Tcp {
+        c: (VM1, MAC1, IP1),
+        s: (VM2, MAC2, IP2),
+        ports: (40001, 22),
+    };
+    h.rx(VM1, &[ssh.syn()]);
+    assert_eq!(h.c.dropped(D::FirewallIngressDenied), 2);
+    // An ACK for no connection is invalid, not a new connection.
+    h.rx(
+        VM1,
+        &[tcp4(MAC1, MAC2, IP1, IP2, (40002, 80), 5, Some(6), "", 0)],
+    );
+    assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
+    // Per-port counters: vm1 let through 3 segments out and 2 in of the web connection and
+    // the SSH SYN out; it dropped vm2's SYN (ingress) and the stray ACK (egress).
+    assert_eq!(h.s.fw.per_port[VM1 as usize], [3 + 2 + 1, 2]);
+}
+
+#[test]
+fn out_of_window_segments_of_an_established_connection_are_dropped() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    WEB_80.run(&mut h);
+    let far = tcp4(
+        MAC1,
+        MAC2,
+        IP1,
+        IP2,
+        WEB_80.ports,
+        101 + 50_000_000,
+        Some(9101),
+        "P",
+        10,
+    );
+    h.rx(VM1, &[far]);
+    assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
+    // The connection itself is unharmed.
+    let ok = tcp4(MAC1, MAC2, IP1, IP2, WEB_80.ports, 201, Some(9101), "P", 10);
+    let n = h.sink.on(VM2).len();
+    h.rx(VM1, &[ok]);
+    assert_eq!(h.sink.on(VM2).len(), n + 1);
+    // FIN/ACK exchange: both zones move to TIME_WAIT / CLOSE_WAIT-family states.
+    h.rx(
+        VM1,
+        &[tcp4(
+            MAC1,
+            MAC2,
+            IP1,
+            IP2,
+            WEB_80.ports,
+            211,
+            Some(9101),
+            "F",
+            0,
+        )],
+    );
+    assert_eq!(h.s.fw.ct.by_state[state::FIN_WAIT as usize], 2);
+    // A SYN on a closed connection reopens it (judged by the rules again).
+    let reset = tcp4(MAC2, MAC1, IP2, IP1, (80, 40000), 9101, Some(212), "R", 0);
+    h.rx(VM2, &[reset]);
+    assert_eq!(h.s.fw.ct.by_state[state::CLOSE as usize], 2);
+    h.rx(VM1, &[WEB_80.syn()]);
+    assert_eq!(h.s.fw.ct.by_state[state::SYN_SENT as usize], 2);
+}
+
+/// ICMP port unreachable from vm2 for vm1's UDP datagram.
+fn port_unreachable(quoted: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(MAC2).0, mac(MAC1).0)
+        .ipv4(IP2, IP1, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ));
+    let mut out = Vec::new();
+    b.write(&mut out, &quoted[14..]).unwrap();
+    out
+}
+
+#[test]
+fn icmp_errors_about_tracked_connections_are_related_others_invalid() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    let dgram = udp4(MAC1, MAC2, IP1, IP2, 33000, 5001);
+    h.rx(VM1, std::slice::from_ref(&dgram));
+    assert_eq!(h.sink.on(VM2).len(), 1);
+    // vm1's ingress rules allow nothing from vm2, but the error is about vm1's own datagram.
+    h.rx(VM2, &[port_unreachable(&dgram)]);
+    assert_eq!(h.sink.on(VM1).len(), 1, "drops {:?}", nonzero(&h));
+    assert_eq!(
+        h.c.count(E::ConntrackRelated),
+        2,
+        "related in vm2's zone and in vm1's"
+    );
+    // An error quoting a datagram nobody sent is dropped.
+    let other = udp4(MAC1, MAC2, IP1, IP2, 33001, 5001);
+    h.rx(VM2, &[port_unreachable(&other)]);
+    assert_eq!(h.sink.on(VM1).len(), 1);
+    assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
+    // A UDP reply makes the flow replied (established) in both zones.
+    h.rx(VM2, &[udp4(MAC2, MAC1, IP2, IP1, 5001, 33000)]);
+    assert_eq!(h.sink.on(VM1).len(), 2);
+    assert_eq!(h.s.fw.ct.by_state[state::REPLIED as usize], 2);
+}
+
+const SSH_RULE: &str = "  - {id: def-ssh, security_group_id: sg-default, direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: 22, port_range_max: 22, remote_ip_prefix: 203.0.113.12/32}\n";
+
+#[test]
+fn removing_a_rule_cuts_the_connections_it_allowed() {
+    let ssh = Tcp {
+        c: (VM2, MAC2, IP2),
+        s: (VM1, MAC1, IP1),
+        ports: (41000, 22),
+    };
+    let mut h = Harness::with(sg_tables(SSH_RULE, "sg-web"));
+    ssh.run(&mut h);
+    WEB_80.run(&mut h);
+    // The rule goes (a new generation of tables): the next segment is dropped and the
+    // connection removed; the other connection is untouched.
+    h.t = sg_tables("", "sg-web");
+    let n = h.sink.on(VM1).len();
+    h.rx(VM2, &[ssh.data_from_client()]);
+    assert_eq!(h.sink.on(VM1).len(), n);
+    assert_eq!(h.c.dropped(D::FirewallRevoked), 1);
+    assert_eq!(h.s.fw.ct.stats.cut, 1);
+    let m = h.sink.on(VM2).len();
+    h.rx(
+        VM1,
+        &[tcp4(
+            MAC1,
+            MAC2,
+            IP1,
+            IP2,
+            WEB_80.ports,
+            201,
+            Some(9101),
+            "P",
+            10,
+        )],
+    );
+    assert_eq!(h.sink.on(VM2).len(), m + 1, "drops {:?}", nonzero(&h));
+    // The same through the sweep, with no packet: vm1's entry of a re-allowed connection is
+    // cut once the rule is gone again.
+    h.t = sg_tables(SSH_RULE, "sg-web");
+    let ssh2 = Tcp {
+        ports: (41001, 22),
+        ..ssh
+    };
+    ssh2.run(&mut h);
+    let cut = h.s.fw.ct.stats.cut;
+    h.t = sg_tables("", "sg-web");
+    firewall::sweep(&h.t, &mut h.s.fw, 4096);
+    assert_eq!(
+        h.s.fw.ct.stats.cut,
+        cut + 1,
+        "vm1's zone entry; vm2's egress still allows it"
+    );
+}
+
+#[test]
+fn remote_group_rules_follow_membership() {
+    let ssh = Tcp {
+        c: (VM2, MAC2, IP2),
+        s: (VM1, MAC1, IP1),
+        ports: (41000, 22),
+    };
+    // vm2 joins default: default's ingress-from-default now admits it.
+    let mut h = Harness::with(sg_tables("", "sg-web, sg-default"));
+    ssh.run(&mut h);
+    // vm2 leaves: vm1's policy changes (its remote group shrank) and the connection is cut.
+    h.t = sg_tables("", "sg-web");
+    h.rx(VM2, &[ssh.data_from_client()]);
+    assert_eq!(h.c.dropped(D::FirewallRevoked), 1);
+    h.rx(
+        VM2,
+        &[Tcp {
+            ports: (41002, 22),
+            ..ssh
+        }
+        .syn()],
+    );
+    assert_eq!(h.c.dropped(D::FirewallIngressDenied), 1);
+}
+
+#[test]
+fn stateless_groups_match_every_packet_and_track_nothing() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    // vm3 is on another network: talk to the uplink side. Egress UDP passes untracked.
+    h.rx(
+        VM3,
+        &[udp4(
+            MAC3,
+            "fa:16:3e:00:00:77",
+            IP3,
+            [198, 51, 100, 1],
+            5353,
+            53,
+        )],
+    );
+    assert_eq!(h.sink.on(UPLINK).len(), 1, "drops {:?}", nonzero(&h));
+    // A "reply" to a port other than 53 is not allowed: nothing remembers the request.
+    let reply = udp4("fa:16:3e:00:00:77", MAC3, [198, 51, 100, 1], IP3, 53, 5353);
+    h.rx(UPLINK, &[reply]);
+    assert_eq!(h.c.dropped(D::FirewallIngressDenied), 1);
+    h.rx(
+        UPLINK,
+        &[udp4(
+            "fa:16:3e:00:00:77",
+            MAC3,
+            [198, 51, 100, 1],
+            IP3,
+            999,
+            53,
+        )],
+    );
+    assert_eq!(h.sink.on(VM3).len(), 1);
+    // TCP egress is not in the group.
+    h.rx(
+        VM3,
+        &[tcp4(
+            MAC3,
+            "fa:16:3e:00:00:77",
+            IP3,
+            [198, 51, 100, 1],
+            (1, 2),
+            1,
+            None,
+            "S",
+            0,
+        )],
+    );
+    assert_eq!(h.c.dropped(D::FirewallEgressDenied), 1);
+    assert!(h.s.fw.ct.is_empty());
+}
+
+#[test]
+fn arp_nd_and_dhcp_pass_without_rules() {
+    // vm1's default group allows no ingress from vm2, yet ARP between them works.
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    h.rx(VM2, &[arp(MAC2, MAC2, IP2, IP1)]);
+    assert!(!h.sink.on(VM1).is_empty(), "drops {:?}", nonzero(&h));
+    assert_eq!(h.c.dropped(D::FirewallIngressDenied), 0);
+}
+
+#[test]
+fn a_full_table_refuses_new_connections_and_established_ones_keep_flowing() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    // Room for the two zone entries of exactly two connections, no eviction.
+    h.s.fw.ct = super::conntrack::Conntrack::new(4, Default::default(), false);
+    WEB_80.run(&mut h);
+    let second = Tcp {
+        ports: (40001, 80),
+        ..WEB_80
+    };
+    second.run(&mut h);
+    for p in 0..50 {
+        h.rx(
+            VM1,
+            &[Tcp {
+                ports: (50000 + p, 80),
+                ..WEB_80
+            }
+            .syn()],
+        );
+    }
+    assert_eq!(h.c.dropped(D::ConntrackFull), 50);
+    assert_eq!(h.s.fw.ct.len(), 4);
+    let n = h.sink.on(VM2).len();
+    h.rx(
+        VM1,
+        &[tcp4(
+            MAC1,
+            MAC2,
+            IP1,
+            IP2,
+            WEB_80.ports,
+            201,
+            Some(9101),
+            "P",
+            10,
+        )],
+    );
+    assert_eq!(h.sink.on(VM2).len(), n + 1);
+    // With eviction, a flood of SYNs churns through the unestablished slots only.
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    h.s.fw.ct = super::conntrack::Conntrack::new(6, Default::default(), true);
+    WEB_80.run(&mut h);
+    for p in 0..50 {
+        h.rx(
+            VM1,
+            &[Tcp {
+                ports: (50000 + p, 80),
+                ..WEB_80
+            }
+            .syn()],
+        );
+    }
+    assert_eq!(h.s.fw.ct.len(), 6);
+    assert!(h.s.fw.ct.stats.evicted >= 90);
+    let n = h.sink.on(VM2).len();
+    h.rx(
+        VM1,
+        &[tcp4(
+            MAC1,
+            MAC2,
+            IP1,
+            IP2,
+            WEB_80.ports,
+            201,
+            Some(9101),
+            "P",
+            10,
+        )],
+    );
+    assert_eq!(
+        h.sink.on(VM2).len(),
+        n + 1,
+        "the established connection survived the flood"
+    );
+}
+
+#[test]
+fn trace_names_the_rule_and_the_state() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    let mut tr = TraceLog::default();
+    h.rx_traced(VM1, &[WEB_80.syn()], &mut tr);
+    let lines = tr.for_packet(0).join("\n");
+    assert!(lines.contains("egress: new zone 1 tcp 203.0.113.11:40000 -> 203.0.113.12:80 (tcp_syn_sent): allowed by rule def-eg4"), "{lines}");
+    assert!(
+        lines.contains("port vm2 ingress: new zone 2 tcp")
+            && lines.contains("allowed by rule web-http"),
+        "{lines}"
+    );
+}
+
+// --- two cores ------------------------------------------------------------------------------
+
+/// Two workers' state over the same tables, as the runtime runs them, with the hand-off rings
+/// played by the sinks' `handoffs`.
+struct TwoCores {
+    t: Tables,
+    s: [CoreState; 2],
+    sink: Sink,
+    txb: TxBuffers<TestBuf>,
+    c: crate::counters::BatchCounters,
+}
+
+impl TwoCores {
+    fn new(t: Tables) -> Self {
+        let mk = |core: u16| {
+            let h = Harness::with(t.clone());
+            let mut s = h.s;
+            s.fw = firewall::FwCore::new(
+                super::conntrack::Conntrack::new(64, Default::default(), true),
+                core,
+                2,
+            );
+            s
+        };
+        let n = t.ports.len();
+        TwoCores {
+            s: [mk(0), mk(1)],
+            t,
+            sink: Sink::default(),
+            txb: TxBuffers::new(n),
+            c: Default::default(),
+        }
+    }
+
+    /// Receives `frame` on `core`, then lets the owner core finish whatever was handed over.
+    fn rx(&mut self, core: usize, port: u16, frame: Vec<u8>) -> usize {
+        let mut held = Default::default();
+        let mut b: Batch<TestBuf> = Batch::default();
+        b.pkts[0] = Some(TestBuf::new(&frame));
+        b.start(port, 1);
+        super::process(
+            &mut b,
+            &self.t,
+            &mut self.s[core],
+            &mut held,
+            &mut self.c,
+            &mut NoTrace,
+        );
+        output::run(
+            &mut b,
+            &self.t,
+            &mut self.s[core],
+            &mut self.txb,
+            &mut self.sink,
+            &mut self.c,
+            &mut NoTrace,
+        );
+        let mut handed = 0;
+        while let Some((to, h)) = self.sink.handoffs.pop() {
+            handed += 1;
+            let mut b: Batch<TestBuf> = Batch::default();
+            b.pkts[0] = Some(h.p);
+            b.start(h.in_port, 1);
+            let mut m = h.meta;
+            m.next = match m.next {
+                super::Next::Handoff(_, firewall::STAGE_INGRESS, p) => super::Next::Output(p),
+                _ => super::Next::Continue,
+            };
+            b.meta[0] = m;
+            let s = &mut self.s[to as usize];
+            super::resume(
+                &mut b,
+                h.stage,
+                &self.t,
+                s,
+                &mut held,
+                &mut self.c,
+                &mut NoTrace,
+            );
+            output::run(
+                &mut b,
+                &self.t,
+                s,
+                &mut self.txb,
+                &mut self.sink,
+                &mut self.c,
+                &mut NoTrace,
+            );
+        }
+        self.txb.flush(&mut self.sink, &mut self.c);
+        handed
+    }
+}
+
+#[test]
+fn both_directions_meet_on_the_owner_core_whichever_core_receives_them() {
+    let mut x = TwoCores::new(sg_tables("", "sg-web"));
+    // A flow owned by core 1.
+    let key = |sport: u16| {
+        super::conntrack::Key::v4(
+            0,
+            6,
+            u32::from_be_bytes(IP1),
+            u32::from_be_bytes(IP2),
+            sport,
+            80,
+        )
+    };
+    let sport = (40000..41000)
+        .find(|&p| key(p).owner_hash() % 2 == 1)
+        .unwrap();
+    let conn = Tcp {
+        ports: (sport, 80),
+        ..WEB_80
+    };
+    // The SYN arrives on core 0 (which polls vm1): handed to core 1, delivered from there.
+    assert_eq!(x.rx(0, VM1, conn.syn()), 1);
+    assert_eq!(x.sink.on(VM2).len(), 1);
+    // The SYN-ACK arrives on core 0 as well: core 1 finds the connection in its table.
+    assert_eq!(x.rx(0, VM2, conn.syn_ack()), 1);
+    assert_eq!(x.sink.on(VM1).len(), 1);
+    // The ACK arrives on core 1 itself: no hand-off, the handshake completes there.
+    assert_eq!(x.rx(1, VM1, conn.ack()), 0);
+    assert_eq!(x.sink.on(VM2).len(), 2);
+    assert!(x.s[0].fw.ct.is_empty(), "core 0 never tracked it");
+    assert_eq!(x.s[1].fw.ct.by_state[state::ESTABLISHED as usize], 2);
+    assert_eq!(x.c.count(E::ConntrackHandoff), 2);
+    assert!(D::ALL.iter().all(|r| x.c.dropped(*r) == 0));
+}
