@@ -205,26 +205,38 @@ subnets:
 routers:
   - {id: router1, name: router1, distributed: true}
 ports:
-  - {id: port-inst5, network_id: net-selfservice1, mac_address: "fa:16:3e:00:01:15", fixed_ips: [{subnet_id: subnet-selfservice1, ip_address: 198.19.0.15}], "binding:host_id": compute1}
+  - {id: port-inst5, network_id: net-selfservice1, mac_address: "fa:16:3e:00:01:15", fixed_ips: [{subnet_id: subnet-selfservice1, ip_address: 198.19.0.15}], "binding:host_id": compute1, security_groups: [sg-open]}
   - {id: router1-ss1, network_id: net-selfservice1, mac_address: "fa:16:3e:aa:00:01", fixed_ips: [{subnet_id: subnet-selfservice1, ip_address: 198.19.0.1}], device_owner: "network:router_interface_distributed", device_id: router1}
   - {id: router1-ss2, network_id: net-selfservice2, mac_address: "fa:16:3e:aa:00:02", fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.18.0.1}], device_owner: "network:router_interface_distributed", device_id: router1}
-  - {id: port-inst4, network_id: net-selfservice2, mac_address: "fa:16:3e:00:01:14", fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.18.0.11}], "binding:host_id": compute1}
-  - {id: port-remote, network_id: net-selfservice2, mac_address: "fa:16:3e:00:02:22", fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.18.0.22}], "binding:host_id": compute2}
+  - {id: port-inst4, network_id: net-selfservice2, mac_address: "fa:16:3e:00:01:14", fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.18.0.11}], "binding:host_id": compute1, security_groups: [sg-open]}
+  - {id: port-remote, network_id: net-selfservice2, mac_address: "fa:16:3e:00:02:22", fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.18.0.22}], "binding:host_id": compute2, security_groups: [sg-open]}
   - id: port-inst1
     network_id: net-provider1
     mac_address: "fa:16:3e:00:01:11"
     fixed_ips: [{subnet_id: subnet-provider1, ip_address: 203.0.113.11}]
     binding:host_id: compute1
+    security_groups: [sg-open]
   - id: port-inst2
     network_id: net-provider1
     mac_address: "fa:16:3e:00:01:12"
     fixed_ips: [{subnet_id: subnet-provider1, ip_address: 203.0.113.12}]
     binding:host_id: compute1
+    security_groups: [sg-open]
   - id: port-inst3
     network_id: net-flat1
     mac_address: "fa:16:3e:00:01:13"
     fixed_ips: [{subnet_id: subnet-flat1, ip_address: 198.51.100.13}]
     binding:host_id: compute1
+    security_groups: [sg-open]
+# Security groups are enforced on every instance port with port security on; this demo is
+# about switching and routing, so its one group lets everything through (stateful).
+security_groups:
+  - {id: sg-open, name: open}
+security_group_rules:
+  - {id: sg-open-in4, security_group_id: sg-open, direction: ingress, ethertype: IPv4}
+  - {id: sg-open-in6, security_group_id: sg-open, direction: ingress, ethertype: IPv6}
+  - {id: sg-open-out4, security_group_id: sg-open, direction: egress, ethertype: IPv4}
+  - {id: sg-open-out6, security_group_id: sg-open, direction: egress, ethertype: IPv6}
 EOF
 
 # --- vswitchd --------------------------------------------------------------------------------

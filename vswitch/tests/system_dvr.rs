@@ -113,6 +113,7 @@ ports:
       - {{subnet_id: subnet-ss1-v6, ip_address: "{I1_IP6}"}}
     binding:host_id: compute1
     device_owner: compute:nova
+    security_groups: [sg-open]
   - id: port-i2
     network_id: net-selfservice2
     mac_address: "{I2_MAC}"
@@ -121,6 +122,16 @@ ports:
       - {{subnet_id: subnet-ss2-v6, ip_address: "{I2_IP6}"}}
     binding:host_id: {i2_host}
     device_owner: compute:nova
+    security_groups: [sg-open]
+# Everything allowed both ways (security groups are enforced on ports with port security on;
+# these tests are about the routing, not filtering).
+security_groups:
+  - {{id: sg-open, name: open}}
+security_group_rules:
+  - {{id: sg-open-in4, security_group_id: sg-open, direction: ingress, ethertype: IPv4}}
+  - {{id: sg-open-in6, security_group_id: sg-open, direction: ingress, ethertype: IPv6}}
+  - {{id: sg-open-out4, security_group_id: sg-open, direction: egress, ethertype: IPv4}}
+  - {{id: sg-open-out6, security_group_id: sg-open, direction: egress, ethertype: IPv6}}
 hosts:
   - {{host: compute1, vtep_ip: {VTEP1}, dvr_mac: "{DVR1_MAC}"}}
   - {{host: compute2, vtep_ip: {VTEP2}, dvr_mac: "{DVR2_MAC}"}}

@@ -63,18 +63,30 @@ ports:
     fixed_ips: [{subnet_id: subnet-provider1, ip_address: 203.0.113.11}]
     binding:host_id: compute1
     device_owner: compute:nova
+    security_groups: [sg-open]
   - id: port-inst2
     network_id: net-provider1
     mac_address: "fa:16:3e:00:01:12"
     fixed_ips: [{subnet_id: subnet-provider1, ip_address: 203.0.113.12}]
     binding:host_id: compute1
     device_owner: compute:nova
+    security_groups: [sg-open]
   - id: port-inst3
     network_id: net-flat1
     mac_address: "fa:16:3e:00:01:13"
     fixed_ips: [{subnet_id: subnet-flat1, ip_address: 198.51.100.13}]
     binding:host_id: compute1
     device_owner: compute:nova
+    security_groups: [sg-open]
+# Everything allowed both ways (security groups are enforced on ports with port security on;
+# these tests are about switching, not filtering).
+security_groups:
+  - {id: sg-open, name: open}
+security_group_rules:
+  - {id: sg-open-in4, security_group_id: sg-open, direction: ingress, ethertype: IPv4}
+  - {id: sg-open-in6, security_group_id: sg-open, direction: ingress, ethertype: IPv6}
+  - {id: sg-open-out4, security_group_id: sg-open, direction: egress, ethertype: IPv4}
+  - {id: sg-open-out6, security_group_id: sg-open, direction: egress, ethertype: IPv6}
 "#;
 
 /// The topology above with its vswitchd running. Field order matters for drop: vswitchd

@@ -74,12 +74,25 @@ ports:
     fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.51.100.11}]
     binding:host_id: compute1
     device_owner: compute:nova
+    security_groups: [sg-open]
   - id: port-i2
     network_id: net-selfservice2
     mac_address: "fa:16:3e:00:01:22"
     fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.51.100.22}]
     binding:host_id: compute2
     device_owner: compute:nova
+    security_groups: [sg-open]
+# Everything allowed both ways (security groups are enforced on ports with port security on;
+# these tests are about the overlay, not filtering), packet by packet: overlay_rejects_bad_vxlan
+# injects unsolicited ICMP echo replies that must reach i1, which a stateful group would
+# rightly drop as invalid (no echo request was seen).
+security_groups:
+  - {id: sg-open, name: open, stateful: false}
+security_group_rules:
+  - {id: sg-open-in4, security_group_id: sg-open, direction: ingress, ethertype: IPv4}
+  - {id: sg-open-in6, security_group_id: sg-open, direction: ingress, ethertype: IPv6}
+  - {id: sg-open-out4, security_group_id: sg-open, direction: egress, ethertype: IPv4}
+  - {id: sg-open-out6, security_group_id: sg-open, direction: egress, ethertype: IPv6}
 hosts:
   - {host: compute1, vtep_ip: 10.0.0.11, dvr_mac: "fa:16:3f:00:00:11"}
   - {host: compute2, vtep_ip: 10.0.0.12, dvr_mac: "fa:16:3f:00:00:12"}
@@ -122,30 +135,44 @@ ports:
     fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.51.100.11}]
     binding:host_id: compute1
     device_owner: compute:nova
+    security_groups: [sg-open]
   - id: port-b1
     network_id: net-selfservice1
     mac_address: "fa:16:3e:00:02:11"
     fixed_ips: [{subnet_id: subnet-selfservice1, ip_address: 198.18.0.11}]
     binding:host_id: compute1
     device_owner: compute:nova
+    security_groups: [sg-open]
   - id: port-a2
     network_id: net-selfservice2
     mac_address: "fa:16:3e:00:01:22"
     fixed_ips: [{subnet_id: subnet-selfservice2, ip_address: 198.51.100.22}]
     binding:host_id: compute2
     device_owner: compute:nova
+    security_groups: [sg-open]
   - id: port-b2
     network_id: net-selfservice1
     mac_address: "fa:16:3e:00:02:22"
     fixed_ips: [{subnet_id: subnet-selfservice1, ip_address: 198.18.0.22}]
     binding:host_id: compute2
     device_owner: compute:nova
+    security_groups: [sg-open]
   - id: port-c3
     network_id: net-selfservice1
     mac_address: "fa:16:3e:00:02:33"
     fixed_ips: [{subnet_id: subnet-selfservice1, ip_address: 198.18.0.33}]
     binding:host_id: compute3
     device_owner: compute:nova
+    security_groups: [sg-open]
+# Everything allowed both ways (security groups are enforced on ports with port security on;
+# these tests are about the overlay, not filtering).
+security_groups:
+  - {id: sg-open, name: open}
+security_group_rules:
+  - {id: sg-open-in4, security_group_id: sg-open, direction: ingress, ethertype: IPv4}
+  - {id: sg-open-in6, security_group_id: sg-open, direction: ingress, ethertype: IPv6}
+  - {id: sg-open-out4, security_group_id: sg-open, direction: egress, ethertype: IPv4}
+  - {id: sg-open-out6, security_group_id: sg-open, direction: egress, ethertype: IPv6}
 hosts:
   - {host: compute1, vtep_ip: 10.0.0.11, dvr_mac: "fa:16:3f:00:00:11"}
   - {host: compute2, vtep_ip: 10.0.0.12, dvr_mac: "fa:16:3f:00:00:12"}

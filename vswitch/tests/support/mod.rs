@@ -8,9 +8,11 @@
 //!   removed when the next topology is created.
 //! * [`Vswitchd`]: writes `host.toml`/`state.yaml`, starts `ip netns exec <sw> vswitchd`, waits
 //!   for `vswitchd: running`, reads counters ([`Stats`], via SIGUSR1 and the `stats-json:`
-//!   line) and stops it with SIGTERM, checking exit 0 and that no mbuf leaked. Several may
-//!   run in one topology ([`Vswitchd::start_as`], each with its own EAL file prefix);
-//!   [`host_toml_overlay`] adds the VXLAN settings of a host with an overlay port.
+//!   line; conntrack and firewall counters too), reloads a rewritten desired state with
+//!   SIGHUP ([`Vswitchd::reload`]) and stops it with SIGTERM, checking exit 0 and that no
+//!   mbuf leaked. Several may run in one topology ([`Vswitchd::start_as`], each with its own
+//!   EAL file prefix); [`host_toml_overlay`] adds the VXLAN settings of a host with an
+//!   overlay port.
 //! * Traffic and analysis: [`ping`], [`tcp_transfer`] (SHA-256 checked), [`py`] (scapy
 //!   snippets), [`tshark_fields`] (dissects a [`Capture`]'s pcap).
 //!

@@ -1,5 +1,6 @@
 //! Starting, reading and stopping a `vswitchd` under test.
 use std::fs;
+use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -254,6 +255,43 @@ impl Stats {
         }
     }
 
+    /// A connection tracking counter (`"conntrack"` of `stats-json:`): `entries`,
+    /// `capacity`, `new`, `established`, `refused_full`, `evicted`, `expired`, `cut`,
+    /// `related`. Panics when vswitchd printed no such counter.
+    pub fn conntrack(&self, name: &str) -> u64 {
+        self.0["conntrack"][name].as_u64().unwrap_or_else(|| {
+            panic!(
+                "no conntrack counter {name:?} in stats-json (\"conntrack\": {})",
+                self.0["conntrack"]
+            )
+        })
+    }
+
+    /// `self.conntrack(name) - before.conntrack(name)` (for the monotonic counters).
+    pub fn conntrack_delta(&self, before: &Stats, name: &str) -> u64 {
+        self.conntrack(name) - before.conntrack(name)
+    }
+
+    /// The security group counters of instance port `port` (`"firewall"` of `stats-json:`):
+    /// (packets allowed, packets dropped), both directions. Panics when vswitchd lists no
+    /// entry for it (only instance ports with security groups have one).
+    pub fn firewall(&self, port: &str) -> (u64, u64) {
+        let list = self.0["firewall"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no \"firewall\" list in stats-json: {}", self.0));
+        let e = list.iter().find(|e| e["port"] == port).unwrap_or_else(|| {
+            panic!(
+                "no firewall entry for port {port:?} in {}",
+                self.0["firewall"]
+            )
+        });
+        let g = |k: &str| {
+            e[k].as_u64()
+                .unwrap_or_else(|| panic!("firewall entry of {port}: no {k} in {e}"))
+        };
+        (g("allowed"), g("dropped"))
+    }
+
     /// `self.drop(name) - before.drop(name)`.
     pub fn drop_delta(&self, before: &Stats, name: &str) -> u64 {
         self.drop(name) - before.drop(name)
@@ -297,6 +335,8 @@ fn stats_lines(text: &str) -> Vec<&str> {
 /// A vswitchd running inside a namespace.
 pub struct Vswitchd {
     bg: Bg,
+    /// The `--state` file (rewritten by [`Vswitchd::reload`]).
+    state: PathBuf,
 }
 
 impl Vswitchd {
@@ -370,11 +410,106 @@ impl Vswitchd {
             }
             sleep(Duration::from_millis(20));
         }
-        Vswitchd { bg }
+        Vswitchd { bg, state }
     }
 
     pub fn pid(&self) -> u32 {
         self.bg.pid()
+    }
+
+    /// Everything vswitchd printed on stdout so far.
+    pub fn stdout_text(&self) -> String {
+        self.bg.stdout_text()
+    }
+
+    /// vswitchd's resident set size (`VmRSS` of /proc/PID/status), KiB.
+    pub fn vm_rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("cannot read /proc/{}/status: {e}", self.pid()));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{}/status", self.pid()))
+    }
+
+    /// Rewrites the `--state` file with `state_yaml`, sends SIGHUP and waits (10 s at most)
+    /// for vswitchd's answer: returns N of `vswitchd: state reloaded, generation N`; panics
+    /// with what it printed when it answers `vswitchd: reload rejected` instead.
+    pub fn reload(&mut self, state_yaml: &str) -> u64 {
+        match self.reload_outcome(state_yaml) {
+            Ok(generation) => generation,
+            Err(text) => panic!("SIGHUP reload rejected:\n{text}"),
+        }
+    }
+
+    /// As [`Vswitchd::reload`] for a state that must be refused: returns what vswitchd printed
+    /// from `vswitchd: reload rejected` on; panics if it reloaded.
+    pub fn reload_rejected(&mut self, state_yaml: &str) -> String {
+        match self.reload_outcome(state_yaml) {
+            Ok(generation) => {
+                panic!("reload was accepted (generation {generation}), expected a rejection")
+            }
+            Err(text) => text,
+        }
+    }
+
+    fn reload_outcome(&mut self, state_yaml: &str) -> Result<u64, String> {
+        const RELOADED: &str = "vswitchd: state reloaded, generation ";
+        const REJECTED: &str = "vswitchd: reload rejected";
+        // Only complete lines count: the last one may still be being written.
+        fn lines_with(text: &str, prefix: &str) -> Vec<String> {
+            let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            complete
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(str::to_owned)
+                .collect()
+        }
+        // The rejection may be printed on either stream.
+        let rejections = |bg: &Bg| {
+            lines_with(&bg.stdout_text(), REJECTED).len()
+                + lines_with(&bg.stderr_text(), REJECTED).len()
+        };
+        let (reloads0, rejections0) = (
+            lines_with(&self.bg.stdout_text(), RELOADED).len(),
+            rejections(&self.bg),
+        );
+        fs::write(&self.state, state_yaml).expect("rewrite state.yaml");
+        self.bg.signal("HUP");
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reloads = lines_with(&self.bg.stdout_text(), RELOADED);
+            if let Some(line) = reloads.get(reloads0) {
+                let rest = &line[RELOADED.len()..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                return Ok(digits
+                    .parse()
+                    .unwrap_or_else(|_| panic!("no generation number in {line:?}")));
+            }
+            if rejections(&self.bg) > rejections0 {
+                // The problems follow the rejection line; give them a moment to be printed.
+                sleep(Duration::from_millis(200));
+                return Err(format!(
+                    "stdout: {}\nstderr: {}",
+                    self.bg.stdout_text(),
+                    self.bg.stderr_text()
+                ));
+            }
+            assert!(
+                self.bg.running(),
+                "vswitchd died after SIGHUP: {}",
+                self.bg.stderr_text()
+            );
+            assert!(
+                Instant::now() < end,
+                "no \"{RELOADED}N\" or \"{REJECTED}\" line within 10 s of SIGHUP\nstdout: {}\nstderr: {}",
+                self.bg.stdout_text(),
+                self.bg.stderr_text()
+            );
+            sleep(Duration::from_millis(10));
+        }
     }
 
     /// Asks for counters (SIGUSR1) and returns the new `stats-json:` line, parsed.
@@ -407,7 +542,7 @@ impl Vswitchd {
     /// Stops vswitchd with SIGTERM; asserts it exits 0 after printing final counters and
     /// "shutdown: mbufs in use after closing ports: 0 of N". Returns the final counters.
     pub fn stop(self) -> Stats {
-        let Vswitchd { bg } = self;
+        let Vswitchd { bg, .. } = self;
         let (stdout, stderr) = (bg.stdout.clone(), bg.stderr.clone());
         let st = bg.stop("TERM", Duration::from_secs(20));
         let out = fs::read_to_string(&stdout).unwrap_or_default();
