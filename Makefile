@@ -40,6 +40,7 @@ test: provision lint
 bench: build-release
 	python3 perf/bench.py --vswitchd $(VSWITCHD_RELEASE)
 	$(CARGO) run --release -q -p vswitch --example lpm_bench
+	$(CARGO) run --release -q -p vswitch --example conntrack_bench
 
 clean:
 	$(CARGO) clean

@@ -47,6 +47,18 @@ impl HostConfig {
                 format!("{} is out of range 1024..=67108864", ct.capacity),
             );
         }
+        // Each worker's table holds at most 2^23 connections (index slots carry 25-bit links).
+        let per_core = (ct.capacity as usize).div_ceil(self.cores.len().max(1));
+        if per_core > 8_388_608 {
+            out.push(
+                "conntrack.capacity",
+                format!(
+                    "{} connections over {} worker core(s) is {per_core} per core; one core's table holds at most 8388608",
+                    ct.capacity,
+                    self.cores.len().max(1)
+                ),
+            );
+        }
         for (i, name) in ct.liberal_ports.iter().enumerate() {
             match self.port(name) {
                 Some(p) if p.kind == PortKind::Instance => {}

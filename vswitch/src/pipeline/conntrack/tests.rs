@@ -394,7 +394,7 @@ fn full_table_evicts_the_oldest_unestablished_never_an_established_one() {
 #[test]
 fn memory_per_connection_is_at_most_128_bytes() {
     assert!(
-        std::mem::size_of::<Entry>() <= 104,
+        std::mem::size_of::<Entry>() <= 96,
         "{}",
         std::mem::size_of::<Entry>()
     );
@@ -444,8 +444,17 @@ mod prop {
         /// Random inserts, removals and lookups in a small table (many bucket collisions)
         /// agree with a plain map, and every chain stays finite.
         #[test]
-        fn table_agrees_with_a_map(ops in proptest::collection::vec((0u8..3, 0u32..40), 1..400)) {
-            let mut ct = Conntrack::new(16, Timeouts::default(), false);
+        fn table_agrees_with_a_map(
+            ops in proptest::collection::vec((0u8..3, 0u32..60), 1..400),
+            crowded in any::<bool>(),
+        ) {
+            // A crowded index (28 connections = 56 links in 4 x 15 slots) spills over into
+            // neighbouring buckets all the time.
+            let mut ct = if crowded {
+                Conntrack::with_buckets(28, 4)
+            } else {
+                Conntrack::new(28, Timeouts::default(), false)
+            };
             let mut model: std::collections::HashMap<Key, u32> = Default::default();
             for (op, n) in ops {
                 // Half the keys are their own reverse.
