@@ -437,3 +437,62 @@ fn overlay_rules_report_every_problem() {
         "{p:?}"
     );
 }
+
+#[test]
+fn conntrack_rules() {
+    let mut h = compute1();
+    assert_eq!(h.conntrack.capacity, 262_144);
+    assert!(h.conntrack.evict_unestablished);
+    assert_eq!(h.conntrack.timeouts.tcp_established, 432_000);
+    h.conntrack.capacity = 100;
+    h.conntrack.liberal_ports = vec!["uplink".into(), "vm9".into(), "vm1".into()];
+    h.conntrack.timeouts.udp = 0;
+    let p = h.validate();
+    has(
+        &p,
+        "conntrack.capacity",
+        "100 is out of range 1024..=67108864",
+    );
+    has(
+        &p,
+        "conntrack.liberal_ports[0]",
+        "port \"uplink\" is not an instance port; zones belong to instance ports",
+    );
+    has(
+        &p,
+        "conntrack.liberal_ports[1]",
+        "no port is called \"vm9\"",
+    );
+    has(
+        &p,
+        "conntrack.timeouts.udp",
+        "0 s is out of range 1..=1000000",
+    );
+    assert_eq!(p.len(), 4);
+    // One core's table holds at most 2^23 connections.
+    let mut h = compute1();
+    h.conntrack.capacity = 16_777_216;
+    h.cores = vec![1];
+    only(
+        &h.validate(),
+        "conntrack.capacity",
+        "16777216 connections over 1 worker core(s) is 16777216 per core; one core's table holds at most 8388608",
+    );
+    h.cores = vec![1, 2];
+    assert!(h.validate().is_empty());
+    // Parsed from TOML, unknown keys refused like everywhere else.
+    let t = format!(
+        "{MINIMAL}\n[conntrack]\ncapacity = 4096\n[conntrack.timeouts]\ntcp_syn_sent = 5\n"
+    );
+    let h = parse_host_str(&t).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (
+            h.conntrack.capacity,
+            h.conntrack.timeouts.tcp_syn_sent,
+            h.conntrack.timeouts.udp
+        ),
+        (4096, 5, 30)
+    );
+    let bad = format!("{MINIMAL}\n[conntrack]\nsize = 4096\n");
+    assert!(parse_host_str(&bad).is_err());
+}

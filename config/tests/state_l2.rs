@@ -469,3 +469,18 @@ fn duplicate_ids() {
     );
     has(&p, "subnets[0].id", "id must not be empty");
 }
+
+#[test]
+fn stateful_and_stateless_groups_do_not_mix_on_a_port() {
+    let mut s = seed();
+    let mut g = s.security_groups[0].clone();
+    g.id = "sg-stateless".into();
+    g.stateful = false;
+    s.security_groups.push(g);
+    s.ports[1].security_groups.push("sg-stateless".into());
+    only(
+        &s.validate(),
+        "ports[1].security_groups",
+        "stateful and stateless security groups cannot be combined on one port",
+    );
+}

@@ -70,6 +70,8 @@ pub struct Daemon {
     port_macs: Vec<vswitch_config::MacAddr>,
     /// The generation now live.
     generation: u64,
+    /// When the counters were last reported and how many connections had been created.
+    last_new: std::sync::Mutex<(std::time::Instant, u64)>,
 }
 
 impl Daemon {
@@ -153,6 +155,7 @@ impl Daemon {
         let mut daemon = Daemon {
             port_macs: port_macs.clone(),
             generation: 1,
+            last_new: std::sync::Mutex::new((std::time::Instant::now(), 0)),
             lcores: Vec::new(),
             cores,
             publisher,
@@ -217,12 +220,24 @@ impl Daemon {
     /// Prints the counters, the PMDs' own included.
     pub fn report(&self) {
         let driver = self.ports.as_ref().map(driver_stats).unwrap_or_default();
-        report(
-            &self.totals(),
-            &self.port_names(),
-            &driver,
-            &self.publisher.current(),
-        );
+        let mut t = self.totals();
+        // New connections per second since the previous report.
+        let new = t
+            .conntrack
+            .iter()
+            .find(|(n, _)| n == "new")
+            .map_or(0, |x| x.1);
+        let now = std::time::Instant::now();
+        if let Ok(mut last) = self.last_new.lock() {
+            let (at, n) = *last;
+            let secs = now.duration_since(at).as_secs_f64();
+            if secs > 0.0 {
+                let rate = (new.saturating_sub(n) as f64 / secs).round() as u64;
+                t.conntrack.push(("new_per_s".into(), rate));
+            }
+            *last = (now, new);
+        }
+        report(&t, &self.port_names(), &driver, &self.publisher.current());
     }
 
     /// The table publisher (for reloads).
@@ -403,17 +418,27 @@ pub fn report(
         }
         let ct = |k: &str| t.conntrack.iter().find(|(n, _)| n == k).map_or(0, |x| x.1);
         out.push_str(&format!(
-            "conntrack        entries {} of {}, established {}, new {}, refused (full) {}, evicted {}, expired {}, cut {}, related {}\n",
+            "conntrack        entries {} of {}, established {}, new {} ({}/s), refused (full) {}, evicted {}, expired {}, cut {}, related {}\n",
             ct("entries"),
             ct("capacity"),
             ct("established"),
             ct("new"),
+            ct("new_per_s"),
             ct("refused_full"),
             ct("evicted"),
             ct("expired"),
             ct("cut"),
             ct("related"),
         ));
+        let states: Vec<String> = crate::pipeline::conntrack::state::NAMES
+            .iter()
+            .skip(1)
+            .filter(|n| ct(n) > 0)
+            .map(|n| format!("{n} {}", ct(n)))
+            .collect();
+        if !states.is_empty() {
+            out.push_str(&format!("conntrack states {}\n", states.join(", ")));
+        }
     }
     let json = serde_json::json!({
         "ports": names.iter().zip(&t.ports).map(|(n, p)| serde_json::json!({
