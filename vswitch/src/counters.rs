@@ -143,6 +143,9 @@ named_enum! {
         ConntrackFragment => "conntrack.fragment",
         /// The core that owns the connection had no room in its hand-off ring.
         HandoffFull => "conntrack.handoff_full",
+        /// Handed over under tables the owner no longer runs (a reload in between): its
+        /// network index may mean another network now.
+        HandoffStale => "conntrack.handoff_stale",
     }
 }
 

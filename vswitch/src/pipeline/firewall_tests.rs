@@ -601,6 +601,7 @@ impl TwoCores {
         let mut handed = 0;
         while let Some((to, h)) = self.sink.handoffs.pop() {
             handed += 1;
+            assert_eq!(h.generation, self.t.generation);
             let mut b: Batch<TestBuf> = Batch::default();
             b.pkts[0] = Some(h.p);
             b.start(h.in_port, 1);

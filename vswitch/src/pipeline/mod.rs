@@ -347,6 +347,8 @@ pub struct Handoff<B> {
     pub meta: Meta,
     pub in_port: u16,
     pub stage: u8,
+    /// The tables generation its metadata (network index) belongs to.
+    pub generation: u64,
 }
 
 #[cfg(test)]

@@ -166,6 +166,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
                     meta: b.meta[i],
                     in_port,
                     stage,
+                    generation: t.generation,
                 };
                 if let Err(h) = tx.handoff(core, h) {
                     c.drop(DropReason::HandoffFull);

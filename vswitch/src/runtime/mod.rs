@@ -248,6 +248,11 @@ impl Worker {
         // At most one ring's worth per round, so other work is never starved.
         for _ in 0..crate::io::INBOX_SLOTS {
             let Some(h) = q.pop() else { break };
+            if h.generation != tables.generation {
+                drop(h.p);
+                bc.drop(crate::counters::DropReason::HandoffStale);
+                continue;
+            }
             if batch.len > 0
                 && (batch.in_port != h.in_port || stage != h.stage || batch.len == pipeline::BURST)
             {
