@@ -31,6 +31,74 @@ use crate::trace;
 pub const STAGE_EGRESS: u8 = 0;
 pub const STAGE_INGRESS: u8 = 1;
 
+/// Fragments of datagrams whose first fragment was judged, per core: later fragments carry no
+/// transport header, so they follow the first one's verdict (as OVS and VPP treat them),
+/// looked up by zone, addresses, protocol and IP identification. Direct-mapped; an entry lives
+/// [`FRAG_MS`]. A first fragment handed to another core leaves a note here, so the later ones
+/// follow it there, behind it in the same ring.
+#[derive(Debug)]
+pub struct FragCache {
+    slots: Vec<FragEntry>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct FragEntry {
+    key: Key,
+    id: u32,
+    expires: u32,
+    /// [`FRAG_HERE`], or the core the first fragment went to.
+    to: u16,
+    used: bool,
+}
+
+const FRAG_SLOTS: usize = 1024;
+/// How long the fragments of one datagram may trail its first fragment.
+pub const FRAG_MS: u32 = 5000;
+const FRAG_HERE: u16 = u16::MAX;
+
+impl Default for FragCache {
+    fn default() -> Self {
+        FragCache {
+            slots: vec![FragEntry::default(); FRAG_SLOTS],
+        }
+    }
+}
+
+impl FragCache {
+    #[inline]
+    fn slot(k: &Key, id: u32) -> usize {
+        ((k.hash() ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize) & (FRAG_SLOTS - 1)
+    }
+
+    /// The fragment key: ports dropped (later fragments have none).
+    #[inline]
+    fn key(k: &Key) -> Key {
+        let mut k = *k;
+        k.w[4] &= 0xffff_ffff;
+        k
+    }
+
+    fn insert(&mut self, k: &Key, id: u32, to: u16, now: u32) {
+        let k = Self::key(k);
+        if let Some(e) = self.slots.get_mut(Self::slot(&k, id)) {
+            *e = FragEntry {
+                key: k,
+                id,
+                expires: now.wrapping_add(FRAG_MS),
+                to,
+                used: true,
+            };
+        }
+    }
+
+    fn lookup(&self, k: &Key, id: u32, now: u32) -> Option<u16> {
+        let k = Self::key(k);
+        let e = self.slots.get(Self::slot(&k, id))?;
+        (e.used && e.id == id && e.key == k && !super::conntrack::expired(e.expires, now))
+            .then_some(e.to)
+    }
+}
+
 /// Per-core firewall state beside the conntrack table.
 #[derive(Debug)]
 pub struct FwCore {
@@ -45,6 +113,8 @@ pub struct FwCore {
     /// Packets the ingress stage dropped after switching had already counted them as
     /// forwarded (so every packet can still be accounted for exactly once).
     pub ingress_drops: u64,
+    /// Verdicts of first fragments, for the fragments that follow.
+    pub frags: FragCache,
 }
 
 impl FwCore {
@@ -56,6 +126,7 @@ impl FwCore {
             per_port: Vec::new(),
             now: 0,
             ingress_drops: 0,
+            frags: FragCache::default(),
         }
     }
 
@@ -231,11 +302,59 @@ pub fn sweep(t: &Tables, f: &mut FwCore, budget: usize) {
     });
 }
 
-/// Judges one frame for `fw`'s port in one direction.
+/// Judges one frame for `fw`'s port in one direction; fragments follow their first fragment.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn judge<T: Tracer>(
     frame: &[u8],
+    fw: &PortFirewall,
+    ingress: bool,
+    f: &mut FwCore,
+    c: &mut BatchCounters,
+    tr: &mut T,
+    i: usize,
+    t: &Tables,
+) -> Outcome {
+    let fl = flow::parse(frame);
+    let Some(id) = fl.frag else {
+        return judge_flow(&fl, fw, ingress, f, c, tr, i, t);
+    };
+    let key = fl.key.with_zone(fw.zone);
+    if fl.kind == Kind::Fragment {
+        let o = match f.frags.lookup(&key, id, f.now) {
+            Some(FRAG_HERE) => Outcome::Pass,
+            Some(core) if core != f.core => Outcome::Handoff(core),
+            Some(_) => Outcome::Pass,
+            None => Outcome::Drop(DropReason::ConntrackFragment),
+        };
+        trace!(
+            tr,
+            i,
+            "firewall",
+            "fragment id {id} of {key}: {}",
+            match o {
+                Outcome::Pass => "its first fragment passed: allowed".to_string(),
+                Outcome::Handoff(core) =>
+                    format!("its first fragment went to core {core}: hand off"),
+                Outcome::Drop(_) => "no first fragment was judged: drop".to_string(),
+            }
+        );
+        return o;
+    }
+    let o = judge_flow(&fl, fw, ingress, f, c, tr, i, t);
+    match o {
+        Outcome::Pass => f.frags.insert(&key, id, FRAG_HERE, f.now),
+        Outcome::Handoff(core) => f.frags.insert(&key, id, core, f.now),
+        Outcome::Drop(_) => {}
+    }
+    o
+}
+
+/// Judges a parsed frame (not a later fragment).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn judge_flow<T: Tracer>(
+    fl: &Flow,
     fw: &PortFirewall,
     ingress: bool,
     f: &mut FwCore,
@@ -258,7 +377,6 @@ fn judge<T: Tracer>(
     } else {
         DropReason::FirewallEgressDenied
     };
-    let fl = flow::parse(frame);
     let stateless = |fl: &Flow, tr: &mut T| -> Outcome {
         let k = fl.key;
         let remote = if ingress { k.src128() } else { k.dst128() };
@@ -314,8 +432,8 @@ fn judge<T: Tracer>(
             );
             return Outcome::Drop(DropReason::ConntrackFragment);
         }
-        Kind::IcmpOther => return stateless(&fl, tr),
-        _ if !fw.stateful => return stateless(&fl, tr),
+        Kind::IcmpOther => return stateless(fl, tr),
+        _ if !fw.stateful => return stateless(fl, tr),
         _ => {}
     }
     // The connection this frame belongs to (an ICMP error: the one whose packet it quotes).

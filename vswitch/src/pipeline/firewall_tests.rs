@@ -671,3 +671,79 @@ fn both_directions_meet_on_the_owner_core_whichever_core_receives_them() {
     assert_eq!(x.c.count(E::ConntrackHandoff), 2);
     assert!(D::ALL.iter().all(|r| x.c.dropped(*r) == 0));
 }
+
+// --- fragments ------------------------------------------------------------------------------
+
+/// Splits an IPv4 frame's payload at byte `at` (a multiple of 8) into two fragments.
+fn fragment4(frame: &[u8], at: usize, id: u16) -> (Vec<u8>, Vec<u8>) {
+    let ihl = ((frame[14] & 0x0f) as usize) * 4;
+    let payload = &frame[14 + ihl..];
+    assert!(at.is_multiple_of(8) && at < payload.len());
+    let mk = |part: &[u8], offset: usize, more: bool| {
+        let mut f = frame[..14 + ihl].to_vec();
+        f.extend_from_slice(part);
+        let tl = (ihl + part.len()) as u16;
+        f[16..18].copy_from_slice(&tl.to_be_bytes());
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        let flags = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        f[20..22].copy_from_slice(&flags.to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let sum = crate::packet::checksum::checksum(&f[14..14 + ihl]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        f
+    };
+    (mk(&payload[..at], 0, true), mk(&payload[at..], at, false))
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    let big = udp4(MAC1, MAC2, IP1, IP2, 33000, 5001);
+    let (first, rest) = fragment4(&big, 16, 77);
+    h.rx(VM1, &[first, rest]);
+    assert_eq!(h.sink.on(VM2).len(), 2, "drops {:?}", nonzero(&h));
+    // A later fragment whose first fragment never came is dropped.
+    let (_, orphan) = fragment4(&big, 16, 78);
+    h.rx(VM1, &[orphan]);
+    assert_eq!(h.c.dropped(D::ConntrackFragment), 1);
+    // The fragments of a datagram the rules refuse go nowhere either.
+    let denied = udp4(MAC1, MAC2, IP1, IP2, 33000, 6000);
+    let (first, rest) = fragment4(&denied, 16, 79);
+    h.rx(VM1, &[first, rest]);
+    assert_eq!(h.c.dropped(D::FirewallIngressDenied), 1);
+    assert_eq!(h.c.dropped(D::ConntrackFragment), 2);
+    assert_eq!(h.sink.on(VM2).len(), 2);
+    // RFC 1858: a TCP fragment at offset 8 is refused outright.
+    let seg = tcp4(MAC1, MAC2, IP1, IP2, WEB_80.ports, 100, None, "S", 40);
+    let (_, tiny) = fragment4(&seg, 8, 80);
+    h.rx(VM1, &[tiny]);
+    assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
+}
+
+#[test]
+fn fragments_follow_their_first_fragment_to_its_owner_core() {
+    let mut x = TwoCores::new(sg_tables("", "sg-web"));
+    let key = |sport: u16| {
+        super::conntrack::Key::v4(
+            0,
+            17,
+            u32::from_be_bytes(IP1),
+            u32::from_be_bytes(IP2),
+            sport,
+            5001,
+        )
+    };
+    let sport = (40000..41000)
+        .find(|&p| key(p).owner_hash() % 2 == 1)
+        .unwrap();
+    let big = udp4(MAC1, MAC2, IP1, IP2, sport, 5001);
+    let (first, rest) = fragment4(&big, 16, 91);
+    assert_eq!(x.rx(0, VM1, first), 1);
+    assert_eq!(
+        x.rx(0, VM1, rest),
+        1,
+        "the later fragment follows to core 1"
+    );
+    assert_eq!(x.sink.on(VM2).len(), 2);
+    assert!(D::ALL.iter().all(|r| x.c.dropped(*r) == 0));
+}

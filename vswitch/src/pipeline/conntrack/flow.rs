@@ -25,7 +25,8 @@ pub enum Kind {
     IcmpOther,
     /// Any other IP protocol: tracked by addresses.
     Other,
-    /// A non-first IPv4 fragment or an IPv6 fragment: no transport header to track by.
+    /// A non-first fragment (IPv4 or IPv6): no transport header; it follows the verdict of
+    /// its datagram's first fragment (`Flow::frag` holds the identification).
     Fragment,
     /// Truncated or inconsistent headers.
     Malformed,
@@ -39,6 +40,8 @@ pub struct Flow {
     pub kind: Kind,
     /// Destination port, or ICMP type << 8 | code.
     pub port_key: u16,
+    /// The IP identification of a fragment (first or later), else `None`.
+    pub frag: Option<u32>,
 }
 
 impl Flow {
@@ -47,6 +50,7 @@ impl Flow {
             key: Key::default(),
             kind: Kind::Bypass(why),
             port_key: 0,
+            frag: None,
         }
     }
     fn malformed() -> Flow {
@@ -54,6 +58,7 @@ impl Flow {
             key: Key::default(),
             kind: Kind::Malformed,
             port_key: 0,
+            frag: None,
         }
     }
 }
@@ -104,22 +109,33 @@ fn parse_v4(ip: &[u8]) -> Flow {
     let src = be32(ip, 12);
     let dst = be32(ip, 16);
     let frag = be16(ip, 6);
+    let id = be16(ip, 4) as u32;
+    if frag & 0x1fff == 1 && proto == PROTO_TCP {
+        // RFC 1858: a TCP fragment at offset 8 can only be rewriting the first one's flags.
+        return Flow::malformed();
+    }
     if frag & 0x1fff != 0 {
         return Flow {
             key: Key::v4(0, proto, src, dst, 0, 0),
             kind: Kind::Fragment,
             port_key: 0,
+            frag: Some(id),
         };
     }
     let l4 = &ip[hl..tl];
-    if proto == 17 {
+    if proto == 17 && frag & 0x2000 == 0 {
         if let Some(f) = dhcp(l4, 68, 67, 67, 68) {
             return f;
         }
     }
-    transport(proto, l4, false, |sp, dp| {
+    let mut f = transport(proto, l4, false, |sp, dp| {
         Key::v4(0, proto, src, dst, sp, dp)
-    })
+    });
+    if frag & 0x2000 != 0 && f.kind != Kind::Malformed {
+        // The first fragment (more fragments follow): its verdict covers the rest.
+        f.frag = Some(id);
+    }
+    f
 }
 
 /// DHCP client requests and server replies are allowed as Neutron allows them.
@@ -152,6 +168,7 @@ fn parse_v6(ip: &[u8]) -> Flow {
     // Walk the extension headers to the transport header.
     let mut next = ip[6];
     let mut rest = &ip[40..40 + plen];
+    let mut frag = None;
     for _ in 0..crate::packet::ipv6::MAX_EXT_HEADERS {
         match next {
             0 | 43 | 60 => {
@@ -166,16 +183,30 @@ fn parse_v6(ip: &[u8]) -> Flow {
                 rest = &rest[len..];
             }
             44 => {
-                return Flow {
-                    key: Key::v6(0, 44, src, dst, 0, 0),
-                    kind: Kind::Fragment,
-                    port_key: 0,
+                // Fragment header: next header, reserved, offset << 3 | M, identification.
+                if rest.len() < 8 || frag.is_some() {
+                    return Flow::malformed();
                 }
+                let id = be32(rest, 4);
+                let offset = be16(rest, 2) >> 3;
+                let more = be16(rest, 2) & 1 != 0;
+                next = rest[0];
+                if offset != 0 {
+                    return Flow {
+                        key: Key::v6(0, next, src, dst, 0, 0),
+                        kind: Kind::Fragment,
+                        port_key: 0,
+                        frag: Some(id),
+                    };
+                }
+                // An atomic fragment (offset 0, no more) is a whole datagram (RFC 6946).
+                frag = more.then_some(id);
+                rest = &rest[8..];
             }
             _ => break,
         }
     }
-    if next == PROTO_ICMPV6 {
+    if next == PROTO_ICMPV6 && frag.is_none() {
         if let Some(&t) = rest.first() {
             // Neighbor Discovery (RS, RA, NS, NA, redirect) and MLD are always allowed.
             if matches!(t, 130..=137 | 143) {
@@ -183,14 +214,18 @@ fn parse_v6(ip: &[u8]) -> Flow {
             }
         }
     }
-    if next == 17 {
+    if next == 17 && frag.is_none() {
         if let Some(f) = dhcp(rest, 546, 547, 547, 546) {
             return f;
         }
     }
-    transport(next, rest, true, |sp, dp| {
+    let mut f = transport(next, rest, true, |sp, dp| {
         Key::v6(0, next, src, dst, sp, dp)
-    })
+    });
+    if f.kind != Kind::Malformed {
+        f.frag = frag;
+    }
+    f
 }
 
 /// The transport part, shared by both families.
@@ -223,6 +258,7 @@ fn transport(proto: u8, l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> F
                     wscale,
                 }),
                 port_key: dp,
+                frag: None,
             }
         }
         PROTO_UDP | PROTO_SCTP | PROTO_UDPLITE | PROTO_DCCP => {
@@ -234,6 +270,7 @@ fn transport(proto: u8, l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> F
                 key: key(sp, dp),
                 kind: Kind::Ports,
                 port_key: dp,
+                frag: None,
             }
         }
         PROTO_ICMP | PROTO_ICMPV6 if (proto == PROTO_ICMPV6) == v6 => icmp(l4, v6, key),
@@ -241,6 +278,7 @@ fn transport(proto: u8, l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> F
             key: key(0, 0),
             kind: Kind::Other,
             port_key: 0,
+            frag: None,
         },
     }
 }
@@ -259,6 +297,7 @@ fn icmp(l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> Flow {
             key: key(id, id),
             kind: Kind::Echo(t == req),
             port_key,
+            frag: None,
         };
     }
     let error = if v6 {
@@ -271,6 +310,7 @@ fn icmp(l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> Flow {
             key: key(0, 0),
             kind: Kind::IcmpOther,
             port_key,
+            frag: None,
         };
     }
     let inner = &l4[8..];
@@ -284,6 +324,7 @@ fn icmp(l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> Flow {
             key: key(0, 0),
             kind: Kind::Error(k),
             port_key,
+            frag: None,
         },
         None => Flow::malformed(),
     }

@@ -481,3 +481,35 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn ipv6_fragments_are_parsed_to_their_transport_header() {
+    use super::flow::{parse, Kind};
+    // Ethernet + IPv6 (next header 44) + fragment header + UDP 1000 -> 53.
+    let frame = |offset: u16, more: bool| {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        let mut ip = vec![0x60, 0, 0, 0, 0, 16, 44, 64];
+        ip.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        ip.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        f.extend_from_slice(&ip);
+        let om = offset << 3 | more as u16;
+        f.extend_from_slice(&[17, 0, (om >> 8) as u8, om as u8, 0, 0, 0x12, 0x34]);
+        f.extend_from_slice(&[0x03, 0xe8, 0, 53, 0, 8, 0, 0]);
+        f
+    };
+    let first = parse(&frame(0, true));
+    assert_eq!(first.kind, Kind::Ports);
+    assert_eq!(
+        (first.key.sport(), first.key.dport(), first.frag),
+        (1000, 53, Some(0x1234))
+    );
+    let later = parse(&frame(2, false));
+    assert_eq!(
+        (later.kind, later.frag, later.key.proto()),
+        (Kind::Fragment, Some(0x1234), 17)
+    );
+    // An atomic fragment is a whole datagram.
+    let atomic = parse(&frame(0, false));
+    assert_eq!((atomic.kind, atomic.frag), (Kind::Ports, None));
+}
