@@ -132,12 +132,9 @@ impl FwCore {
 
     #[inline(always)]
     fn count(&mut self, port: u16, allowed: bool) {
+        // Sized for every port when the worker starts (never grown here).
         if let Some(c) = self.per_port.get_mut(port as usize) {
             c[!allowed as usize] += 1;
-        } else {
-            // Sized on first use (at most once per port index; not on the steady path).
-            self.per_port.resize(port as usize + 1, [0; 2]);
-            self.per_port[port as usize][!allowed as usize] += 1;
         }
     }
 }

@@ -222,7 +222,7 @@ impl Harness {
 
     pub fn with(t: Tables) -> Self {
         let n = t.ports.len();
-        Self {
+        let mut h = Self {
             t,
             s: CoreState::new(
                 1024,
@@ -239,7 +239,9 @@ impl Harness {
             txb: TxBuffers::new(n),
             held: Default::default(),
             rx_bytes: 0,
-        }
+        };
+        h.s.fw.per_port = vec![[0; 2]; n];
+        h
     }
 
     pub fn rx_traced<T: Tracer>(&mut self, in_port: u16, frames: &[Vec<u8>], tr: &mut T) {
