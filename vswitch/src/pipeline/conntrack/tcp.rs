@@ -205,7 +205,9 @@ pub fn pick_up(peers: &mut [TcpPeer; 2], seg: &Segment) {
 }
 
 /// One segment in direction `dir` (0 original, 1 reply) of a connection in `state`. Updates
-/// the window tracking unless `liberal`, and returns the verdict.
+/// the window tracking unless `liberal`, and returns the verdict. A SYN on a connection in
+/// TIME_WAIT or CLOSE is a new connection: the caller removes the old entry and opens one
+/// (judged by the rules again) instead of calling this.
 pub fn track(
     state: u8,
     dir: u8,
@@ -223,18 +225,6 @@ pub fn track(
         .unwrap_or(IV);
     if next == IV {
         return Verdict::Invalid;
-    }
-    // A SYN re-opening a closed connection starts the window tracking afresh.
-    let reopen =
-        seg.flags & (SYN | ACK) == SYN && matches!(state, TIME_WAIT | CLOSE) && next == SYN_SENT;
-    if reopen {
-        if d == 1 {
-            // The responder re-opens: its side becomes the opener's. Handled by the caller
-            // removing the entry; here only the opener's own re-open is tracked in place.
-            return Verdict::Invalid;
-        }
-        open(peers, seg);
-        return Verdict::Ok(next);
     }
     if next == IG {
         return Verdict::Ignored;
