@@ -251,12 +251,26 @@ pub fn flood_allowed(t: &Tables, port: u16, f: &Flow) -> bool {
     };
     match f.kind {
         Kind::Bypass(_) => true,
+        Kind::Nd(t) if nd_allowed(true, t) => true,
         Kind::Malformed | Kind::Fragment => false,
         _ => {
             let (k, v6) = (f.key, f.key.is_v6());
             fw.allows(true, v6, k.proto(), f.port_key, k.src128())
                 .is_some()
         }
+    }
+}
+
+/// The ICMPv6 types security groups always allow, as Neutron's OVS firewall does: from the
+/// instance MLD reports, router and neighbor solicitations and advertisements; towards it MLD
+/// queries, router advertisements and neighbor solicitations and advertisements.
+#[inline]
+fn nd_allowed(ingress: bool, t: u8) -> bool {
+    match t {
+        130 | 131 | 132 | 143 | 135 | 136 => true,
+        133 => !ingress,
+        134 => ingress,
+        _ => false,
     }
 }
 
@@ -411,6 +425,18 @@ fn judge_flow<T: Tracer>(
             );
             return Outcome::Pass;
         }
+        Kind::Nd(t) if nd_allowed(ingress, t) => {
+            trace!(
+                tr,
+                i,
+                "firewall",
+                "port {port_name} {dir_name}: ICMPv6 type {t} (neighbor discovery / MLD), always allowed this way"
+            );
+            return Outcome::Pass;
+        }
+        // Router advertisements from an instance, solicitations towards one, redirects: only
+        // if a rule says so.
+        Kind::Nd(_) => return stateless(fl, tr),
         Kind::Malformed => {
             trace!(
                 tr,

@@ -747,3 +747,26 @@ fn fragments_follow_their_first_fragment_to_its_owner_core() {
     assert_eq!(x.sink.on(VM2).len(), 2);
     assert!(D::ALL.iter().all(|r| x.c.dropped(*r) == 0));
 }
+
+#[test]
+fn neighbor_discovery_passes_the_ways_neutron_allows() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    // vm1's NS and MLD report reach vm2, whose group has no IPv6 rule at all.
+    h.rx(
+        VM1,
+        &[
+            icmp6(MAC1, "fd00:203::11", 135),
+            icmp6(MAC1, "fd00:203::11", 143),
+        ],
+    );
+    assert_eq!(h.sink.on(VM2).len(), 2, "drops {:?}", nonzero(&h));
+    // A router solicitation may leave vm1 (the provider uplink gets it) but is not
+    // something vm2 accepts without a rule.
+    let up = h.sink.on(UPLINK).len();
+    h.rx(VM1, &[icmp6(MAC1, "fd00:203::11", 133)]);
+    assert_eq!(h.sink.on(UPLINK).len(), up + 1);
+    assert_eq!(h.sink.on(VM2).len(), 2);
+    // A redirect from an instance needs a rule: vm1's default group allows all egress IPv6.
+    h.rx(VM1, &[icmp6(MAC1, "fd00:203::11", 137)]);
+    assert_eq!(h.sink.on(UPLINK).len(), up + 2);
+}

@@ -10,8 +10,11 @@ const PROTO_DCCP: u8 = 33;
 /// What one frame is, for the firewall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Not IP, or IP that security groups always allow (ARP, Neighbor Discovery, MLD, DHCP).
+    /// Not IP, or IP that security groups always allow (ARP, DHCP).
     Bypass(&'static str),
+    /// ICMPv6 Neighbor Discovery or MLD, of this type: allowed in the directions Neutron
+    /// allows it (see `firewall`), else matched against the rules.
+    Nd(u8),
     /// A TCP segment.
     Tcp(Segment),
     /// UDP, SCTP, UDP-Lite, DCCP: tracked by ports, no state machine.
@@ -208,9 +211,14 @@ fn parse_v6(ip: &[u8]) -> Flow {
     }
     if next == PROTO_ICMPV6 && frag.is_none() {
         if let Some(&t) = rest.first() {
-            // Neighbor Discovery (RS, RA, NS, NA, redirect) and MLD are always allowed.
+            // Neighbor Discovery (RS, RA, NS, NA, redirect) and MLD.
             if matches!(t, 130..=137 | 143) {
-                return Flow::bypass("neighbor discovery / mld");
+                return Flow {
+                    key: Key::v6(0, next, src, dst, 0, 0),
+                    kind: Kind::Nd(t),
+                    port_key: (t as u16) << 8 | rest.get(1).copied().unwrap_or(0) as u16,
+                    frag: None,
+                };
             }
         }
     }
