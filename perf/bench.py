@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -228,19 +229,46 @@ class Scenario:
         self.dir = os.path.join(HERE, "scenarios", name)
         with open(os.path.join(self.dir, "scenario.json")) as fh:
             self.meta = json.load(fh)
-        self.output_port: str = self.meta["output_port"]
-        self.input_port: str = self.meta["input_port"]
+        # Input ports replay a pcap each (input_ports[k]: the scenario's stream k); Mpps is the
+        # sum of tx over the output ports (output_ports[k] carries input k's traffic).
+        self.input_ports: List[str] = list(self.meta.get("input_ports") or [self.meta["input_port"]])
+        self.output_ports: List[str] = list(self.meta.get("output_ports") or [self.meta["output_port"]])
         # Events (stage counters) every received frame must raise once, e.g. router.routed.
         self.expect_events: List[str] = list(self.meta.get("expect_events", []))
+        # Events raised a given number of times per flow over the whole replay (e.g.
+        # conntrack.new: 2 per TCP connection, one per zone): flows x n in the verification
+        # run, and none in a measuring window (the steady state opens nothing).
+        self.expect_events_per_flow: Dict[str, int] = dict(self.meta.get("expect_events_per_flow", {}))
+        # conntrack gauges (stats-json "conntrack") expected at both snapshots of a run, per flow.
+        self.expect_conntrack_per_flow: Dict[str, int] = dict(self.meta.get("expect_conntrack_per_flow", {}))
+        # Any drop in a measuring window is a warning (not only recorded).
+        self.no_drops: bool = bool(self.meta.get("no_drops", False))
         self.out = os.path.join(HERE, "out", name)
         os.makedirs(self.out, exist_ok=True)
         if name not in gen_pcap.SCENARIOS:
             raise BenchError(f"scenario {name}: no traffic generator in perf/gen_pcap.py SCENARIOS")
-        self.pcap = os.path.join(self.out, f"{name}.pcap")
-        self.frames = gen_pcap.generate(name, self.pcap, args.frames, args.flows)
         sc = gen_pcap.SCENARIOS[name]
+        self.pcap = os.path.join(self.out, f"{name}.pcap")
+        if sc.streams is not None:
+            if len(sc.stream_names) != len(self.input_ports) or len(self.output_ports) != len(self.input_ports):
+                raise BenchError(f"scenario {name}: gen_pcap.py has {len(sc.stream_names)} streams, "
+                                 f"scenario.json {len(self.input_ports)} input_ports and "
+                                 f"{len(self.output_ports)} output_ports")
+            written = gen_pcap.generate_streams(name, self.pcap, args.frames, args.flows)
+            self.pcaps = [p for p, _ in written]
+            self.input_frames = [n for _, n in written]
+        else:
+            if len(self.input_ports) != 1:
+                raise BenchError(f"scenario {name}: {len(self.input_ports)} input_ports but one stream "
+                                 "in gen_pcap.py")
+            self.pcaps = [self.pcap]
+            self.input_frames = [gen_pcap.generate(name, self.pcap, args.frames, args.flows)]
+        # All input frames of one pass of the pcaps.
+        self.frames = sum(self.input_frames)
         self.flows = args.flows or sc.flows.n_flows
         self.flow_spec = dataclasses.replace(sc.flows, n_flows=self.flows)
+        self.streams = sc.streams
+        self.verify_streams = sc.verify_streams
         self.state_needs = sc.state_needs
         # Checks one output frame of the verification run (None: counters only).
         self.verify = sc.verify
@@ -263,7 +291,10 @@ class Scenario:
 
     def host_toml(self, mem: str, main_core: int, worker_core: int, prefix: str) -> str:
         eal = ", ".join(json.dumps(a) for a in memory_args(mem))
-        text = (self.host_template.replace("@PCAP@", self.pcap)
+        text = self.host_template
+        for k, p in enumerate(self.pcaps):
+            text = text.replace(f"@PCAP{k}@", p)
+        text = (text.replace("@PCAP@", self.pcaps[0])
                 .replace("@MAIN_CORE@", str(main_core))
                 .replace("@WORKER_CORE@", str(worker_core))
                 .replace("@EAL_ARGS@", eal)
@@ -272,6 +303,25 @@ class Scenario:
         if left:
             raise BenchError(f"scenario {self.name}: unknown placeholders {left} in host.toml")
         return text
+
+    def port_devargs(self, text: str) -> List[tuple]:
+        """[(name, devargs), ...] of a filled-in host.toml, in port order (= DPDK port ids,
+        the order testpmd gets the same --vdev's in)."""
+        try:
+            ports = tomllib.loads(text).get("ports", [])
+        except tomllib.TOMLDecodeError as e:
+            raise BenchError(f"scenario {self.name}: host.toml: {e}")
+        out = [(p.get("name"), p.get("devargs")) for p in ports]
+        names = [n for n, _ in out]
+        for n in self.input_ports + self.output_ports:
+            if n not in names:
+                raise BenchError(f"scenario {self.name}: port {n!r} (scenario.json) is not in host.toml")
+        for n, d in out:
+            if n in self.input_ports and not (d or "").startswith("net_pcap") or \
+                    n in self.input_ports and "infinite_rx=1" not in d:
+                raise BenchError(f"scenario {self.name}: input port {n} must be "
+                                 f"'net_pcapN,rx_pcap=@PCAPk@,infinite_rx=1' (is {d!r})")
+        return out
 
 
 def remove_runtime_dir(prefix: str) -> None:
@@ -297,14 +347,29 @@ def event_deltas(s0: Optional[Dict], s1: Dict, names: List[str]) -> Dict[str, Op
     return out
 
 
-def event_mismatches(events: Dict[str, Optional[int]], rx: int, slack: int) -> List[str]:
-    """The expected events that are not raised once per received frame (within `slack`)."""
+def event_mismatches(events: Dict[str, Optional[int]], rx: int, slack: int,
+                     totals: Optional[Dict[str, int]] = None) -> List[str]:
+    """The expected events that are not raised once per received frame (within `slack`), or,
+    those named in `totals`, not exactly that many times (e.g. once per flow)."""
     bad = []
     for n, v in events.items():
+        want = (totals or {}).get(n)
         if v is None:
             bad.append(f"event {n} not in vswitchd's stats-json")
+        elif want is not None:
+            if v != want:
+                bad.append(f"event {n} = {v}, expected {want}")
         elif abs(v - rx) > slack:
             bad.append(f"event {n} = {v}, expected one per received frame ({rx})")
+    return bad
+
+
+def conntrack_mismatches(s: Dict, want: Dict[str, int], when: str) -> List[str]:
+    ct = s.get("conntrack") or {}
+    bad = []
+    for n, v in want.items():
+        if ct.get(n) != v:
+            bad.append(f"conntrack {n} = {ct.get(n)} {when}, expected {v}")
     return bad
 
 
@@ -335,18 +400,24 @@ def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
     tail = "\n".join(p.tail)
 
     port = stats_port
-    tx = port(s1, sc.output_port)["tx_packets"] - port(s0, sc.output_port)["tx_packets"]
-    rx = port(s1, sc.input_port)["rx_packets"] - port(s0, sc.input_port)["rx_packets"]
+    tx = sum(port(s1, n)["tx_packets"] - port(s0, n)["tx_packets"] for n in sc.output_ports)
+    rx = sum(port(s1, n)["rx_packets"] - port(s0, n)["rx_packets"] for n in sc.input_ports)
     drops = {k: v - s0["drops"].get(k, 0) for k, v in s1["drops"].items() if v - s0["drops"].get(k, 0)}
     res: Dict[str, object] = {"mpps": tx / (t1 - t0) / 1e6, "rx_mpps": rx / (t1 - t0) / 1e6}
     if drops:
         res["drops"] = drops
     # The scenario's path, counted: every frame received in the window raises each expected
     # event once. The snapshots are taken while the worker runs (the counters are not read at
-    # one instant), hence the slack.
-    events = event_deltas(s0, s1, sc.expect_events)
+    # one instant), hence the slack. Per-flow events (connections opened) happen in the first
+    # pass only: none in the window.
+    events = event_deltas(s0, s1, sc.expect_events + list(sc.expect_events_per_flow))
     if events:
         res["events"] = events
+    if "conntrack" in s1:
+        ct0, ct1 = s0.get("conntrack", {}), s1["conntrack"]
+        res["conntrack"] = {k: ct1[k] for k in ("entries", "tcp_established", "established") if k in ct1}
+        res["conntrack"].update({f"{k}_delta": ct1[k] - ct0.get(k, 0) for k in ("new", "evicted", "expired", "cut")
+                                 if k in ct1})
     # The PMDs' own counters (vswitchd prints them when it has them): misses and buffer shortages.
     d0 = {e["name"]: e for e in s0.get("driver", [])}
     driver = {}
@@ -359,9 +430,15 @@ def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
     polls = s1.get("busy_polls", 0) - s0.get("busy_polls", 0)
     if polls > 0:
         res["pkts_per_poll"] = round(rx / polls, 1)
-    warnings = event_mismatches(events, rx, slack=1024 + rx // 10000)
+    warnings = event_mismatches(events, rx, slack=1024 + rx // 10000,
+                                totals={n: 0 for n in sc.expect_events_per_flow})
+    want_ct = {n: v * sc.flows for n, v in sc.expect_conntrack_per_flow.items()}
+    warnings += conntrack_mismatches(s0, want_ct, "after the warm-up")
+    warnings += conntrack_mismatches(s1, want_ct, "at the end of the window")
+    if sc.no_drops and drops:
+        warnings.append(f"drops in the measuring window: {drops}")
     if tx == 0:
-        raise BenchError(f"vswitchd forwarded nothing to {sc.output_port} (drops: {drops or 'none'}); "
+        raise BenchError(f"vswitchd forwarded nothing to {', '.join(sc.output_ports)} (drops: {drops or 'none'}); "
                          f"log: {p.log.name}")
     if rc != 0:
         warnings.append(f"vswitchd exited with {rc}")
@@ -382,33 +459,42 @@ def run_testpmd(sc: Scenario, a, mem: str, run: int, mode: str) -> Dict[str, obj
     argv = []
     if shutil.which("stdbuf"):
         argv += ["stdbuf", "-oL"]  # testpmd's stdout is a pipe: keep it line-buffered
+    # The same devices as vswitchd's host.toml, in the same order (testpmd pairs ports 0<->1 in
+    # io and macswap: the l2-style scenarios forward net_pcap0 -> net_null0, two-input ones
+    # forward each pcap port's frames out of the other).
+    devs = sc.port_devargs(sc.host_toml(mem, a.main_core, a.worker_core, prefix))
+    vdevs = []
+    for _, d in devs:
+        vdevs += ["--vdev", d]
+    # Enough buffers for every pcap held in memory (infinite_rx) plus rings and caches.
+    mbufs = max(16384, sc.frames + 8192)
     argv += [a.testpmd, "-l", f"{a.main_core},{a.worker_core}", "--main-lcore", str(a.main_core),
-             "--no-pci", *memory_args(mem), "--file-prefix", prefix,
-             "--vdev", f"net_pcap0,rx_pcap={sc.pcap},infinite_rx=1",
-             "--vdev", "net_null0,no-rx=1",
+             "--no-pci", *memory_args(mem), "--file-prefix", prefix, *vdevs,
              "--", f"--forward-mode={mode}", "--auto-start", "--stats-period", "1",
-             "--total-num-mbufs=16384", "--burst=32"]
-    # The output is port 1 (net_null0): ports are numbered in --vdev order.
-    out_port = 1
+             f"--total-num-mbufs={mbufs}", "--burst=32"]
+    # The output ports' testpmd ids: ports are numbered in --vdev order.
+    out_ports = [k for k, (n, _) in enumerate(devs) if n in sc.output_ports]
     need = int(a.warmup) + int(a.duration)
-    samples: List[int] = []
+    samples: Dict[int, List[int]] = {k: [] for k in out_ports}
     p = Proc(argv, os.path.join(sc.out, f"testpmd-{mode}-run{run}.log"))
     try:
         deadline = time.monotonic() + need + 60
         cur = None
-        while len(samples) < need + 1:
+        while min(len(v) for v in samples.values()) < need + 1:
             m = p.expect(r"NIC statistics for port (\d+)|Tx-pps:\s+(\d+)",
                          timeout=max(1.0, deadline - time.monotonic()))
             if m.group(1) is not None:
                 cur = int(m.group(1))
-            elif cur == out_port:
-                samples.append(int(m.group(2)))
+            elif cur in samples:
+                samples[cur].append(int(m.group(2)))
         p.stop(signal.SIGINT)
     finally:
         p.kill()
         remove_runtime_dir(prefix)
-    # Sample 0 is testpmd's baseline (0); sample k covers about [k, k+1] s after start.
-    window = samples[int(a.warmup): int(a.warmup) + int(a.duration)]
+    # Sample 0 is testpmd's baseline (0); sample k covers about [k, k+1] s after start. The
+    # rate is the sum over the output ports of each port's mean.
+    per_port = [v[int(a.warmup): int(a.warmup) + int(a.duration)] for v in samples.values()]
+    window = [sum(x) for x in zip(*per_port)]
     mpps = sum(window) / len(window) / 1e6
     if mpps == 0:
         raise BenchError(f"testpmd {mode} forwarded nothing; log: {p.log.name}")
@@ -454,16 +540,31 @@ def verify_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
     and, where gen_pcap.py has a checker for the scenario, every frame out be byte for byte the
     one expected. Raises BenchError otherwise; returns the summary kept in the record."""
     prefix = f"vsverify{os.getpid()}"
-    out_pcap = os.path.join(sc.out, "verify-out.pcap")
-    if os.path.exists(out_pcap):
-        os.remove(out_pcap)
     text = sc.host_toml(mem, a.main_core, a.worker_core, prefix)
-    in_dev = f"net_pcap0,rx_pcap={sc.pcap},infinite_rx=1"
-    out_dev = "net_null0,no-rx=1"
-    if text.count(in_dev) != 1 or text.count(out_dev) != 1:
-        raise BenchError(f"scenario {sc.name}: host.toml must carry the devargs "
-                         f"'net_pcap0,rx_pcap=@PCAP@,infinite_rx=1' and {out_dev!r} once each")
-    text = text.replace(in_dev, f"net_pcap0,rx_pcap={sc.pcap}").replace(out_dev, f"net_pcap1,tx_pcap={out_pcap}")
+    # Input ports replay their pcap once; output ports write what they send to a pcap (an
+    # output-only net_null becomes a tx-only net_pcap; a port that is both keeps its rx_pcap).
+    out_pcaps: Dict[str, str] = {}
+    n_pcap = len(sc.input_ports)
+    for name, dev in sc.port_devargs(text):
+        new = dev
+        if name in sc.input_ports:
+            new = new.replace(",infinite_rx=1", "")
+        if name in sc.output_ports:
+            out_pcaps[name] = os.path.join(
+                sc.out, "verify-out.pcap" if len(sc.output_ports) == 1 else f"verify-out-{name}.pcap")
+            if os.path.exists(out_pcaps[name]):
+                os.remove(out_pcaps[name])
+            if name in sc.input_ports:
+                new += f",tx_pcap={out_pcaps[name]}"
+            elif dev == "net_null0,no-rx=1" or dev.startswith("net_null"):
+                new = f"net_pcap{n_pcap},tx_pcap={out_pcaps[name]}"
+                n_pcap += 1
+            else:
+                raise BenchError(f"scenario {sc.name}: output port {name} must be net_null (or an input port)")
+        if new != dev:
+            if text.count(json.dumps(dev)) != 1:
+                raise BenchError(f"scenario {sc.name}: devargs {dev!r} must appear once in host.toml")
+            text = text.replace(json.dumps(dev), json.dumps(new))
     cfg = os.path.join(sc.out, "host-verify.toml")
     with open(cfg, "w") as fh:
         fh.write(text)
@@ -478,10 +579,11 @@ def verify_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
             time.sleep(0.3)
             p.send(signal.SIGUSR1)
             st = json.loads(p.expect(r"^stats-json: (.*)$", timeout=20).group(1))
-            rx = stats_port(st, sc.input_port)["rx_packets"]
-            now = (rx, stats_port(st, sc.output_port)["tx_packets"], sum(st["drops"].values()),
-                   sum(st["events"].values()))
-            if rx >= sc.frames and now == last:
+            rxs = [stats_port(st, n)["rx_packets"] for n in sc.input_ports]
+            rx = sum(rxs)
+            now = (rxs, [stats_port(st, n)["tx_packets"] for n in sc.output_ports],
+                   sum(st["drops"].values()), sum(st["events"].values()))
+            if all(r >= f for r, f in zip(rxs, sc.input_frames)) and now == last:
                 break
             if time.monotonic() > deadline:
                 raise BenchError(f"scenario {sc.name}: verification run: vswitchd received {rx} of "
@@ -491,21 +593,38 @@ def verify_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
     finally:
         p.kill()
         remove_runtime_dir(prefix)
-    tx = stats_port(st, sc.output_port)["tx_packets"]
+    txs = [stats_port(st, n)["tx_packets"] for n in sc.output_ports]
+    tx = sum(txs)
     drops = {k: v for k, v in st["drops"].items() if v}
-    events = event_deltas(None, st, sc.expect_events)
+    events = event_deltas(None, st, sc.expect_events + list(sc.expect_events_per_flow))
     problems = []
-    if rx != sc.frames:
-        problems.append(f"received {rx} frames, the pcap holds {sc.frames}")
-    if tx != rx:
-        problems.append(f"{sc.output_port} sent {tx} of {rx} frames received on {sc.input_port}")
+    for n, r, f in zip(sc.input_ports, rxs, sc.input_frames):
+        if r != f:
+            problems.append(f"received {r} frames on {n}, its pcap holds {f}")
+    for o, i, t, r in zip(sc.output_ports, sc.input_ports, txs, rxs):
+        if t != r:
+            problems.append(f"{o} sent {t} of {r} frames received on {i}")
     if drops:
         problems.append(f"drops {drops}")
-    problems += event_mismatches(events, rx, slack=0)
+    problems += event_mismatches(events, rx, slack=0,
+                                 totals={n: v * sc.flows for n, v in sc.expect_events_per_flow.items()})
+    problems += conntrack_mismatches(
+        st, {n: v * sc.flows for n, v in sc.expect_conntrack_per_flow.items()}, "after one pass")
     if rc != 0:
         problems.append(f"vswitchd exited with {rc}")
     checked = 0
-    if sc.verify is not None and rc == 0:
+    if sc.verify_streams is not None and rc == 0:
+        sent = [read_pcap(p) for p in sc.pcaps]
+        outs = [read_pcap(out_pcaps[n]) for n in sc.output_ports]
+        for o, fr, t in zip(sc.output_ports, outs, txs):
+            if len(fr) != t:
+                problems.append(f"{out_pcaps[o]} holds {len(fr)} frames, vswitchd counted {t} sent")
+        wrong = sc.verify_streams(sent, outs)
+        checked = sum(len(x) for x in outs) if not wrong else 0
+        if wrong:
+            problems.append("frames out are not the expected ones: " + "\n    ".join(wrong[:3]))
+    elif sc.verify is not None and rc == 0:
+        out_pcap = out_pcaps[sc.output_ports[0]]
         out = read_pcap(out_pcap)
         if len(out) != tx:
             problems.append(f"{out_pcap} holds {len(out)} frames, vswitchd counted {tx} sent")
@@ -522,11 +641,18 @@ def verify_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
     if problems:
         raise BenchError(f"scenario {sc.name}: verification run failed (counters and log: "
                          f"{p.log.name}):\n  " + "\n  ".join(problems))
+    ct = {k: st.get("conntrack", {}).get(k) for k in ("entries", "tcp_established", "new")
+          if k in st.get("conntrack", {})} if sc.expect_conntrack_per_flow else {}
     print(f"  [{sc.name} verify] {rx} frames in, {tx} out, no drops"
           + "".join(f", {n} {v}" for n, v in events.items())
-          + (f"; {checked} frames out checked byte for byte ({os.path.relpath(out_pcap, ROOT)})"
-             if sc.verify is not None else ""), flush=True)
-    return {"frames": rx, "tx": tx, "events": events, "frames_checked": checked}
+          + "".join(f", conntrack {n} {v}" for n, v in ct.items())
+          + (f"; {checked} frames out checked byte for byte ("
+             + ", ".join(os.path.relpath(p, ROOT) for p in out_pcaps.values()) + ")"
+             if sc.verify is not None or sc.verify_streams is not None else ""), flush=True)
+    res = {"frames": rx, "tx": tx, "events": events, "frames_checked": checked}
+    if ct:
+        res["conntrack"] = ct
+    return res
 
 
 def pick_memory(a) -> str:
@@ -574,7 +700,7 @@ def bench_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
                     else:
                         raise
                 rec["mpps"] = round(res["mpps"], 3)
-                for k in ("pkts_per_poll", "events", "drops", "driver", "warnings"):
+                for k in ("pkts_per_poll", "events", "conntrack", "drops", "driver", "warnings"):
                     if k in res:
                         rec[k] = res[k]
             else:
@@ -673,7 +799,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for n in names:
             sc = Scenario(n, a)
             print(f"scenario {n}: {sc.frames} frames, {sc.flows} flows, {sc.frame_len + 4}-byte frames "
-                  f"({sc.pcap})", flush=True)
+                  f"({', '.join(os.path.relpath(p, ROOT) for p in sc.pcaps)})", flush=True)
             records.append(bench_scenario(sc, a, mem))
     except BenchError as e:
         print(f"bench: FAILED: {e}", file=sys.stderr)

@@ -65,8 +65,13 @@ ROUTED_VNI = 102                   # selfservice2
 ROUTED_DST_BASE = "198.18.0.32"
 ROUTED_DST_COUNT = 8
 
+# conntrack-established: vm1 (client, group sg-client) opens CT_FLOWS TCP connections to vm2
+# (server, group sg-server) port CT_SERVER_PORT, one per client source port.
+CT_SERVER_PORT = 5001
+
 ETH_IPV4 = 0x0800
 ETH_VLAN = 0x8100
+IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 VXLAN_PORT = 4789
 
@@ -120,6 +125,21 @@ def udp(src_ip: str | int, dst_ip: str | int, sport: int, dport: int, payload: b
     if c == 0:
         c = 0xFFFF  # 0 means "no checksum" in UDP over IPv4
     return h[:6] + struct.pack("!H", c) + payload
+
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+
+def tcp(src_ip: str | int, dst_ip: str | int, sport: int, dport: int, seq: int, ack: int,
+        flags: int, win: int, options: bytes = b"", payload: bytes = b"") -> bytes:
+    """A TCP header (+ options, padded to 32 bits) + payload with a correct checksum."""
+    options += bytes(-len(options) % 4)
+    doff = (20 + len(options)) // 4
+    h = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, doff << 4, flags,
+                    win, 0, 0) + options
+    pseudo = ip_bytes(src_ip) + ip_bytes(dst_ip) + struct.pack("!BBH", 0, IPPROTO_TCP, len(h) + len(payload))
+    c = csum16(pseudo + h + payload)
+    return h[:16] + struct.pack("!H", c) + h[18:] + payload
 
 
 def vxlan(vni: int) -> bytes:
@@ -179,6 +199,15 @@ class Scenario:
     # once (flow k % n_flows, in order): None if right, else what is wrong. bench.py runs it
     # on a verification run before measuring.
     verify: Optional[Callable[[Flows, int, bytes], Optional[str]]] = None
+    # Scenarios with several input ports (one pcap each, replayed side by side): `streams(flows,
+    # frames)` returns one frame list per input port (`frames` each, in the order of
+    # scenario.json's `input_ports`; `build` is then only the typical frame, for `frame_len`),
+    # `stream_names` name the pcaps, and `verify_streams(sent, out)` checks what left the output
+    # ports in a verification run (out[k]: the frames of output_ports[k], which carries input
+    # k's traffic) and returns what is wrong (an empty list if right).
+    streams: Optional[Callable[[Flows, int], List[List[bytes]]]] = None
+    stream_names: tuple = ()
+    verify_streams: Optional[Callable[[List[List[bytes]], List[List[bytes]]], List[str]]] = None
 
 
 def build_l2(f: Flows, i: int) -> bytes:
@@ -261,6 +290,101 @@ def verify_routed_east_west(f: Flows, i: int, out: bytes) -> Optional[str]:
     return verify_vxlan_out(out, routed_inner(f, i), ROUTED_VNI)
 
 
+# --- conntrack-established: TCP connections vm1 (client) <-> vm2 (server) ---------------------
+# Each of the n_flows connections (client source port 49152 + i -> vm2:5001) is, in the pcaps,
+# a handshake and then a short exchange; the client's pcap (vm1) and the server's (vm2) hold
+# `sections` blocks of n_flows frames each, flow i at position i of every block:
+#   block 0: client SYN (MSS, window scale 7, SACK permitted)   | server SYN-ACK (same options)
+#   block 1: client ACK (the handshake's third segment)         | server data (6 bytes)
+#   block k: client data (6 bytes), acking the server's data of  | server data (6 bytes), acking
+#            blocks 1..k-1                                       | the client's of blocks 2..k
+# Replayed side by side (vm1's burst j, then vm2's burst j, in each poll round), every segment
+# follows the one it answers, so the first pass opens and establishes every connection with
+# full sequence/window tracking in both zones. From the second pass on, the SYN and SYN-ACK
+# are retransmissions of an established connection's handshake (accepted, ignored) and every
+# other segment a retransmission inside the window: established traffic both ways.
+CT_PAYLOAD = 6          # bytes per data segment: 54 + 6 = 60-byte frames (64 on the wire)
+CT_WIN = 502            # window field after the handshake (<< 7 = 64256 bytes)
+CT_SYN_WIN = 64240
+CT_SYNACK_WIN = 65160
+CT_WSCALE = 7
+# MSS 1460, NOP, window scale, NOP, NOP, SACK permitted (12 bytes: a 66-byte SYN).
+CT_SYN_OPTS = struct.pack("!BBH", 2, 4, 1460) + bytes([1, 3, 3, CT_WSCALE, 1, 1, 4, 2])
+
+
+def ct_isn(i: int, server: bool) -> int:
+    """Initial sequence numbers: spread over the space (some connections wrap 2^32)."""
+    return ((0xC0FFEE00 if server else 0x5EED0000) + i * (0x85EBCA6B if server else 0x9E3779B1)) & 0xFFFFFFFF
+
+
+def ct_segment(f: Flows, i: int, server: bool, seq: int, ack: int, flags: int, win: int,
+               options: bytes = b"", payload: bytes = b"", ident: int = 0) -> bytes:
+    """One TCP segment of connection i (client vm1 -> server vm2:5001), Ethernet-padded to 60."""
+    dst_ip, sport, dport = f.tuple_of(i)
+    cli, srv = f.src_ip, int(dst_ip)
+    if server:
+        src_mac, dst_mac, src_ip, d_ip, sp, dp = f.dst_mac, f.src_mac, srv, cli, dport, sport
+    else:
+        src_mac, dst_mac, src_ip, d_ip, sp, dp = f.src_mac, f.dst_mac, cli, srv, sport, dport
+    l4 = tcp(src_ip, d_ip, sp, dp, seq, ack, flags, win, options, payload)
+    fr = eth(dst_mac, src_mac, ETH_IPV4) + ipv4(src_ip, d_ip, IPPROTO_TCP, len(l4), ident=ident) + l4
+    return fr + bytes(max(0, f.frame_len - len(fr)))
+
+
+def ct_frame(f: Flows, i: int, server: bool, block: int) -> bytes:
+    """Block `block`'s segment of connection i from the client (vm1) or the server (vm2)."""
+    c0, s0 = ct_isn(i, False), ct_isn(i, True)
+    ident = (block * f.n_flows + i) & 0xFFFF
+    data = bytes([0x40 + block % 64]) * CT_PAYLOAD
+    if block == 0:
+        if server:
+            return ct_segment(f, i, True, s0, c0 + 1, TCP_SYN | TCP_ACK, CT_SYNACK_WIN, CT_SYN_OPTS, ident=ident)
+        return ct_segment(f, i, False, c0, 0, TCP_SYN, CT_SYN_WIN, CT_SYN_OPTS, ident=ident)
+    if server:
+        # Its data of blocks 1..block-1 went before; the client's of blocks 2..block are in.
+        seq = s0 + 1 + CT_PAYLOAD * (block - 1)
+        ack = c0 + 1 + CT_PAYLOAD * max(0, block - 1)
+        return ct_segment(f, i, True, seq, ack, TCP_PSH | TCP_ACK, CT_WIN, payload=data, ident=ident)
+    ack = s0 + 1 + CT_PAYLOAD * (block - 1)
+    if block == 1:
+        return ct_segment(f, i, False, c0 + 1, ack, TCP_ACK, CT_WIN, ident=ident)
+    seq = c0 + 1 + CT_PAYLOAD * (block - 2)
+    return ct_segment(f, i, False, seq, ack, TCP_PSH | TCP_ACK, CT_WIN, payload=data, ident=ident)
+
+
+def ct_streams(f: Flows, frames: int) -> List[List[bytes]]:
+    """[vm1's (client) frames, vm2's (server) frames], `frames` each (a multiple of n_flows,
+    at least 2 blocks: handshake and third ACK)."""
+    if frames % f.n_flows or frames // f.n_flows < 2:
+        raise ValueError(f"conntrack-established: frames ({frames}) must be a multiple (>= 2) of flows "
+                         f"({f.n_flows})")
+    if f.n_flows < 32:
+        raise ValueError("conntrack-established: at least 32 flows (one burst) so the handshake's "
+                         "third ACK comes a poll round after the SYN-ACK")
+    blocks = frames // f.n_flows
+    return [[ct_frame(f, i, server, b) for b in range(blocks) for i in range(f.n_flows)]
+            for server in (False, True)]
+
+
+def build_ct_established(f: Flows, i: int) -> bytes:
+    """The typical frame (frame_len): a client data segment."""
+    return ct_frame(f, i, False, 2)
+
+
+def verify_streams_unchanged(sent: List[List[bytes]], out: List[List[bytes]]) -> List[str]:
+    """Every stream's frames leave by its output port as they came, in order."""
+    problems = []
+    for k, (want, got) in enumerate(zip(sent, out)):
+        if len(got) != len(want):
+            problems.append(f"stream {k}: {len(got)} frames out, {len(want)} sent")
+        wrong = [n for n, (a, b) in enumerate(zip(want, got)) if a != b]
+        if wrong:
+            n = wrong[0]
+            problems.append(f"stream {k}: {len(wrong)} frames differ; first, frame {n}:\n      got      "
+                            f"{got[n].hex()}\n      expected {want[n].hex()}")
+    return problems
+
+
 L2_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=VM2_MAC, src_ip=VM1_IP,
                  dst_ip_base=str(ipaddress.IPv4Network(VM2_BEHIND)[0]))
 
@@ -273,6 +397,10 @@ VXLAN_DECAP_FLOWS = Flows(src_mac=VM2_MAC, dst_mac=VM1_MAC, src_ip=VM2_IP,
 # on compute2, addressed to the selfservice1 gateway's MAC; 8 destinations x 128 dst ports.
 ROUTED_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=GW1_MAC, src_ip=VM1_IP, dst_ip_base=ROUTED_DST_BASE,
                      dst_ip_count=ROUTED_DST_COUNT, dst_port_count=1024 // ROUTED_DST_COUNT)
+
+# conntrack-established: 1024 connections from vm1:49152+i to vm2:5001 (one destination).
+CT_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=VM2_MAC, src_ip=VM1_IP, dst_ip_base=VM2_IP, dst_ip_count=1,
+                 dst_port_base=CT_SERVER_PORT, dst_port_count=1)
 
 SCENARIOS: Dict[str, Scenario] = {
     "l2": Scenario(
@@ -311,7 +439,24 @@ SCENARIOS: Dict[str, Scenario] = {
         + (DVR_MAC_LOCAL, GW2_MAC),
         verify=verify_routed_east_west,
     ),
-    # Planned (see perf/README.md): conntrack-established, fip-inbound, snat-outbound.
+    # Security groups with connection tracking, established TCP both ways: vm1 and vm2 each
+    # replay their side of 1024 connections (two input ports, each the other's output).
+    "conntrack-established": Scenario(
+        name="conntrack-established",
+        description="1024 established TCP connections vm1 (client) <-> vm2:5001 (server), both "
+                    "directions: security groups + conntrack with window tracking in both zones",
+        flows=CT_FLOWS,
+        build=build_ct_established,
+        # 4 blocks: handshake, third ACK + first data, 2 data each way. More blocks would make
+        # the handshake replays rarer but the replay's working set (both pcaps stay in mbufs)
+        # larger, which slows testpmd's reference down more than it dilutes anything here.
+        frames=4096,
+        state_needs=(VM2_IP,),
+        streams=ct_streams,
+        stream_names=("client", "server"),
+        verify_streams=verify_streams_unchanged,
+    ),
+    # Planned (see perf/README.md): fip-inbound, snat-outbound.
 }
 
 
@@ -342,17 +487,40 @@ def frames_for(sc: Scenario, frames: Optional[int] = None, flows: Optional[int] 
 
 
 def generate(name: str, path: str, frames: Optional[int] = None, flows: Optional[int] = None) -> int:
-    """Writes scenario `name`'s pcap to `path`; returns the frame count."""
+    """Writes scenario `name`'s pcap to `path`; returns the frame count. (Scenarios with
+    several streams: `generate_streams`.)"""
     sc = SCENARIOS[name]
+    if sc.streams is not None:
+        raise ValueError(f"scenario {name} has {len(sc.stream_names)} streams: use generate_streams")
     fr = frames_for(sc, frames, flows)
     write_pcap(path, fr)
     return len(fr)
 
 
+def stream_paths(path: str, sc: Scenario) -> List[str]:
+    """`x/name.pcap` -> [`x/name-<stream>.pcap`, ...]."""
+    stem = path[:-5] if path.endswith(".pcap") else path
+    return [f"{stem}-{s}.pcap" for s in sc.stream_names]
+
+
+def generate_streams(name: str, path: str, frames: Optional[int] = None,
+                     flows: Optional[int] = None) -> List[tuple]:
+    """Writes each stream of scenario `name` to its pcap (`stream_paths(path)`); returns
+    [(path, frames), ...] in stream order."""
+    sc = SCENARIOS[name]
+    f = sc.flows if flows is None else replace(sc.flows, n_flows=flows)
+    out = []
+    for p, fr in zip(stream_paths(path, sc), sc.streams(f, sc.frames if frames is None else frames)):
+        write_pcap(p, fr)
+        out.append((p, len(fr)))
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("scenario", nargs="?", help="scenario name (see --list)")
-    ap.add_argument("-o", "--output", help="pcap path (default perf/out/<scenario>.pcap)")
+    ap.add_argument("-o", "--output", help="pcap path (default perf/out/<scenario>.pcap; a scenario with "
+                    "several streams writes <path without .pcap>-<stream>.pcap each)")
     ap.add_argument("--frames", type=int, help="frames in the file (default: the scenario's)")
     ap.add_argument("--flows", type=int, help="distinct 5-tuples (default: the scenario's)")
     ap.add_argument("--list", action="store_true", help="list scenarios")
@@ -368,6 +536,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("--frames must be 1..16384 (net_pcap holds the file in the port's mbuf pool)", file=sys.stderr)
         return 2
     out = a.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"{a.scenario}.pcap")
+    if SCENARIOS[a.scenario].streams is not None:
+        for p, n in generate_streams(a.scenario, out, a.frames, a.flows):
+            print(f"{p}: {n} frames")
+        return 0
     n = generate(a.scenario, out, a.frames, a.flows)
     print(f"{out}: {n} frames")
     return 0
