@@ -20,7 +20,7 @@
 //! without an ingress check: they answer what the instance sent.
 use super::conntrack::flow::{self, Flow, Kind};
 use super::conntrack::{flag, state, tcp, Conntrack, Key};
-use super::{Batch, CoreState, Next, Tracer};
+use super::{Batch, CoreState, Next, Tracer, BURST};
 use crate::counters::{BatchCounters, DropReason};
 use crate::packet::PacketBuf;
 use crate::tables::secgroup::PortFirewall;
@@ -115,7 +115,20 @@ pub struct FwCore {
     pub ingress_drops: u64,
     /// Verdicts of first fragments, for the fragments that follow.
     pub frags: FragCache,
+    /// What the egress check learnt about each packet of the batch, for the ingress check of
+    /// the same packet (same batch index): its connection entry (its parsed flow is in
+    /// [`Flows`]). Bit `i` of `seen` says slot `i` holds this batch's packet `i`; cleared by
+    /// the ingress stage.
+    entries: [u32; BURST],
+    seen: u32,
+    /// Set around one judgement: the entry of the same packet in another zone (a hint), and
+    /// the entry the judgement found or created.
+    hint: u32,
+    last_entry: u32,
 }
+
+/// No connection entry.
+const NO_ENTRY: u32 = u32::MAX;
 
 impl FwCore {
     pub fn new(ct: Conntrack, core: u16, cores: u16) -> Self {
@@ -127,6 +140,10 @@ impl FwCore {
             now: 0,
             ingress_drops: 0,
             frags: FragCache::default(),
+            entries: [NO_ENTRY; BURST],
+            seen: 0,
+            hint: NO_ENTRY,
+            last_entry: NO_ENTRY,
         }
     }
 
@@ -136,6 +153,17 @@ impl FwCore {
         if let Some(c) = self.per_port.get_mut(port as usize) {
             c[!allowed as usize] += 1;
         }
+    }
+}
+
+/// The parsed flow of each packet of a batch, written in place by the firewall stages (kept
+/// beside [`FwCore`], not in it, so a stage can read one while updating the other).
+#[derive(Debug)]
+pub struct Flows(pub [Flow; BURST]);
+
+impl Default for Flows {
+    fn default() -> Self {
+        Flows([flow::MALFORMED; BURST])
     }
 }
 
@@ -172,7 +200,17 @@ pub fn egress<B: PacketBuf, T: Tracer>(
         let Some(p) = b.pkts[i].as_ref() else {
             continue;
         };
-        let o = judge::<T>(p.data(), fw, false, &mut s.fw, c, tr, i, t);
+        let (Some(slot), f) = (s.fw_flows.0.get_mut(i), &mut s.fw) else {
+            continue;
+        };
+        *slot = flow::parse(p.data());
+        f.hint = NO_ENTRY;
+        f.last_entry = NO_ENTRY;
+        let o = judge::<T>(&s.fw_flows.0[i], fw, false, f, c, tr, i, t);
+        if o == Outcome::Pass {
+            f.entries[i] = f.last_entry;
+            f.seen |= 1 << i;
+        }
         apply(b, i, o, in_port, STAGE_EGRESS, &mut s.fw, c);
     }
 }
@@ -200,7 +238,21 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         let Some(p) = b.pkts[i].as_ref() else {
             continue;
         };
-        let o = judge::<T>(p.data(), fw, true, &mut s.fw, c, tr, i, t);
+        let (Some(slot), f) = (s.fw_flows.0.get_mut(i), &mut s.fw) else {
+            continue;
+        };
+        // Judged on its way out of an instance in this batch: parsed already, and its entry
+        // there is a hint to this zone's.
+        let hint = if f.seen & (1 << i) != 0 {
+            f.entries[i]
+        } else {
+            *slot = flow::parse(p.data());
+            NO_ENTRY
+        };
+        f.hint = hint;
+        f.last_entry = NO_ENTRY;
+        let o = judge::<T>(&s.fw_flows.0[i], fw, true, f, c, tr, i, t);
+        f.hint = NO_ENTRY;
         if o == Outcome::Pass {
             s.fw.count(port, true);
             continue;
@@ -210,6 +262,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         }
         apply(b, i, o, port, STAGE_INGRESS, &mut s.fw, c);
     }
+    s.fw.seen = 0;
 }
 
 #[inline(always)]
@@ -317,7 +370,7 @@ pub fn sweep(t: &Tables, f: &mut FwCore, budget: usize) {
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn judge<T: Tracer>(
-    frame: &[u8],
+    fl: &Flow,
     fw: &PortFirewall,
     ingress: bool,
     f: &mut FwCore,
@@ -326,9 +379,13 @@ fn judge<T: Tracer>(
     i: usize,
     t: &Tables,
 ) -> Outcome {
-    let fl = flow::parse(frame);
     let Some(id) = fl.frag else {
-        return judge_flow(&fl, fw, ingress, f, c, tr, i, t);
+        if !T::ON {
+            if let Some(o) = fast_path(fl, fw, f) {
+                return o;
+            }
+        }
+        return judge_flow(fl, fw, ingress, f, c, tr, i, t);
     };
     let key = fl.key.with_zone(fw.zone);
     if fl.kind == Kind::Fragment {
@@ -352,7 +409,7 @@ fn judge<T: Tracer>(
         );
         return o;
     }
-    let o = judge_flow(&fl, fw, ingress, f, c, tr, i, t);
+    let o = judge_flow(fl, fw, ingress, f, c, tr, i, t);
     match o {
         Outcome::Pass => f.frags.insert(&key, id, FRAG_HERE, f.now),
         Outcome::Handoff(core) => f.frags.insert(&key, id, core, f.now),
@@ -361,9 +418,76 @@ fn judge<T: Tracer>(
     o
 }
 
+/// The common case, small enough to stay in registers: a TCP or UDP packet of a tracked
+/// connection admitted under the port's current rules, on the core that owns it. Anything
+/// else (new connections, ICMP, rule changes, hand-offs, tracing) returns `None` having
+/// changed nothing, and goes the general way ([`judge_flow`]).
+#[inline(always)]
+fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore) -> Option<Outcome> {
+    let (seg, is_tcp) = match fl.kind {
+        Kind::Tcp(seg) => (seg, true),
+        Kind::Ports => (tcp::Segment::default(), false),
+        _ => return None,
+    };
+    if !fw.stateful {
+        return None;
+    }
+    let key = fl.key.with_zone(fw.zone);
+    if f.cores > 1 && (key.owner_hash() % f.cores as u64) as u16 != f.core {
+        return None;
+    }
+    let now = f.now;
+    let ct = &mut f.ct;
+    let hit = if f.hint != NO_ENTRY {
+        ct.peer_lookup(f.hint, &key, now)
+    } else {
+        None
+    };
+    let (idx, dir) = match hit {
+        Some(h) => h,
+        None => ct.lookup(&key, now)?,
+    };
+    let e = ct.entry_mut(idx)?;
+    let st = e.state;
+    if e.policy != fw.version
+        || (is_tcp && tcp::opens(seg.flags) && matches!(st, state::TIME_WAIT | state::CLOSE))
+    {
+        return None;
+    }
+    let next = if is_tcp {
+        match tcp::track(st, dir, &mut e.tcp, &seg, e.flags & flag::LIBERAL != 0) {
+            tcp::Verdict::Ok(n) => n,
+            tcp::Verdict::Ignored => {
+                f.last_entry = idx;
+                return Some(Outcome::Pass);
+            }
+            tcp::Verdict::Invalid => return Some(Outcome::Drop(DropReason::ConntrackInvalid)),
+        }
+    } else if dir == 1 {
+        state::REPLIED
+    } else {
+        st
+    };
+    if dir == 1 {
+        e.flags |= flag::SEEN_REPLY;
+    }
+    let assure =
+        e.flags & flag::ASSURED == 0 && (next == state::ESTABLISHED || next == state::REPLIED);
+    let peer = e.peer;
+    ct.set_state(idx, next, now);
+    if assure {
+        ct.assure(idx);
+    }
+    if f.hint != NO_ENTRY && peer != f.hint {
+        ct.link_peers(f.hint, idx);
+    }
+    f.last_entry = idx;
+    Some(Outcome::Pass)
+}
+
 /// Judges a parsed frame (not a later fragment).
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(never)]
 fn judge_flow<T: Tracer>(
     fl: &Flow,
     fw: &PortFirewall,
@@ -497,7 +621,16 @@ fn judge_flow<T: Tracer>(
             }
         };
     }
-    let mut hit = ct.lookup(&key, now);
+    // The same connection in the sender's zone, found by the egress check of this very
+    // packet: its peer link leads here without hashing.
+    let hint = f.hint;
+    let mut hit = match (hint != NO_ENTRY)
+        .then(|| ct.peer_lookup(hint, &key, now))
+        .flatten()
+    {
+        Some(h) => Some(h),
+        None => ct.lookup(&key, now),
+    };
     // A SYN on a closed connection opens a new one (judged by the rules again).
     if let (Some((idx, _)), Kind::Tcp(seg)) = (hit, fl.kind) {
         if tcp::opens(seg.flags)
@@ -555,6 +688,10 @@ fn judge_flow<T: Tracer>(
         if assure {
             ct.assure(idx);
         }
+        if hint != NO_ENTRY && ct.entry(hint).is_some_and(|e| e.peer != idx) {
+            ct.link_peers(hint, idx);
+        }
+        f.last_entry = idx;
         trace!(
             tr,
             i,
@@ -621,6 +758,10 @@ fn judge_flow<T: Tracer>(
     if pickup {
         ct.assure(idx);
     }
+    if hint != NO_ENTRY {
+        ct.link_peers(hint, idx);
+    }
+    f.last_entry = idx;
     c.event(crate::counters::Event::ConntrackNew);
     trace!(
         tr,

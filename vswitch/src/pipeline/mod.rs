@@ -159,6 +159,8 @@ pub struct CoreState {
     pub route_cache: router::RouteCache,
     /// This core's connection table and security-group counters.
     pub fw: firewall::FwCore,
+    /// The firewall stages' parsed flows of the batch in flight.
+    pub fw_flows: firewall::Flows,
 }
 
 /// Local answers to ARP and Neighbor Discovery, in one pass over the batch: the routers'
@@ -269,6 +271,7 @@ impl CoreState {
                 0,
                 1,
             ),
+            fw_flows: Default::default(),
         }
     }
 }

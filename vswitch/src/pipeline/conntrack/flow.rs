@@ -47,6 +47,14 @@ pub struct Flow {
     pub frag: Option<u32>,
 }
 
+/// A placeholder flow (scratch arrays).
+pub const MALFORMED: Flow = Flow {
+    key: Key { w: [0; 5] },
+    kind: Kind::Malformed,
+    port_key: 0,
+    frag: None,
+};
+
 impl Flow {
     fn bypass(why: &'static str) -> Flow {
         Flow {
@@ -76,7 +84,7 @@ fn be32(d: &[u8], at: usize) -> u32 {
 }
 
 /// Parses an untagged Ethernet frame.
-#[inline]
+#[inline(always)]
 pub fn parse(frame: &[u8]) -> Flow {
     if frame.len() < ETH {
         return Flow::malformed();
@@ -103,7 +111,7 @@ fn v4_bounds(ip: &[u8]) -> Option<(usize, usize)> {
     Some((hl, tl))
 }
 
-#[inline]
+#[inline(always)]
 fn parse_v4(ip: &[u8]) -> Flow {
     let Some((hl, tl)) = v4_bounds(ip) else {
         return Flow::malformed();

@@ -244,18 +244,25 @@ impl Key {
     }
 
     /// Hash of this direction (the index bucket): every input bit reaches every output bit
-    /// (multiply-rotate rounds, then murmur3's 64-bit finaliser), since the bucket is taken
-    /// from the low bits and ports sit in the high bits of the last word.
+    /// (folded 64 x 64 -> 128-bit multiplies, as foldhash and aHash use: the high half folded
+    /// into the low one carries every input bit both ways), since the bucket is taken from
+    /// the low bits, the tag from the high ones, and ports sit in the high bits of the last
+    /// word. Three independent multiplies and one to combine them: a short dependency chain.
     #[inline(always)]
     pub fn hash(&self) -> u64 {
-        let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
-        for w in self.w {
-            h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(29);
+        #[inline(always)]
+        fn fold(a: u64, b: u64) -> u64 {
+            let p = (a as u128).wrapping_mul(b as u128);
+            (p as u64) ^ ((p >> 64) as u64)
         }
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^= h >> 33;
-        h
+        let w = &self.w;
+        let a = fold(w[0] ^ 0x243f_6a88_85a3_08d3, w[1] ^ 0x1319_8a2e_0370_7344);
+        let b = fold(w[2] ^ 0xa409_3822_299f_31d0, w[3] ^ 0x082e_fa98_ec4e_6c89);
+        let c = fold(w[4] ^ 0x4528_21e6_38d0_1377, 0xbe54_66cf_34e9_0c6c);
+        fold(
+            a ^ b.rotate_left(23) ^ 0xc0ac_29b7_c97c_50dd,
+            c ^ 0x9216_d5d9_8979_fb1b,
+        )
     }
 
     /// Whether this key is `o` reversed, without building the reversed key.
@@ -345,6 +352,9 @@ pub struct Entry {
     /// The security policy version that admitted it (see `tables::secgroup`).
     pub policy: u32,
     pub tcp: [TcpPeer; 2],
+    /// The same connection's entry in another zone (between two instances of this host), a
+    /// hint checked by key before use: the ingress check finds it without a second lookup.
+    pub peer: u32,
     pub state: u8,
     pub flags: u8,
 }
@@ -536,10 +546,16 @@ impl Conntrack {
         let mut b = (h & self.mask) as usize;
         for _ in 0..self.buckets.len() {
             let bucket = self.buckets.get(b)?;
-            for &sl in &bucket.slot {
-                if sl & !LINK_MASK != tag || sl == 0 {
-                    continue;
-                }
+            // The slots whose tag matches, as a bit mask: no branch per slot (the compiler
+            // turns this into vector compares).
+            let mut m = 0u32;
+            for (j, &sl) in bucket.slot.iter().enumerate() {
+                m |= ((((sl & !LINK_MASK) == tag) & (sl != 0)) as u32) << j;
+            }
+            while m != 0 {
+                let j = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let sl = bucket.slot[j];
                 let link = (sl & LINK_MASK) - 1;
                 let (idx, dir) = (link >> 1, (link & 1) as u8);
                 let Some(e) = self.entries.get(idx as usize) else {
@@ -597,6 +613,36 @@ impl Conntrack {
         }
     }
 
+    /// The connection `k` through the peer hint of entry `idx` (its entry in another zone),
+    /// without hashing: (entry, direction), or `None` when the hint does not hold (then look
+    /// it up).
+    #[inline]
+    pub fn peer_lookup(&self, idx: u32, k: &Key, now: u32) -> Option<(u32, u8)> {
+        let p = self.entries.get(idx as usize)?.peer;
+        let e = self.entries.get(p as usize)?;
+        if e.state == state::FREE || expired(e.expires, now) {
+            return None;
+        }
+        if e.key == *k {
+            Some((p, 0))
+        } else if e.key.eq_reverse(k) {
+            Some((p, 1))
+        } else {
+            None
+        }
+    }
+
+    /// Records that `a` and `b` are one connection in two zones.
+    #[inline]
+    pub fn link_peers(&mut self, a: u32, b: u32) {
+        if let Some(e) = self.entries.get_mut(a as usize) {
+            e.peer = b;
+        }
+        if let Some(e) = self.entries.get_mut(b as usize) {
+            e.peer = a;
+        }
+    }
+
     /// Creates a connection whose first packet had key `k`, in state `st`. When the table is
     /// full, evicts the oldest not-yet-assured entry if allowed, else refuses (`None`).
     pub fn insert(&mut self, k: &Key, st: u8, flags: u8, policy: u32, now: u32) -> Option<u32> {
@@ -614,6 +660,7 @@ impl Conntrack {
             expires: now.wrapping_add(self.timeouts.of(k.proto(), st)),
             policy,
             tcp: [TcpPeer::default(); 2],
+            peer: NIL,
             state: st,
             flags: flags & !flag::LISTED,
         };
