@@ -13,6 +13,7 @@
 pub mod eal;
 pub mod error;
 pub mod ethdev;
+pub mod hint;
 pub mod mbuf;
 pub mod mempool;
 pub mod sys;

@@ -120,10 +120,13 @@ pub struct FwCore {
     /// [`Flows`]). Bit `i` of `seen` says slot `i` holds this batch's packet `i`; cleared by
     /// the ingress stage.
     entries: [u32; BURST],
+    /// The connection key hash of each packet, computed before the judgements (0: none).
+    hashes: [u64; BURST],
     seen: u32,
-    /// Set around one judgement: the entry of the same packet in another zone (a hint), and
-    /// the entry the judgement found or created.
+    /// Set around one judgement: the entry of the same packet in another zone (a hint), its
+    /// key's hash if known (0: compute it), and the entry the judgement found or created.
     hint: u32,
+    hash: u64,
     last_entry: u32,
 }
 
@@ -141,8 +144,10 @@ impl FwCore {
             ingress_drops: 0,
             frags: FragCache::default(),
             entries: [NO_ENTRY; BURST],
+            hashes: [0; BURST],
             seen: 0,
             hint: NO_ENTRY,
+            hash: 0,
             last_entry: NO_ENTRY,
         }
     }
@@ -193,6 +198,9 @@ pub fn egress<B: PacketBuf, T: Tracer>(
     else {
         return;
     };
+    // Parse every frame and start loading its index bucket first, so the lookups of the
+    // batch overlap.
+    let mut parsed = 0u32;
     for i in 0..b.len {
         if b.meta[i].next != Next::Continue {
             continue;
@@ -204,12 +212,35 @@ pub fn egress<B: PacketBuf, T: Tracer>(
             continue;
         };
         *slot = flow::parse(p.data());
+        let h = match slot.kind {
+            Kind::Tcp(_) | Kind::Ports if fw.stateful && slot.frag.is_none() => {
+                let h = slot.key.with_zone(fw.zone).hash();
+                f.ct.touch(h);
+                h
+            }
+            _ => 0,
+        };
+        f.hashes[i] = h;
+        parsed |= 1 << i;
+    }
+
+    for i in 0..b.len {
+        if parsed & (1 << i) == 0 {
+            continue;
+        }
+        let f = &mut s.fw;
         f.hint = NO_ENTRY;
+        f.hash = f.hashes[i];
         f.last_entry = NO_ENTRY;
         let o = judge::<T>(&s.fw_flows.0[i], fw, false, f, c, tr, i, t);
+        f.hash = 0;
         if o == Outcome::Pass {
             f.entries[i] = f.last_entry;
             f.seen |= 1 << i;
+            // The same connection's entry in the receiver's zone is needed a few stages on.
+            if let Some(e) = f.ct.entry(f.last_entry) {
+                f.ct.touch_entry(e.peer);
+            }
         }
         apply(b, i, o, in_port, STAGE_EGRESS, &mut s.fw, c);
     }
@@ -445,6 +476,7 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore) -> Option<Outcome> {
     };
     let (idx, dir) = match hit {
         Some(h) => h,
+        None if f.hash != 0 => ct.lookup_hashed(&key, f.hash, now)?,
         None => ct.lookup(&key, now)?,
     };
     let e = ct.entry_mut(idx)?;

@@ -541,7 +541,30 @@ impl Conntrack {
     /// expired entry found on the way is removed and not returned.
     #[inline]
     pub fn lookup(&mut self, k: &Key, now: u32) -> Option<(u32, u8)> {
-        let h = k.hash();
+        self.lookup_hashed(k, k.hash(), now)
+    }
+
+    /// Starts loading the index bucket of hash `h` (a batch computes every hash first, so the
+    /// loads overlap instead of each lookup waiting for its own).
+    #[inline(always)]
+    pub fn touch(&self, h: u64) {
+        if let Some(b) = self.buckets.get((h & self.mask) as usize) {
+            vswitch_ffi::hint::prefetch(b);
+        }
+    }
+
+    /// Starts loading an entry (the other zone's entry of a connection, needed a few stages
+    /// later).
+    #[inline(always)]
+    pub fn touch_entry(&self, idx: u32) {
+        if let Some(e) = self.entries.get(idx as usize) {
+            vswitch_ffi::hint::prefetch(e);
+        }
+    }
+
+    /// [`lookup`](Self::lookup) with the key's hash already computed.
+    #[inline]
+    pub fn lookup_hashed(&mut self, k: &Key, h: u64, now: u32) -> Option<(u32, u8)> {
         let tag = tag_of(h);
         let mut b = (h & self.mask) as usize;
         for _ in 0..self.buckets.len() {
