@@ -770,3 +770,52 @@ fn neighbor_discovery_passes_the_ways_neutron_allows() {
     h.rx(VM1, &[icmp6(MAC1, "fd00:203::11", 137)]);
     assert_eq!(h.sink.on(UPLINK).len(), up + 2);
 }
+
+#[test]
+fn the_peer_link_between_zones_is_only_a_hint() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    WEB_80.run(&mut h);
+    // Both zones' entries point at each other.
+    let zone1: Vec<_> =
+        h.s.fw
+            .ct
+            .iter()
+            .filter(|(_, e)| e.key.zone() == 1)
+            .map(|(i, e)| (i, e.peer))
+            .collect();
+    let zone2: Vec<_> =
+        h.s.fw
+            .ct
+            .iter()
+            .filter(|(_, e)| e.key.zone() == 2)
+            .map(|(i, e)| (i, e.peer))
+            .collect();
+    assert_eq!((zone1.len(), zone2.len()), (1, 1));
+    assert_eq!((zone1[0].1, zone2[0].1), (zone2[0].0, zone1[0].0));
+    // vm2's zone loses the connection (flushed); its slot is taken by another connection.
+    assert_eq!(h.s.fw.ct.flush(Some(2)), 1);
+    let other = Tcp {
+        ports: (40009, 80),
+        ..WEB_80
+    };
+    h.rx(VM1, &[other.syn()]);
+    // vm1's entry still points at the reused slot: the key check refuses it, and vm2's
+    // zone, which no longer knows the connection, drops the segment as invalid.
+    let n = h.sink.on(VM2).len();
+    h.rx(
+        VM1,
+        &[tcp4(
+            MAC1,
+            MAC2,
+            IP1,
+            IP2,
+            WEB_80.ports,
+            201,
+            Some(9101),
+            "P",
+            10,
+        )],
+    );
+    assert_eq!(h.sink.on(VM2).len(), n);
+    assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
+}
