@@ -145,8 +145,15 @@ networks:
 subnets:
   - {id: s1, name: s1, network_id: net1, cidr: 203.0.113.0/24, ip_version: 4}
 ports:
-  - {id: p1, network_id: net1, mac_address: "fa:16:3e:00:00:01", fixed_ips: [{subnet_id: s1, ip_address: 203.0.113.11}]}
-  - {id: p2, network_id: net1, mac_address: "fa:16:3e:00:00:02", fixed_ips: [{subnet_id: s1, ip_address: 203.0.113.12}]}
+  - {id: p1, network_id: net1, mac_address: "fa:16:3e:00:00:01", fixed_ips: [{subnet_id: s1, ip_address: 203.0.113.11}], security_groups: [sg-open]}
+  - {id: p2, network_id: net1, mac_address: "fa:16:3e:00:00:02", fixed_ips: [{subnet_id: s1, ip_address: 203.0.113.12}], security_groups: [sg-open]}
+# Port security needs a security group; this test is about the DPDK plumbing, so it lets
+# everything through (stateful: the frames are tracked).
+security_groups:
+  - {id: sg-open, name: open}
+security_group_rules:
+  - {id: open-in, security_group_id: sg-open, direction: ingress, ethertype: IPv4}
+  - {id: open-out, security_group_id: sg-open, direction: egress, ethertype: IPv4}
 "#;
     std::fs::write(p("host.toml"), host).unwrap();
     std::fs::write(p("state.yaml"), state).unwrap();
