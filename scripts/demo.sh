@@ -21,7 +21,9 @@
 # two networks, the VLAN 101 host reaching an instance (tcpdump shows the tag), spoofed frames
 # dropped and counted, VXLAN to a Linux kernel VTEP (ping, TCP, tcpdump shows VNI 101),
 # distributed routing (gateway ping, routed ping/TCP, tracepath's one hop, TTL exceeded, and a
-# routed frame reaching compute2 with this host's DVR MAC as source), vswitchd's counters, and a clean shutdown (exit 0, no mbuf leaked).
+# routed frame reaching compute2 with this host's DVR MAC as source), security groups changed
+# live by SIGHUP (ICMP refused and counted, an allowed TCP port works, replies tracked),
+# vswitchd's counters, and a clean shutdown (exit 0, no mbuf leaked).
 # Everything it creates is removed on exit, also on failure or Ctrl-C. Prints "DEMO OK" or
 # "DEMO FAILED: <step>"; exits 0 only if every step worked.
 set -euo pipefail
@@ -434,13 +436,64 @@ tcpdump -r "$WORK/remote.pcap" -e -n -v -t 2>/dev/null | head -n 2 | cut -c1-170
 tcpdump -r "$WORK/remote.pcap" -e -n -v -t 2>/dev/null | grep -q '^fa:16:3f:00:00:11 > fa:16:3e:00:02:22.*ttl 63' \
   || die "the routed frame did not arrive with this host's DVR MAC and TTL 63"
 
+# --- security groups -------------------------------------------------------------------------
+# reload: vswitchd re-reads $WORK/state.yaml on SIGHUP and says which generation went live.
+reload() {
+  local n
+  n=$(grep -c 'state reloaded' "$WORK/vswitchd.out" || true)
+  kill -HUP "$VS_PID"
+  for _ in $(seq 100); do
+    [ "$(grep -c 'state reloaded' "$WORK/vswitchd.out" || true)" -gt "$n" ] && break
+    grep -q 'reload rejected' "$WORK/vswitchd.out" && die "$(grep -A5 'reload rejected' "$WORK/vswitchd.out")"
+    sleep 0.05
+  done
+  info "$(grep 'state reloaded' "$WORK/vswitchd.out" | tail -n 1)"
+}
+STEP="security groups"
+heading "10. Security groups: inst2 moves to group web (egress any; ingress TCP 5001 from 203.0.113.0/24), SIGHUP"
+cp "$WORK/state.yaml" "$WORK/state-open.yaml"
+"$PY" - "$WORK/state-open.yaml" "$WORK/state.yaml" <<'EOF'
+import sys
+text = open(sys.argv[1]).read()
+head, sep, tail = text.partition("  - id: port-inst2\n")
+block, rest = tail.split("security_groups: [sg-open]", 1)
+text = head + sep + block + "security_groups: [sg-web]" + rest
+text = text.replace("security_groups:\n  - {id: sg-open, name: open}\n",
+                    "security_groups:\n  - {id: sg-open, name: open}\n  - {id: sg-web, name: web}\n")
+text += """  - {id: web-out4, security_group_id: sg-web, direction: egress, ethertype: IPv4}
+  - {id: web-out6, security_group_id: sg-web, direction: egress, ethertype: IPv6}
+  - {id: web-5001, security_group_id: sg-web, direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: 5001, port_range_max: 5001, remote_ip_prefix: 203.0.113.0/24}
+"""
+open(sys.argv[2], "w").write(text)
+EOF
+reload
+counters; denied0=$(drop firewall.ingress_denied)
+info "inst1 pings inst2: no rule allows ICMP into inst2"
+if nsx "$I1" ping -n -c 3 -i 0.2 -W 1 203.0.113.12 >"$WORK/sg-ping.txt" 2>&1; then
+  cat "$WORK/sg-ping.txt"; die "inst2's group let ICMP in"
+fi
+info "$(grep -E 'transmitted' "$WORK/sg-ping.txt")  (expected: no reply)"
+counters; denied1=$(drop firewall.ingress_denied)
+info "firewall.ingress_denied +$((denied1 - denied0))"
+[ $((denied1 - denied0)) -ge 3 ] || die "the refused echo requests were not counted"
+info "inst1 -> inst2 TCP 5001 (allowed by rule web-5001), 16 MiB, SHA-256 checked"
+transfer "$I2" 203.0.113.12 "$I1" $((16 << 20))
+[ "$sent_n" = "$got_n" ] && [ "$sent_h" = "$got_h" ] || die "data differs through the security group"
+info "TCP: $got_n bytes, SHA-256 equal; the replies passed as part of the tracked connection"
+info "inst2 pings inst1: its own egress is open and the echo replies are tracked"
+nsx "$I2" ping -n -c 2 -i 0.2 -W 1 203.0.113.11 | grep -E 'transmitted' | sed 's/^/    /'
+info "back to the open group (SIGHUP); inst1 pings inst2 again"
+cp "$WORK/state-open.yaml" "$WORK/state.yaml"
+reload
+nsx "$I1" ping -n -c 2 -i 0.2 -W 1 203.0.113.12 | grep -E 'transmitted' | sed 's/^/    /'
+
 # --- counters and shutdown -------------------------------------------------------------------
 STEP="counters"
-heading "10. vswitchd counters (kill -USR1)"
+heading "11. vswitchd counters (kill -USR1)"
 counters print
 
 STEP="shutdown"
-heading "11. Stop vswitchd (SIGTERM): exit 0 and every mbuf returned"
+heading "12. Stop vswitchd (SIGTERM): exit 0 and every mbuf returned"
 kill -TERM "$VS_PID"
 rc=0; wait "$VS_PID" || rc=$?
 VS_PID=""
