@@ -255,6 +255,9 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
     c: &mut BatchCounters,
     tr: &mut T,
 ) {
+    // First pass: parse what the egress check did not, and start loading each frame's index
+    // bucket (frames with a peer hint had their entry prefetched by the egress check).
+    let mut todo = 0u32;
     for i in 0..b.len {
         let Next::Output(port) = b.meta[i].next else {
             continue;
@@ -272,17 +275,47 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         let (Some(slot), f) = (s.fw_flows.0.get_mut(i), &mut s.fw) else {
             continue;
         };
+        todo |= 1 << i;
+        f.hashes[i] = 0;
+        if f.seen & (1 << i) != 0 {
+            continue;
+        }
+        *slot = flow::parse(p.data());
+        if let Kind::Tcp(_) | Kind::Ports = slot.kind {
+            if fw.stateful && slot.frag.is_none() {
+                let h = slot.key.with_zone(fw.zone).hash();
+                f.ct.touch(h);
+                f.hashes[i] = h;
+            }
+        }
+    }
+    for i in 0..b.len {
+        if todo & (1 << i) == 0 {
+            continue;
+        }
+        let Next::Output(port) = b.meta[i].next else {
+            continue;
+        };
+        let Some(fw) = t
+            .ports
+            .get(port as usize)
+            .and_then(|p| p.firewall.as_deref())
+        else {
+            continue;
+        };
+        let f = &mut s.fw;
         // Judged on its way out of an instance in this batch: parsed already, and its entry
         // there is a hint to this zone's.
         let hint = if f.seen & (1 << i) != 0 {
             f.entries[i]
         } else {
-            *slot = flow::parse(p.data());
             NO_ENTRY
         };
         f.hint = hint;
+        f.hash = f.hashes[i];
         f.last_entry = NO_ENTRY;
         let o = judge::<T>(&s.fw_flows.0[i], fw, true, f, c, tr, i, t);
+        f.hash = 0;
         f.hint = NO_ENTRY;
         if o == Outcome::Pass {
             s.fw.count(port, true);
