@@ -139,14 +139,11 @@ fn parse_v4(ip: &[u8]) -> Flow {
             return f;
         }
     }
-    let mut f = transport(proto, l4, false, |sp, dp| {
+    // A first fragment (more fragments follow): its verdict covers the rest.
+    let first = (frag & 0x2000 != 0).then_some(id);
+    transport(proto, l4, false, first, |sp, dp| {
         Key::v4(0, proto, src, dst, sp, dp)
-    });
-    if frag & 0x2000 != 0 && f.kind != Kind::Malformed {
-        // The first fragment (more fragments follow): its verdict covers the rest.
-        f.frag = Some(id);
-    }
-    f
+    })
 }
 
 /// DHCP client requests and server replies are allowed as Neutron allows them.
@@ -235,18 +232,22 @@ fn parse_v6(ip: &[u8]) -> Flow {
             return f;
         }
     }
-    let mut f = transport(next, rest, true, |sp, dp| {
+    transport(next, rest, true, frag, |sp, dp| {
         Key::v6(0, next, src, dst, sp, dp)
-    });
-    if f.kind != Kind::Malformed {
-        f.frag = frag;
-    }
-    f
+    })
 }
 
-/// The transport part, shared by both families.
+/// The transport part, shared by both families; `frag` is the identification of a first
+/// fragment (kept unless the header is malformed). Built in place as the return value: the
+/// flow is not copied after (that copy stalled the fast path on store forwarding).
 #[inline(always)]
-fn transport(proto: u8, l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> Flow {
+fn transport(
+    proto: u8,
+    l4: &[u8],
+    v6: bool,
+    frag: Option<u32>,
+    key: impl Fn(u16, u16) -> Key,
+) -> Flow {
     match proto {
         PROTO_TCP => {
             if l4.len() < 20 {
@@ -274,7 +275,7 @@ fn transport(proto: u8, l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> F
                     wscale,
                 }),
                 port_key: dp,
-                frag: None,
+                frag,
             }
         }
         PROTO_UDP | PROTO_SCTP | PROTO_UDPLITE | PROTO_DCCP => {
@@ -286,21 +287,21 @@ fn transport(proto: u8, l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> F
                 key: key(sp, dp),
                 kind: Kind::Ports,
                 port_key: dp,
-                frag: None,
+                frag,
             }
         }
-        PROTO_ICMP | PROTO_ICMPV6 if (proto == PROTO_ICMPV6) == v6 => icmp(l4, v6, key),
+        PROTO_ICMP | PROTO_ICMPV6 if (proto == PROTO_ICMPV6) == v6 => icmp(l4, v6, frag, key),
         _ => Flow {
             key: key(0, 0),
             kind: Kind::Other,
             port_key: 0,
-            frag: None,
+            frag,
         },
     }
 }
 
 #[inline]
-fn icmp(l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> Flow {
+fn icmp(l4: &[u8], v6: bool, frag: Option<u32>, key: impl Fn(u16, u16) -> Key) -> Flow {
     if l4.len() < 8 {
         return Flow::malformed();
     }
@@ -313,7 +314,7 @@ fn icmp(l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> Flow {
             key: key(id, id),
             kind: Kind::Echo(t == req),
             port_key,
-            frag: None,
+            frag,
         };
     }
     let error = if v6 {
@@ -326,7 +327,7 @@ fn icmp(l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> Flow {
             key: key(0, 0),
             kind: Kind::IcmpOther,
             port_key,
-            frag: None,
+            frag,
         };
     }
     let inner = &l4[8..];
@@ -340,7 +341,7 @@ fn icmp(l4: &[u8], v6: bool, key: impl Fn(u16, u16) -> Key) -> Flow {
             key: key(0, 0),
             kind: Kind::Error(k),
             port_key,
-            frag: None,
+            frag,
         },
         None => Flow::malformed(),
     }
