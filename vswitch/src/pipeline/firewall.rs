@@ -172,6 +172,28 @@ impl Default for Flows {
     }
 }
 
+/// The security groups of port `port`, if it has any.
+#[inline(always)]
+fn port_fw(t: &Tables, port: u16) -> Option<&PortFirewall> {
+    t.ports
+        .get(port as usize)
+        .and_then(|p| p.firewall.as_deref())
+}
+
+/// The hash a tracked frame's lookup will need, computed ahead with its index bucket
+/// prefetched (0: the frame takes no lookup on the fast path).
+#[inline(always)]
+fn prefetch_lookup(ct: &Conntrack, fl: &Flow, fw: &PortFirewall) -> u64 {
+    match fl.kind {
+        Kind::Tcp(_) | Kind::Ports if fw.stateful && fl.frag.is_none() => {
+            let h = fl.key.with_zone(fw.zone).hash();
+            ct.touch(h);
+            h
+        }
+        _ => 0,
+    }
+}
+
 /// A decision about one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -191,11 +213,7 @@ pub fn egress<B: PacketBuf, T: Tracer>(
     tr: &mut T,
 ) {
     let in_port = b.in_port;
-    let Some(fw) = t
-        .ports
-        .get(in_port as usize)
-        .and_then(|p| p.firewall.as_deref())
-    else {
+    let Some(fw) = port_fw(t, in_port) else {
         return;
     };
     // Parse every frame and start loading its index bucket first, so the lookups of the
@@ -212,15 +230,7 @@ pub fn egress<B: PacketBuf, T: Tracer>(
             continue;
         };
         *slot = flow::parse(p.data());
-        let h = match slot.kind {
-            Kind::Tcp(_) | Kind::Ports if fw.stateful && slot.frag.is_none() => {
-                let h = slot.key.with_zone(fw.zone).hash();
-                f.ct.touch(h);
-                h
-            }
-            _ => 0,
-        };
-        f.hashes[i] = h;
+        f.hashes[i] = prefetch_lookup(&f.ct, slot, fw);
         parsed |= 1 << i;
     }
 
@@ -262,11 +272,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         let Next::Output(port) = b.meta[i].next else {
             continue;
         };
-        let Some(fw) = t
-            .ports
-            .get(port as usize)
-            .and_then(|p| p.firewall.as_deref())
-        else {
+        let Some(fw) = port_fw(t, port) else {
             continue;
         };
         let Some(p) = b.pkts[i].as_ref() else {
@@ -281,13 +287,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
             continue;
         }
         *slot = flow::parse(p.data());
-        if let Kind::Tcp(_) | Kind::Ports = slot.kind {
-            if fw.stateful && slot.frag.is_none() {
-                let h = slot.key.with_zone(fw.zone).hash();
-                f.ct.touch(h);
-                f.hashes[i] = h;
-            }
-        }
+        f.hashes[i] = prefetch_lookup(&f.ct, slot, fw);
     }
     for i in 0..b.len {
         if todo & (1 << i) == 0 {
@@ -296,11 +296,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         let Next::Output(port) = b.meta[i].next else {
             continue;
         };
-        let Some(fw) = t
-            .ports
-            .get(port as usize)
-            .and_then(|p| p.firewall.as_deref())
-        else {
+        let Some(fw) = port_fw(t, port) else {
             continue;
         };
         let f = &mut s.fw;
@@ -359,11 +355,7 @@ fn apply<B: PacketBuf>(
 /// Whether a flooded copy (broadcast, multicast, unknown unicast) may go to an instance port:
 /// such traffic opens no connection, so it is matched against the port's ingress rules alone.
 pub fn flood_allowed(t: &Tables, port: u16, f: &Flow) -> bool {
-    let Some(fw) = t
-        .ports
-        .get(port as usize)
-        .and_then(|p| p.firewall.as_deref())
-    else {
+    let Some(fw) = port_fw(t, port) else {
         return true;
     };
     match f.kind {
@@ -418,10 +410,8 @@ pub fn sweep(t: &Tables, f: &mut FwCore, budget: usize) {
     let now = f.now;
     f.ct.sweep(now, budget, |e| {
         let zone = e.key.zone();
-        let fw = (zone as usize)
-            .checked_sub(1)
-            .and_then(|p| t.ports.get(p))
-            .and_then(|p| p.firewall.as_deref());
+        // A zone is its port's index + 1.
+        let fw = zone.checked_sub(1).and_then(|p| port_fw(t, p));
         match fw {
             Some(fw) if fw.version == e.policy => Some(e.policy),
             Some(fw) if still_allowed(fw, e) => Some(fw.version),
