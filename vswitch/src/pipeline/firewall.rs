@@ -229,7 +229,7 @@ pub fn egress<B: PacketBuf, T: Tracer>(
         let (Some(slot), f) = (s.fw_flows.0.get_mut(i), &mut s.fw) else {
             continue;
         };
-        *slot = flow::parse(p.data());
+        flow::parse_into(p.data(), slot);
         f.hashes[i] = prefetch_lookup(&f.ct, slot, fw);
         parsed |= 1 << i;
     }
@@ -286,7 +286,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         if f.seen & (1 << i) != 0 {
             continue;
         }
-        *slot = flow::parse(p.data());
+        flow::parse_into(p.data(), slot);
         f.hashes[i] = prefetch_lookup(&f.ct, slot, fw);
     }
     for i in 0..b.len {

@@ -513,3 +513,67 @@ fn ipv6_fragments_are_parsed_to_their_transport_header() {
     let atomic = parse(&frame(0, false));
     assert_eq!((atomic.kind, atomic.frag), (Kind::Ports, None));
 }
+
+mod parse_prop {
+    use super::super::flow::{parse, parse_into, MALFORMED};
+    use proptest::prelude::*;
+
+    fn tcp_or_udp() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<bool>(),
+            any::<u8>(),
+            any::<u16>(),
+            any::<u16>(),
+            0usize..40,
+        )
+            .prop_map(|(tcp, flags, sp, dp, len)| {
+                let b =
+                    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                        .ipv4([198, 51, 100, 1], [198, 51, 100, 2], 64);
+                let mut out = Vec::new();
+                let payload = vec![7u8; len];
+                if tcp {
+                    let mut t = b.tcp(sp, dp, 1000, 512);
+                    if flags & 1 != 0 {
+                        t = t.fin();
+                    }
+                    if flags & 2 != 0 {
+                        t = t.syn();
+                    }
+                    if flags & 4 != 0 {
+                        t = t.rst();
+                    }
+                    if flags & 8 != 0 {
+                        t = t.ack(55);
+                    }
+                    t.write(&mut out, &payload).unwrap();
+                } else {
+                    b.udp(sp, dp).write(&mut out, &payload).unwrap();
+                }
+                out
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The in-place parser gives what the general one gives, on well-formed frames and on
+        /// mutated or truncated ones.
+        #[test]
+        fn parse_into_matches_parse(
+            f in tcp_or_udp(),
+            muts in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in 0usize..64,
+        ) {
+            let mut f = f;
+            for (at, v) in muts {
+                let i = at % f.len();
+                f[i] = v;
+            }
+            f.truncate(f.len().saturating_sub(cut));
+            let mut slot = MALFORMED;
+            parse_into(&f, &mut slot);
+            prop_assert_eq!(slot, parse(&f));
+        }
+    }
+}
