@@ -181,6 +181,11 @@ pub struct HostConfig {
     /// Worker lcores, one poll loop each.
     #[serde(default)]
     pub cores: Vec<u32>,
+    /// Runs lcore N on CPU M instead of CPU N (`"N" = M` pairs, as EAL's `--lcores N@M`):
+    /// lets several workers share CPUs, e.g. to run two workers on a 2-CPU test machine.
+    /// Lcores left out run on the CPU of their own number.
+    #[serde(default)]
+    pub lcore_cpus: BTreeMap<String, u32>,
     /// Extra EAL arguments. Cores and ports are generated from `main_core`,
     /// `cores` and `ports[].devargs`, so `-l`, `-c`, `--lcores` and `--vdev` are refused.
     #[serde(default)]
@@ -303,6 +308,14 @@ impl HostConfig {
         self.bridge_mappings
             .get(physnet)
             .and_then(|name| self.port(name))
+    }
+
+    /// The CPU lcore `lcore` runs on (`lcore_cpus`, else its own number).
+    pub fn lcore_cpu(&self, lcore: u32) -> u32 {
+        self.lcore_cpus
+            .get(&lcore.to_string())
+            .copied()
+            .unwrap_or(lcore)
     }
 
     /// The instance port carrying Neutron port `iface_id`.

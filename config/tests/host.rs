@@ -496,3 +496,22 @@ fn conntrack_rules() {
     let bad = format!("{MINIMAL}\n[conntrack]\nsize = 4096\n");
     assert!(parse_host_str(&bad).is_err());
 }
+
+#[test]
+fn lcore_cpus_map_workers_onto_cpus() {
+    let t = format!("{MINIMAL}\n[lcore_cpus]\n1 = 0\n");
+    let h = parse_host_str(&t).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((h.lcore_cpu(1), h.lcore_cpu(0)), (0, 0));
+    assert!(h.validate().is_empty());
+    let mut h = h;
+    h.lcore_cpus.insert("7".into(), 1);
+    h.lcore_cpus.insert("x".into(), 1);
+    let p = h.validate();
+    has(
+        &p,
+        "lcore_cpus.7",
+        "lcore 7 is neither the main_core nor one of cores",
+    );
+    has(&p, "lcore_cpus.x", "\"x\" is not an lcore number");
+    assert_eq!(p.len(), 2);
+}

@@ -198,6 +198,25 @@ impl HostConfig {
                 "at least one worker core is needed, e.g. cores = [1]",
             );
         }
+        for (key, &cpu) in &self.lcore_cpus {
+            match key.parse::<u32>() {
+                Ok(lcore) if lcore == self.main_core || self.cores.contains(&lcore) => {}
+                Ok(lcore) => out.push(
+                    format!("lcore_cpus.{key}"),
+                    format!("lcore {lcore} is neither the main_core nor one of cores"),
+                ),
+                Err(_) => out.push(
+                    format!("lcore_cpus.{key}"),
+                    format!("\"{key}\" is not an lcore number"),
+                ),
+            }
+            if cpu >= MAX_LCORE {
+                out.push(
+                    format!("lcore_cpus.{key}"),
+                    format!("CPU {cpu} is out of range 0..=1023"),
+                );
+            }
+        }
         let mut seen = HashMap::new();
         for (i, &core) in self.cores.iter().enumerate() {
             let at = format!("cores[{i}]");

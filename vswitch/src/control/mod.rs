@@ -82,16 +82,23 @@ impl Daemon {
         state: DesiredState,
         stop: Arc<AtomicBool>,
     ) -> Result<Daemon, String> {
-        let mut eal_args = vec![
-            "-l".to_owned(),
-            std::iter::once(host.main_core)
-                .chain(host.cores.iter().copied())
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-            "--main-lcore".to_owned(),
-            host.main_core.to_string(),
-        ];
+        let lcores = std::iter::once(host.main_core).chain(host.cores.iter().copied());
+        let mut eal_args = if host.lcore_cpus.is_empty() {
+            vec![
+                "-l".to_owned(),
+                lcores.map(|c| c.to_string()).collect::<Vec<_>>().join(","),
+            ]
+        } else {
+            // `--lcores 0@0,1@1,2@1`: lcore N on the CPU `lcore_cpus` gives, else on CPU N.
+            vec![
+                "--lcores".to_owned(),
+                lcores
+                    .map(|c| format!("{c}@{}", host.lcore_cpu(c)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        };
+        eal_args.extend(["--main-lcore".to_owned(), host.main_core.to_string()]);
         eal_args.extend(host.eal_args.iter().cloned());
         tracing::info!(args = ?eal_args, "initialising EAL");
         eal::init(&eal_args).map_err(|e| {
