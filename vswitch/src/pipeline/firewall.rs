@@ -472,56 +472,52 @@ fn judge<T: Tracer>(
     o
 }
 
-/// The common case, small enough to stay in registers: a TCP or UDP packet of a tracked
-/// connection admitted under the port's current rules, on the core that owns it. Anything
-/// else (new connections, ICMP, rule changes, hand-offs, tracing) returns `None` having
-/// changed nothing, and goes the general way ([`judge_flow`]).
+/// The connection `key` belongs to: through the peer hint of the same packet's entry in
+/// another zone when it holds, else by lookup (with the hash computed ahead, if any).
 #[inline(always)]
-fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore) -> Option<Outcome> {
-    let (seg, is_tcp) = match fl.kind {
-        Kind::Tcp(seg) => (seg, true),
-        Kind::Ports => (tcp::Segment::default(), false),
-        _ => return None,
-    };
-    if !fw.stateful {
-        return None;
-    }
-    let key = fl.key.with_zone(fw.zone);
-    if f.cores > 1 && (key.owner_hash() % f.cores as u64) as u16 != f.core {
-        return None;
-    }
-    let now = f.now;
-    let ct = &mut f.ct;
-    let hit = if f.hint != NO_ENTRY {
-        ct.peer_lookup(f.hint, &key, now)
-    } else {
-        None
-    };
-    let (idx, dir) = match hit {
-        Some(h) => h,
-        None if f.hash != 0 => ct.lookup_hashed(&key, f.hash, now)?,
-        None => ct.lookup(&key, now)?,
-    };
-    let e = ct.entry_mut(idx)?;
-    let st = e.state;
-    if e.policy != fw.version
-        || (is_tcp && tcp::opens(seg.flags) && matches!(st, state::TIME_WAIT | state::CLOSE))
-    {
-        return None;
-    }
-    let next = if is_tcp {
-        match tcp::track(st, dir, &mut e.tcp, &seg, e.flags & flag::LIBERAL != 0) {
-            tcp::Verdict::Ok(n) => n,
-            tcp::Verdict::Ignored => {
-                f.last_entry = idx;
-                return Some(Outcome::Pass);
-            }
-            tcp::Verdict::Invalid => return Some(Outcome::Drop(DropReason::ConntrackInvalid)),
+fn find(ct: &mut Conntrack, key: &Key, hint: u32, hash: u64, now: u32) -> Option<(u32, u8)> {
+    if hint != NO_ENTRY {
+        if let Some(h) = ct.peer_lookup(hint, key, now) {
+            return Some(h);
         }
-    } else if dir == 1 {
-        state::REPLIED
+    }
+    if hash != 0 {
+        ct.lookup_hashed(key, hash, now)
     } else {
-        st
+        ct.lookup(key, now)
+    }
+}
+
+/// What one packet did to its tracked connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Advanced {
+    /// Moved to this state (possibly the same).
+    To(u8),
+    /// A retransmission TCP ignores, in this state: nothing changed.
+    Ignored(u8),
+    /// Not valid for the connection in this state.
+    Invalid(u8),
+}
+
+/// Moves connection `idx` on by one packet of `kind` in direction `dir`: TCP tracking (or
+/// replied for the other protocols), the reply flag, assurance, the deadline, and the peer
+/// link to the same packet's entry in another zone (`hint`).
+#[inline(always)]
+fn advance(ct: &mut Conntrack, idx: u32, dir: u8, kind: &Kind, hint: u32, now: u32) -> Advanced {
+    let Some(e) = ct.entry_mut(idx) else {
+        return Advanced::Invalid(state::FREE);
+    };
+    let st = e.state;
+    let next = match kind {
+        Kind::Tcp(seg) => {
+            match tcp::track(st, dir, &mut e.tcp, seg, e.flags & flag::LIBERAL != 0) {
+                tcp::Verdict::Ok(n) => n,
+                tcp::Verdict::Ignored => return Advanced::Ignored(st),
+                tcp::Verdict::Invalid => return Advanced::Invalid(st),
+            }
+        }
+        _ if dir == 1 => state::REPLIED,
+        _ => st,
     };
     if dir == 1 {
         e.flags |= flag::SEEN_REPLY;
@@ -533,8 +529,37 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore) -> Option<Outcome> {
     if assure {
         ct.assure(idx);
     }
-    if f.hint != NO_ENTRY && peer != f.hint {
-        ct.link_peers(f.hint, idx);
+    if hint != NO_ENTRY && peer != hint {
+        ct.link_peers(hint, idx);
+    }
+    Advanced::To(next)
+}
+
+/// The common case, small enough to stay in registers: a TCP or UDP packet of a tracked
+/// connection admitted under the port's current rules, on the core that owns it. Anything
+/// else (new connections, ICMP, rule changes, hand-offs, tracing) returns `None` having
+/// changed nothing, and goes the general way ([`judge_flow`]).
+#[inline(always)]
+fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore) -> Option<Outcome> {
+    let opens = match fl.kind {
+        Kind::Tcp(seg) => tcp::opens(seg.flags),
+        Kind::Ports => false,
+        _ => return None,
+    };
+    if !fw.stateful {
+        return None;
+    }
+    let key = fl.key.with_zone(fw.zone);
+    if f.cores > 1 && (key.owner_hash() % f.cores as u64) as u16 != f.core {
+        return None;
+    }
+    let (idx, dir) = find(&mut f.ct, &key, f.hint, f.hash, f.now)?;
+    let e = f.ct.entry(idx)?;
+    if e.policy != fw.version || (opens && matches!(e.state, state::TIME_WAIT | state::CLOSE)) {
+        return None;
+    }
+    if let Advanced::Invalid(_) = advance(&mut f.ct, idx, dir, &fl.kind, f.hint, f.now) {
+        return Some(Outcome::Drop(DropReason::ConntrackInvalid));
     }
     f.last_entry = idx;
     Some(Outcome::Pass)
@@ -679,13 +704,7 @@ fn judge_flow<T: Tracer>(
     // The same connection in the sender's zone, found by the egress check of this very
     // packet: its peer link leads here without hashing.
     let hint = f.hint;
-    let mut hit = match (hint != NO_ENTRY)
-        .then(|| ct.peer_lookup(hint, &key, now))
-        .flatten()
-    {
-        Some(h) => Some(h),
-        None => ct.lookup(&key, now),
-    };
+    let mut hit = find(ct, &key, hint, 0, now);
     // A SYN on a closed connection opens a new one (judged by the rules again).
     if let (Some((idx, _)), Kind::Tcp(seg)) = (hit, fl.kind) {
         if tcp::opens(seg.flags)
@@ -711,41 +730,26 @@ fn judge_flow<T: Tracer>(
                 return Outcome::Drop(DropReason::FirewallRevoked);
             }
         }
-        let liberal = e.flags & flag::LIBERAL != 0;
-        let st = e.state;
-        let next = match fl.kind {
-            Kind::Tcp(seg) => match tcp::track(st, dir, &mut e.tcp, &seg, liberal) {
-                tcp::Verdict::Ok(n) => n,
-                tcp::Verdict::Ignored => {
-                    trace!(
-                        tr,
-                        i,
-                        "firewall",
-                        "port {port_name} {dir_name}: {key}: {} (ignored retransmission)",
-                        state::NAMES[st as usize]
-                    );
-                    return Outcome::Pass;
-                }
-                tcp::Verdict::Invalid => {
+        let next = match advance(ct, idx, dir, &fl.kind, hint, now) {
+            Advanced::To(n) => n,
+            Advanced::Ignored(st) => {
+                f.last_entry = idx;
+                trace!(
+                    tr,
+                    i,
+                    "firewall",
+                    "port {port_name} {dir_name}: {key}: {} (ignored retransmission)",
+                    state::NAMES[st as usize]
+                );
+                return Outcome::Pass;
+            }
+            Advanced::Invalid(st) => {
+                if let Kind::Tcp(seg) = fl.kind {
                     trace!(tr, i, "firewall", "port {port_name} {dir_name}: {key}: flags {:#04x} seq {} ack {} not valid in {}: drop", seg.flags, seg.seq, seg.ack, state::NAMES[st as usize]);
-                    return Outcome::Drop(DropReason::ConntrackInvalid);
                 }
-            },
-            _ if dir == 1 => state::REPLIED,
-            _ => st,
+                return Outcome::Drop(DropReason::ConntrackInvalid);
+            }
         };
-        if dir == 1 {
-            e.flags |= flag::SEEN_REPLY;
-        }
-        let assure = e.flags & flag::ASSURED == 0
-            && ((next == state::ESTABLISHED) || next == state::REPLIED);
-        ct.set_state(idx, next, now);
-        if assure {
-            ct.assure(idx);
-        }
-        if hint != NO_ENTRY && ct.entry(hint).is_some_and(|e| e.peer != idx) {
-            ct.link_peers(hint, idx);
-        }
         f.last_entry = idx;
         trace!(
             tr,
