@@ -715,57 +715,66 @@ fn security_group_blocks_unsolicited_ingress() {
     lab.finish();
 }
 
-/// A rule added to a's group at run time (TCP 2222 from b's /32, SIGHUP) lets b connect;
-/// removing it (SIGHUP) cuts the stream b had open: its packets are dropped from then on,
-/// conntrack counts a cut, and a new connection fails.
-#[test]
-fn rule_added_then_removed_cuts_connection() {
-    const PORT: u16 = 2222;
-    let Some(mut lab) = Lab::start("sgcut", &[&A, &B], &default_state(), "") else {
-        return;
-    };
-    let sink = lab.sink(&A, A.ip, PORT);
+/// Shared by the tests of rule changes: b cannot connect to a:`port`; after `allow` (SIGHUP)
+/// it can, and keeps a slow stream open; after the default state comes back (SIGHUP) the
+/// stream stops within the time [`assert_stream_stopped`] allows, conntrack counts the cut,
+/// and a new connection times out again. `what` names the change in messages. Returns the
+/// counters just before the revocation and just after the stream stopped.
+fn allowed_then_revoked(lab: &mut Lab, port: u16, allow: &str, what: &str) -> (Stats, Stats) {
+    let sink = lab.sink(&A, A.ip, port);
     assert_eq!(
-        lab.probe(&B, A.ip, PORT),
+        lab.probe(&B, A.ip, port),
         "connect-timeout",
-        "before the rule, b -> a:{PORT} must time out"
+        "before {what}, b -> a:{port} must time out"
     );
-
-    let rule = format!(
-        "{{id: def-in-b-{PORT}, security_group_id: sg-default, direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: {PORT}, port_range_max: {PORT}, remote_ip_prefix: {}/32}}",
-        B.ip
-    );
-    let g1 = lab.reload(&state_yaml(&["sg-server"], &[&rule]));
+    let g1 = lab.reload(allow);
     assert_eq!(
-        lab.probe(&B, A.ip, PORT),
+        lab.probe(&B, A.ip, port),
         "sent",
-        "with the rule, b -> a:{PORT} must connect"
+        "with {what}, b -> a:{port} must connect"
     );
     assert_eq!(sink.done(1, Duration::from_secs(5)).0, 1000, "probe bytes");
-
-    // A slow stream b -> a (connection 2 of the sink), then the rule goes away.
-    let _stream = lab.slow_stream(&B, A.ip, PORT);
+    // A slow stream b -> a (connection 2 of the sink), then the change is undone.
+    let _stream = lab.slow_stream(&B, A.ip, port);
     sink.wait_received(2, 20_000, Duration::from_secs(10));
     let s0 = lab.stats();
     let g2 = lab.reload(&default_state());
     assert!(g2 > g1, "generations {g1} then {g2}");
-    let got = assert_stream_stopped(&sink, 2, "rule removed");
-    eprintln!("stream b -> a stopped at {got} bytes");
+    let got = assert_stream_stopped(&sink, 2, what);
+    eprintln!("stream b -> a stopped at {got} bytes after {what} was undone");
     let s1 = lab.stats();
     assert!(
         s1.conntrack_delta(&s0, "cut") >= 1,
         "conntrack cut did not count: {}",
         s1.0["conntrack"]
     );
+    assert_eq!(
+        lab.probe(&B, A.ip, port),
+        "connect-timeout",
+        "after {what} was undone, a new b -> a:{port} must time out"
+    );
+    (s0, s1)
+}
+
+/// An ingress rule for TCP 2222 from b's /32 is added to a's group (SIGHUP): b connects;
+/// removed (SIGHUP): b's open stream stops, a's firewall drops its segments, conntrack counts
+/// a cut, and a new connection fails.
+#[test]
+fn rule_added_then_removed_cuts_connection() {
+    const PORT: u16 = 2222;
+    let Some(mut lab) = Lab::start("sgcut", &[&A, &B], &default_state(), "") else {
+        return;
+    };
+    let rule = format!(
+        "{{id: def-in-b-{PORT}, security_group_id: sg-default, direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: {PORT}, port_range_max: {PORT}, remote_ip_prefix: {}/32}}",
+        B.ip
+    );
+    let allow = state_yaml(&["sg-server"], &[&rule]);
+    let (s0, s1) = allowed_then_revoked(&mut lab, PORT, &allow, "the rule");
     let (_, a_dropped) = firewall_delta(&s1, &s0, A.port);
     assert!(
         a_dropped >= 1,
         "vma's firewall dropped nothing after the cut"
-    );
-    assert_eq!(
-        lab.probe(&B, A.ip, PORT),
-        "connect-timeout",
-        "after the rule was removed, a new b -> a:{PORT} must time out"
     );
     let s2 = lab.stats();
     let bad = unexpected_drops(&s2, &s0, CUT_DROPS);
@@ -781,39 +790,8 @@ fn remote_group_rule_follows_membership() {
     let Some(mut lab) = Lab::start("sgrg", &[&A, &B], &default_state(), "") else {
         return;
     };
-    let sink = lab.sink(&A, A.ip, PORT);
-    assert_eq!(
-        lab.probe(&B, A.ip, PORT),
-        "connect-timeout",
-        "b (not a member) -> a:{PORT} must time out"
-    );
-
-    let g1 = lab.reload(&state_yaml(&["sg-server", "sg-default"], &[]));
-    assert_eq!(
-        lab.probe(&B, A.ip, PORT),
-        "sent",
-        "b (now a member) -> a:{PORT} must connect"
-    );
-    assert_eq!(sink.done(1, Duration::from_secs(5)).0, 1000, "probe bytes");
-    let _stream = lab.slow_stream(&B, A.ip, PORT);
-    sink.wait_received(2, 20_000, Duration::from_secs(10));
-
-    let s0 = lab.stats();
-    let g2 = lab.reload(&default_state());
-    assert!(g2 > g1, "generations {g1} then {g2}");
-    let got = assert_stream_stopped(&sink, 2, "b left the group");
-    eprintln!("stream b -> a stopped at {got} bytes");
-    let s1 = lab.stats();
-    assert!(
-        s1.conntrack_delta(&s0, "cut") >= 1,
-        "conntrack cut did not count: {}",
-        s1.0["conntrack"]
-    );
-    assert_eq!(
-        lab.probe(&B, A.ip, PORT),
-        "connect-timeout",
-        "b (no longer a member) -> a:{PORT} must time out"
-    );
+    let member = state_yaml(&["sg-server", "sg-default"], &[]);
+    let (s0, _) = allowed_then_revoked(&mut lab, PORT, &member, "b's membership");
     let s2 = lab.stats();
     let bad = unexpected_drops(&s2, &s0, CUT_DROPS);
     assert!(bad.is_empty(), "unexpected drops {bad:?}");

@@ -156,6 +156,20 @@ impl Tcp {
             100,
         )
     }
+    /// A client segment once [`Tcp::run`] is done (the server's data acknowledged).
+    fn client_after_run(&self, seq: u32, flags: &str, len: usize) -> Vec<u8> {
+        tcp4(
+            self.c.1,
+            self.s.1,
+            self.c.2,
+            self.s.2,
+            self.ports,
+            seq,
+            Some(9101),
+            flags,
+            len,
+        )
+    }
     /// Handshake plus data; asserts every segment reached the other side.
     fn run(&self, h: &mut Harness) {
         let (cv, sv) = (self.c.0, self.s.0);
@@ -232,39 +246,16 @@ fn default_group_allows_egress_and_replies_but_not_unsolicited_ingress() {
 fn out_of_window_segments_of_an_established_connection_are_dropped() {
     let mut h = Harness::with(sg_tables("", "sg-web"));
     WEB_80.run(&mut h);
-    let far = tcp4(
-        MAC1,
-        MAC2,
-        IP1,
-        IP2,
-        WEB_80.ports,
-        101 + 50_000_000,
-        Some(9101),
-        "P",
-        10,
-    );
+    let far = WEB_80.client_after_run(101 + 50_000_000, "P", 10);
     h.rx(VM1, &[far]);
     assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
     // The connection itself is unharmed.
-    let ok = tcp4(MAC1, MAC2, IP1, IP2, WEB_80.ports, 201, Some(9101), "P", 10);
+    let ok = WEB_80.client_after_run(201, "P", 10);
     let n = h.sink.on(VM2).len();
     h.rx(VM1, &[ok]);
     assert_eq!(h.sink.on(VM2).len(), n + 1);
     // FIN/ACK exchange: both zones move to TIME_WAIT / CLOSE_WAIT-family states.
-    h.rx(
-        VM1,
-        &[tcp4(
-            MAC1,
-            MAC2,
-            IP1,
-            IP2,
-            WEB_80.ports,
-            211,
-            Some(9101),
-            "F",
-            0,
-        )],
-    );
+    h.rx(VM1, &[WEB_80.client_after_run(211, "F", 0)]);
     assert_eq!(h.s.fw.ct.by_state[state::FIN_WAIT as usize], 2);
     // A SYN on a closed connection reopens it (judged by the rules again).
     let reset = tcp4(MAC2, MAC1, IP2, IP1, (80, 40000), 9101, Some(212), "R", 0);
@@ -332,20 +323,7 @@ fn removing_a_rule_cuts_the_connections_it_allowed() {
     assert_eq!(h.c.dropped(D::FirewallRevoked), 1);
     assert_eq!(h.s.fw.ct.stats.cut, 1);
     let m = h.sink.on(VM2).len();
-    h.rx(
-        VM1,
-        &[tcp4(
-            MAC1,
-            MAC2,
-            IP1,
-            IP2,
-            WEB_80.ports,
-            201,
-            Some(9101),
-            "P",
-            10,
-        )],
-    );
+    h.rx(VM1, &[WEB_80.client_after_run(201, "P", 10)]);
     assert_eq!(h.sink.on(VM2).len(), m + 1, "drops {:?}", nonzero(&h));
     // The same through the sweep, with no packet: vm1's entry of a re-allowed connection is
     // cut once the rule is gone again.
@@ -474,20 +452,7 @@ fn a_full_table_refuses_new_connections_and_established_ones_keep_flowing() {
     assert_eq!(h.c.dropped(D::ConntrackFull), 50);
     assert_eq!(h.s.fw.ct.len(), 4);
     let n = h.sink.on(VM2).len();
-    h.rx(
-        VM1,
-        &[tcp4(
-            MAC1,
-            MAC2,
-            IP1,
-            IP2,
-            WEB_80.ports,
-            201,
-            Some(9101),
-            "P",
-            10,
-        )],
-    );
+    h.rx(VM1, &[WEB_80.client_after_run(201, "P", 10)]);
     assert_eq!(h.sink.on(VM2).len(), n + 1);
     // With eviction, a flood of SYNs churns through the unestablished slots only.
     let mut h = Harness::with(sg_tables("", "sg-web"));
@@ -506,20 +471,7 @@ fn a_full_table_refuses_new_connections_and_established_ones_keep_flowing() {
     assert_eq!(h.s.fw.ct.len(), 6);
     assert!(h.s.fw.ct.stats.evicted >= 90);
     let n = h.sink.on(VM2).len();
-    h.rx(
-        VM1,
-        &[tcp4(
-            MAC1,
-            MAC2,
-            IP1,
-            IP2,
-            WEB_80.ports,
-            201,
-            Some(9101),
-            "P",
-            10,
-        )],
-    );
+    h.rx(VM1, &[WEB_80.client_after_run(201, "P", 10)]);
     assert_eq!(
         h.sink.on(VM2).len(),
         n + 1,
@@ -636,23 +588,23 @@ impl TwoCores {
     }
 }
 
+/// A source port (vm1 -> vm2, protocol `proto`, to `dport`) whose connection core 1 of two
+/// owns.
+fn sport_owned_by_core1(proto: u8, dport: u16) -> u16 {
+    let key = |sport| {
+        let (a, b) = (u32::from_be_bytes(IP1), u32::from_be_bytes(IP2));
+        super::conntrack::Key::v4(0, proto, a, b, sport, dport)
+    };
+    (40000..41000)
+        .find(|&p| key(p).owner_hash() % 2 == 1)
+        .expect("some port in 1000 hashes to core 1")
+}
+
 #[test]
 fn both_directions_meet_on_the_owner_core_whichever_core_receives_them() {
     let mut x = TwoCores::new(sg_tables("", "sg-web"));
     // A flow owned by core 1.
-    let key = |sport: u16| {
-        super::conntrack::Key::v4(
-            0,
-            6,
-            u32::from_be_bytes(IP1),
-            u32::from_be_bytes(IP2),
-            sport,
-            80,
-        )
-    };
-    let sport = (40000..41000)
-        .find(|&p| key(p).owner_hash() % 2 == 1)
-        .unwrap();
+    let sport = sport_owned_by_core1(6, 80);
     let conn = Tcp {
         ports: (sport, 80),
         ..WEB_80
@@ -723,19 +675,7 @@ fn later_fragments_follow_their_first_fragment() {
 #[test]
 fn fragments_follow_their_first_fragment_to_its_owner_core() {
     let mut x = TwoCores::new(sg_tables("", "sg-web"));
-    let key = |sport: u16| {
-        super::conntrack::Key::v4(
-            0,
-            17,
-            u32::from_be_bytes(IP1),
-            u32::from_be_bytes(IP2),
-            sport,
-            5001,
-        )
-    };
-    let sport = (40000..41000)
-        .find(|&p| key(p).owner_hash() % 2 == 1)
-        .unwrap();
+    let sport = sport_owned_by_core1(17, 5001);
     let big = udp4(MAC1, MAC2, IP1, IP2, sport, 5001);
     let (first, rest) = fragment4(&big, 16, 91);
     assert_eq!(x.rx(0, VM1, first), 1);
@@ -802,20 +742,7 @@ fn the_peer_link_between_zones_is_only_a_hint() {
     // vm1's entry still points at the reused slot: the key check refuses it, and vm2's
     // zone, which no longer knows the connection, drops the segment as invalid.
     let n = h.sink.on(VM2).len();
-    h.rx(
-        VM1,
-        &[tcp4(
-            MAC1,
-            MAC2,
-            IP1,
-            IP2,
-            WEB_80.ports,
-            201,
-            Some(9101),
-            "P",
-            10,
-        )],
-    );
+    h.rx(VM1, &[WEB_80.client_after_run(201, "P", 10)]);
     assert_eq!(h.sink.on(VM2).len(), n);
     assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
 }

@@ -192,56 +192,25 @@ fn impossible_flags_and_early_segments_are_invalid() {
 
 #[test]
 fn window_scaling_needs_both_sides() {
-    // Both offer scaling: a 1 MiB window (16 << 16) is usable after the handshake.
-    let mut s = seg(SYN, A, 0, 64240, 0);
-    s.wscale = 7;
-    let mut c = Conn::open(s);
-    let mut sa = seg(SYN | ACK, B, A + 1, 65160, 0);
-    sa.wscale = 7;
-    assert_eq!(c.go(1, sa), Verdict::Ok(SYN_RECV));
-    assert_eq!(
-        c.go(0, seg(ACK, A + 1, B.wrapping_add(1), 8192, 0)),
-        Verdict::Ok(ESTABLISHED)
-    );
-    // The opener advertised 8192 << 7 = 1 MiB: the responder may send 900 KB ahead.
-    assert_eq!(
-        c.go(
-            1,
-            seg(
-                ACK,
-                B.wrapping_add(1).wrapping_add(900_000),
-                A + 1,
-                509,
-                1000
-            )
-        ),
-        Verdict::Ok(ESTABLISHED)
-    );
-    // Only one side offered it: no scaling, so the same jump is out of window.
-    let mut s = seg(SYN, A, 0, 64240, 0);
-    s.wscale = 7;
-    let mut c = Conn::open(s);
-    assert_eq!(
-        c.go(1, seg(SYN | ACK, B, A + 1, 65160, 0)),
-        Verdict::Ok(SYN_RECV)
-    );
-    assert_eq!(
-        c.go(0, seg(ACK, A + 1, B.wrapping_add(1), 8192, 0)),
-        Verdict::Ok(ESTABLISHED)
-    );
-    assert_eq!(
-        c.go(
-            1,
-            seg(
-                ACK,
-                B.wrapping_add(1).wrapping_add(900_000),
-                A + 1,
-                509,
-                1000
-            )
-        ),
-        Verdict::Invalid
-    );
+    // A handshake with these window-scale options (255: none), then the opener advertises
+    // 8192: with scaling 7 on both sides that is 1 MiB, so the responder may send 900 KB
+    // ahead; without (only one side offered it) the same jump is out of window.
+    let jump = |opener_ws: u8, responder_ws: u8| {
+        let mut s = seg(SYN, A, 0, 64240, 0);
+        s.wscale = opener_ws;
+        let mut c = Conn::open(s);
+        let mut sa = seg(SYN | ACK, B, A + 1, 65160, 0);
+        sa.wscale = responder_ws;
+        assert_eq!(c.go(1, sa), Verdict::Ok(SYN_RECV));
+        let b1 = B.wrapping_add(1);
+        assert_eq!(
+            c.go(0, seg(ACK, A + 1, b1, 8192, 0)),
+            Verdict::Ok(ESTABLISHED)
+        );
+        c.go(1, seg(ACK, b1.wrapping_add(900_000), A + 1, 509, 1000))
+    };
+    assert_eq!(jump(7, 7), Verdict::Ok(ESTABLISHED));
+    assert_eq!(jump(7, 255), Verdict::Invalid);
 }
 
 #[test]
