@@ -370,7 +370,6 @@ pub struct ConntrackCounters {
     pub expired: AtomicU64,
     pub cut: AtomicU64,
     pub related: AtomicU64,
-    pub handoffs: AtomicU64,
 }
 
 impl ConntrackCounters {
@@ -388,7 +387,6 @@ impl ConntrackCounters {
         self.expired.store(st.expired, Relaxed);
         self.cut.store(st.cut, Relaxed);
         self.related.store(st.related, Relaxed);
-        self.handoffs.store(st.handoffs, Relaxed);
     }
 }
 
@@ -544,7 +542,6 @@ pub fn totals(cores: &[std::sync::Arc<CoreCounters>], n_ports: usize) -> Totals 
             ("expired", &ct.expired),
             ("cut", &ct.cut),
             ("related", &ct.related),
-            ("handoffs", &ct.handoffs),
         ] {
             vals.push((n.to_string(), a.load(Relaxed)));
         }

@@ -1164,13 +1164,8 @@ fn connections_meet_their_owner_core_across_two_workers() {
     let (rc, text) = ping(&lab.topo, &a, V.ip, 3, 4);
     assert_eq!(rc, 0, "ping a -> v:\n{text}");
     let s1 = lab.stats();
-    let handed = s1.conntrack_delta(&s0, "handoffs");
-    assert!(
-        handed > 100,
-        "hand-offs between the workers: {handed}: {}",
-        s1.0["conntrack"]
-    );
-    assert_eq!(s1.event_delta(&s0, "conntrack.handoff"), handed);
+    let handed = s1.event_delta(&s0, "conntrack.handoff");
+    assert!(handed > 100, "hand-offs between the workers: {handed}");
     let bad = unexpected_drops(&s1, &s0, &[]);
     assert!(bad.is_empty(), "unexpected drops {bad:?}");
     lab.finish();

@@ -346,7 +346,6 @@ fn apply<B: PacketBuf>(
             b.drop_pkt(i, r, c);
         }
         Outcome::Handoff(core) => {
-            f.ct.stats.handoffs += 1;
             b.meta[i].next = Next::Handoff(core, stage, port);
         }
     }

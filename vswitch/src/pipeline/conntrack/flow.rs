@@ -65,12 +65,7 @@ impl Flow {
         }
     }
     fn malformed() -> Flow {
-        Flow {
-            key: Key::default(),
-            kind: Kind::Malformed,
-            port_key: 0,
-            frag: None,
-        }
+        MALFORMED
     }
 }
 

@@ -431,8 +431,6 @@ pub struct CtStats {
     pub cut: u64,
     /// Packets related to a tracked connection (ICMP errors).
     pub related: u64,
-    /// Packets handed to the core that owns their connection.
-    pub handoffs: u64,
 }
 
 /// A deadline has passed (wrapping milliseconds).
