@@ -706,9 +706,17 @@ fn neighbor_discovery_passes_the_ways_neutron_allows() {
     h.rx(VM1, &[icmp6(MAC1, "fd00:203::11", 133)]);
     assert_eq!(h.sink.on(UPLINK).len(), up + 1);
     assert_eq!(h.sink.on(VM2).len(), 2);
-    // A redirect from an instance needs a rule: vm1's default group allows all egress IPv6.
+    // A redirect from an instance needs a rule: vm1's default group allows all egress IPv6,
+    // vm2's web group allows no IPv6 out, so vm2 (from its link-local address) may send a
+    // neighbor solicitation but not a redirect.
     h.rx(VM1, &[icmp6(MAC1, "fd00:203::11", 137)]);
     assert_eq!(h.sink.on(UPLINK).len(), up + 2);
+    let ll2 = "fe80::f816:3eff:fe00:2";
+    h.rx(VM2, &[icmp6(MAC2, ll2, 135)]);
+    assert_eq!(h.sink.on(UPLINK).len(), up + 3, "drops {:?}", nonzero(&h));
+    h.rx(VM2, &[icmp6(MAC2, ll2, 137)]);
+    assert_eq!(h.sink.on(UPLINK).len(), up + 3);
+    assert_eq!(h.c.dropped(D::FirewallEgressDenied), 1);
 }
 
 #[test]
