@@ -50,14 +50,6 @@ impl GroupMembers {
             self.hosts4.contains(&a) || (!self.nets4.is_empty() && self.nets4.lookup(a).is_some())
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.hosts4.len() + self.hosts6.len() + self.nets4.len() + self.nets6.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Who may be on the other end: anyone, some prefixes, some groups' members.
@@ -139,10 +131,6 @@ impl RuleSet {
         let (_, iv) = self.protos.iter().find(|(p, _)| *p == proto)?;
         let r = self.remotes.get(iv.find(port_key) as usize)?;
         r.matches(groups, v6, remote).then_some(&r.rules[..])
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.remotes.is_empty()
     }
 }
 
@@ -294,7 +282,7 @@ pub fn compile_port(
             Remote::Any
         };
         // Protocol-any rules are kept apart with protocol number 0 and a marker range.
-        let (pnum, lo, hi) = if any_proto { (0, 1, 0) } else { (pnum, lo, hi) };
+        let (pnum, lo, hi) = if any_proto { ANY_PROTO } else { (pnum, lo, hi) };
         canon.push((set, pnum, lo, hi, remote, r.id.as_str()));
     }
     canon.sort();
@@ -324,6 +312,15 @@ pub fn compile_port(
 }
 
 type Canon<'a> = (u8, u8, u16, u16, Remote, &'a str);
+
+/// (protocol, low, high) of a protocol-`any` rule: an empty range no real rule has (protocol
+/// number 0 with a range is HOPOPT's, always 0..=65535), so such rules sort apart.
+const ANY_PROTO: (u8, u16, u16) = (0, 1, 0);
+
+#[inline]
+fn is_any(r: &Canon<'_>) -> bool {
+    (r.1, r.2, r.3) == ANY_PROTO
+}
 
 fn build_set(rules: &[&Canon<'_>]) -> RuleSet {
     let mut out = RuleSet {
@@ -365,24 +362,16 @@ fn build_set(rules: &[&Canon<'_>]) -> RuleSet {
         interned.insert(members, i);
         i
     };
-    let any: Vec<usize> = (0..rules.len())
-        .filter(|&i| rules[i].1 == 0 && rules[i].2 == 1 && rules[i].3 == 0)
-        .collect();
+    let any: Vec<usize> = (0..rules.len()).filter(|&i| is_any(rules[i])).collect();
     if !any.is_empty() {
         out.any = intern(any, &mut out);
     }
-    let mut protos: Vec<u8> = rules
-        .iter()
-        .filter(|r| !(r.1 == 0 && r.2 == 1 && r.3 == 0))
-        .map(|r| r.1)
-        .collect();
+    let mut protos: Vec<u8> = rules.iter().filter(|r| !is_any(r)).map(|r| r.1).collect();
     protos.sort_unstable();
     protos.dedup();
     for p in protos {
         let mine: Vec<usize> = (0..rules.len())
-            .filter(|&i| {
-                rules[i].1 == p && !(rules[i].1 == 0 && rules[i].2 == 1 && rules[i].3 == 0)
-            })
+            .filter(|&i| rules[i].1 == p && !is_any(rules[i]))
             .collect();
         // Boundaries: every range start and every end + 1.
         let mut cuts: Vec<u32> = vec![0];
