@@ -5,7 +5,8 @@
 //! (rx/tx burst, mbuf alloc/free/prepend/adj, `rte_errno`). On top sit thin safe wrappers:
 //! [`eal`] (init from config arguments, lcore launch, cleanup), [`mempool::Mempool`],
 //! [`ethdev`] (device probe, port + queue setup, bursts) and [`mbuf::Mbuf`] (an owned packet
-//! buffer that frees itself on drop).
+//! buffer that frees itself on drop). [`hugemem::HugeSlice`] holds the large tables the fast path
+//! reads at random on (transparent) huge pages.
 //!
 //! Every `unsafe` block in this crate carries a `// SAFETY:` line naming the invariant that
 //! makes it sound (enforced by `clippy::undocumented_unsafe_blocks`).
@@ -14,6 +15,7 @@ pub mod eal;
 pub mod error;
 pub mod ethdev;
 pub mod hint;
+pub mod hugemem;
 pub mod mbuf;
 pub mod mempool;
 pub mod sys;

@@ -19,7 +19,7 @@
 //! itself (`Reply`: gateway ARP/echo, ICMP errors the router builds) go back to the instance
 //! without an ingress check: they answer what the instance sent.
 use super::conntrack::flow::{self, Flow, Kind};
-use super::conntrack::{flag, state, tcp, Conntrack, Key};
+use super::conntrack::{flag, state, tcp, Conntrack, Key, TcpPeer};
 use super::{Batch, CoreState, Next, Tracer, BURST};
 use crate::counters::{BatchCounters, DropReason};
 use crate::packet::PacketBuf;
@@ -123,6 +123,12 @@ pub struct FwCore {
     /// The connection key hash of each packet, computed before the judgements (0: none).
     hashes: [u64; BURST],
     seen: u32,
+    /// What the egress check of packet `i` found its entry in before the packet moved it on
+    /// (bit `i` of `mirrored` says `before[i]` holds this batch's packet `i`): when the same
+    /// connection's entry in the receiver's zone is in exactly that state, the ingress check
+    /// of the same packet can only come to the same result, and copies it.
+    before: [Before; BURST],
+    mirrored: u32,
     /// Set around one judgement: the entry of the same packet in another zone (a hint), its
     /// key's hash if known (0: compute it), and the entry the judgement found or created.
     hint: u32,
@@ -132,6 +138,15 @@ pub struct FwCore {
 
 /// No connection entry.
 const NO_ENTRY: u32 = u32::MAX;
+
+/// A connection entry's TCP tracking and flags before a packet moved it on, and the packet's
+/// direction in it (see `FwCore::before`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Before {
+    tcp: [TcpPeer; 2],
+    flags: u8,
+    dir: u8,
+}
 
 impl FwCore {
     pub fn new(ct: Conntrack, core: u16, cores: u16) -> Self {
@@ -146,6 +161,8 @@ impl FwCore {
             entries: [NO_ENTRY; BURST],
             hashes: [0; BURST],
             seen: 0,
+            before: [Before::default(); BURST],
+            mirrored: 0,
             hint: NO_ENTRY,
             hash: 0,
             last_entry: NO_ENTRY,
@@ -194,6 +211,21 @@ fn prefetch_lookup(ct: &Conntrack, fl: &Flow, fw: &PortFirewall) -> u64 {
     }
 }
 
+/// Once the index buckets of the batch's frames `which` (a bit each) have had time to
+/// arrive, starts loading the entries they point at.
+#[inline(always)]
+fn touch_candidates(f: &FwCore, mut which: u32) {
+    while which != 0 {
+        let i = which.trailing_zeros() as usize;
+        which &= which - 1;
+        if let Some(&h) = f.hashes.get(i) {
+            if h != 0 {
+                f.ct.touch_candidate(h);
+            }
+        }
+    }
+}
+
 /// A decision about one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -219,6 +251,7 @@ pub fn egress<B: PacketBuf, T: Tracer>(
     // Parse every frame and start loading its index bucket first, so the lookups of the
     // batch overlap.
     let mut parsed = 0u32;
+    s.fw.mirrored = 0;
     for i in 0..b.len {
         if b.meta[i].next != Next::Continue {
             continue;
@@ -233,6 +266,7 @@ pub fn egress<B: PacketBuf, T: Tracer>(
         f.hashes[i] = prefetch_lookup(&f.ct, slot, fw);
         parsed |= 1 << i;
     }
+    touch_candidates(&s.fw, parsed);
 
     for i in 0..b.len {
         if parsed & (1 << i) == 0 {
@@ -289,6 +323,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         flow::parse_into(p.data(), slot);
         f.hashes[i] = prefetch_lookup(&f.ct, slot, fw);
     }
+    touch_candidates(&s.fw, todo);
     for i in 0..b.len {
         if todo & (1 << i) == 0 {
             continue;
@@ -323,6 +358,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         apply(b, i, o, port, STAGE_INGRESS, &mut s.fw, c);
     }
     s.fw.seen = 0;
+    s.fw.mirrored = 0;
 }
 
 #[inline(always)]
@@ -419,9 +455,10 @@ pub fn sweep(t: &Tables, f: &mut FwCore, budget: usize) {
     });
 }
 
-/// Judges one frame for `fw`'s port in one direction; fragments follow their first fragment.
+/// Judges one frame for `fw`'s port in one direction: the common case inline, the rest out
+/// of line.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn judge<T: Tracer>(
     fl: &Flow,
     fw: &PortFirewall,
@@ -432,12 +469,28 @@ fn judge<T: Tracer>(
     i: usize,
     t: &Tables,
 ) -> Outcome {
-    let Some(id) = fl.frag else {
-        if !T::ON {
-            if let Some(o) = fast_path(fl, fw, f) {
-                return o;
-            }
+    if !T::ON && fl.frag.is_none() {
+        if let Some(o) = fast_path(fl, fw, f, i) {
+            return o;
         }
+    }
+    judge_general(fl, fw, ingress, f, c, tr, i, t)
+}
+
+/// Judges one frame, any frame; fragments follow their first fragment.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn judge_general<T: Tracer>(
+    fl: &Flow,
+    fw: &PortFirewall,
+    ingress: bool,
+    f: &mut FwCore,
+    c: &mut BatchCounters,
+    tr: &mut T,
+    i: usize,
+    t: &Tables,
+) -> Outcome {
+    let Some(id) = fl.frag else {
         return judge_flow(fl, fw, ingress, f, c, tr, i, t);
     };
     let key = fl.key.with_zone(fw.zone);
@@ -539,10 +592,13 @@ fn advance(ct: &mut Conntrack, idx: u32, dir: u8, kind: &Kind, hint: u32, now: u
 /// else (new connections, ICMP, rule changes, hand-offs, tracing) returns `None` having
 /// changed nothing, and goes the general way ([`judge_flow`]).
 #[inline(always)]
-fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore) -> Option<Outcome> {
-    let opens = match fl.kind {
-        Kind::Tcp(seg) => tcp::opens(seg.flags),
-        Kind::Ports => false,
+fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<Outcome> {
+    let (opens, plain_ack) = match fl.kind {
+        Kind::Tcp(seg) => (
+            tcp::opens(seg.flags),
+            seg.flags & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK,
+        ),
+        Kind::Ports => (false, false),
         _ => return None,
     };
     if !fw.stateful {
@@ -552,21 +608,91 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore) -> Option<Outcome> {
     if f.cores > 1 && (key.owner_hash() % f.cores as u64) as u16 != f.core {
         return None;
     }
-    let (idx, dir) = find(&mut f.ct, &key, f.hint, f.hash, f.now)?;
+    let (hint, now) = (f.hint, f.now);
+    let (idx, dir) = find(&mut f.ct, &key, hint, f.hash, now)?;
+    if plain_ack {
+        // Nearly all traffic: an ACK of an established connection. One borrow of the entry,
+        // no state change (so no gauge, list or assurance to update).
+        if let Kind::Tcp(seg) = fl.kind {
+            if hint != NO_ENTRY && f.mirrored & (1 << i) != 0 {
+                if let Some(o) = mirror(f, i, hint, idx, dir, fw.version) {
+                    return Some(o);
+                }
+            }
+            let ttl = f.ct.timeouts.tcp[state::ESTABLISHED as usize];
+            let e = f.ct.entry_mut(idx)?;
+            const KEEP: u8 = flag::ASSURED;
+            if e.policy == fw.version && e.state == state::ESTABLISHED && e.flags & KEEP != 0 {
+                let before = Before {
+                    tcp: e.tcp,
+                    flags: e.flags,
+                    dir,
+                };
+                if e.flags & flag::LIBERAL == 0 && !tcp::plain_ack_in_window(dir, &mut e.tcp, &seg)
+                {
+                    return Some(Outcome::Drop(DropReason::ConntrackInvalid));
+                }
+                e.expires = now.wrapping_add(ttl);
+                e.flags |= (dir & 1) * flag::SEEN_REPLY;
+                let peer = e.peer;
+                if hint == NO_ENTRY {
+                    if let Some(b) = f.before.get_mut(i) {
+                        *b = before;
+                        f.mirrored |= 1 << i;
+                    }
+                } else if peer != hint {
+                    f.ct.link_peers(hint, idx);
+                }
+                f.last_entry = idx;
+                return Some(Outcome::Pass);
+            }
+        }
+    }
     let e = f.ct.entry(idx)?;
     if e.policy != fw.version || (opens && matches!(e.state, state::TIME_WAIT | state::CLOSE)) {
         return None;
     }
-    if let Advanced::Invalid(_) = advance(&mut f.ct, idx, dir, &fl.kind, f.hint, f.now) {
+    if let Advanced::Invalid(_) = advance(&mut f.ct, idx, dir, &fl.kind, hint, now) {
         return Some(Outcome::Drop(DropReason::ConntrackInvalid));
     }
     f.last_entry = idx;
     Some(Outcome::Pass)
 }
 
+/// The ingress check of packet `i` through entry `idx` (direction `dir`), whose peer `hint`
+/// in the sender's zone the egress check just moved on from the state [`FwCore::before`]
+/// recorded: when this entry is in exactly that state (same TCP tracking, same liberal
+/// setting, established and assured) and admitted under the port's current rules, the
+/// tracking of the same segment here can only end where it ended there, so the result is
+/// copied instead of computed again. `None`: not so, judge it in full.
+#[inline(always)]
+fn mirror(f: &mut FwCore, i: usize, hint: u32, idx: u32, dir: u8, version: u32) -> Option<Outcome> {
+    let b = *f.before.get(i)?;
+    let (tcp, expires, flags) = {
+        let a = f.ct.entry(hint)?;
+        (a.tcp, a.expires, a.flags)
+    };
+    let e = f.ct.entry_mut(idx)?;
+    const SAME: u8 = flag::LIBERAL | flag::ASSURED;
+    if dir != b.dir
+        || e.policy != version
+        || e.state != state::ESTABLISHED
+        || e.flags & flag::ASSURED == 0
+        || (e.flags ^ b.flags) & SAME != 0
+        || e.tcp != b.tcp
+    {
+        return None;
+    }
+    e.tcp = tcp;
+    e.expires = expires;
+    e.flags |= flags & flag::SEEN_REPLY;
+    f.last_entry = idx;
+    Some(Outcome::Pass)
+}
+
 /// Judges a parsed frame (not a later fragment).
 #[allow(clippy::too_many_arguments)]
-#[inline(never)]
+#[inline(always)]
 fn judge_flow<T: Tracer>(
     fl: &Flow,
     fw: &PortFirewall,

@@ -754,3 +754,70 @@ fn the_peer_link_between_zones_is_only_a_hint() {
     assert_eq!(h.sink.on(VM2).len(), n);
     assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
 }
+
+/// The entry of the one connection in `zone`.
+fn entry_in_zone(h: &Harness, zone: u16) -> (u32, super::conntrack::Entry) {
+    let found: Vec<_> =
+        h.s.fw
+            .ct
+            .iter()
+            .filter(|(_, e)| e.key.zone() == zone)
+            .map(|(i, e)| (i, *e))
+            .collect();
+    assert_eq!(found.len(), 1, "one entry in zone {zone}");
+    found[0]
+}
+
+#[test]
+fn the_receivers_zone_takes_the_senders_result_only_from_the_same_state() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    WEB_80.run(&mut h);
+    // In step: each segment moves both zones' entries the same way.
+    for seq in [201, 211, 221] {
+        let n = h.sink.on(VM2).len();
+        h.rx(VM1, &[WEB_80.client_after_run(seq, "P", 10)]);
+        assert_eq!(h.sink.on(VM2).len(), n + 1);
+        let ((_, a), (_, b)) = (entry_in_zone(&h, 1), entry_in_zone(&h, 2));
+        assert_eq!((a.tcp, a.state, a.expires), (b.tcp, b.state, b.expires));
+        assert_eq!(a.tcp[0].end, seq + 10);
+    }
+    // vm2's zone falls behind: its entry has not seen the last 30 bytes, so the next segment
+    // is beyond what its window tracking allows, while vm1's zone accepts it. The ingress
+    // check must judge it in full (and drop it), not take vm1's result.
+    let (idx, mut b) = entry_in_zone(&h, 2);
+    b.tcp[0].end -= 30;
+    b.tcp[0].maxend = b.tcp[0].end;
+    b.tcp[1].maxend = b.tcp[0].end;
+    *h.s.fw.ct.entry_mut(idx).unwrap() = b;
+    let n = h.sink.on(VM2).len();
+    h.rx(VM1, &[WEB_80.client_after_run(231, "P", 1000)]);
+    assert_eq!(h.sink.on(VM2).len(), n, "dropped by vm2's zone");
+    assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
+    assert_eq!(h.s.fw.per_port[VM1 as usize][1], 0, "vm1's zone let it out");
+    assert_eq!(entry_in_zone(&h, 1).1.tcp[0].end, 231 + 1000);
+}
+
+#[test]
+fn a_liberal_senders_zone_never_decides_for_a_strict_receiver() {
+    let host = format!("{HOST}\n[conntrack]\nliberal_ports = [\"vm1\"]\n");
+    let mut h = Harness::with(tables_from(&host, &sg_state("", "sg-web"), &[]));
+    WEB_80.run(&mut h);
+    assert!(port_fw_liberal(&h, VM1) && !port_fw_liberal(&h, VM2));
+    // Far beyond any window: vm1's zone (liberal) lets it out, vm2's (strict) drops it.
+    let (n, vm1) = (h.sink.on(VM2).len(), h.s.fw.per_port[VM1 as usize]);
+    h.rx(VM1, &[WEB_80.client_after_run(201 + 50_000_000, "P", 10)]);
+    assert_eq!(h.sink.on(VM2).len(), n);
+    assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
+    assert_eq!(
+        h.s.fw.per_port[VM1 as usize],
+        [vm1[0] + 1, 0],
+        "vm1's zone let it out"
+    );
+}
+
+fn port_fw_liberal(h: &Harness, port: u16) -> bool {
+    h.t.ports[port as usize]
+        .firewall
+        .as_ref()
+        .is_some_and(|f| f.liberal)
+}

@@ -105,6 +105,15 @@ impl Worker {
             self.index,
             self.workers,
         );
+        let (huge_entries, huge_index) = state.fw.ct.huge_bytes();
+        tracing::info!(
+            worker = self.index,
+            capacity = state.fw.ct.capacity(),
+            mib = state.fw.ct.memory_bytes() >> 20,
+            huge_pages_entries_mib = huge_entries.map(|b| b >> 20),
+            huge_pages_index_mib = huge_index.map(|b| b >> 20),
+            "conntrack table allocated"
+        );
         state.fw.per_port = vec![[0; 2]; n_ports];
         let mut fw_folded = vec![[0u64; 2]; n_ports];
         let mut batch: Batch<Mbuf> = Batch::default();

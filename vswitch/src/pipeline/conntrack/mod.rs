@@ -35,6 +35,8 @@
 pub mod flow;
 pub mod tcp;
 
+use vswitch_ffi::hugemem::HugeSlice;
+
 #[cfg(test)]
 mod tests;
 
@@ -46,22 +48,27 @@ const SLOTS: usize = 15;
 /// A slot holds `link + 1` in its low bits (0: empty) and a hash tag above.
 const LINK_BITS: u32 = 25;
 const LINK_MASK: u32 = (1 << LINK_BITS) - 1;
+/// The slot words of a bucket's match mask.
+const SLOT_LANES: u32 = (1 << SLOTS) - 1;
 /// Most connections one core's table can hold (links `idx << 1 | dir` must fit the slot).
 pub const MAX_CAPACITY: usize = 1 << (LINK_BITS - 2);
 
-/// One cache line of the index.
+/// One cache line of the index: words 0..=14 are slots, word 15 ([`OVERFLOW`]) counts the links
+/// homed here or earlier that were placed further on (lookups continue while it is non-zero).
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
 pub struct Bucket {
-    slot: [u32; SLOTS],
-    /// Links homed here or earlier that were placed further on: lookups continue while
-    /// this is non-zero.
-    overflow: u32,
+    w: [u32; SLOTS + 1],
 }
 
+const OVERFLOW: usize = SLOTS;
+const TAG_MASK: u32 = !LINK_MASK;
+
+/// The 7-bit tag of hash `h`, never 0 (so an empty slot never matches a tag).
 #[inline(always)]
 fn tag_of(h: u64) -> u32 {
-    ((h >> 57) as u32) << LINK_BITS
+    let t = (h >> 57) as u32;
+    (t + (t == 0) as u32) << LINK_BITS
 }
 
 /// Connection states (`Entry::state`). TCP uses 1..=9 (RFC 793's states as Linux tracks them),
@@ -441,8 +448,9 @@ pub fn expired(deadline: u32, now: u32) -> bool {
 
 /// One core's connection table.
 pub struct Conntrack {
-    entries: Vec<Entry>,
-    buckets: Vec<Bucket>,
+    /// Both on (transparent) huge pages: lookups land anywhere in them.
+    entries: HugeSlice<Entry>,
+    buckets: HugeSlice<Bucket>,
     mask: u64,
     free: u32,
     used: u32,
@@ -471,7 +479,7 @@ impl Conntrack {
     /// A table for `capacity` connections (at least 1), all memory allocated now.
     pub fn new(capacity: usize, timeouts: Timeouts, evict: bool) -> Self {
         let capacity = capacity.clamp(1, MAX_CAPACITY);
-        let mut entries = vec![Entry::default(); capacity];
+        let mut entries = HugeSlice::new(capacity, Entry::default());
         for (i, e) in entries.iter_mut().enumerate() {
             e.next = if i + 1 < capacity { i as u32 + 1 } else { NIL };
         }
@@ -482,7 +490,7 @@ impl Conntrack {
             .max(2);
         Conntrack {
             entries,
-            buckets: vec![Bucket::default(); nb],
+            buckets: HugeSlice::new(nb, Bucket::default()),
             mask: nb as u64 - 1,
             free: 0,
             used: 0,
@@ -502,7 +510,7 @@ impl Conntrack {
     pub(crate) fn with_buckets(capacity: usize, buckets: usize) -> Self {
         assert!(buckets.is_power_of_two() && 2 * capacity <= buckets * SLOTS);
         let mut t = Self::new(capacity, Timeouts::default(), false);
-        t.buckets = vec![Bucket::default(); buckets];
+        t.buckets = HugeSlice::new(buckets, Bucket::default());
         t.mask = buckets as u64 - 1;
         t
     }
@@ -521,8 +529,14 @@ impl Conntrack {
 
     /// Bytes this table holds (entries and index), for the memory-per-connection benchmark.
     pub fn memory_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.buckets.capacity() * std::mem::size_of::<Bucket>()
+        self.entries.len() * std::mem::size_of::<Entry>()
+            + self.buckets.len() * std::mem::size_of::<Bucket>()
+    }
+
+    /// Bytes on huge pages in the mappings of the entries and of the index (see
+    /// [`HugeSlice::huge_bytes`]), for the start-up log.
+    pub fn huge_bytes(&self) -> (Option<usize>, Option<usize>) {
+        (self.entries.huge_bytes(), self.buckets.huge_bytes())
     }
 
     #[inline(always)]
@@ -551,12 +565,30 @@ impl Conntrack {
         }
     }
 
+    /// Starts loading the entry that the first tag match in hash `h`'s index bucket points
+    /// at (most lookups find their connection there). Called once the bucket itself has had
+    /// time to arrive ([`touch`](Self::touch) a pass earlier), so the entry loads of a batch
+    /// overlap too instead of each lookup waiting for its own.
+    #[inline(always)]
+    pub fn touch_candidate(&self, h: u64) {
+        let Some(bucket) = self.buckets.get((h & self.mask) as usize) else {
+            return;
+        };
+        let m = vswitch_ffi::hint::match_words(&bucket.w, TAG_MASK, tag_of(h)) & SLOT_LANES;
+        if m != 0 {
+            let link = (bucket.w[m.trailing_zeros() as usize] & LINK_MASK) - 1;
+            self.touch_entry(link >> 1);
+        }
+    }
+
     /// Starts loading an entry (the other zone's entry of a connection, needed a few stages
-    /// later).
+    /// later): both cache lines an entry can span.
     #[inline(always)]
     pub fn touch_entry(&self, idx: u32) {
         if let Some(e) = self.entries.get(idx as usize) {
-            vswitch_ffi::hint::prefetch(e);
+            let p = e as *const Entry as *const u8;
+            vswitch_ffi::hint::prefetch(p);
+            vswitch_ffi::hint::prefetch(p.wrapping_add(std::mem::size_of::<Entry>() - 1));
         }
     }
 
@@ -567,16 +599,13 @@ impl Conntrack {
         let mut b = (h & self.mask) as usize;
         for _ in 0..self.buckets.len() {
             let bucket = self.buckets.get(b)?;
-            // The slots whose tag matches, as a bit mask: no branch per slot (the compiler
-            // turns this into vector compares).
-            let mut m = 0u32;
-            for (j, &sl) in bucket.slot.iter().enumerate() {
-                m |= ((((sl & !LINK_MASK) == tag) & (sl != 0)) as u32) << j;
-            }
+            // The slots whose tag matches, as a bit mask (vector compares; the overflow word
+            // is masked out).
+            let mut m = vswitch_ffi::hint::match_words(&bucket.w, TAG_MASK, tag) & SLOT_LANES;
             while m != 0 {
                 let j = m.trailing_zeros() as usize;
                 m &= m - 1;
-                let sl = bucket.slot[j];
+                let sl = bucket.w[j];
                 let link = (sl & LINK_MASK) - 1;
                 let (idx, dir) = (link >> 1, (link & 1) as u8);
                 let Some(e) = self.entries.get(idx as usize) else {
@@ -596,7 +625,7 @@ impl Conntrack {
                     return Some((idx, dir));
                 }
             }
-            if bucket.overflow == 0 {
+            if bucket.w[OVERFLOW] == 0 {
                 return None;
             }
             b = (b + 1) & self.mask as usize;
@@ -610,11 +639,11 @@ impl Conntrack {
         let mut b = (h & self.mask) as usize;
         for _ in 0..self.buckets.len() {
             let bucket = &mut self.buckets[b];
-            if let Some(sl) = bucket.slot.iter_mut().find(|s| **s == 0) {
+            if let Some(sl) = bucket.w[..SLOTS].iter_mut().find(|s| **s == 0) {
                 *sl = v;
                 return;
             }
-            bucket.overflow += 1;
+            bucket.w[OVERFLOW] += 1;
             b = (b + 1) & self.mask as usize;
         }
     }
@@ -625,11 +654,11 @@ impl Conntrack {
         let mut b = (h & self.mask) as usize;
         for _ in 0..self.buckets.len() {
             let bucket = &mut self.buckets[b];
-            if let Some(sl) = bucket.slot.iter_mut().find(|s| **s == v) {
+            if let Some(sl) = bucket.w[..SLOTS].iter_mut().find(|s| **s == v) {
                 *sl = 0;
                 return;
             }
-            bucket.overflow = bucket.overflow.saturating_sub(1);
+            bucket.w[OVERFLOW] = bucket.w[OVERFLOW].saturating_sub(1);
             b = (b + 1) & self.mask as usize;
         }
     }
@@ -699,7 +728,7 @@ impl Conntrack {
     }
 
     /// Moves a connection to state `st` and renews its deadline.
-    #[inline]
+    #[inline(always)]
     pub fn set_state(&mut self, idx: u32, st: u8, now: u32) {
         let Some(e) = self.entries.get_mut(idx as usize) else {
             return;

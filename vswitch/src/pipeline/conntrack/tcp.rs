@@ -208,7 +208,38 @@ pub fn pick_up(peers: &mut [TcpPeer; 2], seg: &Segment) {
 /// the window tracking unless `liberal`, and returns the verdict. A SYN on a connection in
 /// TIME_WAIT or CLOSE is a new connection: the caller removes the old entry and opens one
 /// (judged by the rules again) instead of calling this.
+#[inline(always)]
 pub fn track(
+    state: u8,
+    dir: u8,
+    peers: &mut [TcpPeer; 2],
+    seg: &Segment,
+    liberal: bool,
+) -> Verdict {
+    // Nearly every segment: an ACK (with or without data or PSH/URG/ECN bits) of an
+    // established connection. No state change; the window check with the SYN, RST and
+    // handshake cases compiled out.
+    if state == ESTABLISHED && seg.flags & (FIN | SYN | RST | ACK) == ACK {
+        return if liberal || plain_ack_in_window(dir, peers, seg) {
+            Verdict::Ok(ESTABLISHED)
+        } else {
+            Verdict::Invalid
+        };
+    }
+    track_any(state, dir, peers, seg, liberal)
+}
+
+/// The window check and update of [`track`] for a segment the caller has seen is an ACK
+/// without SYN, FIN or RST on an ESTABLISHED, non-liberal connection (the state stays
+/// ESTABLISHED): whether it is in window.
+#[inline(always)]
+pub fn plain_ack_in_window(dir: u8, peers: &mut [TcpPeer; 2], seg: &Segment) -> bool {
+    in_window::<true>(ESTABLISHED, (dir & 1) as usize, peers, seg)
+}
+
+/// [`track`] for any segment in any state.
+#[inline(never)]
+fn track_any(
     state: u8,
     dir: u8,
     peers: &mut [TcpPeer; 2],
@@ -229,25 +260,39 @@ pub fn track(
     if next == IG {
         return Verdict::Ignored;
     }
-    if !liberal && !in_window(state, d, peers, seg) {
+    if !liberal && !in_window::<false>(state, d, peers, seg) {
         return Verdict::Invalid;
     }
     Verdict::Ok(next)
 }
 
 /// The sequence/window check, updating both sides' tracking when the segment passes.
-fn in_window(state: u8, d: usize, peers: &mut [TcpPeer; 2], seg: &Segment) -> bool {
+/// `PLAIN_ACK`: the caller knows the segment is an ACK without SYN, FIN or RST on an
+/// established connection, and the branches for the other cases drop out.
+#[inline(always)]
+fn in_window<const PLAIN_ACK: bool>(
+    state: u8,
+    d: usize,
+    peers: &mut [TcpPeer; 2],
+    seg: &Segment,
+) -> bool {
     let (a, b) = peers.split_at_mut(1);
     let (sender, receiver) = if d == 0 {
         (&mut a[0], &mut b[0])
     } else {
         (&mut b[0], &mut a[0])
     };
+    let flags = if PLAIN_ACK { ACK } else { seg.flags };
+    let state = if PLAIN_ACK { ESTABLISHED } else { state };
     let seq = seg.seq;
     let mut ack = seg.ack;
     let mut win = seg.win as u32;
-    let end = seg.end();
-    let syn = seg.flags & SYN != 0;
+    let end = if PLAIN_ACK {
+        seq.wrapping_add(seg.len)
+    } else {
+        seg.end()
+    };
+    let syn = flags & SYN != 0;
 
     if sender.maxwin == 0 {
         // The first segment of this direction.
@@ -284,11 +329,11 @@ fn in_window(state: u8, d: usize, peers: &mut [TcpPeer; 2], seg: &Segment) -> bo
         sender.wscale_opt = seg.wscale;
     }
 
-    if seg.flags & ACK == 0 || (seg.flags & RST != 0 && ack == 0) {
+    if flags & ACK == 0 || (flags & RST != 0 && ack == 0) {
         // No acknowledgement (or a broken stack's RST|ACK with ack 0): pretend it acked all.
         ack = receiver.end;
     }
-    let (seq, end) = if seg.flags & RST != 0 && seq == 0 && state == SYN_SENT {
+    let (seq, end) = if flags & RST != 0 && seq == 0 && state == SYN_SENT {
         // A RST answering a SYN carries no sequence number of its own.
         (sender.end, sender.end)
     } else {
