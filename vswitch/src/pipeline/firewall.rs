@@ -144,6 +144,7 @@ const NO_ENTRY: u32 = u32::MAX;
 #[derive(Debug, Clone, Copy, Default)]
 struct Before {
     tcp: [TcpPeer; 2],
+    state: u8,
     flags: u8,
     dir: u8,
 }
@@ -610,21 +611,22 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
     }
     let (hint, now) = (f.hint, f.now);
     let (idx, dir) = find(&mut f.ct, &key, hint, f.hash, now)?;
+    if hint != NO_ENTRY && f.mirrored & (1 << i) != 0 {
+        if let Some(o) = mirror(f, i, hint, idx, dir, fw.version) {
+            return Some(o);
+        }
+    }
     if plain_ack {
         // Nearly all traffic: an ACK of an established connection. One borrow of the entry,
         // no state change (so no gauge, list or assurance to update).
         if let Kind::Tcp(seg) = fl.kind {
-            if hint != NO_ENTRY && f.mirrored & (1 << i) != 0 {
-                if let Some(o) = mirror(f, i, hint, idx, dir, fw.version) {
-                    return Some(o);
-                }
-            }
             let ttl = f.ct.timeouts.tcp[state::ESTABLISHED as usize];
             let e = f.ct.entry_mut(idx)?;
             const KEEP: u8 = flag::ASSURED;
             if e.policy == fw.version && e.state == state::ESTABLISHED && e.flags & KEEP != 0 {
                 let before = Before {
                     tcp: e.tcp,
+                    state: e.state,
                     flags: e.flags,
                     dir,
                 };
@@ -652,19 +654,60 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
     if e.policy != fw.version || (opens && matches!(e.state, state::TIME_WAIT | state::CLOSE)) {
         return None;
     }
-    if let Advanced::Invalid(_) = advance(&mut f.ct, idx, dir, &fl.kind, hint, now) {
-        return Some(Outcome::Drop(DropReason::ConntrackInvalid));
+    let before = Before {
+        tcp: e.tcp,
+        state: e.state,
+        flags: e.flags,
+        dir,
+    };
+    match advance(&mut f.ct, idx, dir, &fl.kind, hint, now) {
+        Advanced::Invalid(_) => return Some(Outcome::Drop(DropReason::ConntrackInvalid)),
+        // Moved on without a change of state by a connection already assured (a
+        // retransmitted handshake, a UDP reply): the receiver's zone may mirror it.
+        Advanced::To(st) | Advanced::Ignored(st)
+            if hint == NO_ENTRY && st == before.state && before.flags & flag::ASSURED != 0 =>
+        {
+            if let Some(b) = f.before.get_mut(i) {
+                *b = before;
+                f.mirrored |= 1 << i;
+            }
+        }
+        _ => {}
     }
     f.last_entry = idx;
     Some(Outcome::Pass)
 }
 
+/// Whether two entries track TCP identically (field by field: the derived comparison of the
+/// arrays is an out-of-line call).
+#[inline(always)]
+fn same_tracking(a: &[TcpPeer; 2], b: &[TcpPeer; 2]) -> bool {
+    // Every field, named: a field added to TcpPeer must be added here too.
+    let w = |p: &TcpPeer| {
+        let TcpPeer {
+            end,
+            maxend,
+            maxwin,
+            scale,
+            wscale_opt,
+        } = *p;
+        (
+            end as u64 | (maxend as u64) << 32,
+            maxwin as u64 | (scale as u64) << 32 | (wscale_opt as u64) << 40,
+        )
+    };
+    let ((a0, a1), (a2, a3)) = (w(&a[0]), w(&a[1]));
+    let ((b0, b1), (b2, b3)) = (w(&b[0]), w(&b[1]));
+    ((a0 ^ b0) | (a1 ^ b1) | (a2 ^ b2) | (a3 ^ b3)) == 0
+}
+
 /// The ingress check of packet `i` through entry `idx` (direction `dir`), whose peer `hint`
-/// in the sender's zone the egress check just moved on from the state [`FwCore::before`]
-/// recorded: when this entry is in exactly that state (same TCP tracking, same liberal
-/// setting, established and assured) and admitted under the port's current rules, the
-/// tracking of the same segment here can only end where it ended there, so the result is
-/// copied instead of computed again. `None`: not so, judge it in full.
+/// in the sender's zone the egress check just passed, without a change of state, from the
+/// state [`FwCore::before`] recorded: when this entry is in exactly that state (same
+/// connection state and TCP tracking, same liberal setting, assured) and admitted under the
+/// port's current rules, the tracking of the same packet here can only end where it ended
+/// there, so the result is copied instead of computed again. `None`: not so, judge it in
+/// full.
 #[inline(always)]
 fn mirror(f: &mut FwCore, i: usize, hint: u32, idx: u32, dir: u8, version: u32) -> Option<Outcome> {
     let b = *f.before.get(i)?;
@@ -676,10 +719,10 @@ fn mirror(f: &mut FwCore, i: usize, hint: u32, idx: u32, dir: u8, version: u32) 
     const SAME: u8 = flag::LIBERAL | flag::ASSURED;
     if dir != b.dir
         || e.policy != version
-        || e.state != state::ESTABLISHED
+        || e.state != b.state
         || e.flags & flag::ASSURED == 0
         || (e.flags ^ b.flags) & SAME != 0
-        || e.tcp != b.tcp
+        || !same_tracking(&e.tcp, &b.tcp)
     {
         return None;
     }

@@ -593,7 +593,7 @@ impl Conntrack {
     }
 
     /// [`lookup`](Self::lookup) with the key's hash already computed.
-    #[inline]
+    #[inline(always)]
     pub fn lookup_hashed(&mut self, k: &Key, h: u64, now: u32) -> Option<(u32, u8)> {
         let tag = tag_of(h);
         let mut b = (h & self.mask) as usize;
