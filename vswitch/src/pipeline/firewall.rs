@@ -324,7 +324,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         flow::parse_into(p.data(), slot);
         f.hashes[i] = prefetch_lookup(&f.ct, slot, fw);
     }
-    touch_candidates(&s.fw, todo);
+    touch_candidates(&s.fw, todo & !s.fw.seen);
     for i in 0..b.len {
         if todo & (1 << i) == 0 {
             continue;
@@ -678,29 +678,6 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
     Some(Outcome::Pass)
 }
 
-/// Whether two entries track TCP identically (field by field: the derived comparison of the
-/// arrays is an out-of-line call).
-#[inline(always)]
-fn same_tracking(a: &[TcpPeer; 2], b: &[TcpPeer; 2]) -> bool {
-    // Every field, named: a field added to TcpPeer must be added here too.
-    let w = |p: &TcpPeer| {
-        let TcpPeer {
-            end,
-            maxend,
-            maxwin,
-            scale,
-            wscale_opt,
-        } = *p;
-        (
-            end as u64 | (maxend as u64) << 32,
-            maxwin as u64 | (scale as u64) << 32 | (wscale_opt as u64) << 40,
-        )
-    };
-    let ((a0, a1), (a2, a3)) = (w(&a[0]), w(&a[1]));
-    let ((b0, b1), (b2, b3)) = (w(&b[0]), w(&b[1]));
-    ((a0 ^ b0) | (a1 ^ b1) | (a2 ^ b2) | (a3 ^ b3)) == 0
-}
-
 /// The ingress check of packet `i` through entry `idx` (direction `dir`), whose peer `hint`
 /// in the sender's zone the egress check just passed, without a change of state, from the
 /// state [`FwCore::before`] recorded: when this entry is in exactly that state (same
@@ -722,7 +699,8 @@ fn mirror(f: &mut FwCore, i: usize, hint: u32, idx: u32, dir: u8, version: u32) 
         || e.state != b.state
         || e.flags & flag::ASSURED == 0
         || (e.flags ^ b.flags) & SAME != 0
-        || !same_tracking(&e.tcp, &b.tcp)
+        || e.tcp[0] != b.tcp[0]
+        || e.tcp[1] != b.tcp[1]
     {
         return None;
     }
