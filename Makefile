@@ -41,6 +41,7 @@ bench: build-release
 	python3 perf/bench.py --vswitchd $(VSWITCHD_RELEASE)
 	$(CARGO) run --release -q -p vswitch --example lpm_bench
 	$(CARGO) run --release -q -p vswitch --example conntrack_bench
+	$(CARGO) run --release -q -p vswitch --example ct_established_bench
 
 clean:
 	$(CARGO) clean

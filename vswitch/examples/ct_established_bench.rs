@@ -11,7 +11,8 @@
 //! ports give the cost of everything but the firewall, in the same run. Unlike the DPDK
 //! benchmark, the tables stay in this core's caches (no PMD streams frames through them), so
 //! the figures are an upper bound and the difference between the two is the firewall's
-//! computing cost.
+//! computing cost. `CT_CAP=N` sets the connection table's capacity (default 262,144, the
+//! daemon's default for one worker).
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vswitch::counters::BatchCounters;
