@@ -92,8 +92,8 @@ pub fn parse(frame: &[u8]) -> Flow {
     }
 }
 
-/// [`parse`] into `out`. The common case, an unfragmented IPv4 TCP segment (not a SYN, whose
-/// options are read) or UDP datagram, is written field by field straight into `out`, the
+/// [`parse`] into `out`. The common case, an unfragmented IPv4 TCP segment (a SYN's window
+/// scale option read too) or UDP datagram, is written field by field straight into `out`, the
 /// batch's scratch slot: building the flow elsewhere and copying it in stalled the firewall
 /// on store forwarding. Everything else goes through [`parse`]. The same result either way
 /// (a proptest checks it).
@@ -112,17 +112,24 @@ pub fn parse_into(frame: &[u8], out: &mut Flow) {
             let (src, dst) = (be32(h, 26), be32(h, 30));
             let (sp, dp) = (be16(h, 34), be16(h, 36));
             match h[23] {
-                PROTO_TCP if tl >= 40 && h[47] & tcp::SYN == 0 => {
+                PROTO_TCP if tl >= 40 => {
                     let doff = ((h[46] >> 4) as usize) * 4;
                     if doff >= 20 && doff <= tl - 20 {
+                        let flags = h[47];
+                        // A SYN's window scale option (options end within the IP packet:
+                        // doff <= tl - 20 <= frame length - 34).
+                        let wscale = match frame.get(ETH + 40..ETH + 20 + doff) {
+                            Some(opts) if flags & tcp::SYN != 0 => wscale_option(opts),
+                            _ => 255,
+                        };
                         out.key = Key::v4(0, PROTO_TCP, src, dst, sp, dp);
                         out.kind = Kind::Tcp(Segment {
                             seq: be32(h, 38),
                             ack: be32(h, 42),
                             win: be16(h, 48),
-                            flags: h[47],
+                            flags,
                             len: (tl - 20 - doff) as u32,
-                            wscale: 255,
+                            wscale,
                         });
                         out.port_key = dp;
                         out.frag = None;

@@ -494,8 +494,9 @@ mod parse_prop {
             any::<u16>(),
             any::<u16>(),
             0usize..40,
+            any::<bool>(),
         )
-            .prop_map(|(tcp, flags, sp, dp, len)| {
+            .prop_map(|(tcp, flags, sp, dp, len, options)| {
                 let b =
                     etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
                         .ipv4([198, 51, 100, 1], [198, 51, 100, 2], 64);
@@ -514,6 +515,13 @@ mod parse_prop {
                     }
                     if flags & 8 != 0 {
                         t = t.ack(55);
+                    }
+                    if options {
+                        use etherparse::TcpOptionElement as O;
+                        let scale = O::WindowScale(flags >> 4);
+                        t = t
+                            .options(&[O::MaximumSegmentSize(1460), O::Noop, scale])
+                            .unwrap();
                     }
                     t.write(&mut out, &payload).unwrap();
                 } else {
