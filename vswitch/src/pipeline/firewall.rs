@@ -316,11 +316,23 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         let (Some(slot), f) = (s.fw_flows.0.get_mut(i), &mut s.fw) else {
             continue;
         };
-        todo |= 1 << i;
         f.hashes[i] = 0;
         if f.seen & (1 << i) != 0 {
+            // Passed the egress check in this batch with its state recorded: most such frames
+            // are settled here, through the peer link and the mirror, without the full judgement.
+            if !T::ON && f.mirrored & (1 << i) != 0 && fw.stateful {
+                let (hint, key) = (f.entries[i], slot.key.with_zone(fw.zone));
+                if let Some((idx, dir)) = f.ct.peer_lookup(hint, &key, f.now) {
+                    if mirror(f, i, hint, idx, dir, fw.version).is_some() {
+                        f.count(port, true);
+                        continue;
+                    }
+                }
+            }
+            todo |= 1 << i;
             continue;
         }
+        todo |= 1 << i;
         flow::parse_into(p.data(), slot);
         f.hashes[i] = prefetch_lookup(&f.ct, slot, fw);
     }
@@ -611,11 +623,6 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
     }
     let (hint, now) = (f.hint, f.now);
     let (idx, dir) = find(&mut f.ct, &key, hint, f.hash, now)?;
-    if hint != NO_ENTRY && f.mirrored & (1 << i) != 0 {
-        if let Some(o) = mirror(f, i, hint, idx, dir, fw.version) {
-            return Some(o);
-        }
-    }
     if plain_ack {
         // Nearly all traffic: an ACK of an established connection. One borrow of the entry,
         // no state change (so no gauge, list or assurance to update).
