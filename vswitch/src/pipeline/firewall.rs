@@ -120,8 +120,10 @@ pub struct FwCore {
     /// [`Flows`]). Bit `i` of `seen` says slot `i` holds this batch's packet `i`; cleared by
     /// the ingress stage.
     entries: [u32; BURST],
-    /// The connection key hash of each packet, computed before the judgements (0: none).
+    /// The connection key hash of each packet, computed before the judgements (0: none),
+    /// and the candidate its index bucket pointed at (see `Conntrack::lookup_candidate`).
     hashes: [u64; BURST],
+    cands: [u32; BURST],
     seen: u32,
     /// What the egress check of packet `i` found its entry in before the packet moved it on
     /// (bit `i` of `mirrored` says `before[i]` holds this batch's packet `i`): when the same
@@ -133,6 +135,7 @@ pub struct FwCore {
     /// key's hash if known (0: compute it), and the entry the judgement found or created.
     hint: u32,
     hash: u64,
+    cand: u32,
     last_entry: u32,
 }
 
@@ -161,11 +164,13 @@ impl FwCore {
             frags: FragCache::default(),
             entries: [NO_ENTRY; BURST],
             hashes: [0; BURST],
+            cands: [0; BURST],
             seen: 0,
             before: [Before::default(); BURST],
             mirrored: 0,
             hint: NO_ENTRY,
             hash: 0,
+            cand: 0,
             last_entry: NO_ENTRY,
         }
     }
@@ -213,16 +218,15 @@ fn prefetch_lookup(ct: &Conntrack, fl: &Flow, fw: &PortFirewall) -> u64 {
 }
 
 /// Once the index buckets of the batch's frames `which` (a bit each) have had time to
-/// arrive, starts loading the entries they point at.
+/// arrive, starts loading the entries they point at, and keeps each one as the frame's
+/// candidate for its lookup.
 #[inline(always)]
-fn touch_candidates(f: &FwCore, mut which: u32) {
+fn touch_candidates(f: &mut FwCore, mut which: u32) {
     while which != 0 {
         let i = which.trailing_zeros() as usize;
         which &= which - 1;
-        if let Some(&h) = f.hashes.get(i) {
-            if h != 0 {
-                f.ct.touch_candidate(h);
-            }
+        if let (Some(&h), Some(c)) = (f.hashes.get(i), f.cands.get_mut(i)) {
+            *c = if h != 0 { f.ct.touch_candidate(h) } else { 0 };
         }
     }
 }
@@ -267,7 +271,7 @@ pub fn egress<B: PacketBuf, T: Tracer>(
         f.hashes[i] = prefetch_lookup(&f.ct, slot, fw);
         parsed |= 1 << i;
     }
-    touch_candidates(&s.fw, parsed);
+    touch_candidates(&mut s.fw, parsed);
 
     for i in 0..b.len {
         if parsed & (1 << i) == 0 {
@@ -276,9 +280,11 @@ pub fn egress<B: PacketBuf, T: Tracer>(
         let f = &mut s.fw;
         f.hint = NO_ENTRY;
         f.hash = f.hashes[i];
+        f.cand = f.cands[i];
         f.last_entry = NO_ENTRY;
         let o = judge::<T>(&s.fw_flows.0[i], fw, false, f, c, tr, i, t);
         f.hash = 0;
+        f.cand = 0;
         if o == Outcome::Pass {
             f.entries[i] = f.last_entry;
             f.seen |= 1 << i;
@@ -336,7 +342,8 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         flow::parse_into(p.data(), slot);
         f.hashes[i] = prefetch_lookup(&f.ct, slot, fw);
     }
-    touch_candidates(&s.fw, todo & !s.fw.seen);
+    let fresh = todo & !s.fw.seen;
+    touch_candidates(&mut s.fw, fresh);
     for i in 0..b.len {
         if todo & (1 << i) == 0 {
             continue;
@@ -357,9 +364,11 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         };
         f.hint = hint;
         f.hash = f.hashes[i];
+        f.cand = f.cands[i];
         f.last_entry = NO_ENTRY;
         let o = judge::<T>(&s.fw_flows.0[i], fw, true, f, c, tr, i, t);
         f.hash = 0;
+        f.cand = 0;
         f.hint = NO_ENTRY;
         if o == Outcome::Pass {
             s.fw.count(port, true);
@@ -540,14 +549,21 @@ fn judge_general<T: Tracer>(
 /// The connection `key` belongs to: through the peer hint of the same packet's entry in
 /// another zone when it holds, else by lookup (with the hash computed ahead, if any).
 #[inline(always)]
-fn find(ct: &mut Conntrack, key: &Key, hint: u32, hash: u64, now: u32) -> Option<(u32, u8)> {
+fn find(
+    ct: &mut Conntrack,
+    key: &Key,
+    hint: u32,
+    hash: u64,
+    cand: u32,
+    now: u32,
+) -> Option<(u32, u8)> {
     if hint != NO_ENTRY {
         if let Some(h) = ct.peer_lookup(hint, key, now) {
             return Some(h);
         }
     }
     if hash != 0 {
-        ct.lookup_hashed(key, hash, now)
+        ct.lookup_candidate(key, hash, cand, now)
     } else {
         ct.lookup(key, now)
     }
@@ -622,7 +638,7 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
         return None;
     }
     let (hint, now) = (f.hint, f.now);
-    let (idx, dir) = find(&mut f.ct, &key, hint, f.hash, now)?;
+    let (idx, dir) = find(&mut f.ct, &key, hint, f.hash, f.cand, now)?;
     if plain_ack {
         // Nearly all traffic: an ACK of an established connection. One borrow of the entry,
         // no state change (so no gauge, list or assurance to update).
@@ -857,7 +873,7 @@ fn judge_flow<T: Tracer>(
     // The same connection in the sender's zone, found by the egress check of this very
     // packet: its peer link leads here without hashing.
     let hint = f.hint;
-    let mut hit = find(ct, &key, hint, 0, now);
+    let mut hit = find(ct, &key, hint, 0, 0, now);
     // A SYN on a closed connection opens a new one (judged by the rules again).
     if let (Some((idx, _)), Kind::Tcp(seg)) = (hit, fl.kind) {
         if tcp::opens(seg.flags)

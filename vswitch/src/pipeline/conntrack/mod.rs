@@ -569,16 +569,43 @@ impl Conntrack {
     /// at (most lookups find their connection there). Called once the bucket itself has had
     /// time to arrive ([`touch`](Self::touch) a pass earlier), so the entry loads of a batch
     /// overlap too instead of each lookup waiting for its own.
+    /// Returns that candidate for [`lookup_candidate`](Self::lookup_candidate) (0: none).
     #[inline(always)]
-    pub fn touch_candidate(&self, h: u64) {
+    pub fn touch_candidate(&self, h: u64) -> u32 {
         let Some(bucket) = self.buckets.get((h & self.mask) as usize) else {
-            return;
+            return 0;
         };
         let m = vswitch_ffi::hint::match_words(&bucket.w, TAG_MASK, tag_of(h)) & SLOT_LANES;
-        if m != 0 {
-            let link = (bucket.w[m.trailing_zeros() as usize] & LINK_MASK) - 1;
-            self.touch_entry(link >> 1);
+        if m == 0 {
+            return 0;
         }
+        let sl = bucket.w[m.trailing_zeros() as usize] & LINK_MASK;
+        self.touch_entry((sl - 1) >> 1);
+        sl
+    }
+
+    /// [`lookup_hashed`](Self::lookup_hashed), first trying the candidate that
+    /// [`touch_candidate`](Self::touch_candidate) found for the same hash earlier in the batch,
+    /// which saves scanning the bucket again when it holds: a live entry whose key is `k`
+    /// (or `k` reversed, as the candidate's direction says) is the connection, since a key
+    /// is in the table at most once. The batch may have changed the table since (an entry
+    /// removed or its slot reused), so the candidate is only a hint, checked like one.
+    #[inline(always)]
+    pub fn lookup_candidate(&mut self, k: &Key, h: u64, cand: u32, now: u32) -> Option<(u32, u8)> {
+        if cand != 0 {
+            let (idx, dir) = ((cand - 1) >> 1, ((cand - 1) & 1) as u8);
+            if let Some(e) = self.entries.get(idx as usize) {
+                let same = if dir == 0 {
+                    e.key == *k
+                } else {
+                    e.key.eq_reverse(k)
+                };
+                if same && e.state != state::FREE && !expired(e.expires, now) {
+                    return Some((idx, dir));
+                }
+            }
+        }
+        self.lookup_hashed(k, h, now)
     }
 
     /// Starts loading an entry (the other zone's entry of a connection, needed a few stages

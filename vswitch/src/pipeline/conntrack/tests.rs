@@ -258,6 +258,41 @@ fn one_entry_from_both_directions() {
 }
 
 #[test]
+fn a_lookup_candidate_is_only_a_hint() {
+    let mut ct = Conntrack::new(64, Timeouts::default(), false);
+    let (a, b) = (key(1), key(2));
+    let ia = ct.insert(&a, ESTABLISHED, 0, 1, 0).unwrap();
+    // The candidate of each direction's hash leads to the entry, in that direction.
+    let (ha, hr) = (a.hash(), a.reverse().hash());
+    let (ca, cr) = (ct.touch_candidate(ha), ct.touch_candidate(hr));
+    // A candidate is the index link + 1: entry << 1 | direction.
+    let link = |idx: u32, dir: u32| (idx << 1 | dir) + 1;
+    assert_eq!((ca, cr), (link(ia, 0), link(ia, 1)));
+    assert_eq!(ct.lookup_candidate(&a, ha, ca, 1), Some((ia, 0)));
+    assert_eq!(ct.lookup_candidate(&a.reverse(), hr, cr, 1), Some((ia, 1)));
+    // A candidate for another key, or none, costs a full lookup, not a wrong answer.
+    assert_eq!(ct.lookup_candidate(&a, ha, cr, 1), Some((ia, 0)));
+    assert_eq!(ct.lookup_candidate(&a, ha, 0, 1), Some((ia, 0)));
+    // The connection goes (its slot keeps the old key): the stale candidate finds nothing.
+    ct.remove(ia);
+    assert_eq!(ct.lookup_candidate(&a, ha, ca, 1), None);
+    // The slot is reused by another connection: still nothing for the old key, and the
+    // candidate of the new one works.
+    let ib = ct.insert(&b, ESTABLISHED, 0, 1, 0).unwrap();
+    assert_eq!(ib, ia, "the freed slot is reused");
+    assert_eq!(ct.lookup_candidate(&a, ha, ca, 1), None);
+    assert_eq!(
+        ct.lookup_candidate(&b, b.hash(), link(ib, 0), 1),
+        Some((ib, 0))
+    );
+    // An expired entry is not returned through its candidate either (the full lookup then
+    // removes it).
+    let late = ct.timeouts.of(PROTO_TCP, ESTABLISHED) + 1;
+    assert_eq!(ct.lookup_candidate(&b, b.hash(), link(ib, 0), late), None);
+    assert_eq!(ct.len(), 0);
+}
+
+#[test]
 fn many_entries_with_colliding_buckets_stay_reachable_after_removals() {
     let mut ct = Conntrack::new(5000, Timeouts::default(), false);
     let mut ids = Vec::new();
