@@ -14,12 +14,13 @@
 //!   process's resident memory growth while it filled.
 use std::net::Ipv4Addr;
 use std::time::Instant;
-use vswitch::counters::{BatchCounters, DropReason};
-use vswitch::packet::{PacketBuf, TestBuf};
-use vswitch::pipeline::conntrack::{Conntrack, Timeouts};
-use vswitch::pipeline::firewall::FwCore;
-use vswitch::pipeline::output::{self, Tx, TxBuffers};
-use vswitch::pipeline::{process, Batch, CoreState, NoTrace, SharedState, BURST};
+use vswitch::counters::DropReason;
+use vswitch::packet::PacketBuf;
+use vswitch::pipeline::BURST;
+
+#[path = "support/rig.rs"]
+mod rig;
+use rig::Rig;
 
 const CAPACITY: usize = 1 << 20;
 const MEMBERS: u32 = 10_000;
@@ -108,19 +109,6 @@ fn template() -> Vec<u8> {
     out
 }
 
-/// Sends nothing: puts the buffers back in the pool.
-struct Recycle(Vec<TestBuf>);
-impl Tx<TestBuf> for Recycle {
-    fn tx(&mut self, _port: u16, pkts: &mut [Option<TestBuf>; BURST], n: usize) -> usize {
-        for p in pkts[..n].iter_mut() {
-            if let Some(b) = p.take() {
-                self.0.push(b);
-            }
-        }
-        n
-    }
-}
-
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -132,96 +120,39 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-struct Rig {
-    t: vswitch::tables::Tables,
-    s: CoreState,
-    txb: TxBuffers<TestBuf>,
-    sink: Recycle,
-    c: BatchCounters,
-    b: Batch<TestBuf>,
-    held: vswitch::pipeline::router::Pending<TestBuf>,
-}
-
-impl Rig {
-    /// Sends `n` frames; frame k goes to server k % 10,000 from source port derived from k, so
-    /// tuples repeat only after `period` frames.
-    fn run(&mut self, from: u64, n: u64) -> f64 {
-        let start = Instant::now();
-        let mut k = from;
-        let end = from + n;
-        while k < end {
-            let len = (end - k).min(BURST as u64) as usize;
-            for i in 0..len {
-                let mut p = self
-                    .sink
-                    .0
-                    .pop()
-                    .unwrap_or_else(|| TestBuf::new(&template()));
-                let x = k + i as u64;
-                let d = p.data_mut();
-                let dst = u32::from(member((x % MEMBERS as u64) as u32)).to_be_bytes();
-                d[30..34].copy_from_slice(&dst);
-                // Source port and the rest of the tuple from the frame number.
-                let sport = (1024 + (x / MEMBERS as u64) % 60000) as u16;
-                let dport = (53 + (x / (MEMBERS as u64 * 60000))) as u16;
-                d[34..36].copy_from_slice(&sport.to_be_bytes());
-                d[36..38].copy_from_slice(&dport.to_be_bytes());
-                self.b.pkts[i] = Some(p);
-            }
-            self.b.start(0, len);
-            process(
-                &mut self.b,
-                &self.t,
-                &mut self.s,
-                &mut self.held,
-                &mut self.c,
-                &mut NoTrace,
-            );
-            output::run(
-                &mut self.b,
-                &self.t,
-                &mut self.s,
-                &mut self.txb,
-                &mut self.sink,
-                &mut self.c,
-                &mut NoTrace,
-            );
-            k += len as u64;
+/// Sends `n` frames through `rig`; frame k goes to server k % 10,000 from a source port
+/// derived from k, so tuples repeat only after 10,000 x 60,000 frames. Returns seconds.
+fn run(rig: &mut Rig, from: u64, n: u64) -> f64 {
+    let tmpl = template();
+    let start = Instant::now();
+    let mut k = from;
+    let end = from + n;
+    while k < end {
+        let len = (end - k).min(BURST as u64) as usize;
+        for i in 0..len {
+            let mut p = rig.sink.reuse(&tmpl);
+            let x = k + i as u64;
+            let d = p.data_mut();
+            let dst = u32::from(member((x % MEMBERS as u64) as u32)).to_be_bytes();
+            d[30..34].copy_from_slice(&dst);
+            // Source port and the rest of the tuple from the frame number.
+            let sport = (1024 + (x / MEMBERS as u64) % 60000) as u16;
+            let dport = (53 + (x / (MEMBERS as u64 * 60000))) as u16;
+            d[34..36].copy_from_slice(&sport.to_be_bytes());
+            d[36..38].copy_from_slice(&dport.to_be_bytes());
+            rig.b.pkts[i] = Some(p);
         }
-        self.txb.flush(&mut self.sink, &mut self.c);
-        start.elapsed().as_secs_f64()
+        rig.send(0, len);
+        k += len as u64;
     }
+    rig.flush();
+    start.elapsed().as_secs_f64()
 }
 
 fn main() {
-    let host = vswitch_config::parse_host_str(HOST).expect("bench host");
-    let st = state();
-    let problems = vswitch_config::validate_for_host(&host, &st);
-    assert!(problems.is_empty(), "{problems:?}");
-    let t = vswitch::tables::compile::compile(&host, &st, 1, &[]);
-    let shared = SharedState {
-        neigh: std::sync::Arc::new(vswitch::tables::neighbor::NeighborTable::new(64)),
-        l3neigh: std::sync::Arc::new(vswitch::tables::l3neigh::L3Neighbors::new(64)),
-    };
-    let mut s = CoreState::new(
-        1024,
-        300_000,
-        &shared,
-        Default::default(),
-        Default::default(),
-    );
+    let mut rig = Rig::new(HOST, &state());
     let rss0 = rss_kib();
-    s.fw = FwCore::new(Conntrack::new(CAPACITY, Timeouts::default(), true), 0, 1);
-    let n_ports = t.ports.len();
-    let mut rig = Rig {
-        t,
-        s,
-        txb: TxBuffers::new(n_ports),
-        sink: Recycle((0..4 * BURST).map(|_| TestBuf::new(&template())).collect()),
-        c: BatchCounters::default(),
-        b: Batch::default(),
-        held: Default::default(),
-    };
+    rig.with_conntrack(CAPACITY);
     println!(
         "conntrack_bench: vm1's group has {} rules, the allowing one names a remote group of {} members; capacity {} connections, 1 core",
         RULES + 1,
@@ -230,7 +161,7 @@ fn main() {
     );
     // Fill: every frame a new connection, until the table is full.
     let fill = CAPACITY as u64;
-    let secs = rig.run(0, fill);
+    let secs = run(&mut rig, 0, fill);
     let rss1 = rss_kib();
     assert_eq!(rig.s.fw.ct.len(), CAPACITY, "the table filled");
     assert_eq!(rig.c.dropped(DropReason::FirewallEgressDenied), 0);
@@ -242,20 +173,19 @@ fn main() {
     );
     // Full: each new connection evicts the oldest unestablished one.
     let more = 2 * CAPACITY as u64;
-    let secs = rig.run(fill, more);
+    let secs = run(&mut rig, fill, more);
     println!(
         "setup, table full:      {:>6.2} M new connections/s per core ({} evicted)",
         more as f64 / secs / 1e6,
         rig.s.fw.ct.stats.evicted
     );
     // The last CAPACITY tuples again: every frame hits a tracked connection.
-    let secs = rig.run(fill + more - CAPACITY as u64, CAPACITY as u64);
+    let secs = run(&mut rig, fill + more - CAPACITY as u64, CAPACITY as u64);
     println!(
         "tracked (1 M flows):    {:>6.2} Mpps per core",
         CAPACITY as f64 / secs / 1e6
     );
-    let drops: u64 = rig.c.drops.iter().sum();
-    assert_eq!(drops, 0, "no drops: {:?}", rig.c.drops);
+    assert_eq!(rig.dropped(), 0, "no drops: {:?}", rig.c.drops);
     let ct = &rig.s.fw.ct;
     println!(
         "memory per connection:  {} bytes (table arrays: {} MiB for {} entries); RSS grew {} MiB while filling = {} bytes per connection",

@@ -15,12 +15,11 @@
 //! daemon's default for one worker).
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use vswitch::counters::BatchCounters;
-use vswitch::packet::{PacketBuf, TestBuf};
-use vswitch::pipeline::conntrack::{Conntrack, Timeouts};
-use vswitch::pipeline::firewall::FwCore;
-use vswitch::pipeline::output::{self, Tx, TxBuffers};
-use vswitch::pipeline::{process, Batch, CoreState, NoTrace, SharedState, BURST};
+use vswitch::pipeline::BURST;
+
+#[path = "support/rig.rs"]
+mod rig;
+use rig::Rig;
 
 const HOST: &str = r#"
 role = "dvr"
@@ -59,121 +58,28 @@ fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
     out
 }
 
-/// Gives the buffers back to the pools they came from (one per frame length).
-struct Recycle(Vec<(usize, Vec<TestBuf>)>);
-impl Recycle {
-    fn take(&mut self, frame: &[u8]) -> TestBuf {
-        let pool = match self.0.iter_mut().position(|(l, _)| *l == frame.len()) {
-            Some(i) => &mut self.0[i].1,
-            None => {
-                self.0.push((frame.len(), Vec::new()));
-                &mut self.0.last_mut().expect("just pushed").1
+/// Replays both sides once through `rig`, in lockstep: 32 frames of vm1, then 32 of vm2.
+fn pass(rig: &mut Rig, sides: &[Vec<Vec<u8>>; 2]) {
+    let n = sides[0].len();
+    for at in (0..n).step_by(BURST) {
+        for (port, frames) in sides.iter().enumerate() {
+            let len = BURST.min(n - at);
+            for i in 0..len {
+                rig.b.pkts[i] = Some(rig.sink.take(&frames[at + i]));
             }
-        };
-        match pool.pop() {
-            Some(mut b) => {
-                b.data_mut().copy_from_slice(frame);
-                b
-            }
-            None => TestBuf::new(frame),
+            rig.send(port as u16, len);
         }
     }
-}
-impl Tx<TestBuf> for Recycle {
-    fn tx(&mut self, _port: u16, pkts: &mut [Option<TestBuf>; BURST], n: usize) -> usize {
-        for b in pkts[..n].iter_mut().filter_map(Option::take) {
-            let len = b.pkt_len();
-            if let Some((_, pool)) = self.0.iter_mut().find(|(l, _)| *l == len) {
-                pool.push(b);
-            }
-        }
-        n
-    }
+    rig.flush();
 }
 
-/// One core's stages and tables for one desired state, and the buffers they recycle.
-struct Rig {
-    t: vswitch::tables::Tables,
-    s: CoreState,
-    txb: TxBuffers<TestBuf>,
-    sink: Recycle,
-    c: BatchCounters,
-    b: Batch<TestBuf>,
-    held: vswitch::pipeline::router::Pending<TestBuf>,
-}
-
-impl Rig {
-    fn new(state: &vswitch_config::DesiredState, capacity: usize) -> Rig {
-        let host = vswitch_config::parse_host_str(HOST).expect("bench host");
-        let problems = vswitch_config::validate_for_host(&host, state);
-        assert!(problems.is_empty(), "{problems:?}");
-        let t = vswitch::tables::compile::compile(&host, state, 1, &[]);
-        let shared = SharedState {
-            neigh: std::sync::Arc::new(vswitch::tables::neighbor::NeighborTable::new(64)),
-            l3neigh: std::sync::Arc::new(vswitch::tables::l3neigh::L3Neighbors::new(64)),
-        };
-        let mut s = CoreState::new(
-            1024,
-            300_000,
-            &shared,
-            Default::default(),
-            Default::default(),
-        );
-        s.fw = FwCore::new(Conntrack::new(capacity, Timeouts::default(), true), 0, 1);
-        s.fw.per_port = vec![[0; 2]; t.ports.len()];
-        s.fw.now = 1;
-        let n_ports = t.ports.len();
-        Rig {
-            t,
-            s,
-            txb: TxBuffers::new(n_ports),
-            sink: Recycle(Vec::new()),
-            c: BatchCounters::default(),
-            b: Batch::default(),
-            held: Default::default(),
-        }
+/// Mpps over `rounds` passes.
+fn measure(rig: &mut Rig, sides: &[Vec<Vec<u8>>; 2], rounds: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..rounds {
+        pass(rig, sides);
     }
-
-    /// Replays both sides once, in lockstep: 32 frames of vm1, then 32 of vm2.
-    fn pass(&mut self, sides: &[Vec<Vec<u8>>; 2]) {
-        let n = sides[0].len();
-        for at in (0..n).step_by(BURST) {
-            for (port, frames) in sides.iter().enumerate() {
-                let len = BURST.min(n - at);
-                for i in 0..len {
-                    self.b.pkts[i] = Some(self.sink.take(&frames[at + i]));
-                }
-                self.b.start(port as u16, len);
-                process(
-                    &mut self.b,
-                    &self.t,
-                    &mut self.s,
-                    &mut self.held,
-                    &mut self.c,
-                    &mut NoTrace,
-                );
-                output::run(
-                    &mut self.b,
-                    &self.t,
-                    &mut self.s,
-                    &mut self.txb,
-                    &mut self.sink,
-                    &mut self.c,
-                    &mut NoTrace,
-                );
-            }
-        }
-        self.txb.flush(&mut self.sink, &mut self.c);
-    }
-
-    /// Mpps over `rounds` passes.
-    fn measure(&mut self, sides: &[Vec<Vec<u8>>; 2], rounds: usize) -> f64 {
-        let start = Instant::now();
-        for _ in 0..rounds {
-            self.pass(sides);
-        }
-        (2 * sides[0].len() * rounds) as f64 / start.elapsed().as_secs_f64() / 1e6
-    }
+    (2 * sides[0].len() * rounds) as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -224,21 +130,23 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(262_144);
-    let mut rigs = [Rig::new(&open, capacity), Rig::new(&with_sg, capacity)];
+    let mut rigs = [Rig::new(HOST, &open), Rig::new(HOST, &with_sg)];
+    for r in &mut rigs {
+        r.with_conntrack(capacity);
+    }
     // The first pass opens every connection; the measured passes after it are established
     // traffic. The two rigs take turns, so a slow patch of the machine hits both alike.
     let mut mpps = [Vec::new(), Vec::new()];
     for r in &mut rigs {
-        r.pass(&sides);
+        pass(r, &sides);
     }
     for _ in 0..runs {
         for (r, m) in rigs.iter_mut().zip(mpps.iter_mut()) {
-            m.push(r.measure(&sides, rounds));
+            m.push(measure(r, &sides, rounds));
         }
     }
     for r in &rigs {
-        let dropped: u64 = r.c.drops.iter().sum();
-        assert_eq!(dropped, 0, "no frame may be dropped: {:?}", r.c.drops);
+        assert_eq!(r.dropped(), 0, "no frame may be dropped: {:?}", r.c.drops);
     }
     let [base, fw] = mpps.map(median);
     println!(
