@@ -208,38 +208,7 @@ pub fn pick_up(peers: &mut [TcpPeer; 2], seg: &Segment) {
 /// the window tracking unless `liberal`, and returns the verdict. A SYN on a connection in
 /// TIME_WAIT or CLOSE is a new connection: the caller removes the old entry and opens one
 /// (judged by the rules again) instead of calling this.
-#[inline(always)]
 pub fn track(
-    state: u8,
-    dir: u8,
-    peers: &mut [TcpPeer; 2],
-    seg: &Segment,
-    liberal: bool,
-) -> Verdict {
-    // Nearly every segment: an ACK (with or without data or PSH/URG/ECN bits) of an
-    // established connection. No state change; the window check with the SYN, RST and
-    // handshake cases compiled out.
-    if state == ESTABLISHED && seg.flags & (FIN | SYN | RST | ACK) == ACK {
-        return if liberal || plain_ack_in_window(dir, peers, seg) {
-            Verdict::Ok(ESTABLISHED)
-        } else {
-            Verdict::Invalid
-        };
-    }
-    track_any(state, dir, peers, seg, liberal)
-}
-
-/// The window check and update of [`track`] for a segment the caller has seen is an ACK
-/// without SYN, FIN or RST on an ESTABLISHED, non-liberal connection (the state stays
-/// ESTABLISHED): whether it is in window.
-#[inline(always)]
-pub fn plain_ack_in_window(dir: u8, peers: &mut [TcpPeer; 2], seg: &Segment) -> bool {
-    in_window::<true>(ESTABLISHED, (dir & 1) as usize, peers, seg)
-}
-
-/// [`track`] for any segment in any state.
-#[inline(never)]
-fn track_any(
     state: u8,
     dir: u8,
     peers: &mut [TcpPeer; 2],
@@ -264,6 +233,15 @@ fn track_any(
         return Verdict::Invalid;
     }
     Verdict::Ok(next)
+}
+
+/// What [`track`] does for a segment the caller has seen is an ACK without SYN, FIN or RST on
+/// an ESTABLISHED, non-liberal connection (the state stays ESTABLISHED; the firewall's fast
+/// path takes nearly every segment this way): the window check and update, with the
+/// handshake and RST branches compiled out. Whether it is in window.
+#[inline(always)]
+pub fn plain_ack_in_window(dir: u8, peers: &mut [TcpPeer; 2], seg: &Segment) -> bool {
+    in_window::<true>(ESTABLISHED, (dir & 1) as usize, peers, seg)
 }
 
 /// The sequence/window check, updating both sides' tracking when the segment passes.

@@ -57,6 +57,46 @@ fn established() -> Conn {
     c
 }
 
+/// The fast path's window check for ACKs of established connections decides and updates
+/// exactly as the general tracker: in window, out of window, across the sequence wrap, with
+/// data, both directions.
+#[test]
+fn plain_ack_window_check_agrees_with_the_tracker() {
+    let b1 = B.wrapping_add(1);
+    let mut cases = Vec::new();
+    for (dir, seq0, ack0) in [(0u8, A + 1, b1), (1, b1, A + 1)] {
+        for dseq in [0u32, 1, 500, 70_000, 1 << 30, u32::MAX - 10] {
+            for dack in [0u32, 1, 100_000, u32::MAX] {
+                for len in [0u32, 6, 1460] {
+                    let s = seg(
+                        ACK | tcp::PSH,
+                        seq0.wrapping_add(dseq),
+                        ack0.wrapping_add(dack),
+                        502,
+                        len,
+                    );
+                    cases.push((dir, s));
+                }
+            }
+        }
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    for (dir, s) in cases {
+        let mut general = established();
+        let mut fast = general.peers;
+        let v = general.go(dir, s);
+        let ok = tcp::plain_ack_in_window(dir, &mut fast, &s);
+        assert_eq!(ok, v == Verdict::Ok(ESTABLISHED), "{dir} {s:?}");
+        assert_eq!(fast, general.peers, "{dir} {s:?}");
+        if ok {
+            accepted += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(accepted > 10 && refused > 10, "{accepted} / {refused}");
+}
+
 #[test]
 fn handshake_data_and_orderly_close() {
     let mut c = established();
