@@ -142,14 +142,26 @@ pub struct FwCore {
 /// No connection entry.
 const NO_ENTRY: u32 = u32::MAX;
 
-/// A connection entry's TCP tracking and flags before a packet moved it on, and the packet's
-/// direction in it (see `FwCore::before`).
+/// A connection entry's TCP tracking, state and flags before a packet moved it on, and the
+/// packet's direction in it (see `FwCore::before`).
 #[derive(Debug, Clone, Copy, Default)]
 struct Before {
     tcp: [TcpPeer; 2],
     state: u8,
     flags: u8,
     dir: u8,
+}
+
+impl Before {
+    #[inline(always)]
+    fn of(e: &super::conntrack::Entry, dir: u8) -> Before {
+        Before {
+            tcp: e.tcp,
+            state: e.state,
+            flags: e.flags,
+            dir,
+        }
+    }
 }
 
 impl FwCore {
@@ -172,6 +184,16 @@ impl FwCore {
             hash: 0,
             cand: 0,
             last_entry: NO_ENTRY,
+        }
+    }
+
+    /// Records packet `i`'s entry state before its egress check moved it on, for the
+    /// ingress check of the same packet (see [`mirror`]).
+    #[inline(always)]
+    fn record_before(&mut self, i: usize, before: Before) {
+        if let Some(b) = self.before.get_mut(i) {
+            *b = before;
+            self.mirrored |= 1 << i;
         }
     }
 
@@ -329,7 +351,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
             if !T::ON && f.mirrored & (1 << i) != 0 && fw.stateful {
                 let (hint, key) = (f.entries[i], slot.key.with_zone(fw.zone));
                 if let Some((idx, dir)) = f.ct.peer_lookup(hint, &key, f.now) {
-                    if mirror(f, i, hint, idx, dir, fw.version).is_some() {
+                    if mirror(f, i, hint, idx, dir, fw.version) {
                         f.count(port, true);
                         continue;
                     }
@@ -647,12 +669,7 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
             let e = f.ct.entry_mut(idx)?;
             const KEEP: u8 = flag::ASSURED;
             if e.policy == fw.version && e.state == state::ESTABLISHED && e.flags & KEEP != 0 {
-                let before = Before {
-                    tcp: e.tcp,
-                    state: e.state,
-                    flags: e.flags,
-                    dir,
-                };
+                let before = Before::of(e, dir);
                 if e.flags & flag::LIBERAL == 0 && !tcp::plain_ack_in_window(dir, &mut e.tcp, &seg)
                 {
                     return Some(Outcome::Drop(DropReason::ConntrackInvalid));
@@ -661,10 +678,7 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
                 e.flags |= (dir & 1) * flag::SEEN_REPLY;
                 let peer = e.peer;
                 if hint == NO_ENTRY {
-                    if let Some(b) = f.before.get_mut(i) {
-                        *b = before;
-                        f.mirrored |= 1 << i;
-                    }
+                    f.record_before(i, before);
                 } else if peer != hint {
                     f.ct.link_peers(hint, idx);
                 }
@@ -677,12 +691,7 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
     if e.policy != fw.version || (opens && matches!(e.state, state::TIME_WAIT | state::CLOSE)) {
         return None;
     }
-    let before = Before {
-        tcp: e.tcp,
-        state: e.state,
-        flags: e.flags,
-        dir,
-    };
+    let before = Before::of(e, dir);
     match advance(&mut f.ct, idx, dir, &fl.kind, hint, now) {
         Advanced::Invalid(_) => return Some(Outcome::Drop(DropReason::ConntrackInvalid)),
         // Moved on without a change of state by a connection already assured (a
@@ -690,10 +699,7 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
         Advanced::To(st) | Advanced::Ignored(st)
             if hint == NO_ENTRY && st == before.state && before.flags & flag::ASSURED != 0 =>
         {
-            if let Some(b) = f.before.get_mut(i) {
-                *b = before;
-                f.mirrored |= 1 << i;
-            }
+            f.record_before(i, before)
         }
         _ => {}
     }
@@ -706,16 +712,17 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
 /// state [`FwCore::before`] recorded: when this entry is in exactly that state (same
 /// connection state and TCP tracking, same liberal setting, assured) and admitted under the
 /// port's current rules, the tracking of the same packet here can only end where it ended
-/// there, so the result is copied instead of computed again. `None`: not so, judge it in
-/// full.
+/// there, so the result is copied instead of computed again (`true`: passed). `false`: not
+/// so, judge it in full.
 #[inline(always)]
-fn mirror(f: &mut FwCore, i: usize, hint: u32, idx: u32, dir: u8, version: u32) -> Option<Outcome> {
-    let b = *f.before.get(i)?;
-    let (tcp, expires, flags) = {
-        let a = f.ct.entry(hint)?;
-        (a.tcp, a.expires, a.flags)
+fn mirror(f: &mut FwCore, i: usize, hint: u32, idx: u32, dir: u8, version: u32) -> bool {
+    let (Some(&b), Some(a)) = (f.before.get(i), f.ct.entry(hint)) else {
+        return false;
     };
-    let e = f.ct.entry_mut(idx)?;
+    let (tcp, expires, flags) = (a.tcp, a.expires, a.flags);
+    let Some(e) = f.ct.entry_mut(idx) else {
+        return false;
+    };
     const SAME: u8 = flag::LIBERAL | flag::ASSURED;
     if dir != b.dir
         || e.policy != version
@@ -725,13 +732,12 @@ fn mirror(f: &mut FwCore, i: usize, hint: u32, idx: u32, dir: u8, version: u32) 
         || e.tcp[0] != b.tcp[0]
         || e.tcp[1] != b.tcp[1]
     {
-        return None;
+        return false;
     }
     e.tcp = tcp;
     e.expires = expires;
     e.flags |= flags & flag::SEEN_REPLY;
-    f.last_entry = idx;
-    Some(Outcome::Pass)
+    true
 }
 
 /// Judges a parsed frame (not a later fragment).

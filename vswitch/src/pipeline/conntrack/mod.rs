@@ -568,8 +568,8 @@ impl Conntrack {
     /// Starts loading the entry that the first tag match in hash `h`'s index bucket points
     /// at (most lookups find their connection there). Called once the bucket itself has had
     /// time to arrive ([`touch`](Self::touch) a pass earlier), so the entry loads of a batch
-    /// overlap too instead of each lookup waiting for its own.
-    /// Returns that candidate for [`lookup_candidate`](Self::lookup_candidate) (0: none).
+    /// overlap too instead of each lookup waiting for its own. Returns that candidate (its
+    /// link + 1; 0: none) for [`lookup_candidate`](Self::lookup_candidate).
     #[inline(always)]
     pub fn touch_candidate(&self, h: u64) -> u32 {
         let Some(bucket) = self.buckets.get((h & self.mask) as usize) else {
@@ -592,20 +592,26 @@ impl Conntrack {
     /// removed or its slot reused), so the candidate is only a hint, checked like one.
     #[inline(always)]
     pub fn lookup_candidate(&mut self, k: &Key, h: u64, cand: u32, now: u32) -> Option<(u32, u8)> {
-        if cand != 0 {
-            let (idx, dir) = ((cand - 1) >> 1, ((cand - 1) & 1) as u8);
-            if let Some(e) = self.entries.get(idx as usize) {
-                let same = if dir == 0 {
-                    e.key == *k
-                } else {
-                    e.key.eq_reverse(k)
-                };
-                if same && e.state != state::FREE && !expired(e.expires, now) {
-                    return Some((idx, dir));
-                }
+        if let Some((idx, dir, e)) = cand.checked_sub(1).and_then(|l| self.linked(l, k)) {
+            if e.state != state::FREE && !expired(e.expires, now) {
+                return Some((idx, dir));
             }
         }
         self.lookup_hashed(k, h, now)
+    }
+
+    /// The entry index link `link` (`idx << 1 | dir`) leads to, if its key is `k` in that
+    /// direction.
+    #[inline(always)]
+    fn linked(&self, link: u32, k: &Key) -> Option<(u32, u8, &Entry)> {
+        let (idx, dir) = (link >> 1, (link & 1) as u8);
+        let e = self.entries.get(idx as usize)?;
+        let same = if dir == 0 {
+            e.key == *k
+        } else {
+            e.key.eq_reverse(k)
+        };
+        same.then_some((idx, dir, e))
     }
 
     /// Starts loading an entry (the other zone's entry of a connection, needed a few stages
@@ -632,18 +638,7 @@ impl Conntrack {
             while m != 0 {
                 let j = m.trailing_zeros() as usize;
                 m &= m - 1;
-                let sl = bucket.w[j];
-                let link = (sl & LINK_MASK) - 1;
-                let (idx, dir) = (link >> 1, (link & 1) as u8);
-                let Some(e) = self.entries.get(idx as usize) else {
-                    continue;
-                };
-                let hit = if dir == 0 {
-                    e.key == *k
-                } else {
-                    e.key.eq_reverse(k)
-                };
-                if hit {
+                if let Some((idx, dir, e)) = self.linked((bucket.w[j] & LINK_MASK) - 1, k) {
                     if expired(e.expires, now) {
                         self.stats.expired += 1;
                         self.remove(idx);
