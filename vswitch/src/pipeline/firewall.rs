@@ -472,12 +472,11 @@ fn rule_port_key(k: &Key) -> u16 {
     }
 }
 
-/// Whether the current rules still allow a tracked connection (the version it was admitted
-/// under differs from the port's).
+/// Whether the current rules still allow a tracked connection, of key `k` (the version it
+/// was admitted under differs from the port's).
 #[inline]
-pub fn still_allowed(fw: &PortFirewall, e: &super::conntrack::Entry) -> bool {
+pub fn still_allowed(fw: &PortFirewall, k: &Key, e: &super::conntrack::Entry) -> bool {
     let ingress = e.flags & flag::INGRESS != 0;
-    let k = &e.key;
     let remote = if ingress { k.src128() } else { k.dst128() };
     fw.allows(ingress, k.is_v6(), k.proto(), rule_port_key(k), remote)
         .is_some()
@@ -487,13 +486,13 @@ pub fn still_allowed(fw: &PortFirewall, e: &super::conntrack::Entry) -> bool {
 /// when no rule allows them any more).
 pub fn sweep(t: &Tables, f: &mut FwCore, budget: usize) {
     let now = f.now;
-    f.ct.sweep(now, budget, |e| {
-        let zone = e.key.zone();
+    f.ct.sweep(now, budget, |k, e| {
+        let zone = e.zone();
         // A zone is its port's index + 1.
         let fw = zone.checked_sub(1).and_then(|p| port_fw(t, p));
         match fw {
             Some(fw) if fw.version == e.policy => Some(e.policy),
-            Some(fw) if still_allowed(fw, e) => Some(fw.version),
+            Some(fw) if still_allowed(fw, k, e) => Some(fw.version),
             _ => None,
         }
     });
@@ -892,12 +891,18 @@ fn judge_flow<T: Tracer>(
         }
     }
     if let Some((idx, dir)) = hit {
-        let Some(e) = ct.entry_mut(idx) else {
+        let Some(e) = ct.entry(idx) else {
             return Outcome::Drop(DropReason::ConntrackInvalid);
         };
         if e.policy != fw.version {
-            if still_allowed(fw, e) {
-                e.policy = fw.version;
+            // Judged by the connection's original key (this packet may be a reply).
+            if ct
+                .key_of(idx)
+                .is_some_and(|orig| still_allowed(fw, &orig, e))
+            {
+                if let Some(e) = ct.entry_mut(idx) {
+                    e.policy = fw.version;
+                }
             } else {
                 ct.remove(idx);
                 ct.stats.cut += 1;

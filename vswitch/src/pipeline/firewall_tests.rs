@@ -728,15 +728,15 @@ fn the_peer_link_between_zones_is_only_a_hint() {
         h.s.fw
             .ct
             .iter()
-            .filter(|(_, e)| e.key.zone() == 1)
-            .map(|(i, e)| (i, e.peer))
+            .filter(|(_, k, _)| k.zone() == 1)
+            .map(|(i, _, e)| (i, e.peer))
             .collect();
     let zone2: Vec<_> =
         h.s.fw
             .ct
             .iter()
-            .filter(|(_, e)| e.key.zone() == 2)
-            .map(|(i, e)| (i, e.peer))
+            .filter(|(_, k, _)| k.zone() == 2)
+            .map(|(i, _, e)| (i, e.peer))
             .collect();
     assert_eq!((zone1.len(), zone2.len()), (1, 1));
     assert_eq!((zone1[0].1, zone2[0].1), (zone2[0].0, zone1[0].0));
@@ -761,8 +761,8 @@ fn entry_in_zone(h: &Harness, zone: u16) -> (u32, super::conntrack::Entry) {
         h.s.fw
             .ct
             .iter()
-            .filter(|(_, e)| e.key.zone() == zone)
-            .map(|(i, e)| (i, *e))
+            .filter(|(_, k, _)| k.zone() == zone)
+            .map(|(i, _, e)| (i, *e))
             .collect();
     assert_eq!(found.len(), 1, "one entry in zone {zone}");
     found[0]

@@ -1,8 +1,10 @@
 //! Connection tracking: one table per worker core, entries keyed by zone + 5-tuple.
 //!
 //! Design note.
-//! - **Entries.** A connection is one [`Entry`] (96 bytes) in a slab allocated at start-up
-//!   with the hard capacity; nothing is allocated afterwards. It is reachable from both
+//! - **Entries.** A connection is one [`Entry`] (64 bytes, one cache line: what a packet of
+//!   it reads) in a slab allocated at start-up with the hard capacity; nothing is allocated
+//!   afterwards. An IPv4 key fits the entry; an IPv6 connection's addresses (32 bytes) and
+//!   the eviction list's links (8) live in arrays beside it. It is reachable from both
 //!   directions: the index holds each entry twice, once under its original tuple and once
 //!   under the reversed one, so a reply finds the same entry in one lookup.
 //! - **Index.** Open addressing over cache-line buckets (as DPDK's `rte_hash` and the
@@ -11,7 +13,8 @@
 //!   a tag match, so a miss (every new connection) costs one cache line, not a chain walk. A
 //!   full bucket spills into the next one and counts it, so lookups know when to go on; a
 //!   removal retraces the same path and undoes the counts. Sized for at most 60 % load: at
-//!   1,048,576 connections the index is 16 bytes per connection, 112 with the entry.
+//!   1,048,576 connections the index is 16 bytes per connection, 120 with the entry and
+//!   the arrays beside it.
 //! - **Zones.** The key carries a 16-bit zone. Security groups use one zone per instance port
 //!   (OpenStack's iptables firewall does the same), so a connection between two instances of
 //!   one host has an entry in each port's zone: egress rules are judged in the sender's zone,
@@ -128,6 +131,13 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 
+/// The 128-bit product of `a` and `b`, its halves folded together.
+#[inline(always)]
+fn fold(a: u64, b: u64) -> u64 {
+    let p = (a as u128).wrapping_mul(b as u128);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
 /// Zone + 5-tuple, IPv4 or IPv6, packed into five words: source address (two words, an IPv4
 /// address in the low 32 bits of the first), destination address, then source port (bits
 /// 48..64), destination port (32..48), zone (16..32), protocol (8..16) and IPv6 flag (0..8).
@@ -237,15 +247,13 @@ impl Key {
     /// The key of the other direction.
     #[inline(always)]
     pub fn reverse(&self) -> Key {
-        let m = self.w[4];
-        let ports = (m >> 48) << 32 | ((m >> 32) & 0xffff) << 48;
         Key {
             w: [
                 self.w[2],
                 self.w[3],
                 self.w[0],
                 self.w[1],
-                ports | (m & 0xffff_ffff),
+                self.reverse_meta(),
             ],
         }
     }
@@ -254,15 +262,19 @@ impl Key {
     /// (folded 64 x 64 -> 128-bit multiplies, as foldhash and aHash use: the high half folded
     /// into the low one carries every input bit both ways), since the bucket is taken from
     /// the low bits, the tag from the high ones, and ports sit in the high bits of the last
-    /// word. Three independent multiplies and one to combine them: a short dependency chain.
+    /// word. An IPv4 key is two words (its addresses fit one), so it takes two multiplies in
+    /// a row; an IPv6 key three independent ones and one to combine them. Either way a short
+    /// dependency chain.
     #[inline(always)]
     pub fn hash(&self) -> u64 {
-        #[inline(always)]
-        fn fold(a: u64, b: u64) -> u64 {
-            let p = (a as u128).wrapping_mul(b as u128);
-            (p as u64) ^ ((p >> 64) as u64)
-        }
         let w = &self.w;
+        if !self.is_v6() {
+            let a = fold(
+                self.addr_word() ^ 0x243f_6a88_85a3_08d3,
+                w[4] ^ 0x1319_8a2e_0370_7344,
+            );
+            return fold(a ^ 0xc0ac_29b7_c97c_50dd, 0x9216_d5d9_8979_fb1b);
+        }
         let a = fold(w[0] ^ 0x243f_6a88_85a3_08d3, w[1] ^ 0x1319_8a2e_0370_7344);
         let b = fold(w[2] ^ 0xa409_3822_299f_31d0, w[3] ^ 0x082e_fa98_ec4e_6c89);
         let c = fold(w[4] ^ 0x4528_21e6_38d0_1377, 0xbe54_66cf_34e9_0c6c);
@@ -272,14 +284,24 @@ impl Key {
         )
     }
 
-    /// Whether this key is `o` reversed, without building the reversed key.
+    /// The addresses as one word, as an [`Entry`] keeps them: an IPv4 key's exactly (source
+    /// in the high half), an IPv6 key's folded (a filter; the table keeps the full addresses
+    /// beside the entry).
     #[inline(always)]
-    fn eq_reverse(&self, o: &Key) -> bool {
-        let m = o.w[4];
-        let rev_meta = (m >> 48) << 32 | ((m >> 32) & 0xffff) << 48 | (m & 0xffff_ffff);
-        let a = &self.w;
-        let b = &o.w;
-        ((a[0] ^ b[2]) | (a[1] ^ b[3]) | (a[2] ^ b[0]) | (a[3] ^ b[1]) | (a[4] ^ rev_meta)) == 0
+    fn addr_word(&self) -> u64 {
+        let w = &self.w;
+        if self.is_v6() {
+            w[0] ^ w[1].rotate_left(16) ^ w[2].rotate_left(32) ^ w[3].rotate_left(48)
+        } else {
+            w[0] << 32 | w[2]
+        }
+    }
+
+    /// The last word of the reversed key: ports swapped.
+    #[inline(always)]
+    fn reverse_meta(&self) -> u64 {
+        let m = self.w[4];
+        (m >> 48) << 32 | ((m >> 32) & 0xffff) << 48 | (m & 0xffff_ffff)
     }
 
     /// A hash both directions share and the zone does not change: which core owns the
@@ -346,14 +368,16 @@ pub struct TcpPeer {
     pub wscale_opt: u8,
 }
 
-/// One tracked connection.
+/// One tracked connection: one cache line. Its key (the original direction's, its first
+/// packet's) is kept as the addresses in one word and the key's last word; an IPv6
+/// connection's full addresses live beside the table (`Conntrack::v6`), and the eviction and
+/// free lists' links too (`Conntrack::links`), so what every packet reads is one line.
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
 pub struct Entry {
-    /// The original direction's key (its first packet).
-    pub key: Key,
-    /// Not-yet-assured list (or free list) links.
-    prev: u32,
-    next: u32,
+    /// [`Key::addr_word`] and the key's last word (ports, zone, protocol, IPv6 flag).
+    addrs: u64,
+    meta: u64,
     /// Deadline, milliseconds of the core's clock (wrapping).
     pub expires: u32,
     /// The security policy version that admitted it (see `tables::secgroup`).
@@ -364,6 +388,25 @@ pub struct Entry {
     pub peer: u32,
     pub state: u8,
     pub flags: u8,
+}
+
+impl Entry {
+    /// The zone of the connection.
+    #[inline(always)]
+    pub fn zone(&self) -> u16 {
+        (self.meta >> 16) as u16
+    }
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        (self.meta >> 8) as u8
+    }
+}
+
+/// An entry's links on the not-yet-assured list, or on the free list (`next` only).
+#[derive(Debug, Clone, Copy)]
+struct Links {
+    prev: u32,
+    next: u32,
 }
 
 /// Timeouts in milliseconds per state, and per protocol family for the non-TCP states.
@@ -448,9 +491,13 @@ pub fn expired(deadline: u32, now: u32) -> bool {
 
 /// One core's connection table.
 pub struct Conntrack {
-    /// Both on (transparent) huge pages: lookups land anywhere in them.
+    /// All on (transparent) huge pages: lookups land anywhere in them.
     entries: HugeSlice<Entry>,
     buckets: HugeSlice<Bucket>,
+    /// Per entry: list links, and an IPv6 connection's addresses (source then destination,
+    /// as [`Key::w`]), read only when the folded addresses and the rest of the key match.
+    links: HugeSlice<Links>,
+    v6: HugeSlice<[u64; 4]>,
     mask: u64,
     free: u32,
     used: u32,
@@ -479,9 +526,16 @@ impl Conntrack {
     /// A table for `capacity` connections (at least 1), all memory allocated now.
     pub fn new(capacity: usize, timeouts: Timeouts, evict: bool) -> Self {
         let capacity = capacity.clamp(1, MAX_CAPACITY);
-        let mut entries = HugeSlice::new(capacity, Entry::default());
-        for (i, e) in entries.iter_mut().enumerate() {
-            e.next = if i + 1 < capacity { i as u32 + 1 } else { NIL };
+        let entries = HugeSlice::new(capacity, Entry::default());
+        let mut links = HugeSlice::new(
+            capacity,
+            Links {
+                prev: NIL,
+                next: NIL,
+            },
+        );
+        for (i, l) in links.iter_mut().enumerate() {
+            l.next = if i + 1 < capacity { i as u32 + 1 } else { NIL };
         }
         // Two links per connection at no more than 60 % of the slots.
         let nb = (2 * capacity)
@@ -491,6 +545,8 @@ impl Conntrack {
         Conntrack {
             entries,
             buckets: HugeSlice::new(nb, Bucket::default()),
+            links,
+            v6: HugeSlice::new(capacity, [0; 4]),
             mask: nb as u64 - 1,
             free: 0,
             used: 0,
@@ -527,10 +583,13 @@ impl Conntrack {
         self.used == 0
     }
 
-    /// Bytes this table holds (entries and index), for the memory-per-connection benchmark.
+    /// Bytes this table holds (entries, index, links and IPv6 addresses), for the
+    /// memory-per-connection benchmark.
     pub fn memory_bytes(&self) -> usize {
         self.entries.len() * std::mem::size_of::<Entry>()
             + self.buckets.len() * std::mem::size_of::<Bucket>()
+            + self.links.len() * std::mem::size_of::<Links>()
+            + self.v6.len() * std::mem::size_of::<[u64; 4]>()
     }
 
     /// Bytes on huge pages in the mappings of the entries and of the index (see
@@ -606,22 +665,57 @@ impl Conntrack {
     fn linked(&self, link: u32, k: &Key) -> Option<(u32, u8, &Entry)> {
         let (idx, dir) = (link >> 1, (link & 1) as u8);
         let e = self.entries.get(idx as usize)?;
-        let same = if dir == 0 {
-            e.key == *k
+        self.is_key(idx, e, k, dir).then_some((idx, dir, e))
+    }
+
+    /// Whether entry `idx` (`e`) is the connection of key `k` in direction `dir` (1: `k` is
+    /// its key reversed). An IPv4 key is compared whole in the entry; an IPv6 one there by
+    /// its folded addresses first, then by the full ones.
+    #[inline(always)]
+    fn is_key(&self, idx: u32, e: &Entry, k: &Key, dir: u8) -> bool {
+        let w = &k.w;
+        let (addrs, meta) = if dir == 0 {
+            (k.addr_word(), w[4])
+        } else if k.is_v6() {
+            (k.reverse().addr_word(), k.reverse_meta())
         } else {
-            e.key.eq_reverse(k)
+            (w[2] << 32 | w[0], k.reverse_meta())
         };
-        same.then_some((idx, dir, e))
+        if (e.addrs ^ addrs) | (e.meta ^ meta) != 0 {
+            return false;
+        }
+        if !k.is_v6() {
+            return true;
+        }
+        let full = if dir == 0 {
+            [w[0], w[1], w[2], w[3]]
+        } else {
+            [w[2], w[3], w[0], w[1]]
+        };
+        self.v6.get(idx as usize) == Some(&full)
+    }
+
+    /// The key of entry `idx` (its original direction), if it is live.
+    pub fn key_of(&self, idx: u32) -> Option<Key> {
+        let e = self.entries.get(idx as usize)?;
+        if e.state == state::FREE {
+            return None;
+        }
+        let w = if e.meta & 1 != 0 {
+            let a = self.v6.get(idx as usize)?;
+            [a[0], a[1], a[2], a[3], e.meta]
+        } else {
+            [e.addrs >> 32, 0, e.addrs & 0xffff_ffff, 0, e.meta]
+        };
+        Some(Key { w })
     }
 
     /// Starts loading an entry (the other zone's entry of a connection, needed a few stages
-    /// later): both cache lines an entry can span.
+    /// later): one cache line.
     #[inline(always)]
     pub fn touch_entry(&self, idx: u32) {
         if let Some(e) = self.entries.get(idx as usize) {
-            let p = e as *const Entry as *const u8;
-            vswitch_ffi::hint::prefetch(p);
-            vswitch_ffi::hint::prefetch(p.wrapping_add(std::mem::size_of::<Entry>() - 1));
+            vswitch_ffi::hint::prefetch(e);
         }
     }
 
@@ -688,20 +782,16 @@ impl Conntrack {
     /// The connection `k` through the peer hint of entry `idx` (its entry in another zone),
     /// without hashing: (entry, direction), or `None` when the hint does not hold (then look
     /// it up).
-    #[inline]
+    #[inline(always)]
     pub fn peer_lookup(&self, idx: u32, k: &Key, now: u32) -> Option<(u32, u8)> {
         let p = self.entries.get(idx as usize)?.peer;
         let e = self.entries.get(p as usize)?;
         if e.state == state::FREE || expired(e.expires, now) {
             return None;
         }
-        if e.key == *k {
-            Some((p, 0))
-        } else if e.key.eq_reverse(k) {
-            Some((p, 1))
-        } else {
-            None
-        }
+        // The direction it can only be (a key that is its own reverse matches as original).
+        let dir = ((e.addrs ^ k.addr_word()) | (e.meta ^ k.w[4]) != 0) as u8;
+        self.is_key(p, e, k, dir).then_some((p, dir))
     }
 
     /// Records that `a` and `b` are one connection in two zones.
@@ -723,12 +813,18 @@ impl Conntrack {
             return None;
         }
         let idx = self.free;
+        let l = self.links.get_mut(idx as usize)?;
+        self.free = l.next;
+        l.next = NIL;
+        if k.is_v6() {
+            if let Some(a) = self.v6.get_mut(idx as usize) {
+                *a = [k.w[0], k.w[1], k.w[2], k.w[3]];
+            }
+        }
         let e = self.entries.get_mut(idx as usize)?;
-        self.free = e.next;
         *e = Entry {
-            key: *k,
-            prev: NIL,
-            next: NIL,
+            addrs: k.addr_word(),
+            meta: k.w[4],
             expires: now.wrapping_add(self.timeouts.of(k.proto(), st)),
             policy,
             tcp: [TcpPeer::default(); 2],
@@ -764,7 +860,7 @@ impl Conntrack {
             }
             e.state = st;
         }
-        e.expires = now.wrapping_add(self.timeouts.of(e.key.proto(), st));
+        e.expires = now.wrapping_add(self.timeouts.of(e.proto(), st));
     }
 
     /// Marks a connection established: it leaves the eviction list.
@@ -787,19 +883,23 @@ impl Conntrack {
         if e.state == state::FREE {
             return;
         }
+        let Some(k) = self.key_of(idx) else {
+            return;
+        };
         if e.flags & flag::LISTED != 0 {
             self.list_unlink(idx);
         }
-        self.unlink(e.key.hash(), idx << 1);
-        self.unlink(e.key.reverse().hash(), idx << 1 | 1);
+        self.unlink(k.hash(), idx << 1);
+        self.unlink(k.reverse().hash(), idx << 1 | 1);
         if let Some(c) = self.by_state.get_mut(e.state as usize) {
             *c = c.saturating_sub(1);
         }
-        let free = self.free;
         if let Some(e) = self.entries.get_mut(idx as usize) {
             e.state = state::FREE;
             e.flags = 0;
-            e.next = free;
+        }
+        if let Some(l) = self.links.get_mut(idx as usize) {
+            l.next = self.free;
         }
         self.free = idx;
         self.used -= 1;
@@ -807,12 +907,18 @@ impl Conntrack {
 
     fn list_push(&mut self, idx: u32) {
         let tail = self.tail;
-        if let Some(e) = self.entries.get_mut(idx as usize) {
-            e.prev = tail;
-            e.next = NIL;
-            e.flags |= flag::LISTED;
-        }
-        match self.entries.get_mut(tail as usize) {
+        let (Some(e), Some(l)) = (
+            self.entries.get_mut(idx as usize),
+            self.links.get_mut(idx as usize),
+        ) else {
+            return;
+        };
+        e.flags |= flag::LISTED;
+        *l = Links {
+            prev: tail,
+            next: NIL,
+        };
+        match self.links.get_mut(tail as usize) {
             Some(t) => t.next = idx,
             None => self.head = idx,
         }
@@ -820,19 +926,26 @@ impl Conntrack {
     }
 
     fn list_unlink(&mut self, idx: u32) {
-        let Some(e) = self.entries.get_mut(idx as usize) else {
+        let (Some(e), Some(l)) = (
+            self.entries.get_mut(idx as usize),
+            self.links.get_mut(idx as usize),
+        ) else {
             return;
         };
-        let (p, n) = (e.prev, e.next);
         e.flags &= !flag::LISTED;
-        e.prev = NIL;
-        e.next = NIL;
-        match self.entries.get_mut(p as usize) {
-            Some(pe) => pe.next = n,
+        let Links { prev: p, next: n } = std::mem::replace(
+            l,
+            Links {
+                prev: NIL,
+                next: NIL,
+            },
+        );
+        match self.links.get_mut(p as usize) {
+            Some(pl) => pl.next = n,
             None => self.head = n,
         }
-        match self.entries.get_mut(n as usize) {
-            Some(ne) => ne.prev = p,
+        match self.links.get_mut(n as usize) {
+            Some(nl) => nl.prev = p,
             None => self.tail = p,
         }
     }
@@ -849,9 +962,14 @@ impl Conntrack {
     }
 
     /// Examines up to `budget` slots from where the last sweep stopped: expired entries are
-    /// removed, and `keep` decides for every live one: `None` cuts the connection, `Some(v)`
-    /// keeps it under policy version `v`.
-    pub fn sweep(&mut self, now: u32, budget: usize, mut keep: impl FnMut(&Entry) -> Option<u32>) {
+    /// removed, and `keep` decides for every live one (by its key and entry): `None` cuts the
+    /// connection, `Some(v)` keeps it under policy version `v`.
+    pub fn sweep(
+        &mut self,
+        now: u32,
+        budget: usize,
+        mut keep: impl FnMut(&Key, &Entry) -> Option<u32>,
+    ) {
         let n = self.entries.len() as u32;
         if n == 0 || self.used == 0 {
             return;
@@ -868,8 +986,8 @@ impl Conntrack {
             if expired(e.expires, now) {
                 self.stats.expired += 1;
                 self.remove(idx);
-            } else {
-                match keep(e) {
+            } else if let Some(k) = self.key_of(idx) {
+                match keep(&k, e) {
                     Some(v) => self.entries[idx as usize].policy = v,
                     None => {
                         self.stats.cut += 1;
@@ -885,7 +1003,7 @@ impl Conntrack {
         let mut n = 0;
         for idx in 0..self.entries.len() as u32 {
             let e = &self.entries[idx as usize];
-            if e.state != state::FREE && zone.is_none_or(|z| e.key.zone() == z) {
+            if e.state != state::FREE && zone.is_none_or(|z| e.zone() == z) {
                 self.remove(idx);
                 n += 1;
             }
@@ -893,12 +1011,11 @@ impl Conntrack {
         n
     }
 
-    /// Every live connection (for listing; not for the fast path).
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &Entry)> {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.state != state::FREE)
-            .map(|(i, e)| (i as u32, e))
+    /// Every live connection with its key (for listing; not for the fast path).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, Key, &Entry)> {
+        self.entries.iter().enumerate().filter_map(|(i, e)| {
+            let k = self.key_of(i as u32)?;
+            Some((i as u32, k, e))
+        })
     }
 }
