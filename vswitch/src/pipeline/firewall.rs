@@ -131,12 +131,20 @@ pub struct FwCore {
     /// of the same packet can only come to the same result, and copies it.
     before: [Before; BURST],
     mirrored: u32,
-    /// Set around one judgement: the entry of the same packet in another zone (a hint), its
-    /// key's hash if known (0: compute it), and the entry the judgement found or created.
+    /// Set around one judgement that leaves the fast path: the entry of the same packet in
+    /// another zone (a hint), and the entry the judgement found or created.
+    hint: u32,
+    last_entry: u32,
+}
+
+/// Where one judgement's lookup starts: the entry of the same packet in another zone (a hint;
+/// [`NO_ENTRY`]: none), the key's hash computed ahead (0: none) and the candidate its index
+/// bucket pointed at (see `Conntrack::lookup_candidate`).
+#[derive(Debug, Clone, Copy)]
+struct Lookup {
     hint: u32,
     hash: u64,
     cand: u32,
-    last_entry: u32,
 }
 
 /// No connection entry.
@@ -181,8 +189,6 @@ impl FwCore {
             before: [Before::default(); BURST],
             mirrored: 0,
             hint: NO_ENTRY,
-            hash: 0,
-            cand: 0,
             last_entry: NO_ENTRY,
         }
     }
@@ -300,18 +306,17 @@ pub fn egress<B: PacketBuf, T: Tracer>(
             continue;
         }
         let f = &mut s.fw;
-        f.hint = NO_ENTRY;
-        f.hash = f.hashes[i];
-        f.cand = f.cands[i];
-        f.last_entry = NO_ENTRY;
-        let o = judge::<T>(&s.fw_flows.0[i], fw, false, f, c, tr, i, t);
-        f.hash = 0;
-        f.cand = 0;
+        let lk = Lookup {
+            hint: NO_ENTRY,
+            hash: f.hashes[i],
+            cand: f.cands[i],
+        };
+        let (o, entry) = judge::<T>(&s.fw_flows.0[i], fw, false, f, c, tr, i, t, lk);
         if o == Outcome::Pass {
-            f.entries[i] = f.last_entry;
+            f.entries[i] = entry;
             f.seen |= 1 << i;
             // The same connection's entry in the receiver's zone is needed a few stages on.
-            if let Some(e) = f.ct.entry(f.last_entry) {
+            if let Some(e) = f.ct.entry(entry) {
                 f.ct.touch_entry(e.peer);
             }
         }
@@ -384,14 +389,12 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         } else {
             NO_ENTRY
         };
-        f.hint = hint;
-        f.hash = f.hashes[i];
-        f.cand = f.cands[i];
-        f.last_entry = NO_ENTRY;
-        let o = judge::<T>(&s.fw_flows.0[i], fw, true, f, c, tr, i, t);
-        f.hash = 0;
-        f.cand = 0;
-        f.hint = NO_ENTRY;
+        let lk = Lookup {
+            hint,
+            hash: f.hashes[i],
+            cand: f.cands[i],
+        };
+        let (o, _) = judge::<T>(&s.fw_flows.0[i], fw, true, f, c, tr, i, t, lk);
         if o == Outcome::Pass {
             s.fw.count(port, true);
             continue;
@@ -499,7 +502,7 @@ pub fn sweep(t: &Tables, f: &mut FwCore, budget: usize) {
 }
 
 /// Judges one frame for `fw`'s port in one direction: the common case inline, the rest out
-/// of line.
+/// of line. Returns the decision and the connection entry it came from ([`NO_ENTRY`]: none).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn judge<T: Tracer>(
@@ -511,13 +514,18 @@ fn judge<T: Tracer>(
     tr: &mut T,
     i: usize,
     t: &Tables,
-) -> Outcome {
+    lk: Lookup,
+) -> (Outcome, u32) {
     if !T::ON && fl.frag.is_none() {
-        if let Some(o) = fast_path(fl, fw, f, i) {
-            return o;
+        if let Some(done) = fast_path(fl, fw, f, i, lk) {
+            return done;
         }
     }
-    judge_general(fl, fw, ingress, f, c, tr, i, t)
+    f.hint = lk.hint;
+    f.last_entry = NO_ENTRY;
+    let o = judge_general(fl, fw, ingress, f, c, tr, i, t);
+    f.hint = NO_ENTRY;
+    (o, f.last_entry)
 }
 
 /// Judges one frame, any frame; fragments follow their first fragment.
@@ -642,7 +650,13 @@ fn advance(ct: &mut Conntrack, idx: u32, dir: u8, kind: &Kind, hint: u32, now: u
 /// else (new connections, ICMP, rule changes, hand-offs, tracing) returns `None` having
 /// changed nothing, and goes the general way ([`judge_flow`]).
 #[inline(always)]
-fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<Outcome> {
+fn fast_path(
+    fl: &Flow,
+    fw: &PortFirewall,
+    f: &mut FwCore,
+    i: usize,
+    lk: Lookup,
+) -> Option<(Outcome, u32)> {
     let (opens, plain_ack) = match fl.kind {
         Kind::Tcp(seg) => (
             tcp::opens(seg.flags),
@@ -658,8 +672,8 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
     if f.cores > 1 && (key.owner_hash() % f.cores as u64) as u16 != f.core {
         return None;
     }
-    let (hint, now) = (f.hint, f.now);
-    let (idx, dir) = find(&mut f.ct, &key, hint, f.hash, f.cand, now)?;
+    let (hint, now) = (lk.hint, f.now);
+    let (idx, dir) = find(&mut f.ct, &key, hint, lk.hash, lk.cand, now)?;
     if plain_ack {
         // Nearly all traffic: an ACK of an established connection. One borrow of the entry,
         // no state change (so no gauge, list or assurance to update).
@@ -671,7 +685,7 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
                 let before = Before::of(e, dir);
                 if e.flags & flag::LIBERAL == 0 && !tcp::plain_ack_in_window(dir, &mut e.tcp, &seg)
                 {
-                    return Some(Outcome::Drop(DropReason::ConntrackInvalid));
+                    return Some((Outcome::Drop(DropReason::ConntrackInvalid), NO_ENTRY));
                 }
                 e.expires = now.wrapping_add(ttl);
                 e.flags |= (dir & 1) * flag::SEEN_REPLY;
@@ -681,8 +695,7 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
                 } else if peer != hint {
                     f.ct.link_peers(hint, idx);
                 }
-                f.last_entry = idx;
-                return Some(Outcome::Pass);
+                return Some((Outcome::Pass, idx));
             }
         }
     }
@@ -692,7 +705,9 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
     }
     let before = Before::of(e, dir);
     match advance(&mut f.ct, idx, dir, &fl.kind, hint, now) {
-        Advanced::Invalid(_) => return Some(Outcome::Drop(DropReason::ConntrackInvalid)),
+        Advanced::Invalid(_) => {
+            return Some((Outcome::Drop(DropReason::ConntrackInvalid), NO_ENTRY))
+        }
         // Moved on without a change of state by a connection already assured (a
         // retransmitted handshake, a UDP reply): the receiver's zone may mirror it.
         Advanced::To(st) | Advanced::Ignored(st)
@@ -702,8 +717,7 @@ fn fast_path(fl: &Flow, fw: &PortFirewall, f: &mut FwCore, i: usize) -> Option<O
         }
         _ => {}
     }
-    f.last_entry = idx;
-    Some(Outcome::Pass)
+    Some((Outcome::Pass, idx))
 }
 
 /// The ingress check of packet `i` through entry `idx` (direction `dir`), whose peer `hint`
