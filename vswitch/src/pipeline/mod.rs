@@ -19,6 +19,7 @@ pub mod classify;
 pub mod conntrack;
 pub mod firewall;
 pub mod integration;
+pub mod nat;
 pub mod output;
 pub mod port_security;
 pub mod provider;

@@ -1,0 +1,431 @@
+//! IPv4 address translation in place, for floating IPs: the router stage rewrites the
+//! destination of inbound packets (DNAT, floating -> fixed) and the source of outbound ones
+//! (SNAT, fixed -> floating), one to one, ports unchanged (Neutron's floating-IP NAT).
+//!
+//! Every checksum is updated incrementally (RFC 1624), never recomputed, so a packet that
+//! arrived with a wrong checksum still has one: the IPv4 header's; TCP's and UDP's, whose
+//! pseudo-header holds the addresses (a UDP checksum of 0 means none and stays 0; one that
+//! comes out 0 is sent as 0xffff, RFC 768); nothing in an ICMP echo (no pseudo-header). An
+//! ICMP error quotes the packet it is about, which crossed the same translation the other
+//! way: the quoted packet's other address is translated back too (its header and transport
+//! checksums, and the ICMP checksum over all of it), as Linux's NAT does, so the instance sees
+//! an error about the packet it sent, and the outside one about the packet it sent.
+//! Later fragments carry no transport header: only their IPv4 header changes.
+use crate::packet::checksum::update16;
+
+/// Which address of a packet to rewrite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Src,
+    Dst,
+}
+
+impl Field {
+    /// Offset of the address in the IPv4 header.
+    fn offset(self) -> usize {
+        match self {
+            Field::Src => 12,
+            Field::Dst => 16,
+        }
+    }
+    fn other(self) -> Field {
+        match self {
+            Field::Src => Field::Dst,
+            Field::Dst => Field::Src,
+        }
+    }
+}
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+#[inline(always)]
+fn be16(d: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([d[at], d[at + 1]])
+}
+
+#[inline(always)]
+fn be32(d: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
+}
+
+/// The 16-bit words a rewrite changed (offset, old, new): what a checksum over them needs.
+#[derive(Default)]
+struct Changes {
+    w: [(usize, u16, u16); 8],
+    n: usize,
+}
+
+impl Changes {
+    fn note(&mut self, at: usize, old: u16, new: u16) {
+        if let Some(slot) = self.w.get_mut(self.n) {
+            *slot = (at, old, new);
+            self.n += 1;
+        }
+    }
+    /// Updates the checksum at `csum` for every change noted.
+    fn apply_to(&self, d: &mut [u8], csum: usize) {
+        let mut s = be16(d, csum);
+        for &(_, old, new) in &self.w[..self.n] {
+            s = update16(s, old, new);
+        }
+        d[csum..csum + 2].copy_from_slice(&s.to_be_bytes());
+    }
+}
+
+/// A transport checksum to keep right through an address change: its offset, and whether it
+/// is UDP's (0: none).
+#[derive(Clone, Copy)]
+struct L4Sum {
+    at: usize,
+    udp: bool,
+}
+
+/// Writes the address at `at` (4 bytes) and updates the checksums at `ip_sum` and `l4`,
+/// noting every word it changed (address, checksums) in `ch`.
+fn set_addr(d: &mut [u8], at: usize, new: u32, ip_sum: usize, l4: Option<L4Sum>, ch: &mut Changes) {
+    let old = be32(d, at);
+    if old == new {
+        return;
+    }
+    let words = [
+        (at, (old >> 16) as u16, (new >> 16) as u16),
+        (at + 2, old as u16, new as u16),
+    ];
+    d[at..at + 4].copy_from_slice(&new.to_be_bytes());
+    let ip_old = be16(d, ip_sum);
+    let mut ip_new = ip_old;
+    for &(w_at, o, n) in &words {
+        ch.note(w_at, o, n);
+        ip_new = update16(ip_new, o, n);
+    }
+    d[ip_sum..ip_sum + 2].copy_from_slice(&ip_new.to_be_bytes());
+    ch.note(ip_sum, ip_old, ip_new);
+    if let Some(L4Sum { at: c, udp }) = l4 {
+        let c_old = be16(d, c);
+        if udp && c_old == 0 {
+            return;
+        }
+        let mut c_new = c_old;
+        for &(_, o, n) in &words {
+            c_new = update16(c_new, o, n);
+        }
+        if udp && c_new == 0 {
+            c_new = 0xffff;
+        }
+        d[c..c + 2].copy_from_slice(&c_new.to_be_bytes());
+        ch.note(c, c_old, c_new);
+    }
+}
+
+/// Where the transport checksum of the (possibly truncated, as quoted) IPv4 packet at `l3`
+/// lies, if it is within `end` and the packet is a first fragment of TCP or UDP.
+fn l4_sum(d: &[u8], l3: usize, end: usize) -> Option<L4Sum> {
+    let ihl = (d[l3] & 0x0f) as usize * 4;
+    let later = be16(d, l3 + 6) & 0x1fff != 0;
+    if later {
+        return None;
+    }
+    let l4 = l3 + ihl;
+    let (at, udp) = match d[l3 + 9] {
+        PROTO_TCP => (l4 + 16, false),
+        PROTO_UDP => (l4 + 6, true),
+        _ => return None,
+    };
+    (at + 2 <= end).then_some(L4Sum { at, udp })
+}
+
+/// The IPv4 header at `l3` is whole (version 4, options within the buffer, total length
+/// within `end`): its header length and end.
+fn header(d: &[u8], l3: usize, end: usize) -> Option<(usize, usize)> {
+    if l3 + 20 > end || d[l3] >> 4 != 4 {
+        return None;
+    }
+    let ihl = (d[l3] & 0x0f) as usize * 4;
+    let total = be16(d, l3 + 2) as usize;
+    (ihl >= 20 && total >= ihl && l3 + total <= end).then_some((ihl, l3 + total))
+}
+
+/// Rewrites `field` of the IPv4 packet at `d[l3..]` to `new` (see the module notes). `false`:
+/// not a whole IPv4 packet, nothing changed.
+pub fn rewrite(d: &mut [u8], l3: usize, field: Field, new: u32) -> bool {
+    let Some((ihl, end)) = header(d, l3, d.len()) else {
+        return false;
+    };
+    let old = be32(d, l3 + field.offset());
+    if old == new {
+        return true;
+    }
+    let mut outer = Changes::default();
+    let l4 = l4_sum(d, l3, end);
+    set_addr(d, l3 + field.offset(), new, l3 + 10, l4, &mut outer);
+    let later = be16(d, l3 + 6) & 0x1fff != 0;
+    if d[l3 + 9] == PROTO_ICMP && !later {
+        icmp_error_quote(d, l3 + ihl, end, field.other(), old, new);
+    }
+    true
+}
+
+/// In an ICMP error at `icmp` (up to `end`), the quoted packet's `field` from `old` to `new`,
+/// with the quoted checksums and the ICMP checksum. Anything else (echo, a quote too short to
+/// hold the address, a quote about another address) is left alone.
+fn icmp_error_quote(d: &mut [u8], icmp: usize, end: usize, field: Field, old: u32, new: u32) {
+    if icmp + 8 > end || !matches!(d[icmp], 3 | 4 | 5 | 11 | 12) {
+        return;
+    }
+    let q = icmp + 8;
+    // The quote may be cut short anywhere after its IPv4 header (RFC 792: 64 bits of data).
+    if q + 20 > end || d[q] >> 4 != 4 {
+        return;
+    }
+    let q_ihl = (d[q] & 0x0f) as usize * 4;
+    if q_ihl < 20 || q + q_ihl > end || be32(d, q + field.offset()) != old {
+        return;
+    }
+    let mut ch = Changes::default();
+    let l4 = l4_sum(d, q, end);
+    set_addr(d, q + field.offset(), new, q + 10, l4, &mut ch);
+    ch.apply_to(d, icmp + 2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{Icmpv4Type, IpNumber, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+    const F: [u8; 4] = [203, 0, 113, 17];
+    const X: [u8; 4] = [198, 51, 100, 4];
+    const H: [u8; 4] = [192, 168, 77, 9];
+
+    fn ip(a: [u8; 4]) -> u32 {
+        u32::from_be_bytes(a)
+    }
+
+    /// Parses a frame with etherparse and checks every checksum it can.
+    fn check(f: &[u8]) -> SlicedPacket<'_> {
+        let s = SlicedPacket::from_ethernet(f).unwrap();
+        let Some(NetSlice::Ipv4(v4)) = &s.net else {
+            panic!("not IPv4")
+        };
+        let h = v4.header().to_header();
+        assert_eq!(
+            h.header_checksum,
+            h.calc_header_checksum(),
+            "IPv4 header checksum"
+        );
+        s
+    }
+
+    fn tcp_frame(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(src, dst, 64)
+            .tcp(40000, 22, 1234, 64000)
+            .ack(99)
+            .write(&mut out, b"hello over the floating ip")
+            .unwrap();
+        out
+    }
+
+    fn udp_frame(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(src, dst, 64)
+            .udp(5353, 53)
+            .write(&mut out, b"a datagram")
+            .unwrap();
+        out
+    }
+
+    fn tcp_ok(f: &[u8]) -> (u32, u32) {
+        let s = check(f);
+        let Some(NetSlice::Ipv4(v4)) = &s.net else {
+            panic!()
+        };
+        let (src, dst) = (v4.header().source(), v4.header().destination());
+        let Some(TransportSlice::Tcp(t)) = &s.transport else {
+            panic!("not TCP")
+        };
+        let want = t
+            .to_header()
+            .calc_checksum_ipv4_raw(src, dst, t.payload())
+            .unwrap();
+        assert_eq!(t.checksum(), want, "TCP checksum");
+        (ip(src), ip(dst))
+    }
+
+    #[test]
+    fn dnat_and_snat_of_tcp_keep_every_checksum() {
+        let mut f = tcp_frame(H, F);
+        assert!(rewrite(&mut f, 14, Field::Dst, ip(X)));
+        assert_eq!(tcp_ok(&f), (ip(H), ip(X)));
+        let mut r = tcp_frame(X, H);
+        assert!(rewrite(&mut r, 14, Field::Src, ip(F)));
+        assert_eq!(tcp_ok(&r), (ip(F), ip(H)));
+        // And back: the same packet translated twice is the original.
+        let orig = tcp_frame(H, F);
+        let mut again = f.clone();
+        assert!(rewrite(&mut again, 14, Field::Dst, ip(F)));
+        assert_eq!(again, orig);
+    }
+
+    #[test]
+    fn udp_checksum_updated_and_none_stays_none() {
+        let mut f = udp_frame(H, F);
+        assert!(rewrite(&mut f, 14, Field::Dst, ip(X)));
+        let s = check(&f);
+        let Some(TransportSlice::Udp(u)) = &s.transport else {
+            panic!()
+        };
+        let want = u
+            .to_header()
+            .calc_checksum_ipv4_raw(H, X, u.payload())
+            .unwrap();
+        assert_eq!(u.checksum(), want);
+        // No checksum (0) stays none.
+        let mut n = udp_frame(H, F);
+        n[14 + 20 + 6] = 0;
+        n[14 + 20 + 7] = 0;
+        assert!(rewrite(&mut n, 14, Field::Dst, ip(X)));
+        assert_eq!(&n[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
+        check(&n);
+    }
+
+    #[test]
+    fn an_icmp_error_translates_the_quoted_packet_back() {
+        // The instance X sent UDP to H through floating IP F (so H saw it from F); H's
+        // network answers port unreachable to F, quoting the packet as H received it.
+        let sent = udp_frame(F, H);
+        let quote = &sent[14..14 + 20 + 8];
+        let mut err = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(H, F, 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut err, quote)
+            .unwrap();
+        // DNAT to the instance: the outer destination and the quoted source become X.
+        assert!(rewrite(&mut err, 14, Field::Dst, ip(X)));
+        let s = check(&err);
+        let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+            panic!()
+        };
+        let want = icmp.header().icmp_type.calc_checksum(icmp.payload());
+        assert_eq!(icmp.checksum(), want, "ICMP checksum");
+        // The sum over the whole message, computed here independently, folds to all ones.
+        assert_eq!(
+            crate::packet::checksum::checksum(&err[14 + 20..]),
+            0,
+            "ICMP checksum over the changed quote"
+        );
+        let q = icmp.payload();
+        let (qh, _) = etherparse::Ipv4Header::from_slice(q).unwrap();
+        assert_eq!((qh.source, qh.destination), (X, H));
+        assert_eq!(qh.header_checksum, qh.calc_header_checksum());
+        // The quoted UDP checksum is what X's own packet carried.
+        let mine = udp_frame(X, H);
+        assert_eq!(&q[20 + 6..20 + 8], &mine[14 + 20 + 6..14 + 20 + 8]);
+        // An ICMP error about someone else's packet keeps its quote.
+        let other = udp_frame([203, 0, 113, 99], H);
+        let mut err2 = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(H, F, 64)
+            .icmpv4(Icmpv4Type::TimeExceeded(
+                etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+            ))
+            .write(&mut err2, &other[14..14 + 28])
+            .unwrap();
+        assert!(rewrite(&mut err2, 14, Field::Dst, ip(X)));
+        assert_eq!(&err2[14 + 28..], &other[14..14 + 28]);
+    }
+
+    #[test]
+    fn echo_keeps_its_checksum_and_later_fragments_only_their_header() {
+        let mut e = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(H, F, 64)
+            .icmpv4_echo_request(7, 1)
+            .write(&mut e, b"ping")
+            .unwrap();
+        let before = e[14 + 20..].to_vec();
+        assert!(rewrite(&mut e, 14, Field::Dst, ip(X)));
+        assert_eq!(&e[14 + 20..], &before[..]);
+        check(&e);
+        // A later fragment of TCP: offset 185 (x8), no transport header to touch.
+        let mut fr = tcp_frame(H, F);
+        fr[14 + 6] = 0x00;
+        fr[14 + 7] = 185;
+        let sum = etherparse::Ipv4Header::from_slice(&fr[14..])
+            .unwrap()
+            .0
+            .calc_header_checksum();
+        fr[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+        let payload = fr[14 + 20..].to_vec();
+        assert!(rewrite(&mut fr, 14, Field::Dst, ip(X)));
+        assert_eq!(&fr[14 + 20..], &payload[..]);
+        let h = etherparse::Ipv4Header::from_slice(&fr[14..]).unwrap().0;
+        assert_eq!(h.destination, X);
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        assert_eq!(h.protocol, IpNumber::TCP);
+    }
+
+    #[test]
+    fn short_or_foreign_packets_are_left_alone() {
+        let mut f = tcp_frame(H, F);
+        f.truncate(30);
+        let before = f.clone();
+        assert!(!rewrite(&mut f, 14, Field::Dst, ip(X)));
+        assert_eq!(f, before);
+        let mut v6 = tcp_frame(H, F);
+        v6[14] = 0x65;
+        assert!(!rewrite(&mut v6, 14, Field::Dst, ip(X)));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any TCP or UDP packet, either address rewritten to anything: the checksums
+            /// etherparse computes from scratch agree with the incremental ones.
+            #[test]
+            fn incremental_checksums_match_recomputed(
+                src in any::<[u8; 4]>(),
+                dst in any::<[u8; 4]>(),
+                new in any::<[u8; 4]>(),
+                tcp in any::<bool>(),
+                dst_field in any::<bool>(),
+                payload in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut f = Vec::new();
+                let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4(src, dst, 64);
+                if tcp {
+                    b.tcp(1, 2, 3, 4).write(&mut f, &payload).unwrap();
+                } else {
+                    b.udp(1, 2).write(&mut f, &payload).unwrap();
+                }
+                let field = if dst_field { Field::Dst } else { Field::Src };
+                prop_assert!(rewrite(&mut f, 14, field, ip(new)));
+                let s = check(&f);
+                let Some(NetSlice::Ipv4(v4)) = &s.net else { panic!() };
+                let (hs, hd) = (v4.header().source(), v4.header().destination());
+                prop_assert_eq!(if dst_field { hd } else { hs }, new);
+                match &s.transport {
+                    Some(TransportSlice::Tcp(t)) => {
+                        let want = t.to_header().calc_checksum_ipv4_raw(hs, hd, t.payload()).unwrap();
+                        prop_assert_eq!(t.checksum(), want);
+                    }
+                    Some(TransportSlice::Udp(u)) => {
+                        let want = u.to_header().calc_checksum_ipv4_raw(hs, hd, u.payload()).unwrap();
+                        prop_assert_eq!(u.checksum(), want);
+                    }
+                    _ => prop_assert!(false, "no transport"),
+                }
+            }
+        }
+    }
+}
