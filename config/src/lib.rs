@@ -37,7 +37,8 @@ pub use mac::{MacAddr, ParseMacError};
 pub use state::{
     AllocationPool, AllowedAddressPair, DesiredState, Direction, EtherType, ExternalGatewayInfo,
     FixedIp, FloatingIp, HostEntry, Network, NetworkType, Port, Protocol, Route, Router,
-    SecurityGroup, SecurityGroupRule, Subnet,
+    SecurityGroup, SecurityGroupRule, Subnet, OWNER_FIP_GATEWAY, OWNER_ROUTER_INTERFACE,
+    OWNER_ROUTER_INTERFACE_DISTRIBUTED,
 };
 pub use validate::validate_for_host;
 

@@ -16,6 +16,13 @@ use crate::mac::MacAddr;
 
 pub use crate::protocol::Protocol;
 
+/// `device_owner` of a distributed router's interface port.
+pub const OWNER_ROUTER_INTERFACE_DISTRIBUTED: &str = "network:router_interface_distributed";
+/// `device_owner` of a centralized router's interface port.
+pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface";
+/// `device_owner` of a host's floating IP gateway port on an external network.
+pub const OWNER_FIP_GATEWAY: &str = "network:floatingip_agent_gateway";
+
 /// Everything the switch should implement, as Neutron describes it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,6 +255,13 @@ pub struct Router {
     pub routes: Vec<Route>,
 }
 
+impl Router {
+    /// The name if set, else the id: what messages call the router.
+    pub fn display_name(&self) -> &str {
+        name_or_id(&self.name, &self.id)
+    }
+}
+
 /// A Neutron floating IP (IPv4 only: NAT does not apply to IPv6).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -388,6 +402,58 @@ impl DesiredState {
         self.ports
             .iter()
             .filter(move |p| p.binding_host_id.as_deref() == Some(host_id))
+    }
+
+    /// The fixed IPv4 address a floating IP maps to: its `fixed_ip_address`, else its port's
+    /// only IPv4 address (`None`: unassociated, or not decidable; validation says why).
+    pub fn fip_fixed_ip(&self, fip: &FloatingIp) -> Option<Ipv4Addr> {
+        if fip.fixed_ip_address.is_some() {
+            return fip.fixed_ip_address;
+        }
+        let port = self.port(fip.port_id.as_deref()?)?;
+        let mut v4 = port.fixed_ips.iter().filter_map(|f| match f.ip_address {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        });
+        match (v4.next(), v4.next()) {
+            (Some(a), None) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The router an associated floating IP's traffic goes through: its `router_id`, else
+    /// (as Neutron picks it) the router with an interface on the port's network and its
+    /// gateway on the floating IP's network.
+    pub fn fip_router(&self, fip: &FloatingIp) -> Option<&Router> {
+        let port = self.port(fip.port_id.as_deref()?)?;
+        let connects = |r: &Router| {
+            r.external_gateway_info
+                .as_ref()
+                .is_some_and(|g| g.network_id == fip.floating_network_id)
+                && self.ports.iter().any(|p| {
+                    p.device_id == r.id
+                        && p.network_id == port.network_id
+                        && matches!(
+                            p.device_owner.as_str(),
+                            OWNER_ROUTER_INTERFACE_DISTRIBUTED | OWNER_ROUTER_INTERFACE
+                        )
+                })
+        };
+        match &fip.router_id {
+            Some(id) => self.router(id).filter(|r| connects(r)),
+            None => self.routers.iter().find(|r| connects(r)),
+        }
+    }
+
+    /// A host's floating IP gateway port on an external network (Neutron's `fg-` port in
+    /// the fip namespace, one per host and external network): it answers ARP for the
+    /// floating IPs of the host's instances, with its own MAC.
+    pub fn fip_gateway_port(&self, host_id: &str, network_id: &str) -> Option<&Port> {
+        self.ports.iter().find(|p| {
+            p.device_owner == OWNER_FIP_GATEWAY
+                && p.network_id == network_id
+                && p.binding_host_id.as_deref() == Some(host_id)
+        })
     }
 
     /// The rules of a security group, in document order.

@@ -171,6 +171,26 @@ fn floating_ip_rules() {
 }
 
 #[test]
+fn floating_ip_needs_a_router_between_its_port_and_its_network() {
+    // Its router is named, but has no gateway on the floating network.
+    let mut s = seed();
+    s.routers[0].external_gateway_info = None;
+    s.floatingips[0].router_id = Some(s.routers[0].id.clone());
+    only(
+        &s.validate(),
+        "floatingips[0].router_id",
+        "router router2 does not connect network selfservice2 of port instance1 to external network provider1: it needs an interface on the first and its gateway on the second",
+    );
+    // None named, and none to find.
+    s.floatingips[0].router_id = None;
+    only(
+        &s.validate(),
+        "floatingips[0].port_id",
+        "no router connects network selfservice2 of port instance1 to external network provider1: it needs an interface on the first and its gateway on the second",
+    );
+}
+
+#[test]
 fn floating_ip_on_a_port_with_several_ipv4_addresses() {
     let mut s = seed();
     s.ports[1].fixed_ips.push(FixedIp {

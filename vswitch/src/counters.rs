@@ -128,6 +128,9 @@ named_enum! {
         RouterUnresolved => "router.unresolved",
         /// To a router address, but not something the router answers (echo, ND).
         RouterToRouter => "router.to_router",
+        /// To this host's floating IP gateway for an address that is no floating IP of an
+        /// instance here (moved away, disassociated, or never ours).
+        RouterNoFloatingIp => "router.no_floating_ip",
         /// A new connection from an instance that no egress rule of its groups allows.
         FirewallEgressDenied => "firewall.egress_denied",
         /// A new connection towards an instance that no ingress rule of its groups allows.
@@ -195,6 +198,11 @@ named_enum! {
         DvrMacIn => "router.dvr_mac_in",
         /// Routed to the centralized SNAT port (no route but the router's gateway).
         ToSnat => "router.to_snat",
+        /// To a floating IP, translated to its fixed IP (DNAT) and routed to the instance.
+        FipDnat => "router.fip_dnat",
+        /// From a fixed IP with a floating IP, translated (SNAT) and sent to the external
+        /// network.
+        FipSnat => "router.fip_snat",
         /// ARP requests for a gateway address answered.
         GatewayArpReply => "router.arp_reply",
         /// Neighbor Solicitations for a gateway address answered.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::{first_use, Problems};
 use crate::error::Problem;
 use crate::host::{HostConfig, PortKind};
-use crate::state::DesiredState;
+use crate::state::{DesiredState, OWNER_FIP_GATEWAY};
 
 /// Cross-checks a (separately validated) host config against a desired
 /// state. Paths start with `host.` or `state.` to say which file to edit.
@@ -69,6 +69,60 @@ pub fn validate_for_host(host: &HostConfig, state: &DesiredState) -> Vec<Problem
                 format!(
                     "missing: state.routers[{i}] ({}) is distributed, and routed frames leave each host with that host's unique DVR MAC (set host.dvr_mac or state.hosts[].dvr_mac)",
                     r.id
+                ),
+            );
+        }
+    }
+
+    // Floating IPs of the instances this host carries: answered and translated here, on the
+    // external network, by the host's floating IP gateway port (Neutron's fg- port).
+    for (i, fip) in state.floatingips.iter().enumerate() {
+        let Some(port_id) = fip.port_id.as_deref() else {
+            continue;
+        };
+        let carried_here = host
+            .ports
+            .iter()
+            .any(|p| p.kind == PortKind::Instance && p.iface_id.as_deref() == Some(port_id));
+        if !carried_here {
+            continue;
+        }
+        let at = format!("state.floatingips[{i}]");
+        let Some(net) = state.network(&fip.floating_network_id) else {
+            continue;
+        };
+        let mapped = net
+            .physical_network
+            .as_ref()
+            .is_some_and(|pn| host.bridge_mappings.contains_key(pn));
+        if !mapped {
+            out.push(
+                format!("{at}.floating_network_id"),
+                format!(
+                    "port {port_id} is carried here, but external network {} is not: its physical network {} is not in host.bridge_mappings",
+                    net.display_name(),
+                    net.physical_network.as_deref().unwrap_or("(none)")
+                ),
+            );
+            continue;
+        }
+        let gw = state.fip_gateway_port(&host.host_id, &net.id);
+        let has_v4 = gw.is_some_and(|g| {
+            g.fixed_ips.iter().any(|f| {
+                f.ip_address.is_ipv4()
+                    && state.subnet(&f.subnet_id).is_some_and(|sn| {
+                        sn.network_id == net.id && sn.cidr.contains(&f.ip_address)
+                    })
+            })
+        });
+        if !has_v4 {
+            out.push(
+                at,
+                format!(
+                    "port {port_id} is carried here, so host {} needs a floating IP gateway port on network {}: a port with device_owner {OWNER_FIP_GATEWAY}, binding:host_id {} and an IPv4 address on one of the network's subnets (Neutron creates one per host and external network)",
+                    host.host_id,
+                    net.display_name(),
+                    host.host_id
                 ),
             );
         }

@@ -217,6 +217,35 @@ pub(super) fn check_floatingips(state: &DesiredState, index: &Index<'_>, out: &m
                 ),
             );
         }
+        // Its traffic is translated by the router between the port's network and the
+        // floating network (Neutron refuses the association without one).
+        if state.fip_router(fip).is_none() {
+            let (path, what) = match &fip.router_id {
+                Some(id) if index.routers.contains_key(id.as_str()) => (
+                    format!("{at}.router_id"),
+                    format!(
+                        "router {} does not connect",
+                        state.router(id).map_or(id.as_str(), |r| r.display_name())
+                    ),
+                ),
+                Some(_) => continue,
+                None => (format!("{at}.port_id"), "no router connects".to_string()),
+            };
+            let name = |id: &str| {
+                state
+                    .network(id)
+                    .map_or(id.to_string(), |n| n.display_name().to_string())
+            };
+            out.push(
+                path,
+                format!(
+                    "{what} network {} of port {} to external network {}: it needs an interface on the first and its gateway on the second",
+                    name(&port.network_id),
+                    port.display_name(),
+                    name(&fip.floating_network_id)
+                ),
+            );
+        }
     }
 }
 

@@ -356,6 +356,8 @@ pub struct Handoff<B> {
 }
 
 #[cfg(test)]
+mod fip_tests;
+#[cfg(test)]
 mod firewall_tests;
 #[cfg(test)]
 mod router_tests;

@@ -156,7 +156,14 @@ pub fn run<B: PacketBuf, T: Tracer>(
                     "reply out of port {}",
                     t.ports[in_port as usize].name
                 );
-                txb.push(in_port, p, tx, c);
+                // Back the way it came: on a provider port, with the VLAN tag of its network
+                // (taken off on the way in).
+                let vid = t
+                    .ports
+                    .get(in_port as usize)
+                    .zip(t.networks.get(net as usize))
+                    .and_then(|(pe, ne)| super::provider::egress_vlan(pe, ne));
+                send(p, in_port, Ok(vid), i, t, txb, tx, c, tr);
             }
             Next::Consumed => b.pkts[i] = Some(p),
             Next::Handoff(core, stage, _) => {

@@ -13,7 +13,7 @@
 //! (`FloodLocal`); [`dvr_ingress`] rewrites another host's DVR MAC to the gateway MAC.
 //! Drops: `router.gateway_from_fabric`, `.not_ip`, `.malformed`, `.down`, `.not_routable`,
 //! `.ttl_exceeded`, `.no_route`, `.too_big`, `.needs_fragmentation`, `.unresolved`,
-//! `.to_router`.
+//! `.to_router`, `.no_floating_ip`.
 //!
 //! DVR. Every host routes what its own instances send (the seed: "routing between
 //! self-service networks occurs on the compute node containing the instance sending the
@@ -22,6 +22,22 @@
 //! on the fabric; the receiving host sees a known DVR MAC and delivers the frame to its
 //! instance with the gateway MAC of the instance's subnet as source, as Neutron's br-tun/br-int
 //! DVR flows do. A frame from the fabric to a gateway MAC is never routed again.
+//!
+//! Floating IPs (the seed's north-south scenario 2). For each external network that carries a
+//! floating IP of an instance on this host, the host's floating IP gateway port (Neutron's
+//! fg- port in the fip namespace) is an interface of its own small router: the external
+//! subnets and a default route via their gateway. It answers ARP for those floating IPs with
+//! its MAC (and only for this host's: other hosts answer for theirs); a packet to one is
+//! translated to the fixed IP (DNAT, [`super::nat`]) and routed by the instance's router; a
+//! packet from a fixed IP with a floating IP to where its router has no route is translated
+//! to the floating IP (SNAT) and leaves through the gateway, from its MAC, to the external
+//! gateway resolved by ARP, or, to another floating IP of this host, straight back in
+//! (hairpin). Instances without one still go to the SNAT port on the network node. The
+//! translation is one to one and stateless, as the floating IP itself: replies match it the
+//! other way, and the security groups see the fixed addresses (egress before, ingress after).
+//! A packet is translated only once its next hop is known, so one held for resolution is
+//! routed again from the start. A TTL is decremented once (Neutron's two namespaces do it
+//! twice).
 //!
 //! ICMP errors (RFC 1812 4.3.2, RFC 4443 2.4) come from the ingress interface's address, quote
 //! as much of the original as fits in 576 bytes (IPv4) or 1280 (IPv6), are never sent about an
@@ -37,7 +53,7 @@ use crate::packet::ipv4::{Ipv4Packet, Ipv4Repr};
 use crate::packet::ipv6::{Ipv6Packet, Ipv6Repr};
 use crate::packet::{checksum, MacAddr, PacketBuf};
 use crate::tables::l3neigh::v4_key;
-use crate::tables::router::{RifEntry, RouterEntry};
+use crate::tables::router::{net_key4, RifEntry, RouterEntry};
 use crate::tables::{fdb_key48, mac_u64, NetIdx, PortKind, Segment, Tables};
 use crate::trace;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -591,7 +607,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
         let ctx = Ctx { t, r, rif_in, rif };
         // The common case first: an option-less IPv4 packet to a destination in the route
         // cache, forwarded as is. Anything else takes the full path below.
-        if !T::ON {
+        if !T::ON && !rif.fip {
             if let Some(h) = fast_v4(p.data_mut(), &ctx, s) {
                 b.meta[i].network = h.net;
                 b.meta[i].next = h.next;
@@ -619,6 +635,14 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 tally.c[RouterStat::Routed as usize] += 1;
                 fwd.count(&h);
             }
+            Ok(Verdict::Translated(h, nat)) => {
+                b.meta[i].network = h.net;
+                b.meta[i].next = h.next;
+                tally.c[RouterStat::Routed as usize] += 1;
+                fwd.count(&h);
+                fwd.fip_in += nat.dnat.is_some() as u64;
+                fwd.fip_out += nat.snat.is_some() as u64;
+            }
             Ok(Verdict::Back(kind)) => {
                 // A reply or ICMP error from the router, out of the ingress port.
                 b.meta[i].next = Next::Output(b.in_port);
@@ -629,13 +653,15 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 let key =
                     (out.net as u64) << 48 ^ (addr as u64) ^ ((addr >> 64) as u64).rotate_left(17);
                 // Only this host's instances are asked (see output's FloodLocal): with none on
-                // that network nobody can answer, so nothing waits.
+                // that network nobody can answer, so nothing waits. The floating IP gateway's
+                // MAC is this host's alone: it asks the external network itself.
                 let can_ask = t.networks.get(out.net as usize).is_some_and(|n| {
-                    n.flood.iter().any(|&q| {
-                        t.ports
-                            .get(q as usize)
-                            .is_some_and(|pe| pe.kind == PortKind::Instance)
-                    })
+                    (out.fip && !n.flood.is_empty())
+                        || n.flood.iter().any(|&q| {
+                            t.ports
+                                .get(q as usize)
+                                .is_some_and(|pe| pe.kind == PortKind::Instance)
+                        })
                 });
                 let due = can_ask && resolve_due(s, key);
                 let gen = t.generation;
@@ -669,7 +695,11 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 if asked {
                     c.event(E::ResolveSent);
                     b.meta[i].network = out.net;
-                    b.meta[i].next = Next::FloodLocal;
+                    b.meta[i].next = if out.fip {
+                        Next::Flood
+                    } else {
+                        Next::FloodLocal
+                    };
                 } else {
                     b.meta[i].next = Next::Drop(D::RouterUnresolved);
                 }
@@ -715,6 +745,8 @@ struct Forwarded {
     routed: u64,
     dvr: u64,
     snat: u64,
+    fip_in: u64,
+    fip_out: u64,
 }
 
 impl Forwarded {
@@ -725,6 +757,8 @@ impl Forwarded {
         self.snat += h.to_snat as u64;
     }
     fn add_to(&self, c: &mut BatchCounters) {
+        c.events[E::FipDnat as usize] += self.fip_in;
+        c.events[E::FipSnat as usize] += self.fip_out;
         c.events[E::Routed as usize] += self.routed;
         c.events[E::DvrMacOut as usize] += self.dvr;
         c.events[E::ToSnat as usize] += self.snat;
@@ -761,8 +795,27 @@ struct Ctx<'a> {
     rif: &'a RifEntry,
 }
 
+/// The address translations of one floating-IP packet: the new source (SNAT, fixed ->
+/// floating) and the new destination (DNAT, floating -> fixed); a packet from one instance to
+/// another's floating IP on this host gets both.
+#[derive(Debug, Clone, Copy, Default)]
+struct Nat {
+    snat: Option<u32>,
+    dnat: Option<u32>,
+}
+
+/// Route-cache key of the decisions a router takes for translated packets: not a real
+/// interface (those are below `ROUTER_BIT`), one per router, so routers whose tenant subnets
+/// overlap never share an entry.
+#[inline(always)]
+fn translated_rif(router: u16) -> u16 {
+    0x8000 | router
+}
+
 enum Verdict {
     Forward(Hop),
+    /// Forwarded with its addresses translated (floating IPs).
+    Translated(Hop, Nat),
     /// Rewritten into a reply or error to the sender.
     Back(RouterStat),
     /// The next hop's MAC is unknown (the packet is untouched).
@@ -840,6 +893,9 @@ fn route_v4<B: PacketBuf, T: Tracer>(
             D::RouterTtlExceeded,
         );
     }
+    if let Some(v) = floating_ip(p, x, s, c, i, tr, src, dst, total, df) {
+        return v;
+    }
     let hop = cached_hop(x, s, v4_key(dst), false);
     let h = match hop {
         Ok(h) => h,
@@ -892,6 +948,174 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     d[..12].copy_from_slice(&h.macs);
     trace_hop(tr, i, x, &h, Ipv4Addr::from(dst).into());
     Ok(Verdict::Forward(h))
+}
+
+/// Floating IPs (the fip namespace and the router's NAT, in one step): a packet to this
+/// host's floating IP gateway is translated to the fixed IP it stands for and routed by that
+/// address's router; a packet from a fixed IP that has a floating IP here, to where the
+/// router has no route (the outside), is translated to the floating IP and leaves through the
+/// gateway to the external network's default gateway, or, to another floating IP of this
+/// host, straight to that instance (hairpin). `None`: neither, route as usual.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn floating_ip<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    i: usize,
+    tr: &mut T,
+    src: u32,
+    dst: u32,
+    total: usize,
+    df: bool,
+) -> Option<Result<Verdict, D>> {
+    let l3 = &x.t.l3;
+    if x.rif.fip {
+        let Some(&fi) = l3.fip_in.get(&net_key4(x.rif.net, dst)) else {
+            trace!(
+                tr,
+                i,
+                "router",
+                "{} is no floating IP of an instance here",
+                Ipv4Addr::from(dst)
+            );
+            return Some(Err(D::RouterNoFloatingIp));
+        };
+        let r = l3.routers.get(fi.router as usize)?;
+        trace!(
+            tr,
+            i,
+            "router",
+            "floating IP {} -> fixed IP {} (router {})",
+            Ipv4Addr::from(dst),
+            Ipv4Addr::from(fi.fixed),
+            r.name
+        );
+        let to = Ctx {
+            t: x.t,
+            r,
+            rif_in: translated_rif(fi.router),
+            rif: x.rif,
+        };
+        let nat = Nat {
+            snat: None,
+            dnat: Some(fi.fixed),
+        };
+        return Some(translate(p, x, &to, s, c, i, tr, fi.fixed, total, df, nat));
+    }
+    if !x.r.fips || x.r.fib4.lookup(dst).is_some() {
+        return None;
+    }
+    let fo = *l3
+        .fip_out
+        .get(&((x.rif.router as u64) << 32 | src as u64))?;
+    let gw = l3.rifs.get(fo.rif as usize)?;
+    trace!(
+        tr,
+        i,
+        "router",
+        "{} leaves as floating IP {}",
+        Ipv4Addr::from(src),
+        Ipv4Addr::from(fo.ip)
+    );
+    if let Some(&fi) = l3.fip_in.get(&net_key4(gw.net, dst)) {
+        // Another instance's floating IP on this host: in again at once.
+        let r = l3.routers.get(fi.router as usize)?;
+        trace!(
+            tr,
+            i,
+            "router",
+            "floating IP {} of this host -> fixed IP {} (router {})",
+            Ipv4Addr::from(dst),
+            Ipv4Addr::from(fi.fixed),
+            r.name
+        );
+        let to = Ctx {
+            t: x.t,
+            r,
+            rif_in: translated_rif(fi.router),
+            rif: gw,
+        };
+        let nat = Nat {
+            snat: Some(fo.ip),
+            dnat: Some(fi.fixed),
+        };
+        return Some(translate(p, x, &to, s, c, i, tr, fi.fixed, total, df, nat));
+    }
+    let to = Ctx {
+        t: x.t,
+        r: l3.routers.get(gw.router as usize)?,
+        rif_in: translated_rif(gw.router),
+        rif: gw,
+    };
+    let nat = Nat {
+        snat: Some(fo.ip),
+        dnat: None,
+    };
+    Some(translate(p, x, &to, s, c, i, tr, dst, total, df, nat))
+}
+
+/// Routes a packet to `route_to` through `to` (a router after the translation), then
+/// translates it by `nat` (only once its next hop is known: a packet waiting for one is held
+/// as it came, and routed again from the start when it resolves). Errors go back to the
+/// sender as `x` (the ingress interface) would send them.
+#[allow(clippy::too_many_arguments)]
+fn translate<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    to: &Ctx<'_>,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    i: usize,
+    tr: &mut T,
+    route_to: u32,
+    total: usize,
+    df: bool,
+    nat: Nat,
+) -> Result<Verdict, D> {
+    let h = match cached_hop(to, s, v4_key(route_to), false) {
+        Ok(h) => h,
+        Err(Miss::NoRoute) => {
+            trace!(tr, i, "router", "{}: no route", Ipv4Addr::from(route_to));
+            let head = IcmpHead {
+                ty: 3,
+                code: 0,
+                word: 0,
+            };
+            return icmp_v4(p, x, s, c, head, D::RouterNoRoute);
+        }
+        Err(Miss::Unresolved { rif, addr }) => return Ok(Verdict::Unresolved { rif, addr }),
+        Err(Miss::Broadcast) => return Err(D::RouterNotRoutable),
+    };
+    if total > h.mtu as usize {
+        if !df {
+            return Err(D::RouterNeedsFragmentation);
+        }
+        let head = IcmpHead {
+            ty: 3,
+            code: 4,
+            word: h.mtu as u32,
+        };
+        return icmp_v4(p, x, s, c, head, D::RouterTooBig);
+    }
+    let d = p.data_mut();
+    for (field, addr) in [
+        (super::nat::Field::Src, nat.snat),
+        (super::nat::Field::Dst, nat.dnat),
+    ] {
+        if let Some(a) = addr {
+            if !super::nat::rewrite(d, 14, field, a) {
+                return Err(D::RouterMalformed);
+            }
+        }
+    }
+    if let Ok(mut ipm) = Ipv4Packet::new_checked(&mut d[14..]) {
+        ipm.decrement_ttl();
+    }
+    d[..12].copy_from_slice(&h.macs);
+    trace_hop(tr, i, to, &h, Ipv4Addr::from(route_to).into());
+    Ok(Verdict::Translated(h, nat))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1048,6 +1272,7 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
     } else {
         x.r.fib4.lookup(dst as u32)
     };
+    let routed = found.is_some();
     let (rif_out, nh, snat_mac) = match found.and_then(|(ri, _)| x.r.routes.get(ri as usize)) {
         Some(re) => {
             if let (None, ipnet::IpNet::V4(n)) = (re.via, re.prefix) {
@@ -1125,7 +1350,9 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
         mtu,
         dvr: leaves && t.l3.dvr_mac.is_some(),
         to_snat: snat_mac.is_some(),
-        cacheable: from_static,
+        // Where no route leads depends on the source when some have floating IPs: never
+        // decided by destination alone.
+        cacheable: from_static && (routed || !x.r.fips),
     })
 }
 

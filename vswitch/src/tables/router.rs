@@ -37,6 +37,9 @@ pub struct RouterEntry {
     /// The router's own addresses (any interface): packets to them are for the router.
     pub local4: Vec<u32>,
     pub local6: Vec<u128>,
+    /// Some instance behind it has a floating IP here ([`L3Tables::fip_out`]): a packet that
+    /// matches no route is checked for one before it goes to the SNAT port.
+    pub fips: bool,
 }
 
 /// A FIB entry.
@@ -64,6 +67,12 @@ pub struct RifEntry {
     /// MAC): the next hop of traffic that matches no route (north-south without a floating IP
     /// goes to the network node).
     pub snat: Option<(Ipv4Addr, MacAddr)>,
+    /// This host's floating IP gateway on an external network (Neutron's fg- port in the fip
+    /// namespace): its MAC answers ARP for the floating IPs of this host's instances, frames
+    /// to it are translated to the fixed IP ([`L3Tables::fip_in`]), and translated frames
+    /// leave through it. Its router is the fip namespace: its external subnets and the
+    /// default route via their gateway.
+    pub fip: bool,
 }
 
 impl RifEntry {
@@ -108,6 +117,34 @@ pub struct L3Tables {
     /// fdb_key(network, local instance MAC) -> the gateway MAC of that instance's subnet: the
     /// source a routed frame from another host is delivered with.
     pub dvr_rewrite: FxHashMap<u64, MacAddr>,
+    /// (external network << 32 | floating IP) -> where it leads, for the floating IPs of the
+    /// instances this host carries (those of other hosts are not here: not answered, not
+    /// translated).
+    pub fip_in: FxHashMap<u64, FipIn>,
+    /// (router << 32 | fixed IP) -> the floating IP that address leaves as.
+    pub fip_out: FxHashMap<u64, FipOut>,
+}
+
+/// A floating IP as inbound traffic needs it: the fixed address it becomes, and the router
+/// that routes it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FipIn {
+    pub router: u16,
+    pub fixed: u32,
+}
+
+/// A fixed address's floating IP as outbound traffic needs it: the address, and the floating
+/// IP gateway interface ([`RifEntry::fip`]) it leaves by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FipOut {
+    pub ip: u32,
+    pub rif: u16,
+}
+
+/// The key of a (network, IPv4 address) map.
+#[inline(always)]
+pub fn net_key4(net: NetIdx, a: u32) -> u64 {
+    (net as u64) << 32 | a as u64
 }
 
 impl L3Tables {
@@ -116,6 +153,161 @@ impl L3Tables {
     pub fn neighbor(&self, net: NetIdx, addr: u128) -> Option<u64> {
         self.neigh.get(&(net, addr)).copied()
     }
+}
+
+/// The IPv4 and IPv6 FIBs of a router's routes (values: indices into `routes`).
+fn fibs(routes: &[RouteEntry]) -> (Lpm<u32>, Lpm<u128>) {
+    let fib4 = Lpm::build(
+        routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e.prefix {
+                IpNet::V4(n) => Some((u32::from(n.network()), n.prefix_len(), i as u32)),
+                IpNet::V6(_) => None,
+            }),
+    );
+    let fib6 = Lpm::build(
+        routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e.prefix {
+                IpNet::V6(n) => Some((u128::from(n.network()), n.prefix_len(), i as u32)),
+                IpNet::V4(_) => None,
+            }),
+    );
+    (fib4, fib6)
+}
+
+/// The floating IPs of the instance ports this host carries (the seed's north-south scenario
+/// 2: "the compute node containing the instance performs SNAT ... and DNAT"): per external
+/// network, the host's floating IP gateway interface and its router (the fip namespace), and
+/// the translations both ways. A floating IP whose external network this host does not reach,
+/// or without the host's gateway port, is left out (validation reports both).
+fn compile_fips(host: &HostConfig, state: &DesiredState, t: &Tables, l3: &mut L3Tables) {
+    // External network -> its gateway interface, made on first use.
+    let mut gateways: Vec<(NetIdx, u16)> = Vec::new();
+    for fip in &state.floatingips {
+        let Some(port_id) = fip.port_id.as_deref() else {
+            continue;
+        };
+        let carried = t
+            .ports
+            .iter()
+            .any(|p| p.kind == PortKind::Instance && p.iface_id.as_deref() == Some(port_id));
+        let (Some(fixed), Some(router)) = (state.fip_fixed_ip(fip), state.fip_router(fip)) else {
+            continue;
+        };
+        let Some(ri) = l3.routers.iter().position(|r| r.id == router.id) else {
+            continue;
+        };
+        let Some(ext) = t.network_index(&fip.floating_network_id) else {
+            continue;
+        };
+        if !carried || t.networks[ext as usize].provider_port.is_none() {
+            continue;
+        }
+        let rif = match gateways.iter().find(|g| g.0 == ext) {
+            Some(&(_, rif)) => rif,
+            None => {
+                let Some(rif) = fip_gateway(host, state, t, l3, ext) else {
+                    continue;
+                };
+                gateways.push((ext, rif));
+                rif
+            }
+        };
+        let f = u32::from(fip.floating_ip_address);
+        l3.fip_in.insert(
+            net_key4(ext, f),
+            FipIn {
+                router: ri as u16,
+                fixed: u32::from(fixed),
+            },
+        );
+        l3.fip_out.insert(
+            (ri as u64) << 32 | u32::from(fixed) as u64,
+            FipOut { ip: f, rif },
+        );
+        // Answered with the gateway's MAC (proxy ARP, as the fip namespace does).
+        l3.gw4.insert(net_key4(ext, f), rif);
+        l3.routers[ri].fips = true;
+    }
+}
+
+/// Adds this host's floating IP gateway on external network `ext`: its interface and its
+/// router (connected external subnets, default route via the subnet's gateway). Returns
+/// the interface, or `None` without a gateway port with an address on `ext`.
+fn fip_gateway(
+    host: &HostConfig,
+    state: &DesiredState,
+    t: &Tables,
+    l3: &mut L3Tables,
+    ext: NetIdx,
+) -> Option<u16> {
+    let net = &t.networks[ext as usize];
+    let port = state.fip_gateway_port(&host.host_id, &net.id)?;
+    let v4: Vec<Ipv4Net> = port
+        .fixed_ips
+        .iter()
+        .filter_map(|f| {
+            let sn = state
+                .subnet(&f.subnet_id)
+                .filter(|sn| sn.network_id == net.id)?;
+            match (f.ip_address, sn.cidr) {
+                (IpAddr::V4(a), IpNet::V4(c)) if c.contains(&a) => {
+                    Ipv4Net::new(a, c.prefix_len()).ok()
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    if v4.is_empty() || l3.rifs.len() + 1 >= ROUTER_BIT as usize {
+        return None;
+    }
+    let (ri, rif) = (l3.routers.len() as u16, l3.rifs.len() as u16);
+    // The provider network's default gateway (resolved by ARP like any next hop), then the
+    // external subnets themselves.
+    let mut routes: Vec<RouteEntry> = state
+        .subnets_of(&net.id)
+        .filter_map(|sn| match sn.gateway_ip {
+            Some(IpAddr::V4(gw)) if v4.iter().any(|n| n.contains(&gw)) => Some(RouteEntry {
+                prefix: IpNet::V4(Ipv4Net::default()),
+                rif,
+                via: Some(IpAddr::V4(gw)),
+            }),
+            _ => None,
+        })
+        .take(1)
+        .collect();
+    routes.extend(v4.iter().map(|n| RouteEntry {
+        prefix: IpNet::V4(n.trunc()),
+        rif,
+        via: None,
+    }));
+    let (fib4, fib6) = fibs(&routes);
+    l3.rifs.push(RifEntry {
+        router: ri,
+        port_id: port.id.clone(),
+        net: ext,
+        mac: port.mac_address,
+        v4: v4.clone(),
+        v6: Vec::new(),
+        snat: None,
+        fip: true,
+    });
+    l3.routers.push(RouterEntry {
+        id: format!("fip-{}", net.id),
+        name: format!("fip:{}", net.name),
+        up: true,
+        distributed: false,
+        fib4,
+        fib6,
+        routes,
+        local4: v4.iter().map(|n| u32::from(n.addr())).collect(),
+        local6: Vec::new(),
+        fips: false,
+    });
+    Some(rif)
 }
 
 fn key_of(ip: IpAddr) -> u128 {
@@ -191,6 +383,7 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
                 v4: Vec::new(),
                 v6: Vec::new(),
                 snat: None,
+                fip: false,
             };
             for f in &p.fixed_ips {
                 let Some(sn) = state.subnet(&f.subnet_id) else {
@@ -264,24 +457,7 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
                 });
             }
         }
-        let fib4 = Lpm::build(
-            routes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, e)| match e.prefix {
-                    IpNet::V4(n) => Some((u32::from(n.network()), n.prefix_len(), i as u32)),
-                    IpNet::V6(_) => None,
-                }),
-        );
-        let fib6 = Lpm::build(
-            routes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, e)| match e.prefix {
-                    IpNet::V6(n) => Some((u128::from(n.network()), n.prefix_len(), i as u32)),
-                    IpNet::V4(_) => None,
-                }),
-        );
+        let (fib4, fib6) = fibs(&routes);
         l3.routers.push(RouterEntry {
             id: r.id.clone(),
             name: if r.name.is_empty() {
@@ -302,8 +478,10 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
                 .iter()
                 .flat_map(|x| x.v6.iter().map(|n| u128::from(n.addr())))
                 .collect(),
+            fips: false,
         });
     }
+    compile_fips(host, state, t, &mut l3);
 
     // Gateway addresses, gateway MACs in the FDB, and the neighbours of routed networks.
     let mut routed_nets: Vec<NetIdx> = Vec::new();

@@ -1,0 +1,417 @@
+//! Floating IPs on a `dvr` compute host (the seed's north-south scenario 2): proxy ARP on the
+//! provider network (VLAN 101) with the host's floating IP gateway MAC, DNAT inbound, SNAT
+//! outbound through the external network's default gateway (resolved by ARP), hairpin between
+//! two floating IPs of the host, and what is not ours is neither answered nor translated.
+//! Every frame out is re-parsed by etherparse, checksums included.
+use super::testutil::*;
+use crate::counters::{DropReason as D, Event as E};
+use crate::tables::Tables;
+use etherparse::{LinkSlice, NetSlice, SlicedPacket, TransportSlice};
+
+const HOST: &str = r#"
+role = "dvr"
+host_id = "compute1"
+local_vtep_ip = "10.0.0.11"
+dvr_mac = "fa:16:3f:00:00:01"
+cores = [1]
+[[ports]]
+name = "vm1"
+devargs = "net_ring0"
+kind = "instance"
+iface_id = "p1"
+[[ports]]
+name = "vm2"
+devargs = "net_ring1"
+kind = "instance"
+iface_id = "p2"
+[[ports]]
+name = "vm3"
+devargs = "net_ring2"
+kind = "instance"
+iface_id = "p3"
+[[ports]]
+name = "overlay"
+devargs = "net_ring3"
+kind = "overlay"
+[[ports]]
+name = "uplink"
+devargs = "net_ring4"
+kind = "provider"
+[bridge_mappings]
+provider = "uplink"
+"#;
+
+/// The seed's addresses, except that the instance is 198.51.100.4 (this machine's own uplink
+/// uses 192.0.2.0/24): provider1 is VLAN 101 with 203.0.113.0/24, gateway .1; instance 1 has
+/// floating IP 203.0.113.17; compute1's floating IP gateway port is 203.0.113.5.
+const STATE: &str = r#"
+hosts:
+  - {host: compute1, vtep_ip: 10.0.0.11, dvr_mac: "fa:16:3f:00:00:01"}
+  - {host: compute2, vtep_ip: 10.0.0.12, dvr_mac: "fa:16:3f:00:00:02"}
+  - {host: network1, vtep_ip: 10.0.0.13, dvr_mac: "fa:16:3f:00:00:03"}
+networks:
+  - {id: n1, name: selfservice1, "provider:network_type": vxlan, "provider:segmentation_id": 101, mtu: 1450}
+  - {id: ext, name: provider1, "provider:network_type": vlan, "provider:physical_network": provider, "provider:segmentation_id": 101, "router:external": true}
+subnets:
+  - {id: s1, name: s1, network_id: n1, cidr: 198.51.100.0/24, ip_version: 4, gateway_ip: 198.51.100.1}
+  - {id: sext, name: sext, network_id: ext, cidr: 203.0.113.0/24, ip_version: 4, gateway_ip: 203.0.113.1}
+routers:
+  - id: r1
+    name: router1
+    distributed: true
+    external_gateway_info: {network_id: ext, enable_snat: true, external_fixed_ips: [{subnet_id: sext, ip_address: 203.0.113.11}]}
+ports:
+  - {id: p1, network_id: n1, mac_address: "fa:16:3e:00:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.4}], "binding:host_id": compute1, device_owner: "compute:nova"}
+  - {id: p2, network_id: n1, mac_address: "fa:16:3e:00:00:02", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.5}], "binding:host_id": compute1, device_owner: "compute:nova"}
+  - {id: p3, network_id: n1, mac_address: "fa:16:3e:00:00:03", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.6}], "binding:host_id": compute1, device_owner: "compute:nova"}
+  - {id: p9, network_id: n1, mac_address: "fa:16:3e:00:00:09", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.9}], "binding:host_id": compute2, device_owner: "compute:nova"}
+  - {id: gw1, network_id: n1, mac_address: "fa:16:3e:aa:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.1}], device_owner: "network:router_interface_distributed", device_id: r1}
+  - {id: snat1, network_id: n1, mac_address: "fa:16:3e:bb:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.10}], "binding:host_id": network1, device_owner: "network:router_centralized_snat", device_id: r1}
+  - {id: fg1, network_id: ext, mac_address: "fa:16:3e:fe:00:01", fixed_ips: [{subnet_id: sext, ip_address: 203.0.113.5}], "binding:host_id": compute1, device_owner: "network:floatingip_agent_gateway", device_id: compute1}
+  - {id: fg2, network_id: ext, mac_address: "fa:16:3e:fe:00:02", fixed_ips: [{subnet_id: sext, ip_address: 203.0.113.6}], "binding:host_id": compute2, device_owner: "network:floatingip_agent_gateway", device_id: compute2}
+floatingips:
+  - {id: fip1, floating_ip_address: 203.0.113.17, floating_network_id: ext, port_id: p1, router_id: r1}
+  - {id: fip2, floating_ip_address: 203.0.113.18, floating_network_id: ext, port_id: p2}
+  - {id: fip9, floating_ip_address: 203.0.113.19, floating_network_id: ext, port_id: p9, router_id: r1}
+  - {id: fip-free, floating_ip_address: 203.0.113.20, floating_network_id: ext}
+"#;
+
+const VM1: u16 = 0;
+const VM2: u16 = 1;
+const VM3: u16 = 2;
+const OVERLAY: u16 = 3;
+const UPLINK: u16 = 4;
+const M1: &str = "fa:16:3e:00:00:01";
+const M2: &str = "fa:16:3e:00:00:02";
+const M3: &str = "fa:16:3e:00:00:03";
+const GW1: &str = "fa:16:3e:aa:00:01";
+const FG1: &str = "fa:16:3e:fe:00:01";
+const SNAT1: &str = "fa:16:3e:bb:00:01";
+/// The Internet host, behind the external network's gateway.
+const INET_GW: &str = "02:00:00:00:01:01";
+const INET: [u8; 4] = [100, 64, 0, 9];
+const X1: [u8; 4] = [198, 51, 100, 4];
+const X2: [u8; 4] = [198, 51, 100, 5];
+const X3: [u8; 4] = [198, 51, 100, 6];
+const F1: [u8; 4] = [203, 0, 113, 17];
+const F2: [u8; 4] = [203, 0, 113, 18];
+const F9: [u8; 4] = [203, 0, 113, 19];
+const FG_IP: [u8; 4] = [203, 0, 113, 5];
+const EXT_GW: [u8; 4] = [203, 0, 113, 1];
+
+fn tables_with(state: &str) -> Tables {
+    let macs = [
+        mac("02:00:00:00:00:01"),
+        mac("02:00:00:00:00:02"),
+        mac("02:00:00:00:00:03"),
+        mac("02:00:00:00:00:11"),
+        mac("02:00:00:00:00:04"),
+    ];
+    tables_from(HOST, state, &macs)
+}
+
+/// A harness whose underlay already knows the other hosts' VTEPs.
+fn harness_with(state: &str) -> Harness {
+    let h = Harness::with(tables_with(state));
+    for ip in ["10.0.0.12", "10.0.0.13"] {
+        h.s.neigh.set_static(
+            ip.parse().unwrap(),
+            crate::tables::mac_u64(&mac("02:00:00:00:00:12").0),
+        );
+    }
+    h
+}
+
+fn harness() -> Harness {
+    harness_with(STATE)
+}
+
+/// A TCP SYN from `src` to `dst` (ports 40000 -> 22), optionally tagged.
+fn syn(smac: &str, dmac: &str, vid: Option<u16>, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(smac).0, mac(dmac).0);
+    let mut out = Vec::new();
+    match vid {
+        Some(v) => b
+            .single_vlan(etherparse::VlanId::try_new(v).unwrap())
+            .ipv4(src, dst, 64)
+            .tcp(40000, 22, 1000, 64240)
+            .syn()
+            .write(&mut out, &[]),
+        None => b
+            .ipv4(src, dst, 64)
+            .tcp(40000, 22, 1000, 64240)
+            .syn()
+            .write(&mut out, &[]),
+    }
+    .unwrap();
+    out
+}
+
+/// An ARP request (or reply with `reply`) on VLAN 101.
+fn arp101(sha: &str, spa: [u8; 4], tha: &str, tpa: [u8; 4], reply: bool) -> Vec<u8> {
+    let op = if reply {
+        etherparse::ArpOperation::REPLY
+    } else {
+        etherparse::ArpOperation::REQUEST
+    };
+    let a = etherparse::ArpPacket::new(
+        etherparse::ArpHardwareId::ETHERNET,
+        etherparse::EtherType::IPV4,
+        op,
+        &mac(sha).0,
+        &spa,
+        &mac(tha).0,
+        &tpa,
+    )
+    .unwrap();
+    let dst = if reply { mac(tha).0 } else { [0xff; 6] };
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(sha).0, dst)
+        .single_vlan(etherparse::VlanId::try_new(101).unwrap())
+        .arp(a)
+        .write(&mut out)
+        .unwrap();
+    out
+}
+
+/// What a TCP/IPv4 frame out says: (VLAN, source MAC, destination MAC, source, destination,
+/// TTL), with the IPv4 and TCP checksums verified.
+fn tcp_out(f: &[u8]) -> (Option<u16>, String, String, [u8; 4], [u8; 4], u8) {
+    let s = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(LinkSlice::Ethernet2(eth)) = &s.link else {
+        panic!("not Ethernet")
+    };
+    let vid = s.vlan().map(|v| match v {
+        etherparse::VlanSlice::SingleVlan(v) => v.vlan_identifier().value(),
+        etherparse::VlanSlice::DoubleVlan(_) => panic!("double tagged"),
+    });
+    let Some(NetSlice::Ipv4(v4)) = &s.net else {
+        panic!("not IPv4")
+    };
+    let h = v4.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+    let Some(TransportSlice::Tcp(t)) = &s.transport else {
+        panic!("not TCP")
+    };
+    let want = t
+        .to_header()
+        .calc_checksum_ipv4_raw(h.source, h.destination, t.payload())
+        .unwrap();
+    assert_eq!(t.checksum(), want, "TCP checksum");
+    let m = |b: [u8; 6]| crate::packet::MacAddr(b).to_string();
+    (
+        vid,
+        m(eth.source()),
+        m(eth.destination()),
+        h.source,
+        h.destination,
+        h.time_to_live,
+    )
+}
+
+/// The external gateway answers the router's ARP request; the reply comes in on the uplink.
+fn resolve_external_gateway(h: &mut Harness) {
+    h.rx(UPLINK, &[arp101(INET_GW, EXT_GW, FG1, FG_IP, true)]);
+}
+
+#[test]
+fn floating_ip_arp_is_answered_with_the_gateway_mac_only_for_this_hosts_instances() {
+    let mut h = harness();
+    let asker = "02:00:00:00:01:99";
+    let asker_ip = [203, 0, 113, 99];
+    h.rx(
+        UPLINK,
+        &[
+            arp101(asker, asker_ip, "00:00:00:00:00:00", F1, false),
+            arp101(asker, asker_ip, "00:00:00:00:00:00", F2, false),
+            // compute2's instance: its host answers, not this one.
+            arp101(asker, asker_ip, "00:00:00:00:00:00", F9, false),
+            // Not associated with any port.
+            arp101(
+                asker,
+                asker_ip,
+                "00:00:00:00:00:00",
+                [203, 0, 113, 20],
+                false,
+            ),
+        ],
+    );
+    let out = h.sink.on(UPLINK);
+    assert_eq!(out.len(), 2, "two replies, back out of the uplink");
+    for (f, want) in out.iter().zip([F1, F2]) {
+        let s = SlicedPacket::from_ethernet(f).unwrap();
+        let Some(NetSlice::Arp(a)) = &s.net else {
+            panic!("not ARP")
+        };
+        assert_eq!(a.operation(), etherparse::ArpOperation::REPLY);
+        assert_eq!(a.sender_hw_addr(), &mac(FG1).0[..]);
+        assert_eq!(a.sender_protocol_addr(), &want[..]);
+        assert_eq!(a.target_protocol_addr(), &asker_ip[..]);
+        assert_eq!(&f[0..6], &mac(asker).0[..]);
+        assert_eq!(&f[6..12], &mac(FG1).0[..]);
+        // Tagged with the provider VLAN on the way out.
+        assert_eq!(&f[12..16], &[0x81, 0x00, 0x00, 101]);
+    }
+    assert_eq!(h.c.events[E::GatewayArpReply as usize], 2);
+}
+
+#[test]
+fn inbound_to_a_floating_ip_is_translated_and_routed_to_the_instance() {
+    let mut h = harness();
+    h.rx(UPLINK, &[syn(INET_GW, FG1, Some(101), INET, F1)]);
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), 1, "{:?}", h.c);
+    // The instance sees the real source and its own fixed IP; the router's gateway MAC on
+    // its network as source; one hop (TTL 63).
+    let (vid, smac, dmac, src, dst, ttl) = tcp_out(&out[0]);
+    assert_eq!(
+        (vid, smac.as_str(), dmac.as_str(), src, dst, ttl),
+        (None, GW1, M1, INET, X1, 63)
+    );
+    assert_eq!(h.c.events[E::FipDnat as usize], 1);
+    assert_eq!(h.sink.total(), 1);
+}
+
+#[test]
+fn outbound_from_a_fixed_ip_with_a_floating_ip_leaves_as_the_floating_ip() {
+    let mut h = harness();
+    // The external gateway is not known yet: the packet waits while the floating IP
+    // gateway asks for it on the external network (tagged, from its own MAC and address).
+    h.rx(VM1, &[syn(M1, GW1, None, X1, INET)]);
+    let asks = h.sink.on(UPLINK).to_vec();
+    assert_eq!(asks.len(), 1, "one ARP request: {:?}", h.c);
+    let s = SlicedPacket::from_ethernet(&asks[0]).unwrap();
+    let Some(NetSlice::Arp(a)) = &s.net else {
+        panic!("not ARP")
+    };
+    assert_eq!(a.operation(), etherparse::ArpOperation::REQUEST);
+    assert_eq!(a.sender_hw_addr(), &mac(FG1).0[..]);
+    assert_eq!(a.sender_protocol_addr(), &FG_IP[..]);
+    assert_eq!(a.target_protocol_addr(), &EXT_GW[..]);
+    assert_eq!(&asks[0][12..16], &[0x81, 0x00, 0x00, 101]);
+    assert_eq!(h.held.len(), 1);
+    // The answer releases it, translated.
+    resolve_external_gateway(&mut h);
+    let out = h.sink.on(UPLINK);
+    assert_eq!(out.len(), 2, "{:?}", h.c);
+    let (vid, smac, dmac, src, dst, ttl) = tcp_out(&out[1]);
+    assert_eq!(
+        (vid, smac.as_str(), dmac.as_str(), src, dst, ttl),
+        (Some(101), FG1, INET_GW, F1, INET, 63)
+    );
+    assert_eq!(h.c.events[E::FipSnat as usize], 1);
+    // From now on straight out.
+    h.rx(VM1, &[syn(M1, GW1, None, X1, INET)]);
+    assert_eq!(h.sink.on(UPLINK).len(), 3);
+    assert_eq!(tcp_out(&h.sink.on(UPLINK)[2]).3, F1);
+    // And the reply comes back in, to the instance.
+    h.rx(UPLINK, &[syn(INET_GW, FG1, Some(101), INET, F1)]);
+    assert_eq!(tcp_out(&h.sink.on(VM1)[0]).4, X1);
+}
+
+#[test]
+fn an_instance_without_a_floating_ip_still_goes_to_the_snat_node_whatever_went_before() {
+    let mut h = harness();
+    resolve_external_gateway(&mut h);
+    // vm3 has no floating IP: to the network node's SNAT port over the overlay. vm1, to the
+    // same destination right after, leaves as its floating IP: the decision depends on the
+    // source, so no cached decision for the destination may be reused across sources.
+    for _ in 0..2 {
+        h.rx(VM3, &[syn(M3, GW1, None, X3, INET)]);
+        h.rx(VM1, &[syn(M1, GW1, None, X1, INET)]);
+    }
+    assert_eq!(h.c.events[E::ToSnat as usize], 2, "{:?}", h.c);
+    assert_eq!(h.c.events[E::FipSnat as usize], 2);
+    let up = h.sink.on(UPLINK);
+    assert_eq!(up.len(), 2);
+    assert!(up.iter().all(|f| tcp_out(f).3 == F1));
+    // vm3's went over the overlay to the network node, to the SNAT port's MAC.
+    let ov = h.sink.on(OVERLAY);
+    assert_eq!(ov.len(), 2);
+    assert!(ov
+        .iter()
+        .all(|f| f[50..56] == mac(SNAT1).0 && f[50 + 26..50 + 30] == X3));
+}
+
+#[test]
+fn an_instance_reaches_another_floating_ip_of_the_same_host_hairpin() {
+    let mut h = harness();
+    h.rx(VM2, &[syn(M2, GW1, None, X2, F1)]);
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), 1, "{:?}", h.c);
+    // vm1 sees vm2 by its floating IP, as any outside host would.
+    let (_, smac, dmac, src, dst, _) = tcp_out(&out[0]);
+    assert_eq!((smac.as_str(), dmac.as_str(), src, dst), (GW1, M1, F2, X1));
+    assert_eq!(h.sink.on(UPLINK).len(), 0, "never left the host");
+    assert_eq!(h.c.events[E::FipSnat as usize], 1);
+    assert_eq!(h.c.events[E::FipDnat as usize], 1);
+}
+
+#[test]
+fn what_is_not_a_floating_ip_of_this_host_is_not_translated() {
+    let mut h = harness();
+    // To compute2's floating IP, at this host's gateway MAC (a stale ARP cache outside).
+    h.rx(UPLINK, &[syn(INET_GW, FG1, Some(101), INET, F9)]);
+    assert_eq!(h.sink.total(), 0);
+    assert_eq!(h.c.dropped(D::RouterNoFloatingIp), 1);
+    // Without the floating IP (disassociated), the next tables neither answer nor translate.
+    let state = STATE.replace(
+        "- {id: fip1, floating_ip_address: 203.0.113.17, floating_network_id: ext, port_id: p1, router_id: r1}",
+        "- {id: fip1, floating_ip_address: 203.0.113.17, floating_network_id: ext}",
+    );
+    assert_ne!(state, STATE);
+    let mut h = harness_with(&state);
+    h.rx(
+        UPLINK,
+        &[
+            arp101(
+                "02:00:00:00:01:99",
+                [203, 0, 113, 99],
+                "00:00:00:00:00:00",
+                F1,
+                false,
+            ),
+            syn(INET_GW, FG1, Some(101), INET, F1),
+        ],
+    );
+    assert_eq!(h.sink.total(), 0);
+    assert_eq!(h.c.dropped(D::RouterNoFloatingIp), 1);
+    // vm1's outbound traffic goes to the SNAT node again.
+    h.rx(VM1, &[syn(M1, GW1, None, X1, INET)]);
+    assert_eq!(h.c.events[E::ToSnat as usize], 1);
+    assert_eq!(h.sink.on(OVERLAY).len(), 1);
+}
+
+#[test]
+fn east_west_traffic_of_an_instance_with_a_floating_ip_is_not_translated() {
+    let mut h = harness();
+    // vm1 (floating IP) to vm2's fixed IP: routed? no, same subnet: switched, untouched.
+    // To the router's own network a route exists: never translated.
+    h.rx(VM1, &[syn(M1, M2, None, X1, X2)]);
+    let (_, _, _, src, dst, ttl) = tcp_out(&h.sink.on(VM2)[0]);
+    assert_eq!((src, dst, ttl), (X1, X2, 64));
+    assert_eq!(h.c.events[E::FipSnat as usize], 0);
+}
+
+#[test]
+fn the_validation_asks_for_the_hosts_floating_ip_gateway_port() {
+    let host = vswitch_config::parse_host_str(HOST).unwrap();
+    // Without compute1's gateway port (compute2's is no use here).
+    let fg1 = STATE
+        .lines()
+        .find(|l| l.contains("id: fg1"))
+        .expect("fixture has fg1");
+    let state = STATE.replace(&format!("{fg1}\n"), "");
+    assert_ne!(state, STATE);
+    let state = vswitch_config::parse_state_str(&state, false).unwrap();
+    let problems = vswitch_config::validate_for_host(&host, &state);
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["state.floatingips[0]", "state.floatingips[1]"],
+        "{problems:?}"
+    );
+    assert!(problems[0]
+        .message
+        .contains("network:floatingip_agent_gateway"));
+}
