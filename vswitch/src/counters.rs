@@ -203,6 +203,8 @@ named_enum! {
         /// From a fixed IP with a floating IP, translated (SNAT) and sent to the external
         /// network.
         FipSnat => "router.fip_snat",
+        /// Gratuitous ARPs sent for floating IPs associated with (or moved to) an instance here.
+        GarpSent => "router.garp_sent",
         /// ARP requests for a gateway address answered.
         GatewayArpReply => "router.arp_reply",
         /// Neighbor Solicitations for a gateway address answered.

@@ -62,7 +62,7 @@ fn problems_text(ps: &[Problem]) -> String {
 pub struct Daemon {
     host: HostConfig,
     ports: Option<Ports>,
-    pool: Option<Mempool>,
+    pool: Option<Arc<Mempool>>,
     cores: Vec<Arc<CoreCounters>>,
     lcores: Vec<u32>,
     publisher: Publisher,
@@ -111,6 +111,7 @@ impl Daemon {
         let workers = host.cores.len() as u16;
         let pool = Mempool::pktmbuf("vswitch_mbufs", host.mbufs, host.mbuf_cache, 2048 + 128, -1)
             .map_err(|e| fail(format!("vswitchd: cannot create the mbuf pool: {e}")))?;
+        let pool = Arc::new(pool);
         let ports = match Ports::open(&host, &pool, workers) {
             Ok(p) => p,
             Err(ps) => {
@@ -167,7 +168,7 @@ impl Daemon {
             cores,
             publisher,
             ports: Some(ports),
-            pool: Some(pool),
+            pool: Some(pool.clone()),
             host,
         };
         for (w, (&lcore, rx)) in daemon.host.cores.iter().zip(assignment).enumerate() {
@@ -193,6 +194,7 @@ impl Daemon {
                 ct_evict: daemon.host.conntrack.evict_unestablished,
                 workers: n_workers as u16,
                 inboxes: inboxes.clone(),
+                pool: pool.clone(),
             };
             tracing::info!(lcore, queues = ?worker.rx, "launching worker");
             if let Err(e) = eal::launch(lcore, move || worker.run()) {

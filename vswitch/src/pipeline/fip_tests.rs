@@ -415,3 +415,85 @@ fn the_validation_asks_for_the_hosts_floating_ip_gateway_port() {
         .message
         .contains("network:floatingip_agent_gateway"));
 }
+
+/// A gratuitous ARP as sent: (VLAN tag bytes, source MAC, sender and target address).
+type Garp = ([u8; 4], String, [u8; 4], [u8; 4]);
+
+/// The gratuitous ARPs announce_floating_ips sends from `prev` to `t`.
+fn garps(h: &mut Harness, prev: Option<&Tables>, t: &Tables) -> Vec<Garp> {
+    let before = h.sink.on(UPLINK).len();
+    let sent = super::router::announce_floating_ips(
+        prev,
+        t,
+        || Some(crate::packet::TestBuf::new(&[])),
+        &mut h.txb,
+        &mut h.sink,
+        &mut h.c,
+    );
+    h.txb.flush(&mut h.sink, &mut h.c);
+    let out = h.sink.on(UPLINK)[before..].to_vec();
+    assert_eq!(sent, Some(out.len()));
+    out.iter()
+        .map(|f| {
+            assert_eq!(f.len(), 64, "60 bytes + the tag");
+            let s = SlicedPacket::from_ethernet(f).unwrap();
+            let Some(NetSlice::Arp(a)) = &s.net else {
+                panic!("not ARP")
+            };
+            assert_eq!(a.operation(), etherparse::ArpOperation::REQUEST);
+            assert_eq!(&f[0..6], &[0xff; 6]);
+            assert_eq!(a.sender_hw_addr(), &f[6..12]);
+            (
+                f[12..16].try_into().unwrap(),
+                crate::packet::MacAddr(f[6..12].try_into().unwrap()).to_string(),
+                a.sender_protocol_addr().try_into().unwrap(),
+                a.target_protocol_addr().try_into().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn floating_ips_are_announced_when_associated_or_moved_here() {
+    let t = tables_with(STATE);
+    let mut h = harness();
+    let tag = [0x81, 0x00, 0x00, 101];
+    // At start every floating IP answered here, once each.
+    assert_eq!(
+        garps(&mut h, None, &t),
+        [
+            (tag, FG1.to_string(), F1, F1),
+            (tag, FG1.to_string(), F2, F2)
+        ]
+    );
+    // The same tables again (another change elsewhere): nothing.
+    assert_eq!(garps(&mut h, Some(&t), &t), []);
+    // fip2 moves to vm3 (same host, same gateway MAC: announced again all the same); fip1 is
+    // disassociated and fip9 moves from compute2's instance to vm1.
+    let moved = STATE
+        .replace("floating_network_id: ext, port_id: p2}", "floating_network_id: ext, port_id: p3}")
+        .replace(
+            "- {id: fip1, floating_ip_address: 203.0.113.17, floating_network_id: ext, port_id: p1, router_id: r1}",
+            "- {id: fip1, floating_ip_address: 203.0.113.17, floating_network_id: ext}",
+        )
+        .replace("port_id: p9, router_id: r1}", "port_id: p1, router_id: r1}");
+    let t2 = tables_with(&moved);
+    assert_eq!(
+        garps(&mut h, Some(&t), &t2),
+        [
+            (tag, FG1.to_string(), F2, F2),
+            (tag, FG1.to_string(), F9, F9)
+        ]
+    );
+    assert_eq!(h.c.events[E::GarpSent as usize], 4);
+    // No buffer: try again later.
+    let none = super::router::announce_floating_ips(
+        None,
+        &t2,
+        || None::<crate::packet::TestBuf>,
+        &mut h.txb,
+        &mut h.sink,
+        &mut h.c,
+    );
+    assert_eq!(none, None);
+}

@@ -323,6 +323,30 @@ fn tunnel_send<B: PacketBuf, T: Tracer>(
 type Plan = Result<Option<u16>, DropReason>;
 
 #[inline]
+/// Sends a frame the switch built itself (not from a batch) out of `port` for network `net`,
+/// through the same egress processing (a provider port's VLAN tag).
+pub fn send_to<B: PacketBuf>(
+    p: B,
+    port: u16,
+    net: u16,
+    t: &Tables,
+    txb: &mut TxBuffers<B>,
+    tx: &mut impl Tx<B>,
+    c: &mut BatchCounters,
+) {
+    send(
+        p,
+        port,
+        plan(t, port, net),
+        0,
+        t,
+        txb,
+        tx,
+        c,
+        &mut super::NoTrace,
+    );
+}
+
 fn plan(t: &Tables, port: u16, net: u16) -> Plan {
     match (t.ports.get(port as usize), t.networks.get(net as usize)) {
         (Some(pe), Some(ne)) if pe.up => Ok(super::provider::egress_vlan(pe, ne)),

@@ -1901,6 +1901,38 @@ fn flush_released<B: PacketBuf>(
     b.len = 0;
 }
 
+/// Announces the floating IPs that `t` answers for and `prev` (the tables before; none at
+/// start) did not, with a gratuitous ARP each (an ARP request for the address from itself,
+/// as `arping -U` and Neutron's l3 agent send it) out of the external network's provider port,
+/// so upstream caches learn the gateway MAC at once when a floating IP is associated or moves
+/// here. `alloc` gives a buffer. Returns how many were sent, or `None` when the pool ran out
+/// (call again later: some may go twice, which is harmless).
+pub fn announce_floating_ips<B: PacketBuf>(
+    prev: Option<&Tables>,
+    t: &Tables,
+    mut alloc: impl FnMut() -> Option<B>,
+    txb: &mut super::output::TxBuffers<B>,
+    tx: &mut impl super::output::Tx<B>,
+    c: &mut BatchCounters,
+) -> Option<usize> {
+    let before: &[crate::tables::router::Announce] = prev.map_or(&[], |p| &p.l3.announce);
+    let mut sent = 0;
+    for a in
+        t.l3.announce
+            .iter()
+            .filter(|a| before.binary_search(a).is_err())
+    {
+        let mut p = alloc()?;
+        if !build_arp_request(&mut p, MacAddr(a.mac), a.ip, a.ip) {
+            continue;
+        }
+        c.event(E::GarpSent);
+        super::output::send_to(p, a.port, a.net, t, txb, tx, c);
+        sent += 1;
+    }
+    Some(sent)
+}
+
 /// A broadcast ARP request for `target` from (`mac`, `from`), 60 bytes.
 fn build_arp_request<B: PacketBuf>(p: &mut B, mac: MacAddr, from: u32, target: u32) -> bool {
     const LEN: usize = 60;

@@ -78,6 +78,9 @@ pub struct Worker {
     pub workers: u16,
     /// Every worker's hand-off ring; this worker reads its own (`index`).
     pub inboxes: Arc<crate::io::Inboxes>,
+    /// The mbuf pool, for the frames the switch sends of its own accord (worker 0 announces
+    /// floating IPs).
+    pub pool: Arc<vswitch_ffi::Mempool>,
 }
 
 /// Slots of the connection table examined per sweep call: a few on busy rounds (every
@@ -134,9 +137,24 @@ impl Worker {
         // A cache of the current tables: one atomic load per round to see whether the pointer
         // changed (no thread-local lookup, no reference count traffic while it has not).
         let mut tables_cache = arc_swap::Cache::new(self.tables.clone());
+        // The tables whose floating IPs have been announced (worker 0 announces; none yet).
+        let mut announced: Option<Arc<crate::tables::Tables>> = None;
         let mut round: u64 = 0;
         while !self.stop.load(Ordering::Relaxed) {
             let tables = tables_cache.load();
+            if self.index == 0 && !announced.as_ref().is_some_and(|a| Arc::ptr_eq(a, tables)) {
+                let done = crate::pipeline::router::announce_floating_ips(
+                    announced.as_deref(),
+                    tables,
+                    || self.pool.alloc(),
+                    &mut txb,
+                    &mut tx,
+                    &mut bc,
+                );
+                if done.is_some() {
+                    announced = Some(tables.clone());
+                }
+            }
             // The clock only ages learned MACs (300 s): reading it every 16th round is plenty,
             // and RDTSC is not free in a VM.
             if round & (FOLD_EVERY - 1) == 0 {

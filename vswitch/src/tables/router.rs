@@ -123,6 +123,21 @@ pub struct L3Tables {
     pub fip_in: FxHashMap<u64, FipIn>,
     /// (router << 32 | fixed IP) -> the floating IP that address leaves as.
     pub fip_out: FxHashMap<u64, FipOut>,
+    /// Every floating IP answered here, sorted: a worker announces (gratuitous ARP) those a
+    /// new generation of tables has and the one before did not.
+    pub announce: Vec<Announce>,
+}
+
+/// A floating IP this host answers for, as its gratuitous ARP needs it: the provider port and
+/// network it goes out on, the address and the gateway MAC, and the fixed IP behind it (so a
+/// floating IP moved between two instances of this host is announced again too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Announce {
+    pub port: u16,
+    pub net: NetIdx,
+    pub ip: u32,
+    pub mac: [u8; 6],
+    pub fixed: u32,
 }
 
 /// A floating IP as inbound traffic needs it: the fixed address it becomes, and the router
@@ -231,7 +246,17 @@ fn compile_fips(host: &HostConfig, state: &DesiredState, t: &Tables, l3: &mut L3
         // Answered with the gateway's MAC (proxy ARP, as the fip namespace does).
         l3.gw4.insert(net_key4(ext, f), rif);
         l3.routers[ri].fips = true;
+        if let Some(port) = t.networks[ext as usize].provider_port {
+            l3.announce.push(Announce {
+                port,
+                net: ext,
+                ip: f,
+                mac: l3.rifs[rif as usize].mac.0,
+                fixed: u32::from(fixed),
+            });
+        }
     }
+    l3.announce.sort_unstable();
 }
 
 /// Adds this host's floating IP gateway on external network `ext`: its interface and its
