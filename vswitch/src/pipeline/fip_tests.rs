@@ -497,3 +497,48 @@ fn floating_ips_are_announced_when_associated_or_moved_here() {
     );
     assert_eq!(none, None);
 }
+
+/// A TCP segment (SYN-ACK with `synack`, else a plain ACK) from port 22 to 40000, untagged.
+fn reply(smac: &str, dmac: &str, src: [u8; 4], dst: [u8; 4], synack: bool) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(smac).0, mac(dmac).0)
+        .ipv4(src, dst, 64)
+        .tcp(22, 40000, 5000 + !synack as u32, 64240)
+        .ack(1001);
+    let b = if synack { b.syn() } else { b };
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+#[test]
+fn disassociating_a_floating_ip_cuts_the_connections_that_came_through_it() {
+    let mut h = harness();
+    resolve_external_gateway(&mut h);
+    // An outside client connects to vm1 through its floating IP, and vm1 answers.
+    h.rx(UPLINK, &[syn(INET_GW, FG1, Some(101), INET, F1)]);
+    assert_eq!(h.sink.on(VM1).len(), 1);
+    let up = h.sink.on(UPLINK).len();
+    h.rx(VM1, &[reply(M1, GW1, X1, INET, true)]);
+    assert_eq!(h.sink.on(UPLINK).len(), up + 1);
+    // And vm2 connects to vm1 on their own network, no floating IP involved.
+    h.rx(VM2, &[syn(M2, M1, None, X2, X1)]);
+    assert_eq!(h.sink.on(VM1).len(), 2);
+    // fip1 is disassociated: new tables.
+    let state = STATE.replace(
+        "- {id: fip1, floating_ip_address: 203.0.113.17, floating_network_id: ext, port_id: p1, router_id: r1}",
+        "- {id: fip1, floating_ip_address: 203.0.113.17, floating_network_id: ext}",
+    );
+    h.t = tables_with(&state);
+    h.t.generation = 2;
+    // vm1's next segment of the connection that came through it is dropped, and the
+    // connection is gone from its zone.
+    let before = h.sink.total();
+    h.rx(VM1, &[reply(M1, GW1, X1, INET, false)]);
+    assert_eq!(h.sink.total(), before, "{:?}", h.c);
+    assert_eq!(h.c.dropped(D::FirewallRevoked), 1);
+    assert_eq!(h.s.fw.ct.stats.cut, 1);
+    // The connection from vm2 carries on.
+    h.rx(VM1, &[reply(M1, M2, X1, X2, true)]);
+    assert_eq!(h.sink.on(VM2).len(), 1, "{:?}", h.c);
+    assert_eq!(h.c.dropped(D::FirewallRevoked), 1);
+}

@@ -353,7 +353,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
         if f.seen & (1 << i) != 0 {
             // Passed the egress check in this batch with its state recorded: most such frames
             // are settled here, through the peer link and the mirror, without the full judgement.
-            if !T::ON && f.mirrored & (1 << i) != 0 && fw.stateful {
+            if !T::ON && f.mirrored & (1 << i) != 0 && fw.stateful && !b.meta[i].translated {
                 let (hint, key) = (f.entries[i], slot.key.with_zone(fw.zone));
                 if let Some((idx, dir)) = f.ct.peer_lookup(hint, &key, f.now) {
                     if mirror(f, i, hint, idx, dir, fw.version) {
@@ -394,7 +394,13 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
             hash: f.hashes[i],
             cand: f.cands[i],
         };
-        let (o, _) = judge::<T>(&s.fw_flows.0[i], fw, true, f, c, tr, i, t, lk);
+        let (o, entry) = judge::<T>(&s.fw_flows.0[i], fw, true, f, c, tr, i, t, lk);
+        if o == Outcome::Pass && b.meta[i].translated {
+            // It came through a floating IP: the connection lives as long as that does.
+            if let Some(e) = f.ct.entry_mut(entry) {
+                e.nat = fw.nat;
+            }
+        }
         if o == Outcome::Pass {
             s.fw.count(port, true);
             continue;
@@ -479,6 +485,10 @@ fn rule_port_key(k: &Key) -> u16 {
 /// was admitted under differs from the port's).
 #[inline]
 pub fn still_allowed(fw: &PortFirewall, k: &Key, e: &super::conntrack::Entry) -> bool {
+    // Through a floating IP the port no longer has (or has changed).
+    if e.nat != 0 && e.nat != fw.nat {
+        return false;
+    }
     let ingress = e.flags & flag::INGRESS != 0;
     let remote = if ingress { k.src128() } else { k.dst128() };
     fw.allows(ingress, k.is_v6(), k.proto(), rule_port_key(k), remote)

@@ -76,11 +76,15 @@ pub struct Meta {
     pub next: Next,
     /// The remote VTEP a decapsulated frame came from (for inner MAC learning).
     pub from_vtep: u16,
+    /// The router translated its addresses (a floating IP): the instance's security groups
+    /// mark the connection as one that lives through that floating IP.
+    pub translated: bool,
 }
 
 impl Default for Meta {
     fn default() -> Self {
         Self {
+            translated: false,
             network: NO_NET,
             next: Next::Continue,
             from_vtep: u16::MAX,

@@ -638,6 +638,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
             Ok(Verdict::Translated(h, nat)) => {
                 b.meta[i].network = h.net;
                 b.meta[i].next = h.next;
+                b.meta[i].translated = true;
                 tally.c[RouterStat::Routed as usize] += 1;
                 fwd.count(&h);
                 fwd.fip_in += nat.dnat.is_some() as u64;
@@ -1816,7 +1817,7 @@ pub fn release_pending<B: PacketBuf>(
         b.meta[i] = super::Meta {
             network: h.in_net,
             next,
-            from_vtep: u16::MAX,
+            ..Default::default()
         };
         b.len += 1;
     }

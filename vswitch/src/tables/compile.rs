@@ -338,7 +338,7 @@ fn port_firewall(
         .filter_map(|g| state.security_group(g))
         .all(|g| g.stateful);
     let liberal = host.conntrack.liberal_ports.contains(&host.ports[pi].name);
-    super::secgroup::compile_port(
+    let mut fw = super::secgroup::compile_port(
         pi as u16 + 1,
         stateful,
         liberal,
@@ -346,7 +346,29 @@ fn port_firewall(
         &rules,
         groups,
         group_index,
-    )
+    );
+    fw.nat = nat_epoch(state, np);
+    fw.version ^= (fw.nat as u32).wrapping_mul(0x9e37_79b9);
+    fw
+}
+
+/// The epoch of a port's floating IPs (see `PortFirewall::nat`).
+fn nat_epoch(state: &DesiredState, np: &vswitch_config::Port) -> u16 {
+    use std::hash::{Hash, Hasher};
+    let mut pairs: Vec<(std::net::Ipv4Addr, Option<std::net::Ipv4Addr>)> = state
+        .floatingips
+        .iter()
+        .filter(|f| f.port_id.as_deref() == Some(np.id.as_str()))
+        .map(|f| (f.floating_ip_address, state.fip_fixed_ip(f)))
+        .collect();
+    if pairs.is_empty() {
+        return 0;
+    }
+    pairs.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pairs.hash(&mut h);
+    let v = h.finish();
+    (v as u16 ^ (v >> 16) as u16 ^ (v >> 32) as u16 ^ (v >> 48) as u16).max(1)
 }
 
 fn port_security(np: &vswitch_config::Port) -> PortSecurity {

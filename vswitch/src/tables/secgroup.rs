@@ -143,8 +143,12 @@ pub struct PortFirewall {
     pub stateful: bool,
     /// TCP tracked without window checks (`conntrack.liberal_ports`).
     pub liberal: bool,
-    /// Fingerprint of everything the classifier was built from.
+    /// Fingerprint of everything the classifier was built from, the floating IPs included.
     pub version: u32,
+    /// Epoch of the port's floating IPs: 0 without any, else a non-zero fingerprint of its
+    /// (floating, fixed) pairs. A connection that lived through a floating IP is cut when it
+    /// changes (Neutron: "disassociation removes ... its connections").
+    pub nat: u16,
     /// `[egress v4, egress v6, ingress v4, ingress v6]`.
     sets: [RuleSet; 4],
     /// Every remote group's members (shared by all ports of one compile).
@@ -305,6 +309,7 @@ pub fn compile_port(
         stateful,
         liberal,
         version: (v ^ (v >> 32)) as u32,
+        nat: 0,
         sets,
         groups: groups.clone(),
         group_ids,

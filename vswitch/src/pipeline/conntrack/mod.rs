@@ -388,6 +388,10 @@ pub struct Entry {
     pub peer: u32,
     pub state: u8,
     pub flags: u8,
+    /// The floating-IP epoch of the port ([`crate::tables::secgroup::PortFirewall::nat`])
+    /// when a translated packet of this connection crossed this zone (0: none did): when the
+    /// port's floating IPs change, such a connection is cut.
+    pub nat: u16,
 }
 
 impl Entry {
@@ -831,6 +835,7 @@ impl Conntrack {
             peer: NIL,
             state: st,
             flags: flags & !flag::LISTED,
+            nat: 0,
         };
         self.used += 1;
         self.stats.new += 1;
