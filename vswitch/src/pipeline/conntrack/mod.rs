@@ -6,7 +6,9 @@
 //!   afterwards. An IPv4 key fits the entry; an IPv6 connection's addresses (32 bytes) and
 //!   the eviction list's links (8) live in arrays beside it. It is reachable from both
 //!   directions: the index holds each entry twice, once under its original tuple and once
-//!   under the reversed one, so a reply finds the same entry in one lookup.
+//!   under the reversed one, so a reply finds the same entry in one lookup. A translated
+//!   connection (NAT, IPv4) is indexed under its translated reply tuple instead (kept beside
+//!   the entry where an IPv6 one keeps its addresses): one entry, both translations.
 //! - **Index.** Open addressing over cache-line buckets (as DPDK's `rte_hash` and the
 //!   Swiss-table family): a [`Bucket`] is 64 bytes, 15 slots of `tag << 25 | link + 1` and an
 //!   overflow count. A lookup reads one line, compares 7-bit tags and touches an entry only on
@@ -123,6 +125,9 @@ pub mod flag {
     pub const LISTED: u8 = 8;
     /// Tracked liberally (no TCP window checks).
     pub const LIBERAL: u8 = 16;
+    /// Translated (NAT): replies arrive with their own key
+    /// ([`Conntrack::reply_of`](super::Conntrack::reply_of)), not the original reversed.
+    pub const NAT: u8 = 32;
 }
 
 /// Protocol numbers the tracker treats specially.
@@ -498,10 +503,12 @@ pub struct Conntrack {
     /// All on (transparent) huge pages: lookups land anywhere in them.
     entries: HugeSlice<Entry>,
     buckets: HugeSlice<Bucket>,
-    /// Per entry: list links, and an IPv6 connection's addresses (source then destination,
-    /// as [`Key::w`]), read only when the folded addresses and the rest of the key match.
+    /// Per entry: list links, and what does not fit the entry: an IPv6 connection's
+    /// addresses (source then destination, as [`Key::w`]), read only when the folded addresses
+    /// and the rest of the key match, or a translated IPv4 connection's reply key
+    /// ([`Key::addr_word`], last word; NAT does not apply to IPv6, so never both).
     links: HugeSlice<Links>,
-    v6: HugeSlice<[u64; 4]>,
+    wide: HugeSlice<[u64; 4]>,
     mask: u64,
     free: u32,
     used: u32,
@@ -550,7 +557,7 @@ impl Conntrack {
             entries,
             buckets: HugeSlice::new(nb, Bucket::default()),
             links,
-            v6: HugeSlice::new(capacity, [0; 4]),
+            wide: HugeSlice::new(capacity, [0; 4]),
             mask: nb as u64 - 1,
             free: 0,
             used: 0,
@@ -593,7 +600,7 @@ impl Conntrack {
         self.entries.len() * std::mem::size_of::<Entry>()
             + self.buckets.len() * std::mem::size_of::<Bucket>()
             + self.links.len() * std::mem::size_of::<Links>()
-            + self.v6.len() * std::mem::size_of::<[u64; 4]>()
+            + self.wide.len() * std::mem::size_of::<[u64; 4]>()
     }
 
     /// Bytes on huge pages in the mappings of the entries and of the index (see
@@ -680,6 +687,13 @@ impl Conntrack {
         let w = &k.w;
         let (addrs, meta) = if dir == 0 {
             (k.addr_word(), w[4])
+        } else if e.flags & flag::NAT != 0 {
+            // Only the translated reply key: the original reversed is not this connection.
+            return !k.is_v6()
+                && self
+                    .wide
+                    .get(idx as usize)
+                    .is_some_and(|r| (r[0] ^ k.addr_word()) | (r[1] ^ w[4]) == 0);
         } else if k.is_v6() {
             (k.reverse().addr_word(), k.reverse_meta())
         } else {
@@ -696,7 +710,21 @@ impl Conntrack {
         } else {
             [w[2], w[3], w[0], w[1]]
         };
-        self.v6.get(idx as usize) == Some(&full)
+        self.wide.get(idx as usize) == Some(&full)
+    }
+
+    /// The key replies of entry `idx` arrive with: its translated reply key, or its key
+    /// reversed.
+    pub fn reply_of(&self, idx: u32) -> Option<Key> {
+        let k = self.key_of(idx)?;
+        let e = self.entries.get(idx as usize)?;
+        if e.flags & flag::NAT == 0 {
+            return Some(k.reverse());
+        }
+        let r = self.wide.get(idx as usize)?;
+        Some(Key {
+            w: [r[0] >> 32, 0, r[0] & 0xffff_ffff, 0, r[1]],
+        })
     }
 
     /// The key of entry `idx` (its original direction), if it is live.
@@ -705,8 +733,8 @@ impl Conntrack {
         if e.state == state::FREE {
             return None;
         }
-        let w = if e.meta & 1 != 0 {
-            let a = self.v6.get(idx as usize)?;
+        let w = if e.meta & 1 != 0 && e.flags & flag::NAT == 0 {
+            let a = self.wide.get(idx as usize)?;
             [a[0], a[1], a[2], a[3], e.meta]
         } else {
             [e.addrs >> 32, 0, e.addrs & 0xffff_ffff, 0, e.meta]
@@ -812,6 +840,38 @@ impl Conntrack {
     /// Creates a connection whose first packet had key `k`, in state `st`. When the table is
     /// full, evicts the oldest not-yet-assured entry if allowed, else refuses (`None`).
     pub fn insert(&mut self, k: &Key, st: u8, flags: u8, policy: u32, now: u32) -> Option<u32> {
+        self.insert_with(k, None, st, flags, policy, now)
+    }
+
+    /// [`insert`](Self::insert) for a translated IPv4 connection: its replies arrive with key
+    /// `reply` (e.g. source NAT of `k` = X:x -> D:d to G:g: replies are D:d -> G:g). One entry
+    /// holds both translations; a lookup of either key finds it (direction 0 or 1), and the
+    /// original reversed does not. Use [`lookup`](Self::lookup) of `reply` first to choose a
+    /// free one.
+    pub fn insert_nat(
+        &mut self,
+        k: &Key,
+        reply: &Key,
+        st: u8,
+        flags: u8,
+        policy: u32,
+        now: u32,
+    ) -> Option<u32> {
+        if k.is_v6() || reply.is_v6() {
+            return None;
+        }
+        self.insert_with(k, Some(reply), st, flags | flag::NAT, policy, now)
+    }
+
+    fn insert_with(
+        &mut self,
+        k: &Key,
+        reply: Option<&Key>,
+        st: u8,
+        flags: u8,
+        policy: u32,
+        now: u32,
+    ) -> Option<u32> {
         if self.free == NIL && !(self.evict && self.evict_oldest()) {
             self.stats.refused_full += 1;
             return None;
@@ -820,10 +880,13 @@ impl Conntrack {
         let l = self.links.get_mut(idx as usize)?;
         self.free = l.next;
         l.next = NIL;
-        if k.is_v6() {
-            if let Some(a) = self.v6.get_mut(idx as usize) {
-                *a = [k.w[0], k.w[1], k.w[2], k.w[3]];
-            }
+        let wide = match reply {
+            Some(r) => Some([r.addr_word(), r.w[4], 0, 0]),
+            None if k.is_v6() => Some([k.w[0], k.w[1], k.w[2], k.w[3]]),
+            None => None,
+        };
+        if let (Some(v), Some(a)) = (wide, self.wide.get_mut(idx as usize)) {
+            *a = v;
         }
         let e = self.entries.get_mut(idx as usize)?;
         *e = Entry {
@@ -843,7 +906,8 @@ impl Conntrack {
             *c += 1;
         }
         self.link(k.hash(), idx << 1);
-        self.link(k.reverse().hash(), idx << 1 | 1);
+        let back = reply.copied().unwrap_or_else(|| k.reverse());
+        self.link(back.hash(), idx << 1 | 1);
         if flags & flag::ASSURED == 0 {
             self.list_push(idx);
         }
@@ -888,14 +952,14 @@ impl Conntrack {
         if e.state == state::FREE {
             return;
         }
-        let Some(k) = self.key_of(idx) else {
+        let (Some(k), Some(back)) = (self.key_of(idx), self.reply_of(idx)) else {
             return;
         };
         if e.flags & flag::LISTED != 0 {
             self.list_unlink(idx);
         }
         self.unlink(k.hash(), idx << 1);
-        self.unlink(k.reverse().hash(), idx << 1 | 1);
+        self.unlink(back.hash(), idx << 1 | 1);
         if let Some(c) = self.by_state.get_mut(e.state as usize) {
             *c = c.saturating_sub(1);
         }

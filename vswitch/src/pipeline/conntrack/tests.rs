@@ -672,3 +672,79 @@ mod parse_prop {
         }
     }
 }
+
+/// Source NAT of X:x -> D:d to G:g: (original, the key replies arrive with).
+fn snat_keys(n: u32) -> (Key, Key) {
+    let (x, d, g) = (0xc633_6404 + (n & 0xff), 0x6440_0009, 0xcb00_710b);
+    let orig = Key::v4(9, PROTO_TCP, x, d, 40000 + (n >> 8) as u16, 443);
+    let reply = Key::v4(9, PROTO_TCP, d, g, 443, 1024 + n as u16);
+    (orig, reply)
+}
+
+#[test]
+fn a_translated_connection_is_one_entry_found_by_both_of_its_keys() {
+    let mut ct = Conntrack::new(64, Timeouts::default(), false);
+    let (orig, reply) = snat_keys(1);
+    // The reply key is free before.
+    assert_eq!(ct.lookup(&reply, 1), None);
+    let idx = ct.insert_nat(&orig, &reply, SYN_SENT, 0, 1, 0).unwrap();
+    assert_eq!(ct.lookup(&orig, 1), Some((idx, 0)));
+    assert_eq!(ct.lookup(&reply, 1), Some((idx, 1)));
+    // The original reversed (an untranslated "reply") is not this connection.
+    assert_eq!(ct.lookup(&orig.reverse(), 1), None);
+    assert_eq!(
+        (ct.key_of(idx), ct.reply_of(idx)),
+        (Some(orig), Some(reply))
+    );
+    // Through the peer hint too, by either key.
+    let other = ct.insert(&key(3), SYN_SENT, 0, 1, 0).unwrap();
+    ct.link_peers(other, idx);
+    assert_eq!(ct.peer_lookup(other, &reply, 1), Some((idx, 1)));
+    assert_eq!(ct.peer_lookup(other, &orig.reverse(), 1), None);
+    // Removal takes both keys out of the index.
+    ct.remove(idx);
+    assert_eq!(ct.lookup(&orig, 1), None);
+    assert_eq!(ct.lookup(&reply, 1), None);
+    assert_eq!(ct.len(), 1);
+    // IPv6 is never translated.
+    let v6 = Key::v6(9, PROTO_TCP, 1, 2, 3, 4);
+    assert_eq!(ct.insert_nat(&v6, &v6.reverse(), SYN_SENT, 0, 1, 0), None);
+}
+
+#[test]
+fn translated_and_plain_connections_share_a_crowded_index() {
+    // 24 connections (48 links) in 4 x 15 slots: links spill into neighbouring buckets.
+    let mut ct = Conntrack::with_buckets(24, 4);
+    let mut live = Vec::new();
+    for n in 0..24u32 {
+        let idx = if n % 2 == 0 {
+            let (o, r) = snat_keys(n);
+            (
+                ct.insert_nat(&o, &r, ESTABLISHED, flag::ASSURED, 1, 0)
+                    .unwrap(),
+                o,
+                r,
+            )
+        } else {
+            let k = key(n);
+            (
+                ct.insert(&k, ESTABLISHED, flag::ASSURED, 1, 0).unwrap(),
+                k,
+                k.reverse(),
+            )
+        };
+        live.push(idx);
+    }
+    // Remove every third, then check every key of what is left, both ways.
+    for (i, &(idx, ..)) in live.iter().enumerate() {
+        if i % 3 == 0 {
+            ct.remove(idx);
+        }
+    }
+    for (i, &(idx, o, r)) in live.iter().enumerate() {
+        let want = |d| (i % 3 != 0).then_some((idx, d));
+        assert_eq!(ct.lookup(&o, 1), want(0), "{i}");
+        assert_eq!(ct.lookup(&r, 1), want(1), "{i}");
+    }
+    assert_eq!(ct.len(), 16);
+}
