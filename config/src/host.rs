@@ -238,6 +238,14 @@ pub struct ConntrackConfig {
     /// Per-state timeouts, seconds.
     #[serde(default)]
     pub timeouts: ConntrackTimeouts,
+    /// Source ports (and ICMP echo identifiers) centralized SNAT on a `dvr_snat` host
+    /// translates to, `[low, high]` (Linux's masquerade range is 1024-65535).
+    #[serde(default = "default_snat_ports")]
+    pub snat_ports: [u16; 2],
+}
+
+fn default_snat_ports() -> [u16; 2] {
+    [1024, 65535]
 }
 
 impl Default for ConntrackConfig {
@@ -247,6 +255,7 @@ impl Default for ConntrackConfig {
             evict_unestablished: true,
             liberal_ports: Vec::new(),
             timeouts: ConntrackTimeouts::default(),
+            snat_ports: default_snat_ports(),
         }
     }
 }

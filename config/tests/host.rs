@@ -469,6 +469,15 @@ fn conntrack_rules() {
         "0 s is out of range 1..=1000000",
     );
     assert_eq!(p.len(), 4);
+    // The SNAT port range: Linux's masquerade range unless set, and a real range.
+    let mut h = compute1();
+    assert_eq!(h.conntrack.snat_ports, [1024, 65535]);
+    h.conntrack.snat_ports = [3000, 2000];
+    only(
+        &h.validate(),
+        "conntrack.snat_ports",
+        "[3000, 2000] is not a range of ports: 1 <= low <= high",
+    );
     // One core's table holds at most 2^23 connections.
     let mut h = compute1();
     h.conntrack.capacity = 16_777_216;

@@ -128,6 +128,14 @@ named_enum! {
         RouterUnresolved => "router.unresolved",
         /// To a router address, but not something the router answers (echo, ND).
         RouterToRouter => "router.to_router",
+        /// Centralized SNAT: no source port (or ICMP identifier) free for a new connection
+        /// to this destination (`conntrack.snat_ports`); existing ones carry on.
+        RouterSnatExhausted => "router.snat_exhausted",
+        /// To a router's gateway address, matching none of its translations.
+        RouterSnatUnknown => "router.snat_unknown",
+        /// Centralized SNAT translates TCP, UDP and ICMP echo; not this (other protocols,
+        /// later fragments, an echo reply from inside).
+        RouterSnatProtocol => "router.snat_protocol",
         /// To this host's floating IP gateway for an address that is no floating IP of an
         /// instance here (moved away, disassociated, or never ours).
         RouterNoFloatingIp => "router.no_floating_ip",
@@ -205,6 +213,10 @@ named_enum! {
         FipSnat => "router.fip_snat",
         /// Gratuitous ARPs sent for floating IPs associated with (or moved to) an instance here.
         GarpSent => "router.garp_sent",
+        /// Centralized SNAT: packets translated to the router's gateway address on the way
+        /// out, and replies translated back.
+        SnatOut => "router.snat_out",
+        SnatIn => "router.snat_in",
         /// ARP requests for a gateway address answered.
         GatewayArpReply => "router.arp_reply",
         /// Neighbor Solicitations for a gateway address answered.

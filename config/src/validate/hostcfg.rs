@@ -59,6 +59,13 @@ impl HostConfig {
                 ),
             );
         }
+        let [lo, hi] = ct.snat_ports;
+        if lo == 0 || lo > hi {
+            out.push(
+                "conntrack.snat_ports",
+                format!("[{lo}, {hi}] is not a range of ports: 1 <= low <= high"),
+            );
+        }
         for (i, name) in ct.liberal_ports.iter().enumerate() {
             match self.port(name) {
                 Some(p) if p.kind == PortKind::Instance => {}

@@ -501,6 +501,10 @@ pub fn sweep(t: &Tables, f: &mut FwCore, budget: usize) {
     let now = f.now;
     f.ct.sweep(now, budget, |k, e| {
         let zone = e.zone();
+        // A router's translations (centralized SNAT): only their timeouts end them.
+        if crate::tables::router::is_snat_zone(zone) {
+            return Some(e.policy);
+        }
         // A zone is its port's index + 1.
         let fw = zone.checked_sub(1).and_then(|p| port_fw(t, p));
         match fw {
@@ -606,6 +610,40 @@ fn find(
     } else {
         ct.lookup(key, now)
     }
+}
+
+/// Opens a router's translation (centralized SNAT) for the packet of `kind` whose key is `k`,
+/// answered with key `reply`: tracked liberally (no window checks: the router is no
+/// firewall), in the state its first packet puts it in, for the deadline.
+pub(crate) fn open_translation(
+    ct: &mut Conntrack,
+    k: &Key,
+    reply: &Key,
+    kind: &Kind,
+    now: u32,
+) -> Option<u32> {
+    let (first, pickup) = match kind {
+        Kind::Tcp(seg) if tcp::opens(seg.flags) => (state::SYN_SENT, false),
+        Kind::Tcp(_) => (state::ESTABLISHED, true),
+        _ => (state::UNREPLIED, false),
+    };
+    let idx = ct.insert_nat(k, reply, first, flag::LIBERAL, 0, now)?;
+    if let (Kind::Tcp(seg), Some(e)) = (kind, ct.entry_mut(idx)) {
+        if pickup {
+            tcp::pick_up(&mut e.tcp, seg);
+        } else {
+            tcp::open(&mut e.tcp, seg);
+        }
+    }
+    if pickup {
+        ct.assure(idx);
+    }
+    Some(idx)
+}
+
+/// Moves a router's translation on by one packet in direction `dir` (state and deadline).
+pub(crate) fn track_translation(ct: &mut Conntrack, idx: u32, dir: u8, kind: &Kind, now: u32) {
+    let _ = advance(ct, idx, dir, kind, NO_ENTRY, now);
 }
 
 /// What one packet did to its tracked connection.

@@ -366,6 +366,8 @@ mod firewall_tests;
 #[cfg(test)]
 mod router_tests;
 #[cfg(test)]
+mod snat_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -167,6 +167,42 @@ pub fn rewrite(d: &mut [u8], l3: usize, field: Field, new: u32) -> bool {
     true
 }
 
+/// Rewrites the source or destination port of the TCP or UDP packet at `d[l3..]`, or the
+/// identifier of an ICMP echo request or reply (either `field`: it is one number), to `new`,
+/// with the transport checksum updated incrementally. `false`: no such header (another
+/// protocol, a later fragment, cut short), nothing changed.
+pub fn rewrite_port(d: &mut [u8], l3: usize, field: Field, new: u16) -> bool {
+    let Some((ihl, end)) = header(d, l3, d.len()) else {
+        return false;
+    };
+    if be16(d, l3 + 6) & 0x1fff != 0 {
+        return false;
+    }
+    let l4 = l3 + ihl;
+    let off = match field {
+        Field::Src => 0,
+        Field::Dst => 2,
+    };
+    let (at, sum, udp) = match d[l3 + 9] {
+        PROTO_TCP if l4 + 20 <= end => (l4 + off, l4 + 16, false),
+        PROTO_UDP if l4 + 8 <= end => (l4 + off, l4 + 6, true),
+        PROTO_ICMP if l4 + 8 <= end && matches!(d[l4], 0 | 8) => (l4 + 4, l4 + 2, false),
+        _ => return false,
+    };
+    let old = be16(d, at);
+    d[at..at + 2].copy_from_slice(&new.to_be_bytes());
+    let s_old = be16(d, sum);
+    if udp && s_old == 0 {
+        return true;
+    }
+    let mut s_new = update16(s_old, old, new);
+    if udp && s_new == 0 {
+        s_new = 0xffff;
+    }
+    d[sum..sum + 2].copy_from_slice(&s_new.to_be_bytes());
+    true
+}
+
 /// In an ICMP error at `icmp` (up to `end`), the quoted packet's `field` from `old` to `new`,
 /// with the quoted checksums and the ICMP checksum. Anything else (echo, a quote too short to
 /// hold the address, a quote about another address) is left alone.
@@ -381,6 +417,55 @@ mod tests {
         let mut v6 = tcp_frame(H, F);
         v6[14] = 0x65;
         assert!(!rewrite(&mut v6, 14, Field::Dst, ip(X)));
+    }
+
+    #[test]
+    fn ports_and_echo_identifiers_are_rewritten_with_their_checksums() {
+        let mut f = tcp_frame(X, H);
+        assert!(rewrite(&mut f, 14, Field::Src, ip(F)));
+        assert!(rewrite_port(&mut f, 14, Field::Src, 1031));
+        let s = check(&f);
+        let Some(TransportSlice::Tcp(t)) = &s.transport else {
+            panic!()
+        };
+        assert_eq!(t.source_port(), 1031);
+        let want = t
+            .to_header()
+            .calc_checksum_ipv4_raw(F, H, t.payload())
+            .unwrap();
+        assert_eq!(t.checksum(), want);
+        let mut u = udp_frame(H, F);
+        assert!(rewrite_port(&mut u, 14, Field::Dst, 7));
+        let s = check(&u);
+        let Some(TransportSlice::Udp(x)) = &s.transport else {
+            panic!()
+        };
+        assert_eq!(x.destination_port(), 7);
+        let want = x
+            .to_header()
+            .calc_checksum_ipv4_raw(H, F, x.payload())
+            .unwrap();
+        assert_eq!(x.checksum(), want);
+        let mut e = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(X, H, 64)
+            .icmpv4_echo_request(7, 1)
+            .write(&mut e, b"ping")
+            .unwrap();
+        assert!(rewrite_port(&mut e, 14, Field::Src, 4242));
+        let s = check(&e);
+        let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+            panic!()
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            etherparse::Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader { id: 4242, seq: 1 })
+        );
+        assert_eq!(crate::packet::checksum::checksum(&e[14 + 20..]), 0);
+        // Nothing to rewrite in an ICMP error or another protocol.
+        let mut g = tcp_frame(X, H);
+        g[14 + 9] = 47;
+        assert!(!rewrite_port(&mut g, 14, Field::Src, 1));
     }
 
     mod prop {

@@ -43,6 +43,8 @@
 //! as much of the original as fits in 576 bytes (IPv4) or 1280 (IPv6), are never sent about an
 //! ICMP error, a non-first fragment or a multicast/unspecified source, and are rate-limited per
 //! core with a token bucket (1 per ms, bursts of [`ICMP_BURST`], Linux's defaults).
+use super::conntrack::flow::Kind;
+use super::conntrack::Key;
 use super::integration::dest_next;
 use super::{Batch, CoreState, Next, Tracer};
 use crate::counters::{BatchCounters, DropReason as D, Event as E, RouterStat};
@@ -607,7 +609,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
         let ctx = Ctx { t, r, rif_in, rif };
         // The common case first: an option-less IPv4 packet to a destination in the route
         // cache, forwarded as is. Anything else takes the full path below.
-        if !T::ON && !rif.fip {
+        if !T::ON && !rif.fip && r.snat.is_none() {
             if let Some(h) = fast_v4(p.data_mut(), &ctx, s) {
                 b.meta[i].network = h.net;
                 b.meta[i].next = h.next;
@@ -641,8 +643,12 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 b.meta[i].translated = true;
                 tally.c[RouterStat::Routed as usize] += 1;
                 fwd.count(&h);
-                fwd.fip_in += nat.dnat.is_some() as u64;
-                fwd.fip_out += nat.snat.is_some() as u64;
+                // Ports change only in centralized SNAT; floating IPs keep them.
+                let central = nat.sport.is_some() || nat.dport.is_some();
+                fwd.snat_in += (central && nat.dnat.is_some()) as u64;
+                fwd.snat_out += (central && nat.snat.is_some()) as u64;
+                fwd.fip_in += (!central && nat.dnat.is_some()) as u64;
+                fwd.fip_out += (!central && nat.snat.is_some()) as u64;
             }
             Ok(Verdict::Back(kind)) => {
                 // A reply or ICMP error from the router, out of the ingress port.
@@ -748,6 +754,8 @@ struct Forwarded {
     snat: u64,
     fip_in: u64,
     fip_out: u64,
+    snat_in: u64,
+    snat_out: u64,
 }
 
 impl Forwarded {
@@ -760,6 +768,8 @@ impl Forwarded {
     fn add_to(&self, c: &mut BatchCounters) {
         c.events[E::FipDnat as usize] += self.fip_in;
         c.events[E::FipSnat as usize] += self.fip_out;
+        c.events[E::SnatIn as usize] += self.snat_in;
+        c.events[E::SnatOut as usize] += self.snat_out;
         c.events[E::Routed as usize] += self.routed;
         c.events[E::DvrMacOut as usize] += self.dvr;
         c.events[E::ToSnat as usize] += self.snat;
@@ -803,6 +813,9 @@ struct Ctx<'a> {
 struct Nat {
     snat: Option<u32>,
     dnat: Option<u32>,
+    /// New source / destination port (or ICMP echo identifier): centralized SNAT.
+    sport: Option<u16>,
+    dport: Option<u16>,
 }
 
 /// Route-cache key of the decisions a router takes for translated packets: not a real
@@ -835,6 +848,21 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     i: usize,
     tr: &mut T,
 ) -> Result<Verdict, D> {
+    // A reply to a centralized SNAT translation (to the router's gateway address).
+    if let Some(sn) = x.r.snat.filter(|sn| sn.rif == x.rif_in) {
+        let d = p.data();
+        if d.len() >= 34
+            && u32::from_be_bytes([d[30], d[31], d[32], d[33]]) == sn.ip
+            && d[14] == 0x45
+            && ipv4_sum20_ok(&d[14..34])
+        {
+            let total = u16::from_be_bytes([d[16], d[17]]) as usize;
+            let df = d[14 + 6] & 0x40 != 0;
+            if let Some(v) = snat_in(p, x, &sn, s, c, i, tr, total, df) {
+                return v;
+            }
+        }
+    }
     let d = p.data();
     let ip = Ipv4Packet::new_checked(&d[14..]).map_err(|_| D::RouterMalformed)?;
     let sum_ok = if d[14] == 0x45 {
@@ -896,6 +924,11 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     }
     if let Some(v) = floating_ip(p, x, s, c, i, tr, src, dst, total, df) {
         return v;
+    }
+    if let Some(sn) = x.r.snat {
+        if let Some(v) = snat_out(p, x, &sn, s, c, i, tr, dst, total, df) {
+            return v;
+        }
     }
     let hop = cached_hop(x, s, v4_key(dst), false);
     let h = match hop {
@@ -1000,8 +1033,8 @@ fn floating_ip<B: PacketBuf, T: Tracer>(
             rif: x.rif,
         };
         let nat = Nat {
-            snat: None,
             dnat: Some(fi.fixed),
+            ..Default::default()
         };
         return Some(translate(p, x, &to, s, c, i, tr, fi.fixed, total, df, nat));
     }
@@ -1041,6 +1074,7 @@ fn floating_ip<B: PacketBuf, T: Tracer>(
         let nat = Nat {
             snat: Some(fo.ip),
             dnat: Some(fi.fixed),
+            ..Default::default()
         };
         return Some(translate(p, x, &to, s, c, i, tr, fi.fixed, total, df, nat));
     }
@@ -1052,9 +1086,156 @@ fn floating_ip<B: PacketBuf, T: Tracer>(
     };
     let nat = Nat {
         snat: Some(fo.ip),
-        dnat: None,
+        ..Default::default()
     };
     Some(translate(p, x, &to, s, c, i, tr, dst, total, df, nat))
+}
+
+/// Centralized SNAT on the way out (the network node's snat namespace): a packet this router
+/// sends out of its gateway interface leaves from the gateway address, with a source port
+/// (ICMP echo: identifier) of its own per connection, kept in the core's connection table
+/// with the key its replies will have. A new connection gets the first free port from a point
+/// its key hashes to; none free: `router.snat_exhausted`, and connections already translated
+/// carry on. `None`: not leaving by the gateway, route as usual.
+#[allow(clippy::too_many_arguments)]
+fn snat_out<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    sn: &crate::tables::router::Snat,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    i: usize,
+    tr: &mut T,
+    dst: u32,
+    total: usize,
+    df: bool,
+) -> Option<Result<Verdict, D>> {
+    let out_net = x.t.l3.rifs.get(sn.rif as usize)?.net;
+    match cached_hop(x, s, v4_key(dst), false) {
+        Ok(h) if h.net == out_net => {}
+        Err(Miss::Unresolved { rif, addr }) if rif == sn.rif => {
+            return Some(Ok(Verdict::Unresolved { rif, addr }))
+        }
+        _ => return None,
+    }
+    let fl = super::conntrack::flow::parse(p.data());
+    let echo = match fl.kind {
+        Kind::Tcp(_) | Kind::Ports if fl.frag.is_none() => false,
+        Kind::Echo(true) if fl.frag.is_none() => true,
+        _ => {
+            trace!(
+                tr,
+                i,
+                "router",
+                "SNAT translates TCP, UDP and ICMP echo only"
+            );
+            return Some(Err(D::RouterSnatProtocol));
+        }
+    };
+    let key = fl.key.with_zone(sn.zone);
+    let (now, cores, core) = (s.fw.now, s.fw.cores, s.fw.core);
+    let ct = &mut s.fw.ct;
+    let port = match ct.lookup(&key, now) {
+        Some((idx, 0)) => {
+            super::firewall::track_translation(ct, idx, 0, &fl.kind, now);
+            ct.reply_of(idx)?.dport()
+        }
+        Some(_) => return Some(Err(D::RouterSnatProtocol)),
+        None => {
+            let [lo, hi] = sn.ports;
+            let n = (hi as u32).saturating_sub(lo as u32) + 1;
+            let start = (key.hash() >> 32) as u32 % n;
+            let (d, dp, proto) = (key.dst128() as u32, key.dport(), key.proto());
+            let mut got = None;
+            for k in 0..n {
+                let gp = lo.wrapping_add(((start + k) % n) as u16);
+                // An echo's reply carries the identifier as its "source port" too.
+                let rp = if echo { gp } else { dp };
+                let reply = Key::v4(sn.zone, proto, d, sn.ip, rp, gp);
+                // With several workers, only a port whose replies this core owns.
+                if cores > 1 && (reply.owner_hash() % cores as u64) as u16 != core {
+                    continue;
+                }
+                if ct.lookup(&reply, now).is_some() {
+                    continue;
+                }
+                got =
+                    super::firewall::open_translation(ct, &key, &reply, &fl.kind, now).map(|_| gp);
+                break;
+            }
+            let Some(gp) = got else {
+                trace!(
+                    tr,
+                    i,
+                    "router",
+                    "SNAT: no free port to {}",
+                    Ipv4Addr::from(d)
+                );
+                return Some(Err(D::RouterSnatExhausted));
+            };
+            gp
+        }
+    };
+    trace!(
+        tr,
+        i,
+        "router",
+        "SNAT {} -> {}:{port}",
+        key,
+        Ipv4Addr::from(sn.ip)
+    );
+    let nat = Nat {
+        snat: Some(sn.ip),
+        sport: Some(port),
+        ..Default::default()
+    };
+    Some(translate(p, x, x, s, c, i, tr, dst, total, df, nat))
+}
+
+/// Centralized SNAT on the way back: a reply to the gateway address of one of this router's
+/// translations is translated back to the connection's own address and port and routed to
+/// it; an ICMP error about one, to the address (its quoted packet's port stays translated).
+/// An echo request to the gateway address matching none is the router's to answer (`None`).
+#[allow(clippy::too_many_arguments)]
+fn snat_in<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    sn: &crate::tables::router::Snat,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    i: usize,
+    tr: &mut T,
+    total: usize,
+    df: bool,
+) -> Option<Result<Verdict, D>> {
+    let fl = super::conntrack::flow::parse(p.data());
+    let (key, ports) = match fl.kind {
+        Kind::Tcp(_) | Kind::Ports | Kind::Echo(false) if fl.frag.is_none() => {
+            (fl.key.with_zone(sn.zone), true)
+        }
+        // The quoted packet went out translated: its key reversed is a reply key.
+        Kind::Error(inner) => (inner.with_zone(sn.zone).reverse(), false),
+        Kind::Echo(true) => return None,
+        _ => return Some(Err(D::RouterSnatUnknown)),
+    };
+    let now = s.fw.now;
+    let ct = &mut s.fw.ct;
+    let Some((idx, 1)) = ct.lookup(&key, now) else {
+        trace!(tr, i, "router", "{key}: no SNAT translation");
+        return Some(Err(D::RouterSnatUnknown));
+    };
+    if ports {
+        super::firewall::track_translation(ct, idx, 1, &fl.kind, now);
+    }
+    let orig = ct.key_of(idx)?;
+    let fixed = orig.src128() as u32;
+    trace!(tr, i, "router", "SNAT reply -> {orig} (reversed)");
+    let nat = Nat {
+        dnat: Some(fixed),
+        dport: ports.then_some(orig.sport()),
+        ..Default::default()
+    };
+    Some(translate(p, x, x, s, c, i, tr, fixed, total, df, nat))
 }
 
 /// Routes a packet to `route_to` through `to` (a router after the translation), then
@@ -1101,12 +1282,17 @@ fn translate<B: PacketBuf, T: Tracer>(
         return icmp_v4(p, x, s, c, head, D::RouterTooBig);
     }
     let d = p.data_mut();
-    for (field, addr) in [
-        (super::nat::Field::Src, nat.snat),
-        (super::nat::Field::Dst, nat.dnat),
+    for (field, addr, port) in [
+        (super::nat::Field::Src, nat.snat, nat.sport),
+        (super::nat::Field::Dst, nat.dnat, nat.dport),
     ] {
         if let Some(a) = addr {
             if !super::nat::rewrite(d, 14, field, a) {
+                return Err(D::RouterMalformed);
+            }
+        }
+        if let Some(pt) = port {
+            if !super::nat::rewrite_port(d, 14, field, pt) {
                 return Err(D::RouterMalformed);
             }
         }

@@ -160,7 +160,7 @@ impl Worker {
             if round & (FOLD_EVERY - 1) == 0 {
                 state.now_ms = eal::tsc() / hz_per_ms;
                 state.fw.now = state.now_ms as u32;
-                if tables.firewall {
+                if tables.firewall || tables.l3.snat {
                     crate::pipeline::firewall::sweep(tables, &mut state.fw, SWEEP_BUSY);
                 }
             }
@@ -215,7 +215,7 @@ impl Worker {
                 idle_rounds = 0;
                 sleep_us = 1;
             } else {
-                if tables.firewall {
+                if tables.firewall || tables.l3.snat {
                     state.now_ms = eal::tsc() / hz_per_ms;
                     state.fw.now = state.now_ms as u32;
                     crate::pipeline::firewall::sweep(tables, &mut state.fw, SWEEP_IDLE);

@@ -19,6 +19,7 @@ pub const ROUTER_BIT: u16 = 0x4000;
 pub const OWNER_RIF_DVR: &str = "network:router_interface_distributed";
 pub const OWNER_RIF: &str = "network:router_interface";
 pub const OWNER_SNAT: &str = "network:router_centralized_snat";
+pub const OWNER_GATEWAY: &str = "network:router_gateway";
 
 /// One router instance on this host.
 #[derive(Debug, Clone)]
@@ -40,6 +41,37 @@ pub struct RouterEntry {
     /// Some instance behind it has a floating IP here ([`L3Tables::fip_out`]): a packet that
     /// matches no route is checked for one before it goes to the SNAT port.
     pub fips: bool,
+    /// The centralized SNAT of a router, on the network node (Neutron's snat namespace):
+    /// what leaves by the router's gateway is translated to its gateway address.
+    pub snat: Option<Snat>,
+}
+
+/// Source NAT behind a router's external gateway address, with port (and ICMP echo
+/// identifier) allocation, tracked in the core's connection table in its own zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snat {
+    /// The gateway address (the router's `network:router_gateway` port).
+    pub ip: u32,
+    /// The gateway interface.
+    pub rif: u16,
+    /// The connection-table zone of the router's translations (above every port's zone).
+    pub zone: u16,
+    /// Ports translated to, inclusive.
+    pub ports: [u16; 2],
+}
+
+/// The connection-table zone of router `ri`'s translations: port zones are a port's index
+/// + 1, far below.
+pub fn snat_zone(ri: u16) -> u16 {
+    SNAT_ZONES | ri
+}
+
+/// The first zone of routers' translations.
+const SNAT_ZONES: u16 = 0x8000;
+
+/// Whether a connection-table zone holds a router's translations (not a port's connections).
+pub fn is_snat_zone(zone: u16) -> bool {
+    zone >= SNAT_ZONES
 }
 
 /// A FIB entry.
@@ -126,6 +158,9 @@ pub struct L3Tables {
     /// Every floating IP answered here, sorted: a worker announces (gratuitous ARP) those a
     /// new generation of tables has and the one before did not.
     pub announce: Vec<Announce>,
+    /// Some router here does centralized SNAT (its translations live in the connection
+    /// table: the workers sweep it).
+    pub snat: bool,
 }
 
 /// A floating IP this host answers for, as its gratuitous ARP needs it: the provider port and
@@ -191,6 +226,143 @@ fn fibs(routes: &[RouteEntry]) -> (Lpm<u32>, Lpm<u128>) {
             }),
     );
     (fib4, fib6)
+}
+
+/// The centralized SNAT of every router with an external gateway, on the network node (the
+/// seed's north-south scenario 1: instances with only a fixed IP reach the outside through the
+/// network node): a router `snat:<name>` (not distributed: its MACs exist here only) whose
+/// interfaces are the router's SNAT ports (`network:router_centralized_snat`, where the
+/// compute nodes send what matches no route) and its gateway port (`network:router_gateway`)
+/// on the external network; routes: their subnets, the router's static routes and the
+/// external subnet's gateway as default. With `enable_snat`, what leaves by the gateway is
+/// translated to the gateway address. A router whose gateway port or external network is
+/// missing here is left out.
+fn compile_snat(host: &HostConfig, state: &DesiredState, t: &Tables, l3: &mut L3Tables) {
+    for r in &state.routers {
+        let Some(gw) = &r.external_gateway_info else {
+            continue;
+        };
+        let Some(ext) = t.network_index(&gw.network_id) else {
+            continue;
+        };
+        if t.networks[ext as usize].provider_port.is_none() {
+            continue;
+        }
+        let mine = |owner: &str| {
+            state
+                .ports
+                .iter()
+                .filter(move |p| p.device_owner == owner && p.device_id == r.id)
+                .collect::<Vec<_>>()
+        };
+        let (sg_ports, qg) = (mine(OWNER_SNAT), mine(OWNER_GATEWAY));
+        let Some(qg) = qg.into_iter().find(|p| p.network_id == gw.network_id) else {
+            continue;
+        };
+        if sg_ports.is_empty() || l3.rifs.len() + sg_ports.len() + 1 >= ROUTER_BIT as usize {
+            continue;
+        }
+        let ri = l3.routers.len() as u16;
+        let first = l3.rifs.len();
+        for p in sg_ports.iter().chain(std::iter::once(&qg)) {
+            let Some(net) = t.network_index(&p.network_id) else {
+                continue;
+            };
+            let v4: Vec<Ipv4Net> = p
+                .fixed_ips
+                .iter()
+                .filter_map(|f| {
+                    let sn = state.subnet(&f.subnet_id)?;
+                    match (f.ip_address, sn.cidr) {
+                        (IpAddr::V4(a), IpNet::V4(c)) if c.contains(&a) => {
+                            Ipv4Net::new(a, c.prefix_len()).ok()
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+            if v4.is_empty() {
+                continue;
+            }
+            l3.rifs.push(RifEntry {
+                router: ri,
+                port_id: p.id.clone(),
+                net,
+                mac: p.mac_address,
+                v4,
+                v6: Vec::new(),
+                snat: None,
+                fip: false,
+            });
+        }
+        let rifs = &l3.rifs[first..];
+        let Some(gw_k) = rifs.iter().position(|x| x.net == ext) else {
+            l3.rifs.truncate(first);
+            continue;
+        };
+        let gw_rif = (first + gw_k) as u16;
+        let mut routes: Vec<RouteEntry> = state
+            .subnets_of(&gw.network_id)
+            .filter_map(|sn| match sn.gateway_ip {
+                Some(IpAddr::V4(g)) if rifs[gw_k].v4.iter().any(|n| n.contains(&g)) => {
+                    Some(RouteEntry {
+                        prefix: IpNet::V4(Ipv4Net::default()),
+                        rif: gw_rif,
+                        via: Some(IpAddr::V4(g)),
+                    })
+                }
+                _ => None,
+            })
+            .take(1)
+            .collect();
+        for sr in &r.routes {
+            if let IpAddr::V4(nh) = sr.nexthop {
+                if let Some(k) = rifs
+                    .iter()
+                    .position(|x| x.v4.iter().any(|n| n.contains(&nh)))
+                {
+                    routes.push(RouteEntry {
+                        prefix: sr.destination.trunc(),
+                        rif: (first + k) as u16,
+                        via: Some(sr.nexthop),
+                    });
+                }
+            }
+        }
+        for (k, x) in rifs.iter().enumerate() {
+            for n in &x.v4 {
+                routes.push(RouteEntry {
+                    prefix: IpNet::V4(n.trunc()),
+                    rif: (first + k) as u16,
+                    via: None,
+                });
+            }
+        }
+        let (fib4, fib6) = fibs(&routes);
+        let gw_ip = u32::from(rifs[gw_k].v4[0].addr());
+        l3.routers.push(RouterEntry {
+            id: format!("snat-{}", r.id),
+            name: format!("snat:{}", r.display_name()),
+            up: r.admin_state_up,
+            distributed: false,
+            fib4,
+            fib6,
+            routes,
+            local4: rifs
+                .iter()
+                .flat_map(|x| x.v4.iter().map(|n| u32::from(n.addr())))
+                .collect(),
+            local6: Vec::new(),
+            fips: false,
+            snat: gw.enable_snat.then_some(Snat {
+                ip: gw_ip,
+                rif: gw_rif,
+                zone: snat_zone(ri),
+                ports: host.conntrack.snat_ports,
+            }),
+        });
+        l3.snat |= gw.enable_snat;
+    }
 }
 
 /// The floating IPs of the instance ports this host carries (the seed's north-south scenario
@@ -331,6 +503,7 @@ fn fip_gateway(
         local4: v4.iter().map(|n| u32::from(n.addr())).collect(),
         local6: Vec::new(),
         fips: false,
+        snat: None,
     });
     Some(rif)
 }
@@ -504,9 +677,13 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
                 .flat_map(|x| x.v6.iter().map(|n| u128::from(n.addr())))
                 .collect(),
             fips: false,
+            snat: None,
         });
     }
     compile_fips(host, state, t, &mut l3);
+    if snat_host {
+        compile_snat(host, state, t, &mut l3);
+    }
 
     // Gateway addresses, gateway MACs in the FDB, and the neighbours of routed networks.
     let mut routed_nets: Vec<NetIdx> = Vec::new();

@@ -1,0 +1,252 @@
+//! Centralized SNAT on the network node (the seed's north-south scenario 1): instances with
+//! only a fixed IP reach the outside through the router's SNAT port on the `dvr_snat` host,
+//! which translates them to the router's gateway address with a port of their own and
+//! translates the replies back over the overlay. Frames re-parsed by etherparse.
+use super::testutil::*;
+use crate::counters::{DropReason as D, Event as E};
+use crate::tables::Tables;
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+fn host(ports: [u16; 2]) -> String {
+    format!(
+        r#"
+role = "dvr_snat"
+host_id = "network1"
+local_vtep_ip = "10.0.0.13"
+dvr_mac = "fa:16:3f:00:00:03"
+cores = [1]
+[[ports]]
+name = "overlay"
+devargs = "net_ring0"
+kind = "overlay"
+[[ports]]
+name = "uplink"
+devargs = "net_ring1"
+kind = "provider"
+[bridge_mappings]
+provider = "uplink"
+[conntrack]
+snat_ports = [{}, {}]
+"#,
+        ports[0], ports[1]
+    )
+}
+
+const STATE: &str = r#"
+hosts:
+  - {host: compute1, vtep_ip: 10.0.0.11, dvr_mac: "fa:16:3f:00:00:01"}
+  - {host: network1, vtep_ip: 10.0.0.13, dvr_mac: "fa:16:3f:00:00:03"}
+networks:
+  - {id: n1, name: selfservice1, "provider:network_type": vxlan, "provider:segmentation_id": 101, mtu: 1450}
+  - {id: ext, name: provider1, "provider:network_type": vlan, "provider:physical_network": provider, "provider:segmentation_id": 101, "router:external": true}
+subnets:
+  - {id: s1, name: s1, network_id: n1, cidr: 198.51.100.0/24, ip_version: 4, gateway_ip: 198.51.100.1}
+  - {id: sext, name: sext, network_id: ext, cidr: 203.0.113.0/24, ip_version: 4, gateway_ip: 203.0.113.1}
+routers:
+  - id: r1
+    name: router1
+    distributed: true
+    external_gateway_info: {network_id: ext, enable_snat: true, external_fixed_ips: [{subnet_id: sext, ip_address: 203.0.113.11}]}
+ports:
+  - {id: p1, network_id: n1, mac_address: "fa:16:3e:00:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.4}], "binding:host_id": compute1, device_owner: "compute:nova"}
+  - {id: p2, network_id: n1, mac_address: "fa:16:3e:00:00:02", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.5}], "binding:host_id": compute1, device_owner: "compute:nova"}
+  - {id: gw1, network_id: n1, mac_address: "fa:16:3e:aa:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.1}], device_owner: "network:router_interface_distributed", device_id: r1}
+  - {id: snat1, network_id: n1, mac_address: "fa:16:3e:bb:00:01", fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.10}], "binding:host_id": network1, device_owner: "network:router_centralized_snat", device_id: r1}
+  - {id: qg1, network_id: ext, mac_address: "fa:16:3e:bb:00:03", fixed_ips: [{subnet_id: sext, ip_address: 203.0.113.11}], "binding:host_id": network1, device_owner: "network:router_gateway", device_id: r1}
+"#;
+
+const OVERLAY: u16 = 0;
+const UPLINK: u16 = 1;
+const SNAT1: &str = "fa:16:3e:bb:00:01";
+const QG1: &str = "fa:16:3e:bb:00:03";
+const DVR1: &str = "fa:16:3f:00:00:01";
+const M1: &str = "fa:16:3e:00:00:01";
+const INET_GW: &str = "02:00:00:00:01:01";
+const OV_MAC: &str = "02:00:00:00:00:13";
+const C1_MAC: &str = "02:00:00:00:00:11";
+const X1: [u8; 4] = [198, 51, 100, 4];
+const X2: [u8; 4] = [198, 51, 100, 5];
+const G: [u8; 4] = [203, 0, 113, 11];
+const INET: [u8; 4] = [100, 64, 0, 9];
+const EXT_GW: [u8; 4] = [203, 0, 113, 1];
+
+fn tables(ports: [u16; 2]) -> Tables {
+    tables_from(
+        &host(ports),
+        STATE,
+        &[mac(OV_MAC), mac("02:00:00:00:00:14")],
+    )
+}
+
+fn harness(ports: [u16; 2]) -> Harness {
+    let mut h = Harness::with(tables(ports));
+    h.s.neigh.set_static(
+        "10.0.0.11".parse().unwrap(),
+        crate::tables::mac_u64(&mac(C1_MAC).0),
+    );
+    // The external gateway answers the SNAT router's ARP request.
+    h.rx(UPLINK, &[arp101(INET_GW, EXT_GW, QG1, G)]);
+    h
+}
+
+/// An ARP reply on VLAN 101 from (`sha`, `spa`) to (`tha`, `tpa`).
+fn arp101(sha: &str, spa: [u8; 4], tha: &str, tpa: [u8; 4]) -> Vec<u8> {
+    let a = etherparse::ArpPacket::new(
+        etherparse::ArpHardwareId::ETHERNET,
+        etherparse::EtherType::IPV4,
+        etherparse::ArpOperation::REPLY,
+        &mac(sha).0,
+        &spa,
+        &mac(tha).0,
+        &tpa,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(sha).0, mac(tha).0)
+        .single_vlan(etherparse::VlanId::try_new(101).unwrap())
+        .arp(a)
+        .write(&mut out)
+        .unwrap();
+    out
+}
+
+/// A VXLAN frame from compute1's VTEP carrying `inner` on VNI 101.
+fn from_compute1(inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0, 0, 0, 101, 0];
+    payload.extend_from_slice(inner);
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(C1_MAC).0, mac(OV_MAC).0)
+        .ipv4([10, 0, 0, 11], [10, 0, 0, 13], 64)
+        .udp(50000, 4789)
+        .write(&mut out, &payload)
+        .unwrap();
+    out
+}
+
+/// compute1's routed frame for the SNAT port: from its DVR MAC, a TCP SYN `src:sport -> dst:443`.
+fn syn_out(src: [u8; 4], sport: u16) -> Vec<u8> {
+    let mut inner = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(DVR1).0, mac(SNAT1).0)
+        .ipv4(src, INET, 63)
+        .tcp(sport, 443, 1000, 64240)
+        .syn()
+        .write(&mut inner, &[])
+        .unwrap();
+    from_compute1(&inner)
+}
+
+/// The Internet host's answer to `G:port`, tagged VLAN 101, to the gateway port's MAC.
+fn synack_in(port: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(INET_GW).0, mac(QG1).0)
+        .single_vlan(etherparse::VlanId::try_new(101).unwrap())
+        .ipv4(INET, G, 60)
+        .tcp(443, port, 7000, 64240)
+        .syn()
+        .ack(1001)
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+/// (source, source port, destination, destination port) of a TCP/IPv4 frame (tagged or not),
+/// its checksums verified.
+fn tcp4(f: &[u8]) -> ([u8; 4], u16, [u8; 4], u16) {
+    let s = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(NetSlice::Ipv4(v4)) = &s.net else {
+        panic!("not IPv4")
+    };
+    let h = v4.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum());
+    let Some(TransportSlice::Tcp(t)) = &s.transport else {
+        panic!("not TCP")
+    };
+    let want = t
+        .to_header()
+        .calc_checksum_ipv4_raw(h.source, h.destination, t.payload())
+        .unwrap();
+    assert_eq!(t.checksum(), want, "TCP checksum");
+    (
+        h.source,
+        t.source_port(),
+        h.destination,
+        t.destination_port(),
+    )
+}
+
+#[test]
+fn an_instance_without_a_floating_ip_leaves_the_network_node_as_the_gateway_address() {
+    let mut h = harness([1024, 65535]);
+    h.rx(OVERLAY, &[syn_out(X1, 40000)]);
+    let out = h.sink.on(UPLINK);
+    assert_eq!(out.len(), 1, "{:?}", h.c);
+    let f = &out[0];
+    // Tagged for the external network, from the gateway port's MAC to the gateway's.
+    assert_eq!(&f[12..16], &[0x81, 0x00, 0x00, 101]);
+    assert_eq!(
+        (&f[0..6], &f[6..12]),
+        (&mac(INET_GW).0[..], &mac(QG1).0[..])
+    );
+    let (src, sport, dst, dport) = tcp4(f);
+    assert_eq!((src, dst, dport), (G, INET, 443));
+    assert!((1024..=65535).contains(&sport));
+    assert_eq!(h.c.events[E::SnatOut as usize], 1);
+    // The reply goes back over the overlay to compute1, to the instance, translated back.
+    h.rx(UPLINK, &[synack_in(sport)]);
+    let ov = h.sink.on(OVERLAY);
+    assert_eq!(ov.len(), 1, "{:?}", h.c);
+    let inner = &ov[0][50..];
+    assert_eq!(&inner[0..6], &mac(M1).0[..]);
+    assert_eq!(&inner[6..12], &mac(SNAT1).0[..], "from the SNAT port");
+    assert_eq!(tcp4(inner), (INET, 443, X1, 40000));
+    assert_eq!(h.c.events[E::SnatIn as usize], 1);
+    // The same connection keeps its port.
+    h.rx(OVERLAY, &[syn_out(X1, 40000)]);
+    assert_eq!(tcp4(&h.sink.on(UPLINK)[1]).1, sport);
+}
+
+#[test]
+fn concurrent_connections_get_distinct_ports() {
+    let mut h = harness([1024, 65535]);
+    // Two instances, the same source port, the same destination: two ports.
+    let frames: Vec<Vec<u8>> = (0..64)
+        .map(|n| syn_out(if n % 2 == 0 { X1 } else { X2 }, 40000 + n / 2))
+        .collect();
+    h.rx(OVERLAY, &frames);
+    let out = h.sink.on(UPLINK);
+    assert_eq!(out.len(), 64, "{:?}", h.c);
+    let ports: std::collections::BTreeSet<u16> = out.iter().map(|f| tcp4(f).1).collect();
+    assert_eq!(ports.len(), 64);
+}
+
+#[test]
+fn a_tiny_port_range_refuses_new_connections_and_keeps_the_old_ones() {
+    let mut h = harness([2000, 2002]);
+    let frames: Vec<Vec<u8>> = (0..3).map(|n| syn_out(X1, 40000 + n)).collect();
+    h.rx(OVERLAY, &frames);
+    assert_eq!(h.sink.on(UPLINK).len(), 3);
+    // The fourth finds no port to this destination.
+    h.rx(OVERLAY, &[syn_out(X2, 50000)]);
+    assert_eq!(h.sink.on(UPLINK).len(), 3);
+    assert_eq!(h.c.dropped(D::RouterSnatExhausted), 1);
+    // The three carry on, both ways.
+    for n in 0..3u16 {
+        h.rx(OVERLAY, &[syn_out(X1, 40000 + n)]);
+    }
+    let ports: Vec<u16> = h.sink.on(UPLINK)[3..].iter().map(|f| tcp4(f).1).collect();
+    assert_eq!(ports.len(), 3);
+    for p in ports {
+        assert!((2000..=2002).contains(&p));
+        h.rx(UPLINK, &[synack_in(p)]);
+    }
+    assert_eq!(h.sink.on(OVERLAY).len(), 3);
+    assert_eq!(h.c.dropped(D::RouterSnatExhausted), 1);
+}
+
+#[test]
+fn replies_to_the_gateway_address_that_match_no_translation_are_dropped() {
+    let mut h = harness([1024, 65535]);
+    h.rx(UPLINK, &[synack_in(4242)]);
+    assert_eq!(h.sink.total(), 0);
+    assert_eq!(h.c.dropped(D::RouterSnatUnknown), 1);
+}
