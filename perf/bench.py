@@ -235,6 +235,20 @@ class Scenario:
         self.output_ports: List[str] = list(self.meta.get("output_ports") or [self.meta["output_port"]])
         # Events (stage counters) every received frame must raise once, e.g. router.routed.
         self.expect_events: List[str] = list(self.meta.get("expect_events", []))
+        # Events raised once per frame received on one input port (a direction of a
+        # conversation, e.g. router.fip_dnat inbound only): {input port: [event, ...]}.
+        self.expect_events_by_input: Dict[str, List[str]] = {
+            k: list(v) for k, v in self.meta.get("expect_events_by_input", {}).items()}
+        for n in self.expect_events_by_input:
+            if n not in self.input_ports:
+                raise BenchError(f"scenario {name}: expect_events_by_input names {n!r}, not an input port")
+        # Frames an output port sends that no input frame caused, once per start (e.g. the
+        # gratuitous ARP announcing a floating IP): added to what the verification run expects
+        # that port to send (a measuring window starts after them).
+        self.unsolicited_tx: Dict[str, int] = dict(self.meta.get("unsolicited_tx", {}))
+        for n in self.unsolicited_tx:
+            if n not in self.output_ports:
+                raise BenchError(f"scenario {name}: unsolicited_tx names {n!r}, not an output port")
         # Events raised a given number of times per flow over the whole replay (e.g.
         # conntrack.new: 2 per TCP connection, one per zone): flows x n in the verification
         # run, and none in a measuring window (the steady state opens nothing).
@@ -364,6 +378,21 @@ def event_mismatches(events: Dict[str, Optional[int]], rx: int, slack: int,
     return bad
 
 
+def events_by_input_mismatches(sc: "Scenario", s0: Optional[Dict], s1: Dict, rx_of: Dict[str, int],
+                               slack_of) -> tuple:
+    """(events, problems) of the events expected once per frame of one input port: each
+    event's increase from s0 to s1 against the frames that port received (`rx_of`), within
+    `slack_of(rx)`."""
+    events: Dict[str, Optional[int]] = {}
+    bad: List[str] = []
+    for port, names in sc.expect_events_by_input.items():
+        ev = event_deltas(s0, s1, names)
+        events.update(ev)
+        for m in event_mismatches(ev, rx_of[port], slack=slack_of(rx_of[port])):
+            bad.append(m.replace("per received frame", f"per frame received on {port}"))
+    return events, bad
+
+
 def conntrack_mismatches(s: Dict, want: Dict[str, int], when: str) -> List[str]:
     ct = s.get("conntrack") or {}
     bad = []
@@ -432,6 +461,11 @@ def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
         res["pkts_per_poll"] = round(rx / polls, 1)
     warnings = event_mismatches(events, rx, slack=1024 + rx // 10000,
                                 totals={n: 0 for n in sc.expect_events_per_flow})
+    if sc.expect_events_by_input:
+        rx_of = {n: port(s1, n)["rx_packets"] - port(s0, n)["rx_packets"] for n in sc.input_ports}
+        ev, bad = events_by_input_mismatches(sc, s0, s1, rx_of, lambda r: 1024 + r // 10000)
+        res.setdefault("events", {}).update(ev)
+        warnings += bad
     want_ct = {n: v * sc.flows for n, v in sc.expect_conntrack_per_flow.items()}
     warnings += conntrack_mismatches(s0, want_ct, "after the warm-up")
     warnings += conntrack_mismatches(s1, want_ct, "at the end of the window")
@@ -602,12 +636,18 @@ def verify_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
         if r != f:
             problems.append(f"received {r} frames on {n}, its pcap holds {f}")
     for o, i, t, r in zip(sc.output_ports, sc.input_ports, txs, rxs):
-        if t != r:
-            problems.append(f"{o} sent {t} of {r} frames received on {i}")
+        extra = sc.unsolicited_tx.get(o, 0)
+        if t != r + extra:
+            problems.append(f"{o} sent {t} frames, expected the {r} received on {i}"
+                            + (f" + {extra} of its own (unsolicited_tx)" if extra else ""))
     if drops:
         problems.append(f"drops {drops}")
     problems += event_mismatches(events, rx, slack=0,
                                  totals={n: v * sc.flows for n, v in sc.expect_events_per_flow.items()})
+    if sc.expect_events_by_input:
+        ev, bad = events_by_input_mismatches(sc, None, st, dict(zip(sc.input_ports, rxs)), lambda r: 0)
+        events.update(ev)
+        problems += bad
     problems += conntrack_mismatches(
         st, {n: v * sc.flows for n, v in sc.expect_conntrack_per_flow.items()}, "after one pass")
     if rc != 0:
@@ -619,7 +659,7 @@ def verify_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
         for o, fr, t in zip(sc.output_ports, outs, txs):
             if len(fr) != t:
                 problems.append(f"{out_pcaps[o]} holds {len(fr)} frames, vswitchd counted {t} sent")
-        wrong = sc.verify_streams(sent, outs)
+        wrong = sc.verify_streams(sc.flow_spec, sent, outs)
         checked = sum(len(x) for x in outs) if not wrong else 0
         if wrong:
             problems.append("frames out are not the expected ones: " + "\n    ".join(wrong[:3]))

@@ -69,6 +69,26 @@ ROUTED_DST_COUNT = 8
 # (server, group sg-server) port CT_SERVER_PORT, one per client source port.
 CT_SERVER_PORT = 5001
 
+# fip-inbound: floating IP 203.0.113.17 of vm1 (198.51.100.4, VM1_MAC, selfservice1) on the
+# DVR compute host bench1. The Internet side (FIP_INET_COUNT hosts from FIP_INET_BASE, behind
+# the external network's gateway) comes in on the uplink, VLAN 101 (provider1), to bench1's
+# floating IP gateway MAC; the instance answers to its default gateway (router1's interface
+# MAC on selfservice1, GW1_MAC). Translated: inbound DNAT to the fixed IP, routed (TTL - 1,
+# from GW1_MAC to VM1_MAC), untagged; outbound SNAT to the floating IP, TTL - 1, tagged 101,
+# from the gateway port's MAC to the external gateway's (a static neighbour: state.yaml).
+FIP_VM_IP = "198.51.100.4"
+FIP_ADDR = "203.0.113.17"
+FIP_FG_MAC = "fa:16:3e:fe:00:01"       # bench1's floating IP gateway port (fg-), 203.0.113.5
+FIP_FG_IP = "203.0.113.5"
+FIP_EXT_GW_MAC = "02:00:00:00:01:01"   # provider1's gateway 203.0.113.1 (the upstream router)
+FIP_EXT_GW_IP = "203.0.113.1"
+FIP_EXT_VLAN = 101
+FIP_INET_BASE = "100.64.0.1"
+FIP_INET_COUNT = 16
+# The Internet side's TTL on arrival (some hops away); the instance's own is 64.
+FIP_INET_TTL = 57
+FIP_VM_TTL = 64
+
 ETH_IPV4 = 0x0800
 ETH_VLAN = 0x8100
 IPPROTO_TCP = 6
@@ -202,12 +222,12 @@ class Scenario:
     # Scenarios with several input ports (one pcap each, replayed side by side): `streams(flows,
     # frames)` returns one frame list per input port (`frames` each, in the order of
     # scenario.json's `input_ports`; `build` is then only the typical frame, for `frame_len`),
-    # `stream_names` name the pcaps, and `verify_streams(sent, out)` checks what left the output
+    # `stream_names` name the pcaps, and `verify_streams(flows, sent, out)` checks what left the output
     # ports in a verification run (out[k]: the frames of output_ports[k], which carries input
     # k's traffic) and returns what is wrong (an empty list if right).
     streams: Optional[Callable[[Flows, int], List[List[bytes]]]] = None
     stream_names: tuple = ()
-    verify_streams: Optional[Callable[[List[List[bytes]], List[List[bytes]]], List[str]]] = None
+    verify_streams: Optional[Callable[[Flows, List[List[bytes]], List[List[bytes]]], List[str]]] = None
 
 
 def build_l2(f: Flows, i: int) -> bytes:
@@ -331,25 +351,36 @@ def ct_segment(f: Flows, i: int, server: bool, seq: int, ack: int, flags: int, w
     return fr + bytes(max(0, f.frame_len - len(fr)))
 
 
-def ct_frame(f: Flows, i: int, server: bool, block: int) -> bytes:
-    """Block `block`'s segment of connection i from the client (vm1) or the server (vm2)."""
+def ct_tcp_fields(f: Flows, i: int, server: bool, block: int) -> dict:
+    """Block `block`'s TCP segment of connection i from the client or the server, as keyword
+    arguments of `tcp` past the addresses and ports (seq, ack, flags, win, options, payload),
+    plus the IPv4 `ident`. Shared by conntrack-established and fip-inbound."""
     c0, s0 = ct_isn(i, False), ct_isn(i, True)
     ident = (block * f.n_flows + i) & 0xFFFF
     data = bytes([0x40 + block % 64]) * CT_PAYLOAD
     if block == 0:
         if server:
-            return ct_segment(f, i, True, s0, c0 + 1, TCP_SYN | TCP_ACK, CT_SYNACK_WIN, CT_SYN_OPTS, ident=ident)
-        return ct_segment(f, i, False, c0, 0, TCP_SYN, CT_SYN_WIN, CT_SYN_OPTS, ident=ident)
+            return dict(seq=s0, ack=c0 + 1, flags=TCP_SYN | TCP_ACK, win=CT_SYNACK_WIN,
+                        options=CT_SYN_OPTS, payload=b"", ident=ident)
+        return dict(seq=c0, ack=0, flags=TCP_SYN, win=CT_SYN_WIN, options=CT_SYN_OPTS, payload=b"",
+                    ident=ident)
     if server:
         # Its data of blocks 1..block-1 went before; the client's of blocks 2..block are in.
         seq = s0 + 1 + CT_PAYLOAD * (block - 1)
         ack = c0 + 1 + CT_PAYLOAD * max(0, block - 1)
-        return ct_segment(f, i, True, seq, ack, TCP_PSH | TCP_ACK, CT_WIN, payload=data, ident=ident)
+        return dict(seq=seq, ack=ack, flags=TCP_PSH | TCP_ACK, win=CT_WIN, options=b"", payload=data,
+                    ident=ident)
     ack = s0 + 1 + CT_PAYLOAD * (block - 1)
     if block == 1:
-        return ct_segment(f, i, False, c0 + 1, ack, TCP_ACK, CT_WIN, ident=ident)
+        return dict(seq=c0 + 1, ack=ack, flags=TCP_ACK, win=CT_WIN, options=b"", payload=b"", ident=ident)
     seq = c0 + 1 + CT_PAYLOAD * (block - 2)
-    return ct_segment(f, i, False, seq, ack, TCP_PSH | TCP_ACK, CT_WIN, payload=data, ident=ident)
+    return dict(seq=seq, ack=ack, flags=TCP_PSH | TCP_ACK, win=CT_WIN, options=b"", payload=data,
+                ident=ident)
+
+
+def ct_frame(f: Flows, i: int, server: bool, block: int) -> bytes:
+    """Block `block`'s segment of connection i from the client (vm1) or the server (vm2)."""
+    return ct_segment(f, i, server, **ct_tcp_fields(f, i, server, block))
 
 
 def ct_streams(f: Flows, frames: int) -> List[List[bytes]]:
@@ -371,7 +402,7 @@ def build_ct_established(f: Flows, i: int) -> bytes:
     return ct_frame(f, i, False, 2)
 
 
-def verify_streams_unchanged(sent: List[List[bytes]], out: List[List[bytes]]) -> List[str]:
+def verify_streams_unchanged(f: Flows, sent: List[List[bytes]], out: List[List[bytes]]) -> List[str]:
     """Every stream's frames leave by its output port as they came, in order."""
     problems = []
     for k, (want, got) in enumerate(zip(sent, out)):
@@ -382,6 +413,91 @@ def verify_streams_unchanged(sent: List[List[bytes]], out: List[List[bytes]]) ->
             n = wrong[0]
             problems.append(f"stream {k}: {len(wrong)} frames differ; first, frame {n}:\n      got      "
                             f"{got[n].hex()}\n      expected {want[n].hex()}")
+    return problems
+
+
+# --- fip-inbound: Internet clients <-> vm1:5001 through its floating IP -------------------------
+# The same connections, blocks and segments as conntrack-established (`ct_tcp_fields`), with
+# the Internet host as the client (uplink, port 0: it opens every connection, so it is polled
+# first) and vm1 as the server (port 1). `FIP_FLOWS` describes them from the instance's side:
+# src = vm1, dst_ip = the Internet host of connection i (FIP_INET_BASE + i % 16), src_port
+# (49152 + i) = the client's port, dst_port = the server's (5001).
+def fip_frame(f: Flows, i: int, server: bool, block: int, translated: bool = False) -> bytes:
+    """Block `block`'s segment of connection i: from the Internet client as it arrives on the
+    uplink (tagged, to the gateway port's MAC, to the floating IP), or from vm1 (the server)
+    as it sends it (untagged, to its gateway's MAC, from its fixed IP); with `translated`, as
+    the switch must send it on (built from scratch here, checksums computed over the whole
+    headers: never derived from the frame received)."""
+    inet, cport, sport = f.tuple_of(i)
+    fields = ct_tcp_fields(f, i, server, block)
+    ident = fields.pop("ident")
+    if server:
+        src_ip, dst_ip, sp, dp = (FIP_ADDR if translated else f.src_ip), inet, sport, cport
+        ttl = FIP_VM_TTL - (1 if translated else 0)
+        l2 = eth(FIP_EXT_GW_MAC, FIP_FG_MAC, ETH_IPV4, FIP_EXT_VLAN) if translated else \
+            eth(f.dst_mac, f.src_mac, ETH_IPV4)
+    else:
+        src_ip, dst_ip, sp, dp = inet, (f.src_ip if translated else FIP_ADDR), cport, sport
+        ttl = FIP_INET_TTL - (1 if translated else 0)
+        l2 = eth(f.src_mac, f.dst_mac, ETH_IPV4) if translated else \
+            eth(FIP_FG_MAC, FIP_EXT_GW_MAC, ETH_IPV4, FIP_EXT_VLAN)
+    l4 = tcp(src_ip, dst_ip, sp, dp, **fields)
+    fr = l2 + ipv4(src_ip, dst_ip, IPPROTO_TCP, len(l4), ident=ident, ttl=ttl) + l4
+    # Padded to the minimum Ethernet frame (60 bytes without FCS) before any tag: the only
+    # short segment, the client's third ACK (54 bytes), is 60 untagged and 64 tagged, so the
+    # switch's tag pop and push change the length by the tag only.
+    tagged = len(l2) == 18
+    return fr + bytes(max(0, f.frame_len + (4 if tagged else 0) - len(fr)))
+
+
+def fip_streams(f: Flows, frames: int) -> List[List[bytes]]:
+    """[the uplink's (Internet clients) frames, vm1's (server) frames], `frames` each."""
+    if frames % f.n_flows or frames // f.n_flows < 2:
+        raise ValueError(f"fip-inbound: frames ({frames}) must be a multiple (>= 2) of flows ({f.n_flows})")
+    if f.n_flows < 32:
+        raise ValueError("fip-inbound: at least 32 flows (one burst) so the handshake's third ACK "
+                         "comes a poll round after the SYN-ACK")
+    blocks = frames // f.n_flows
+    return [[fip_frame(f, i, server, b) for b in range(blocks) for i in range(f.n_flows)]
+            for server in (False, True)]
+
+
+def build_fip_inbound(f: Flows, i: int) -> bytes:
+    """The typical frame (frame_len): an Internet client's data segment, tagged, on the uplink."""
+    return fip_frame(f, i, False, 2)
+
+
+def fip_garp() -> bytes:
+    """The gratuitous ARP the switch sends out of the uplink at start for the floating IP (an
+    ARP request for it from itself, by the gateway port's MAC, broadcast, tagged 101, 60 bytes
+    + the tag)."""
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, ETH_IPV4, 6, 4, 1, mac_bytes(FIP_FG_MAC), ip_bytes(FIP_ADDR),
+                      bytes(6), ip_bytes(FIP_ADDR))
+    fr = eth("ff:ff:ff:ff:ff:ff", FIP_FG_MAC, 0x0806, FIP_EXT_VLAN) + arp
+    return fr + bytes(64 - len(fr))
+
+
+def verify_fip_streams(f: Flows, sent: List[List[bytes]], out: List[List[bytes]]) -> List[str]:
+    """out[0] (vm1) must be the uplink's frames DNATed and routed, out[1] (uplink) vm1's frames
+    SNATed and routed, each in the order sent, and the uplink's also exactly one gratuitous ARP
+    for the floating IP (sent at start, before any traffic; found wherever it is)."""
+    problems = []
+    garp = fip_garp()
+    ups = [fr for fr in out[1] if fr != garp]
+    if len(out[1]) - len(ups) != 1:
+        problems.append(f"uplink: {len(out[1]) - len(ups)} gratuitous ARPs for {FIP_ADDR} "
+                        f"({garp.hex()}), expected 1")
+    got = [out[0], ups]
+    for k, name in enumerate(("uplink -> vm1 (DNAT)", "vm1 -> uplink (SNAT)")):
+        n = len(sent[k])
+        want = [fip_frame(f, j % f.n_flows, k == 1, j // f.n_flows, translated=True) for j in range(n)]
+        if len(got[k]) != n:
+            problems.append(f"{name}: {len(got[k])} frames out, {n} sent")
+        wrong = [j for j, (a, b) in enumerate(zip(want, got[k])) if a != b]
+        if wrong:
+            j = wrong[0]
+            problems.append(f"{name}: {len(wrong)} frames differ; first, frame {j}:\n      got      "
+                            f"{got[k][j].hex()}\n      expected {want[j].hex()}")
     return problems
 
 
@@ -401,6 +517,11 @@ ROUTED_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=GW1_MAC, src_ip=VM1_IP, dst_ip_bas
 # conntrack-established: 1024 connections from vm1:49152+i to vm2:5001 (one destination).
 CT_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=VM2_MAC, src_ip=VM1_IP, dst_ip_base=VM2_IP, dst_ip_count=1,
                  dst_port_base=CT_SERVER_PORT, dst_port_count=1)
+
+# fip-inbound: vm1 (198.51.100.4) serves 5001 to 1024 connections from 16 Internet hosts
+# (100.64.0.1-16), client ports 49152+i; from the instance's side (see fip_frame).
+FIP_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=GW1_MAC, src_ip=FIP_VM_IP, dst_ip_base=FIP_INET_BASE,
+                  dst_ip_count=FIP_INET_COUNT, dst_port_base=CT_SERVER_PORT, dst_port_count=1)
 
 SCENARIOS: Dict[str, Scenario] = {
     "l2": Scenario(
@@ -456,7 +577,23 @@ SCENARIOS: Dict[str, Scenario] = {
         stream_names=("client", "server"),
         verify_streams=verify_streams_unchanged,
     ),
-    # Planned (see perf/README.md): fip-inbound, snat-outbound.
+    # Floating IP on a DVR compute host, established TCP both ways: Internet clients replay
+    # their side on the uplink (VLAN 101, DNAT to vm1, routed, security group ingress), vm1
+    # replays its answers (security group egress, routed, SNAT to the floating IP, tagged).
+    "fip-inbound": Scenario(
+        name="fip-inbound",
+        description="1024 established TCP connections Internet (uplink, VLAN 101) <-> floating IP "
+                    "203.0.113.17 = vm1:5001, both directions: DNAT/SNAT, DVR routing, security "
+                    "group + conntrack with window checks in vm1's zone",
+        flows=FIP_FLOWS,
+        build=build_fip_inbound,
+        frames=4096,
+        state_needs=(FIP_ADDR, FIP_FG_MAC, FIP_FG_IP, FIP_EXT_GW_MAC, FIP_EXT_GW_IP),
+        streams=fip_streams,
+        stream_names=("internet", "vm1"),
+        verify_streams=verify_fip_streams,
+    ),
+    # Planned (see perf/README.md): snat-outbound (centralized SNAT on the network node).
 }
 
 
