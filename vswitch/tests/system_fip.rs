@@ -933,13 +933,26 @@ fn floating_ip_north_south() {
 
     // 1. Ping the floating IP from the Internet host (the first exchange also resolves the
     // floating IP by proxy ARP and, for the replies, the external gateway), and the other
-    // way: the instance pings the Internet host and the external gateway (on-link).
+    // way: the instance pings the Internet host and the external gateway (on-link), and
+    // both ping the fg address.
     ping_ok(&topo, &inet, FIP, 4);
     ping_ok(&topo, &i1, INET_IP, 3);
     ping_ok(&topo, &i1, EXT_GW_IP, 2);
+    // The fg port's own address answers both sides: the Internet (on-link), and the
+    // instance, whose echo leaves as the floating IP to an address of this host (answered
+    // here, never asked for on the external network).
+    ping_ok(&topo, &inet, FG_IP, 2);
+    ping_ok(&topo, &i1, FG_IP, 2);
     let s1 = stats_when(&mut vs, |s| {
-        s.event_delta(&s0, "router.fip_dnat") >= 12 && s.event_delta(&s0, "router.fip_snat") >= 12
+        s.event_delta(&s0, "router.fip_dnat") >= 12
+            && s.event_delta(&s0, "router.fip_snat") >= 12
+            && s.event_delta(&s0, "router.echo_reply") >= 6
     });
+    assert!(
+        s1.event_delta(&s0, "router.echo_reply") >= 6,
+        "router.echo_reply for the 3 + 3 pings of {FG_IP}: {}",
+        s1.0["events"]
+    );
     assert!(
         s1.event_delta(&s0, "router.arp_reply") >= 1,
         "the proxy ARP reply for {FIP} did not count as router.arp_reply: {}",

@@ -348,6 +348,66 @@ fn an_instance_reaches_another_floating_ip_of_the_same_host_hairpin() {
 }
 
 #[test]
+fn an_instance_with_a_floating_ip_reaches_the_hosts_floating_ip_gateway_address() {
+    let mut h = harness();
+    resolve_external_gateway(&mut h);
+    // vm1 pings 203.0.113.5, this host's own fg address (the fip namespace answers it in
+    // Neutron). It must not be resolved on the external network as a neighbour: nobody
+    // else has it.
+    let echo = |id: u16| {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(M1).0, mac(GW1).0)
+            .ipv4(X1, FG_IP, 64)
+            .icmpv4_echo_request(id, 1)
+            .write(&mut f, b"ping")
+            .unwrap();
+        f
+    };
+    h.rx(VM1, &[echo(7)]);
+    assert_eq!(
+        h.sink.on(UPLINK).len(),
+        0,
+        "nothing asked or sent out: {:?}",
+        h.c
+    );
+    let out = h.sink.on(VM1).to_vec();
+    assert_eq!(out.len(), 1, "{:?}", h.c);
+    let s = SlicedPacket::from_ethernet(&out[0]).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+        panic!("not ICMP")
+    };
+    assert!(matches!(
+        icmp.icmp_type(),
+        etherparse::Icmpv4Type::EchoReply(e) if e.id == 7 && e.seq == 1
+    ));
+    assert_eq!(
+        etherparse::checksum::Sum16BitWords::new()
+            .add_slice(icmp.slice())
+            .ones_complement(),
+        0,
+        "ICMP checksum"
+    );
+    let Some(NetSlice::Ipv4(v4)) = &s.net else {
+        panic!("not IPv4")
+    };
+    let ip = v4.header().to_header();
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    // From the fg address to the fixed IP (what the floating IP's reply becomes), from the
+    // router interface's MAC.
+    assert_eq!((ip.source, ip.destination), (FG_IP, X1));
+    assert_eq!(
+        (&out[0][0..6], &out[0][6..12]),
+        (&mac(M1).0[..], &mac(GW1).0[..])
+    );
+    assert_eq!(h.c.events[E::EchoReply as usize], 1);
+    assert_eq!(h.c.dropped(D::RouterUnresolved), 0);
+    // Again (no decision cached that would send it out).
+    h.rx(VM1, &[echo(8)]);
+    assert_eq!(h.sink.on(VM1).len(), 2);
+    assert_eq!(h.sink.on(UPLINK).len(), 0);
+}
+
+#[test]
 fn what_is_not_a_floating_ip_of_this_host_is_not_translated() {
     let mut h = harness();
     // To compute2's floating IP, at this host's gateway MAC (a stale ARP cache outside).

@@ -32,7 +32,8 @@
 //! packet from a fixed IP with a floating IP to where its router has no route is translated
 //! to the floating IP (SNAT) and leaves through the gateway, from its MAC, to the external
 //! gateway resolved by ARP, or, to another floating IP of this host, straight back in
-//! (hairpin). Instances without one still go to the SNAT port on the network node. The
+//! (hairpin); to the gateway's own address, answered at once (echo), as the fip namespace
+//! does. Instances without one still go to the SNAT port on the network node. The
 //! translation is one to one and stateless, as the floating IP itself: replies match it the
 //! other way, and the security groups see the fixed addresses (egress before, ingress after).
 //! A packet is translated only once its next hop is known, so one held for resolution is
@@ -875,26 +876,10 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     }
     let dst = u32::from(ip.dst());
     let src = u32::from(ip.src());
-    let (ttl, total, proto) = (ip.ttl(), ip.total_len(), ip.protocol());
+    let (ttl, total) = (ip.ttl(), ip.total_len());
     let df = d[14 + 6] & 0x40 != 0;
-    let later_fragment = ip.is_later_fragment();
     if x.r.local4.contains(&dst) {
-        // For the router itself: echo only, unfragmented, from a unicast source.
-        let icmp = &d[14 + ip.header_len()..14 + total];
-        let fragment = later_fragment || d[14 + 6] & 0x20 != 0;
-        if proto == PROTO_ICMP && !fragment && v4_routable(src) && icmp.len() >= 8 && icmp[0] == 8 {
-            echo_reply_v4(p, x.rif.mac);
-            c.event(E::EchoReply);
-            trace!(
-                tr,
-                i,
-                "router",
-                "echo request to {}: replied",
-                Ipv4Addr::from(dst)
-            );
-            return Ok(Verdict::Back(RouterStat::Local));
-        }
-        return Err(D::RouterToRouter);
+        return to_router_v4(p, x.rif.mac, c, i, tr);
     }
     if !x.r.up {
         return Err(D::RouterDown);
@@ -984,6 +969,40 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     Ok(Verdict::Forward(h))
 }
 
+/// A packet to one of the router's own addresses: an echo request (unfragmented, from a
+/// unicast source) is answered, from `mac`, out of the way it came; anything else is dropped.
+fn to_router_v4<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    mac: MacAddr,
+    c: &mut BatchCounters,
+    i: usize,
+    tr: &mut T,
+) -> Result<Verdict, D> {
+    let d = p.data();
+    let ip = Ipv4Packet::new_checked(&d[14..]).map_err(|_| D::RouterMalformed)?;
+    let (src, dst) = (u32::from(ip.src()), u32::from(ip.dst()));
+    let icmp = &d[14 + ip.header_len()..14 + ip.total_len()];
+    let fragment = ip.is_later_fragment() || d[14 + 6] & 0x20 != 0;
+    if ip.protocol() == PROTO_ICMP
+        && !fragment
+        && v4_routable(src)
+        && icmp.len() >= 8
+        && icmp[0] == 8
+    {
+        echo_reply_v4(p, mac);
+        c.event(E::EchoReply);
+        trace!(
+            tr,
+            i,
+            "router",
+            "echo request to {}: replied",
+            Ipv4Addr::from(dst)
+        );
+        return Ok(Verdict::Back(RouterStat::Local));
+    }
+    Err(D::RouterToRouter)
+}
+
 /// Floating IPs (the fip namespace and the router's NAT, in one step): a packet to this
 /// host's floating IP gateway is translated to the fixed IP it stands for and routed by that
 /// address's router; a packet from a fixed IP that has a floating IP here, to where the
@@ -1045,6 +1064,12 @@ fn floating_ip<B: PacketBuf, T: Tracer>(
         .fip_out
         .get(&((x.rif.router as u64) << 32 | src as u64))?;
     let gw = l3.rifs.get(fo.rif as usize)?;
+    if l3.routers.get(gw.router as usize)?.local4.contains(&dst) {
+        // The floating IP gateway's own address (the fip namespace answers it itself): not
+        // a neighbour on the external network, answered here as it would be, its reply to
+        // the floating IP already translated back to the fixed IP.
+        return Some(to_router_v4(p, x.rif.mac, c, i, tr));
+    }
     trace!(
         tr,
         i,
