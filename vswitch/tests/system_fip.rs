@@ -671,10 +671,28 @@ fn assert_provider_wire(pcap: &Path) -> (usize, usize, usize) {
         false,
     );
     assert!(other.is_empty(), "ARP replies for {FIP}: {other:?}");
+    // At start the switch announces the floating IP: a gratuitous ARP (a request for it from
+    // itself), broadcast, tagged, from the fg MAC (counted in router.garp_sent; on the wire
+    // only if the capture started in time, since vswitchd sends it as it comes up).
+    let garps = tshark_fields(
+        pcap,
+        &format!("arp.opcode == 1 && arp.src.proto_ipv4 == {FIP} && arp.dst.proto_ipv4 == {FIP}"),
+        &arp_fields,
+        false,
+    );
+    for g in &garps {
+        assert_eq!(
+            (g[0].as_str(), g[1].as_str(), g[2].as_str(), g[3].as_str()),
+            (FG_MAC, "ff:ff:ff:ff:ff:ff", VID, FG_MAC),
+            "gratuitous ARP for {FIP}: (eth.src, eth.dst, vlan, sender MAC)"
+        );
+    }
     // The switch resolves the external gateway itself, as the fg port.
     let asks = tshark_fields(
         pcap,
-        &format!("arp.opcode == 1 && eth.src == {FG_MAC}"),
+        &format!(
+            "arp.opcode == 1 && eth.src == {FG_MAC} && !(arp.src.proto_ipv4 == arp.dst.proto_ipv4)"
+        ),
         &arp_fields,
         false,
     );
@@ -930,6 +948,11 @@ fn floating_ip_north_south() {
         &["-s", SNAP, "icmp or udp or tcp[tcpflags] & tcp-syn != 0"],
     );
     let s0 = vs.stats();
+    assert_eq!(
+        s0.event("router.garp_sent"),
+        1,
+        "one gratuitous ARP for the one floating IP at start"
+    );
 
     // 1. Ping the floating IP from the Internet host (the first exchange also resolves the
     // floating IP by proxy ARP and, for the replies, the external gateway), and the other
