@@ -602,3 +602,21 @@ fn disassociating_a_floating_ip_cuts_the_connections_that_came_through_it() {
     assert_eq!(h.sink.on(VM2).len(), 1, "{:?}", h.c);
     assert_eq!(h.c.dropped(D::FirewallRevoked), 1);
 }
+
+#[test]
+fn a_moved_external_gateway_is_followed_at_once() {
+    let mut h = harness();
+    resolve_external_gateway(&mut h);
+    for _ in 0..2 {
+        h.rx(VM1, &[syn(M1, GW1, None, X1, INET)]);
+    }
+    assert!(h.sink.on(UPLINK).iter().all(|f| f[0..6] == mac(INET_GW).0));
+    // The gateway's address answers from another MAC (a failover): the decisions kept for
+    // the old one are not used any more.
+    let moved = "02:00:00:00:01:02";
+    h.rx(UPLINK, &[arp101(moved, EXT_GW, FG1, FG_IP, true)]);
+    h.rx(VM1, &[syn(M1, GW1, None, X1, INET)]);
+    let last = h.sink.on(UPLINK).last().unwrap();
+    assert_eq!(&last[0..6], &mac(moved).0[..], "{:?}", h.c);
+    assert_eq!(tcp_out(last).3, F1);
+}

@@ -403,20 +403,31 @@ fn set_len<B: PacketBuf>(p: &mut B, len: usize) -> bool {
 
 /// Where a routed destination goes, worked out once per (ingress interface, destination) and
 /// batch.
+/// Laid out in 16-byte lanes and copied whole: it moves through the route cache and the
+/// verdicts by value, and copies of a packed layout stalled on store forwarding.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, align(16))]
 struct Hop {
-    net: NetIdx,
-    next: Next,
     /// Destination and source MAC, as they go into bytes 0..12.
     macs: [u8; 12],
+    net: NetIdx,
     /// Largest IP packet the egress allows.
     mtu: u16,
+    next: Next,
     dvr: bool,
     to_snat: bool,
-    /// Decided from compiled tables only (static neighbour, static FDB), so it holds for as
-    /// long as this generation of tables does and may go into the [`RouteCache`].
+    /// May go into the [`RouteCache`]: decided from compiled tables (static neighbour, and a
+    /// static FDB entry or a provider network's only way out), so it holds for as long as this
+    /// generation of tables does, and, when the next hop was resolved by the router,
+    /// while the resolved neighbours have not changed (`neigh`).
     cacheable: bool,
+    /// The resolved neighbours' change count the decision was taken at ([`STATIC`]: none
+    /// involved).
+    neigh: u64,
 }
+
+/// [`Hop::neigh`] of a decision that involves no resolved neighbour.
+const STATIC: u64 = u64::MAX;
 
 /// Entries of a core's [`RouteCache`] (a power of two).
 const ROUTE_CACHE: usize = 256;
@@ -456,6 +467,7 @@ impl Default for RouteCache {
                 dvr: false,
                 to_snat: false,
                 cacheable: false,
+                neigh: STATIC,
             },
         };
         Self {
@@ -469,7 +481,11 @@ impl Default for RouteCache {
 fn cached_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, Miss> {
     let i = cache_slot(dst, x.rif_in);
     let e = &s.route_cache.e[i];
-    if e.generation == x.t.generation && e.dst == dst && e.rif_in == x.rif_in {
+    if e.generation == x.t.generation
+        && e.dst == dst
+        && e.rif_in == x.rif_in
+        && (e.hop.neigh == STATIC || e.hop.neigh == s.l3neigh.epoch())
+    {
         return Ok(e.hop);
     }
     let r = next_hop(x, s, dst, v6);
@@ -510,7 +526,11 @@ fn fast_v4(d: &mut [u8], x: &Ctx<'_>, s: &CoreState) -> Option<Hop> {
     }
     let key = v4_key(dst);
     let e = &s.route_cache.e[cache_slot(key, x.rif_in)];
-    if e.generation != x.t.generation || e.dst != key || e.rif_in != x.rif_in {
+    if e.generation != x.t.generation
+        || e.dst != key
+        || e.rif_in != x.rif_in
+        || (e.hop.neigh != STATIC && e.hop.neigh != s.l3neigh.epoch())
+    {
         return None;
     }
     let h = e.hop;
@@ -1512,6 +1532,8 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
     let out = &t.l3.rifs[rif_out as usize];
     let net = out.net;
     let static_mac = snat_mac.or_else(|| t.l3.neighbor(net, nh));
+    // Read before the lookup whose answer a cached decision keeps.
+    let epoch = s.l3neigh.epoch();
     let mac = static_mac
         .or_else(|| s.l3neigh.lookup(net, nh))
         .ok_or(Miss::Unresolved {
@@ -1520,12 +1542,19 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
         })?;
     let ne = &t.networks[net as usize];
     let static_dest = t.fdb.get(&fdb_key48(net, mac)).copied();
+    // On a flat or VLAN network whatever is not a port here (static) is behind the provider
+    // port: no need to ask what was learned.
+    let provider_only = match (ne.segment, ne.provider_port) {
+        (Segment::Vxlan(_), _) | (_, None) => None,
+        (_, Some(p)) => Some(p),
+    };
     let learned = || {
         let m = MacAddr(mac.to_be_bytes()[2..8].try_into().expect("6 bytes"));
         s.learn.lookup(net, m, s.now_ms)
     };
-    let from_static = static_mac.is_some() && static_dest.is_some();
-    let next = match static_dest.or_else(learned).and_then(|d| dest_next(t, d)) {
+    let l2_static = static_dest.or(provider_only);
+    let from_static = l2_static.is_some();
+    let next = match l2_static.or_else(learned).and_then(|d| dest_next(t, d)) {
         Some(Next::Route(_)) => return Err(Miss::NoRoute),
         Some(n) => n,
         None => Next::Flood,
@@ -1565,6 +1594,7 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
         // Where no route leads depends on the source when some have floating IPs: never
         // decided by destination alone.
         cacheable: from_static && (routed || !x.r.fips),
+        neigh: if static_mac.is_some() { STATIC } else { epoch },
     })
 }
 

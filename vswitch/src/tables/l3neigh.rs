@@ -32,6 +32,9 @@ struct Slot {
 pub struct L3Neighbors {
     slots: Box<[Slot]>,
     mask: usize,
+    /// Counts changes (a neighbour learned or moved): a routing decision taken from a
+    /// resolved neighbour holds while this has not moved.
+    epoch: AtomicU64,
 }
 
 /// An IPv4 address as the 128-bit key (`::ffff:a.b.c.d`).
@@ -46,7 +49,14 @@ impl L3Neighbors {
         Self {
             slots: (0..n).map(|_| Slot::default()).collect(),
             mask: n - 1,
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The change count (see `epoch`): read it before a lookup whose answer is kept.
+    #[inline(always)]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The slot tag of a key: a hash in bits 16..62 and the network in the low 16 bits.
@@ -98,7 +108,11 @@ impl L3Neighbors {
             if s.mac.load(Ordering::Acquire) == word {
                 return false;
             }
-            return s.mac.swap(word, Ordering::AcqRel) != word;
+            let moved = s.mac.swap(word, Ordering::AcqRel) != word;
+            if moved {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            return moved;
         }
         let tag = Self::tag(net, addr);
         let h = Self::home(tag);
@@ -112,6 +126,7 @@ impl L3Neighbors {
                 s.lo.store(addr as u64, Ordering::Relaxed);
                 s.mac.store(word, Ordering::Relaxed);
                 s.tag.store(tag, Ordering::Release);
+                self.epoch.fetch_add(1, Ordering::AcqRel);
                 return true;
             }
         }
