@@ -50,28 +50,14 @@ fn be32(d: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
 }
 
-/// The 16-bit words a rewrite changed (offset, old, new): what a checksum over them needs.
-#[derive(Default)]
-struct Changes {
-    w: [(usize, u16, u16); 8],
-    n: usize,
-}
-
-impl Changes {
-    fn note(&mut self, at: usize, old: u16, new: u16) {
-        if let Some(slot) = self.w.get_mut(self.n) {
-            *slot = (at, old, new);
-            self.n += 1;
-        }
-    }
-    /// Updates the checksum at `csum` for every change noted.
-    fn apply_to(&self, d: &mut [u8], csum: usize) {
-        let mut s = be16(d, csum);
-        for &(_, old, new) in &self.w[..self.n] {
-            s = update16(s, old, new);
-        }
-        d[csum..csum + 2].copy_from_slice(&s.to_be_bytes());
-    }
+/// One's-complement update of checksum `c` for a 32-bit field going from `old` to `new`
+/// (RFC 1624 eqn. 3 over both 16-bit halves at once).
+#[inline(always)]
+fn update32(c: u16, old: u32, new: u32) -> u16 {
+    let mut s = (!c as u32) + (!old >> 16) + (!old & 0xffff) + (new >> 16) + (new & 0xffff);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
 }
 
 /// A transport checksum to keep right through an address change: its offset, and whether it
@@ -82,40 +68,43 @@ struct L4Sum {
     udp: bool,
 }
 
-/// Writes the address at `at` (4 bytes) and updates the checksums at `ip_sum` and `l4`,
-/// noting every word it changed (address, checksums) in `ch`.
-fn set_addr(d: &mut [u8], at: usize, new: u32, ip_sum: usize, l4: Option<L4Sum>, ch: &mut Changes) {
-    let old = be32(d, at);
-    if old == new {
-        return;
-    }
-    let words = [
-        (at, (old >> 16) as u16, (new >> 16) as u16),
-        (at + 2, old as u16, new as u16),
-    ];
+/// The checksum words an address change rewrote, (old, new): what a checksum over them (an
+/// ICMP error's, over its quote) must absorb besides the address itself.
+struct Touched {
+    ip: (u16, u16),
+    l4: Option<(u16, u16)>,
+}
+
+/// Writes the address at `at` (4 bytes, currently `old`) and updates the checksums at
+/// `ip_sum` and `l4`.
+#[inline(always)]
+fn set_addr(
+    d: &mut [u8],
+    at: usize,
+    old: u32,
+    new: u32,
+    ip_sum: usize,
+    l4: Option<L4Sum>,
+) -> Touched {
     d[at..at + 4].copy_from_slice(&new.to_be_bytes());
     let ip_old = be16(d, ip_sum);
-    let mut ip_new = ip_old;
-    for &(w_at, o, n) in &words {
-        ch.note(w_at, o, n);
-        ip_new = update16(ip_new, o, n);
-    }
+    let ip_new = update32(ip_old, old, new);
     d[ip_sum..ip_sum + 2].copy_from_slice(&ip_new.to_be_bytes());
-    ch.note(ip_sum, ip_old, ip_new);
-    if let Some(L4Sum { at: c, udp }) = l4 {
+    let l4 = l4.and_then(|L4Sum { at: c, udp }| {
         let c_old = be16(d, c);
         if udp && c_old == 0 {
-            return;
+            return None;
         }
-        let mut c_new = c_old;
-        for &(_, o, n) in &words {
-            c_new = update16(c_new, o, n);
-        }
+        let mut c_new = update32(c_old, old, new);
         if udp && c_new == 0 {
             c_new = 0xffff;
         }
         d[c..c + 2].copy_from_slice(&c_new.to_be_bytes());
-        ch.note(c, c_old, c_new);
+        Some((c_old, c_new))
+    });
+    Touched {
+        ip: (ip_old, ip_new),
+        l4,
     }
 }
 
@@ -157,9 +146,8 @@ pub fn rewrite(d: &mut [u8], l3: usize, field: Field, new: u32) -> bool {
     if old == new {
         return true;
     }
-    let mut outer = Changes::default();
     let l4 = l4_sum(d, l3, end);
-    set_addr(d, l3 + field.offset(), new, l3 + 10, l4, &mut outer);
+    set_addr(d, l3 + field.offset(), old, new, l3 + 10, l4);
     let later = be16(d, l3 + 6) & 0x1fff != 0;
     if d[l3 + 9] == PROTO_ICMP && !later {
         icmp_error_quote(d, l3 + ihl, end, field.other(), old, new);
@@ -219,10 +207,14 @@ fn icmp_error_quote(d: &mut [u8], icmp: usize, end: usize, field: Field, old: u3
     if q_ihl < 20 || q + q_ihl > end || be32(d, q + field.offset()) != old {
         return;
     }
-    let mut ch = Changes::default();
     let l4 = l4_sum(d, q, end);
-    set_addr(d, q + field.offset(), new, q + 10, l4, &mut ch);
-    ch.apply_to(d, icmp + 2);
+    let t = set_addr(d, q + field.offset(), old, new, q + 10, l4);
+    let mut c = update32(be16(d, icmp + 2), old, new);
+    c = update16(c, t.ip.0, t.ip.1);
+    if let Some((o, n)) = t.l4 {
+        c = update16(c, o, n);
+    }
+    d[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
 }
 
 #[cfg(test)]
