@@ -1055,27 +1055,7 @@ fn floating_ip<B: PacketBuf, T: Tracer>(
             );
             return Some(Err(D::RouterNoFloatingIp));
         };
-        let r = l3.routers.get(fi.router as usize)?;
-        trace!(
-            tr,
-            i,
-            "router",
-            "floating IP {} -> fixed IP {} (router {})",
-            Ipv4Addr::from(dst),
-            Ipv4Addr::from(fi.fixed),
-            r.name
-        );
-        let to = Ctx {
-            t: x.t,
-            r,
-            rif_in: translated_rif(fi.router),
-            rif: x.rif,
-        };
-        let nat = Nat {
-            dnat: Some(fi.fixed),
-            ..Default::default()
-        };
-        return Some(translate(p, x, &to, s, c, i, tr, fi.fixed, total, df, nat));
+        return to_fixed(p, x, x.rif, s, c, i, tr, dst, fi, None, total, df);
     }
     if !x.r.fips || x.r.fib4.lookup(dst).is_some() {
         return None;
@@ -1100,28 +1080,7 @@ fn floating_ip<B: PacketBuf, T: Tracer>(
     );
     if let Some(&fi) = l3.fip_in.get(&net_key4(gw.net, dst)) {
         // Another instance's floating IP on this host: in again at once.
-        let r = l3.routers.get(fi.router as usize)?;
-        trace!(
-            tr,
-            i,
-            "router",
-            "floating IP {} of this host -> fixed IP {} (router {})",
-            Ipv4Addr::from(dst),
-            Ipv4Addr::from(fi.fixed),
-            r.name
-        );
-        let to = Ctx {
-            t: x.t,
-            r,
-            rif_in: translated_rif(fi.router),
-            rif: gw,
-        };
-        let nat = Nat {
-            snat: Some(fo.ip),
-            dnat: Some(fi.fixed),
-            ..Default::default()
-        };
-        return Some(translate(p, x, &to, s, c, i, tr, fi.fixed, total, df, nat));
+        return to_fixed(p, x, gw, s, c, i, tr, dst, fi, Some(fo.ip), total, df);
     }
     let to = Ctx {
         t: x.t,
@@ -1281,6 +1240,48 @@ fn snat_in<B: PacketBuf, T: Tracer>(
         ..Default::default()
     };
     Some(translate(p, x, x, s, c, i, tr, fixed, total, df, nat))
+}
+
+/// A packet to floating IP `dst` (`fi`), arrived through floating IP gateway `gw`: translated
+/// to the fixed IP (and, from another instance of this host, from its own floating IP `snat`)
+/// and routed by the fixed IP's router.
+#[allow(clippy::too_many_arguments)]
+fn to_fixed<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    gw: &RifEntry,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    i: usize,
+    tr: &mut T,
+    dst: u32,
+    fi: crate::tables::router::FipIn,
+    snat: Option<u32>,
+    total: usize,
+    df: bool,
+) -> Option<Result<Verdict, D>> {
+    let r = x.t.l3.routers.get(fi.router as usize)?;
+    trace!(
+        tr,
+        i,
+        "router",
+        "floating IP {} -> fixed IP {} (router {})",
+        Ipv4Addr::from(dst),
+        Ipv4Addr::from(fi.fixed),
+        r.name
+    );
+    let to = Ctx {
+        t: x.t,
+        r,
+        rif_in: translated_rif(fi.router),
+        rif: gw,
+    };
+    let nat = Nat {
+        snat,
+        dnat: Some(fi.fixed),
+        ..Default::default()
+    };
+    Some(translate(p, x, &to, s, c, i, tr, fi.fixed, total, df, nat))
 }
 
 /// Routes a packet to `route_to` through `to` (a router after the translation), then
