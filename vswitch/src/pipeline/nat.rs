@@ -191,6 +191,58 @@ pub fn rewrite_port(d: &mut [u8], l3: usize, field: Field, new: u16) -> bool {
     true
 }
 
+/// Rewrites, in the ICMP error that is the IPv4 packet at `d[l3..]`, the quoted packet's
+/// source or destination port (TCP, UDP; an ICMP echo's identifier) to `new`, with the quoted
+/// transport checksum (when the quote holds it) and the ICMP checksum: what port translation
+/// needs on top of [`rewrite`], which translates the quoted address. `false`: not an ICMP
+/// error quoting such a packet (nothing changed).
+pub fn rewrite_quoted_port(d: &mut [u8], l3: usize, field: Field, new: u16) -> bool {
+    let Some((ihl, end)) = header(d, l3, d.len()) else {
+        return false;
+    };
+    let icmp = l3 + ihl;
+    if d[l3 + 9] != PROTO_ICMP
+        || be16(d, l3 + 6) & 0x1fff != 0
+        || icmp + 8 > end
+        || !matches!(d[icmp], 3 | 4 | 5 | 11 | 12)
+    {
+        return false;
+    }
+    let q = icmp + 8;
+    if q + 20 > end || d[q] >> 4 != 4 {
+        return false;
+    }
+    let ql4 = q + (d[q] & 0x0f) as usize * 4;
+    let off = match field {
+        Field::Src => 0,
+        Field::Dst => 2,
+    };
+    let (at, sum, udp) = match d[q + 9] {
+        PROTO_TCP => (ql4 + off, ql4 + 16, false),
+        PROTO_UDP => (ql4 + off, ql4 + 6, true),
+        PROTO_ICMP if ql4 + 8 <= end && matches!(d[ql4], 0 | 8) => (ql4 + 4, ql4 + 2, false),
+        _ => return false,
+    };
+    if at + 2 > end {
+        return false;
+    }
+    let old = be16(d, at);
+    d[at..at + 2].copy_from_slice(&new.to_be_bytes());
+    let mut c = update16(be16(d, icmp + 2), old, new);
+    // The quoted transport checksum, if the quote reaches it (and UDP has one).
+    if sum + 2 <= end && !(udp && be16(d, sum) == 0) {
+        let s_old = be16(d, sum);
+        let mut s_new = update16(s_old, old, new);
+        if udp && s_new == 0 {
+            s_new = 0xffff;
+        }
+        d[sum..sum + 2].copy_from_slice(&s_new.to_be_bytes());
+        c = update16(c, s_old, s_new);
+    }
+    d[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
 /// In an ICMP error at `icmp` (up to `end`), the quoted packet's `field` from `old` to `new`,
 /// with the quoted checksums and the ICMP checksum. Anything else (echo, a quote too short to
 /// hold the address, a quote about another address) is left alone.
@@ -458,6 +510,38 @@ mod tests {
         let mut g = tcp_frame(X, H);
         g[14 + 9] = 47;
         assert!(!rewrite_port(&mut g, 14, Field::Src, 1));
+    }
+
+    #[test]
+    fn an_icmp_error_about_a_translated_port_quotes_the_original_port_again() {
+        // X:40000 -> H:53 left as F:2000; H's network answers port unreachable to F:2000.
+        let mut sent = udp_frame(X, H);
+        sent[14 + 20..14 + 22].copy_from_slice(&40000u16.to_be_bytes());
+        let orig = sent.clone();
+        assert!(rewrite(&mut sent, 14, Field::Src, ip(F)));
+        assert!(rewrite_port(&mut sent, 14, Field::Src, 2000));
+        let mut err = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(H, F, 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut err, &sent[14..14 + 28])
+            .unwrap();
+        // Back: outer destination and quoted source address, then the quoted port.
+        assert!(rewrite(&mut err, 14, Field::Dst, ip(X)));
+        assert!(rewrite_quoted_port(&mut err, 14, Field::Src, 40000));
+        check(&err);
+        assert_eq!(
+            crate::packet::checksum::checksum(&err[14 + 20..]),
+            0,
+            "ICMP checksum"
+        );
+        // The quote is the instance's own packet as it sent it, checksums included.
+        assert_eq!(&err[14 + 28..14 + 28 + 28], &orig[14..14 + 28]);
+        // Not an ICMP error: nothing.
+        let mut u = udp_frame(H, F);
+        assert!(!rewrite_quoted_port(&mut u, 14, Field::Src, 1));
     }
 
     mod prop {

@@ -837,6 +837,8 @@ struct Nat {
     /// New source / destination port (or ICMP echo identifier): centralized SNAT.
     sport: Option<u16>,
     dport: Option<u16>,
+    /// An ICMP error's quoted source port, translated back (centralized SNAT).
+    quote_sport: Option<u16>,
 }
 
 /// Route-cache key of the decisions a router takes for translated packets: not a real
@@ -1198,7 +1200,7 @@ fn snat_out<B: PacketBuf, T: Tracer>(
 
 /// Centralized SNAT on the way back: a reply to the gateway address of one of this router's
 /// translations is translated back to the connection's own address and port and routed to
-/// it; an ICMP error about one, to the address (its quoted packet's port stays translated).
+/// it; an ICMP error about one too, its quoted packet to what the instance sent.
 /// An echo request to the gateway address matching none is the router's to answer (`None`).
 #[allow(clippy::too_many_arguments)]
 fn snat_in<B: PacketBuf, T: Tracer>(
@@ -1237,6 +1239,7 @@ fn snat_in<B: PacketBuf, T: Tracer>(
     let nat = Nat {
         dnat: Some(fixed),
         dport: ports.then_some(orig.sport()),
+        quote_sport: (!ports).then_some(orig.sport()),
         ..Default::default()
     };
     Some(translate(p, x, x, s, c, i, tr, fixed, total, df, nat))
@@ -1342,6 +1345,10 @@ fn translate<B: PacketBuf, T: Tracer>(
                 return Err(D::RouterMalformed);
             }
         }
+    }
+    if let Some(pt) = nat.quote_sport {
+        // A quote cut short before its ports stays as it is.
+        super::nat::rewrite_quoted_port(d, 14, super::nat::Field::Src, pt);
     }
     if let Ok(mut ipm) = Ipv4Packet::new_checked(&mut d[14..]) {
         ipm.decrement_ttl();

@@ -250,3 +250,50 @@ fn replies_to_the_gateway_address_that_match_no_translation_are_dropped() {
     assert_eq!(h.sink.total(), 0);
     assert_eq!(h.c.dropped(D::RouterSnatUnknown), 1);
 }
+
+#[test]
+fn an_icmp_error_about_a_translated_connection_reaches_the_instance_as_about_its_own_packet() {
+    let mut h = harness([1024, 65535]);
+    let sent = syn_out(X1, 40000);
+    h.rx(OVERLAY, &[sent.clone()]);
+    let out = h.sink.on(UPLINK)[0].clone();
+    // A router outside answers "fragmentation needed", quoting the translated SYN.
+    let quote = &out[18..18 + 28];
+    let mut err = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(INET_GW).0, mac(QG1).0)
+        .single_vlan(etherparse::VlanId::try_new(101).unwrap())
+        .ipv4(EXT_GW, G, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut err, quote)
+        .unwrap();
+    h.rx(UPLINK, &[err]);
+    let ov = h.sink.on(OVERLAY);
+    assert_eq!(ov.len(), 1, "{:?}", h.c);
+    let inner = &ov[0][50..];
+    let s = SlicedPacket::from_ethernet(inner).unwrap();
+    let Some(NetSlice::Ipv4(v4)) = &s.net else {
+        panic!("not IPv4")
+    };
+    assert_eq!(v4.header().destination(), X1);
+    let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+        panic!("not ICMP")
+    };
+    assert_eq!(
+        crate::packet::checksum::checksum(icmp.slice()),
+        0,
+        "ICMP checksum"
+    );
+    // The quote is the SYN as compute1 routed it (addresses, ports, TCP checksum), one hop
+    // older (the network node's): TTL 62, its header checksum right for that.
+    let q = icmp.payload();
+    let mine = &sent[50 + 14..50 + 14 + 28];
+    assert_eq!(
+        (&q[..8], &q[9..10], &q[12..28]),
+        (&mine[..8], &mine[9..10], &mine[12..28])
+    );
+    assert_eq!(q[8], 62);
+    let qh = etherparse::Ipv4Header::from_slice(q).unwrap().0;
+    assert_eq!(qh.header_checksum, qh.calc_header_checksum());
+}
