@@ -683,8 +683,15 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 // Only this host's instances are asked (see output's FloodLocal): with none on
                 // that network nobody can answer, so nothing waits. The floating IP gateway's
                 // MAC is this host's alone: it asks the external network itself.
+                // So is a SNAT router's gateway interface (the network node's snat namespace).
+                let ext = out.fip
+                    || t.l3
+                        .routers
+                        .get(out.router as usize)
+                        .and_then(|r| r.snat)
+                        .is_some_and(|x| x.rif == rif);
                 let can_ask = t.networks.get(out.net as usize).is_some_and(|n| {
-                    (out.fip && !n.flood.is_empty())
+                    (ext && !n.flood.is_empty())
                         || n.flood.iter().any(|&q| {
                             t.ports
                                 .get(q as usize)
@@ -723,11 +730,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 if asked {
                     c.event(E::ResolveSent);
                     b.meta[i].network = out.net;
-                    b.meta[i].next = if out.fip {
-                        Next::Flood
-                    } else {
-                        Next::FloodLocal
-                    };
+                    b.meta[i].next = if ext { Next::Flood } else { Next::FloodLocal };
                 } else {
                     b.meta[i].next = Next::Drop(D::RouterUnresolved);
                 }

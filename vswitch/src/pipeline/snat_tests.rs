@@ -205,6 +205,41 @@ fn an_instance_without_a_floating_ip_leaves_the_network_node_as_the_gateway_addr
     assert_eq!(tcp4(&h.sink.on(UPLINK)[1]).1, sport);
 }
 
+/// Nothing told the SNAT router the external gateway's MAC (no instance of this host is on the
+/// external network to ask for it): it asks itself, from the gateway port, tagged for the
+/// external network, holds the packet and sends it translated once the answer is in.
+#[test]
+fn the_snat_router_asks_the_external_network_for_its_gateway() {
+    let mut h = Harness::with(tables([1024, 65535]));
+    h.s.neigh.set_static(
+        "10.0.0.11".parse().unwrap(),
+        crate::tables::mac_u64(&mac(C1_MAC).0),
+    );
+    h.rx(OVERLAY, &[syn_out(X1, 40000)]);
+    let out = h.sink.on(UPLINK);
+    assert_eq!(out.len(), 1, "{:?}", h.c);
+    let f = &out[0];
+    assert_eq!((&f[0..6], &f[6..12]), (&[0xff; 6][..], &mac(QG1).0[..]));
+    assert_eq!(
+        &f[12..18],
+        &[0x81, 0x00, 0x00, 101, 0x08, 0x06],
+        "ARP on VLAN 101"
+    );
+    let arp = &f[18..];
+    assert_eq!(&arp[6..8], &[0, 1], "a request");
+    assert_eq!(&arp[8..14], &mac(QG1).0[..]);
+    assert_eq!((&arp[14..18], &arp[24..28]), (&G[..], &EXT_GW[..]));
+    assert_eq!(h.c.events[E::ResolveSent as usize], 1);
+    assert_eq!(h.c.events[E::NextHopHeld as usize], 1);
+    h.rx(UPLINK, &[arp101(INET_GW, EXT_GW, QG1, G)]);
+    let out = h.sink.on(UPLINK);
+    assert_eq!(out.len(), 2, "{:?}", h.c);
+    assert_eq!(&out[1][0..6], &mac(INET_GW).0[..]);
+    let (src, _, dst, dport) = tcp4(&out[1]);
+    assert_eq!((src, dst, dport), (G, INET, 443));
+    assert_eq!(h.c.events[E::SnatOut as usize], 1);
+}
+
 #[test]
 fn concurrent_connections_get_distinct_ports() {
     let mut h = harness([1024, 65535]);
