@@ -1,0 +1,884 @@
+//! System test of centralized SNAT: the seed's "North-south scenario 1: Instance with a fixed
+//! IP address" (shared/seed/ovs-dvr-ha.txt). Instances without a floating IP on two compute
+//! nodes reach the Internet through router1's SNAT port on the network node (`dvr_snat`),
+//! which translates them to the router's gateway address 203.0.113.11, a source port per
+//! connection, as Neutron's snat namespace does.
+//!
+//! ```text
+//!  compute1 (sw1)                 compute2 (sw2)               network1 (sw3, dvr_snat)
+//!  i1 198.51.100.4 ─ vm1 ┐        i2 198.51.100.5 ─ vm2 ┐      SNAT port 198.51.100.10
+//!                vswitchd                       vswitchd        gateway port 203.0.113.11 ─┐
+//!                 ul 10.0.0.11                   ul 10.0.0.12   vswitchd ─ uplink (provider)│
+//!                   │                              │             ul 10.0.0.13               │
+//!                   └──── br0 (namespace ulnet) ───┴──────────────┘          Internet (inet)│
+//!                                                                eth0 ══ VLAN 101 ═════════┘
+//!                                                                eth0.101 203.0.113.1/24
+//!                                                                lo 100.64.0.9 (the host)
+//!
+//!  selfservice1  VXLAN VNI 101, 198.51.100.0/24, MTU 1450; router1 (distributed) at .1
+//!  provider1     VLAN 101 on physnet provider, 203.0.113.0/24, gateway .1, router:external
+//!  router1       external gateway 203.0.113.11 (enable_snat), SNAT port on network1
+//! ```
+//!
+//! Both instances ping the Internet host and exchange data with its TCP server, which sees
+//! the router's gateway address, never a fixed IP; 20 connections opened together from both
+//! instances get 20 distinct source ports; with `[conntrack] snat_ports = [20000, 20002]`
+//! (network1 restarted), three long-lived connections to the server work, a fourth finds no
+//! port (its SYNs are dropped, counted as `router.snat_exhausted`: the client times out) and
+//! the three still carry data afterwards. The provider veth shows VLAN 101 only, the gateway
+//! port's ARP request for 203.0.113.1 and every frame from 203.0.113.11 with the gateway
+//! port's MAC; the underlay shows compute1 sending to the SNAT port's MAC at network1's VTEP
+//! from its DVR MAC. Counters: router.to_snat on the compute nodes (no floating IP event),
+//! router.snat_out / router.snat_in on network1.
+//!
+//! The kernel's 802.1Q is replaced by a user-space VLAN bridge where it is missing (as in
+//! system_fip). Everything lives in the test's namespaces (torn down on drop, also on panic);
+//! every vswitchd must exit 0 with no mbuf leaked. Needs root; without root the test prints
+//! "skipped: needs root and DPDK" and passes. Run: `cargo test -p vswitch --test system_snat
+//! -- --test-threads=1 --nocapture`.
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::{
+    host_toml_overlay, instance_and_overlay_ports, ping, python, tshark_fields, Bg, HostPort,
+    InstanceNet, OverlayHost, Stats, Topology, Vswitchd,
+};
+
+const I1_MAC: &str = "fa:16:3e:00:01:04";
+const I1_IP: &str = "198.51.100.4";
+const I2_MAC: &str = "fa:16:3e:00:01:05";
+const I2_IP: &str = "198.51.100.5";
+const GW1_MAC: &str = "fa:16:3e:aa:00:01";
+const GW1_IP: &str = "198.51.100.1";
+const SNAT_MAC: &str = "fa:16:3e:bb:00:01";
+const SNAT_IP: &str = "198.51.100.10";
+/// router1's gateway port on provider1 (on network1).
+const QG_MAC: &str = "fa:16:3e:bb:00:03";
+const QG_IP: &str = "203.0.113.11";
+const EXT_GW_IP: &str = "203.0.113.1";
+const EXT_GW_MAC: &str = "02:00:00:00:01:01";
+const INET_IP: &str = "100.64.0.9";
+const VID: &str = "101";
+// Underlay.
+const VTEP1: &str = "10.0.0.11";
+const VTEP2: &str = "10.0.0.12";
+const VTEP3: &str = "10.0.0.13";
+const UL1_MAC: &str = "02:00:00:00:00:11";
+const UL2_MAC: &str = "02:00:00:00:00:12";
+const UL3_MAC: &str = "02:00:00:00:00:13";
+const DVR1_MAC: &str = "fa:16:3f:00:00:11";
+const DVR2_MAC: &str = "fa:16:3f:00:00:12";
+const DVR3_MAC: &str = "fa:16:3f:00:00:13";
+/// The Internet host's TCP server.
+const PORT: u16 = 5001;
+/// The deliberately tiny port range of the exhaustion phase.
+const TINY: [u16; 2] = [20000, 20002];
+
+const SNAP: &str = "160";
+
+/// The desired state (the same file on all three hosts): selfservice1 and provider1; router1
+/// (distributed) with its interface on selfservice1, its SNAT port on selfservice1 and its
+/// gateway port on provider1, both bound to network1; i1 on compute1 and i2 on compute2 in a
+/// group that allows anything out and nothing new in. No floating IPs.
+fn state_yaml() -> String {
+    format!(
+        r#"
+networks:
+  - id: net-selfservice1
+    name: selfservice1
+    provider:network_type: vxlan
+    provider:segmentation_id: 101
+    mtu: 1450
+  - id: net-provider1
+    name: provider1
+    provider:network_type: vlan
+    provider:physical_network: provider
+    provider:segmentation_id: {VID}
+    router:external: true
+    mtu: 1500
+subnets:
+  - {{id: subnet-ss1-v4, name: selfservice1-v4, network_id: net-selfservice1, cidr: 198.51.100.0/24, ip_version: 4, gateway_ip: {GW1_IP}, enable_dhcp: false}}
+  - {{id: subnet-provider1-v4, name: provider1-v4, network_id: net-provider1, cidr: 203.0.113.0/24, ip_version: 4, gateway_ip: {EXT_GW_IP}, enable_dhcp: false}}
+routers:
+  - id: router1-id
+    name: router1
+    distributed: true
+    external_gateway_info:
+      network_id: net-provider1
+      enable_snat: true
+      external_fixed_ips: [{{subnet_id: subnet-provider1-v4, ip_address: {QG_IP}}}]
+ports:
+  - id: port-router1-ss1
+    network_id: net-selfservice1
+    mac_address: "{GW1_MAC}"
+    fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {GW1_IP}}}]
+    device_owner: network:router_interface_distributed
+    device_id: router1-id
+  - id: port-router1-snat
+    network_id: net-selfservice1
+    mac_address: "{SNAT_MAC}"
+    fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {SNAT_IP}}}]
+    binding:host_id: network1
+    device_owner: network:router_centralized_snat
+    device_id: router1-id
+  - id: port-router1-gw
+    network_id: net-provider1
+    mac_address: "{QG_MAC}"
+    fixed_ips: [{{subnet_id: subnet-provider1-v4, ip_address: {QG_IP}}}]
+    binding:host_id: network1
+    device_owner: network:router_gateway
+    device_id: router1-id
+  - id: port-i1
+    network_id: net-selfservice1
+    mac_address: "{I1_MAC}"
+    fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {I1_IP}}}]
+    binding:host_id: compute1
+    device_owner: compute:nova
+    security_groups: [sg-out]
+  - id: port-i2
+    network_id: net-selfservice1
+    mac_address: "{I2_MAC}"
+    fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {I2_IP}}}]
+    binding:host_id: compute2
+    device_owner: compute:nova
+    security_groups: [sg-out]
+# Anything out, nothing new in: the replies come in as established connections.
+security_groups:
+  - {{id: sg-out, name: out-only}}
+security_group_rules:
+  - {{id: out4, security_group_id: sg-out, direction: egress, ethertype: IPv4}}
+hosts:
+  - {{host: compute1, vtep_ip: {VTEP1}, dvr_mac: "{DVR1_MAC}"}}
+  - {{host: compute2, vtep_ip: {VTEP2}, dvr_mac: "{DVR2_MAC}"}}
+  - {{host: network1, vtep_ip: {VTEP3}, dvr_mac: "{DVR3_MAC}"}}
+"#
+    )
+}
+
+/// A compute host: one instance port and the overlay port on `ul` (`[overlay] mtu = 1500`).
+fn compute_toml(host: &str, prefix: &str, vtep: &str, inst: &[(&str, &str)]) -> String {
+    let ports = instance_and_overlay_ports(inst);
+    let overlay = OverlayHost {
+        local_vtep_ip: vtep,
+        settings: &["mtu = 1500"],
+        ..OverlayHost::default()
+    };
+    host_toml_overlay(host, prefix, &ports, &[], Some(&overlay))
+}
+
+/// network1: role `dvr_snat`, one worker, the overlay port on `ul`, the provider port
+/// `uplink` for physnet "provider", and the SNAT port range `snat_ports`.
+fn network_toml(prefix: &str, snat_ports: [u16; 2]) -> String {
+    let ports = [
+        HostPort {
+            name: "overlay",
+            iface: "ul",
+            kind: "overlay",
+            iface_id: None,
+        },
+        HostPort {
+            name: "uplink",
+            iface: "uplink",
+            kind: "provider",
+            iface_id: None,
+        },
+    ];
+    let overlay = OverlayHost {
+        local_vtep_ip: VTEP3,
+        settings: &["mtu = 1500"],
+        ..OverlayHost::default()
+    };
+    let base = host_toml_overlay(
+        "network1",
+        prefix,
+        &ports,
+        &[("provider", "uplink")],
+        Some(&overlay),
+    );
+    assert!(base.starts_with("role = \"dvr\"\n"), "{base}");
+    format!(
+        "role = \"dvr_snat\"\n{}\n[conntrack]\nsnat_ports = [{}, {}]\n",
+        &base["role = \"dvr\"\n".len()..],
+        snat_ports[0],
+        snat_ports[1]
+    )
+}
+
+// --- the Internet side: a VLAN 101 interface (as in system_fip) ---------------------------
+
+/// A VLAN subinterface played in user space, for kernels without 802.1Q: creates TAP
+/// `argv[3]` in the current namespace and bridges it to VLAN `argv[2]` on `argv[1]` (frames
+/// from the TAP leave tagged; frames received with that VLAN, tagged in the packet's
+/// metadata (`PACKET_AUXDATA`) or in-band, go to the TAP untagged; everything else is
+/// ignored). Prints "ready" once both ends are open.
+const VLAN_TAP_PY: &str = r#"
+import fcntl, os, select, socket, struct, sys
+iface, vid, tap_name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
+SOL_PACKET, PACKET_AUXDATA, TP_STATUS_VLAN_VALID = 263, 8, 1 << 4
+tap = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(tap, TUNSETIFF, struct.pack("16sH", tap_name.encode(), IFF_TAP | IFF_NO_PI))
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+raw.bind((iface, 0))
+raw.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+tag = struct.pack("!HH", 0x8100, vid)
+print("ready", flush=True)
+while True:
+    ready, _, _ = select.select([raw, tap], [], [])
+    if raw in ready:
+        frame, anc, _, addr = raw.recvmsg(65536, socket.CMSG_SPACE(64))
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue
+        tci = None
+        for level, kind, data in anc:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= 20:
+                status, _, _, _, _, vlan_tci, _ = struct.unpack("IIIHHHH", data[:20])
+                if status & TP_STATUS_VLAN_VALID:
+                    tci = vlan_tci
+        if tci is None and frame[12:14] == b"\x81\x00":
+            tci = int.from_bytes(frame[14:16], "big")
+            frame = frame[:12] + frame[16:]
+        if tci is not None and tci & 0xFFF == vid:
+            os.write(tap, frame)
+    if tap in ready:
+        frame = os.read(tap, 65536)
+        raw.send(frame[:12] + tag + frame[12:])
+"#;
+
+/// The internet namespace: `eth0` joined to network1's `uplink` (no address, IPv6 off),
+/// `eth0.101` on VLAN 101 with the external gateway's MAC and 203.0.113.1/24, and the
+/// Internet host's 100.64.0.9/32 on `lo`. Returns the namespace and the user-space VLAN
+/// bridge when the kernel has no 802.1Q (kept alive by the caller).
+fn add_internet(topo: &mut Topology, sw: &str) -> (String, Option<Bg>) {
+    let ns = topo.add_ns("inet");
+    topo.disable_ipv6(&ns);
+    topo.veth(sw, "uplink", &ns, "eth0");
+    topo.ok(sw, &["ip", "link", "set", "uplink", "up"]);
+    topo.set_mac_up(&ns, "eth0", EXT_GW_MAC);
+    let offloads_off = |dev: &str| {
+        topo.ok(
+            &ns,
+            &[
+                "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
+            ],
+        );
+    };
+    offloads_off("eth0");
+    let vlan = format!("eth0.{VID}");
+    let kernel = topo.exec(
+        &ns,
+        &[
+            "ip", "link", "add", "link", "eth0", "name", &vlan, "type", "vlan", "id", VID,
+        ],
+    );
+    let shim = if kernel.status.success() {
+        None
+    } else {
+        eprintln!(
+            "[{}] {vlan}: no 802.1Q in this kernel, a TAP bridged to VLAN {VID} in user space",
+            topo.name
+        );
+        let mut bg = topo.spawn(
+            &ns,
+            "vlan-tap",
+            &[python(), "-c", VLAN_TAP_PY, "eth0", VID, &vlan],
+        );
+        assert!(
+            bg.wait_for("ready", Duration::from_secs(10)),
+            "user-space VLAN bridge did not start: {}",
+            bg.stderr_text()
+        );
+        Some(bg)
+    };
+    topo.set_mac_up(&ns, &vlan, EXT_GW_MAC);
+    offloads_off(&vlan);
+    let cidr = format!("{EXT_GW_IP}/24");
+    topo.ok(&ns, &["ip", "addr", "add", &cidr, "dev", &vlan]);
+    let host = format!("{INET_IP}/32");
+    topo.ok(&ns, &["ip", "addr", "add", &host, "dev", "lo"]);
+    (ns, shim)
+}
+
+/// The underlay: one Linux bridge in namespace `ulnet` with each switch's `ul` plugged in
+/// (the switch ends carry the given MACs: af_packet takes them as the overlay ports').
+fn add_underlay(topo: &mut Topology, switches: &[(&str, &str)]) -> String {
+    let ns = topo.add_ns("ulnet");
+    topo.disable_ipv6(&ns);
+    topo.ok(&ns, &["ip", "link", "add", "br0", "type", "bridge"]);
+    for (i, (sw, mac)) in switches.iter().enumerate() {
+        let p = format!("p{}", i + 1);
+        topo.veth(sw, "ul", &ns, &p);
+        topo.set_mac_up(sw, "ul", mac);
+        topo.ok(&ns, &["ip", "link", "set", &p, "master", "br0"]);
+        topo.ok(&ns, &["ip", "link", "set", &p, "up"]);
+    }
+    topo.ok(&ns, &["ip", "link", "set", "br0", "up"]);
+    ns
+}
+
+// --- traffic --------------------------------------------------------------------------------
+
+/// The Internet host's TCP server on `argv[1]:argv[2]`: accepts connections (at most
+/// `argv[3]`; it stops accepting after `argv[4]` seconds without a new one), echoes what each
+/// sends until EOF, one thread per connection; prints "peer IP PORT" per connection and
+/// "closed IP PORT BYTES" when one ends, then "done" once every connection ended.
+const SERVER_PY: &str = r#"
+import socket, sys, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+s.settimeout(float(sys.argv[4]))
+lock = threading.Lock()
+def say(*a):
+    with lock:
+        print(*a, flush=True)
+def serve(c, peer):
+    c.settimeout(30)
+    n = 0
+    try:
+        while True:
+            b = c.recv(1 << 16)
+            if not b:
+                break
+            c.sendall(b)
+            n += len(b)
+    finally:
+        c.close()
+        say("closed", peer[0], peer[1], n)
+say("listening")
+threads = []
+try:
+    for _ in range(int(sys.argv[3])):
+        c, peer = s.accept()
+        say("peer", peer[0], peer[1])
+        t = threading.Thread(target=serve, args=(c, peer))
+        t.start()
+        threads.append(t)
+except socket.timeout:
+    pass
+for t in threads:
+    t.join()
+say("done")
+"#;
+
+/// `argv[3]` TCP connections to `argv[1]:argv[2]`, all opened before any carries data; then
+/// each sends `argv[4]` random bytes (from a thread of its own) and reads the echo until
+/// EOF, checked. Prints "conn LOCALPORT ok" per connection and "all N" at the end.
+const CLIENTS_PY: &str = r#"
+import os, socket, sys, threading
+dst, n, size = (sys.argv[1], int(sys.argv[2])), int(sys.argv[3]), int(sys.argv[4])
+conns = [socket.create_connection(dst, timeout=10) for _ in range(n)]
+res = {}
+def run(i, c):
+    data = os.urandom(size)
+    def send():
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+    t = threading.Thread(target=send)
+    t.start()
+    back = bytearray()
+    while True:
+        b = c.recv(1 << 16)
+        if not b:
+            break
+        back += b
+    t.join()
+    res[i] = (c.getsockname()[1], back == data)
+    c.close()
+ts = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(conns)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+for i in range(n):
+    port, ok = res[i]
+    print("conn", port, "ok" if ok else "CORRUPT")
+print("all", n)
+"#;
+
+/// The exhaustion phase from one instance: opens 3 connections to `argv[1]:argv[2]` and keeps
+/// them; a 4th gets 4 s to connect ("fourth timed out" / "fourth connected" / "fourth error
+/// ..."); then each of the 3 exchanges 1000 bytes ("alive PORT"), and all close.
+const HOLD_PY: &str = r#"
+import os, socket, sys
+dst = (sys.argv[1], int(sys.argv[2]))
+held = [socket.create_connection(dst, timeout=8) for _ in range(3)]
+for c in held:
+    print("held", c.getsockname()[1], flush=True)
+try:
+    x = socket.create_connection(dst, timeout=4)
+    print("fourth connected", x.getsockname()[1], flush=True)
+    x.close()
+except socket.timeout:
+    print("fourth timed out", flush=True)
+except OSError as e:
+    print("fourth error", e, flush=True)
+for c in held:
+    data = os.urandom(1000)
+    c.sendall(data)
+    back = bytearray()
+    while len(back) < len(data):
+        b = c.recv(4096)
+        if not b:
+            break
+        back += b
+    print("alive" if back == data else "broken", c.getsockname()[1], flush=True)
+for c in held:
+    c.close()
+"#;
+
+/// Pings until one reply comes back (the first may wait while the hosts resolve each other
+/// and the external gateway), then asserts that `count` more are all answered.
+fn ping_ok(topo: &Topology, ns: &str, dst: &str, count: u32) {
+    let (rc, text) = ping(topo, ns, dst, 1, 8);
+    assert_eq!(
+        rc, 0,
+        "warm-up ping {ns} -> {dst} got no reply within 8 s:\n{text}"
+    );
+    let (rc, text) = ping(topo, ns, dst, count, 4);
+    assert_eq!(rc, 0, "ping {ns} -> {dst} lost packets:\n{text}");
+    assert!(text.contains(&format!("{count} received")), "{text}");
+}
+
+/// Starts the Internet host's server for `max` connections.
+fn start_server(topo: &Topology, inet: &str, label: &str, max: usize, idle_s: u32) -> Bg {
+    let (port, max, idle) = (PORT.to_string(), max.to_string(), idle_s.to_string());
+    let mut bg = topo.spawn(
+        inet,
+        label,
+        &[python(), "-c", SERVER_PY, INET_IP, &port, &max, &idle],
+    );
+    assert!(
+        bg.wait_for("listening", Duration::from_secs(10)),
+        "{label} did not start: {}",
+        bg.stderr_text()
+    );
+    bg
+}
+
+/// Waits for the server to print "done" and exit 0; returns the peers it accepted (address,
+/// port) and the lines it printed.
+fn server_peers(bg: Bg) -> (Vec<(String, u16)>, String) {
+    let (label, out) = (bg.label.clone(), bg.stdout.clone());
+    let st = bg.wait(Duration::from_secs(40));
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    assert!(st.success(), "{label} failed ({st}):\n{text}");
+    assert!(text.lines().any(|l| l == "done"), "{label}:\n{text}");
+    let peers = text
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 3 && w[0] == "peer").then(|| (w[1].to_owned(), w[2].parse().unwrap()))
+        })
+        .collect();
+    (peers, text)
+}
+
+/// Starts [`CLIENTS_PY`] in `ns` in the background.
+fn start_clients(topo: &Topology, ns: &str, label: &str, n: usize, size: usize) -> Bg {
+    let (port, n, size) = (PORT.to_string(), n.to_string(), size.to_string());
+    topo.spawn(
+        ns,
+        label,
+        &[python(), "-c", CLIENTS_PY, INET_IP, &port, &n, &size],
+    )
+}
+
+/// Waits for a [`start_clients`] run: every connection echoed its bytes intact. Returns the
+/// clients' local ports.
+fn clients_ok(bg: Bg, n: usize) -> Vec<u16> {
+    let (label, out, err) = (bg.label.clone(), bg.stdout.clone(), bg.stderr.clone());
+    let st = bg.wait(Duration::from_secs(40));
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let etext = std::fs::read_to_string(err).unwrap_or_default();
+    assert!(st.success(), "{label} failed ({st}):\n{text}\n{etext}");
+    assert!(
+        text.lines().any(|l| l == format!("all {n}")),
+        "{label}:\n{text}"
+    );
+    let conns: Vec<&str> = text.lines().filter(|l| l.starts_with("conn ")).collect();
+    assert_eq!(conns.len(), n, "{label}:\n{text}");
+    assert!(
+        conns.iter().all(|l| l.ends_with(" ok")),
+        "{label}: data came back altered:\n{text}"
+    );
+    conns
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Counters once `settled` holds for them (workers fold their counts in on their next idle
+/// poll); polls for up to 3 s, then returns the last reading for the caller's assertions.
+fn stats_when(vs: &mut Vswitchd, settled: impl Fn(&Stats) -> bool) -> Stats {
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let s = vs.stats();
+        if settled(&s) || Instant::now() > end {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The event counters that are not zero (for the log).
+fn nonzero_events(s: &Stats) -> Vec<String> {
+    s.0["events"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// --- captures -------------------------------------------------------------------------------
+
+/// The provider veth (the Internet side): every frame on VLAN 101; no fixed IP; the gateway
+/// port asked for 203.0.113.1 from its MAC and address; every frame from 203.0.113.11 has the
+/// gateway port's MAC as source, the external gateway's as destination, TTL 62 (the
+/// instance's 64, routed twice: by router1 on the compute node and by its SNAT router on
+/// network1, as through Neutron's qrouter and snat namespaces) and a good checksum. Returns how many frames from 203.0.113.11 it saw (ICMP, TCP).
+fn assert_provider_wire(pcap: &Path) -> (usize, usize) {
+    let all = tshark_fields(pcap, "", &["eth.src", "vlan.id"], false);
+    assert!(all.len() > 50, "too few frames on the provider veth");
+    let untagged: Vec<_> = all.iter().filter(|f| f[1] != VID).collect();
+    assert!(
+        untagged.is_empty(),
+        "{} of {} frames on the provider veth are not on VLAN {VID}: {:?}",
+        untagged.len(),
+        all.len(),
+        &untagged[..untagged.len().min(10)]
+    );
+    let fixed = tshark_fields(
+        pcap,
+        "ip.addr == 198.51.100.0/24",
+        &["eth.src", "ip.src", "ip.dst"],
+        false,
+    );
+    assert!(
+        fixed.is_empty(),
+        "a self-service address appeared on the provider network: {fixed:?}"
+    );
+    let asks = tshark_fields(
+        pcap,
+        &format!("arp.opcode == 1 && arp.dst.proto_ipv4 == {EXT_GW_IP}"),
+        &[
+            "eth.src",
+            "eth.dst",
+            "vlan.id",
+            "arp.src.hw_mac",
+            "arp.src.proto_ipv4",
+        ],
+        false,
+    );
+    assert!(
+        !asks.is_empty(),
+        "no ARP request for {EXT_GW_IP} on the provider veth"
+    );
+    for a in &asks {
+        assert_eq!(
+            a[..],
+            [QG_MAC, "ff:ff:ff:ff:ff:ff", VID, QG_MAC, QG_IP],
+            "ARP request for {EXT_GW_IP}: (eth.src, eth.dst, vlan, sender MAC, sender IP)"
+        );
+    }
+    let from_qg = tshark_fields(
+        pcap,
+        &format!("ip.src == {QG_IP}"),
+        &[
+            "eth.src",
+            "eth.dst",
+            "vlan.id",
+            "ip.ttl",
+            "ip.checksum.status",
+            "ip.proto",
+            "ip.dst",
+        ],
+        true,
+    );
+    for f in &from_qg {
+        assert_eq!(
+            f[..5],
+            [QG_MAC, EXT_GW_MAC, VID, "62", "1"],
+            "a frame from {QG_IP}: (eth.src, eth.dst, vlan, TTL, checksum good): {f:?}"
+        );
+        assert_eq!(f[6], INET_IP, "a frame from {QG_IP}: {f:?}");
+    }
+    let count = |p: &str| from_qg.iter().filter(|f| f[5] == p).count();
+    (count("1"), count("6"))
+}
+
+/// The underlay at compute1's bridge port: compute1's frames for the Internet host go to network1's VTEP on
+/// VNI 101, from compute1's DVR MAC to the SNAT port's MAC; the replies come back from
+/// network1 to compute1 from the SNAT port's MAC to the instance. Returns (out, back).
+fn assert_underlay(pcap: &Path) -> (usize, usize) {
+    let fields = ["ip.src", "ip.dst", "vxlan.vni", "eth.src", "eth.dst"];
+    let rows = tshark_fields(
+        pcap,
+        &format!("vxlan && ip.addr == {INET_IP}"),
+        &fields,
+        false,
+    );
+    let (mut out, mut back) = (0, 0);
+    for r in &rows {
+        let ips: Vec<&str> = r[0].split(',').collect();
+        let dsts: Vec<&str> = r[1].split(',').collect();
+        let srcs: Vec<&str> = r[3].split(',').collect();
+        let macs: Vec<&str> = r[4].split(',').collect();
+        if ips.len() < 2 || srcs.len() < 2 || macs.len() < 2 {
+            continue;
+        }
+        if ips[0] == VTEP1 && dsts[1] == INET_IP {
+            assert_eq!(
+                (dsts[0], r[2].as_str(), srcs[1], macs[1], ips[1]),
+                (VTEP3, "101", DVR1_MAC, SNAT_MAC, I1_IP),
+                "compute1 -> Internet on the underlay: (outer dst, VNI, inner eth src/dst, \
+                 inner src)"
+            );
+            out += 1;
+        }
+        if ips[0] == VTEP3 && ips[1] == INET_IP && dsts[0] == VTEP1 {
+            assert_eq!(
+                (r[2].as_str(), srcs[1], macs[1], dsts[1]),
+                ("101", SNAT_MAC, I1_MAC, I1_IP),
+                "network1 -> compute1 reply on the underlay: (VNI, inner eth src/dst, inner dst)"
+            );
+            back += 1;
+        }
+    }
+    (out, back)
+}
+
+// --- the test ------------------------------------------------------------------------------
+
+/// The seed's north-south scenario 1 (see the module documentation).
+#[test]
+fn centralized_snat_north_south() {
+    let started = Instant::now();
+    let Some(mut topo) = Topology::new("snatns") else {
+        return;
+    };
+    let sw1 = topo.add_switch_ns("sw1");
+    let sw2 = topo.add_switch_ns("sw2");
+    let sw3 = topo.add_switch_ns("sw3");
+    let (cidr1, cidr2) = (format!("{I1_IP}/24"), format!("{I2_IP}/24"));
+    let inst = |mac, cidr| InstanceNet {
+        mac,
+        cidr,
+        mtu: 1450,
+        cidr6: None,
+        gw: Some(GW1_IP),
+        gw6: None,
+    };
+    let i1 = topo.add_instance("i1", &sw1, "vm1", &inst(I1_MAC, &cidr1));
+    let i2 = topo.add_instance("i2", &sw2, "vm2", &inst(I2_MAC, &cidr2));
+    let ulnet = add_underlay(
+        &mut topo,
+        &[(&sw1, UL1_MAC), (&sw2, UL2_MAC), (&sw3, UL3_MAC)],
+    );
+    let (inet, _vlan_tap) = add_internet(&mut topo, &sw3);
+    let cap_wire = topo.capture_with(&inet, "eth0", "cap-provider", &["-s", SNAP, "-B", "8192"]);
+    let cap_ul = topo.capture_with(
+        &ulnet,
+        "p1",
+        "cap-underlay",
+        &["-s", SNAP, "-B", "8192", "udp port 4789"],
+    );
+    let state = state_yaml();
+    let name = topo.name.clone();
+    let mut vs1 = Vswitchd::start_as(
+        &topo,
+        &sw1,
+        "vswitchd-c1",
+        &compute_toml(
+            "compute1",
+            &format!("{name}-c1"),
+            VTEP1,
+            &[("vm1", "port-i1")],
+        ),
+        &state,
+    );
+    let mut vs2 = Vswitchd::start_as(
+        &topo,
+        &sw2,
+        "vswitchd-c2",
+        &compute_toml(
+            "compute2",
+            &format!("{name}-c2"),
+            VTEP2,
+            &[("vm2", "port-i2")],
+        ),
+        &state,
+    );
+    let mut vs3 = Vswitchd::start_as(
+        &topo,
+        &sw3,
+        "vswitchd-n1",
+        &network_toml(&format!("{name}-n1"), [1024, 65535]),
+        &state,
+    );
+    eprintln!("[{name}] three hosts up in {:?}", started.elapsed());
+    let (c1_0, c2_0, n1_0) = (vs1.stats(), vs2.stats(), vs3.stats());
+
+    // 1. Each instance pings the Internet host and exchanges data with its server over one
+    // TCP connection; the server sees the router's gateway address.
+    ping_ok(&topo, &i1, INET_IP, 4);
+    ping_ok(&topo, &i2, INET_IP, 4);
+    for (ns, ip) in [(&i1, I1_IP), (&i2, I2_IP)] {
+        let server = start_server(&topo, &inet, "server-one", 1, 15);
+        let client = start_clients(&topo, ns, "client-one", 1, 256 << 10);
+        let local = clients_ok(client, 1);
+        let (peers, text) = server_peers(server);
+        assert_eq!(peers.len(), 1, "{text}");
+        assert_eq!(
+            peers[0].0, QG_IP,
+            "the Internet host should see {ip}'s connection from the router's gateway \
+             address:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("closed {QG_IP} {} {}", peers[0].1, 256 << 10)),
+            "{text}"
+        );
+        eprintln!(
+            "[{name}] {ip}:{} -> {INET_IP}:{PORT} seen as {}:{}",
+            local[0], peers[0].0, peers[0].1
+        );
+    }
+
+    // 2. 20 connections at once, 10 from each instance: 20 distinct source ports at the
+    // server, all from the gateway address, all complete.
+    let server = start_server(&topo, &inet, "server-many", 20, 15);
+    let a = start_clients(&topo, &i1, "clients-i1", 10, 16 << 10);
+    let b = start_clients(&topo, &i2, "clients-i2", 10, 16 << 10);
+    let (pa, pb) = (clients_ok(a, 10), clients_ok(b, 10));
+    let (peers, text) = server_peers(server);
+    assert_eq!(peers.len(), 20, "the server accepted:\n{text}");
+    assert!(
+        peers.iter().all(|p| p.0 == QG_IP),
+        "every connection should come from {QG_IP}:\n{text}"
+    );
+    let ports: BTreeSet<u16> = peers.iter().map(|p| p.1).collect();
+    assert_eq!(ports.len(), 20, "20 connections, distinct ports:\n{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("closed ") && l.ends_with(&format!(" {}", 16 << 10)))
+            .count(),
+        20,
+        "every connection echoed 16 KiB:\n{text}"
+    );
+    eprintln!("[{name}] 20 concurrent connections: i1 ports {pa:?}, i2 ports {pb:?}; server saw {ports:?}");
+
+    let c1 = stats_when(&mut vs1, |s| s.event_delta(&c1_0, "router.to_snat") > 0);
+    let c2 = stats_when(&mut vs2, |s| s.event_delta(&c2_0, "router.to_snat") > 0);
+    let n1 = stats_when(&mut vs3, |s| {
+        s.event_delta(&n1_0, "router.snat_out") > 0 && s.event_delta(&n1_0, "router.snat_in") > 0
+    });
+    eprintln!(
+        "[{name}] compute1 events {:?}\n[{name}] network1 events {:?}; drops {:?}",
+        nonzero_events(&c1),
+        nonzero_events(&n1),
+        n1.drops_since(&n1_0)
+    );
+    for (who, s, s0) in [("compute1", &c1, &c1_0), ("compute2", &c2, &c2_0)] {
+        assert!(
+            s.event_delta(s0, "router.to_snat") > 0,
+            "{who}: router.to_snat {}",
+            s.0["events"]
+        );
+        for e in ["router.fip_dnat", "router.fip_snat", "router.garp_sent"] {
+            assert_eq!(s.event_delta(s0, e), 0, "{who}: {e}");
+        }
+    }
+    let (out1, in1) = (
+        n1.event_delta(&n1_0, "router.snat_out"),
+        n1.event_delta(&n1_0, "router.snat_in"),
+    );
+    assert!(
+        out1 > 100 && in1 > 100,
+        "network1: router.snat_out {out1}, router.snat_in {in1}"
+    );
+    assert_eq!(n1.drop_delta(&n1_0, "router.snat_exhausted"), 0);
+
+    // 3. Exhaustion: network1 restarted with 3 ports. Three long-lived connections from i1
+    // work, a fourth finds no port (its SYNs are dropped: the client times out), and the
+    // three still carry data afterwards.
+    let fin = vs3.stop();
+    eprintln!("[{name}] network1 stopped; drops {:?}", fin.nonzero_drops());
+    let mut vs3 = Vswitchd::start_as(
+        &topo,
+        &sw3,
+        "vswitchd-n1b",
+        &network_toml(&format!("{name}-n1b"), TINY),
+        &state,
+    );
+    let n2_0 = vs3.stats();
+    let server = start_server(&topo, &inet, "server-tiny", 4, 12);
+    let hold = topo.exec(&i1, &[python(), "-c", HOLD_PY, INET_IP, &PORT.to_string()]);
+    let htext = String::from_utf8_lossy(&hold.stdout).into_owned();
+    let herr = String::from_utf8_lossy(&hold.stderr).into_owned();
+    assert!(hold.status.success(), "exhaustion client:\n{htext}\n{herr}");
+    let (peers, text) = server_peers(server);
+    eprintln!("[{name}] exhaustion client:\n{htext}server:\n{text}");
+    assert_eq!(
+        htext.lines().filter(|l| l.starts_with("held ")).count(),
+        3,
+        "{htext}"
+    );
+    assert!(
+        htext.lines().any(|l| l == "fourth timed out"),
+        "the 4th connection should time out (no SYN-ACK):\n{htext}"
+    );
+    assert_eq!(
+        htext.lines().filter(|l| l.starts_with("alive ")).count(),
+        3,
+        "the three held connections should still carry data:\n{htext}"
+    );
+    assert_eq!(peers.len(), 3, "the server accepted:\n{text}");
+    for p in &peers {
+        assert_eq!(p.0, QG_IP, "{text}");
+        assert!(
+            (TINY[0]..=TINY[1]).contains(&p.1),
+            "port {} outside {TINY:?}:\n{text}",
+            p.1
+        );
+    }
+    let n2 = stats_when(&mut vs3, |s| {
+        s.drop_delta(&n2_0, "router.snat_exhausted") > 0
+    });
+    let exhausted = n2.drop_delta(&n2_0, "router.snat_exhausted");
+    eprintln!(
+        "[{name}] network1 (tiny range): events {:?}; drops {:?}",
+        nonzero_events(&n2),
+        n2.drops_since(&n2_0)
+    );
+    assert!(exhausted > 0, "router.snat_exhausted {exhausted}");
+
+    // 4. The wires.
+    let wire = cap_wire.stop_file();
+    let ul = cap_ul.stop_file();
+    let (icmp, tcp) = assert_provider_wire(&wire);
+    eprintln!("[{name}] from {QG_IP} on the provider veth: {icmp} ICMP, {tcp} TCP");
+    assert!(icmp >= 10 && tcp > 100, "ICMP {icmp}, TCP {tcp}");
+    let (out, back) = assert_underlay(&ul);
+    eprintln!("[{name}] underlay: {out} compute1 -> network1, {back} back");
+    assert!(out >= 5 && back >= 5, "underlay out {out}, back {back}");
+
+    // 5. Clean exits, no mbuf leaked.
+    let f3 = vs3.stop();
+    let f2 = vs2.stop();
+    let f1 = vs1.stop();
+    eprintln!(
+        "[{name}] done in {:?}; drops c1 {:?} c2 {:?} n1 {:?}",
+        started.elapsed(),
+        f1.nonzero_drops(),
+        f2.nonzero_drops(),
+        f3.nonzero_drops()
+    );
+}
