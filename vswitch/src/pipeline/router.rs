@@ -680,18 +680,17 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 let out = &t.l3.rifs[rif as usize];
                 let key =
                     (out.net as u64) << 48 ^ (addr as u64) ^ ((addr >> 64) as u64).rotate_left(17);
-                // Only this host's instances are asked (see output's FloodLocal): with none on
-                // that network nobody can answer, so nothing waits. The floating IP gateway's
-                // MAC is this host's alone: it asks the external network itself.
-                // So is a SNAT router's gateway interface (the network node's snat namespace).
-                let ext = out.fip
-                    || t.l3
-                        .routers
+                // A distributed router's MAC is every host's: it asks only this host's
+                // instances (see output's FloodLocal), and with none on that network nobody
+                // can answer, so nothing waits. A router that is not distributed (a centralized
+                // one, the floating IP gateway's, the network node's SNAT router) has MACs of
+                // its own and asks the whole network, provider port and remote VTEPs included.
+                let ext =
+                    t.l3.routers
                         .get(out.router as usize)
-                        .and_then(|r| r.snat)
-                        .is_some_and(|x| x.rif == rif);
+                        .is_some_and(|r| !r.distributed);
                 let can_ask = t.networks.get(out.net as usize).is_some_and(|n| {
-                    (ext && !n.flood.is_empty())
+                    (ext && (!n.flood.is_empty() || !n.flood_vteps.is_empty()))
                         || n.flood.iter().any(|&q| {
                             t.ports
                                 .get(q as usize)

@@ -290,7 +290,7 @@ fn replies_to_the_gateway_address_that_match_no_translation_are_dropped() {
 fn an_icmp_error_about_a_translated_connection_reaches_the_instance_as_about_its_own_packet() {
     let mut h = harness([1024, 65535]);
     let sent = syn_out(X1, 40000);
-    h.rx(OVERLAY, &[sent.clone()]);
+    h.rx(OVERLAY, std::slice::from_ref(&sent));
     let out = h.sink.on(UPLINK)[0].clone();
     // A router outside answers "fragmentation needed", quoting the translated SYN.
     let quote = &out[18..18 + 28];
