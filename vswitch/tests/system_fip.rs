@@ -53,6 +53,9 @@ use support::{
 // The instance on selfservice1 and router1's interface there.
 const I1_MAC: &str = "fa:16:3e:00:01:04";
 const I1_IP: &str = "198.51.100.4";
+// A second instance, for the floating IP to move to.
+const I2_MAC: &str = "fa:16:3e:00:01:05";
+const I2_IP: &str = "198.51.100.5";
 const GW1_MAC: &str = "fa:16:3e:aa:00:01";
 const GW1_IP: &str = "198.51.100.1";
 // provider1: compute1's floating IP gateway port, the floating IP, the external gateway.
@@ -92,6 +95,26 @@ const SNAP: &str = "128";
 /// group sg-fip; compute1's floating IP gateway port; floating IP 203.0.113.17 associated
 /// with the instance, and 203.0.113.20 associated with nothing.
 fn state_yaml() -> String {
+    state_yaml_with("port-i1", false)
+}
+
+/// [`state_yaml`] with the floating IP on port `fip_port`, and a second instance's port
+/// (`port-i2`, 198.51.100.5, on compute1, same group) when `i2`.
+fn state_yaml_with(fip_port: &str, i2: bool) -> String {
+    let port_i2 = if i2 {
+        format!(
+            r#"
+  - id: port-i2
+    network_id: net-selfservice1
+    mac_address: "{I2_MAC}"
+    fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {I2_IP}}}]
+    binding:host_id: compute1
+    device_owner: compute:nova
+    security_groups: [sg-fip]"#
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"
 networks:
@@ -138,7 +161,7 @@ ports:
     fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {I1_IP}}}]
     binding:host_id: compute1
     device_owner: compute:nova
-    security_groups: [sg-fip]
+    security_groups: [sg-fip]{port_i2}
   - id: port-fg-compute1
     network_id: net-provider1
     mac_address: "{FG_MAC}"
@@ -147,7 +170,7 @@ ports:
     device_owner: network:floatingip_agent_gateway
     device_id: compute1
 floatingips:
-  - {{id: fip-i1, floating_ip_address: {FIP}, floating_network_id: net-provider1, port_id: port-i1, router_id: router1-id}}
+  - {{id: fip-i1, floating_ip_address: {FIP}, floating_network_id: net-provider1, port_id: {fip_port}, router_id: router1-id}}
   - {{id: fip-free, floating_ip_address: {FIP_FREE}, floating_network_id: net-provider1}}
 # Anything out; in only ICMP, TCP {TCP_IN} and UDP {UDP_IN} (from anywhere): TCP {TCP_CLOSED} stays
 # closed, and replies to the instance's own connections come in as established.
@@ -169,7 +192,17 @@ hosts:
 /// 1500`: the underlay's, which leaves 1450 to VXLAN networks) and the provider port `uplink`
 /// for physnet "provider".
 fn host_toml(prefix: &str) -> String {
-    let mut ports = instance_and_overlay_ports(&[("vm1", "port-i1")]);
+    host_toml_with(prefix, false)
+}
+
+/// [`host_toml`], with the second instance's port vm2 when `i2`.
+fn host_toml_with(prefix: &str, i2: bool) -> String {
+    let instances: &[(&str, &str)] = if i2 {
+        &[("vm1", "port-i1"), ("vm2", "port-i2")]
+    } else {
+        &[("vm1", "port-i1")]
+    };
+    let mut ports = instance_and_overlay_ports(instances);
     ports.push(HostPort {
         name: "uplink",
         iface: "uplink",
@@ -1241,4 +1274,123 @@ fn floating_ip_north_south() {
         started.elapsed(),
         f.nonzero_drops()
     );
+}
+
+/// Moving the floating IP from instance 1 to instance 2 (a `SIGHUP` reload of the desired
+/// state): the host announces it again (a gratuitous ARP, counted, and seen on the provider
+/// veth), and new connections from the Internet host to 203.0.113.17 reach instance 2 (a TCP
+/// server listens there only).
+#[test]
+fn floating_ip_moves_to_another_instance() {
+    let Some(mut topo) = Topology::new("fipmv") else {
+        return;
+    };
+    let sw = topo.add_switch_ns("sw");
+    let net = |mac, cidr| InstanceNet {
+        mac,
+        cidr,
+        mtu: 1450,
+        cidr6: None,
+        gw: Some(GW1_IP),
+        gw6: None,
+    };
+    let (c1, c2) = (format!("{I1_IP}/24"), format!("{I2_IP}/24"));
+    topo.add_instance("i1", &sw, "vm1", &net(I1_MAC, &c1));
+    let i2 = topo.add_instance("i2", &sw, "vm2", &net(I2_MAC, &c2));
+    let rn = topo.add_ns("rn");
+    topo.disable_ipv6(&rn);
+    topo.veth(&sw, "ul", &rn, "eth0");
+    topo.set_mac_up(&sw, "ul", UL1_MAC);
+    topo.set_mac_up(&rn, "eth0", RN_MAC);
+    let (inet, _vlan_tap) = add_internet(&mut topo, &sw);
+    let mut vs = Vswitchd::start(
+        &topo,
+        &sw,
+        &host_toml_with(&topo.name, true),
+        &state_yaml_with("port-i1", true),
+    );
+    let cap = topo.capture_with(&inet, "eth0", "cap-provider", &["-s", SNAP, "-B", "8192"]);
+    let s0 = stats_when(&mut vs, |s| s.event("router.garp_sent") >= 1);
+    assert_eq!(s0.event("router.garp_sent"), 1);
+    // Before: instance 1 answers for the floating IP.
+    let to_i1 = vs.stats().port("vm1").tx_packets;
+    ping_ok(&topo, &inet, FIP, 2);
+    assert!(
+        vs.stats().port("vm1").tx_packets > to_i1,
+        "instance 1 got the pings"
+    );
+
+    // Move it.
+    vs.reload(&state_yaml_with("port-i2", true));
+    let s1 = stats_when(&mut vs, |s| s.event("router.garp_sent") >= 2);
+    assert_eq!(
+        s1.event("router.garp_sent"),
+        2,
+        "announced again once moved"
+    );
+    // New connections reach instance 2 (only it listens).
+    const SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(1)
+s.settimeout(20)
+print("listening", flush=True)
+c, peer = s.accept()
+c.settimeout(20)
+n = 0
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    n += len(b)
+print("got", n, "from", peer[0], flush=True)
+"#;
+    const CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(b"m" * 65536)
+c.close()
+print("sent")
+"#;
+    let port = TCP_IN.to_string();
+    let mut server = topo.spawn(&i2, "moved-server", &[python(), "-c", SERVER, &port]);
+    assert!(
+        server.wait_for("listening", Duration::from_secs(10)),
+        "server in i2: {}",
+        server.stderr_text()
+    );
+    py(&topo, &inet, CLIENT, &[FIP, &port]);
+    assert!(
+        server.wait_for("got 65536 from", Duration::from_secs(10)),
+        "instance 2 did not get the connection: {}{}",
+        server.stdout_text(),
+        server.stderr_text()
+    );
+    let to_i2 = vs.stats().port("vm2").tx_packets;
+    ping_ok(&topo, &inet, FIP, 2);
+    assert!(
+        vs.stats().port("vm2").tx_packets > to_i2,
+        "instance 2 got the pings"
+    );
+
+    // On the wire: a gratuitous ARP for the floating IP from the fg MAC after the move (the
+    // one at start may have come before the capture started).
+    let pcap = cap.stop_file();
+    let garps = tshark_fields(
+        &pcap,
+        &format!("arp.opcode == 1 && arp.src.proto_ipv4 == {FIP} && arp.dst.proto_ipv4 == {FIP}"),
+        &["eth.src", "vlan.id"],
+        false,
+    );
+    assert!(
+        !garps.is_empty(),
+        "no gratuitous ARP for {FIP} after the move"
+    );
+    assert!(
+        garps.iter().all(|g| g[0] == FG_MAC && g[1] == VID),
+        "{garps:?}"
+    );
+    vs.stop();
 }
