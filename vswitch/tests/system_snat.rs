@@ -43,8 +43,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::{
-    host_toml_overlay, instance_and_overlay_ports, ping, python, tshark_fields, Bg, HostPort,
-    InstanceNet, OverlayHost, Stats, Topology, Vswitchd,
+    add_internet, host_toml_overlay, instance_and_overlay_ports, ping, python, tshark_fields, Bg,
+    HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP,
+    VID,
 };
 
 const I1_MAC: &str = "fa:16:3e:00:01:04";
@@ -58,10 +59,6 @@ const SNAT_IP: &str = "198.51.100.10";
 /// router1's gateway port on provider1 (on network1).
 const QG_MAC: &str = "fa:16:3e:bb:00:03";
 const QG_IP: &str = "203.0.113.11";
-const EXT_GW_IP: &str = "203.0.113.1";
-const EXT_GW_MAC: &str = "02:00:00:00:01:01";
-const INET_IP: &str = "100.64.0.9";
-const VID: &str = "101";
 // Underlay.
 const VTEP1: &str = "10.0.0.11";
 const VTEP2: &str = "10.0.0.12";
@@ -205,101 +202,6 @@ fn network_toml(prefix: &str, snat_ports: [u16; 2]) -> String {
         snat_ports[0],
         snat_ports[1]
     )
-}
-
-// --- the Internet side: a VLAN 101 interface (as in system_fip) ---------------------------
-
-/// A VLAN subinterface played in user space, for kernels without 802.1Q: creates TAP
-/// `argv[3]` in the current namespace and bridges it to VLAN `argv[2]` on `argv[1]` (frames
-/// from the TAP leave tagged; frames received with that VLAN, tagged in the packet's
-/// metadata (`PACKET_AUXDATA`) or in-band, go to the TAP untagged; everything else is
-/// ignored). Prints "ready" once both ends are open.
-const VLAN_TAP_PY: &str = r#"
-import fcntl, os, select, socket, struct, sys
-iface, vid, tap_name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
-SOL_PACKET, PACKET_AUXDATA, TP_STATUS_VLAN_VALID = 263, 8, 1 << 4
-tap = os.open("/dev/net/tun", os.O_RDWR)
-fcntl.ioctl(tap, TUNSETIFF, struct.pack("16sH", tap_name.encode(), IFF_TAP | IFF_NO_PI))
-raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-raw.bind((iface, 0))
-raw.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-tag = struct.pack("!HH", 0x8100, vid)
-print("ready", flush=True)
-while True:
-    ready, _, _ = select.select([raw, tap], [], [])
-    if raw in ready:
-        frame, anc, _, addr = raw.recvmsg(65536, socket.CMSG_SPACE(64))
-        if addr[2] == socket.PACKET_OUTGOING:
-            continue
-        tci = None
-        for level, kind, data in anc:
-            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= 20:
-                status, _, _, _, _, vlan_tci, _ = struct.unpack("IIIHHHH", data[:20])
-                if status & TP_STATUS_VLAN_VALID:
-                    tci = vlan_tci
-        if tci is None and frame[12:14] == b"\x81\x00":
-            tci = int.from_bytes(frame[14:16], "big")
-            frame = frame[:12] + frame[16:]
-        if tci is not None and tci & 0xFFF == vid:
-            os.write(tap, frame)
-    if tap in ready:
-        frame = os.read(tap, 65536)
-        raw.send(frame[:12] + tag + frame[12:])
-"#;
-
-/// The internet namespace: `eth0` joined to network1's `uplink` (no address, IPv6 off),
-/// `eth0.101` on VLAN 101 with the external gateway's MAC and 203.0.113.1/24, and the
-/// Internet host's 100.64.0.9/32 on `lo`. Returns the namespace and the user-space VLAN
-/// bridge when the kernel has no 802.1Q (kept alive by the caller).
-fn add_internet(topo: &mut Topology, sw: &str) -> (String, Option<Bg>) {
-    let ns = topo.add_ns("inet");
-    topo.disable_ipv6(&ns);
-    topo.veth(sw, "uplink", &ns, "eth0");
-    topo.ok(sw, &["ip", "link", "set", "uplink", "up"]);
-    topo.set_mac_up(&ns, "eth0", EXT_GW_MAC);
-    let offloads_off = |dev: &str| {
-        topo.ok(
-            &ns,
-            &[
-                "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
-            ],
-        );
-    };
-    offloads_off("eth0");
-    let vlan = format!("eth0.{VID}");
-    let kernel = topo.exec(
-        &ns,
-        &[
-            "ip", "link", "add", "link", "eth0", "name", &vlan, "type", "vlan", "id", VID,
-        ],
-    );
-    let shim = if kernel.status.success() {
-        None
-    } else {
-        eprintln!(
-            "[{}] {vlan}: no 802.1Q in this kernel, a TAP bridged to VLAN {VID} in user space",
-            topo.name
-        );
-        let mut bg = topo.spawn(
-            &ns,
-            "vlan-tap",
-            &[python(), "-c", VLAN_TAP_PY, "eth0", VID, &vlan],
-        );
-        assert!(
-            bg.wait_for("ready", Duration::from_secs(10)),
-            "user-space VLAN bridge did not start: {}",
-            bg.stderr_text()
-        );
-        Some(bg)
-    };
-    topo.set_mac_up(&ns, &vlan, EXT_GW_MAC);
-    offloads_off(&vlan);
-    let cidr = format!("{EXT_GW_IP}/24");
-    topo.ok(&ns, &["ip", "addr", "add", &cidr, "dev", &vlan]);
-    let host = format!("{INET_IP}/32");
-    topo.ok(&ns, &["ip", "addr", "add", &host, "dev", "lo"]);
-    (ns, shim)
 }
 
 /// The underlay: one Linux bridge in namespace `ulnet` with each switch's `ul` plugged in
@@ -683,7 +585,7 @@ fn centralized_snat_north_south() {
         &mut topo,
         &[(&sw1, UL1_MAC), (&sw2, UL2_MAC), (&sw3, UL3_MAC)],
     );
-    let (inet, _vlan_tap) = add_internet(&mut topo, &sw3);
+    let (inet, _vlan_tap) = add_internet(&mut topo, &sw3, &[]);
     let cap_wire = topo.capture_with(&inet, "eth0", "cap-provider", &["-s", SNAP, "-B", "8192"]);
     let cap_ul = topo.capture_with(
         &ulnet,

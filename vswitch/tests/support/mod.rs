@@ -27,9 +27,12 @@ use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::Duration;
 
+mod internet;
 mod process;
 mod traffic;
 mod vswitchd;
+#[allow(unused_imports)] // only the north-south tests use the Internet side
+pub use internet::*;
 pub use process::*;
 #[allow(unused_imports)] // not every test binary uses the traffic helpers
 pub use traffic::*;
