@@ -484,23 +484,6 @@ fn run_text(topo: &Topology, ns: &str, args: &[&str]) -> (i32, String) {
     )
 }
 
-/// Counters once `settled` holds for them. A worker folds its counts into what SIGUSR1
-/// reports on its next idle poll, so a reading taken just after the last reply arrived may
-/// miss that reply's events when the worker was preempted in between (seen on this 2-core
-/// machine under another build: router.echo_reply one short while its router's `local`, a
-/// per-router counter updated at once, had it). Polls for up to 3 s, then returns the last
-/// reading for the caller's assertions to report.
-fn stats_when(vs: &mut Vswitchd, settled: impl Fn(&Stats) -> bool) -> Stats {
-    let end = Instant::now() + Duration::from_secs(3);
-    loop {
-        let s = vs.stats();
-        if settled(&s) || Instant::now() > end {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Drop counters that grew since `before`, except the ones named in `allowed`.
 fn unexpected_drops(after: &Stats, before: &Stats, allowed: &[&str]) -> Vec<(String, u64)> {
     after
@@ -871,7 +854,7 @@ fn floating_ip_north_south() {
     // here, never asked for on the external network).
     ping_ok(&topo, &inet, FG_IP, 2);
     ping_ok(&topo, &i1, FG_IP, 2);
-    let s1 = stats_when(&mut vs, |s| {
+    let s1 = vs.stats_when(|s| {
         s.event_delta(&s0, "router.fip_dnat") >= 12
             && s.event_delta(&s0, "router.fip_snat") >= 12
             && s.event_delta(&s0, "router.echo_reply") >= 6
@@ -988,7 +971,7 @@ fn floating_ip_north_south() {
         "refused",
         "UDP from the Internet host to the floating IP's closed port {UDP_IN}"
     );
-    let s2 = stats_when(&mut vs, |s| s.conntrack_delta(&s1, "related") >= 1);
+    let s2 = vs.stats_when(|s| s.conntrack_delta(&s1, "related") >= 1);
     assert!(
         s2.conntrack_delta(&s1, "related") >= 1,
         "the port unreachable should be related to the instance's UDP flow: {}",
@@ -1018,9 +1001,7 @@ fn floating_ip_north_south() {
         "a 1500-byte DF ping to {FIP}: expected fragmentation needed (mtu 1450) from {FG_IP}, \
          then the kernel's own refusal:\n{text}"
     );
-    let s3 = stats_when(&mut vs, |s| {
-        s.event_delta(&s2, "router.icmp_error_sent") >= 1
-    });
+    let s3 = vs.stats_when(|s| s.event_delta(&s2, "router.icmp_error_sent") >= 1);
     assert_eq!(
         s3.event_delta(&s2, "router.icmp_error_sent"),
         1,
@@ -1039,9 +1020,7 @@ fn floating_ip_north_south() {
         (0, "timed out"),
         "TCP {TCP_CLOSED} to {FIP} should be dropped by the security group"
     );
-    let s4 = stats_when(&mut vs, |s| {
-        s.drop_delta(&s3, "firewall.ingress_denied") >= 1
-    });
+    let s4 = vs.stats_when(|s| s.drop_delta(&s3, "firewall.ingress_denied") >= 1);
     let denied = s4.drop_delta(&s3, "firewall.ingress_denied");
     assert!(
         (1..=3).contains(&denied),
@@ -1071,7 +1050,7 @@ fn floating_ip_north_south() {
         &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", FIP_FREE],
     );
     assert_ne!(rc, 0, "{FIP_FREE} must not answer:\n{text}");
-    let s5 = stats_when(&mut vs, |s| s.drop_delta(&s4, "router.no_floating_ip") >= 2);
+    let s5 = vs.stats_when(|s| s.drop_delta(&s4, "router.no_floating_ip") >= 2);
     assert_eq!(
         s5.drop_delta(&s4, "router.no_floating_ip"),
         2,
@@ -1182,7 +1161,7 @@ fn floating_ip_moves_to_another_instance() {
         &state_yaml_with("port-i1", true),
     );
     let cap = topo.capture_with(&inet, "eth0", "cap-provider", &["-s", SNAP, "-B", "8192"]);
-    let s0 = stats_when(&mut vs, |s| s.event("router.garp_sent") >= 1);
+    let s0 = vs.stats_when(|s| s.event("router.garp_sent") >= 1);
     assert_eq!(s0.event("router.garp_sent"), 1);
     // Before: instance 1 answers for the floating IP.
     let to_i1 = vs.stats().port("vm1").tx_packets;
@@ -1194,7 +1173,7 @@ fn floating_ip_moves_to_another_instance() {
 
     // Move it.
     vs.reload(&state_yaml_with("port-i2", true));
-    let s1 = stats_when(&mut vs, |s| s.event("router.garp_sent") >= 2);
+    let s1 = vs.stats_when(|s| s.event("router.garp_sent") >= 2);
     assert_eq!(
         s1.event("router.garp_sent"),
         2,

@@ -414,19 +414,6 @@ fn clients_ok(bg: Bg, n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Counters once `settled` holds for them (workers fold their counts in on their next idle
-/// poll); polls for up to 3 s, then returns the last reading for the caller's assertions.
-fn stats_when(vs: &mut Vswitchd, settled: impl Fn(&Stats) -> bool) -> Stats {
-    let end = Instant::now() + Duration::from_secs(3);
-    loop {
-        let s = vs.stats();
-        if settled(&s) || Instant::now() > end {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The event counters that are not zero (for the log).
 fn nonzero_events(s: &Stats) -> Vec<String> {
     s.0["events"]
@@ -677,9 +664,9 @@ fn centralized_snat_north_south() {
     );
     eprintln!("[{name}] 20 concurrent connections: i1 ports {pa:?}, i2 ports {pb:?}; server saw {ports:?}");
 
-    let c1 = stats_when(&mut vs1, |s| s.event_delta(&c1_0, "router.to_snat") > 0);
-    let c2 = stats_when(&mut vs2, |s| s.event_delta(&c2_0, "router.to_snat") > 0);
-    let n1 = stats_when(&mut vs3, |s| {
+    let c1 = vs1.stats_when(|s| s.event_delta(&c1_0, "router.to_snat") > 0);
+    let c2 = vs2.stats_when(|s| s.event_delta(&c2_0, "router.to_snat") > 0);
+    let n1 = vs3.stats_when(|s| {
         s.event_delta(&n1_0, "router.snat_out") > 0 && s.event_delta(&n1_0, "router.snat_in") > 0
     });
     eprintln!(
@@ -751,9 +738,7 @@ fn centralized_snat_north_south() {
             p.1
         );
     }
-    let n2 = stats_when(&mut vs3, |s| {
-        s.drop_delta(&n2_0, "router.snat_exhausted") > 0
-    });
+    let n2 = vs3.stats_when(|s| s.drop_delta(&n2_0, "router.snat_exhausted") > 0);
     let exhausted = n2.drop_delta(&n2_0, "router.snat_exhausted");
     eprintln!(
         "[{name}] network1 (tiny range): events {:?}; drops {:?}",

@@ -434,6 +434,21 @@ impl Vswitchd {
             .unwrap_or_else(|| panic!("no VmRSS in /proc/{}/status", self.pid()))
     }
 
+    /// Counters once `settled` holds for them: workers fold their counts into what the report
+    /// shows only every few poll rounds, so a reading taken right after the last reply of an
+    /// exchange may miss that reply's events when a worker was preempted in between. Polls
+    /// for up to 3 s, then returns the last reading for the caller's assertions to report.
+    pub fn stats_when(&mut self, settled: impl Fn(&Stats) -> bool) -> Stats {
+        let end = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let s = self.stats();
+            if settled(&s) || std::time::Instant::now() > end {
+                return s;
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Rewrites the `--state` file with `state_yaml`, sends SIGHUP and waits (10 s at most)
     /// for vswitchd's answer: returns N of `vswitchd: state reloaded, generation N`; panics
     /// with what it printed when it answers `vswitchd: reload rejected` instead.
