@@ -835,7 +835,8 @@ fn floating_ip_north_south() {
         "cap-i1",
         &["-s", SNAP, "icmp or udp or tcp[tcpflags] & tcp-syn != 0"],
     );
-    let s0 = vs.stats();
+    // (Waits for the worker to fold the count in: it sends the announcement as it starts.)
+    let s0 = vs.stats_when(|s| s.event("router.garp_sent") >= 1);
     assert_eq!(
         s0.event("router.garp_sent"),
         1,
@@ -1166,8 +1167,9 @@ fn floating_ip_moves_to_another_instance() {
     // Before: instance 1 answers for the floating IP.
     let to_i1 = vs.stats().port("vm1").tx_packets;
     ping_ok(&topo, &inet, FIP, 2);
+    let after = vs.stats_when(|s| s.port("vm1").tx_packets > to_i1);
     assert!(
-        vs.stats().port("vm1").tx_packets > to_i1,
+        after.port("vm1").tx_packets > to_i1,
         "instance 1 got the pings"
     );
 
@@ -1221,8 +1223,9 @@ print("sent")
     );
     let to_i2 = vs.stats().port("vm2").tx_packets;
     ping_ok(&topo, &inet, FIP, 2);
+    let after = vs.stats_when(|s| s.port("vm2").tx_packets > to_i2);
     assert!(
-        vs.stats().port("vm2").tx_packets > to_i2,
+        after.port("vm2").tx_packets > to_i2,
         "instance 2 got the pings"
     );
 
