@@ -30,8 +30,8 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use support::{
-    host_toml_overlay, instance_and_overlay_ports, ping, tcp_transfer, tshark_fields, InstanceNet,
-    OverlayHost, Stats, Topology, Vswitchd,
+    host_toml_overlay, instance_and_overlay_ports, ping, ping_ok, tcp_transfer, tshark_fields,
+    InstanceNet, OverlayHost, Stats, Topology, Vswitchd,
 };
 
 // Instance 1 (selfservice1) and instance 2 (selfservice2).
@@ -203,19 +203,6 @@ const INST2: Inst = Inst {
 };
 
 // --- traffic helpers ----------------------------------------------------------------------
-
-/// Pings until one reply comes back (the first packets may be dropped while vswitchd ARPs
-/// for the remote VTEP), then asserts that `count` more are all answered.
-fn ping_ok(topo: &Topology, ns: &str, dst: &str, count: u32) {
-    let (rc, text) = ping(topo, ns, dst, 1, 6);
-    assert_eq!(
-        rc, 0,
-        "warm-up ping {ns} -> {dst} got no reply within 6 s:\n{text}"
-    );
-    let (rc, text) = ping(topo, ns, dst, count, 4);
-    assert_eq!(rc, 0, "ping {ns} -> {dst} lost packets:\n{text}");
-    assert!(text.contains(&format!("{count} received")), "{text}");
-}
 
 /// Runs `args` in `ns` and returns its exit code and stdout + stderr.
 fn run_text(topo: &Topology, ns: &str, args: &[&str]) -> (i32, String) {
@@ -404,10 +391,10 @@ fn east_west_routed_across_hosts() {
     );
     let cap_i1 = topo.capture_with(&i1, "eth0", "cap-i1", &["-s", SNAP, "icmp or icmp6"]);
     let cap_i2 = topo.capture_with(&i2, "eth0", "cap-i2", &["-s", SNAP, "icmp or icmp6"]);
-    ping_ok(&topo, &i1, I2_IP, 3);
-    ping_ok(&topo, &i2, I1_IP, 3);
-    ping_ok(&topo, &i1, I2_IP6, 3);
-    ping_ok(&topo, &i2, I1_IP6, 3);
+    ping_ok(&topo, &i1, I2_IP, 3, 6);
+    ping_ok(&topo, &i2, I1_IP, 3, 6);
+    ping_ok(&topo, &i1, I2_IP6, 3, 6);
+    ping_ok(&topo, &i2, I1_IP6, 3, 6);
     for (ns, gw) in [(&i1, GW1_IP), (&i1, GW1_IP6), (&i2, GW2_IP), (&i2, GW2_IP6)] {
         let (rc, text) = ping(&topo, ns, gw, 2, 4);
         assert_eq!(rc, 0, "ping {ns} -> gateway {gw}:\n{text}");
@@ -692,10 +679,10 @@ fn same_host_routing_between_subnets() {
     let cap_i2 = topo.capture_with(&i2, "eth0", "cap-i2", &["-s", SNAP, "icmp or icmp6"]);
     let s0 = vs.stats();
 
-    ping_ok(&topo, &i1, I2_IP, 3);
-    ping_ok(&topo, &i2, I1_IP, 3);
-    ping_ok(&topo, &i1, I2_IP6, 3);
-    ping_ok(&topo, &i2, I1_IP6, 3);
+    ping_ok(&topo, &i1, I2_IP, 3, 6);
+    ping_ok(&topo, &i2, I1_IP, 3, 6);
+    ping_ok(&topo, &i1, I2_IP6, 3, 6);
+    ping_ok(&topo, &i2, I1_IP6, 3, 6);
     let at_i1 = cap_i1.stop_file();
     let at_i2 = cap_i2.stop_file();
     // The whole 1500-byte MTU is usable between local instances.

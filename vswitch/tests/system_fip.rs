@@ -46,9 +46,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::{
-    add_internet, host_toml_overlay, instance_and_overlay_ports, ping, py, python, tshark_fields,
-    Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC,
-    INET_IP, VID,
+    add_internet, host_toml_overlay, instance_and_overlay_ports, ping_ok, py, python,
+    tshark_fields, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP,
+    EXT_GW_MAC, INET_IP, VID,
 };
 
 // The instance on selfservice1 and router1's interface there.
@@ -222,19 +222,6 @@ fn host_toml_with(prefix: &str, i2: bool) -> String {
 }
 
 // --- traffic helpers ----------------------------------------------------------------------
-
-/// Pings until one reply comes back (the first may wait while the switch resolves the
-/// external gateway), then asserts that `count` more are all answered.
-fn ping_ok(topo: &Topology, ns: &str, dst: &str, count: u32) {
-    let (rc, text) = ping(topo, ns, dst, 1, 6);
-    assert_eq!(
-        rc, 0,
-        "warm-up ping {ns} -> {dst} got no reply within 6 s:\n{text}"
-    );
-    let (rc, text) = ping(topo, ns, dst, count, 4);
-    assert_eq!(rc, 0, "ping {ns} -> {dst} lost packets:\n{text}");
-    assert!(text.contains(&format!("{count} received")), "{text}");
-}
 
 /// A TCP server: accepts one connection on `argv[1]:argv[2]`, prints "peer IP PORT", reads
 /// until EOF and sends everything back ("echoed N SHA256").
@@ -847,14 +834,14 @@ fn floating_ip_north_south() {
     // floating IP by proxy ARP and, for the replies, the external gateway), and the other
     // way: the instance pings the Internet host and the external gateway (on-link), and
     // both ping the fg address.
-    ping_ok(&topo, &inet, FIP, 4);
-    ping_ok(&topo, &i1, INET_IP, 3);
-    ping_ok(&topo, &i1, EXT_GW_IP, 2);
+    ping_ok(&topo, &inet, FIP, 4, 6);
+    ping_ok(&topo, &i1, INET_IP, 3, 6);
+    ping_ok(&topo, &i1, EXT_GW_IP, 2, 6);
     // The fg port's own address answers both sides: the Internet (on-link), and the
     // instance, whose echo leaves as the floating IP to an address of this host (answered
     // here, never asked for on the external network).
-    ping_ok(&topo, &inet, FG_IP, 2);
-    ping_ok(&topo, &i1, FG_IP, 2);
+    ping_ok(&topo, &inet, FG_IP, 2, 6);
+    ping_ok(&topo, &i1, FG_IP, 2, 6);
     let s1 = vs.stats_when(|s| {
         s.event_delta(&s0, "router.fip_dnat") >= 12
             && s.event_delta(&s0, "router.fip_snat") >= 12
@@ -1166,7 +1153,7 @@ fn floating_ip_moves_to_another_instance() {
     assert_eq!(s0.event("router.garp_sent"), 1);
     // Before: instance 1 answers for the floating IP.
     let to_i1 = vs.stats().port("vm1").tx_packets;
-    ping_ok(&topo, &inet, FIP, 2);
+    ping_ok(&topo, &inet, FIP, 2, 6);
     let after = vs.stats_when(|s| s.port("vm1").tx_packets > to_i1);
     assert!(
         after.port("vm1").tx_packets > to_i1,
@@ -1222,7 +1209,7 @@ print("sent")
         server.stderr_text()
     );
     let to_i2 = vs.stats().port("vm2").tx_packets;
-    ping_ok(&topo, &inet, FIP, 2);
+    ping_ok(&topo, &inet, FIP, 2, 6);
     let after = vs.stats_when(|s| s.port("vm2").tx_packets > to_i2);
     assert!(
         after.port("vm2").tx_packets > to_i2,

@@ -43,9 +43,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::{
-    add_internet, host_toml_overlay, instance_and_overlay_ports, ping, python, tshark_fields, Bg,
-    HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP,
-    VID,
+    add_internet, host_toml_overlay, instance_and_overlay_ports, ping_ok, python, tshark_fields,
+    Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC,
+    INET_IP, VID,
 };
 
 const I1_MAC: &str = "fa:16:3e:00:01:04";
@@ -333,19 +333,6 @@ for c in held:
     c.close()
 "#;
 
-/// Pings until one reply comes back (the first may wait while the hosts resolve each other
-/// and the external gateway), then asserts that `count` more are all answered.
-fn ping_ok(topo: &Topology, ns: &str, dst: &str, count: u32) {
-    let (rc, text) = ping(topo, ns, dst, 1, 8);
-    assert_eq!(
-        rc, 0,
-        "warm-up ping {ns} -> {dst} got no reply within 8 s:\n{text}"
-    );
-    let (rc, text) = ping(topo, ns, dst, count, 4);
-    assert_eq!(rc, 0, "ping {ns} -> {dst} lost packets:\n{text}");
-    assert!(text.contains(&format!("{count} received")), "{text}");
-}
-
 /// Starts the Internet host's server for `max` connections.
 fn start_server(topo: &Topology, inet: &str, label: &str, max: usize, idle_s: u32) -> Bg {
     let (port, max, idle) = (PORT.to_string(), max.to_string(), idle_s.to_string());
@@ -618,8 +605,8 @@ fn centralized_snat_north_south() {
 
     // 1. Each instance pings the Internet host and exchanges data with its server over one
     // TCP connection; the server sees the router's gateway address.
-    ping_ok(&topo, &i1, INET_IP, 4);
-    ping_ok(&topo, &i2, INET_IP, 4);
+    ping_ok(&topo, &i1, INET_IP, 4, 8);
+    ping_ok(&topo, &i2, INET_IP, 4, 8);
     for (ns, ip) in [(&i1, I1_IP), (&i2, I2_IP)] {
         let server = start_server(&topo, &inet, "server-one", 1, 15);
         let client = start_clients(&topo, ns, "client-one", 1, 256 << 10);

@@ -21,6 +21,20 @@ pub fn ping(topo: &Topology, ns: &str, dst: &str, count: u32, deadline_s: u32) -
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Pings until one reply comes back within `warmup_s` (the first packets may wait, or be
+/// dropped, while the switches resolve next hops, VTEPs or the external gateway), then
+/// asserts that `count` more are all answered.
+pub fn ping_ok(topo: &Topology, ns: &str, dst: &str, count: u32, warmup_s: u32) {
+    let (rc, text) = ping(topo, ns, dst, 1, warmup_s);
+    assert_eq!(
+        rc, 0,
+        "warm-up ping {ns} -> {dst} got no reply within {warmup_s} s:\n{text}"
+    );
+    let (rc, text) = ping(topo, ns, dst, count, 4);
+    assert_eq!(rc, 0, "ping {ns} -> {dst} lost packets:\n{text}");
+    assert!(text.contains(&format!("{count} received")), "{text}");
+}
+
 /// Runs a python snippet (with scapy importable) inside `ns` with `args`; asserts success
 /// and returns its stdout.
 pub fn py(topo: &Topology, ns: &str, code: &str, args: &[&str]) -> String {
