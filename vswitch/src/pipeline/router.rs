@@ -1118,13 +1118,14 @@ fn snat_out<B: PacketBuf, T: Tracer>(
     total: usize,
     df: bool,
 ) -> Option<Result<Verdict, D>> {
-    let out_net = x.t.l3.rifs.get(sn.rif as usize)?.net;
-    match cached_hop(x, s, v4_key(dst), false) {
-        Ok(h) if h.net == out_net => {}
-        Err(Miss::Unresolved { rif, addr }) if rif == sn.rif => {
-            return Some(Ok(Verdict::Unresolved { rif, addr }))
-        }
-        _ => return None,
+    // Only what its route sends out of the gateway interface (the hop itself is worked out
+    // once, by `translate`; a packet held for the gateway's MAC keeps its translation).
+    let route =
+        x.r.fib4
+            .lookup(dst)
+            .and_then(|(ri, _)| x.r.routes.get(ri as usize));
+    if route.is_none_or(|r| r.rif != sn.rif) {
+        return None;
     }
     let fl = super::conntrack::flow::parse(p.data());
     let echo = match fl.kind {
