@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -217,6 +218,48 @@ pub struct HostConfig {
     /// Connection tracking for security groups (`[conntrack]`).
     #[serde(default)]
     pub conntrack: ConntrackConfig,
+    /// The control plane's API endpoints (`[control]`).
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// Where the control plane listens (`[control]`): always a unix socket (mode 0600, so only its
+/// owner may change the switch); a TCP address only when set, and then every request must carry
+/// `Authorization: Bearer <token>` with the token read from `token_file`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The API's unix socket. `vswitchctl --socket` must name the same path.
+    #[serde(default = "default_control_socket")]
+    pub socket: PathBuf,
+    /// Also serve the API on this TCP address (e.g. `127.0.0.1:9696`); needs `token_file`.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token for TCP clients (one line, at least 16 characters).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Where accepted changes are written (atomically) when `vswitchd` runs without `--state`;
+    /// with `--state`, that file is the one kept up to date.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+}
+
+/// The default API socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vswitchd/vswitchd.sock";
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: default_control_socket(),
+            listen: None,
+            token_file: None,
+            state_file: None,
+        }
+    }
 }
 
 /// Connection tracking (`[conntrack]`): the table's size and the per-state timeouts.

@@ -30,8 +30,8 @@ use serde::de::DeserializeOwned;
 
 pub use error::{ConfigError, Problem};
 pub use host::{
-    ConntrackConfig, ConntrackTimeouts, HostConfig, IdleConfig, IdleMode, OverlayConfig,
-    PortConfig, PortKind, Role,
+    ConntrackConfig, ConntrackTimeouts, ControlConfig, HostConfig, IdleConfig, IdleMode,
+    OverlayConfig, PortConfig, PortKind, Role, DEFAULT_CONTROL_SOCKET,
 };
 pub use mac::{MacAddr, ParseMacError};
 pub use state::{

@@ -23,3 +23,10 @@ pub mod sys;
 pub use error::DpdkError;
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
+
+/// Sets the process's file-creation mask and returns the previous one (`umask(2)`), e.g. so a
+/// unix socket is created with mode 0600 from the start.
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask(2) cannot fail and touches only this process's creation mask.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}

@@ -1,5 +1,5 @@
 //! Host config against desired state: the instance ports this host carries
-//! are Neutron ports bound here, and this host's l2population entry (if the
+//! are Neutron ports bound here (or not in the state yet: unbound), and this host's l2population entry (if the
 //! state lists one) agrees with its own VTEP and DVR MAC.
 
 use std::collections::HashMap;
@@ -31,11 +31,10 @@ pub fn validate_for_host(host: &HostConfig, state: &DesiredState) -> Vec<Problem
             );
             continue;
         }
+        // A vNIC whose Neutron port is not (or no longer) in the state is unbound, as in OVS
+        // an interface whose iface-id Neutron does not know: its traffic is dropped and counted
+        // until the port is created, so ports can come and go through the API.
         let Some(neutron) = state.port(iface_id) else {
-            out.push(
-                &at,
-                format!("neutron port {iface_id} does not exist in the desired state; check the id or add the port to state.ports"),
-            );
             continue;
         };
         match neutron.binding_host_id.as_deref() {

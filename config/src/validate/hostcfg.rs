@@ -36,7 +36,29 @@ impl HostConfig {
         self.check_bridge_mappings(&mut out);
         self.check_overlay(&mut out);
         self.check_conntrack(&mut out);
+        self.check_control(&mut out);
         out.0
+    }
+
+    fn check_control(&self, out: &mut Problems) {
+        let c = &self.control;
+        if c.socket.as_os_str().is_empty() {
+            out.push("control.socket", "must not be empty");
+        } else if c.socket.as_os_str().len() > 107 {
+            out.push(
+                "control.socket",
+                format!(
+                    "{} is longer than a unix socket path may be (107 bytes)",
+                    c.socket.display()
+                ),
+            );
+        }
+        if c.listen.is_some() && c.token_file.is_none() {
+            out.push(
+                "control.token_file",
+                "required when control.listen is set: the TCP API only serves clients with a bearer token",
+            );
+        }
     }
 
     fn check_conntrack(&self, out: &mut Problems) {

@@ -3,7 +3,8 @@
 //! `vswitchd --config host.toml --state state.yaml` validates both files as a whole (every
 //! problem listed, non-zero exit, nothing started), initialises the EAL, opens every port,
 //! compiles the tables, launches one poll loop per worker lcore and then waits for signals on
-//! the main lcore: SIGUSR1 prints the counters, SIGHUP re-reads the state file (applied only
+//! the main lcore and runs the control plane there (REST API on `control.socket`, see
+//! `control::server`): SIGUSR1 prints the counters, SIGHUP re-reads the state file (applied only
 //! when valid, as one atomic table swap; the running state is untouched otherwise),
 //! SIGINT/SIGTERM stop the workers, return every mbuf, close the ports and clean up the EAL.
 use clap::Parser;
@@ -11,6 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use vswitch::control::api::Ctl;
+use vswitch::control::store::Store;
 use vswitch::control::Daemon;
 
 #[derive(Parser, Debug)]
@@ -55,52 +58,59 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let mut daemon = match Daemon::start(host, state, stop.clone()) {
-        Ok(d) => d,
+    // Accepted changes are written to the state file given, else to `control.state_file`;
+    // a restart (even after kill -9) comes back with the last accepted state.
+    let state_file = args.state.clone().or(host.control.state_file.clone());
+    let state = if args.state.is_none() {
+        match state_file.as_deref().filter(|p| p.exists()) {
+            Some(p) => match vswitch::control::load(&args.config, Some(p)) {
+                Ok((_, st)) => st,
+                Err(msg) => {
+                    eprintln!("{msg}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => state,
+        }
+    } else {
+        state
+    };
+    let metrics = match vswitch::control::metrics::install() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("vswitchd: metrics disabled: {e}");
+            None
+        }
+    };
+    let daemon = match Daemon::start(host.clone(), state.clone(), stop.clone()) {
+        Ok(d) => Arc::new(d),
         Err(msg) => {
             eprintln!("{msg}");
             return ExitCode::from(1);
         }
     };
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGUSR1,
-        signal_hook::consts::SIGHUP,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cannot install signal handlers: {e}");
-            stop.store(true, Ordering::Relaxed);
-            daemon.shutdown();
-            return ExitCode::from(1);
+    let ctl = Arc::new(Ctl {
+        store: Store::new(host, state, state_file.clone(), daemon.clone()),
+        daemon: daemon.clone(),
+        metrics,
+    });
+    let served = vswitch::control::server::run(ctl, state_file);
+    stop.store(true, Ordering::Relaxed);
+    if let Err(msg) = &served {
+        eprintln!("vswitchd: {msg}; stopping");
+    }
+    // The control plane is gone: the daemon is ours alone again.
+    let mut daemon = daemon;
+    let daemon = loop {
+        match Arc::try_unwrap(daemon) {
+            Ok(d) => break d,
+            Err(d) => {
+                daemon = d;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
     };
-    println!(
-        "vswitchd: running ({} ports, {} workers); SIGUSR1 prints counters, SIGTERM stops",
-        daemon.port_count(),
-        daemon.worker_count()
-    );
-    for sig in signals.forever() {
-        match sig {
-            signal_hook::consts::SIGUSR1 => daemon.report(),
-            signal_hook::consts::SIGHUP => match args.state.as_deref() {
-                Some(path) => match daemon.reload(path) {
-                    Ok((generation, took)) => println!(
-                        "vswitchd: state reloaded, generation {generation} live on every core in {} us",
-                        took.as_micros()
-                    ),
-                    Err(msg) => println!(
-                        "vswitchd: reload rejected, the running state is unchanged:\n{msg}"
-                    ),
-                },
-                None => println!("vswitchd: SIGHUP ignored: started without --state"),
-            },
-            _ => break,
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    let ok = daemon.shutdown();
+    let ok = daemon.shutdown() && served.is_ok();
     if ok {
         ExitCode::SUCCESS
     } else {

@@ -1,5 +1,12 @@
 //! The control side of the process: load and validate configuration, start the data plane,
-//! report counters, shut down cleanly. (The async REST control plane builds on this.)
+//! report counters, shut down cleanly. The async control plane ([`server`]) owns the desired
+//! state ([`store`]), changes it through Neutron's resources ([`resources`]) and serves the API
+//! ([`api`]) that `vswitchctl` speaks; [`metrics`] exports the counters to Prometheus.
+pub mod api;
+pub mod metrics;
+pub mod resources;
+pub mod server;
+pub mod store;
 use crate::counters::{totals, CoreCounters, Totals};
 use crate::io::Ports;
 use crate::runtime::{assign_queues, Worker};
@@ -68,8 +75,8 @@ pub struct Daemon {
     publisher: Publisher,
     /// The ports' own MACs (what the compiler needs besides the two files).
     port_macs: Vec<vswitch_config::MacAddr>,
-    /// The generation now live.
-    generation: u64,
+    /// The neighbour caches every worker shares (read by `trace`).
+    shared: crate::pipeline::SharedState,
     /// When the counters were last reported and how many connections had been created.
     last_new: std::sync::Mutex<(std::time::Instant, u64)>,
 }
@@ -162,7 +169,10 @@ impl Daemon {
         );
         let mut daemon = Daemon {
             port_macs: port_macs.clone(),
-            generation: 1,
+            shared: crate::pipeline::SharedState {
+                neigh: neigh.clone(),
+                l3neigh: l3neigh.clone(),
+            },
             last_new: std::sync::Mutex::new((std::time::Instant::now(), 0)),
             lcores: Vec::new(),
             cores,
@@ -226,11 +236,11 @@ impl Daemon {
         totals(&self.cores, self.host.ports.len())
     }
 
-    /// Prints the counters, the PMDs' own included.
-    pub fn report(&self) {
+    /// The counters as the text the operator reads and as JSON, the PMDs' own included, with
+    /// the new connections per second since the previous call.
+    pub fn stats(&self) -> (String, serde_json::Value) {
         let driver = self.ports.as_ref().map(driver_stats).unwrap_or_default();
         let mut t = self.totals();
-        // New connections per second since the previous report.
         let new = t
             .conntrack
             .iter()
@@ -246,28 +256,56 @@ impl Daemon {
             }
             *last = (now, new);
         }
-        report(&t, &self.port_names(), &driver, &self.publisher.current());
+        let (text, mut json) = render(&t, &self.port_names(), &driver, &self.publisher.current());
+        json["cores"] = serde_json::Value::Array(
+            self.cores
+                .iter()
+                .map(|c| {
+                    let busy = c.busy_polls.load(std::sync::atomic::Ordering::Relaxed);
+                    let idle = c.idle_polls.load(std::sync::atomic::Ordering::Relaxed);
+                    serde_json::json!({"lcore": c.lcore, "busy_polls": busy, "idle_polls": idle})
+                })
+                .collect(),
+        );
+        (text, json)
     }
 
-    /// The table publisher (for reloads).
+    /// Prints the counters (SIGUSR1).
+    pub fn report(&self) {
+        let (text, json) = self.stats();
+        print_report(&text, &json);
+    }
+
+    /// Every core's counters (the metrics exporter reads them).
+    pub fn core_counters(&self) -> &[Arc<CoreCounters>] {
+        &self.cores
+    }
+
+    /// The driver's counters of every port.
+    pub fn driver(&self) -> Vec<vswitch_ffi::ethdev::EthStats> {
+        self.ports.as_ref().map(driver_stats).unwrap_or_default()
+    }
+
+    /// The host config the daemon runs with.
+    pub fn host(&self) -> &HostConfig {
+        &self.host
+    }
+
+    /// The neighbour caches the workers share.
+    pub fn shared(&self) -> &crate::pipeline::SharedState {
+        &self.shared
+    }
+
+    /// The table publisher.
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
     }
 
-    /// Reads the desired state from `path` again; if it is valid for this host, compiles it and
-    /// makes it live on every core (one swap). Returns the new generation and how long until
-    /// every core ran on it, or every problem found (nothing changes then).
-    pub fn reload(&mut self, path: &Path) -> Result<(u64, std::time::Duration), String> {
-        let state = vswitch_config::load_state(path).map_err(|e| e.to_string())?;
-        let problems = vswitch_config::validate_for_host(&self.host, &state);
-        if !problems.is_empty() {
-            return Err(problems_text(&problems));
-        }
-        let next = self.generation + 1;
-        let tables = compile(&self.host, &state, next, &self.port_macs);
-        let took = self.publisher.publish(tables, || true);
-        self.generation = next;
-        Ok((next, took))
+    /// Compiles a desired state (already validated for this host) as `generation` and makes it
+    /// live on every core with one swap. Returns how long until every core ran on it.
+    pub fn apply_state(&self, state: &DesiredState, generation: u64) -> std::time::Duration {
+        let tables = compile(&self.host, state, generation, &self.port_macs);
+        self.publisher.publish(tables, || true)
     }
 
     /// Waits for the workers (the caller has set the stop flag), prints the final counters,
@@ -276,9 +314,7 @@ impl Daemon {
         for &l in &self.lcores {
             eal::wait(l);
         }
-        let t = self.totals();
-        let driver = self.ports.as_ref().map(driver_stats).unwrap_or_default();
-        report(&t, &self.port_names(), &driver, &self.publisher.current());
+        self.report();
         if let Some(p) = self.ports.take() {
             p.close();
         }
@@ -309,14 +345,22 @@ pub fn driver_stats(ports: &Ports) -> Vec<vswitch_ffi::ethdev::EthStats> {
 }
 
 /// Prints counters for people (aligned) and one JSON line for scripts (`stats-json: {...}`).
-/// `driver` holds each port's PMD counters when the ports are open.
-pub fn report(
+pub fn print_report(text: &str, json: &serde_json::Value) {
+    use std::io::Write;
+    let mut so = std::io::stdout().lock();
+    let _ = so.write_all(text.as_bytes());
+    let _ = writeln!(so, "stats-json: {json}");
+    let _ = so.flush();
+}
+
+/// The counters for people (aligned columns) and for scripts (JSON). `driver` holds each port's
+/// PMD counters when the ports are open.
+pub fn render(
     t: &Totals,
     names: &[String],
     driver: &[vswitch_ffi::ethdev::EthStats],
     tables: &crate::tables::Tables,
-) {
-    use std::io::Write;
+) -> (String, serde_json::Value) {
     let mut out = String::new();
     out.push_str(&format!(
         "{:<16} {:>14} {:>16} {:>14} {:>16}\n",
@@ -476,9 +520,7 @@ pub fn report(
         })).collect::<Vec<_>>(),
         "busy_polls": t.busy_polls,
         "idle_polls": t.idle_polls,
+        "generation": tables.generation,
     });
-    out.push_str(&format!("stats-json: {json}\n"));
-    let mut so = std::io::stdout().lock();
-    let _ = so.write_all(out.as_bytes());
-    let _ = so.flush();
+    (out, json)
 }
