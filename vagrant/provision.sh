@@ -14,7 +14,8 @@ fi
 # Debian/Ubuntu packages. DPDK 22.11 LTS comes from the distribution (Debian 12, Ubuntu 23.04+;
 # Ubuntu 22.04 ships 21.11, which is refused by ffi/build.rs with a clear message).
 PKGS=(dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev make gcc
-      iproute2 iputils-ping iputils-tracepath traceroute tcpdump tshark ethtool python3 python3-scapy procps psmisc)
+      iproute2 iputils-ping iputils-tracepath traceroute tcpdump tshark ethtool python3 python3-scapy
+      python3-prometheus-client curl procps psmisc)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -229,9 +229,10 @@ pub struct HostConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
-    /// The API's unix socket. `vswitchctl --socket` must name the same path.
-    #[serde(default = "default_control_socket")]
-    pub socket: PathBuf,
+    /// The API's unix socket; default `/run/vswitchd/<host_id>.sock`, so several switches
+    /// (a lab of hosts on one machine) each have their own. `vswitchctl` finds the only one.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
     /// Also serve the API on this TCP address (e.g. `127.0.0.1:9696`); needs `token_file`.
     #[serde(default)]
     pub listen: Option<std::net::SocketAddr>,
@@ -244,17 +245,13 @@ pub struct ControlConfig {
     pub state_file: Option<PathBuf>,
 }
 
-/// The default API socket.
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vswitchd/vswitchd.sock";
-
-fn default_control_socket() -> PathBuf {
-    PathBuf::from(DEFAULT_CONTROL_SOCKET)
-}
+/// The directory of the default API sockets.
+pub const DEFAULT_CONTROL_DIR: &str = "/run/vswitchd";
 
 impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
-            socket: default_control_socket(),
+            socket: None,
             listen: None,
             token_file: None,
             state_file: None,
@@ -350,6 +347,13 @@ impl Default for ConntrackTimeouts {
 }
 
 impl HostConfig {
+    /// The API's unix socket: `control.socket`, else `/run/vswitchd/<host_id>.sock`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control.socket.clone().unwrap_or_else(|| {
+            PathBuf::from(DEFAULT_CONTROL_DIR).join(format!("{}.sock", self.host_id))
+        })
+    }
+
     /// The port called `name`.
     pub fn port(&self, name: &str) -> Option<&PortConfig> {
         self.ports.iter().find(|p| p.name == name)

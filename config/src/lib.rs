@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 pub use error::{ConfigError, Problem};
 pub use host::{
     ConntrackConfig, ConntrackTimeouts, ControlConfig, HostConfig, IdleConfig, IdleMode,
-    OverlayConfig, PortConfig, PortKind, Role, DEFAULT_CONTROL_SOCKET,
+    OverlayConfig, PortConfig, PortKind, Role, DEFAULT_CONTROL_DIR,
 };
 pub use mac::{MacAddr, ParseMacError};
 pub use state::{

@@ -42,14 +42,15 @@ impl HostConfig {
 
     fn check_control(&self, out: &mut Problems) {
         let c = &self.control;
-        if c.socket.as_os_str().is_empty() {
+        let socket = self.control_socket();
+        if c.socket.as_ref().is_some_and(|s| s.as_os_str().is_empty()) {
             out.push("control.socket", "must not be empty");
-        } else if c.socket.as_os_str().len() > 107 {
+        } else if socket.as_os_str().len() > 107 {
             out.push(
                 "control.socket",
                 format!(
                     "{} is longer than a unix socket path may be (107 bytes)",
-                    c.socket.display()
+                    socket.display()
                 ),
             );
         }

@@ -53,7 +53,7 @@ pub fn run(ctl: Arc<Ctl>, state_file: Option<PathBuf>) -> Result<(), String> {
 
 async fn serve(ctl: Arc<Ctl>, state_file: Option<PathBuf>) -> Result<(), String> {
     let host = ctl.store.host().clone();
-    let socket = host.control.socket.clone();
+    let socket = host.control_socket();
     let unix = bind_unix(&socket)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = api::router(ctl.clone());

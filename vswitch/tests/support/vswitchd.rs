@@ -1,6 +1,6 @@
 //! Starting, reading and stopping a `vswitchd` under test.
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -337,6 +337,8 @@ pub struct Vswitchd {
     bg: Bg,
     /// The `--state` file (rewritten by [`Vswitchd::reload`]).
     state: PathBuf,
+    /// The API's unix socket (in the topology's directory unless the host config names one).
+    socket: PathBuf,
 }
 
 impl Vswitchd {
@@ -386,7 +388,16 @@ impl Vswitchd {
     ) -> Vswitchd {
         let host = topo.dir().join(host_file);
         let state = topo.dir().join(state_file);
-        fs::write(&host, host_toml).expect("write host.toml");
+        // Each switch's API socket lives with the test's files, never in /run.
+        let mut host_toml = host_toml.to_string();
+        let socket = topo.dir().join(format!("{label}.sock"));
+        if !host_toml.contains("[control]") {
+            host_toml.push_str(&format!("\n[control]\nsocket = \"{}\"\n", socket.display()));
+        }
+        let socket = vswitch_config::parse_host_str(&host_toml)
+            .map(|h| h.control_socket())
+            .unwrap_or(socket);
+        fs::write(&host, &host_toml).expect("write host.toml");
         fs::write(&state, state_yaml).expect("write state.yaml");
         let (h, s) = (
             host.to_string_lossy().into_owned(),
@@ -410,7 +421,22 @@ impl Vswitchd {
             }
             sleep(Duration::from_millis(20));
         }
-        Vswitchd { bg, state }
+        Vswitchd { bg, state, socket }
+    }
+
+    /// The API's unix socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The `--state` file vswitchd keeps up to date.
+    pub fn state_file(&self) -> &Path {
+        &self.state
+    }
+
+    /// Kills it with SIGKILL (no clean-up: a crash) and waits until it is gone.
+    pub fn kill9(self) {
+        self.bg.stop("KILL", Duration::from_secs(10));
     }
 
     pub fn pid(&self) -> u32 {
