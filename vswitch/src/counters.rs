@@ -392,6 +392,8 @@ pub struct ConntrackCounters {
     pub expired: AtomicU64,
     pub cut: AtomicU64,
     pub related: AtomicU64,
+    /// Removed by `vswitchctl conntrack flush`.
+    pub flushed: AtomicU64,
 }
 
 impl ConntrackCounters {
@@ -409,6 +411,7 @@ impl ConntrackCounters {
         self.expired.store(st.expired, Relaxed);
         self.cut.store(st.cut, Relaxed);
         self.related.store(st.related, Relaxed);
+        self.flushed.store(st.flushed, Relaxed);
     }
 }
 
@@ -564,6 +567,7 @@ pub fn totals(cores: &[std::sync::Arc<CoreCounters>], n_ports: usize) -> Totals 
             ("expired", &ct.expired),
             ("cut", &ct.cut),
             ("related", &ct.related),
+            ("flushed", &ct.flushed),
         ] {
             vals.push((n.to_string(), a.load(Relaxed)));
         }

@@ -20,6 +20,12 @@ use std::sync::Arc;
 use vswitch_config::{DesiredState, HostConfig, Problem};
 use vswitch_ffi::{eal, Mempool};
 
+mod capture;
+pub mod pcap;
+mod requests;
+pub use crate::runtime::requests::CtView;
+pub use capture::Capture;
+
 /// Per-core learning table size (entries) and aging.
 const LEARN_CAPACITY: usize = 16384;
 /// Next hops the routers may resolve themselves (beyond the desired state's ports).
@@ -79,6 +85,9 @@ pub struct Daemon {
     shared: crate::pipeline::SharedState,
     /// When the counters were last reported and how many connections had been created.
     last_new: std::sync::Mutex<(std::time::Instant, u64)>,
+    /// Each worker's mailbox and the shared capture slots (see `requests.rs`).
+    mailboxes: Vec<Arc<crate::runtime::requests::Mailbox>>,
+    tap: Arc<crate::runtime::capture::Tap>,
 }
 
 impl Daemon {
@@ -167,7 +176,12 @@ impl Daemon {
                 .map(|_| crossbeam_queue::ArrayQueue::new(crate::io::INBOX_SLOTS))
                 .collect(),
         );
+        let mailboxes: Vec<Arc<crate::runtime::requests::Mailbox>> =
+            host.cores.iter().map(|_| Arc::default()).collect();
+        let tap = Arc::new(crate::runtime::capture::Tap::default());
         let mut daemon = Daemon {
+            mailboxes: mailboxes.clone(),
+            tap: tap.clone(),
             port_macs: port_macs.clone(),
             shared: crate::pipeline::SharedState {
                 neigh: neigh.clone(),
@@ -205,6 +219,8 @@ impl Daemon {
                 workers: n_workers as u16,
                 inboxes: inboxes.clone(),
                 pool: pool.clone(),
+                mailbox: mailboxes[w].clone(),
+                tap: tap.clone(),
             };
             tracing::info!(lcore, queues = ?worker.rx, "launching worker");
             if let Err(e) = eal::launch(lcore, move || worker.run()) {

@@ -130,6 +130,9 @@ pub struct DpdkTx {
     pub queue: u16,
     /// Every worker's hand-off ring, by worker index.
     pub inboxes: std::sync::Arc<Inboxes>,
+    /// Packet capture, and the capture in force this round (the worker sets it).
+    pub tap: std::sync::Arc<crate::runtime::capture::Tap>,
+    pub armed: crate::runtime::capture::Armed,
 }
 
 /// Each worker's ring of packets handed over by other workers (lock-free, bounded).
@@ -141,10 +144,18 @@ pub const INBOX_SLOTS: usize = 4096;
 impl Tx<Mbuf> for DpdkTx {
     #[inline]
     fn tx(&mut self, port: u16, pkts: &mut [Option<Mbuf>; BURST], n: usize) -> usize {
-        match self.port_ids.get(port as usize) {
-            Some(&id) => ethdev::tx_burst(id, self.queue, pkts, n),
-            None => 0,
-        }
+        let Some(&id) = self.port_ids.get(port as usize) else {
+            return 0;
+        };
+        // As sent, after every stage (before the driver takes the mbufs).
+        self.tap.burst(
+            self.armed,
+            port,
+            crate::runtime::capture::Dir::Tx,
+            pkts.get(..n).unwrap_or_default(),
+            vswitch_ffi::eal::tsc,
+        );
+        ethdev::tx_burst(id, self.queue, pkts, n)
     }
 
     #[inline]

@@ -9,6 +9,14 @@
 //! (see `tables::publish`). After `spin_polls` empty rounds the worker
 //! sleeps, doubling from 1 µs up to `max_sleep_us`, so several appliances can share a small
 //! machine; `busy` mode never sleeps.
+//!
+//! Besides packets, a round looks at two things the control side may have set, each with one
+//! relaxed load: the capture in force ([`capture`], read at the top of the round and compared
+//! with the port of every rx and tx burst), and this worker's mailbox ([`requests`]: list or
+//! flush the connection table), answered after the round's transmit flush, between bursts.
+pub mod capture;
+pub mod requests;
+
 use crate::counters::{bump, BatchCounters, CoreCounters};
 use crate::io::DpdkTx;
 use crate::pipeline::output::{self, TxBuffers, TxStats};
@@ -81,6 +89,10 @@ pub struct Worker {
     /// The mbuf pool, for the frames the switch sends of its own accord (worker 0 announces
     /// floating IPs).
     pub pool: Arc<vswitch_ffi::Mempool>,
+    /// Requests from the control side (conntrack list and flush), answered between bursts.
+    pub mailbox: Arc<requests::Mailbox>,
+    /// Packet capture, shared by every worker.
+    pub tap: Arc<capture::Tap>,
 }
 
 /// Slots of the connection table examined per sweep call: a few on busy rounds (every
@@ -127,6 +139,8 @@ impl Worker {
             port_ids: self.port_ids.clone(),
             queue: self.index,
             inboxes: self.inboxes.clone(),
+            tap: self.tap.clone(),
+            armed: capture::Armed::OFF,
         };
         let mut rx_stats = vec![TxStats::default(); n_ports];
         let mut bc = BatchCounters::default();
@@ -142,6 +156,10 @@ impl Worker {
         let mut round: u64 = 0;
         while !self.stop.load(Ordering::Relaxed) {
             let tables = tables_cache.load();
+            // The capture in force for this round: one relaxed load; each rx and tx burst
+            // then compares a port index (see `capture::Tap::burst`).
+            let armed = self.tap.armed();
+            tx.armed = armed;
             if self.index == 0 && !announced.as_ref().is_some_and(|a| Arc::ptr_eq(a, tables)) {
                 let done = crate::pipeline::router::announce_floating_ips(
                     announced.as_deref(),
@@ -173,6 +191,10 @@ impl Worker {
                     continue;
                 }
                 got += n;
+                // As received, before any stage edits the frames.
+                let got_pkts = batch.pkts.get(..n).unwrap_or_default();
+                self.tap
+                    .burst(armed, q.port, capture::Dir::Rx, got_pkts, eal::tsc);
                 batch.start(q.port, n);
                 pipeline::process(
                     &mut batch,
@@ -203,6 +225,14 @@ impl Worker {
                 release_pending(&mut held, tables, &mut state, &mut txb, &mut tx, &mut bc);
             }
             txb.flush(&mut tx, &mut bc);
+            // Control requests, between bursts: one relaxed load when there are none.
+            if self.mailbox.pending() {
+                let now = (eal::tsc() / hz_per_ms) as u32;
+                if self.mailbox.serve(self.index, &mut state.fw.ct, now) > 0 {
+                    // A flush shows in the gauges at once.
+                    self.fold_fw(&state, &mut fw_folded);
+                }
+            }
 
             if got > 0 {
                 // Counters reach the shared copy every 16 busy rounds (and on every idle one),

@@ -490,6 +490,8 @@ pub struct CtStats {
     pub cut: u64,
     /// Packets related to a tracked connection (ICMP errors).
     pub related: u64,
+    /// Connections removed by a flush (`vswitchctl conntrack flush`).
+    pub flushed: u64,
 }
 
 /// A deadline has passed (wrapping milliseconds).
@@ -1067,16 +1069,24 @@ impl Conntrack {
         }
     }
 
-    /// Removes every connection (of `zone` only, when given). Returns how many.
+    /// Removes every connection (of `zone` only, when given), each the way expiry does
+    /// (both index links, the not-yet-assured list, the per-state gauges; the peer hint of the
+    /// same connection's entry in another zone is checked by key before use, so it needs no
+    /// undoing). Counted in [`CtStats::flushed`]. Returns how many. A control request, not for
+    /// the fast path: it scans the slab (stopping early once the table is empty).
     pub fn flush(&mut self, zone: Option<u16>) -> usize {
         let mut n = 0;
         for idx in 0..self.entries.len() as u32 {
+            if self.used == 0 {
+                break;
+            }
             let e = &self.entries[idx as usize];
             if e.state != state::FREE && zone.is_none_or(|z| e.zone() == z) {
                 self.remove(idx);
                 n += 1;
             }
         }
+        self.stats.flushed += n as u64;
         n
     }
 
