@@ -597,20 +597,50 @@ fn trace_text(v: &Value) -> String {
     out
 }
 
-/// `conntrack list` for people.
+/// `conntrack list` for people: one line per connection, the original direction.
 fn conntrack_table(v: &Value) -> String {
     let items = v["connections"].as_array().cloned().unwrap_or_default();
-    let keys: Vec<String> = items
-        .first()
-        .and_then(|o| o.as_object())
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
-    let headers: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let ep = |t: &Value, a: &str, p: &str| match (&t[a], &t[p], &t["icmp_id"]) {
+        (Value::String(ip), Value::Number(port), _) if ip.contains(':') => format!("[{ip}]:{port}"),
+        (Value::String(ip), Value::Number(port), _) => format!("{ip}:{port}"),
+        (Value::String(ip), _, _) => ip.clone(),
+        _ => String::new(),
+    };
     let rows: Vec<Vec<String>> = items
         .iter()
-        .map(|row| keys.iter().map(|k| cell(k, row)).collect())
+        .map(|c| {
+            let o = &c["original"];
+            let mut conn = format!("{} -> {}", ep(o, "src", "sport"), ep(o, "dst", "dport"));
+            if let Some(id) = o["icmp_id"].as_u64() {
+                conn.push_str(&format!(" id {id}"));
+            }
+            if c["reply"].is_object() {
+                let r = &c["reply"];
+                conn.push_str(&format!(
+                    "  (reply {} -> {})",
+                    ep(r, "src", "sport"),
+                    ep(r, "dst", "dport")
+                ));
+            }
+            vec![
+                c["core"].to_string(),
+                c["zone"].to_string(),
+                c["port"]
+                    .as_str()
+                    .or(c["router"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                c["proto"].as_str().unwrap_or("").to_string(),
+                c["state"].as_str().unwrap_or("").to_string(),
+                c["expires_in_s"].to_string(),
+                conn,
+            ]
+        })
         .collect();
-    let mut out = table(&headers, &rows);
+    let mut out = table(
+        &["core", "zone", "owner", "proto", "state", "expires_s", "connection"],
+        &rows,
+    );
     out.push_str(&format!("{} connections\n", items.len()));
     out
 }

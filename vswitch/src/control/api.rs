@@ -45,6 +45,9 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
         .route("/v1/state", get(get_state).put(put_state))
         .route("/v1/status", get(status))
         .route("/v1/stats", get(stats))
+        .route("/v1/conntrack", get(conntrack_list).delete(conntrack_flush))
+        .route("/v1/capture", get(capture))
+        .route("/v1/trace", axum::routing::post(trace))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(ctl)
@@ -336,6 +339,127 @@ async fn metrics(State(ctl): Shared) -> Response {
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn internal(status: u16, kind: &'static str, msg: String) -> Response {
+    error(ApiError {
+        status,
+        kind,
+        problems: vec![Problem::new("", msg)],
+    })
+}
+
+/// How long a request to the worker cores may wait for their answer.
+const WORKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CtQuery {
+    #[serde(default)]
+    zone: Option<u16>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /v1/conntrack?zone=Z&limit=N`: the connections of every worker core.
+async fn conntrack_list(State(ctl): Shared, Query(q): Query<CtQuery>) -> Response {
+    let limit = q.limit.unwrap_or(1000).min(100_000);
+    let d = ctl.daemon.clone();
+    match tokio::task::spawn_blocking(move || d.conntrack_list(q.zone, limit, WORKER_TIMEOUT)).await {
+        Ok(Ok(v)) => axum::Json(serde_json::json!({"connections": v})).into_response(),
+        Ok(Err(e)) => internal(503, "WorkersUnavailable", e),
+        Err(e) => internal(500, "InternalError", e.to_string()),
+    }
+}
+
+/// `DELETE /v1/conntrack?zone=Z`: removes them (all, or one zone).
+async fn conntrack_flush(State(ctl): Shared, Query(q): Query<CtQuery>) -> Response {
+    let d = ctl.daemon.clone();
+    match tokio::task::spawn_blocking(move || d.conntrack_flush(q.zone, WORKER_TIMEOUT)).await {
+        Ok(Ok(n)) => axum::Json(serde_json::json!({"flushed": n})).into_response(),
+        Ok(Err(e)) => internal(503, "WorkersUnavailable", e),
+        Err(e) => internal(500, "InternalError", e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureQuery {
+    port: String,
+    #[serde(default)]
+    count: Option<usize>,
+    #[serde(default)]
+    snaplen: Option<usize>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// `GET /v1/capture?port=P&count=N&snaplen=S&timeout_ms=T`: a pcap of what the port receives
+/// and transmits, `count` frames or what came within the timeout.
+async fn capture(State(ctl): Shared, Query(q): Query<CaptureQuery>) -> Response {
+    let count = q.count.unwrap_or(100);
+    if count == 0 || count > 100_000 {
+        return error(ApiError::one("count", "must be 1..=100000"));
+    }
+    let snaplen = q.snaplen.unwrap_or(2048).clamp(64, 2048);
+    let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(10_000).min(600_000));
+    let d = ctl.daemon.clone();
+    match tokio::task::spawn_blocking(move || d.capture(&q.port, count, snaplen, timeout)).await {
+        Ok(Ok(c)) => (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.tcpdump.pcap")),
+                (
+                    header::HeaderName::from_static("x-vswitch-packets"),
+                    HeaderValue::from(c.packets as u64),
+                ),
+                (
+                    header::HeaderName::from_static("x-vswitch-capture-dropped"),
+                    HeaderValue::from(c.dropped),
+                ),
+            ],
+            c.pcap,
+        )
+            .into_response(),
+        Ok(Err(e)) => error(ApiError::one("port", e)),
+        Err(e) => internal(500, "InternalError", e.to_string()),
+    }
+}
+
+/// `POST /v1/trace`: what the switch would do with a packet (fields or hex), sending nothing.
+async fn trace(State(ctl): Shared, body: Bytes) -> Response {
+    let v = match json(&body) {
+        Ok(v) => v,
+        Err(e) => return error(e),
+    };
+    let spec: super::trace::PacketSpec = match serde_path_to_error::deserialize(v) {
+        Ok(s) => s,
+        Err(e) => {
+            let path = e.path().to_string();
+            return error(ApiError::one(
+                if path == "." { "" } else { &path },
+                e.into_inner().to_string(),
+            ));
+        }
+    };
+    let d = ctl.daemon.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let tables = d.publisher().current();
+        super::trace::trace_spec(&tables, d.shared(), &spec)
+    })
+    .await;
+    match r {
+        Ok(Ok(report)) => axum::Json(report).into_response(),
+        Ok(Err(problems)) => error(ApiError::bad_request(
+            problems
+                .into_iter()
+                .map(|p| match p.split_once(": ") {
+                    Some((path, msg)) if !path.contains(' ') => Problem::new(path, msg),
+                    _ => Problem::new("", p),
+                })
+                .collect(),
+        )),
+        Err(e) => internal(500, "InternalError", e.to_string()),
     }
 }
 

@@ -124,7 +124,7 @@ impl ApiError {
             )],
         }
     }
-    fn one(path: &str, msg: impl Into<String>) -> Self {
+    pub fn one(path: &str, msg: impl Into<String>) -> Self {
         Self::bad_request(vec![Problem::new(path, msg)])
     }
 
