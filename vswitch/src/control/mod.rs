@@ -13,6 +13,8 @@ use std::sync::Arc;
 use vswitch_config::{DesiredState, HostConfig, Problem};
 use vswitch_ffi::{eal, Mempool};
 
+pub mod trace;
+
 /// Per-core learning table size (entries) and aging.
 const LEARN_CAPACITY: usize = 16384;
 /// Next hops the routers may resolve themselves (beyond the desired state's ports).
