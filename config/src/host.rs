@@ -226,7 +226,7 @@ pub struct HostConfig {
 /// Where the control plane listens (`[control]`): always a unix socket (mode 0600, so only its
 /// owner may change the switch); a TCP address only when set, and then every request must carry
 /// `Authorization: Bearer <token>` with the token read from `token_file`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     /// The API's unix socket; default `/run/vswitchd/<host_id>.sock`, so several switches
@@ -247,17 +247,6 @@ pub struct ControlConfig {
 
 /// The directory of the default API sockets.
 pub const DEFAULT_CONTROL_DIR: &str = "/run/vswitchd";
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        ControlConfig {
-            socket: None,
-            listen: None,
-            token_file: None,
-            state_file: None,
-        }
-    }
-}
 
 /// Connection tracking (`[conntrack]`): the table's size and the per-state timeouts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

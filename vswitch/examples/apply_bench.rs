@@ -68,9 +68,14 @@ fn state(ports: usize) -> DesiredState {
             {"id": "r-i4", "security_group_id": "sg", "direction": "ingress", "ethertype": "IPv4", "remote_group_id": "sg"},
             {"id": "r-ssh", "security_group_id": "sg", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "0.0.0.0/0"}],
         "floatingips": [], "hosts": []});
-    v["networks"].as_array_mut().unwrap().push(json!({"id": "ext", "router:external": true,
+    v["networks"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "ext", "router:external": true,
         "provider:network_type": "flat", "provider:physical_network": "provider"}));
-    v["subnets"].as_array_mut().unwrap().push(json!({"id": "ext-s", "network_id": "ext", "cidr": "203.0.113.0/24", "ip_version": 4}));
+    v["subnets"].as_array_mut().unwrap().push(
+        json!({"id": "ext-s", "network_id": "ext", "cidr": "203.0.113.0/24", "ip_version": 4}),
+    );
     for h in 0..50 {
         v["hosts"].as_array_mut().unwrap().push(json!({"host": format!("host{h}"), "vtep_ip": format!("10.0.{}.{}", h / 200, h % 200 + 1),
             "dvr_mac": format!("fa:16:3f:00:{:02x}:{:02x}", h / 256, h % 256 + 1)}));
@@ -109,7 +114,10 @@ fn pct(mut v: Vec<Duration>, p: f64) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let ports = args.first().copied().unwrap_or(10_000);
     let changes = args.get(1).copied().unwrap_or(200);
     let mut host = vswitch_config::parse_host_str(HOST).expect("host");
@@ -165,7 +173,8 @@ fn main() {
     let mut replace = Vec::new();
     for i in 0..20 {
         let mut next = st.clone();
-        next.ports[next.ports.len() - 1 - i].name = format!("renamed-{i}");
+        let last = next.ports.len() - 1 - i;
+        next.ports[last].name = format!("renamed-{i}");
         let t0 = Instant::now();
         store.replace(next).expect("replace");
         replace.push(t0.elapsed());

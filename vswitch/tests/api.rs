@@ -52,7 +52,12 @@ provider = "uplink"
 }
 
 /// One request; returns (status, headers lower-cased, body as JSON or as a string).
-fn http(sock: &Path, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<(String, String)>, Value) {
+fn http(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Vec<(String, String)>, Value) {
     let (status, headers, bytes) = http_raw(sock, method, path, body.map(|b| b.to_string()));
     let v = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
@@ -131,7 +136,14 @@ fn state(sock: &Path) -> Value {
 }
 
 /// A refused change: the status, the problems' paths, and nothing changed.
-fn refused(sock: &Path, method: &str, path: &str, body: Value, want_status: u16, want_paths: &[&str]) {
+fn refused(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Value,
+    want_status: u16,
+    want_paths: &[&str],
+) {
     let before = (state(sock), generation(sock));
     let (st, _, v) = http(sock, method, path, Some(&body));
     assert_eq!(st, want_status, "{method} {path} {body}: {v}");
@@ -142,13 +154,25 @@ fn refused(sock: &Path, method: &str, path: &str, body: Value, want_status: u16,
         .map(|p| p["path"].as_str().unwrap_or("").to_string())
         .collect();
     for want in want_paths {
-        assert!(paths.iter().any(|p| p == want), "{method} {path}: want a problem at {want:?}, got {v}");
+        assert!(
+            paths.iter().any(|p| p == want),
+            "{method} {path}: want a problem at {want:?}, got {v}"
+        );
     }
-    assert_eq!((state(sock), generation(sock)), before, "a refused request changed the state");
+    assert_eq!(
+        (state(sock), generation(sock)),
+        before,
+        "a refused request changed the state"
+    );
 }
 
 fn created(sock: &Path, coll: &str, singular: &str, fields: Value) -> Value {
-    let (st, h, v) = http(sock, "POST", &format!("/v2.0/{coll}"), Some(&json!({ singular: fields })));
+    let (st, h, v) = http(
+        sock,
+        "POST",
+        &format!("/v2.0/{coll}"),
+        Some(&json!({ singular: fields })),
+    );
     assert_eq!(st, 201, "create {coll}: {v}");
     assert!(header(&h, "x-vswitch-generation").is_some());
     v[singular].clone()
@@ -173,88 +197,268 @@ fn api_every_resource_crud_over_the_unix_socket() {
     assert_eq!(generation(&sock), 1);
 
     // Networks: a tenant VXLAN network and the external provider VLAN.
-    let net = created(&sock, "networks", "network", json!({"id": "net-a", "name": "blue"}));
+    let net = created(
+        &sock,
+        "networks",
+        "network",
+        json!({"id": "net-a", "name": "blue"}),
+    );
     assert_eq!(net["provider:network_type"], "vxlan");
-    created(&sock, "networks", "network", json!({"id": "ext", "name": "provider1", "router:external": true,
-        "provider:network_type": "vlan", "provider:physical_network": "provider", "provider:segmentation_id": 101}));
-    created(&sock, "subnets", "subnet", json!({"id": "sub-a", "network_id": "net-a", "cidr": "10.10.0.0/24"}));
-    created(&sock, "subnets", "subnet", json!({"id": "sub-ext", "network_id": "ext", "cidr": "203.0.113.0/24"}));
-    let sg = created(&sock, "security-groups", "security_group", json!({"id": "sg", "name": "default"}));
+    created(
+        &sock,
+        "networks",
+        "network",
+        json!({"id": "ext", "name": "provider1", "router:external": true,
+        "provider:network_type": "vlan", "provider:physical_network": "provider", "provider:segmentation_id": 101}),
+    );
+    created(
+        &sock,
+        "subnets",
+        "subnet",
+        json!({"id": "sub-a", "network_id": "net-a", "cidr": "10.10.0.0/24"}),
+    );
+    created(
+        &sock,
+        "subnets",
+        "subnet",
+        json!({"id": "sub-ext", "network_id": "ext", "cidr": "203.0.113.0/24"}),
+    );
+    let sg = created(
+        &sock,
+        "security-groups",
+        "security_group",
+        json!({"id": "sg", "name": "default"}),
+    );
     assert_eq!(sg["security_group_rules"].as_array().unwrap().len(), 2);
-    let rule = created(&sock, "security-group-rules", "security_group_rule", json!({
+    let rule = created(
+        &sock,
+        "security-group-rules",
+        "security_group_rule",
+        json!({
         "security_group_id": "sg", "direction": "ingress", "protocol": "tcp",
-        "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "0.0.0.0/0"}));
-    let a = created(&sock, "ports", "port", json!({"id": "port-a", "network_id": "net-a", "binding:host_id": "compute1"}));
+        "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "0.0.0.0/0"}),
+    );
+    let a = created(
+        &sock,
+        "ports",
+        "port",
+        json!({"id": "port-a", "network_id": "net-a", "binding:host_id": "compute1"}),
+    );
     assert_eq!(a["fixed_ips"][0]["ip_address"], "10.10.0.2");
     assert_eq!(a["security_groups"], json!(["sg"]));
-    created(&sock, "ports", "port", json!({"id": "port-b", "network_id": "net-a", "binding:host_id": "compute1",
-        "fixed_ips": [{"subnet_id": "sub-a"}]}));
-    let r = created(&sock, "routers", "router", json!({"id": "r1", "name": "router1"}));
+    created(
+        &sock,
+        "ports",
+        "port",
+        json!({"id": "port-b", "network_id": "net-a", "binding:host_id": "compute1",
+        "fixed_ips": [{"subnet_id": "sub-a"}]}),
+    );
+    let r = created(
+        &sock,
+        "routers",
+        "router",
+        json!({"id": "r1", "name": "router1"}),
+    );
     assert_eq!(r["distributed"], true);
-    let (st, _, v) = http(&sock, "PUT", "/v2.0/routers/r1/add_router_interface", Some(&json!({"subnet_id": "sub-a"})));
+    let (st, _, v) = http(
+        &sock,
+        "PUT",
+        "/v2.0/routers/r1/add_router_interface",
+        Some(&json!({"subnet_id": "sub-a"})),
+    );
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["subnet_id"], "sub-a");
     // The router's gateway on the external network, the host's fg port, a floating IP.
-    let (st, _, v) = http(&sock, "PUT", "/v2.0/routers/r1", Some(&json!({"router": {"external_gateway_info": {"network_id": "ext"}}})));
+    let (st, _, v) = http(
+        &sock,
+        "PUT",
+        "/v2.0/routers/r1",
+        Some(&json!({"router": {"external_gateway_info": {"network_id": "ext"}}})),
+    );
     assert_eq!(st, 200, "{v}");
-    assert_eq!(v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"], "203.0.113.2");
-    created(&sock, "ports", "port", json!({"id": "fg", "network_id": "ext", "binding:host_id": "compute1",
-        "device_owner": "network:floatingip_agent_gateway", "device_id": "compute1"}));
-    let fip = created(&sock, "floatingips", "floatingip", json!({"floating_network_id": "ext", "port_id": "port-a"}));
+    assert_eq!(
+        v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
+        "203.0.113.2"
+    );
+    created(
+        &sock,
+        "ports",
+        "port",
+        json!({"id": "fg", "network_id": "ext", "binding:host_id": "compute1",
+        "device_owner": "network:floatingip_agent_gateway", "device_id": "compute1"}),
+    );
+    let fip = created(
+        &sock,
+        "floatingips",
+        "floatingip",
+        json!({"floating_network_id": "ext", "port_id": "port-a"}),
+    );
     let fip_id = fip["id"].as_str().unwrap().to_string();
     assert_eq!(fip["floating_ip_address"], "203.0.113.4");
 
     // Read: lists and single objects, with Neutron's envelopes.
-    for (coll, key, n) in [("networks", "networks", 2), ("subnets", "subnets", 2), ("routers", "routers", 1),
-        ("floatingips", "floatingips", 1), ("security-groups", "security_groups", 1), ("security-group-rules", "security_group_rules", 3)] {
+    for (coll, key, n) in [
+        ("networks", "networks", 2),
+        ("subnets", "subnets", 2),
+        ("routers", "routers", 1),
+        ("floatingips", "floatingips", 1),
+        ("security-groups", "security_groups", 1),
+        ("security-group-rules", "security_group_rules", 3),
+    ] {
         let (st, _, v) = http(&sock, "GET", &format!("/v2.0/{coll}"), None);
         assert_eq!(st, 200);
         assert_eq!(v[key].as_array().map(Vec::len), Some(n), "{coll}: {v}");
     }
     let (_, _, v) = http(&sock, "GET", "/v2.0/ports", None);
-    assert_eq!(v["ports"].as_array().unwrap().len(), 5, "2 instances, interface, gateway, fg: {v}");
+    assert_eq!(
+        v["ports"].as_array().unwrap().len(),
+        5,
+        "2 instances, interface, gateway, fg: {v}"
+    );
     let (st, _, v) = http(&sock, "GET", "/v2.0/ports/port-a", None);
-    assert_eq!((st, v["port"]["binding:host_id"].clone()), (200, json!("compute1")));
+    assert_eq!(
+        (st, v["port"]["binding:host_id"].clone()),
+        (200, json!("compute1"))
+    );
     let (st, _, _) = http(&sock, "GET", "/v2.0/ports/nope", None);
     assert_eq!(st, 404);
 
     // Update: a field changes, the others stay; the data plane follows (the FIP moves away).
-    let (st, h, v) = http(&sock, "PUT", "/v2.0/ports/port-b", Some(&json!({"port": {"name": "renamed"}})));
+    let (st, h, v) = http(
+        &sock,
+        "PUT",
+        "/v2.0/ports/port-b",
+        Some(&json!({"port": {"name": "renamed"}})),
+    );
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["port"]["name"], "renamed");
     assert_eq!(v["port"]["fixed_ips"][0]["ip_address"], "10.10.0.3");
     let g: u64 = header(&h, "x-vswitch-generation").unwrap().parse().unwrap();
     assert_eq!(g, generation(&sock));
-    let (st, _, v) = http(&sock, "PUT", &format!("/v2.0/floatingips/{fip_id}"), Some(&json!({"floatingip": {"port_id": "port-b"}})));
+    let (st, _, v) = http(
+        &sock,
+        "PUT",
+        &format!("/v2.0/floatingips/{fip_id}"),
+        Some(&json!({"floatingip": {"port_id": "port-b"}})),
+    );
     assert_eq!(st, 200, "{v}");
     let (_, _, stats) = http(&sock, "GET", "/v1/stats", None);
-    assert_eq!(stats["generation"].as_u64(), Some(generation(&sock)), "the cores run the latest tables");
+    assert_eq!(
+        stats["generation"].as_u64(),
+        Some(generation(&sock)),
+        "the cores run the latest tables"
+    );
 
     // Refused, nothing changes: wrong type, unknown field, dangling reference, overlapping
     // subnet, duplicate MAC, duplicate IP, bad JSON, bad envelope, immutable rule.
-    refused(&sock, "POST", "/v2.0/networks", json!({"network": {"mtu": "big"}}), 400, &["network.mtu"]);
-    refused(&sock, "POST", "/v2.0/networks", json!({"network": {"colour": "red"}}), 400, &["network"]);
-    refused(&sock, "POST", "/v2.0/ports", json!({"port": {"network_id": "nope", "mac_address": "fa:16:3e:00:00:09"}}), 400, &["port.network_id"]);
-    refused(&sock, "POST", "/v2.0/subnets", json!({"subnet": {"network_id": "net-a", "cidr": "10.10.0.128/25"}}), 400, &["subnet.cidr"]);
+    refused(
+        &sock,
+        "POST",
+        "/v2.0/networks",
+        json!({"network": {"mtu": "big"}}),
+        400,
+        &["network.mtu"],
+    );
+    refused(
+        &sock,
+        "POST",
+        "/v2.0/networks",
+        json!({"network": {"colour": "red"}}),
+        400,
+        &["network"],
+    );
+    refused(
+        &sock,
+        "POST",
+        "/v2.0/ports",
+        json!({"port": {"network_id": "nope", "mac_address": "fa:16:3e:00:00:09"}}),
+        400,
+        &["port.network_id"],
+    );
+    refused(
+        &sock,
+        "POST",
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": "net-a", "cidr": "10.10.0.128/25"}}),
+        400,
+        &["subnet.cidr"],
+    );
     let mac_a = a["mac_address"].as_str().unwrap();
-    refused(&sock, "POST", "/v2.0/ports", json!({"port": {"network_id": "net-a", "mac_address": mac_a}}), 400, &["port.mac_address"]);
-    refused(&sock, "POST", "/v2.0/ports", json!({"port": {"network_id": "net-a", "fixed_ips": [{"ip_address": "10.10.0.2"}]}}), 400, &["port.fixed_ips[0].ip_address"]);
-    refused(&sock, "DELETE", "/v2.0/networks/net-a", json!(null), 400, &[]);
-    refused(&sock, "PUT", &format!("/v2.0/security-group-rules/{}", rule["id"].as_str().unwrap()), json!({"security_group_rule": {"port_range_min": 23}}), 400, &["security_group_rule"]);
-    refused(&sock, "POST", "/v2.0/networks", json!({"net": {}}), 400, &["net"]);
+    refused(
+        &sock,
+        "POST",
+        "/v2.0/ports",
+        json!({"port": {"network_id": "net-a", "mac_address": mac_a}}),
+        400,
+        &["port.mac_address"],
+    );
+    refused(
+        &sock,
+        "POST",
+        "/v2.0/ports",
+        json!({"port": {"network_id": "net-a", "fixed_ips": [{"ip_address": "10.10.0.2"}]}}),
+        400,
+        &["port.fixed_ips[0].ip_address"],
+    );
+    refused(
+        &sock,
+        "DELETE",
+        "/v2.0/networks/net-a",
+        json!(null),
+        400,
+        &[],
+    );
+    refused(
+        &sock,
+        "PUT",
+        &format!(
+            "/v2.0/security-group-rules/{}",
+            rule["id"].as_str().unwrap()
+        ),
+        json!({"security_group_rule": {"port_range_min": 23}}),
+        400,
+        &["security_group_rule"],
+    );
+    refused(
+        &sock,
+        "POST",
+        "/v2.0/networks",
+        json!({"net": {}}),
+        400,
+        &["net"],
+    );
     let before = generation(&sock);
-    let (st, _, v) = http_raw(&sock, "POST", "/v2.0/networks", Some("{not json".into())).0.to_string().parse::<u16>().map(|s| (s, (), ())).map(|(s, _, _)| (s, (), http(&sock, "GET", "/v1/status", None).2)).unwrap();
-    assert_eq!(st, 400, "{v}");
+    let (st, _, body) = http_raw(&sock, "POST", "/v2.0/networks", Some("{not json".into()));
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
     assert_eq!(generation(&sock), before);
 
     // Delete, in Neutron's order.
-    for path in [format!("/v2.0/floatingips/{fip_id}"), "/v2.0/ports/fg".into(), "/v2.0/ports/port-a".into(), "/v2.0/ports/port-b".into()] {
+    for path in [
+        format!("/v2.0/floatingips/{fip_id}"),
+        "/v2.0/ports/fg".into(),
+        "/v2.0/ports/port-a".into(),
+        "/v2.0/ports/port-b".into(),
+    ] {
         let (st, _, v) = http(&sock, "DELETE", &path, None);
         assert_eq!(st, 204, "{path}: {v}");
     }
-    let (st, _, v) = http(&sock, "PUT", "/v2.0/routers/r1/remove_router_interface", Some(&json!({"subnet_id": "sub-a"})));
+    let (st, _, v) = http(
+        &sock,
+        "PUT",
+        "/v2.0/routers/r1/remove_router_interface",
+        Some(&json!({"subnet_id": "sub-a"})),
+    );
     assert_eq!(st, 200, "{v}");
-    for path in ["/v2.0/routers/r1", &format!("/v2.0/security-group-rules/{}", rule["id"].as_str().unwrap()), "/v2.0/security-groups/sg", "/v2.0/subnets/sub-a", "/v2.0/networks/net-a"] {
+    for path in [
+        "/v2.0/routers/r1",
+        &format!(
+            "/v2.0/security-group-rules/{}",
+            rule["id"].as_str().unwrap()
+        ),
+        "/v2.0/security-groups/sg",
+        "/v2.0/subnets/sub-a",
+        "/v2.0/networks/net-a",
+    ] {
         let (st, _, v) = http(&sock, "DELETE", path, None);
         assert_eq!(st, 204, "{path}: {v}");
     }
@@ -277,20 +481,39 @@ fn api_concurrent_clients_each_get_their_own_generation() {
             std::thread::spawn(move || {
                 (0..10)
                     .map(|i| {
-                        let (st, h, v) = http(&sock, "POST", "/v2.0/networks", Some(&json!({"network": {"id": format!("n{t}-{i}")}})));
+                        let (st, h, v) = http(
+                            &sock,
+                            "POST",
+                            "/v2.0/networks",
+                            Some(&json!({"network": {"id": format!("n{t}-{i}")}})),
+                        );
                         assert_eq!(st, 201, "{v}");
-                        header(&h, "x-vswitch-generation").unwrap().parse::<u64>().unwrap()
+                        header(&h, "x-vswitch-generation")
+                            .unwrap()
+                            .parse::<u64>()
+                            .unwrap()
                     })
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    let mut gens: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let mut gens: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     gens.sort();
-    assert_eq!(gens, (2..62).collect::<Vec<_>>(), "every change one generation, none lost");
+    assert_eq!(
+        gens,
+        (2..62).collect::<Vec<_>>(),
+        "every change one generation, none lost"
+    );
     let s = state(&sock);
-    let vnis: std::collections::HashSet<u64> = s["networks"].as_array().unwrap().iter()
-        .map(|n| n["provider:segmentation_id"].as_u64().unwrap()).collect();
+    let vnis: std::collections::HashSet<u64> = s["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["provider:segmentation_id"].as_u64().unwrap())
+        .collect();
     assert_eq!(vnis.len(), 60, "each network its own VNI");
     vs.stop();
 }
@@ -309,7 +532,14 @@ fn api_state_survives_kill_9_during_a_stream_of_changes() {
     let client = std::thread::spawn(move || {
         for i in 0..10_000 {
             let id = format!("n{i}");
-            let r = std::panic::catch_unwind(|| http(&s2, "POST", "/v2.0/networks", Some(&json!({"network": {"id": id}}))));
+            let r = std::panic::catch_unwind(|| {
+                http(
+                    &s2,
+                    "POST",
+                    "/v2.0/networks",
+                    Some(&json!({"network": {"id": id}})),
+                )
+            });
             match r {
                 Ok((201, _, _)) => a2.lock().unwrap().push(format!("n{i}")),
                 _ => return i,
@@ -330,17 +560,43 @@ fn api_state_survives_kill_9_during_a_stream_of_changes() {
     let state_yaml = std::fs::read_to_string(&state_file).unwrap();
     let vs = Vswitchd::start(&topo, &ns, &host_toml, &state_yaml);
     let s = state(vs.socket());
-    let ids: Vec<String> = s["networks"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_string()).collect();
-    assert!(ids.starts_with(&acked), "lost an accepted change: {} accepted, {} back", acked.len(), ids.len());
-    assert!(ids.len() <= acked.len() + 1, "{} accepted, {} back", acked.len(), ids.len());
-    let leftovers: Vec<_> = std::fs::read_dir(topo.dir()).unwrap().filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp.")).collect();
-    assert!(leftovers.len() <= 1, "temporary files pile up: {leftovers:?}");
+    let ids: Vec<String> = s["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ids.starts_with(&acked),
+        "lost an accepted change: {} accepted, {} back",
+        acked.len(),
+        ids.len()
+    );
+    assert!(
+        ids.len() <= acked.len() + 1,
+        "{} accepted, {} back",
+        acked.len(),
+        ids.len()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(topo.dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+        .collect();
+    assert!(
+        leftovers.len() <= 1,
+        "temporary files pile up: {leftovers:?}"
+    );
     vs.stop();
 }
 
 fn ctl(sock: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(VSWITCHCTL).arg("--socket").arg(sock).args(args).output().expect("vswitchctl");
+    let out = Command::new(VSWITCHCTL)
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("vswitchctl");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -376,9 +632,15 @@ ports:
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
-    assert!(lines[0].starts_with("ID") && lines[0].contains("FIXED_IPS"), "{out}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("FIXED_IPS"),
+        "{out}"
+    );
     let col = lines[0].find("MAC").unwrap();
-    assert!(lines[1][col..].starts_with("fa:16:3e:00:20:0"), "columns aligned:\n{out}");
+    assert!(
+        lines[1][col..].starts_with("fa:16:3e:00:20:0"),
+        "columns aligned:\n{out}"
+    );
     assert!(out.contains("10.20.0.5") && out.contains("web2"), "{out}");
     let (_, out, _) = ctl(&sock, &["show", "networks", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -387,11 +649,17 @@ ports:
     std::fs::write(&doc, "networks:\n  - {id: x, \"provider:network_type\": vxlan, \"provider:segmentation_id\": 0}\nports:\n  - {id: p, network_id: nope, mac_address: \"fa:16:3e:00:00:01\"}\n").unwrap();
     let (code, _, err) = ctl(&sock, &["apply", doc.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("networks[0].provider:segmentation_id") && err.contains("ports[0].network_id"), "{err}");
+    assert!(
+        err.contains("networks[0].provider:segmentation_id") && err.contains("ports[0].network_id"),
+        "{err}"
+    );
     assert_eq!(generation(&sock), 2);
     let (code, out, _) = ctl(&sock, &["stats"]);
     assert_eq!(code, 0);
-    assert!(out.contains("port") && out.contains("vm1") && out.contains("drops:"), "{out}");
+    assert!(
+        out.contains("port") && out.contains("vm1") && out.contains("drops:"),
+        "{out}"
+    );
     let (_, out, _) = ctl(&sock, &["stats", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["cores"][0]["lcore"], 1);
@@ -402,12 +670,16 @@ ports:
     // /metrics, parsed by the Prometheus client library's own parser.
     let (st, h, body) = http_raw(&sock, "GET", "/metrics", None);
     assert_eq!(st, 200);
-    assert!(header(&h, "content-type").unwrap().starts_with("text/plain"));
+    assert!(header(&h, "content-type")
+        .unwrap()
+        .starts_with("text/plain"));
     let text = String::from_utf8(body).unwrap();
     let path = topo.dir().join("metrics.txt");
     std::fs::write(&path, &text).unwrap();
     let out = Command::new(python())
-        .args(["-c", r#"
+        .args([
+            "-c",
+            r#"
 import sys, json
 from prometheus_client.parser import text_string_to_metric_families
 fams = {f.name: f for f in text_string_to_metric_families(open(sys.argv[1]).read())}
@@ -416,14 +688,23 @@ for name, f in fams.items():
     for s in f.samples:
         out.setdefault(s.name, []).append([s.labels, s.value])
 print(json.dumps({"types": {n: f.type for n, f in fams.items()}, "samples": out}))
-"#, path.to_str().unwrap()])
+"#,
+            path.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m: Value = serde_json::from_slice(&out.stdout).unwrap();
     let samples = &m["samples"];
     let one = |name: &str, label: Option<(&str, &str)>| -> f64 {
-        samples[name].as_array().unwrap_or_else(|| panic!("no {name} in {text}")).iter()
+        samples[name]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .iter()
             .find(|s| label.is_none_or(|(k, v)| s[0][k] == v))
             .and_then(|s| s[1].as_f64())
             .unwrap_or_else(|| panic!("no {name} {label:?}"))

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "vswitchctl", version, about = "Control and inspect a running vswitchd")]
+#[command(
+    name = "vswitchctl",
+    version,
+    about = "Control and inspect a running vswitchd"
+)]
 struct Cli {
     /// The API's unix socket (default: the only *.sock in /run/vswitchd).
     #[arg(long, short = 's', env = "VSWITCHCTL_SOCKET", global = true)]
@@ -152,8 +156,8 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, String> {
             .token_file
             .as_ref()
             .ok_or("--tcp needs --token-file (the switch's control.token_file)")?;
-        let token = std::fs::read_to_string(f)
-            .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        let token =
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
         return Ok(Endpoint::Tcp(addr.clone(), token.trim().to_string()));
     }
     if let Some(s) = &cli.socket {
@@ -337,7 +341,11 @@ fn cell(field: &str, row: &Value) -> String {
                 .as_array()
                 .map(|a| a.iter().filter_map(|f| f["ip_address"].as_str()).collect())
                 .unwrap_or_default();
-            format!("{} {}", o["network_id"].as_str().unwrap_or(""), ips.join(","))
+            format!(
+                "{} {}",
+                o["network_id"].as_str().unwrap_or(""),
+                ips.join(",")
+            )
         }
         ("security_group_rules" | "routes", Value::Array(a)) => a.len().to_string(),
         ("port_range_min", _) => match (&row["port_range_min"], &row["port_range_max"]) {
@@ -403,8 +411,13 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             } else {
                 serde_yaml::from_str(&text).map_err(|e| (1, format!("{}: {e}", file.display())))?
             };
-            let v = if v.is_null() { serde_json::json!({}) } else { v };
-            let (_, _, b) = call("PUT", "/v1/state".into(), Some(v.to_string().into_bytes())).await?;
+            let v = if v.is_null() {
+                serde_json::json!({})
+            } else {
+                v
+            };
+            let (_, _, b) =
+                call("PUT", "/v1/state".into(), Some(v.to_string().into_bytes())).await?;
             let r = json_of(&b);
             println!(
                 "applied {}: generation {} live on every core ({} us)",
@@ -423,7 +436,10 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             let key = coll.replace('-', "_");
             let items = v[&key].as_array().cloned().unwrap_or_default();
             if json {
-                println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&items).unwrap_or_default()
+                );
             } else {
                 let headers: Vec<&str> = cols.iter().map(|c| c.0).collect();
                 let rows: Vec<Vec<String>> = items
@@ -436,19 +452,37 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         Cmd::Create { what, fields } => {
             let coll = collection(&what);
             let singular = singular(&coll)?;
-            let f: Value = serde_json::from_str(&fields).map_err(|e| (2, format!("fields: {e}")))?;
+            let f: Value =
+                serde_json::from_str(&fields).map_err(|e| (2, format!("fields: {e}")))?;
             let body = serde_json::json!({ singular: f });
-            let (_, h, b) = call("POST", format!("/v2.0/{coll}"), Some(body.to_string().into_bytes())).await?;
-            println!("{}", serde_json::to_string_pretty(&json_of(&b)).unwrap_or_default());
+            let (_, h, b) = call(
+                "POST",
+                format!("/v2.0/{coll}"),
+                Some(body.to_string().into_bytes()),
+            )
+            .await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json_of(&b)).unwrap_or_default()
+            );
             print_generation(&h);
         }
         Cmd::Update { what, id, fields } => {
             let coll = collection(&what);
             let singular = singular(&coll)?;
-            let f: Value = serde_json::from_str(&fields).map_err(|e| (2, format!("fields: {e}")))?;
+            let f: Value =
+                serde_json::from_str(&fields).map_err(|e| (2, format!("fields: {e}")))?;
             let body = serde_json::json!({ singular: f });
-            let (_, h, b) = call("PUT", format!("/v2.0/{coll}/{id}"), Some(body.to_string().into_bytes())).await?;
-            println!("{}", serde_json::to_string_pretty(&json_of(&b)).unwrap_or_default());
+            let (_, h, b) = call(
+                "PUT",
+                format!("/v2.0/{coll}/{id}"),
+                Some(body.to_string().into_bytes()),
+            )
+            .await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json_of(&b)).unwrap_or_default()
+            );
             print_generation(&h);
         }
         Cmd::Delete { what, id } => {
@@ -463,11 +497,21 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("host        {} ({})", v["host_id"].as_str().unwrap_or(""), v["role"].as_str().unwrap_or(""));
-                println!("generation  {} (live on the cores: {})", v["generation"], v["live_generation"]);
+                println!(
+                    "host        {} ({})",
+                    v["host_id"].as_str().unwrap_or(""),
+                    v["role"].as_str().unwrap_or("")
+                );
+                println!(
+                    "generation  {} (live on the cores: {})",
+                    v["generation"], v["live_generation"]
+                );
                 println!("workers     {}", v["workers"]);
                 println!("ports       {}", v["ports"]);
-                println!("state file  {}", v["state_file"].as_str().unwrap_or("(none)"));
+                println!(
+                    "state file  {}",
+                    v["state_file"].as_str().unwrap_or("(none)")
+                );
                 if let Some(o) = v["objects"].as_object() {
                     for (k, n) in o {
                         println!("  {k:<22} {n}");
@@ -478,7 +522,10 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         Cmd::Stats { json } => {
             if json {
                 let (_, _, b) = call("GET", "/v1/stats".into(), None).await?;
-                println!("{}", serde_json::to_string_pretty(&json_of(&b)).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json_of(&b)).unwrap_or_default()
+                );
             } else {
                 let (_, _, b) = call("GET", "/v1/stats?format=text".into(), None).await?;
                 print!("{}", String::from_utf8_lossy(&b));
@@ -512,8 +559,10 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             let hex = match (&t.hex, &t.pcap) {
                 (Some(h), _) => Some(h.clone()),
                 (None, Some(p)) => {
-                    let bytes = std::fs::read(p).map_err(|e| (2, format!("cannot read {}: {e}", p.display())))?;
-                    let frame = vswitch::control::trace::first_pcap_packet(&bytes).map_err(|e| (2, format!("{}: {e}", p.display())))?;
+                    let bytes = std::fs::read(p)
+                        .map_err(|e| (2, format!("cannot read {}: {e}", p.display())))?;
+                    let frame = vswitch::control::trace::first_pcap_packet(&bytes)
+                        .map_err(|e| (2, format!("{}: {e}", p.display())))?;
                     Some(frame.iter().map(|b| format!("{b:02x}")).collect())
                 }
                 _ => None,
@@ -537,7 +586,12 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             set("icmp_type", t.icmp_type.map(Value::from));
             set("icmp_code", t.icmp_code.map(Value::from));
             set("ttl", t.ttl.map(Value::from));
-            let (_, _, b) = call("POST", "/v1/trace".into(), Some(spec.to_string().into_bytes())).await?;
+            let (_, _, b) = call(
+                "POST",
+                "/v1/trace".into(),
+                Some(spec.to_string().into_bytes()),
+            )
+            .await?;
             let v = json_of(&b);
             if t.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -545,16 +599,32 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 print!("{}", trace_text(&v));
             }
         }
-        Cmd::Capture { port, count, write, timeout, snaplen } => {
+        Cmd::Capture {
+            port,
+            count,
+            write,
+            timeout,
+            snaplen,
+        } => {
             let q = format!(
                 "/v1/capture?port={port}&count={count}&snaplen={snaplen}&timeout_ms={}",
                 (timeout * 1000.0) as u64
             );
             let (_, h, b) = call("GET", q, None).await?;
-            std::fs::write(&write, &b).map_err(|e| (2, format!("cannot write {}: {e}", write.display())))?;
-            let n = h.get("x-vswitch-packets").and_then(|v| v.to_str().ok()).unwrap_or("?");
-            let d = h.get("x-vswitch-capture-dropped").and_then(|v| v.to_str().ok()).unwrap_or("0");
-            println!("captured {n} packets on {port} to {} ({d} not captured: no free slot)", write.display());
+            std::fs::write(&write, &b)
+                .map_err(|e| (2, format!("cannot write {}: {e}", write.display())))?;
+            let n = h
+                .get("x-vswitch-packets")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?");
+            let d = h
+                .get("x-vswitch-capture-dropped")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("0");
+            println!(
+                "captured {n} packets on {port} to {} ({d} not captured: no free slot)",
+                write.display()
+            );
         }
     }
     Ok(())
@@ -580,7 +650,8 @@ fn print_generation(h: &hyper::HeaderMap) {
 fn trace_text(v: &Value) -> String {
     let mut out = format!(
         "packet: {} bytes in on {}\n",
-        v["frame_len"], v["in_port"].as_str().unwrap_or("")
+        v["frame_len"],
+        v["in_port"].as_str().unwrap_or("")
     );
     for l in v["lines"].as_array().into_iter().flatten() {
         out.push_str(&format!("  {}\n", l.as_str().unwrap_or("")));
@@ -593,7 +664,10 @@ fn trace_text(v: &Value) -> String {
             o["len"]
         ));
     }
-    out.push_str(&format!("verdict: {}\n", v["verdict"].as_str().unwrap_or("")));
+    out.push_str(&format!(
+        "verdict: {}\n",
+        v["verdict"].as_str().unwrap_or("")
+    ));
     out
 }
 
@@ -638,7 +712,15 @@ fn conntrack_table(v: &Value) -> String {
         })
         .collect();
     let mut out = table(
-        &["core", "zone", "owner", "proto", "state", "expires_s", "connection"],
+        &[
+            "core",
+            "zone",
+            "owner",
+            "proto",
+            "state",
+            "expires_s",
+            "connection",
+        ],
         &rows,
     );
     out.push_str(&format!("{} connections\n", items.len()));
@@ -647,7 +729,10 @@ fn conntrack_table(v: &Value) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vswitchctl: {e}");

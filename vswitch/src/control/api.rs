@@ -366,7 +366,8 @@ struct CtQuery {
 async fn conntrack_list(State(ctl): Shared, Query(q): Query<CtQuery>) -> Response {
     let limit = q.limit.unwrap_or(1000).min(100_000);
     let d = ctl.daemon.clone();
-    match tokio::task::spawn_blocking(move || d.conntrack_list(q.zone, limit, WORKER_TIMEOUT)).await {
+    match tokio::task::spawn_blocking(move || d.conntrack_list(q.zone, limit, WORKER_TIMEOUT)).await
+    {
         Ok(Ok(v)) => axum::Json(serde_json::json!({"connections": v})).into_response(),
         Ok(Err(e)) => internal(503, "WorkersUnavailable", e),
         Err(e) => internal(500, "InternalError", e.to_string()),
@@ -408,7 +409,10 @@ async fn capture(State(ctl): Shared, Query(q): Query<CaptureQuery>) -> Response 
     match tokio::task::spawn_blocking(move || d.capture(&q.port, count, snaplen, timeout)).await {
         Ok(Ok(c)) => (
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.tcpdump.pcap")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/vnd.tcpdump.pcap"),
+                ),
                 (
                     header::HeaderName::from_static("x-vswitch-packets"),
                     HeaderValue::from(c.packets as u64),

@@ -25,6 +25,7 @@ pub mod pcap;
 mod requests;
 pub use crate::runtime::requests::CtView;
 pub use capture::Capture;
+pub mod trace;
 
 /// Per-core learning table size (entries) and aging.
 const LEARN_CAPACITY: usize = 16384;

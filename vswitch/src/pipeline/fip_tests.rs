@@ -44,7 +44,7 @@ provider = "uplink"
 /// The seed's addresses, except that the instance is 198.51.100.4 (this machine's own uplink
 /// uses 192.0.2.0/24): provider1 is VLAN 101 with 203.0.113.0/24, gateway .1; instance 1 has
 /// floating IP 203.0.113.17; compute1's floating IP gateway port is 203.0.113.5.
-const STATE: &str = r#"
+pub(crate) const STATE: &str = r#"
 hosts:
   - {host: compute1, vtep_ip: 10.0.0.11, dvr_mac: "fa:16:3f:00:00:01"}
   - {host: compute2, vtep_ip: 10.0.0.12, dvr_mac: "fa:16:3f:00:00:02"}
@@ -99,7 +99,8 @@ const F9: [u8; 4] = [203, 0, 113, 19];
 const FG_IP: [u8; 4] = [203, 0, 113, 5];
 const EXT_GW: [u8; 4] = [203, 0, 113, 1];
 
-fn tables_with(state: &str) -> Tables {
+/// Also the fixture of `control::trace`'s floating IP test.
+pub(crate) fn tables_with(state: &str) -> Tables {
     let macs = [
         mac("02:00:00:00:00:01"),
         mac("02:00:00:00:00:02"),

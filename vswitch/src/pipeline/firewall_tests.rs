@@ -53,7 +53,8 @@ security_group_rules:
     s
 }
 
-fn sg_tables(extra_rules: &str, p2_groups: &str) -> Tables {
+/// Also the fixture of `control::trace`'s security-group tests.
+pub(crate) fn sg_tables(extra_rules: &str, p2_groups: &str) -> Tables {
     tables_from(HOST, &sg_state(extra_rules, p2_groups), &[])
 }
 

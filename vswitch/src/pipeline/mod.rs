@@ -360,11 +360,11 @@ pub struct Handoff<B> {
 }
 
 #[cfg(test)]
-mod fip_tests;
+pub(crate) mod fip_tests;
 #[cfg(test)]
-mod firewall_tests;
+pub(crate) mod firewall_tests;
 #[cfg(test)]
-mod router_tests;
+pub(crate) mod router_tests;
 #[cfg(test)]
 mod snat_tests;
 #[cfg(test)]

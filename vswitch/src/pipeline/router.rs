@@ -1990,6 +1990,20 @@ impl<B> Pending<B> {
             self.n += 1;
         }
     }
+
+    /// The next hops the held packets wait for, oldest first: (network, address as 128 bits,
+    /// IPv4 mapped as `::ffff:a.b.c.d`). For a packet trace; never on the fast path.
+    pub fn waiting_for(&self) -> Vec<(NetIdx, u128)> {
+        let mut v: Vec<_> = self
+            .q
+            .iter()
+            .flatten()
+            .map(|h| (h.seq, h.net, h.addr))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, net, addr)| (net, addr)).collect()
+    }
+
     /// Frees every held packet (shutdown). Returns how many.
     pub fn clear(&mut self) -> usize {
         let n = self.n;

@@ -87,7 +87,8 @@ const IP1: [u8; 4] = [198, 51, 100, 11];
 const IP2: [u8; 4] = [198, 18, 0, 12];
 const IPR2: [u8; 4] = [198, 18, 0, 21];
 
-fn tables() -> Tables {
+/// Also the fixture of `control::trace`'s east-west test.
+pub(crate) fn tables() -> Tables {
     let macs = [
         mac("02:00:00:00:00:01"),
         mac("02:00:00:00:00:02"),

@@ -115,6 +115,7 @@ pub fn compile(
             learn: pc.kind == PortKind::Provider,
             max_frame: MAX_FRAME,
             iface_id: pc.iface_id.clone(),
+            mac: None,
             firewall: None,
         };
         if pc.kind == PortKind::Provider {
@@ -136,6 +137,7 @@ pub fn compile(
             if let (Some(ni), Some(net)) = (net_idx(&np.network_id), state.network(&np.network_id))
             {
                 e.network = ni;
+                e.mac = Some(np.mac_address);
                 e.up = np.admin_state_up;
                 e.max_frame = net.effective_mtu() as usize + 14;
                 fdb.insert(fdb_key(ni, np.mac_address), pi as u16);

@@ -12,6 +12,10 @@
 //! a whole key and a whole MAC or nothing. Entries are refreshed by every answer; the table is
 //! sized at start and never allocates; when a probe window is full the answer is not kept and
 //! the router keeps asking (`router.unresolved` counts it).
+//!
+//! [`L3Neighbors::snapshot`] copies every slot and the change count into a table of its own,
+//! so a packet trace (`control::trace`) can run the router, which may learn, without writing
+//! to the table the workers share.
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const PROBE: usize = 16;
@@ -99,6 +103,53 @@ impl L3Neighbors {
         None
     }
 
+    /// A private copy, slot for slot, of what the table holds now, with its change count. A
+    /// slot is copied only once its tag is published (acquire, as a lookup reads it), so the
+    /// copy never holds half a key; a slot claimed but not yet published stays claimed in the
+    /// copy, so the probe windows behind it are as long as here.
+    pub fn snapshot(&self) -> Self {
+        let slots = self
+            .slots
+            .iter()
+            .map(|s| {
+                let tag = s.tag.load(Ordering::Acquire);
+                if tag & READY == 0 {
+                    return Slot {
+                        tag: AtomicU64::new(tag),
+                        ..Slot::default()
+                    };
+                }
+                Slot {
+                    tag: AtomicU64::new(tag),
+                    hi: AtomicU64::new(s.hi.load(Ordering::Relaxed)),
+                    lo: AtomicU64::new(s.lo.load(Ordering::Relaxed)),
+                    mac: AtomicU64::new(s.mac.load(Ordering::Acquire)),
+                }
+            })
+            .collect();
+        Self {
+            slots,
+            mask: self.mask,
+            epoch: AtomicU64::new(self.epoch()),
+        }
+    }
+
+    /// Every resolved entry: (network, address as 128 bits, MAC as a 48-bit integer), in slot
+    /// order (control plane: show, and the trace's tests).
+    pub fn entries(&self) -> Vec<(u16, u128, u64)> {
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                let tag = s.tag.load(Ordering::Acquire);
+                (tag & READY != 0).then(|| {
+                    let addr = (s.hi.load(Ordering::Relaxed) as u128) << 64
+                        | s.lo.load(Ordering::Relaxed) as u128;
+                    (tag as u16, addr, s.mac.load(Ordering::Acquire) & MAC_MASK)
+                })
+            })
+            .collect()
+    }
+
     /// Records `addr` on `net` at `mac` (48-bit integer). Returns whether it is new or changed.
     pub fn learn(&self, net: u16, addr: u128, mac: u64) -> bool {
         // A slot's MAC is written before its tag is published, so a found slot always holds one.
@@ -153,6 +204,29 @@ mod tests {
         assert!(!t.learn(1, a, 0x0200_0000_0009), "unchanged");
         assert!(t.learn(1, a, 0x0200_0000_000a), "moved");
         assert_eq!(t.lookup(1, a), Some(0x0200_0000_000a));
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_same_entries_and_learns_alone() {
+        let t = L3Neighbors::new(64);
+        let a = v4_key(0xc612_0009);
+        let v6 = 0xfd00_0198_0018_0000_0000_0000_0000_0009u128;
+        t.learn(1, a, 0x0200_0000_0009);
+        t.learn(2, v6, 0x0200_0000_0066);
+        let copy = t.snapshot();
+        assert_eq!(copy.entries(), t.entries());
+        assert_eq!(copy.epoch(), t.epoch());
+        assert_eq!(copy.lookup(2, v6), Some(0x0200_0000_0066));
+        assert!(copy.learn(1, v4_key(0xc612_000a), 0x0200_0000_000a));
+        assert!(copy.learn(1, a, 0x0200_0000_0077));
+        assert_eq!(
+            t.lookup(1, v4_key(0xc612_000a)),
+            None,
+            "the original learns nothing"
+        );
+        assert_eq!(t.lookup(1, a), Some(0x0200_0000_0009));
+        assert_eq!(t.entries().len(), 2);
+        assert_ne!(copy.epoch(), t.epoch());
     }
 
     #[test]

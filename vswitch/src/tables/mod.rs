@@ -131,6 +131,8 @@ pub struct PortEntry {
     pub max_frame: usize,
     /// The Neutron port id carried by an instance port (for trace).
     pub iface_id: Option<String>,
+    /// The Neutron port's MAC of an instance port (a traced frame's default source).
+    pub mac: Option<MacAddr>,
     /// Security groups of an instance port with port security (absent: no filtering).
     pub firewall: Option<std::sync::Arc<secgroup::PortFirewall>>,
 }

@@ -10,6 +10,10 @@
 //! request seen from that address; static entries (`[overlay.neighbors]`) are never
 //! overwritten. The table is sized at start (no allocation afterwards); when a window is full
 //! the answer is not stored (`tunnel.unresolved` keeps counting, visibly).
+//!
+//! [`NeighborTable::snapshot`] copies every slot into a table of its own, so a packet trace
+//! (`control::trace`) can run the pipeline, which may learn, without writing to the table the
+//! workers share.
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -111,6 +115,24 @@ impl NeighborTable {
         false
     }
 
+    /// A private copy, slot for slot (so every probe window is as full as here), of what the
+    /// table holds now. Each slot is read with the same acquire loads as a lookup, so a copy
+    /// taken while workers learn holds, per slot, the old entry or the new one, never half.
+    pub fn snapshot(&self) -> Self {
+        let slots = self
+            .slots
+            .iter()
+            .map(|s| Slot {
+                ip: AtomicU32::new(s.ip.load(Ordering::Acquire)),
+                mac: AtomicU64::new(s.mac.load(Ordering::Acquire)),
+            })
+            .collect();
+        Self {
+            slots,
+            mask: self.mask,
+        }
+    }
+
     /// Every resolved entry (control plane: counters, show).
     pub fn entries(&self) -> Vec<(Ipv4Addr, u64, bool)> {
         self.slots
@@ -145,6 +167,27 @@ mod tests {
         );
         assert_eq!(t.lookup(a), Some(0x0200_0000_0099));
         assert_eq!(t.entries(), vec![(a, 0x0200_0000_0099, true)]);
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_same_entries_and_learns_alone() {
+        let t = NeighborTable::new(64);
+        let a: Ipv4Addr = "10.0.0.12".parse().unwrap();
+        let b: Ipv4Addr = "10.0.0.13".parse().unwrap();
+        t.learn(a, 0x0200_0000_0012);
+        t.set_static(b, 0x0200_0000_0013);
+        let copy = t.snapshot();
+        assert_eq!(copy.entries(), t.entries());
+        assert!(
+            !copy.learn(b, 0x0200_0000_0099),
+            "the static entry stays static"
+        );
+        let c: Ipv4Addr = "10.0.0.14".parse().unwrap();
+        assert!(copy.learn(c, 0x0200_0000_0014));
+        assert!(copy.learn(a, 0x0200_0000_0077));
+        assert_eq!(t.lookup(c), None, "the original learns nothing");
+        assert_eq!(t.lookup(a), Some(0x0200_0000_0012));
+        assert_eq!(copy.lookup(a), Some(0x0200_0000_0077));
     }
 
     #[test]
