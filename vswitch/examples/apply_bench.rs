@@ -30,11 +30,17 @@ iface_id = "port-0"
 name = "vm1"
 devargs = "net_null1"
 kind = "instance"
-iface_id = "port-1"
+iface_id = "port-50"
 [[ports]]
 name = "overlay"
 devargs = "net_null2"
 kind = "overlay"
+[[ports]]
+name = "uplink"
+devargs = "net_null3"
+kind = "provider"
+[bridge_mappings]
+provider = "uplink"
 "#;
 
 /// Compiles and publishes like the daemon (no worker cores here to wait for).
@@ -120,8 +126,7 @@ fn main() {
         .collect();
     let ports = args.first().copied().unwrap_or(10_000);
     let changes = args.get(1).copied().unwrap_or(200);
-    let mut host = vswitch_config::parse_host_str(HOST).expect("host");
-    host.bridge_mappings.clear();
+    let host = vswitch_config::parse_host_str(HOST).expect("host");
     let st = state(ports);
     let t0 = Instant::now();
     let problems = st.validate();
@@ -157,7 +162,7 @@ fn main() {
             0 => store.submit(|s| resources::create(s, Kind::Port, json!({"port": {"id": format!("new-{i}"), "network_id": "net-1", "binding:host_id": "host3", "fixed_ips": [{"subnet_id": "sub-1", "ip_address": format!("10.100.1.{}", 150 + i % 100)}]}}))),
             1 => store.submit(|s| resources::delete(s, Kind::Port, &format!("new-{}", i - 1))),
             2 => store.submit(|s| resources::create(s, Kind::SecurityGroupRule, json!({"security_group_rule": {"id": format!("rule-{i}"), "security_group_id": "sg", "direction": "ingress", "protocol": "tcp", "port_range_min": 1000 + i, "port_range_max": 1000 + i}}))),
-            _ => store.submit(|s| resources::update(s, Kind::FloatingIp, "fip-0", json!({"floatingip": {"port_id": if i % 8 == 3 { "port-1" } else { "port-0" }}}))),
+            _ => store.submit(|s| resources::update(s, Kind::FloatingIp, "fip-0", json!({"floatingip": {"port_id": if i % 8 == 3 { "port-50" } else { "port-0" }}}))),
         };
         r.unwrap_or_else(|e| panic!("change {i}: {:?}", e.problems));
         requests.push(t0.elapsed());

@@ -17,8 +17,6 @@ use std::process::Command;
 use std::time::Duration;
 use support::*;
 
-const VSWITCHCTL: &str = env!("CARGO_BIN_EXE_vswitchctl");
-
 fn host(prefix: &str) -> String {
     format!(
         r#"role = "dvr"

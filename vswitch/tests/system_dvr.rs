@@ -399,6 +399,31 @@ fn east_west_routed_across_hosts() {
         let (rc, text) = ping(&topo, ns, gw, 2, 4);
         assert_eq!(rc, 0, "ping {ns} -> gateway {gw}:\n{text}");
     }
+    // `vswitchctl trace` on compute1 explains the seed's east-west path without sending it:
+    // routed by the distributed router, the source MAC rewritten to compute1's DVR MAC, and
+    // tunnelled to compute2's VTEP in the destination network's VNI.
+    let out = vs1.ctl_ok(&[
+        "trace",
+        "--in-port",
+        "vm1",
+        "--ip-src",
+        I1_IP,
+        "--ip-dst",
+        I2_IP,
+        "--proto",
+        "icmp",
+    ]);
+    for want in [
+        "router:".to_string(),
+        DVR1_MAC.to_string(),
+        format!("verdict: tunnel to {VTEP2}"),
+        format!("vni {VNI_SS2}"),
+    ] {
+        assert!(
+            out.contains(&want),
+            "east-west trace lacks {want:?}:\n{out}"
+        );
+    }
     let from1 = cap_from1.stop_file();
     let from2 = cap_from2.stop_file();
     let at_i1 = cap_i1.stop_file();

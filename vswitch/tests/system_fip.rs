@@ -1235,3 +1235,201 @@ print("sent")
     );
     vs.stop();
 }
+
+/// `vswitchctl` on live floating-IP traffic: `trace` explains the seed's north-south scenario 2
+/// (provider VLAN 101 -> DNAT -> route -> security group -> instance) without sending anything;
+/// `capture` writes a pcap of the provider port that tshark reads (the echo requests to the
+/// floating IP in, the replies from it out, both tagged VLAN 101); `conntrack list` shows the
+/// instance's connection and `conntrack flush` removes it.
+#[test]
+fn vswitchctl_trace_capture_and_conntrack_on_floating_ip_traffic() {
+    let Some(mut topo) = Topology::new("fipctl") else {
+        return;
+    };
+    let sw = topo.add_switch_ns("sw");
+    let c1 = format!("{I1_IP}/24");
+    let i1 = topo.add_instance(
+        "i1",
+        &sw,
+        "vm1",
+        &InstanceNet {
+            mac: I1_MAC,
+            cidr: &c1,
+            mtu: 1450,
+            cidr6: None,
+            gw: Some(GW1_IP),
+            gw6: None,
+        },
+    );
+    let rn = topo.add_ns("rn");
+    topo.disable_ipv6(&rn);
+    topo.veth(&sw, "ul", &rn, "eth0");
+    topo.set_mac_up(&sw, "ul", UL1_MAC);
+    topo.set_mac_up(&rn, "eth0", RN_MAC);
+    let (inet, _vlan_tap) = add_internet(&mut topo, &sw, &[FIP]);
+    let mut vs = Vswitchd::start(
+        &topo,
+        &sw,
+        &host_toml_with(&topo.name, false),
+        &state_yaml_with("port-i1", false),
+    );
+
+    // trace: nothing is sent, every stage is named, the verdict is the instance's port.
+    let before = vs.stats();
+    let out = vs.ctl_ok(&[
+        "trace",
+        "--in-port",
+        "uplink",
+        "--eth-src",
+        EXT_GW_MAC,
+        "--vlan",
+        VID,
+        "--ip-src",
+        INET_IP,
+        "--ip-dst",
+        FIP,
+        "--proto",
+        "icmp",
+    ]);
+    for want in [
+        "provider:",
+        "vlan 101",
+        "router:",
+        I1_IP,
+        "firewall",
+        "verdict: output to vm1",
+    ] {
+        assert!(out.contains(want), "trace lacks {want:?}:\n{out}");
+    }
+    let json = vs.ctl_ok(&[
+        "trace",
+        "--in-port",
+        "uplink",
+        "--eth-src",
+        EXT_GW_MAC,
+        "--vlan",
+        VID,
+        "--ip-src",
+        INET_IP,
+        "--ip-dst",
+        FIP,
+        "--proto",
+        "tcp",
+        "--dport",
+        "5009",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        v["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("dropped: firewall."),
+        "a port the security group does not open: {v}"
+    );
+    let after = vs.stats();
+    assert_eq!(
+        after.port("vm1").tx_packets,
+        before.port("vm1").tx_packets,
+        "trace sent nothing"
+    );
+    assert_eq!(
+        after.port("uplink").tx_packets,
+        before.port("uplink").tx_packets
+    );
+    let (code, _, err) = vs.ctl(&["trace", "--in-port", "nope", "--ip-dst", FIP]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in_port"), "{err}");
+
+    // capture while the Internet host pings the floating IP.
+    let pcap = topo.dir().join("uplink.pcap");
+    let pcap_s = pcap.to_string_lossy().into_owned();
+    let sock = vs.socket().to_path_buf();
+    let capture = std::thread::spawn(move || {
+        let out = std::process::Command::new(support::VSWITCHCTL)
+            .arg("--socket")
+            .arg(&sock)
+            .args([
+                "capture",
+                "uplink",
+                "--count",
+                "8",
+                "-w",
+                &pcap_s,
+                "--timeout",
+                "20",
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    ping_ok(&topo, &inet, FIP, 3, 6);
+    let (code, out, err) = capture.join().unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("captured 8 packets on uplink"), "{out}");
+    let requests = tshark_fields(
+        &pcap,
+        &format!("icmp.type == 8 && ip.dst == {FIP}"),
+        &["vlan.id", "ip.src"],
+        false,
+    );
+    let replies = tshark_fields(
+        &pcap,
+        &format!("icmp.type == 0 && ip.src == {FIP}"),
+        &["vlan.id", "eth.src"],
+        false,
+    );
+    let all = tshark_fields(
+        &pcap,
+        "",
+        &[
+            "eth.src", "eth.dst", "vlan.id", "eth.type", "ip.src", "ip.dst",
+        ],
+        false,
+    );
+    assert!(
+        !requests.is_empty() && !replies.is_empty(),
+        "tshark: {requests:?} {replies:?}\n{all:?}"
+    );
+    assert!(
+        requests.iter().all(|r| r[0] == VID && r[1] == INET_IP),
+        "{requests:?}"
+    );
+    assert!(
+        replies.iter().all(|r| r[0] == VID && r[1] == FG_MAC),
+        "{replies:?}"
+    );
+
+    // conntrack: the instance's echo connection (translated addresses: the fixed IP inside).
+    let list = vs.ctl_ok(&["conntrack", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let conns = v["connections"].as_array().unwrap();
+    assert!(
+        conns.iter().any(|c| c["proto"] == "icmp"
+            && c["original"]["src"] == INET_IP
+            && c["original"]["dst"] == I1_IP
+            && c["port"] == "vm1"),
+        "{list}"
+    );
+    let table = vs.ctl_ok(&["conntrack", "list"]);
+    assert!(table.contains("icmp") && table.contains(I1_IP), "{table}");
+    let flushed = vs.ctl_ok(&["conntrack", "flush"]);
+    assert!(!flushed.contains("flushed 0 "), "{flushed}");
+    let v: serde_json::Value =
+        serde_json::from_str(&vs.ctl_ok(&["conntrack", "list", "--json"])).unwrap();
+    assert!(
+        !v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["original"]["src"] == INET_IP),
+        "flushed connections are gone: {v}"
+    );
+    let _ = i1;
+    vs.stop();
+}

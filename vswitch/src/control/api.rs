@@ -101,6 +101,10 @@ fn accepted(status: StatusCode, a: Accepted) -> Response {
         "x-vswitch-apply-us",
         HeaderValue::from(a.latency.as_micros() as u64),
     );
+    headers.insert(
+        "x-vswitch-request-us",
+        HeaderValue::from(a.request.as_micros() as u64),
+    );
     if a.response.is_null() {
         (StatusCode::NO_CONTENT, headers).into_response()
     } else {

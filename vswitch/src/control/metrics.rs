@@ -97,7 +97,12 @@ fn describe() {
     describe_histogram!(
         "vswitch_apply_latency_seconds",
         Unit::Seconds,
-        "Accepted change -> new tables live on every core"
+        "Accepted change (valid, in the state file) -> new tables live on every core"
+    );
+    describe_histogram!(
+        "vswitch_request_latency_seconds",
+        Unit::Seconds,
+        "A whole change request: validation, state file, compile, publish"
     );
     describe_counter!("vswitch_apply_total", "Changes applied");
     describe_counter!(

@@ -26,8 +26,11 @@ pub struct Accepted {
     pub response: serde_json::Value,
     /// The generation now live (unchanged when the change changed nothing).
     pub generation: u64,
-    /// Request accepted -> live on every core (zero when nothing changed).
+    /// Accepted (valid and written to the state file) -> live on every core: compile + publish
+    /// (zero when nothing changed).
     pub latency: Duration,
+    /// The whole request: validation, the state file, compile, publish.
+    pub request: Duration,
 }
 
 struct Inner {
@@ -104,6 +107,7 @@ impl Store {
                 response: change.response,
                 generation: g.generation,
                 latency: Duration::ZERO,
+                request: started.elapsed(),
             });
         }
         let mut problems = change.state.validate();
@@ -127,22 +131,27 @@ impl Store {
             })?;
         }
         let generation = g.generation + 1;
+        let accepted = Instant::now();
         self.plane.apply(&change.state, generation);
+        let latency = accepted.elapsed();
         g.state = change.state;
         g.generation = generation;
-        let latency = started.elapsed();
+        let request = started.elapsed();
         ::metrics::histogram!("vswitch_apply_latency_seconds").record(latency.as_secs_f64());
+        ::metrics::histogram!("vswitch_request_latency_seconds").record(request.as_secs_f64());
         ::metrics::counter!("vswitch_apply_total").increment(1);
         ::metrics::gauge!("vswitch_table_generation").set(generation as f64);
         tracing::info!(
             generation,
-            latency_us = latency.as_micros() as u64,
+            live_us = latency.as_micros() as u64,
+            request_us = request.as_micros() as u64,
             "state applied"
         );
         Ok(Accepted {
             response: change.response,
             generation,
             latency,
+            request,
         })
     }
 

@@ -47,6 +47,9 @@ pub const VLAN_HOST_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers
 /// The vswitchd binary built for this test run.
 pub const VSWITCHD: &str = env!("CARGO_BIN_EXE_vswitchd");
 
+/// The vswitchctl binary built for this test run.
+pub const VSWITCHCTL: &str = env!("CARGO_BIN_EXE_vswitchctl");
+
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()

@@ -429,6 +429,28 @@ impl Vswitchd {
         &self.socket
     }
 
+    /// Runs `vswitchctl --socket <this switch's socket> ARGS`: (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(VSWITCHCTL)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run vswitchctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// [`Vswitchd::ctl`] that must succeed; returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.ctl(args);
+        assert_eq!(code, 0, "vswitchctl {args:?} failed:\n{out}{err}");
+        out
+    }
+
     /// The `--state` file vswitchd keeps up to date.
     pub fn state_file(&self) -> &Path {
         &self.state
