@@ -1274,8 +1274,9 @@ fn vswitchctl_trace_capture_and_conntrack_on_floating_ip_traffic() {
         &state_yaml_with("port-i1", false),
     );
 
-    // trace: nothing is sent, every stage is named, the verdict is the instance's port.
-    let before = vs.stats();
+    // trace: nothing is sent, every stage is named, the verdict is the instance's port. (The
+    // start-up announcement is sent first: wait until it is counted.)
+    let before = vs.stats_when(|s| s.event("router.garp_sent") >= 1);
     let out = vs.ctl_ok(&[
         "trace",
         "--in-port",
