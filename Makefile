@@ -42,6 +42,10 @@ bench: build-release
 	$(CARGO) run --release -q -p vswitch --example lpm_bench
 	$(CARGO) run --release -q -p vswitch --example conntrack_bench
 	$(CARGO) run --release -q -p vswitch --example ct_established_bench
+	# The control plane: apply latency at 10,000 ports, and l2's rate while 1,000 API changes/s
+	# are applied, as a ratio to its rate without (issue #7).
+	$(CARGO) run --release -q -p vswitch --example apply_bench -- 10000 200 --output perf/results/apply.json
+	python3 perf/bench.py --vswitchd $(VSWITCHD_RELEASE) --scenario l2 --only ours --no-verify --changes-per-s 1000 --output perf/results/under-changes.json
 
 clean:
 	$(CARGO) clean

@@ -22,6 +22,11 @@ in perf/out/<scenario>/ (git-ignored). Standard library only.
 
     python3 perf/bench.py                  # all scenarios, 5 runs, ~2.5 min per scenario
     python3 perf/bench.py --runs 3 --scenario l2 --duration 5 --warmup 3
+
+--changes-per-s N adds a fourth candidate to every round: vswitchd again, while a client applies
+N API changes per second over its unix socket (a port created and deleted on a scratch network, a
+security group rule added and removed), and reports that rate as a ratio to the same round's rate
+without changes (`ratio_under_changes`), with the change rate achieved and its latency.
 """
 from __future__ import annotations
 
@@ -50,6 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import gen_pcap  # noqa: E402
+import http.client  # noqa: E402
+import socket as _socket  # noqa: E402
 
 KINDS = ("ours", "io", "macswap")
 
@@ -403,17 +410,142 @@ def conntrack_mismatches(s: Dict, want: Dict[str, int], when: str) -> List[str]:
 
 
 # --- one measurement each ------------------------------------------------------------------------------
-def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
+class _UnixHTTP(http.client.HTTPConnection):
+    """HTTP/1.1 (keep-alive) over vswitchd's API socket."""
+
+    def __init__(self, path: str):
+        super().__init__("vswitchd", timeout=10)
+        self.path = path
+
+    def connect(self):
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.path)
+
+
+class ChangeStream:
+    """Applies `rate` API changes per second until stopped: a port created and deleted on a
+    scratch network, a security group rule added and removed (each change a new generation)."""
+
+    def __init__(self, sock: str, rate: int, cpu: int):
+        self.sock, self.rate, self.cpu = sock, rate, cpu
+        self.done, self.failed, self.lat = 0, [], []
+        self.stop_ev = threading.Event()
+        self.t0 = self.t1 = 0.0
+        self.conn = _UnixHTTP(sock)
+        # The scratch network and group the changes touch (not measured).
+        self.call("POST", "/v2.0/networks", {"network": {"id": "bench-scratch",
+                  "provider:network_type": "vxlan", "provider:segmentation_id": 16000000}})
+        self.call("POST", "/v2.0/subnets", {"subnet": {"id": "bench-scratch-s", "network_id": "bench-scratch",
+                  "cidr": "10.250.0.0/16"}})
+        self.call("POST", "/v2.0/security-groups", {"security_group": {"id": "bench-scratch-sg"}})
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def call(self, method: str, path: str, body=None) -> int:
+        data = json.dumps(body) if body is not None else None
+        self.conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        r = self.conn.getresponse()
+        text = r.read()
+        if r.status >= 300:
+            raise BenchError(f"API {method} {path}: {r.status} {text[:300]!r}")
+        return r.status
+
+    def _ops(self, i: int):
+        k = i // 4
+        return [
+            ("POST", "/v2.0/ports", {"port": {"id": f"bench-p{k}", "network_id": "bench-scratch",
+                                               "binding:host_id": "elsewhere"}}),
+            ("DELETE", f"/v2.0/ports/bench-p{k}", None),
+            ("POST", "/v2.0/security-group-rules", {"security_group_rule": {
+                "id": f"bench-r{k}", "security_group_id": "bench-scratch-sg", "direction": "ingress",
+                "protocol": "tcp", "port_range_min": 1 + k % 60000, "port_range_max": 1 + k % 60000}}),
+            ("DELETE", f"/v2.0/security-group-rules/bench-r{k}", None),
+        ][i % 4]
+
+    def _run(self):
+        # This client runs on the control core, as an operator's tooling would: never on the
+        # worker's core, whose rate is being measured.
+        try:
+            os.sched_setaffinity(0, {self.cpu})
+        except OSError:
+            pass
+        self.t0 = time.monotonic()
+        i = 0
+        while not self.stop_ev.is_set():
+            due = self.t0 + i / self.rate
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            method, path, body = self._ops(i)
+            t = time.monotonic()
+            try:
+                self.call(method, path, body)
+            except (BenchError, OSError, http.client.HTTPException) as e:
+                self.failed.append(str(e))
+                if len(self.failed) > 10:
+                    break
+                self.conn = _UnixHTTP(self.sock)
+            self.lat.append(time.monotonic() - t)
+            i += 1
+            self.done = i
+        self.t1 = time.monotonic()
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self) -> Dict[str, object]:
+        self.stop_ev.set()
+        self.thread.join(timeout=30)
+        secs = max(1e-9, self.t1 - self.t0)
+        lat = sorted(self.lat) or [0.0]
+        return {"changes": self.done, "changes_per_s": round(self.done / secs, 1),
+                "latency_p50_ms": round(lat[len(lat) // 2] * 1e3, 2),
+                "latency_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, 2),
+                "failed": self.failed[:3]}
+
+
+def block_irq_cpus() -> Dict[int, int]:
+    """Interrupts taken so far per CPU by block devices (virtio-blk request queues, NVMe): the
+    CPU that completes every fsync of the state file."""
+    per: Dict[int, int] = collections.Counter()
+    try:
+        with open("/proc/interrupts") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return {}
+    ncpu = len(lines[0].split()) if lines else 0
+    for line in lines[1:]:
+        if re.search(r"virtio\d+-req|nvme\d+q|\bblkif\b", line):
+            counts = line.split()[1:1 + ncpu]
+            for cpu, c in enumerate(counts):
+                if c.isdigit():
+                    per[cpu] += int(c)
+    return dict(per)
+
+
+def run_ours(sc: Scenario, a, mem: str, run: int, changes: int = 0) -> Dict[str, object]:
     prefix = f"vsbench{os.getpid()}r{run}"
     cfg = os.path.join(sc.out, f"host-{mem}.toml")
+    sock = os.path.join(sc.out, "api.sock")
     with open(cfg, "w") as fh:
         fh.write(sc.host_toml(mem, a.main_core, a.worker_core, prefix))
+        fh.write(f'\n[control]\nsocket = "{sock}"\n')
+    # Changes go to a copy of the state (vswitchd writes every accepted change to its file).
+    state = sc.state
+    if changes:
+        state = os.path.join(sc.out, "state-changes" + os.path.splitext(sc.state)[1])
+        shutil.copyfile(sc.state, state)
+    stream = None
     env = dict(os.environ, NO_COLOR="1")
     env.setdefault("RUST_LOG", "info")
-    p = Proc([a.vswitchd, "--config", cfg, "--state", sc.state],
-             os.path.join(sc.out, f"vswitchd-run{run}.log"), env)
+    p = Proc([a.vswitchd, "--config", cfg, "--state", state],
+             os.path.join(sc.out, f"vswitchd-run{run}{'-changes' if changes else ''}.log"), env)
+    change_stats = None
     try:
         p.expect(r"^vswitchd: running", timeout=60)
+        if changes:
+            stream = ChangeStream(sock, changes, a.main_core)
+            stream.start()
         time.sleep(a.warmup)
         t0 = time.monotonic()
         p.send(signal.SIGUSR1)
@@ -422,8 +554,12 @@ def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
         t1 = time.monotonic()
         p.send(signal.SIGUSR1)
         s1 = json.loads(p.expect(r"^stats-json: (.*)$", timeout=20).group(1))
+        if stream:
+            change_stats = stream.stop()
         rc = p.stop(signal.SIGTERM)
     finally:
+        if stream:
+            stream.stop_ev.set()
         p.kill()
         remove_runtime_dir(prefix)
     tail = "\n".join(p.tail)
@@ -433,6 +569,10 @@ def run_ours(sc: Scenario, a, mem: str, run: int) -> Dict[str, object]:
     rx = sum(port(s1, n)["rx_packets"] - port(s0, n)["rx_packets"] for n in sc.input_ports)
     drops = {k: v - s0["drops"].get(k, 0) for k, v in s1["drops"].items() if v - s0["drops"].get(k, 0)}
     res: Dict[str, object] = {"mpps": tx / (t1 - t0) / 1e6, "rx_mpps": rx / (t1 - t0) / 1e6}
+    if change_stats:
+        res["changes"] = change_stats
+        if change_stats["failed"]:
+            raise BenchError(f"API changes failed: {change_stats['failed']}")
     if drops:
         res["drops"] = drops
     # The scenario's path, counted: every frame received in the window raises each expected
@@ -750,6 +890,16 @@ def bench_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
                   f"({time.monotonic() - t:.1f}s)" + (f"  drops {res['drops']}" if res.get("drops") else "")
                   + (f"  driver {res['driver']}" if res.get("driver") else "")
                   + (f"  WARNING {res['warnings']}" if res.get("warnings") else ""), flush=True)
+        if a.changes and "ours" in a.kinds:
+            t = time.monotonic()
+            res = run_ours(sc, a, mem, r, changes=a.changes)
+            rec["mpps_under_changes"] = round(res["mpps"], 3)
+            rec["changes"] = res["changes"]
+            if rec.get("mpps"):
+                rec["ratio_under_changes"] = round(res["mpps"] / rec["mpps"], 3)
+            print(f"  [{sc.name} run {r}/{a.runs}] +changes {res['mpps']:8.2f} Mpps  "
+                  f"({res['changes']['changes_per_s']} changes/s, p50 {res['changes']['latency_p50_ms']} ms, "
+                  f"p99 {res['changes']['latency_p99_ms']} ms; {time.monotonic() - t:.1f}s)", flush=True)
         if "mpps" in rec and rec.get("testpmd_macswap_mpps"):
             rec["ratio"] = round(rec["mpps"] / rec["testpmd_macswap_mpps"], 3)
         runs.append(rec)
@@ -764,6 +914,12 @@ def bench_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
         "testpmd_io_mpps": med("testpmd_io_mpps"),
         "testpmd_macswap_mpps": med("testpmd_macswap_mpps"),
         "ratio": med("ratio"),
+        **({"mpps_under_changes": med("mpps_under_changes"),
+            "ratio_under_changes": med("ratio_under_changes"),
+            "changes_per_s": round(median([r["changes"]["changes_per_s"] for r in runs]), 1),
+            "change_latency_p50_ms": round(median([r["changes"]["latency_p50_ms"] for r in runs]), 2),
+            "change_latency_p99_ms": round(median([r["changes"]["latency_p99_ms"] for r in runs]), 2)}
+           if a.changes and "ours" in a.kinds else {}),
         "runs": runs,
         "verified": verified,
         "cores": 1,
@@ -790,8 +946,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="seconds before measuring (default 3, >= 1)")
     ap.add_argument("--vswitchd", default=os.path.join(ROOT, "target", "release", "vswitchd"))
     ap.add_argument("--testpmd", default="dpdk-testpmd")
-    ap.add_argument("--main-core", type=int, default=0, help="control/main lcore (default 0)")
-    ap.add_argument("--worker-core", type=int, default=1, help="the one forwarding lcore (default 1)")
+    ap.add_argument("--main-core", type=int, help="control/main lcore (default 0)")
+    ap.add_argument("--worker-core", type=int, help="the one forwarding lcore (default 1)")
     ap.add_argument("--memory", choices=("auto", "huge", "nohuge"), default="auto",
                     help="hugepages (--in-memory) or --no-huge -m 1024; auto: hugepages when >= 256 MiB free")
     ap.add_argument("--frames", type=int, help="frames in the pcap (default: the scenario's; at most 16384)")
@@ -802,6 +958,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="skip the verification run (pcap replayed once, every frame checked) before measuring")
     ap.add_argument("--verify-only", action="store_true",
                     help="only the verification run of each scenario; measure nothing, write no results")
+    ap.add_argument("--changes-per-s", type=int, default=0, dest="changes",
+                    help="also measure vswitchd while this many API changes per second are applied")
     ap.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
     a = ap.parse_args(argv)
     if a.verify_only and not a.verify:
@@ -809,6 +967,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.verify_only and "ours" not in (a.kinds or KINDS):
         ap.error("--verify-only checks vswitchd: not with --only io/macswap")
     a.kinds = [k for k in KINDS if k in (a.kinds or KINDS)]
+    if a.main_core is None and a.worker_core is None and a.changes:
+        # Every accepted change is fsynced; its completion interrupt lands on whichever CPU
+        # the block device's interrupt is bound to (fixed on some VMs). Keep that CPU for the
+        # control plane, as a DPDK host keeps device interrupts off its worker cores.
+        irqs = block_irq_cpus()
+        if irqs.get(1, 0) > irqs.get(0, 0):
+            a.main_core, a.worker_core = 1, 0
+            print("note: block-device interrupts go to CPU 1: control plane on lcore 1, worker on 0",
+                  file=sys.stderr)
+    a.main_core = 0 if a.main_core is None else a.main_core
+    a.worker_core = 1 if a.worker_core is None else a.worker_core
     if a.runs < 1 or a.duration < 1 or a.warmup < 1:
         ap.error("--runs, --duration and --warmup must be >= 1")
     if a.frames is not None and not 1 <= a.frames <= 16384:
@@ -858,6 +1027,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for r in records:
         print(f"{r['scenario']:<24} {f(r['mpps'])} {f(r['testpmd_io_mpps'])} {f(r['testpmd_macswap_mpps'])} "
               f"{f(r['ratio'], 13, 3)}")
+        if "ratio_under_changes" in r:
+            print(f"{'':<24} under {r['changes_per_s']} API changes/s: {f(r['mpps_under_changes'])} Mpps, "
+                  f"ratio to no changes {f(r['ratio_under_changes'], 5, 3)} (change latency p50 "
+                  f"{r['change_latency_p50_ms']} ms, p99 {r['change_latency_p99_ms']} ms)")
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     # Records of scenarios not run this time stay (in their place); those run are replaced.
     kept = []

@@ -5,7 +5,7 @@
 //! request (validation + fsync + compile + publish) and "accepted -> live" (compile + publish),
 //! the figure the 10 ms target is about.
 //!
-//! `cargo run --release -p vswitch --example apply_bench [ports] [changes]`
+//! `cargo run --release -p vswitch --example apply_bench [ports] [changes] [--output FILE.json]`
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,10 +120,12 @@ fn pct(mut v: Vec<Duration>, p: f64) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let output = argv
+        .iter()
+        .position(|a| a == "--output")
+        .and_then(|i| argv.get(i + 1).cloned());
+    let args: Vec<usize> = argv.iter().filter_map(|a| a.parse().ok()).collect();
     let ports = args.first().copied().unwrap_or(10_000);
     let changes = args.get(1).copied().unwrap_or(200);
     let host = vswitch_config::parse_host_str(HOST).expect("host");
@@ -167,7 +169,9 @@ fn main() {
         r.unwrap_or_else(|e| panic!("change {i}: {:?}", e.problems));
         requests.push(t0.elapsed());
     }
-    let live = std::mem::take(&mut *plane.live.lock().unwrap());
+    let single_live = std::mem::take(&mut *plane.live.lock().unwrap());
+    let live = single_live.clone();
+    let single_req = requests.clone();
     println!(
         "single change at {ports} ports ({changes} changes): accepted -> live p50 {:.2} ms p99 {:.2} ms; whole request (validate + fsync + compile + publish) p50 {:.2} ms p99 {:.2} ms",
         pct(live.clone(), 0.5),
@@ -185,6 +189,19 @@ fn main() {
         replace.push(t0.elapsed());
     }
     let live = std::mem::take(&mut *plane.live.lock().unwrap());
+    if let Some(out) = &output {
+        let ms = |v: &Vec<Duration>, p| (pct(v.clone(), p) * 1000.0).round() / 1000.0;
+        let j = json!({
+            "ports": ports, "changes": changes,
+            "single_change_live_ms": {"p50": ms(&single_live, 0.5), "p99": ms(&single_live, 0.99)},
+            "single_change_request_ms": {"p50": ms(&single_req, 0.5), "p99": ms(&single_req, 0.99)},
+            "replace_live_ms": {"p50": ms(&live, 0.5), "p99": ms(&live, 0.99)},
+            "replace_request_ms": {"p50": ms(&replace, 0.5), "p99": ms(&replace, 0.99)},
+            "target_live_ms": 10.0,
+        });
+        std::fs::write(out, format!("{j:#}\n")).expect("write --output");
+        println!("wrote {out}");
+    }
     println!(
         "whole-state replace at {ports} ports (20): accepted -> live p50 {:.2} ms p99 {:.2} ms; whole request p50 {:.2} ms p99 {:.2} ms",
         pct(live.clone(), 0.5),
