@@ -30,6 +30,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VSWITCHD=${VSWITCHD:-$ROOT/target/release/vswitchd}
+VSWITCHCTL=${VSWITCHCTL:-$(dirname "$VSWITCHD")/vswitchctl}
 VLAN_HOST=$ROOT/vswitch/tests/peers/vlan_host.py
 P=demo-$$
 SW=$P-sw I1=$P-i1 I2=$P-i2 I3=$P-i3 PROV=$P-prov I4=$P-i4 KV=$P-kv RI=$P-r I5=$P-i5
@@ -73,6 +74,7 @@ trap 'STEP="$STEP (interrupted)"; exit 130' INT TERM
 # --- prerequisites ---------------------------------------------------------------------------
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces, af_packet)"
 [ -x "$VSWITCHD" ] || die "no vswitchd at $VSWITCHD (cargo build --release -p vswitch)"
+[ -x "$VSWITCHCTL" ] || die "no vswitchctl at $VSWITCHCTL (cargo build --release -p vswitch)"
 for t in ip ethtool tcpdump ping sysctl; do command -v "$t" >/dev/null || die "$t missing"; done
 PY=""
 for cand in /usr/bin/python3 python3; do
@@ -189,6 +191,9 @@ iface_id = "port-inst5"
 
 [bridge_mappings]
 provider = "uplink"
+
+[control]
+socket = "$WORK/api.sock"
 EOF
 cat >"$WORK/state.yaml" <<'EOF'
 hosts:
@@ -487,13 +492,48 @@ cp "$WORK/state-open.yaml" "$WORK/state.yaml"
 reload
 nsx "$I1" ping -n -c 2 -i 0.2 -W 1 203.0.113.12 | grep -E 'transmitted' | sed 's/^/    /'
 
+# --- the control plane -----------------------------------------------------------------------
+ctl() { "$VSWITCHCTL" --socket "$WORK/api.sock" "$@"; }
+STEP="vswitchctl"
+heading "11. The control plane: vswitchctl over the REST API (unix socket $WORK/api.sock)"
+ctl status | sed 's/^/    /'
+info "vswitchctl show ports:"
+ctl show ports | cut -c1-150 | sed 's/^/    /'
+info "vswitchctl trace: inst5 -> inst4 TCP 5001, through every stage, nothing sent:"
+ctl trace --in-port vm5 --ip-src 198.19.0.15 --ip-dst 198.18.0.11 --proto tcp --dport 5001 >"$WORK/trace.txt"
+sed 's/^/    /' "$WORK/trace.txt"
+grep -q '^verdict: output to vm4' "$WORK/trace.txt" || die "trace: expected the verdict output to vm4"
+info "a new port through the API (MAC and fixed IP filled in as Neutron does), then deleted:"
+ctl create ports '{"id": "port-api", "network_id": "net-selfservice1", "binding:host_id": "compute2"}' >"$WORK/created.json" 2>/dev/null
+grep -E '"(mac_address|ip_address)"' "$WORK/created.json" | sed 's/^ */    /'
+ctl delete ports port-api 2>/dev/null | sed 's/^/    /'
+info "a refused change: every problem with its path, nothing changed (exit 1):"
+if ctl create ports '{"network_id": "no-such-net", "mac_address": "fa:16:3e:00:01:15"}' 2>"$WORK/refused.txt"; then
+  die "an invalid port was accepted"
+fi
+sed 's/^/    /' "$WORK/refused.txt"
+grep -q 'port.network_id' "$WORK/refused.txt" || die "the refusal did not name port.network_id"
+info "vswitchctl capture vm1 while inst1 pings inst2 (tshark reads the pcap):"
+ctl capture vm1 --count 4 -w "$WORK/vm1.pcap" --timeout 10 >"$WORK/capture.txt" &
+CAP_PID=$!
+sleep 0.3
+nsx "$I1" ping -n -c 3 -i 0.2 -W 1 203.0.113.12 >/dev/null 2>&1 || true
+wait "$CAP_PID" || die "capture failed"
+sed 's/^/    /' "$WORK/capture.txt"
+tshark -n -r "$WORK/vm1.pcap" 2>/dev/null | head -n 4 | cut -c1-120 | sed 's/^/    /'
+[ "$(tshark -n -r "$WORK/vm1.pcap" 2>/dev/null | grep -c ICMP)" -ge 2 ] || die "no ICMP in the capture"
+info "Prometheus metrics (GET /metrics), a few lines:"
+curl -s --unix-socket "$WORK/api.sock" http://vswitchd/metrics >"$WORK/metrics.txt"
+grep -E '^vswitch_(port_rx_packets_total\{port="vm1"|table_generation|apply_latency_seconds_count|core_busy_ratio)' "$WORK/metrics.txt" | sed 's/^/    /'
+grep -q '^vswitch_table_generation' "$WORK/metrics.txt" || die "no metrics"
+
 # --- counters and shutdown -------------------------------------------------------------------
 STEP="counters"
-heading "11. vswitchd counters (kill -USR1)"
+heading "12. vswitchd counters (kill -USR1)"
 counters print
 
 STEP="shutdown"
-heading "12. Stop vswitchd (SIGTERM): exit 0 and every mbuf returned"
+heading "13. Stop vswitchd (SIGTERM): exit 0 and every mbuf returned"
 kill -TERM "$VS_PID"
 rc=0; wait "$VS_PID" || rc=$?
 VS_PID=""

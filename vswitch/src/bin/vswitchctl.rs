@@ -658,10 +658,9 @@ fn trace_text(v: &Value) -> String {
     }
     for o in v["outputs"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "  -> {}: {} ({} bytes)\n",
+            "  -> {}: {}\n",
             o["port"].as_str().unwrap_or(""),
-            o["summary"].as_str().unwrap_or(""),
-            o["len"]
+            o["summary"].as_str().unwrap_or("")
         ));
     }
     out.push_str(&format!(
