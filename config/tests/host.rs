@@ -520,3 +520,21 @@ fn lcore_cpus_map_workers_onto_cpus() {
     has(&p, "lcore_cpus.x", "\"x\" is not an lcore number");
     assert_eq!(p.len(), 2);
 }
+
+#[test]
+fn control_tcp_listener_needs_a_token_file() {
+    let mut h = compute1();
+    h.control.listen = Some("127.0.0.1:9696".parse().unwrap());
+    let p = h.validate();
+    has(
+        &p,
+        "control.token_file",
+        "required when control.listen is set: the TCP API only serves clients with a bearer token",
+    );
+    h.control.token_file = Some("/etc/vswitchd/token".into());
+    assert!(h.validate().is_empty());
+    assert_eq!(
+        h.control_socket(),
+        std::path::PathBuf::from("/run/vswitchd/compute1.sock")
+    );
+}

@@ -719,3 +719,62 @@ print(json.dumps({"types": {n: f.type for n, f in fams.items()}, "samples": out}
     assert!((0.0..=1.0).contains(&ratio));
     vs.stop();
 }
+
+#[test]
+fn api_on_tcp_only_with_the_bearer_token() {
+    let Some(mut topo) = Topology::new("tcp") else {
+        return;
+    };
+    let ns = topo.add_switch_ns("sw");
+    topo.ok(&ns, &["ip", "link", "set", "lo", "up"]);
+    let token = topo.dir().join("token");
+    std::fs::write(&token, "s3cret-token-0123456789\n").unwrap();
+    let prefix = format!("apitcp{}", std::process::id());
+    let sock = topo.dir().join("vswitchd.sock");
+    let host = format!(
+        "{}\n[control]\nsocket = \"{}\"\nlisten = \"127.0.0.1:9696\"\ntoken_file = \"{}\"\n",
+        host(&prefix),
+        sock.display(),
+        token.display()
+    );
+    let vs = Vswitchd::start(&topo, &ns, &host, "{}\n");
+    assert!(vs
+        .stdout_text()
+        .contains("API on tcp 127.0.0.1:9696 (bearer token)"));
+    let curl = |extra: &[&str]| -> String {
+        let mut args = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend_from_slice(extra);
+        args.push("http://127.0.0.1:9696/v2.0/networks");
+        String::from_utf8_lossy(&topo.exec(&ns, &args).stdout).into_owned()
+    };
+    assert_eq!(curl(&[]), "401", "no token");
+    assert_eq!(
+        curl(&["-H", "Authorization: Bearer wrong-token-0123456789"]),
+        "401"
+    );
+    assert_eq!(
+        curl(&["-H", "Authorization: Bearer s3cret-token-0123456789"]),
+        "200"
+    );
+    let out = topo.exec(
+        &ns,
+        &[
+            VSWITCHCTL,
+            "--tcp",
+            "127.0.0.1:9696",
+            "--token-file",
+            token.to_str().unwrap(),
+            "status",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("compute1"));
+    // The unix socket needs no token (its mode keeps others out).
+    let (st, _, _) = http(vs.socket(), "GET", "/v2.0/networks", None);
+    assert_eq!(st, 200);
+    vs.stop();
+}
