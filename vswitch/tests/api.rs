@@ -321,7 +321,32 @@ fn api_every_resource_crud_over_the_unix_socket() {
     let (st, _, _) = http(&sock, "GET", "/v2.0/ports/nope", None);
     assert_eq!(st, 404);
 
-    // Update: a field changes, the others stay; the data plane follows (the FIP moves away).
+    // Update every kind: a field changes, the others stay.
+    for (coll, singular, id, field, value) in [
+        ("networks", "network", "net-a", "name", json!("blue2")),
+        ("subnets", "subnet", "sub-a", "name", json!("sub-a2")),
+        (
+            "security-groups",
+            "security_group",
+            "sg",
+            "description",
+            json!("web tier"),
+        ),
+        ("routers", "router", "r1", "name", json!("router1b")),
+    ] {
+        let (st, _, v) = http(
+            &sock,
+            "PUT",
+            &format!("/v2.0/{coll}/{id}"),
+            Some(&json!({singular: {field: value}})),
+        );
+        assert_eq!(st, 200, "{coll}: {v}");
+        assert_eq!(v[singular][field], value, "{coll}: {v}");
+        assert_eq!(v[singular]["id"], id);
+    }
+    let (_, _, v) = http(&sock, "GET", "/v2.0/subnets/sub-a", None);
+    assert_eq!(v["subnet"]["cidr"], "10.10.0.0/24", "unchanged fields stay");
+    // Update: the data plane follows (the FIP moves away).
     let (st, h, v) = http(
         &sock,
         "PUT",
@@ -655,7 +680,10 @@ ports:
     let (code, out, _) = ctl(&sock, &["stats"]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("port") && out.contains("vm1") && out.contains("drops:"),
+        out.contains("port")
+            && out.contains("vm1")
+            && out.contains("drops:")
+            && out.contains("lcore 1"),
         "{out}"
     );
     let (_, out, _) = ctl(&sock, &["stats", "--json"]);

@@ -273,7 +273,24 @@ impl Daemon {
             }
             *last = (now, new);
         }
-        let (text, mut json) = render(&t, &self.port_names(), &driver, &self.publisher.current());
+        let (mut text, mut json) =
+            render(&t, &self.port_names(), &driver, &self.publisher.current());
+        text.push_str(&format!(
+            "{:<16} {:>14} {:>14} {:>10}\n",
+            "core", "busy_polls", "idle_polls", "busy"
+        ));
+        for c in &self.cores {
+            let busy = c.busy_polls.load(std::sync::atomic::Ordering::Relaxed);
+            let idle = c.idle_polls.load(std::sync::atomic::Ordering::Relaxed);
+            let ratio = busy as f64 / (busy + idle).max(1) as f64;
+            text.push_str(&format!(
+                "lcore {:<10} {:>14} {:>14} {:>9.1}%\n",
+                c.lcore,
+                busy,
+                idle,
+                ratio * 100.0
+            ));
+        }
         json["cores"] = serde_json::Value::Array(
             self.cores
                 .iter()
