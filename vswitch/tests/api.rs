@@ -806,3 +806,40 @@ fn api_on_tcp_only_with_the_bearer_token() {
     assert_eq!(st, 200);
     vs.stop();
 }
+
+/// A bug that panics in the control plane fails its own request; the workers keep forwarding and
+/// the API keeps answering (the store's lock, poisoned by the panic, still holds the last accepted
+/// state). Uses the fault-injection route of debug builds.
+#[test]
+fn a_panic_in_the_control_plane_leaves_forwarding_and_the_api_running() {
+    let Some(mut topo) = Topology::new("panic") else {
+        return;
+    };
+    let ns = topo.add_switch_ns("sw");
+    let prefix = format!("apipanic{}", std::process::id());
+    // vm2's null PMD receives a steady stream of (zero-filled) frames: traffic to count.
+    let host = host(&prefix).replace("net_null1,no-rx=1", "net_null1");
+    let mut vs = Vswitchd::start(&topo, &ns, &host, "{}\n");
+    let sock = vs.socket().to_path_buf();
+    created(&sock, "networks", "network", json!({"id": "n1"}));
+    let before = state(&sock);
+    let rx0 = vs.stats().port("vm2").rx_packets;
+    let (st, _, v) = http(&sock, "POST", "/v1/debug/panic", None);
+    assert_eq!(st, 500, "a panicking change fails its request: {v}");
+    // A panic in the handler itself: the connection drops, the server stays.
+    let r = std::panic::catch_unwind(|| http(&sock, "POST", "/v1/debug/panic?in=handler", None));
+    assert!(r.is_err() || r.as_ref().is_ok_and(|x| x.0 >= 500), "{r:?}");
+    assert_eq!(state(&sock), before, "the last accepted state stands");
+    created(&sock, "networks", "network", json!({"id": "n2"}));
+    assert_eq!(generation(&sock), 3);
+    let s = vs.stats_when(|s| s.port("vm2").rx_packets > rx0 + 1000);
+    assert!(
+        s.port("vm2").rx_packets > rx0 + 1000,
+        "the worker kept polling"
+    );
+    assert!(
+        vs.stderr_text().contains("injected panic"),
+        "the panic is logged"
+    );
+    vs.stop();
+}

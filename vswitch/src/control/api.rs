@@ -28,7 +28,7 @@ type Shared = State<Arc<Ctl>>;
 
 /// The API's routes.
 pub fn router(ctl: Arc<Ctl>) -> Router {
-    Router::new()
+    let r = Router::new()
         .route("/v2.0/{collection}", get(list).post(create))
         .route(
             "/v2.0/{collection}/{id}",
@@ -48,9 +48,30 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
         .route("/v1/conntrack", get(conntrack_list).delete(conntrack_flush))
         .route("/v1/capture", get(capture))
         .route("/v1/trace", axum::routing::post(trace))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .with_state(ctl)
+        .route("/metrics", get(metrics));
+    // Fault injection for the tests of debug builds: a panic inside a change (holding the
+    // store's lock) or in a handler itself.
+    #[cfg(debug_assertions)]
+    let r = r.route("/v1/debug/panic", axum::routing::post(debug_panic));
+    r.fallback(not_found).with_state(ctl)
+}
+
+#[cfg(debug_assertions)]
+#[derive(serde::Deserialize)]
+struct PanicQuery {
+    #[serde(default)]
+    r#in: Option<String>,
+}
+
+#[cfg(debug_assertions)]
+async fn debug_panic(State(ctl): Shared, Query(q): Query<PanicQuery>) -> Response {
+    if q.r#in.as_deref() == Some("handler") {
+        panic!("injected panic in a request handler");
+    }
+    submit(ctl, StatusCode::OK, |_| {
+        panic!("injected panic inside a change, holding the store's lock")
+    })
+    .await
 }
 
 fn error(e: ApiError) -> Response {

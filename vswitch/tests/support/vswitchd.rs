@@ -465,6 +465,11 @@ impl Vswitchd {
         self.bg.pid()
     }
 
+    /// Everything vswitchd printed on stderr so far (its log).
+    pub fn stderr_text(&self) -> String {
+        self.bg.stderr_text()
+    }
+
     /// Everything vswitchd printed on stdout so far.
     pub fn stdout_text(&self) -> String {
         self.bg.stdout_text()
