@@ -166,9 +166,11 @@ fn compute_toml(host: &str, prefix: &str, vtep: &str, inst: &[(&str, &str)]) -> 
     host_toml_overlay(host, prefix, &ports, &[], Some(&overlay))
 }
 
-/// network1: role `dvr_snat`, one worker, the overlay port on `ul`, the provider port
-/// `uplink` for physnet "provider", and the SNAT port range `snat_ports`.
-fn network_toml(prefix: &str, snat_ports: [u16; 2]) -> String {
+/// network1: role `dvr_snat`, the overlay port on `ul`, the provider port `uplink` for physnet
+/// "provider", and the SNAT port range `snat_ports`; with `workers` = 2, two workers (both on
+/// CPU 1) and two af_packet queue pairs per port, the kernel spreading flows over them, so
+/// connections and their replies arrive on either worker and SNAT hands them to their owner.
+fn network_toml(prefix: &str, snat_ports: [u16; 2], workers: u16) -> String {
     let ports = [
         HostPort {
             name: "overlay",
@@ -196,11 +198,20 @@ fn network_toml(prefix: &str, snat_ports: [u16; 2]) -> String {
         Some(&overlay),
     );
     assert!(base.starts_with("role = \"dvr\"\n"), "{base}");
+    let mut body = base["role = \"dvr\"\n".len()..].to_string();
+    if workers == 2 {
+        assert!(body.contains("cores = [1]\n"), "{body}");
+        body = body.replace("cores = [1]\n", "cores = [1, 2]\n");
+        for iface in ["ul", "uplink"] {
+            let from = format!("iface={iface}\"\n");
+            assert!(body.contains(&from), "{body}");
+            body = body.replace(&from, &format!("iface={iface},qpairs=2\"\nrx_queues = 2\n"));
+        }
+        body.push_str("\n[lcore_cpus]\n\"2\" = 1\n");
+    }
     format!(
-        "role = \"dvr_snat\"\n{}\n[conntrack]\nsnat_ports = [{}, {}]\n",
-        &base["role = \"dvr\"\n".len()..],
-        snat_ports[0],
-        snat_ports[1]
+        "role = \"dvr_snat\"\n{body}\n[conntrack]\nsnat_ports = [{}, {}]\n",
+        snat_ports[0], snat_ports[1]
     )
 }
 
@@ -597,7 +608,7 @@ fn centralized_snat_north_south() {
         &topo,
         &sw3,
         "vswitchd-n1",
-        &network_toml(&format!("{name}-n1"), [1024, 65535]),
+        &network_toml(&format!("{name}-n1"), [1024, 65535], 2),
         &state,
     );
     eprintln!("[{name}] three hosts up in {:?}", started.elapsed());
@@ -691,7 +702,7 @@ fn centralized_snat_north_south() {
         &topo,
         &sw3,
         "vswitchd-n1b",
-        &network_toml(&format!("{name}-n1b"), TINY),
+        &network_toml(&format!("{name}-n1b"), TINY, 1),
         &state,
     );
     let n2_0 = vs3.stats();

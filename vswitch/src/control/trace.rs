@@ -383,24 +383,19 @@ pub fn trace_with(
             );
             break;
         }
-        let at = if h.stage == firewall::STAGE_EGRESS {
-            "egress"
-        } else {
-            "ingress"
+        let at = match h.stage {
+            firewall::STAGE_EGRESS => "the firewall egress check",
+            firewall::STAGE_ROUTE => "the router (centralized SNAT)",
+            _ => "the firewall ingress check",
         };
         tr.note(
             0,
             "handoff",
-            format_args!(
-                "core {core}, which owns the connection, resumes at the firewall {at} check"
-            ),
+            format_args!("core {core}, which owns the connection, resumes at {at}"),
         );
-        // As the runtime's `drain_inbox`: the ingress check resumes with the packet's output.
+        // As the runtime's `drain_inbox`.
         let mut m = h.meta;
-        m.next = match m.next {
-            Next::Handoff(_, firewall::STAGE_INGRESS, port) => Next::Output(port),
-            _ => Next::Continue,
-        };
+        m.next = pipeline::resumed_next(m.next);
         b.pkts[0] = Some(h.p);
         b.start(h.in_port, 1);
         b.meta[0] = m;

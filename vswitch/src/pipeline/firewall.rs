@@ -30,6 +30,9 @@ use crate::trace;
 /// Where a handed-off packet resumes on its owner core.
 pub const STAGE_EGRESS: u8 = 0;
 pub const STAGE_INGRESS: u8 = 1;
+/// Hand-off stage of centralized SNAT: the router stage again, on the core that owns the
+/// translation (the `u16` of `Next::Handoff` is then the router interface it arrived on).
+pub const STAGE_ROUTE: u8 = 2;
 
 /// Fragments of datagrams whose first fragment was judged, per core: later fragments carry no
 /// transport header, so they follow the first one's verdict (as OVS and VPP treat them),

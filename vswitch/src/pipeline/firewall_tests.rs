@@ -498,16 +498,16 @@ fn trace_names_the_rule_and_the_state() {
 
 /// Two workers' state over the same tables, as the runtime runs them, with the hand-off rings
 /// played by the sinks' `handoffs`.
-struct TwoCores {
-    t: Tables,
-    s: [CoreState; 2],
-    sink: Sink,
-    txb: TxBuffers<TestBuf>,
-    c: crate::counters::BatchCounters,
+pub(crate) struct TwoCores {
+    pub t: Tables,
+    pub s: [CoreState; 2],
+    pub sink: Sink,
+    pub txb: TxBuffers<TestBuf>,
+    pub c: crate::counters::BatchCounters,
 }
 
 impl TwoCores {
-    fn new(t: Tables) -> Self {
+    pub fn new(t: Tables) -> Self {
         let mk = |core: u16| {
             let h = Harness::with(t.clone());
             let mut s = h.s;
@@ -529,7 +529,7 @@ impl TwoCores {
     }
 
     /// Receives `frame` on `core`, then lets the owner core finish whatever was handed over.
-    fn rx(&mut self, core: usize, port: u16, frame: Vec<u8>) -> usize {
+    pub fn rx(&mut self, core: usize, port: u16, frame: Vec<u8>) -> usize {
         let mut held = Default::default();
         let mut b: Batch<TestBuf> = Batch::default();
         b.pkts[0] = Some(TestBuf::new(&frame));
@@ -559,10 +559,7 @@ impl TwoCores {
             b.pkts[0] = Some(h.p);
             b.start(h.in_port, 1);
             let mut m = h.meta;
-            m.next = match m.next {
-                super::Next::Handoff(_, firewall::STAGE_INGRESS, p) => super::Next::Output(p),
-                _ => super::Next::Continue,
-            };
+            m.next = super::resumed_next(m.next);
             b.meta[0] = m;
             let s = &mut self.s[to as usize];
             super::resume(

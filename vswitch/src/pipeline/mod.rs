@@ -343,8 +343,25 @@ pub fn resume<B: PacketBuf, T: Tracer>(
     if stage == firewall::STAGE_EGRESS {
         firewall::egress(b, t, s, c, tr);
         switch_and_route(b, t, s, held, c, tr);
+    } else if stage == firewall::STAGE_ROUTE {
+        router::route(b, t, s, held, c, tr);
+        if t.firewall {
+            firewall::ingress(b, t, s, c, tr);
+        }
     } else {
         firewall::ingress(b, t, s, c, tr);
+    }
+}
+
+/// What a handed-over packet's `next` becomes on the core that resumes it: the ingress check
+/// resumes with the port it was leaving by, SNAT with the router interface it arrived on, the
+/// egress check from the start.
+#[inline]
+pub fn resumed_next(next: Next) -> Next {
+    match next {
+        Next::Handoff(_, firewall::STAGE_INGRESS, port) => Next::Output(port),
+        Next::Handoff(_, firewall::STAGE_ROUTE, rif) => Next::Route(rif),
+        _ => Next::Continue,
     }
 }
 

@@ -671,6 +671,9 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 fwd.fip_in += (!central && nat.dnat.is_some()) as u64;
                 fwd.fip_out += (!central && nat.snat.is_some()) as u64;
             }
+            Ok(Verdict::Handoff(core)) => {
+                b.meta[i].next = Next::Handoff(core, super::firewall::STAGE_ROUTE, rif_in);
+            }
             Ok(Verdict::Back(kind)) => {
                 // A reply or ICMP error from the router, out of the ingress port.
                 b.meta[i].next = Next::Output(b.in_port);
@@ -862,6 +865,9 @@ enum Verdict {
         rif: u16,
         addr: u128,
     },
+    /// Centralized SNAT: another core owns the translation (the packet is untouched); it
+    /// resumes at the router stage there.
+    Handoff(u16),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1143,6 +1149,18 @@ fn snat_out<B: PacketBuf, T: Tracer>(
     };
     let key = fl.key.with_zone(sn.zone);
     let (now, cores, core) = (s.fw.now, s.fw.cores, s.fw.core);
+    // With several workers, the core that owns the connection's original direction translates
+    // it, and picks a port whose replies it owns too: both directions meet there, and the
+    // cores' ports never collide.
+    if let Some(owner) = snat_owner(&key, cores, core) {
+        trace!(
+            tr,
+            i,
+            "router",
+            "SNAT {key}: core {owner} owns it, handed over"
+        );
+        return Some(Ok(Verdict::Handoff(owner)));
+    }
     let ct = &mut s.fw.ct;
     let port = match ct.lookup(&key, now) {
         Some((idx, 0)) => {
@@ -1201,6 +1219,17 @@ fn snat_out<B: PacketBuf, T: Tracer>(
     Some(translate(p, x, x, s, c, i, tr, dst, total, df, nat))
 }
 
+/// The core that owns a SNAT connection with key `key` (original direction or reply), when it
+/// is not this one.
+#[inline]
+fn snat_owner(key: &Key, cores: u16, core: u16) -> Option<u16> {
+    if cores <= 1 {
+        return None;
+    }
+    let owner = (key.owner_hash() % cores as u64) as u16;
+    (owner != core).then_some(owner)
+}
+
 /// Centralized SNAT on the way back: a reply to the gateway address of one of this router's
 /// translations is translated back to the connection's own address and port and routed to
 /// it; an ICMP error about one too, its quoted packet to what the instance sent.
@@ -1227,6 +1256,15 @@ fn snat_in<B: PacketBuf, T: Tracer>(
         Kind::Echo(true) => return None,
         _ => return Some(Err(D::RouterSnatUnknown)),
     };
+    if let Some(owner) = snat_owner(&key, s.fw.cores, s.fw.core) {
+        trace!(
+            tr,
+            i,
+            "router",
+            "SNAT reply {key}: core {owner} owns it, handed over"
+        );
+        return Some(Ok(Verdict::Handoff(owner)));
+    }
     let now = s.fw.now;
     let ct = &mut s.fw.ct;
     let Some((idx, 1)) = ct.lookup(&key, now) else {

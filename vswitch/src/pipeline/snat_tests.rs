@@ -332,3 +332,139 @@ fn an_icmp_error_about_a_translated_connection_reaches_the_instance_as_about_its
     let qh = etherparse::Ipv4Header::from_slice(q).unwrap().0;
     assert_eq!(qh.header_checksum, qh.calc_header_checksum());
 }
+
+/// Two workers, packets arriving on either (as RSS spreads them): every connection is
+/// translated on the core that owns it, with a port whose replies that core owns too, so both
+/// directions meet the same entry wherever they arrive, and the two cores' ports never collide.
+#[test]
+fn two_workers_translate_each_connection_on_its_owner_core_without_port_collisions() {
+    use super::firewall_tests::TwoCores;
+    let mut x = TwoCores::new(tables([1024, 65535]));
+    for (k, s) in x.s.iter().enumerate() {
+        s.neigh.set_static(
+            "10.0.0.11".parse().unwrap(),
+            crate::tables::mac_u64(&mac(C1_MAC).0),
+        );
+        assert_eq!(s.fw.core as usize, k);
+    }
+    for core in 0..2 {
+        x.rx(core, UPLINK, arp101(INET_GW, EXT_GW, QG1, G));
+    }
+    let n = 24u16;
+    let mut handed = 0;
+    let mut ports = Vec::new();
+    for k in 0..n {
+        let sport = 40000 + k;
+        // Arrives on core k % 2, whoever owns it.
+        handed += x.rx(k as usize % 2, OVERLAY, syn_out(X1, sport));
+        let out = x.sink.on(UPLINK);
+        assert_eq!(out.len(), 1 + k as usize, "connection {k}: {:?}", x.c);
+        let (src, p, dst, _) = tcp4(out.last().unwrap());
+        assert_eq!((src, dst), (G, INET));
+        ports.push((sport, p));
+    }
+    assert!(
+        handed > 0,
+        "some connections arrived on the core that does not own them"
+    );
+    let mut distinct: Vec<u16> = ports.iter().map(|p| p.1).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), n as usize, "ports collide: {ports:?}");
+    // Each entry lives on one core only: the owner of both its keys.
+    let entries: usize = x.s.iter().map(|s| s.fw.ct.len()).sum();
+    assert_eq!(entries, n as usize);
+    assert!(x.s.iter().all(|s| s.fw.ct.len() > 0), "both cores own some");
+    // Replies, each on the core that did not translate it, find their connection.
+    let mut back = 0;
+    for (k, &(sport, p)) in ports.iter().enumerate() {
+        handed += x.rx((k + 1) % 2, UPLINK, synack_in(p));
+        let ov = x.sink.on(OVERLAY);
+        assert_eq!(ov.len(), back + 1, "reply {k} ({sport} as {p}): {:?}", x.c);
+        back += 1;
+        let (src, sp, dst, dp) = tcp4(&ov.last().unwrap()[50..]);
+        assert_eq!((src, sp, dst, dp), (INET, 443, X1, sport));
+    }
+    assert_eq!(x.c.dropped(D::RouterSnatUnknown), 0);
+    assert!(x.c.count(E::ConntrackHandoff) >= n as u64 / 2);
+    // The original direction again, on the other core: the same port, no new entry.
+    let again = x.sink.on(UPLINK).len();
+    x.rx(1, OVERLAY, syn_out(X1, 40000));
+    x.rx(0, OVERLAY, syn_out(X1, 40001));
+    let out = x.sink.on(UPLINK);
+    assert_eq!(out.len(), again + 2);
+    assert_eq!(tcp4(&out[again]).1, ports[0].1);
+    assert_eq!(tcp4(&out[again + 1]).1, ports[1].1);
+    assert_eq!(x.s.iter().map(|s| s.fw.ct.len()).sum::<usize>(), n as usize);
+}
+
+/// An echo request's identifier is its "port" in both directions; with two workers every
+/// identifier still gets a translated identifier whose replies the translating core owns (the
+/// owner hash must not cancel equal ports), and every reply comes back.
+#[test]
+fn two_workers_translate_every_echo_identifier() {
+    use super::firewall_tests::TwoCores;
+    let echo = |src: [u8; 4], dst: [u8; 4], id: u16, request: bool| {
+        let mut inner = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2(
+            mac(if request { DVR1 } else { INET_GW }).0,
+            mac(if request { SNAT1 } else { QG1 }).0,
+        );
+        let b = if request {
+            b.ipv4(src, dst, 63)
+        } else {
+            b.single_vlan(etherparse::VlanId::try_new(101).unwrap())
+                .ipv4(src, dst, 60)
+        };
+        if request {
+            b.icmpv4_echo_request(id, 1).write(&mut inner, b"ping").unwrap();
+            from_compute1(&inner)
+        } else {
+            b.icmpv4_echo_reply(id, 1).write(&mut inner, b"ping").unwrap();
+            inner
+        }
+    };
+    let ident = |f: &[u8]| {
+        let s = SlicedPacket::from_ethernet(f).unwrap();
+        match s.transport {
+            Some(TransportSlice::Icmpv4(i)) => match i.icmp_type() {
+                etherparse::Icmpv4Type::EchoRequest(e) | etherparse::Icmpv4Type::EchoReply(e) => {
+                    e.id
+                }
+                t => panic!("{t:?}"),
+            },
+            _ => panic!("not ICMP"),
+        }
+    };
+    let mut x = TwoCores::new(tables([1024, 65535]));
+    for s in &x.s {
+        s.neigh.set_static(
+            "10.0.0.11".parse().unwrap(),
+            crate::tables::mac_u64(&mac(C1_MAC).0),
+        );
+    }
+    for core in 0..2 {
+        x.rx(core, UPLINK, arp101(INET_GW, EXT_GW, QG1, G));
+    }
+    // Two instances pinging eight hosts: (source, destination) pairs whose owners differ.
+    let mut sent = Vec::new();
+    for (k, (src, last)) in [X1, X2]
+        .into_iter()
+        .flat_map(|s| (9..17u8).map(move |d| (s, d)))
+        .enumerate()
+    {
+        let dst = [100, 64, 0, last];
+        let id = 100 + k as u16;
+        x.rx(k % 2, OVERLAY, echo(src, dst, id, true));
+        let out = x.sink.on(UPLINK);
+        assert_eq!(out.len(), k + 1, "echo {src:?} -> {dst:?}: {:?}", x.c);
+        sent.push((dst, id, ident(out.last().unwrap())));
+    }
+    assert_eq!(x.c.dropped(D::RouterSnatExhausted), 0);
+    for (k, &(dst, id, gid)) in sent.iter().enumerate() {
+        x.rx((k + 1) % 2, UPLINK, echo(dst, G, gid, false));
+        let ov = x.sink.on(OVERLAY);
+        assert_eq!(ov.len(), k + 1, "reply {k}: {:?}", x.c);
+        assert_eq!(ident(&ov.last().unwrap()[50..]), id);
+    }
+}

@@ -323,12 +323,7 @@ impl Worker {
             let i = batch.len;
             batch.pkts[i] = Some(h.p);
             let mut m = h.meta;
-            m.next = match m.next {
-                pipeline::Next::Handoff(_, crate::pipeline::firewall::STAGE_INGRESS, port) => {
-                    pipeline::Next::Output(port)
-                }
-                _ => pipeline::Next::Continue,
-            };
+            m.next = pipeline::resumed_next(m.next);
             batch.meta[i] = m;
             batch.len += 1;
             total += 1;

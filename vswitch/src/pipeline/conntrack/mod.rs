@@ -314,10 +314,14 @@ impl Key {
     #[inline(always)]
     pub fn owner_hash(&self) -> u64 {
         let m = self.w[4];
-        let ports = (m >> 48) ^ ((m >> 32) & 0xffff);
+        // The two ports ordered, not XORed: equal ports (an ICMP echo's identifier is both)
+        // must still move the hash, or centralized SNAT could not pick an identifier whose
+        // replies a given core owns.
+        let (p, q) = ((m >> 48) as u16, (m >> 32) as u16);
+        let ports = ((p.min(q) as u64) << 16 | p.max(q) as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
         let a = self.w[0] ^ self.w[2];
         let b = self.w[1] ^ self.w[3];
-        let mut h = (a ^ b.rotate_left(17) ^ ports << 40 ^ (m >> 8 & 0xff) << 56)
+        let mut h = (a ^ b.rotate_left(17) ^ ports ^ (m >> 8 & 0xff) << 56)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         h ^= h >> 29;
         h.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 32
