@@ -374,11 +374,11 @@ fn two_workers_translate_each_connection_on_its_owner_core_without_port_collisio
     // Each entry lives on one core only: the owner of both its keys.
     let entries: usize = x.s.iter().map(|s| s.fw.ct.len()).sum();
     assert_eq!(entries, n as usize);
-    assert!(x.s.iter().all(|s| s.fw.ct.len() > 0), "both cores own some");
+    assert!(x.s.iter().all(|s| !s.fw.ct.is_empty()), "both cores own some");
     // Replies, each on the core that did not translate it, find their connection.
     let mut back = 0;
     for (k, &(sport, p)) in ports.iter().enumerate() {
-        handed += x.rx((k + 1) % 2, UPLINK, synack_in(p));
+        x.rx((k + 1) % 2, UPLINK, synack_in(p));
         let ov = x.sink.on(OVERLAY);
         assert_eq!(ov.len(), back + 1, "reply {k} ({sport} as {p}): {:?}", x.c);
         back += 1;
