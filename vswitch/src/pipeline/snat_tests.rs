@@ -374,7 +374,10 @@ fn two_workers_translate_each_connection_on_its_owner_core_without_port_collisio
     // Each entry lives on one core only: the owner of both its keys.
     let entries: usize = x.s.iter().map(|s| s.fw.ct.len()).sum();
     assert_eq!(entries, n as usize);
-    assert!(x.s.iter().all(|s| !s.fw.ct.is_empty()), "both cores own some");
+    assert!(
+        x.s.iter().all(|s| !s.fw.ct.is_empty()),
+        "both cores own some"
+    );
     // Replies, each on the core that did not translate it, find their connection.
     for (k, &(sport, p)) in ports.iter().enumerate() {
         x.rx((k + 1) % 2, UPLINK, synack_in(p));
@@ -415,10 +418,14 @@ fn two_workers_translate_every_echo_identifier() {
                 .ipv4(src, dst, 60)
         };
         if request {
-            b.icmpv4_echo_request(id, 1).write(&mut inner, b"ping").unwrap();
+            b.icmpv4_echo_request(id, 1)
+                .write(&mut inner, b"ping")
+                .unwrap();
             from_compute1(&inner)
         } else {
-            b.icmpv4_echo_reply(id, 1).write(&mut inner, b"ping").unwrap();
+            b.icmpv4_echo_reply(id, 1)
+                .write(&mut inner, b"ping")
+                .unwrap();
             inner
         }
     };
