@@ -835,6 +835,58 @@ def verify_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
     return res
 
 
+def learn_snat_ports(sc: Scenario, a, mem: str) -> None:
+    """snat-outbound: the switch picks each connection's port, so the servers' answers can only
+    be built once they are known. vswitchd replays the client stream once, with nothing coming
+    in on the server side, which writes what it sends to a pcap; the ports of the SYNs there go
+    to gen_pcap.SNAT_PORT_MAP and the streams are written again. The choice depends only on the
+    connections and their order, so every later run of the same pcap makes the same one."""
+    prefix = f"vslearn{os.getpid()}"
+    text = sc.host_toml(mem, a.main_core, a.worker_core, prefix)
+    devs = dict(sc.port_devargs(text))
+    client, server = sc.input_ports[0], sc.input_ports[1]
+    out = os.path.join(sc.out, "learn-out.pcap")
+    if os.path.exists(out):
+        os.remove(out)
+    text = text.replace(json.dumps(devs[client]), json.dumps(devs[client].replace(",infinite_rx=1", "")))
+    text = text.replace(json.dumps(devs[server]), json.dumps(f"{devs[server].split(',')[0]},tx_pcap={out}"))
+    cfg = os.path.join(sc.out, "host-learn.toml")
+    with open(cfg, "w") as fh:
+        fh.write(text)
+    env = dict(os.environ, NO_COLOR="1")
+    p = Proc([a.vswitchd, "--config", cfg, "--state", sc.state], os.path.join(sc.out, "vswitchd-learn.log"), env)
+    try:
+        p.expect(r"^vswitchd: running", timeout=60)
+        deadline = time.monotonic() + 30
+        last = None
+        while True:
+            time.sleep(0.3)
+            p.send(signal.SIGUSR1)
+            st = json.loads(p.expect(r"^stats-json: (.*)$", timeout=20).group(1))
+            now = (stats_port(st, client)["rx_packets"], stats_port(st, server)["tx_packets"])
+            if now[0] >= sc.input_frames[0] and now == last:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"scenario {sc.name}: learning run: {now[0]} of {sc.input_frames[0]} "
+                                 f"frames received in 30 s; log: {p.log.name}")
+            last = now
+        p.stop(signal.SIGTERM)
+    finally:
+        p.kill()
+        remove_runtime_dir(prefix)
+    try:
+        ports = gen_pcap.snat_learn_ports(sc.flow_spec, read_pcap(out))
+    except ValueError as e:
+        raise BenchError(f"scenario {sc.name}: learning run: {e}; log: {p.log.name}")
+    gen_pcap.SNAT_PORT_MAP.clear()
+    gen_pcap.SNAT_PORT_MAP.update(ports)
+    gen_pcap.generate_streams(sc.name, sc.pcap, a.frames, a.flows)
+    with open(os.path.join(sc.out, "snat-ports.json"), "w") as fh:
+        json.dump(ports, fh)
+    print(f"  [{sc.name} learn] {len(ports)} connections, ports {min(ports.values())}..{max(ports.values())} "
+          f"chosen by the switch; the servers' stream rebuilt with them", flush=True)
+
+
 def pick_memory(a) -> str:
     if a.memory != "auto":
         return a.memory
@@ -848,6 +900,8 @@ def median(xs: List[float]) -> float:
 
 def bench_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
     check_vswitchd(sc, a)
+    if sc.meta.get("learn_snat_ports"):
+        learn_snat_ports(sc, a, mem)
     verified = None
     if "ours" in a.kinds and a.verify:
         try:

@@ -501,6 +501,150 @@ def verify_fip_streams(f: Flows, sent: List[List[bytes]], out: List[List[bytes]]
     return problems
 
 
+# --- snat-outbound: an instance without a floating IP -> Internet servers, through the network
+# node's centralized SNAT. The network node (bench-net1, VTEP 10.0.0.13) receives compute1's
+# routed frames for router1's SNAT port over VXLAN (stream "compute1", on the overlay port) and
+# the servers' answers to router1's gateway address on the provider VLAN (stream "internet").
+# The same connections, blocks and segments as conntrack-established (`ct_tcp_fields`), the
+# instance the client. The translated source ports are the switch's choice: bench.py learns
+# them in a first replay of the client stream and sets `SNAT_PORT_MAP` (connection i -> port)
+# before the server stream is built; without it the answers go to 1024 + i.
+SNAT_VM_IP = "198.51.100.4"
+SNAT_VM_MAC = "fa:16:3e:00:00:01"
+SNAT_PORT_MAC = "fa:16:3e:bb:00:01"     # router1's SNAT port on selfservice1 (198.51.100.10)
+SNAT_QG_MAC = "fa:16:3e:bb:00:03"       # router1's gateway port
+SNAT_GW_IP = "203.0.113.11"             # router1's gateway address: what the servers see
+SNAT_COMPUTE_VTEP = "10.0.0.11"
+SNAT_COMPUTE_VTEP_MAC = "02:00:00:00:00:11"   # [overlay.neighbors] in snat-outbound's host.toml
+SNAT_NODE_VTEP = "10.0.0.13"
+SNAT_COMPUTE_DVR_MAC = "fa:16:3f:00:00:11"
+SNAT_VNI = 101
+SNAT_INET_TTL = 57
+SNAT_PORT_MAP: Dict[int, int] = {}
+
+
+def snat_port(i: int) -> int:
+    return SNAT_PORT_MAP.get(i, 1024 + i)
+
+
+def snat_vxlan(inner: bytes, i: int, to_compute: bool, sport: Optional[int] = None) -> bytes:
+    """`inner` in VXLAN between compute1 and the network node (VNI 101), either way."""
+    sport = 49152 + i % 16384 if sport is None else sport
+    l4_payload = vxlan(SNAT_VNI) + inner
+    udp_hdr = struct.pack("!HHHH", sport, VXLAN_PORT, 8 + len(l4_payload), 0)
+    if to_compute:
+        l3 = ipv4(SNAT_NODE_VTEP, SNAT_COMPUTE_VTEP, IPPROTO_UDP, 8 + len(l4_payload), ident=i)
+        return eth(SNAT_COMPUTE_VTEP_MAC, PCAP0_MAC, ETH_IPV4) + l3 + udp_hdr + l4_payload
+    l3 = ipv4(SNAT_COMPUTE_VTEP, SNAT_NODE_VTEP, IPPROTO_UDP, 8 + len(l4_payload), ident=i)
+    return eth(PCAP0_MAC, SNAT_COMPUTE_VTEP_MAC, ETH_IPV4) + l3 + udp_hdr + l4_payload
+
+
+def snat_frame(f: Flows, i: int, server: bool, block: int, translated: bool = False) -> bytes:
+    """Block `block`'s segment of connection i. Client (the instance): as compute1 routed it
+    (inner frame from its DVR MAC to the SNAT port, TTL 63) in VXLAN; translated: from the
+    gateway address and port `snat_port(i)`, out of the gateway port tagged 101 (TTL 62).
+    Server: its answer to the gateway address and port, tagged 101; translated: to the instance
+    from the SNAT port (TTL 56), the inner frame only (the VXLAN outer headers are checked
+    apart)."""
+    inet, cport, sport = f.tuple_of(i)
+    fields = ct_tcp_fields(f, i, server, block)
+    ident = fields.pop("ident")
+    gp = snat_port(i)
+    if server:
+        src_ip, sp = inet, sport
+        dst_ip, dp = (f.src_ip, cport) if translated else (SNAT_GW_IP, gp)
+        ttl = SNAT_INET_TTL - (1 if translated else 0)
+        l2 = eth(SNAT_VM_MAC, SNAT_PORT_MAC, ETH_IPV4) if translated else \
+            eth(SNAT_QG_MAC, FIP_EXT_GW_MAC, ETH_IPV4, FIP_EXT_VLAN)
+    else:
+        dst_ip, dp = inet, sport
+        src_ip, sp = (SNAT_GW_IP, gp) if translated else (f.src_ip, cport)
+        ttl = 63 - (1 if translated else 0)
+        l2 = eth(FIP_EXT_GW_MAC, SNAT_QG_MAC, ETH_IPV4, FIP_EXT_VLAN) if translated else \
+            eth(SNAT_PORT_MAC, SNAT_COMPUTE_DVR_MAC, ETH_IPV4)
+    l4 = tcp(src_ip, dst_ip, sp, dp, **fields)
+    fr = l2 + ipv4(src_ip, dst_ip, IPPROTO_TCP, len(l4), ident=ident, ttl=ttl) + l4
+    tagged = len(l2) == 18
+    fr = fr + bytes(max(0, f.frame_len + (4 if tagged else 0) - len(fr)))
+    if not server and not translated:
+        return snat_vxlan(fr, i, to_compute=False)
+    return fr
+
+
+def snat_streams(f: Flows, frames: int) -> List[List[bytes]]:
+    """[compute1's frames (overlay), the servers' frames (uplink)], `frames` each."""
+    if frames % f.n_flows or frames // f.n_flows < 2:
+        raise ValueError(f"snat-outbound: frames ({frames}) must be a multiple (>= 2) of flows ({f.n_flows})")
+    if f.n_flows < 32:
+        raise ValueError("snat-outbound: at least 32 flows (one burst)")
+    blocks = frames // f.n_flows
+    return [[snat_frame(f, i, server, b) for b in range(blocks) for i in range(f.n_flows)]
+            for server in (False, True)]
+
+
+def build_snat_outbound(f: Flows, i: int) -> bytes:
+    """The typical frame (frame_len): the instance's data segment as compute1 sends it (VXLAN)."""
+    return snat_frame(f, i, False, 2)
+
+
+def snat_learn_ports(f: Flows, out: List[bytes]) -> Dict[int, int]:
+    """The ports the switch chose, from what it sent out of the uplink when the client stream
+    was replayed once: its first n_flows frames are the SYNs of connections 0, 1, ... in order
+    (what follows them, unanswered, may be refused by connection tracking)."""
+    if len(out) < f.n_flows:
+        raise ValueError(f"snat-outbound: {len(out)} frames out, expected at least {f.n_flows} SYNs")
+    ports: Dict[int, int] = {}
+    for i, fr in enumerate(out[:f.n_flows]):
+        inet = f.tuple_of(i)[0]
+        if len(fr) < 18 + 20 + 14 or fr[12:14] != b"\x81\x00" or fr[18 + 9] != IPPROTO_TCP:
+            raise ValueError(f"snat-outbound: frame {i} out is not tagged TCP: {fr[:40].hex()}")
+        ihl = (fr[18] & 0x0F) * 4
+        t = 18 + ihl
+        if fr[18 + 16:18 + 20] != ip_bytes(inet) or not fr[t + 13] & TCP_SYN:
+            raise ValueError(f"snat-outbound: frame {i} out is not connection {i}'s SYN: {fr[:60].hex()}")
+        ports[i] = struct.unpack("!H", fr[t:t + 2])[0]
+    # A port is unique per server (the reply key), as with Linux's masquerade: connections to
+    # different servers may share one.
+    pairs = {(f.tuple_of(i)[0], p) for i, p in ports.items()}
+    if len(pairs) != len(ports):
+        raise ValueError("snat-outbound: two connections to one server got the same port")
+    return ports
+
+
+def verify_snat_streams(f: Flows, sent: List[List[bytes]], out: List[List[bytes]]) -> List[str]:
+    """out[0] (uplink): the instance's frames from the gateway address, each connection its own
+    port, in order; out[1] (overlay): the answers back to compute1's VTEP in VXLAN VNI 101, the
+    inner frame translated to the instance, in order."""
+    problems = []
+    pairs = {(f.tuple_of(i)[0], snat_port(i)) for i in range(f.n_flows)}
+    if len(pairs) != f.n_flows:
+        problems.append("two connections to one server share a translated port")
+    for k, name in enumerate(("compute1 -> uplink (SNAT)", "uplink -> compute1 (un-SNAT)")):
+        n = len(sent[k])
+        want = [snat_frame(f, j % f.n_flows, k == 1, j // f.n_flows, translated=True) for j in range(n)]
+        got = out[k]
+        if k == 1:
+            inner = []
+            for fr in got:
+                outer_ok = (fr[:12] == mac_bytes(SNAT_COMPUTE_VTEP_MAC) + mac_bytes(PCAP0_MAC)
+                            and fr[26:34] == ip_bytes(SNAT_NODE_VTEP) + ip_bytes(SNAT_COMPUTE_VTEP)
+                            and fr[36:38] == struct.pack("!H", VXLAN_PORT)
+                            and fr[42:50] == vxlan(SNAT_VNI))
+                if not outer_ok:
+                    problems.append(f"{name}: outer headers wrong: {fr[:50].hex()}")
+                    break
+                inner.append(fr[50:])
+            got = inner
+        if len(got) != n:
+            problems.append(f"{name}: {len(got)} frames out, {n} sent")
+        wrong = [j for j, (a, b) in enumerate(zip(want, got)) if a != b]
+        if wrong:
+            j = wrong[0]
+            problems.append(f"{name}: {len(wrong)} frames differ; first, frame {j}:\n      got      "
+                            f"{got[j].hex()}\n      expected {want[j].hex()}")
+    return problems
+
+
 L2_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=VM2_MAC, src_ip=VM1_IP,
                  dst_ip_base=str(ipaddress.IPv4Network(VM2_BEHIND)[0]))
 
@@ -522,6 +666,12 @@ CT_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=VM2_MAC, src_ip=VM1_IP, dst_ip_base=VM
 # (100.64.0.1-16), client ports 49152+i; from the instance's side (see fip_frame).
 FIP_FLOWS = Flows(src_mac=VM1_MAC, dst_mac=GW1_MAC, src_ip=FIP_VM_IP, dst_ip_base=FIP_INET_BASE,
                   dst_ip_count=FIP_INET_COUNT, dst_port_base=CT_SERVER_PORT, dst_port_count=1)
+
+# snat-outbound: the instance 198.51.100.4 opens 1024 connections, ports 49152+i, to 16 servers
+# (100.64.0.1-16):5001; compute1 routed them to router1's SNAT port (see snat_frame).
+SNAT_FLOWS = Flows(src_mac=SNAT_COMPUTE_DVR_MAC, dst_mac=SNAT_PORT_MAC, src_ip=SNAT_VM_IP,
+                   dst_ip_base=FIP_INET_BASE, dst_ip_count=FIP_INET_COUNT, dst_port_base=CT_SERVER_PORT,
+                   dst_port_count=1)
 
 SCENARIOS: Dict[str, Scenario] = {
     "l2": Scenario(
@@ -593,7 +743,20 @@ SCENARIOS: Dict[str, Scenario] = {
         stream_names=("internet", "vm1"),
         verify_streams=verify_fip_streams,
     ),
-    # Planned (see perf/README.md): snat-outbound (centralized SNAT on the network node).
+    "snat-outbound": Scenario(
+        name="snat-outbound",
+        description="1024 established TCP connections instance (selfservice1, on compute1, no floating "
+                    "IP) <-> 16 Internet servers:5001 through the network node's centralized SNAT, both "
+                    "directions: VXLAN decap, SNAT router (port per connection), VLAN 101 out; back: "
+                    "un-SNAT, VXLAN encap to compute1",
+        flows=SNAT_FLOWS,
+        build=build_snat_outbound,
+        frames=4096,
+        state_needs=(SNAT_GW_IP, SNAT_QG_MAC, SNAT_PORT_MAC, FIP_EXT_GW_MAC, SNAT_COMPUTE_DVR_MAC),
+        streams=snat_streams,
+        stream_names=("compute1", "internet"),
+        verify_streams=verify_snat_streams,
+    ),
 }
 
 
