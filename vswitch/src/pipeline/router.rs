@@ -1571,10 +1571,11 @@ fn next_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop, 
             };
             (re.rif, nh, None)
         }
-        None => match (v6, x.rif.snat) {
+        None => match (v6, x.rif.snat, x.rif.snat6) {
             // North-south without a floating IP: to the router's SNAT port on the network
-            // node, on the same subnet.
-            (false, Some((ip, mac))) => (x.rif_in, v4_key(u32::from(ip)), Some(mac_u64(&mac.0))),
+            // node, on the same subnet (IPv6 too: routed there, not translated).
+            (false, Some((ip, mac)), _) => (x.rif_in, v4_key(u32::from(ip)), Some(mac_u64(&mac.0))),
+            (true, _, Some((ip, mac))) => (x.rif_in, u128::from(ip), Some(mac_u64(&mac.0))),
             _ => return Err(Miss::NoRoute),
         },
     };

@@ -1046,3 +1046,82 @@ fn a_centralized_router_routes_what_comes_over_the_fabric() {
     assert_eq!(&inner_of(&back[0]).1[6..12], &mac(GW2).0);
     assert_eq!(h.c.count(E::DvrMacOut), 0);
 }
+
+/// IPv6 is not translated, but north-south it still goes to the network node: with the SNAT
+/// port holding an IPv6 address on the instance's subnet, what matches no IPv6 route goes
+/// there over the overlay, addresses untouched, hop limit less one.
+#[test]
+fn ipv6_default_goes_to_the_snat_port_untranslated() {
+    let v6_state = STATE.replace(
+        r#"fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.10}], "binding:host_id": network1"#,
+        r#"fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.10}, {subnet_id: s1v6, ip_address: "fd00:198:51:100::10"}], "binding:host_id": network1"#,
+    );
+    assert_ne!(v6_state, STATE);
+    let macs: Vec<_> = [
+        "02:00:00:00:00:01",
+        "02:00:00:00:00:02",
+        "02:00:00:00:00:03",
+        OV_MAC,
+    ]
+    .iter()
+    .map(|m| mac(m))
+    .collect();
+    let h0 = Harness::with(tables_from(HOST, &v6_state, &macs));
+    for ip in ["10.0.0.12", "10.0.0.13"] {
+        h0.s.neigh
+            .set_static(ip.parse().unwrap(), mac_u64(&mac(C2_MAC).0));
+    }
+    let mut h = h0;
+    h.rx(
+        VM1,
+        &[udp6_ttl(
+            M1,
+            GW1,
+            "fd00:198:51:100::11",
+            "2001:db8:ffff::9",
+            64,
+            10,
+        )],
+    );
+    let out = h.sink.on(OVERLAY);
+    assert_eq!(out.len(), 1, "drops {:?}", h.c.drops);
+    assert_eq!(&out[0][30..34], &[10, 0, 0, 13], "to network1's VTEP");
+    let (vni, inner) = inner_of(&out[0]);
+    assert_eq!(vni, 101);
+    assert_eq!(&inner[..6], &mac(SNAT1).0);
+    assert_eq!(&inner[6..12], &mac(DVR1).0);
+    let ip = etherparse::Ipv6Header::from_slice(&inner[14..]).unwrap().0;
+    assert_eq!(ip.hop_limit, 63);
+    assert_eq!(
+        (ip.source, ip.destination),
+        (
+            "fd00:198:51:100::11"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+            "2001:db8:ffff::9"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        ),
+        "not translated"
+    );
+    assert_eq!(h.c.count(E::ToSnat), 1);
+    // Without the SNAT port's IPv6 address (the original state): no route, as before.
+    let mut h = harness();
+    h.rx(
+        VM1,
+        &[udp6_ttl(
+            M1,
+            GW1,
+            "fd00:198:51:100::11",
+            "2001:db8:ffff::9",
+            64,
+            10,
+        )],
+    );
+    assert!(h.sink.on(OVERLAY).is_empty());
+    let back = h.sink.on(VM1);
+    assert_eq!(back.len(), 1, "an ICMPv6 error back: {:?}", h.c);
+    assert_eq!(back[0][54], 1, "destination unreachable");
+}

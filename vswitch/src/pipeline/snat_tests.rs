@@ -473,3 +473,83 @@ fn two_workers_translate_every_echo_identifier() {
         assert_eq!(ident(&ov.last().unwrap()[50..]), id);
     }
 }
+
+/// IPv6 north-south on the network node (the seed: "Floating IP addresses and NAT do not
+/// apply to IPv6. Thus, the network node routes IPv6 traffic"): the SNAT router routes what
+/// compute1 sends to its SNAT port's IPv6 address out of the gateway port, untranslated, to the
+/// external IPv6 gateway, and the answers back over the overlay to the instance.
+#[test]
+fn ipv6_is_routed_by_the_network_node_not_translated() {
+    let state = STATE
+        .replace(
+            "subnets:\n",
+            "subnets:\n  - {id: s1v6, name: s1v6, network_id: n1, cidr: \"fd00:198:51:100::/64\", ip_version: 6, gateway_ip: \"fd00:198:51:100::1\"}\n  - {id: sextv6, name: sextv6, network_id: ext, cidr: \"2001:db8:203::/64\", ip_version: 6, gateway_ip: \"2001:db8:203::1\"}\n",
+        )
+        .replace(
+            r#"fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.4}]"#,
+            r#"fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.4}, {subnet_id: s1v6, ip_address: "fd00:198:51:100::4"}]"#,
+        )
+        .replace(
+            r#"fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.10}]"#,
+            r#"fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.10}, {subnet_id: s1v6, ip_address: "fd00:198:51:100::10"}]"#,
+        )
+        .replace(
+            r#"fixed_ips: [{subnet_id: sext, ip_address: 203.0.113.11}], "binding:host_id": network1"#,
+            r#"fixed_ips: [{subnet_id: sext, ip_address: 203.0.113.11}, {subnet_id: sextv6, ip_address: "2001:db8:203::11"}], "binding:host_id": network1"#,
+        )
+        + "  - {id: extgw, network_id: ext, mac_address: \"02:00:00:00:01:01\", fixed_ips: [{subnet_id: sextv6, ip_address: \"2001:db8:203::1\"}]}\n";
+    let t = tables_from(
+        &host([1024, 65535]),
+        &state,
+        &[mac(OV_MAC), mac("02:00:00:00:00:14")],
+    );
+    let mut h = Harness::with(t);
+    h.s.neigh.set_static(
+        "10.0.0.11".parse().unwrap(),
+        crate::tables::mac_u64(&mac(C1_MAC).0),
+    );
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let (x, inet) = ("fd00:198:51:100::4", "2001:db8:ffff::9");
+    // Out: compute1's routed frame for the SNAT port.
+    let mut inner = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(DVR1).0, mac(SNAT1).0)
+        .ipv6(v6(x), v6(inet), 63)
+        .udp(40000, 53)
+        .write(&mut inner, b"query")
+        .unwrap();
+    h.rx(OVERLAY, &[from_compute1(&inner)]);
+    let out = h.sink.on(UPLINK);
+    assert_eq!(out.len(), 1, "{:?}", h.c);
+    let f = &out[0];
+    assert_eq!(&f[12..16], &[0x81, 0x00, 0x00, 101]);
+    assert_eq!(
+        (&f[0..6], &f[6..12]),
+        (&mac(INET_GW).0[..], &mac(QG1).0[..])
+    );
+    let ip = etherparse::Ipv6Header::from_slice(&f[18..]).unwrap().0;
+    assert_eq!(
+        (ip.source, ip.destination, ip.hop_limit),
+        (v6(x), v6(inet), 62)
+    );
+    assert_eq!(h.c.count(E::SnatOut), 0, "IPv6 is not translated");
+    // Back: the answer to the instance's own address, over the overlay to compute1.
+    let mut back = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(INET_GW).0, mac(QG1).0)
+        .single_vlan(etherparse::VlanId::try_new(101).unwrap())
+        .ipv6(v6(inet), v6(x), 60)
+        .udp(53, 40000)
+        .write(&mut back, b"answer")
+        .unwrap();
+    h.rx(UPLINK, &[back]);
+    let ov = h.sink.on(OVERLAY);
+    assert_eq!(ov.len(), 1, "{:?}", h.c);
+    assert_eq!(&ov[0][30..34], &[10, 0, 0, 11], "to compute1's VTEP");
+    let inner = &ov[0][50..];
+    assert_eq!(&inner[0..6], &mac(M1).0[..]);
+    assert_eq!(&inner[6..12], &mac(SNAT1).0[..], "from the SNAT port");
+    let ip = etherparse::Ipv6Header::from_slice(&inner[14..]).unwrap().0;
+    assert_eq!(
+        (ip.source, ip.destination, ip.hop_limit),
+        (v6(inet), v6(x), 59)
+    );
+}

@@ -10,7 +10,7 @@
 use super::lpm::Lpm;
 use super::*;
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use vswitch_config::{DesiredState, HostConfig, Role};
 
 /// An FDB destination with this bit (and not [`VTEP_BIT`]) set is a router interface.
@@ -99,6 +99,11 @@ pub struct RifEntry {
     /// MAC): the next hop of traffic that matches no route (north-south without a floating IP
     /// goes to the network node).
     pub snat: Option<(Ipv4Addr, MacAddr)>,
+    /// The same for IPv6 (the SNAT port's IPv6 address on this interface's subnet): IPv6 is
+    /// not translated, but the network node routes it north-south all the same (the seed:
+    /// "Floating IP addresses and NAT do not apply to IPv6. Thus, the network node routes IPv6
+    /// traffic").
+    pub snat6: Option<(Ipv6Addr, MacAddr)>,
     /// This host's floating IP gateway on an external network (Neutron's fg- port in the fip
     /// namespace): its MAC answers ARP for the floating IPs of this host's instances, frames
     /// to it are translated to the fixed IP ([`L3Tables::fip_in`]), and translated frames
@@ -268,20 +273,22 @@ fn compile_snat(host: &HostConfig, state: &DesiredState, t: &Tables, l3: &mut L3
             let Some(net) = t.network_index(&p.network_id) else {
                 continue;
             };
-            let v4: Vec<Ipv4Net> = p
-                .fixed_ips
-                .iter()
-                .filter_map(|f| {
-                    let sn = state.subnet(&f.subnet_id)?;
-                    match (f.ip_address, sn.cidr) {
-                        (IpAddr::V4(a), IpNet::V4(c)) if c.contains(&a) => {
-                            Ipv4Net::new(a, c.prefix_len()).ok()
-                        }
-                        _ => None,
+            let (mut v4, mut v6) = (Vec::new(), Vec::new());
+            for f in &p.fixed_ips {
+                let Some(sn) = state.subnet(&f.subnet_id) else {
+                    continue;
+                };
+                match (f.ip_address, sn.cidr) {
+                    (IpAddr::V4(a), IpNet::V4(c)) if c.contains(&a) => {
+                        v4.extend(Ipv4Net::new(a, c.prefix_len()).ok())
                     }
-                })
-                .collect();
-            if v4.is_empty() {
+                    (IpAddr::V6(a), IpNet::V6(c)) if c.contains(&a) => {
+                        v6.extend(Ipv6Net::new(a, c.prefix_len()).ok())
+                    }
+                    _ => {}
+                }
+            }
+            if v4.is_empty() && v6.is_empty() {
                 continue;
             }
             l3.rifs.push(RifEntry {
@@ -290,13 +297,14 @@ fn compile_snat(host: &HostConfig, state: &DesiredState, t: &Tables, l3: &mut L3
                 net,
                 mac: p.mac_address,
                 v4,
-                v6: Vec::new(),
+                v6,
                 snat: None,
+                snat6: None,
                 fip: false,
             });
         }
         let rifs = &l3.rifs[first..];
-        let Some(gw_k) = rifs.iter().position(|x| x.net == ext) else {
+        let Some(gw_k) = rifs.iter().position(|x| x.net == ext && !x.v4.is_empty()) else {
             l3.rifs.truncate(first);
             continue;
         };
@@ -315,24 +323,46 @@ fn compile_snat(host: &HostConfig, state: &DesiredState, t: &Tables, l3: &mut L3
             })
             .take(1)
             .collect();
+        // IPv6: routed, not translated, by the default of the external IPv6 subnet's gateway.
+        routes.extend(
+            state
+                .subnets_of(&gw.network_id)
+                .filter_map(|sn| match sn.gateway_ip {
+                    Some(IpAddr::V6(g)) if rifs[gw_k].v6.iter().any(|n| n.contains(&g)) => {
+                        Some(RouteEntry {
+                            prefix: IpNet::V6(Ipv6Net::default()),
+                            rif: gw_rif,
+                            via: Some(IpAddr::V6(g)),
+                        })
+                    }
+                    _ => None,
+                })
+                .take(1),
+        );
         for sr in &r.routes {
-            if let IpAddr::V4(nh) = sr.nexthop {
-                if let Some(k) = rifs
-                    .iter()
-                    .position(|x| x.v4.iter().any(|n| n.contains(&nh)))
-                {
-                    routes.push(RouteEntry {
-                        prefix: sr.destination.trunc(),
-                        rif: (first + k) as u16,
-                        via: Some(sr.nexthop),
-                    });
-                }
+            let k = rifs.iter().position(|x| match sr.nexthop {
+                IpAddr::V4(nh) => x.v4.iter().any(|n| n.contains(&nh)),
+                IpAddr::V6(nh) => x.v6.iter().any(|n| n.contains(&nh)),
+            });
+            if let Some(k) = k {
+                routes.push(RouteEntry {
+                    prefix: sr.destination.trunc(),
+                    rif: (first + k) as u16,
+                    via: Some(sr.nexthop),
+                });
             }
         }
         for (k, x) in rifs.iter().enumerate() {
             for n in &x.v4 {
                 routes.push(RouteEntry {
                     prefix: IpNet::V4(n.trunc()),
+                    rif: (first + k) as u16,
+                    via: None,
+                });
+            }
+            for n in &x.v6 {
+                routes.push(RouteEntry {
+                    prefix: IpNet::V6(n.trunc()),
                     rif: (first + k) as u16,
                     via: None,
                 });
@@ -352,7 +382,10 @@ fn compile_snat(host: &HostConfig, state: &DesiredState, t: &Tables, l3: &mut L3
                 .iter()
                 .flat_map(|x| x.v4.iter().map(|n| u32::from(n.addr())))
                 .collect(),
-            local6: Vec::new(),
+            local6: rifs
+                .iter()
+                .flat_map(|x| x.v6.iter().map(|n| u128::from(n.addr())))
+                .collect(),
             fips: false,
             snat: gw.enable_snat.then_some(Snat {
                 ip: gw_ip,
@@ -490,6 +523,7 @@ fn fip_gateway(
         v4: v4.clone(),
         v6: Vec::new(),
         snat: None,
+        snat6: None,
         fip: true,
     });
     l3.routers.push(RouterEntry {
@@ -581,6 +615,7 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
                 v4: Vec::new(),
                 v6: Vec::new(),
                 snat: None,
+                snat6: None,
                 fip: false,
             };
             for f in &p.fixed_ips {
@@ -601,22 +636,29 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
             // (which translates it, or only routes it when `enable_snat` is off).
             let snat_wanted = !snat_host && r.external_gateway_info.is_some();
             if snat_wanted {
-                rif.snat = state
-                    .ports
-                    .iter()
-                    .filter(|sp| {
+                let snat_ports = || {
+                    state.ports.iter().filter(|sp| {
                         sp.device_owner == OWNER_SNAT
                             && sp.device_id == r.id
                             && sp.network_id == p.network_id
                     })
-                    .find_map(|sp| {
-                        sp.fixed_ips.iter().find_map(|f| match f.ip_address {
-                            IpAddr::V4(a) if rif.v4.iter().any(|n| n.contains(&a)) => {
-                                Some((a, sp.mac_address))
-                            }
-                            _ => None,
-                        })
-                    });
+                };
+                rif.snat = snat_ports().find_map(|sp| {
+                    sp.fixed_ips.iter().find_map(|f| match f.ip_address {
+                        IpAddr::V4(a) if rif.v4.iter().any(|n| n.contains(&a)) => {
+                            Some((a, sp.mac_address))
+                        }
+                        _ => None,
+                    })
+                });
+                rif.snat6 = snat_ports().find_map(|sp| {
+                    sp.fixed_ips.iter().find_map(|f| match f.ip_address {
+                        IpAddr::V6(a) if rif.v6.iter().any(|n| n.contains(&a)) => {
+                            Some((a, sp.mac_address))
+                        }
+                        _ => None,
+                    })
+                });
             }
             l3.rifs.push(rif);
         }
