@@ -767,3 +767,201 @@ fn centralized_snat_north_south() {
         f3.nonzero_drops()
     );
 }
+
+const I1_IP6: &str = "fd00:198:51:100::4";
+const GW1_IP6: &str = "fd00:198:51:100::1";
+const SNAT_IP6: &str = "fd00:198:51:100::10";
+const QG_IP6: &str = "2001:db8:203::11";
+const EXT_GW_IP6: &str = "2001:db8:203::1";
+const INET_IP6: &str = "2001:db8:ffff::9";
+
+/// The state of `state_yaml` with IPv6 on selfservice1 (router1's interface, its SNAT port,
+/// i1) and on provider1 (router1's gateway port, the external gateway); i1's group lets IPv6
+/// out too.
+fn state_yaml_v6() -> String {
+    let s = state_yaml();
+    let rep = |s: String, from: &str, to: &str| {
+        assert!(s.contains(from), "{from}");
+        s.replacen(from, to, 1)
+    };
+    let s = rep(
+        s,
+        "subnets:\n",
+        &format!(
+            "subnets:\n  - {{id: subnet-ss1-v6, name: selfservice1-v6, network_id: net-selfservice1, cidr: \"fd00:198:51:100::/64\", ip_version: 6, gateway_ip: \"{GW1_IP6}\", enable_dhcp: false}}\n  - {{id: subnet-provider1-v6, name: provider1-v6, network_id: net-provider1, cidr: \"2001:db8:203::/64\", ip_version: 6, gateway_ip: \"{EXT_GW_IP6}\", enable_dhcp: false}}\n"
+        ),
+    );
+    let s = rep(
+        s,
+        &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {GW1_IP}}}]"),
+        &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {GW1_IP}}}, {{subnet_id: subnet-ss1-v6, ip_address: \"{GW1_IP6}\"}}]"),
+    );
+    let s = rep(
+        s,
+        &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {SNAT_IP}}}]"),
+        &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {SNAT_IP}}}, {{subnet_id: subnet-ss1-v6, ip_address: \"{SNAT_IP6}\"}}]"),
+    );
+    let s = rep(
+        s,
+        &format!("fixed_ips: [{{subnet_id: subnet-provider1-v4, ip_address: {QG_IP}}}]\n    binding:host_id: network1"),
+        &format!("fixed_ips: [{{subnet_id: subnet-provider1-v4, ip_address: {QG_IP}}}, {{subnet_id: subnet-provider1-v6, ip_address: \"{QG_IP6}\"}}]\n    binding:host_id: network1"),
+    );
+    let s = rep(
+        s,
+        &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {I1_IP}}}]"),
+        &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {I1_IP}}}, {{subnet_id: subnet-ss1-v6, ip_address: \"{I1_IP6}\"}}]"),
+    );
+    rep(
+        s,
+        "  - {id: out4, security_group_id: sg-out, direction: egress, ethertype: IPv4}\n",
+        "  - {id: out4, security_group_id: sg-out, direction: egress, ethertype: IPv4}\n  - {id: out6, security_group_id: sg-out, direction: egress, ethertype: IPv6}\n",
+    )
+}
+
+/// IPv6 north-south through the network node, the seed's "Floating IP addresses and NAT do not
+/// apply to IPv6. Thus, the network node routes IPv6 traffic": i1 on compute1 pings and opens
+/// TCP to an IPv6 Internet host; compute1's distributed router sends it to router1's SNAT port
+/// on network1, whose router sends it, untranslated, out of the gateway port on VLAN 101 to the
+/// external IPv6 gateway (resolved by Neighbor Discovery); the Internet side sees i1's own
+/// address, and its route to selfservice1's prefix via the gateway port brings the answers
+/// back.
+#[test]
+fn ipv6_north_south_is_routed_by_the_network_node_untranslated() {
+    let Some(mut topo) = Topology::new("snat6") else {
+        return;
+    };
+    let sw1 = topo.add_switch_ns("sw1");
+    let sw3 = topo.add_switch_ns("sw3");
+    let (cidr1, cidr6) = (format!("{I1_IP}/24"), format!("{I1_IP6}/64"));
+    let i1 = topo.add_instance(
+        "i1",
+        &sw1,
+        "vm1",
+        &InstanceNet {
+            mac: I1_MAC,
+            cidr: &cidr1,
+            mtu: 1450,
+            cidr6: Some(&cidr6),
+            gw: Some(GW1_IP),
+            gw6: Some(GW1_IP6),
+        },
+    );
+    add_underlay(&mut topo, &[(&sw1, UL1_MAC), (&sw3, UL3_MAC)]);
+    let (inet, _vlan_tap) = add_internet(&mut topo, &sw3, &[]);
+    // The Internet side speaks IPv6 too: the external gateway on VLAN 101, a host behind it,
+    // and the route to selfservice1's prefix via router1's gateway port (what an upstream
+    // router learns for a tenant prefix).
+    for conf in ["all", "default", "lo", "eth0.101"] {
+        let arg = format!("net.ipv6.conf.{conf}.disable_ipv6=0");
+        topo.exec(&inet, &["sysctl", "-q", "-w", &arg]);
+    }
+    let gw6 = format!("{EXT_GW_IP6}/64");
+    topo.ok(
+        &inet,
+        &["ip", "-6", "addr", "add", &gw6, "dev", "eth0.101", "nodad"],
+    );
+    let host6 = format!("{INET_IP6}/128");
+    topo.ok(
+        &inet,
+        &["ip", "-6", "addr", "add", &host6, "dev", "lo", "nodad"],
+    );
+    topo.ok(
+        &inet,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "fd00:198:51:100::/64",
+            "via",
+            QG_IP6,
+            "dev",
+            "eth0.101",
+        ],
+    );
+    let cap = topo.capture_with(&inet, "eth0", "cap-provider6", &["-s", SNAP, "-B", "8192"]);
+    let state = state_yaml_v6();
+    let name = topo.name.clone();
+    let mut vs1 = Vswitchd::start_as(
+        &topo,
+        &sw1,
+        "vswitchd-c1",
+        &compute_toml(
+            "compute1",
+            &format!("{name}-c1"),
+            VTEP1,
+            &[("vm1", "port-i1")],
+        ),
+        &state,
+    );
+    let mut vs3 = Vswitchd::start_as(
+        &topo,
+        &sw3,
+        "vswitchd-n1",
+        &network_toml(&format!("{name}-n1"), [1024, 65535], 1),
+        &state,
+    );
+    ping_ok(&topo, &i1, INET_IP6, 3, 8);
+    // TCP to a server on the Internet host: it sees i1's own address.
+    const SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+s.settimeout(20)
+print("listening", flush=True)
+c, peer = s.accept()
+data = c.recv(100)
+c.sendall(data.upper())
+print("peer", peer[0], flush=True)
+"#;
+    const CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(b"hello over ipv6")
+print(c.recv(100).decode(), flush=True)
+"#;
+    let port = PORT.to_string();
+    let mut server = topo.spawn(&inet, "server6", &[python(), "-c", SERVER, INET_IP6, &port]);
+    assert!(
+        server.wait_for("listening", Duration::from_secs(10)),
+        "{}",
+        server.stderr_text()
+    );
+    let reply = support::py(&topo, &i1, CLIENT, &[INET_IP6, &port]);
+    assert!(reply.contains("HELLO OVER IPV6"), "{reply}");
+    assert!(server.wait_for("peer", Duration::from_secs(10)));
+    assert!(
+        server.stdout_text().contains(&format!("peer {I1_IP6}")),
+        "the server sees the instance's own address: {}",
+        server.stdout_text()
+    );
+    let n1 = vs3.stats_when(|s| s.router("snat:router1").routed > 0);
+    assert!(
+        n1.router("snat:router1").routed > 0,
+        "routed by network1's SNAT router"
+    );
+    assert_eq!(n1.event("router.snat_out"), 0, "IPv6 is not translated");
+    let c1 = vs1.stats();
+    assert!(
+        c1.event("router.to_snat") > 0,
+        "compute1 sent it to the SNAT port"
+    );
+    // On the wire: VLAN 101, i1's own address, from the gateway port's MAC.
+    let pcap = cap.stop_file();
+    let out = tshark_fields(
+        &pcap,
+        &format!("ipv6.src == {I1_IP6} && ipv6.dst == {INET_IP6}"),
+        &["vlan.id", "eth.src", "eth.dst"],
+        false,
+    );
+    assert!(!out.is_empty(), "no IPv6 from i1 on the provider network");
+    assert!(
+        out.iter()
+            .all(|f| f[0] == VID && f[1] == QG_MAC && f[2] == EXT_GW_MAC),
+        "{out:?}"
+    );
+    vs1.stop();
+    vs3.stop();
+}
