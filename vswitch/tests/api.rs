@@ -10,7 +10,6 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -47,81 +46,6 @@ kind = "provider"
 provider = "uplink"
 "#
     )
-}
-
-/// One request; returns (status, headers lower-cased, body as JSON or as a string).
-fn http(
-    sock: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Vec<(String, String)>, Value) {
-    let (status, headers, bytes) = http_raw(sock, method, path, body.map(|b| b.to_string()));
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, headers, v)
-}
-
-fn http_raw(
-    sock: &Path,
-    method: &str,
-    path: &str,
-    body: Option<String>,
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut s = std::os::unix::net::UnixStream::connect(sock)
-        .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: vswitchd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP head");
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = buf[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    (status, headers, body)
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
-        b = &b[eol + 4 + n..];
-    }
-}
-
-fn header<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
 
 fn generation(sock: &Path) -> u64 {
@@ -613,20 +537,6 @@ fn api_state_survives_kill_9_during_a_stream_of_changes() {
     vs.stop();
 }
 
-fn ctl(sock: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(VSWITCHCTL)
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("vswitchctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn vswitchctl_apply_show_stats_and_prometheus_metrics() {
     let Some((topo, _ns, mut vs)) = start("ctl") else {
@@ -645,13 +555,13 @@ ports:
   - {id: port-b, name: web2, network_id: net-a, mac_address: "fa:16:3e:00:20:02", "binding:host_id": compute1,
      fixed_ips: [{subnet_id: sub-a, ip_address: 10.20.0.6}], port_security_enabled: false}
 "#).unwrap();
-    let (code, out, err) = ctl(&sock, &["apply", doc.to_str().unwrap()]);
+    let (code, out, err) = vs.ctl(&["apply", doc.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("generation 2"), "{out}");
     // Applying the same file again is no change.
-    let (_, out, _) = ctl(&sock, &["apply", doc.to_str().unwrap()]);
+    let (_, out, _) = vs.ctl(&["apply", doc.to_str().unwrap()]);
     assert!(out.contains("generation 2"), "{out}");
-    let (code, out, _) = ctl(&sock, &["show", "ports"]);
+    let (code, out, _) = vs.ctl(&["show", "ports"]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
@@ -665,19 +575,19 @@ ports:
         "columns aligned:\n{out}"
     );
     assert!(out.contains("10.20.0.5") && out.contains("web2"), "{out}");
-    let (_, out, _) = ctl(&sock, &["show", "networks", "--json"]);
+    let (_, out, _) = vs.ctl(&["show", "networks", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["provider:segmentation_id"], 77);
     // A refused apply: exit 1, each problem with its path, nothing changed.
     std::fs::write(&doc, "networks:\n  - {id: x, \"provider:network_type\": vxlan, \"provider:segmentation_id\": 0}\nports:\n  - {id: p, network_id: nope, mac_address: \"fa:16:3e:00:00:01\"}\n").unwrap();
-    let (code, _, err) = ctl(&sock, &["apply", doc.to_str().unwrap()]);
+    let (code, _, err) = vs.ctl(&["apply", doc.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("networks[0].provider:segmentation_id") && err.contains("ports[0].network_id"),
         "{err}"
     );
     assert_eq!(generation(&sock), 2);
-    let (code, out, _) = ctl(&sock, &["stats"]);
+    let (code, out, _) = vs.ctl(&["stats"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("port")
@@ -686,7 +596,7 @@ ports:
             && out.contains("lcore 1"),
         "{out}"
     );
-    let (_, out, _) = ctl(&sock, &["stats", "--json"]);
+    let (_, out, _) = vs.ctl(&["stats", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["cores"][0]["lcore"], 1);
     // SIGHUP goes through the same store: the file vswitchd keeps is what it reloads.

@@ -14,8 +14,6 @@
 mod support;
 
 use serde_json::json;
-use std::io::{Read, Write};
-use std::path::Path;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -109,34 +107,6 @@ top = max(seen) + 1 if seen else 0
 missing = [i for i in range(top) if i not in seen]
 print("got", len(seen), "top", top, "missing", len(missing), missing[:20], flush=True)
 "#;
-
-fn http(
-    sock: &Path,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let status = buf
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let json = buf
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(serde_json::Value::Null);
-    (status, json)
-}
 
 fn words_after(text: &str, key: &str) -> Vec<u64> {
     text.lines()
@@ -250,7 +220,7 @@ fn hitless_updates_lose_no_packet_of_untouched_flows() {
     let before = vs.stats();
 
     // 1,000 changes through the API while the flows run.
-    let g0 = http(&sock, "GET", "/v1/status", None).1["generation"]
+    let g0 = http(&sock, "GET", "/v1/status", None).2["generation"]
         .as_u64()
         .unwrap();
     let started = Instant::now();
@@ -308,13 +278,13 @@ fn hitless_updates_lose_no_packet_of_untouched_flows() {
             if done == CHANGES {
                 break;
             }
-            let (st, v) = http(&sock, method, &path, body);
+            let (st, _, v) = http(&sock, method, &path, body.as_ref());
             assert_eq!(st, want, "{method} {path}: {v}");
             done += 1;
         }
     }
     let took = started.elapsed();
-    let g1 = http(&sock, "GET", "/v1/status", None).1["generation"]
+    let g1 = http(&sock, "GET", "/v1/status", None).2["generation"]
         .as_u64()
         .unwrap();
     assert_eq!(g1 - g0, CHANGES as u64, "every change a generation");

@@ -388,20 +388,50 @@ fn collection(what: &str) -> String {
     what.replace('_', "-")
 }
 
+/// A request whose refusal (4xx/5xx) is an error carrying every problem (exit 1); an
+/// unreachable switch exits 2.
+async fn call(
+    ep: &Endpoint,
+    method: &str,
+    path: String,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, hyper::HeaderMap, Bytes), (u8, String)> {
+    let (status, headers, b) = request(ep, method, &path, body)
+        .await
+        .map_err(|e| (2u8, e))?;
+    if status >= 400 {
+        return Err((1u8, refused(status, &b)));
+    }
+    Ok((status, headers, b))
+}
+
+/// `create` and `update`: the fields as `{"<singular>": fields}`, the object printed back.
+async fn write_object(
+    ep: &Endpoint,
+    method: &str,
+    what: &str,
+    id: Option<&str>,
+    fields: &str,
+) -> Result<(), (u8, String)> {
+    let coll = collection(what);
+    let singular = singular(&coll)?;
+    let f: Value = serde_json::from_str(fields).map_err(|e| (2, format!("fields: {e}")))?;
+    let body = serde_json::json!({ singular: f });
+    let path = match id {
+        Some(id) => format!("/v2.0/{coll}/{id}"),
+        None => format!("/v2.0/{coll}"),
+    };
+    let (_, h, b) = call(ep, method, path, Some(body.to_string().into_bytes())).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json_of(&b)).unwrap_or_default()
+    );
+    print_generation(&h);
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), (u8, String)> {
     let ep = endpoint(&cli).map_err(|e| (2, e))?;
-    let call = |method: &'static str, path: String, body: Option<Vec<u8>>| {
-        let ep = &ep;
-        async move {
-            let (status, headers, b) = request(ep, method, &path, body)
-                .await
-                .map_err(|e| (2u8, e))?;
-            if status >= 400 {
-                return Err((1u8, refused(status, &b)));
-            }
-            Ok((status, headers, b))
-        }
-    };
     match cli.cmd {
         Cmd::Apply { file } => {
             let text = std::fs::read_to_string(&file)
@@ -416,8 +446,13 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             } else {
                 v
             };
-            let (_, _, b) =
-                call("PUT", "/v1/state".into(), Some(v.to_string().into_bytes())).await?;
+            let (_, _, b) = call(
+                &ep,
+                "PUT",
+                "/v1/state".into(),
+                Some(v.to_string().into_bytes()),
+            )
+            .await?;
             let r = json_of(&b);
             println!(
                 "applied {}: generation {} live on every core ({} us)",
@@ -431,7 +466,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             let cols = columns(&coll).ok_or_else(|| {
                 (2, format!("cannot show {what:?}: networks, subnets, ports, routers, floatingips, security-groups, security-group-rules"))
             })?;
-            let (_, _, b) = call("GET", format!("/v2.0/{coll}"), None).await?;
+            let (_, _, b) = call(&ep, "GET", format!("/v2.0/{coll}"), None).await?;
             let v = json_of(&b);
             let key = coll.replace('-', "_");
             let items = v[&key].as_array().cloned().unwrap_or_default();
@@ -449,50 +484,18 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 print!("{}", table(&headers, &rows));
             }
         }
-        Cmd::Create { what, fields } => {
-            let coll = collection(&what);
-            let singular = singular(&coll)?;
-            let f: Value =
-                serde_json::from_str(&fields).map_err(|e| (2, format!("fields: {e}")))?;
-            let body = serde_json::json!({ singular: f });
-            let (_, h, b) = call(
-                "POST",
-                format!("/v2.0/{coll}"),
-                Some(body.to_string().into_bytes()),
-            )
-            .await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json_of(&b)).unwrap_or_default()
-            );
-            print_generation(&h);
-        }
+        Cmd::Create { what, fields } => write_object(&ep, "POST", &what, None, &fields).await?,
         Cmd::Update { what, id, fields } => {
-            let coll = collection(&what);
-            let singular = singular(&coll)?;
-            let f: Value =
-                serde_json::from_str(&fields).map_err(|e| (2, format!("fields: {e}")))?;
-            let body = serde_json::json!({ singular: f });
-            let (_, h, b) = call(
-                "PUT",
-                format!("/v2.0/{coll}/{id}"),
-                Some(body.to_string().into_bytes()),
-            )
-            .await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json_of(&b)).unwrap_or_default()
-            );
-            print_generation(&h);
+            write_object(&ep, "PUT", &what, Some(&id), &fields).await?
         }
         Cmd::Delete { what, id } => {
             let coll = collection(&what);
-            let (_, h, _) = call("DELETE", format!("/v2.0/{coll}/{id}"), None).await?;
+            let (_, h, _) = call(&ep, "DELETE", format!("/v2.0/{coll}/{id}"), None).await?;
             println!("deleted {} {id}", singular(&coll)?);
             print_generation(&h);
         }
         Cmd::Status { json } => {
-            let (_, _, b) = call("GET", "/v1/status".into(), None).await?;
+            let (_, _, b) = call(&ep, "GET", "/v1/status".into(), None).await?;
             let v = json_of(&b);
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -521,13 +524,13 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         }
         Cmd::Stats { json } => {
             if json {
-                let (_, _, b) = call("GET", "/v1/stats".into(), None).await?;
+                let (_, _, b) = call(&ep, "GET", "/v1/stats".into(), None).await?;
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&json_of(&b)).unwrap_or_default()
                 );
             } else {
-                let (_, _, b) = call("GET", "/v1/stats?format=text".into(), None).await?;
+                let (_, _, b) = call(&ep, "GET", "/v1/stats?format=text".into(), None).await?;
                 print!("{}", String::from_utf8_lossy(&b));
             }
         }
@@ -537,7 +540,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 if let Some(z) = zone {
                     q.push_str(&format!("&zone={z}"));
                 }
-                let (_, _, b) = call("GET", q, None).await?;
+                let (_, _, b) = call(&ep, "GET", q, None).await?;
                 let v = json_of(&b);
                 if json {
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -550,7 +553,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     Some(z) => format!("/v1/conntrack?zone={z}"),
                     None => "/v1/conntrack".into(),
                 };
-                let (_, _, b) = call("DELETE", q, None).await?;
+                let (_, _, b) = call(&ep, "DELETE", q, None).await?;
                 println!("flushed {} connections", json_of(&b)["flushed"]);
             }
         },
@@ -587,6 +590,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             set("icmp_code", t.icmp_code.map(Value::from));
             set("ttl", t.ttl.map(Value::from));
             let (_, _, b) = call(
+                &ep,
                 "POST",
                 "/v1/trace".into(),
                 Some(spec.to_string().into_bytes()),
@@ -610,7 +614,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 "/v1/capture?port={port}&count={count}&snaplen={snaplen}&timeout_ms={}",
                 (timeout * 1000.0) as u64
             );
-            let (_, h, b) = call("GET", q, None).await?;
+            let (_, h, b) = call(&ep, "GET", q, None).await?;
             std::fs::write(&write, &b)
                 .map_err(|e| (2, format!("cannot write {}: {e}", write.display())))?;
             let n = h

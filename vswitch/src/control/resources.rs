@@ -819,6 +819,32 @@ pub fn delete(s: &DesiredState, kind: Kind, id: &str) -> Result<Change, ApiError
     })
 }
 
+/// A port the Neutron server makes for a router (interface, SNAT or gateway port): a new id,
+/// no security groups, port security off.
+fn router_port(
+    network_id: &str,
+    mac: MacAddr,
+    fixed_ips: Vec<FixedIp>,
+    host: Option<String>,
+    owner: &str,
+    router_id: &str,
+) -> Port {
+    Port {
+        id: new_id(),
+        name: String::new(),
+        network_id: network_id.to_string(),
+        mac_address: mac,
+        fixed_ips,
+        binding_host_id: host,
+        security_groups: vec![],
+        allowed_address_pairs: vec![],
+        port_security_enabled: Some(false),
+        device_owner: owner.to_string(),
+        device_id: router_id.to_string(),
+        admin_state_up: true,
+    }
+}
+
 /// Keeps a router's `network:router_gateway` port in step with its `external_gateway_info`:
 /// created (address from `external_fixed_ips`, else allocated and written back there), moved to
 /// another network, or removed with the router's SNAT ports when the gateway is cleared. A new
@@ -882,20 +908,14 @@ fn sync_gateway_port(s: &mut DesiredState, router_id: &str) -> Result<(), ApiErr
             ip_address,
         }];
     }
-    s.ports.push(Port {
-        id: new_id(),
-        name: String::new(),
-        network_id: gw.network_id.clone(),
-        mac_address: mac,
-        fixed_ips: gw.external_fixed_ips.clone(),
-        binding_host_id: host,
-        security_groups: vec![],
-        allowed_address_pairs: vec![],
-        port_security_enabled: Some(false),
-        device_owner: OWNER_GATEWAY.into(),
-        device_id: router_id.to_string(),
-        admin_state_up: true,
-    });
+    s.ports.push(router_port(
+        &gw.network_id,
+        mac,
+        gw.external_fixed_ips.clone(),
+        host,
+        OWNER_GATEWAY,
+        router_id,
+    ));
     s.routers[ri].external_gateway_info = Some(gw);
     Ok(())
 }
@@ -951,23 +971,17 @@ pub fn add_router_interface(
                 ),
             )
         })?;
-        next.ports.push(Port {
-            id: new_id(),
-            name: String::new(),
-            network_id: sub.network_id.clone(),
-            mac_address: new_mac(s),
-            fixed_ips: vec![FixedIp {
+        next.ports.push(router_port(
+            &sub.network_id,
+            new_mac(s),
+            vec![FixedIp {
                 subnet_id: sid.clone(),
                 ip_address: gw,
             }],
-            binding_host_id: None,
-            security_groups: vec![],
-            allowed_address_pairs: vec![],
-            port_security_enabled: Some(false),
-            device_owner: owner.into(),
-            device_id: router_id.into(),
-            admin_state_up: true,
-        });
+            None,
+            owner,
+            router_id,
+        ));
         (next.ports.len() - 1, sid.clone())
     } else {
         let pid = b.port_id.as_deref().unwrap_or_default();
@@ -1015,23 +1029,17 @@ pub fn add_router_interface(
                 )])
             })?;
             let mac = new_mac(&next);
-            next.ports.push(Port {
-                id: new_id(),
-                name: String::new(),
-                network_id: sub.network_id.clone(),
-                mac_address: mac,
-                fixed_ips: vec![FixedIp {
+            next.ports.push(router_port(
+                &sub.network_id,
+                mac,
+                vec![FixedIp {
                     subnet_id: subnet_id.clone(),
                     ip_address: ip,
                 }],
-                binding_host_id: Some(host),
-                security_groups: vec![],
-                allowed_address_pairs: vec![],
-                port_security_enabled: Some(false),
-                device_owner: OWNER_SNAT.into(),
-                device_id: router_id.into(),
-                admin_state_up: true,
-            });
+                Some(host),
+                OWNER_SNAT,
+                router_id,
+            ));
         }
     }
     let p = &next.ports[port_idx];

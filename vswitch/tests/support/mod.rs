@@ -27,10 +27,13 @@ use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::Duration;
 
+mod api;
 mod internet;
 mod process;
 mod traffic;
 mod vswitchd;
+#[allow(unused_imports)] // only the API tests use the HTTP client
+pub use api::*;
 #[allow(unused_imports)] // only the north-south tests use the Internet side
 pub use internet::*;
 pub use process::*;
