@@ -1419,6 +1419,31 @@ fn vswitchctl_trace_capture_and_conntrack_on_floating_ip_traffic() {
     );
     let table = vs.ctl_ok(&["conntrack", "list"]);
     assert!(table.contains("icmp") && table.contains(I1_IP), "{table}");
+    // By zone: vm1's zone lists it, another zone does not, and flushing another zone leaves it.
+    let zone = conns
+        .iter()
+        .find(|c| c["port"] == "vm1")
+        .and_then(|c| c["zone"].as_u64())
+        .unwrap()
+        .to_string();
+    let other = (zone.parse::<u64>().unwrap() + 1000).to_string();
+    let only = |z: &str| -> usize {
+        let v: serde_json::Value =
+            serde_json::from_str(&vs.ctl_ok(&["conntrack", "list", "--zone", z, "--json"]))
+                .unwrap();
+        let a = v["connections"].as_array().unwrap();
+        assert!(
+            a.iter()
+                .all(|c| c["zone"].as_u64().map(|n| n.to_string()).as_deref() == Some(z)),
+            "{v}"
+        );
+        a.len()
+    };
+    assert!(only(&zone) >= 1);
+    assert_eq!(only(&other), 0);
+    let none = vs.ctl_ok(&["conntrack", "flush", "--zone", &other]);
+    assert!(none.contains("flushed 0 "), "{none}");
+    assert!(only(&zone) >= 1, "flushing another zone left vm1's");
     let flushed = vs.ctl_ok(&["conntrack", "flush"]);
     assert!(!flushed.contains("flushed 0 "), "{flushed}");
     let v: serde_json::Value =
