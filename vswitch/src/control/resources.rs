@@ -243,6 +243,34 @@ fn typed<T: DeserializeOwned>(v: Value, root: &str) -> Result<T, ApiError> {
     })
 }
 
+/// Fields of Neutron's objects that say nothing about forwarding (ownership, status,
+/// timestamps, scheduling hints, DNS and binding details): accepted and dropped on create and
+/// update, so bodies made for Neutron itself pass.
+const NEUTRON_BOOKKEEPING: &[&str] = &[
+    "tenant_id",
+    "project_id",
+    "status",
+    "revision_number",
+    "created_at",
+    "updated_at",
+    "tags",
+    "standard_attr_id",
+    "availability_zone_hints",
+    "availability_zones",
+    "ipv4_address_scope",
+    "ipv6_address_scope",
+    "is_default",
+    "l2_adjacency",
+    "subnets",
+    "dns_domain",
+    "dns_name",
+    "dns_assignment",
+    "binding:vif_type",
+    "binding:vif_details",
+    "binding:vnic_type",
+    "binding:profile",
+];
+
 /// `{"<singular>": {...}}` -> the object, or a 400 naming what is wrong with the envelope.
 fn envelope(kind: Kind, body: Value) -> Result<Map<String, Value>, ApiError> {
     let Value::Object(mut top) = body else {
@@ -276,7 +304,17 @@ fn envelope(kind: Kind, body: Value) -> Result<Map<String, Value>, ApiError> {
         ));
     }
     match top.remove(kind.singular()) {
-        Some(Value::Object(o)) => Ok(o),
+        Some(Value::Object(mut o)) => {
+            // Neutron's bookkeeping, as `openstack` clients send it: nothing the switch
+            // forwards by. Any other unknown field is still refused.
+            for k in NEUTRON_BOOKKEEPING {
+                o.remove(*k);
+            }
+            if !matches!(kind, Kind::SecurityGroup | Kind::SecurityGroupRule) {
+                o.remove("description");
+            }
+            Ok(o)
+        }
         Some(_) => Err(ApiError::one(kind.singular(), "must be a JSON object")),
         None => Err(ApiError::one(
             "",

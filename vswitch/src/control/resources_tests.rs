@@ -322,3 +322,30 @@ fn list_and_show_use_neutron_envelopes() {
         assert_eq!(Kind::from_collection(k.collection()), Some(k));
     }
 }
+
+#[test]
+fn neutron_bookkeeping_fields_are_accepted_and_dropped_but_unknown_ones_refused() {
+    let s = seed();
+    let c = ok(create(
+        &s,
+        Kind::Network,
+        json!({"network": {"id": "nb", "name": "from-openstack", "tenant_id": "t1", "project_id": "t1",
+            "status": "ACTIVE", "tags": ["a"], "description": "x", "revision_number": 3,
+            "availability_zone_hints": [], "subnets": []}}),
+    ));
+    assert_eq!(c.state.network("nb").unwrap().name, "from-openstack");
+    let e = create(
+        &s,
+        Kind::Network,
+        json!({"network": {"id": "nc", "host_routes": []}}),
+    )
+    .unwrap_err();
+    assert_eq!(e.problems[0].path, "network");
+    // A security group keeps its description.
+    let c = ok(create(
+        &s,
+        Kind::SecurityGroup,
+        json!({"security_group": {"id": "g", "description": "web", "project_id": "t1"}}),
+    ));
+    assert_eq!(c.state.security_group("g").unwrap().description, "web");
+}
