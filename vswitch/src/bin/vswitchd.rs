@@ -99,14 +99,21 @@ fn main() -> ExitCode {
     if let Err(msg) = &served {
         eprintln!("vswitchd: {msg}; stopping");
     }
-    // The control plane is gone: the daemon is ours alone again.
+    // The control plane is gone: the daemon is ours alone again, once the last request that
+    // still holds it (a capture waiting for packets, say) has let go. Past 5 s, leave without
+    // the clean-up rather than hang: the workers have stopped already.
     let mut daemon = daemon;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let daemon = loop {
         match Arc::try_unwrap(daemon) {
             Ok(d) => break d,
-            Err(d) => {
+            Err(d) if std::time::Instant::now() < deadline => {
                 daemon = d;
                 std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(_) => {
+                eprintln!("vswitchd: a control request still runs after 5 s; exiting without the clean-up");
+                return ExitCode::from(1);
             }
         }
     };
