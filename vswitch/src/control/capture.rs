@@ -19,7 +19,8 @@ pub struct Capture {
 /// The longest pause between two looks at the filled slots.
 const MAX_PAUSE: Duration = Duration::from_millis(1);
 
-/// Writes the frames of capture `s` into a pcap until `count` frames or `deadline`, then
+/// Writes the frames of capture `s` into a pcap until `count` frames, `deadline` or `stop`
+/// (the daemon shutting down), then
 /// disarms the workers, calls `quiesce` (which returns once every worker has finished the
 /// round it was in, or gives up) and takes the frames copied meanwhile, still up to `count`.
 /// `to_ns` turns a frame's TSC stamp into nanoseconds since the Unix epoch. Frames appear in
@@ -29,6 +30,7 @@ pub fn collect(
     s: &Session<'_>,
     count: usize,
     deadline: Instant,
+    stop: &std::sync::atomic::AtomicBool,
     to_ns: impl Fn(u64) -> u64,
     quiesce: impl FnOnce(),
 ) -> Capture {
@@ -51,7 +53,7 @@ pub fn collect(
             pause = Duration::from_micros(50);
         }
         let now = Instant::now();
-        if packets >= count || now >= deadline {
+        if packets >= count || now >= deadline || stop.load(std::sync::atomic::Ordering::Relaxed) {
             break;
         }
         std::thread::sleep(pause.min(deadline - now));

@@ -59,6 +59,7 @@ fn capture(count: usize, snaplen: usize) -> Capture {
         &s,
         count,
         deadline,
+        &std::sync::atomic::AtomicBool::new(false),
         |tsc| T0 + tsc * 1000,
         || {
             stop.store(true, Ordering::Relaxed);
@@ -121,6 +122,7 @@ fn a_capture_without_traffic_ends_at_its_deadline_with_an_empty_file() {
         &s,
         10,
         t0 + Duration::from_millis(30),
+        &std::sync::atomic::AtomicBool::new(false),
         |t| t,
         || quiesced = true,
     );
@@ -131,6 +133,28 @@ fn a_capture_without_traffic_ends_at_its_deadline_with_an_empty_file() {
         (0, 0, pcap::FILE_HEADER_LEN)
     );
     assert_eq!(pcap::read(&c.pcap).unwrap().2.len(), 0);
+}
+
+#[test]
+fn a_capture_ends_when_the_daemon_stops() {
+    let tap = Tap::default();
+    let s = tap.start(PORT, 10, 128).unwrap();
+    let t0 = Instant::now();
+    let mut quiesced = false;
+    let c = collect(
+        &s,
+        10,
+        t0 + Duration::from_secs(600),
+        &std::sync::atomic::AtomicBool::new(true),
+        |t| t,
+        || quiesced = true,
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "waited for the deadline"
+    );
+    assert!(quiesced, "the workers were disarmed");
+    assert_eq!(c.packets, 0);
 }
 
 #[test]

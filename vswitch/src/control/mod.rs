@@ -84,6 +84,8 @@ pub struct Daemon {
     port_macs: Vec<vswitch_config::MacAddr>,
     /// The neighbour caches every worker shares (read by `trace`).
     shared: crate::pipeline::SharedState,
+    /// Set when the daemon stops: a capture in progress ends at once.
+    stop: Arc<AtomicBool>,
     /// When the counters were last reported and how many connections had been created.
     last_new: std::sync::Mutex<(std::time::Instant, u64)>,
     /// Each worker's mailbox and the shared capture slots (see `requests.rs`).
@@ -188,6 +190,7 @@ impl Daemon {
                 neigh: neigh.clone(),
                 l3neigh: l3neigh.clone(),
             },
+            stop: stop.clone(),
             last_new: std::sync::Mutex::new((std::time::Instant::now(), 0)),
             lcores: Vec::new(),
             cores,

@@ -104,6 +104,7 @@ impl Daemon {
             &session,
             count,
             deadline,
+            &self.stop,
             |tsc| tsc_to_unix_ns(tsc, tsc0, wall0, hz),
             || self.wait_rounds(QUIESCE_WAIT),
         ))
