@@ -19,10 +19,7 @@ use vswitch_config::{
     SecurityGroupRule, Subnet, OWNER_ROUTER_INTERFACE, OWNER_ROUTER_INTERFACE_DISTRIBUTED,
 };
 
-/// `device_owner` of a router's external gateway port.
-pub const OWNER_GATEWAY: &str = "network:router_gateway";
-/// `device_owner` of a router's centralized SNAT port.
-pub const OWNER_SNAT: &str = "network:router_centralized_snat";
+pub use crate::tables::router::{OWNER_GATEWAY, OWNER_SNAT};
 
 /// The resource collections of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
