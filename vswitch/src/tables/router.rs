@@ -233,6 +233,20 @@ fn fibs(routes: &[RouteEntry]) -> (Lpm<u32>, Lpm<u128>) {
     (fib4, fib6)
 }
 
+/// The router's own IPv4 addresses: those of its interfaces.
+fn local4(rifs: &[RifEntry]) -> Vec<u32> {
+    rifs.iter()
+        .flat_map(|x| x.v4.iter().map(|n| u32::from(n.addr())))
+        .collect()
+}
+
+/// The router's own IPv6 addresses.
+fn local6(rifs: &[RifEntry]) -> Vec<u128> {
+    rifs.iter()
+        .flat_map(|x| x.v6.iter().map(|n| u128::from(n.addr())))
+        .collect()
+}
+
 /// The centralized SNAT of every router with an external gateway, on the network node (the
 /// seed's north-south scenario 1: instances with only a fixed IP reach the outside through the
 /// network node): a router `snat:<name>` (not distributed: its MACs exist here only) whose
@@ -378,14 +392,8 @@ fn compile_snat(host: &HostConfig, state: &DesiredState, t: &Tables, l3: &mut L3
             fib4,
             fib6,
             routes,
-            local4: rifs
-                .iter()
-                .flat_map(|x| x.v4.iter().map(|n| u32::from(n.addr())))
-                .collect(),
-            local6: rifs
-                .iter()
-                .flat_map(|x| x.v6.iter().map(|n| u128::from(n.addr())))
-                .collect(),
+            local4: local4(rifs),
+            local6: local6(rifs),
             fips: false,
             snat: gw.enable_snat.then_some(Snat {
                 ip: gw_ip,
@@ -710,14 +718,8 @@ pub fn compile_routers(host: &HostConfig, state: &DesiredState, t: &mut Tables) 
             fib4,
             fib6,
             routes,
-            local4: rifs
-                .iter()
-                .flat_map(|x| x.v4.iter().map(|n| u32::from(n.addr())))
-                .collect(),
-            local6: rifs
-                .iter()
-                .flat_map(|x| x.v6.iter().map(|n| u128::from(n.addr())))
-                .collect(),
+            local4: local4(rifs),
+            local6: local6(rifs),
             fips: false,
             snat: None,
         });
