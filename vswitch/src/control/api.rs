@@ -115,7 +115,8 @@ fn json(body: &Bytes) -> Result<Value, ApiError> {
     })
 }
 
-fn accepted(status: StatusCode, a: Accepted) -> Response {
+/// The generation now live and how long the change took, as response headers.
+fn generation_headers(a: &Accepted) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("x-vswitch-generation", HeaderValue::from(a.generation));
     headers.insert(
@@ -126,6 +127,11 @@ fn accepted(status: StatusCode, a: Accepted) -> Response {
         "x-vswitch-request-us",
         HeaderValue::from(a.request.as_micros() as u64),
     );
+    headers
+}
+
+fn accepted(status: StatusCode, a: Accepted) -> Response {
+    let headers = generation_headers(&a);
     if a.response.is_null() {
         (StatusCode::NO_CONTENT, headers).into_response()
     } else {
@@ -133,7 +139,33 @@ fn accepted(status: StatusCode, a: Accepted) -> Response {
     }
 }
 
-/// Runs a change off the async threads (it compiles tables) and answers it.
+/// Runs `f` off the async threads (it compiles tables, waits for the workers, ...); a panic
+/// in it answers 500.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, Response> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        internal(
+            500,
+            "InternalError",
+            format!("the request failed: {e}; nothing changed"),
+        )
+    })
+}
+
+/// A change through the store: accepted, or refused (and counted).
+async fn change(
+    ctl: &Arc<Ctl>,
+    f: impl FnOnce(&Store) -> Result<Accepted, ApiError> + Send + 'static,
+) -> Result<Accepted, Response> {
+    let c = ctl.clone();
+    blocking(move || f(&c.store)).await?.map_err(|e| {
+        ctl.store.rejected();
+        error(e)
+    })
+}
+
+/// Makes a change and answers it.
 async fn submit(
     ctl: Arc<Ctl>,
     status: StatusCode,
@@ -141,21 +173,9 @@ async fn submit(
         + Send
         + 'static,
 ) -> Response {
-    let c = ctl.clone();
-    match tokio::task::spawn_blocking(move || c.store.submit(make)).await {
-        Ok(Ok(a)) => accepted(status, a),
-        Ok(Err(e)) => {
-            ctl.store.rejected();
-            error(e)
-        }
-        Err(e) => error(ApiError {
-            status: 500,
-            kind: "InternalError",
-            problems: vec![Problem::new(
-                "",
-                format!("the change failed: {e}; nothing changed"),
-            )],
-        }),
+    match change(&ctl, move |st| st.submit(make)).await {
+        Ok(a) => accepted(status, a),
+        Err(r) => r,
     }
 }
 
@@ -273,34 +293,15 @@ async fn put_state(State(ctl): Shared, body: Bytes) -> Response {
             return error(ApiError::bad_request(problems));
         }
     };
-    let c = ctl.clone();
-    match tokio::task::spawn_blocking(move || c.store.replace(state)).await {
-        Ok(Ok(a)) => {
-            let generation = a.generation;
-            let us = a.latency.as_micros() as u64;
-            let mut r = accepted(StatusCode::OK, a);
-            *r.status_mut() = StatusCode::OK;
-            *r.body_mut() = axum::body::Body::from(
-                serde_json::json!({"generation": generation, "apply_us": us}).to_string(),
-            );
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
+    match change(&ctl, move |st| st.replace(state)).await {
+        Ok(a) => {
+            let body = serde_json::json!({
+                "generation": a.generation,
+                "apply_us": a.latency.as_micros() as u64,
+            });
+            (generation_headers(&a), axum::Json(body)).into_response()
         }
-        Ok(Err(e)) => {
-            ctl.store.rejected();
-            error(e)
-        }
-        Err(e) => error(ApiError {
-            status: 500,
-            kind: "InternalError",
-            problems: vec![Problem::new(
-                "",
-                format!("the change failed: {e}; nothing changed"),
-            )],
-        }),
+        Err(r) => r,
     }
 }
 
@@ -354,7 +355,7 @@ async fn metrics(State(ctl): Shared) -> Response {
             .into_response();
     };
     let d = ctl.daemon.clone();
-    match tokio::task::spawn_blocking(move || super::metrics::render(&d, &h)).await {
+    match blocking(move || super::metrics::render(&d, &h)).await {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -363,7 +364,7 @@ async fn metrics(State(ctl): Shared) -> Response {
             text,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -391,21 +392,20 @@ struct CtQuery {
 async fn conntrack_list(State(ctl): Shared, Query(q): Query<CtQuery>) -> Response {
     let limit = q.limit.unwrap_or(1000).min(100_000);
     let d = ctl.daemon.clone();
-    match tokio::task::spawn_blocking(move || d.conntrack_list(q.zone, limit, WORKER_TIMEOUT)).await
-    {
+    match blocking(move || d.conntrack_list(q.zone, limit, WORKER_TIMEOUT)).await {
         Ok(Ok(v)) => axum::Json(serde_json::json!({"connections": v})).into_response(),
         Ok(Err(e)) => internal(503, "WorkersUnavailable", e),
-        Err(e) => internal(500, "InternalError", e.to_string()),
+        Err(r) => r,
     }
 }
 
 /// `DELETE /v1/conntrack?zone=Z`: removes them (all, or one zone).
 async fn conntrack_flush(State(ctl): Shared, Query(q): Query<CtQuery>) -> Response {
     let d = ctl.daemon.clone();
-    match tokio::task::spawn_blocking(move || d.conntrack_flush(q.zone, WORKER_TIMEOUT)).await {
+    match blocking(move || d.conntrack_flush(q.zone, WORKER_TIMEOUT)).await {
         Ok(Ok(n)) => axum::Json(serde_json::json!({"flushed": n})).into_response(),
         Ok(Err(e)) => internal(503, "WorkersUnavailable", e),
-        Err(e) => internal(500, "InternalError", e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -431,7 +431,7 @@ async fn capture(State(ctl): Shared, Query(q): Query<CaptureQuery>) -> Response 
     let snaplen = q.snaplen.unwrap_or(2048).clamp(64, 2048);
     let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(10_000).min(600_000));
     let d = ctl.daemon.clone();
-    match tokio::task::spawn_blocking(move || d.capture(&q.port, count, snaplen, timeout)).await {
+    match blocking(move || d.capture(&q.port, count, snaplen, timeout)).await {
         Ok(Ok(c)) => (
             [
                 (
@@ -451,7 +451,7 @@ async fn capture(State(ctl): Shared, Query(q): Query<CaptureQuery>) -> Response 
         )
             .into_response(),
         Ok(Err(e)) => error(ApiError::one("port", e)),
-        Err(e) => internal(500, "InternalError", e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -472,7 +472,7 @@ async fn trace(State(ctl): Shared, body: Bytes) -> Response {
         }
     };
     let d = ctl.daemon.clone();
-    let r = tokio::task::spawn_blocking(move || {
+    let r = blocking(move || {
         let tables = d.publisher().current();
         super::trace::trace_spec(&tables, d.shared(), &spec)
     })
@@ -488,7 +488,7 @@ async fn trace(State(ctl): Shared, body: Bytes) -> Response {
                 })
                 .collect(),
         )),
-        Err(e) => internal(500, "InternalError", e.to_string()),
+        Err(r) => r,
     }
 }
 

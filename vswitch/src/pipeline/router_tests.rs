@@ -89,18 +89,28 @@ const IPR2: [u8; 4] = [198, 18, 0, 21];
 
 /// Also the fixture of `control::trace`'s east-west test.
 pub(crate) fn tables() -> Tables {
+    tables_with(STATE)
+}
+
+/// The host with desired state `state`.
+fn tables_with(state: &str) -> Tables {
     let macs = [
         mac("02:00:00:00:00:01"),
         mac("02:00:00:00:00:02"),
         mac("02:00:00:00:00:03"),
         mac(OV_MAC),
     ];
-    tables_from(HOST, STATE, &macs)
+    tables_from(HOST, state, &macs)
 }
 
 /// A harness whose underlay already knows compute2's and network1's MAC.
 fn harness() -> Harness {
-    let h = Harness::with(tables());
+    harness_with(STATE)
+}
+
+/// [`harness`] with desired state `state`.
+fn harness_with(state: &str) -> Harness {
+    let h = Harness::with(tables_with(state));
     for ip in ["10.0.0.12", "10.0.0.13"] {
         h.s.neigh
             .set_static(ip.parse().unwrap(), mac_u64(&mac(C2_MAC).0));
@@ -1057,21 +1067,7 @@ fn ipv6_default_goes_to_the_snat_port_untranslated() {
         r#"fixed_ips: [{subnet_id: s1, ip_address: 198.51.100.10}, {subnet_id: s1v6, ip_address: "fd00:198:51:100::10"}], "binding:host_id": network1"#,
     );
     assert_ne!(v6_state, STATE);
-    let macs: Vec<_> = [
-        "02:00:00:00:00:01",
-        "02:00:00:00:00:02",
-        "02:00:00:00:00:03",
-        OV_MAC,
-    ]
-    .iter()
-    .map(|m| mac(m))
-    .collect();
-    let h0 = Harness::with(tables_from(HOST, &v6_state, &macs));
-    for ip in ["10.0.0.12", "10.0.0.13"] {
-        h0.s.neigh
-            .set_static(ip.parse().unwrap(), mac_u64(&mac(C2_MAC).0));
-    }
-    let mut h = h0;
+    let mut h = harness_with(&v6_state);
     h.rx(
         VM1,
         &[udp6_ttl(
