@@ -215,6 +215,43 @@ fn network_toml(prefix: &str, snat_ports: [u16; 2], workers: u16) -> String {
     )
 }
 
+/// Starts compute node `n` (`compute<n>`, VTEP 10.0.0.1<n>) in `sw` with instance port `vm<n>`
+/// carrying Neutron port `port-i<n>`.
+fn start_compute(topo: &Topology, sw: &str, n: u8, state: &str) -> Vswitchd {
+    let (host, vtep) = (format!("compute{n}"), format!("10.0.0.1{n}"));
+    let (vm, port) = (format!("vm{n}"), format!("port-i{n}"));
+    Vswitchd::start_as(
+        topo,
+        sw,
+        &format!("vswitchd-c{n}"),
+        &compute_toml(
+            &host,
+            &format!("{}-c{n}", topo.name),
+            &vtep,
+            &[(&vm, &port)],
+        ),
+        state,
+    )
+}
+
+/// Starts network1 in `sw` as `label` (`vswitchd-<label>`), see [`network_toml`].
+fn start_network(
+    topo: &Topology,
+    sw: &str,
+    label: &str,
+    snat_ports: [u16; 2],
+    workers: u16,
+    state: &str,
+) -> Vswitchd {
+    Vswitchd::start_as(
+        topo,
+        sw,
+        &format!("vswitchd-{label}"),
+        &network_toml(&format!("{}-{label}", topo.name), snat_ports, workers),
+        state,
+    )
+}
+
 /// The underlay: one Linux bridge in namespace `ulnet` with each switch's `ul` plugged in
 /// (the switch ends carry the given MACs: af_packet takes them as the overlay ports').
 fn add_underlay(topo: &mut Topology, switches: &[(&str, &str)]) -> String {
@@ -580,37 +617,9 @@ fn centralized_snat_north_south() {
     );
     let state = state_yaml();
     let name = topo.name.clone();
-    let mut vs1 = Vswitchd::start_as(
-        &topo,
-        &sw1,
-        "vswitchd-c1",
-        &compute_toml(
-            "compute1",
-            &format!("{name}-c1"),
-            VTEP1,
-            &[("vm1", "port-i1")],
-        ),
-        &state,
-    );
-    let mut vs2 = Vswitchd::start_as(
-        &topo,
-        &sw2,
-        "vswitchd-c2",
-        &compute_toml(
-            "compute2",
-            &format!("{name}-c2"),
-            VTEP2,
-            &[("vm2", "port-i2")],
-        ),
-        &state,
-    );
-    let mut vs3 = Vswitchd::start_as(
-        &topo,
-        &sw3,
-        "vswitchd-n1",
-        &network_toml(&format!("{name}-n1"), [1024, 65535], 2),
-        &state,
-    );
+    let mut vs1 = start_compute(&topo, &sw1, 1, &state);
+    let mut vs2 = start_compute(&topo, &sw2, 2, &state);
+    let mut vs3 = start_network(&topo, &sw3, "n1", [1024, 65535], 2, &state);
     eprintln!("[{name}] three hosts up in {:?}", started.elapsed());
     let (c1_0, c2_0, n1_0) = (vs1.stats(), vs2.stats(), vs3.stats());
 
@@ -698,13 +707,7 @@ fn centralized_snat_north_south() {
     // three still carry data afterwards.
     let fin = vs3.stop();
     eprintln!("[{name}] network1 stopped; drops {:?}", fin.nonzero_drops());
-    let mut vs3 = Vswitchd::start_as(
-        &topo,
-        &sw3,
-        "vswitchd-n1b",
-        &network_toml(&format!("{name}-n1b"), TINY, 1),
-        &state,
-    );
+    let mut vs3 = start_network(&topo, &sw3, "n1b", TINY, 1, &state);
     let n2_0 = vs3.stats();
     let server = start_server(&topo, &inet, "server-tiny", 4, 12);
     let hold = topo.exec(&i1, &[python(), "-c", HOLD_PY, INET_IP, &PORT.to_string()]);
@@ -881,26 +884,8 @@ fn ipv6_north_south_is_routed_by_the_network_node_untranslated() {
     );
     let cap = topo.capture_with(&inet, "eth0", "cap-provider6", &["-s", SNAP, "-B", "8192"]);
     let state = state_yaml_v6();
-    let name = topo.name.clone();
-    let mut vs1 = Vswitchd::start_as(
-        &topo,
-        &sw1,
-        "vswitchd-c1",
-        &compute_toml(
-            "compute1",
-            &format!("{name}-c1"),
-            VTEP1,
-            &[("vm1", "port-i1")],
-        ),
-        &state,
-    );
-    let mut vs3 = Vswitchd::start_as(
-        &topo,
-        &sw3,
-        "vswitchd-n1",
-        &network_toml(&format!("{name}-n1"), [1024, 65535], 1),
-        &state,
-    );
+    let mut vs1 = start_compute(&topo, &sw1, 1, &state);
+    let mut vs3 = start_network(&topo, &sw3, "n1", [1024, 65535], 1, &state);
     ping_ok(&topo, &i1, INET_IP6, 3, 8);
     // TCP to a server on the Internet host: it sees i1's own address.
     const SERVER: &str = r#"
