@@ -383,18 +383,25 @@ def ct_frame(f: Flows, i: int, server: bool, block: int) -> bytes:
     return ct_segment(f, i, server, **ct_tcp_fields(f, i, server, block))
 
 
-def ct_streams(f: Flows, frames: int) -> List[List[bytes]]:
-    """[vm1's (client) frames, vm2's (server) frames], `frames` each (a multiple of n_flows,
-    at least 2 blocks: handshake and third ACK)."""
+def tcp_streams(name: str, frame: Callable[[Flows, int, bool, int], bytes], f: Flows,
+                frames: int) -> List[List[bytes]]:
+    """[the clients' frames, the servers' frames] of `name`'s connections, `frames` each (a
+    multiple of n_flows, at least 2 blocks: handshake and third ACK); `frame(f, i, server,
+    block)` builds one. At least 32 flows (one burst), so the handshake's third ACK comes a
+    poll round after the SYN-ACK."""
     if frames % f.n_flows or frames // f.n_flows < 2:
-        raise ValueError(f"conntrack-established: frames ({frames}) must be a multiple (>= 2) of flows "
-                         f"({f.n_flows})")
+        raise ValueError(f"{name}: frames ({frames}) must be a multiple (>= 2) of flows ({f.n_flows})")
     if f.n_flows < 32:
-        raise ValueError("conntrack-established: at least 32 flows (one burst) so the handshake's "
-                         "third ACK comes a poll round after the SYN-ACK")
+        raise ValueError(f"{name}: at least 32 flows (one burst) so the handshake's third ACK "
+                         "comes a poll round after the SYN-ACK")
     blocks = frames // f.n_flows
-    return [[ct_frame(f, i, server, b) for b in range(blocks) for i in range(f.n_flows)]
+    return [[frame(f, i, server, b) for b in range(blocks) for i in range(f.n_flows)]
             for server in (False, True)]
+
+
+def ct_streams(f: Flows, frames: int) -> List[List[bytes]]:
+    """[vm1's (client) frames, vm2's (server) frames]."""
+    return tcp_streams("conntrack-established", ct_frame, f, frames)
 
 
 def build_ct_established(f: Flows, i: int) -> bytes:
@@ -451,15 +458,8 @@ def fip_frame(f: Flows, i: int, server: bool, block: int, translated: bool = Fal
 
 
 def fip_streams(f: Flows, frames: int) -> List[List[bytes]]:
-    """[the uplink's (Internet clients) frames, vm1's (server) frames], `frames` each."""
-    if frames % f.n_flows or frames // f.n_flows < 2:
-        raise ValueError(f"fip-inbound: frames ({frames}) must be a multiple (>= 2) of flows ({f.n_flows})")
-    if f.n_flows < 32:
-        raise ValueError("fip-inbound: at least 32 flows (one burst) so the handshake's third ACK "
-                         "comes a poll round after the SYN-ACK")
-    blocks = frames // f.n_flows
-    return [[fip_frame(f, i, server, b) for b in range(blocks) for i in range(f.n_flows)]
-            for server in (False, True)]
+    """[the uplink's (Internet clients) frames, vm1's (server) frames]."""
+    return tcp_streams("fip-inbound", fip_frame, f, frames)
 
 
 def build_fip_inbound(f: Flows, i: int) -> bytes:
@@ -572,14 +572,8 @@ def snat_frame(f: Flows, i: int, server: bool, block: int, translated: bool = Fa
 
 
 def snat_streams(f: Flows, frames: int) -> List[List[bytes]]:
-    """[compute1's frames (overlay), the servers' frames (uplink)], `frames` each."""
-    if frames % f.n_flows or frames // f.n_flows < 2:
-        raise ValueError(f"snat-outbound: frames ({frames}) must be a multiple (>= 2) of flows ({f.n_flows})")
-    if f.n_flows < 32:
-        raise ValueError("snat-outbound: at least 32 flows (one burst)")
-    blocks = frames // f.n_flows
-    return [[snat_frame(f, i, server, b) for b in range(blocks) for i in range(f.n_flows)]
-            for server in (False, True)]
+    """[compute1's frames (overlay), the servers' frames (uplink)]."""
+    return tcp_streams("snat-outbound", snat_frame, f, frames)
 
 
 def build_snat_outbound(f: Flows, i: int) -> bytes:
