@@ -50,6 +50,10 @@ pub struct OverlayHost<'a> {
     pub neighbors: &'a [(&'a str, &'a str)],
 }
 
+/// Frames in each af_packet ring (the PMD's default is 512): a worker that backs off to sleep
+/// while idle must not lose the start of a TCP burst to a full ring.
+pub const AF_PACKET_FRAMES: u32 = 4096;
+
 /// A host config for one vswitchd in a namespace: worker on lcore 1, no hugepages, a unique
 /// EAL file prefix, backoff idle, net_af_packet ports.
 pub fn host_toml(
@@ -82,7 +86,7 @@ pub fn host_toml_overlay(
     s.push_str("\n[idle]\nmode = \"backoff\"\n\n");
     for (i, p) in ports.iter().enumerate() {
         s.push_str(&format!(
-            "[[ports]]\nname = \"{}\"\ndevargs = \"net_af_packet{i},iface={}\"\nkind = \"{}\"\n",
+            "[[ports]]\nname = \"{}\"\ndevargs = \"net_af_packet{i},framecnt={AF_PACKET_FRAMES},iface={}\"\nkind = \"{}\"\n",
             p.name, p.iface, p.kind
         ));
         if let Some(id) = p.iface_id {
