@@ -712,10 +712,12 @@ SCENARIOS: Dict[str, Scenario] = {
                     "directions: security groups + conntrack with window tracking in both zones",
         flows=CT_FLOWS,
         build=build_ct_established,
-        # 4 blocks: handshake, third ACK + first data, 2 data each way. More blocks would make
-        # the handshake replays rarer but the replay's working set (both pcaps stay in mbufs)
-        # larger, which slows testpmd's reference down more than it dilutes anything here.
-        frames=4096,
+        # 8 blocks: handshake, third ACK + first data, 6 data each way. The handshake is
+        # replayed on established connections each time the pcap wraps: 1 frame in 8 (with
+        # fewer blocks, 1 in 4) is a SYN or SYN-ACK, which the flow cache never answers (every
+        # one goes through the stages), where a real established flow sends thousands of
+        # segments per handshake. 8 K frames per pcap is as far as net_pcap's mbuf pool goes.
+        frames=8192,
         state_needs=(VM2_IP,),
         streams=ct_streams,
         stream_names=("client", "server"),
@@ -731,7 +733,8 @@ SCENARIOS: Dict[str, Scenario] = {
                     "group + conntrack with window checks in vm1's zone",
         flows=FIP_FLOWS,
         build=build_fip_inbound,
-        frames=4096,
+        # 8 blocks, as conntrack-established.
+        frames=8192,
         state_needs=(FIP_ADDR, FIP_FG_MAC, FIP_FG_IP, FIP_EXT_GW_MAC, FIP_EXT_GW_IP),
         streams=fip_streams,
         stream_names=("internet", "vm1"),
@@ -745,7 +748,8 @@ SCENARIOS: Dict[str, Scenario] = {
                     "un-SNAT, VXLAN encap to compute1",
         flows=SNAT_FLOWS,
         build=build_snat_outbound,
-        frames=4096,
+        # 8 blocks, as conntrack-established.
+        frames=8192,
         state_needs=(SNAT_GW_IP, SNAT_QG_MAC, SNAT_PORT_MAC, FIP_EXT_GW_MAC, SNAT_COMPUTE_DVR_MAC),
         streams=snat_streams,
         stream_names=("compute1", "internet"),

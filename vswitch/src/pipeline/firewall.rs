@@ -20,7 +20,7 @@
 //! without an ingress check: they answer what the instance sent.
 use super::conntrack::flow::{self, Flow, Kind};
 use super::conntrack::{flag, state, tcp, Conntrack, Key, TcpPeer};
-use super::{Batch, CoreState, Next, Tracer, BURST};
+use super::{flowcache, Batch, CoreState, Next, Tracer, BURST};
 use crate::counters::{BatchCounters, DropReason};
 use crate::packet::PacketBuf;
 use crate::tables::secgroup::PortFirewall;
@@ -138,7 +138,14 @@ pub struct FwCore {
     /// another zone (a hint), and the entry the judgement found or created.
     hint: u32,
     last_entry: u32,
+    /// The direction of the last judgement's connection when it passed as a plain ACK of an
+    /// established connection through the fast path ([`NO_PLAIN`]: it did not): what the
+    /// flow cache may repeat.
+    plain_dir: u8,
 }
+
+/// [`FwCore::plain_dir`] of a judgement that was not a fast-path plain ACK.
+const NO_PLAIN: u8 = u8::MAX;
 
 /// Where one judgement's lookup starts: the entry of the same packet in another zone (a hint;
 /// [`NO_ENTRY`]: none), the key's hash computed ahead (0: none) and the candidate its index
@@ -193,6 +200,7 @@ impl FwCore {
             mirrored: 0,
             hint: NO_ENTRY,
             last_entry: NO_ENTRY,
+            plain_dir: NO_PLAIN,
         }
     }
 
@@ -207,7 +215,7 @@ impl FwCore {
     }
 
     #[inline(always)]
-    fn count(&mut self, port: u16, allowed: bool) {
+    pub(crate) fn count(&mut self, port: u16, allowed: bool) {
         // Sized for every port when the worker starts (never grown here).
         if let Some(c) = self.per_port.get_mut(port as usize) {
             c[!allowed as usize] += 1;
@@ -315,6 +323,7 @@ pub fn egress<B: PacketBuf, T: Tracer>(
             cand: f.cands[i],
         };
         let (o, entry) = judge::<T>(&s.fw_flows.0[i], fw, false, f, c, tr, i, t, lk);
+        note(&mut s.flows, i, o, entry, f.plain_dir, in_port);
         if o == Outcome::Pass {
             f.entries[i] = entry;
             f.seen |= 1 << i;
@@ -339,10 +348,15 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
     // First pass: parse what the egress check did not, and start loading each frame's index
     // bucket (frames with a peer hint had their entry prefetched by the egress check).
     let mut todo = 0u32;
+    let hits = s.flows.hits;
     for i in 0..b.len {
         let Next::Output(port) = b.meta[i].next else {
             continue;
         };
+        // The flow cache did this check already.
+        if hits & (1 << i) != 0 {
+            continue;
+        }
         let Some(fw) = port_fw(t, port) else {
             continue;
         };
@@ -361,6 +375,8 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
                 if let Some((idx, dir)) = f.ct.peer_lookup(hint, &key, f.now) {
                     if mirror(f, i, hint, idx, dir, fw.version) {
                         f.count(port, true);
+                        s.flows.note_ct(i, idx, dir, flowcache::Track::Firewall);
+                        s.flows.note_fw(i, port);
                         continue;
                     }
                 }
@@ -398,6 +414,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
             cand: f.cands[i],
         };
         let (o, entry) = judge::<T>(&s.fw_flows.0[i], fw, true, f, c, tr, i, t, lk);
+        note(&mut s.flows, i, o, entry, f.plain_dir, port);
         if o == Outcome::Pass && b.meta[i].translated {
             // It came through a floating IP: the connection lives as long as that does.
             if let Some(e) = f.ct.entry_mut(entry) {
@@ -415,6 +432,22 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
     }
     s.fw.seen = 0;
     s.fw.mirrored = 0;
+}
+
+/// Tells the flow cache what one judgement did for packet `i` at `port`: a pass through
+/// the fast path as a plain ACK of established connection `entry` (direction `plain_dir`) is
+/// repeatable, any other pass is not.
+#[inline(always)]
+fn note(fc: &mut flowcache::FlowCache, i: usize, o: Outcome, entry: u32, plain_dir: u8, port: u16) {
+    if o != Outcome::Pass {
+        return;
+    }
+    if plain_dir == NO_PLAIN {
+        fc.spoil(i);
+    } else {
+        fc.note_ct(i, entry, plain_dir, flowcache::Track::Firewall);
+        fc.note_fw(i, port);
+    }
 }
 
 #[inline(always)]
@@ -533,6 +566,7 @@ fn judge<T: Tracer>(
     t: &Tables,
     lk: Lookup,
 ) -> (Outcome, u32) {
+    f.plain_dir = NO_PLAIN;
     if !T::ON && fl.frag.is_none() {
         if let Some(done) = fast_path(fl, fw, f, i, lk) {
             return done;
@@ -746,6 +780,7 @@ fn fast_path(
                 } else if peer != hint {
                     f.ct.link_peers(hint, idx);
                 }
+                f.plain_dir = dir;
                 return Some((Outcome::Pass, idx));
             }
         }

@@ -18,6 +18,7 @@
 pub mod classify;
 pub mod conntrack;
 pub mod firewall;
+pub mod flowcache;
 pub mod integration;
 pub mod nat;
 pub mod output;
@@ -166,6 +167,8 @@ pub struct CoreState {
     pub fw: firewall::FwCore,
     /// The firewall stages' parsed flows of the batch in flight.
     pub fw_flows: firewall::Flows,
+    /// This core's cache of the stages' decisions for established connections.
+    pub flows: flowcache::FlowCache,
 }
 
 /// Local answers to ARP and Neighbor Discovery, in one pass over the batch: the routers'
@@ -277,6 +280,7 @@ impl CoreState {
                 1,
             ),
             fw_flows: Default::default(),
+            flows: Default::default(),
         }
     }
 }
@@ -300,11 +304,29 @@ pub fn process<B: PacketBuf, T: Tracer>(
     if !t.l3.dvr_macs.is_empty() {
         router::dvr_ingress(b, t, c, tr);
     }
+    // Established connections whose way the stages worked out before skip them; the others
+    // are learnt from once the stages are done (never while tracing: trace shows the stages).
+    let learning = if !T::ON && s.flows.enabled {
+        flowcache::lookup(b, t, s, c);
+        s.flows.cand != 0
+    } else {
+        s.flows.hits = 0;
+        s.flows.cand = 0;
+        false
+    };
+    let before = if learning {
+        flowcache::unrepeatable(c)
+    } else {
+        0
+    };
     port_security::run(b, t, c, tr);
     if t.firewall {
         firewall::egress(b, t, s, c, tr);
     }
     switch_and_route(b, t, s, held, c, tr);
+    if learning {
+        flowcache::learn(b, t, s, c, before);
+    }
 }
 
 /// The stages after the egress firewall: local answers, switching, routing, ingress firewall.
@@ -340,6 +362,9 @@ pub fn resume<B: PacketBuf, T: Tracer>(
     c: &mut BatchCounters,
     tr: &mut T,
 ) {
+    // Nothing here came through the flow cache, and nothing is learnt from it.
+    s.flows.hits = 0;
+    s.flows.cand = 0;
     if stage == firewall::STAGE_EGRESS {
         firewall::egress(b, t, s, c, tr);
         switch_and_route(b, t, s, held, c, tr);

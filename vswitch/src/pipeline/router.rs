@@ -426,6 +426,18 @@ struct Hop {
     neigh: u64,
 }
 
+impl Hop {
+    /// The flow cache's record of the events forwarding by this hop counts, with `nat`'s.
+    #[inline(always)]
+    fn events(&self, nat: u8) -> u8 {
+        use super::flowcache::ev;
+        ev::ROUTED
+            | if self.dvr { ev::DVR } else { 0 }
+            | if self.to_snat { ev::TO_SNAT } else { 0 }
+            | nat
+    }
+}
+
 /// [`Hop::neigh`] of a decision that involves no resolved neighbour.
 const STATIC: u64 = u64::MAX;
 
@@ -559,7 +571,7 @@ fn cache_slot(dst: u128, rif_in: u16) -> usize {
 /// complement sum does not depend on byte order (RFC 1071 2(B)), and all ones reads the same
 /// either way, so the words are summed as they lie in memory.
 #[inline(always)]
-fn ipv4_sum20_ok(h: &[u8]) -> bool {
+pub(crate) fn ipv4_sum20_ok(h: &[u8]) -> bool {
     let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
     let mut s = w(0) + w(4) + w(8) + w(12) + w(16);
     s = (s & 0xffff_ffff) + (s >> 32);
@@ -636,6 +648,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 b.meta[i].next = h.next;
                 tally.c[RouterStat::Routed as usize] += 1;
                 fwd.count(&h);
+                s.flows.note_route(i, rif.router, h.mtu, h.events(0));
                 continue;
             }
         }
@@ -657,6 +670,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 b.meta[i].next = h.next;
                 tally.c[RouterStat::Routed as usize] += 1;
                 fwd.count(&h);
+                s.flows.note_route(i, rif.router, h.mtu, h.events(0));
             }
             Ok(Verdict::Translated(h, nat)) => {
                 b.meta[i].network = h.net;
@@ -670,11 +684,23 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 fwd.snat_out += (central && nat.snat.is_some()) as u64;
                 fwd.fip_in += (!central && nat.dnat.is_some()) as u64;
                 fwd.fip_out += (!central && nat.snat.is_some()) as u64;
+                use super::flowcache::ev;
+                let bit = |on: bool, b: u8| if on { b } else { 0 };
+                let nat_ev = bit(central && nat.dnat.is_some(), ev::SNAT_IN)
+                    | bit(central && nat.snat.is_some(), ev::SNAT_OUT)
+                    | bit(!central && nat.dnat.is_some(), ev::FIP_IN)
+                    | bit(!central && nat.snat.is_some(), ev::FIP_OUT);
+                // An ICMP error's quote is rewritten per packet: not repeatable.
+                if nat.quote_sport.is_some() {
+                    s.flows.spoil(i);
+                }
+                s.flows.note_route(i, rif.router, h.mtu, h.events(nat_ev));
             }
             Ok(Verdict::Handoff(core)) => {
                 b.meta[i].next = Next::Handoff(core, super::firewall::STAGE_ROUTE, rif_in);
             }
             Ok(Verdict::Back(kind)) => {
+                s.flows.spoil(i);
                 // A reply or ICMP error from the router, out of the ingress port.
                 b.meta[i].next = Next::Output(b.in_port);
                 tally.c[kind as usize] += 1;
@@ -1164,8 +1190,10 @@ fn snat_out<B: PacketBuf, T: Tracer>(
     let ct = &mut s.fw.ct;
     let port = match ct.lookup(&key, now) {
         Some((idx, 0)) => {
+            let was = ct.entry(idx).map(|e| (e.state, e.flags));
             super::firewall::track_translation(ct, idx, 0, &fl.kind, now);
-            ct.reply_of(idx)?.dport()
+            note_translation(&mut s.flows, ct, i, idx, 0, &fl.kind, was);
+            s.fw.ct.reply_of(idx)?.dport()
         }
         Some(_) => return Some(Err(D::RouterSnatProtocol)),
         None => {
@@ -1217,6 +1245,31 @@ fn snat_out<B: PacketBuf, T: Tracer>(
         ..Default::default()
     };
     Some(translate(p, x, x, s, c, i, tr, dst, total, df, nat))
+}
+
+/// Tells the flow cache how a packet of `kind` moved translation `idx` on (direction `dir`)
+/// from state and flags `was`: a plain ACK of an assured, established translation that stayed
+/// established is repeatable, anything else is not.
+fn note_translation(
+    fc: &mut super::flowcache::FlowCache,
+    ct: &super::conntrack::Conntrack,
+    i: usize,
+    idx: u32,
+    dir: u8,
+    kind: &Kind,
+    was: Option<(u8, u8)>,
+) {
+    use super::conntrack::{flag, state, tcp};
+    let plain = matches!(kind, Kind::Tcp(seg)
+        if seg.flags & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK);
+    let established = |st: u8, fl: u8| st == state::ESTABLISHED && fl & flag::ASSURED != 0;
+    let now = ct.entry(idx).map(|e| (e.state, e.flags));
+    match (was, now) {
+        (Some(a), Some(b)) if plain && established(a.0, a.1) && established(b.0, b.1) => {
+            fc.note_ct(i, idx, dir, super::flowcache::Track::Translation)
+        }
+        _ => fc.spoil(i),
+    }
 }
 
 /// The core that owns a SNAT connection with key `key` (original direction or reply), when it
@@ -1272,7 +1325,11 @@ fn snat_in<B: PacketBuf, T: Tracer>(
         return Some(Err(D::RouterSnatUnknown));
     };
     if ports {
+        let was = ct.entry(idx).map(|e| (e.state, e.flags));
         super::firewall::track_translation(ct, idx, 1, &fl.kind, now);
+        note_translation(&mut s.flows, ct, i, idx, 1, &fl.kind, was);
+    } else {
+        s.flows.spoil(i);
     }
     let orig = ct.key_of(idx)?;
     let fixed = orig.src128() as u32;
@@ -2199,6 +2256,8 @@ fn flush_released<B: PacketBuf>(
     tx: &mut impl super::output::Tx<B>,
     c: &mut BatchCounters,
 ) {
+    s.flows.hits = 0;
+    s.flows.cand = 0;
     route(b, t, s, held, c, &mut super::NoTrace);
     if t.firewall {
         super::firewall::ingress(b, t, s, c, &mut super::NoTrace);

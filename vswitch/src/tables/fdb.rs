@@ -43,6 +43,9 @@ pub struct LearnTable {
     slots: Box<[Slot]>,
     mask: usize,
     aging_ms: u64,
+    /// Counts the entries that appeared or moved (what a cached forwarding decision depends
+    /// on; see `pipeline::flowcache`).
+    epoch: u64,
 }
 
 impl LearnTable {
@@ -53,7 +56,14 @@ impl LearnTable {
             slots: vec![Slot::default(); n].into_boxed_slice(),
             mask: n - 1,
             aging_ms,
+            epoch: 0,
         }
+    }
+
+    /// The change count: it moves whenever a MAC is learnt anew or moves.
+    #[inline(always)]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     #[inline(always)]
@@ -104,6 +114,9 @@ impl LearnTable {
                 };
                 s.port = port;
                 s.seen_ms = now_ms;
+                if r != Learned::Refreshed {
+                    self.epoch += 1;
+                }
                 return r;
             }
             if s.key == 0 {
@@ -121,6 +134,7 @@ impl LearnTable {
                     port,
                     seen_ms: now_ms,
                 };
+                self.epoch += 1;
                 Learned::New
             }
             None => Learned::Full,

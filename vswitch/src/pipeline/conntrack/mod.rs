@@ -413,6 +413,12 @@ impl Entry {
     pub fn proto(&self) -> u8 {
         (self.meta >> 8) as u8
     }
+    /// The key as the entry keeps it (the folded addresses and the last word): which
+    /// connection this entry holds.
+    #[inline(always)]
+    pub fn ident(&self) -> (u64, u64) {
+        (self.addrs, self.meta)
+    }
 }
 
 /// An entry's links on the not-yet-assured list, or on the free list (`next` only).

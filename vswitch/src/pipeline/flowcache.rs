@@ -1,0 +1,742 @@
+//! Stage `flowcache`: a per-core exact-match cache of what the stages decided for the packets
+//! of established TCP connections (OVS-DPDK's EMC in front of its classifier, VPP's
+//! established-session fast path).
+//!
+//! Reads: the frame after `provider`, `tunnel::decap` and `router::dvr_ingress`; the core's
+//! connection table.
+//! Writes: the frame's headers, `Meta::network` and `Meta::next` of a hit, the connection
+//! entries it tracks, the counters the stages it stands for would have counted.
+//! Next: `Output(port)` or `Tunnel(vtep)` for a hit; everything else goes on (`Continue`).
+//!
+//! A plain ACK (no SYN, FIN or RST) of an IPv4 TCP connection with an option-less IP header,
+//! not a fragment, is looked up by everything the stages decide on: the ingress port, its
+//! network and the VTEP it came from, both MACs, both addresses and both ports. A hit stands
+//! for port security, the egress firewall, the local responders, switching, routing (floating
+//! IPs and centralized SNAT included) and the ingress firewall: it rewrites the header as they
+//! did (MACs, TTL, addresses, ports, and both checksums by constant incremental deltas,
+//! RFC 1624: the changed words are the same for every packet of the flow), moves the same
+//! connection entries on by the same TCP window checks, and counts what they counted. Anything
+//! the entry cannot answer exactly (an entry that moved on or went, SYN/FIN/RST, a TTL the
+//! router would answer with an ICMP error, a packet bigger than the egress MTU, a bad IP
+//! checksum) misses, changes nothing, and takes the stages.
+//!
+//! Entries are made only from what the stages just did to a packet that missed: it went the
+//! whole way to one port or one VTEP as a plain ACK of established connections, each stage
+//! noted what it used (the connection entries, the router, the ports the firewall counted), no
+//! event the cache cannot repeat (a learned or moved MAC, a new connection, an ICMP error, a
+//! held packet...) was counted in its batch, and the rewrite the entry would apply to the
+//! header as it came reproduces the stages' result byte for byte. An entry holds while the
+//! tables generation, this core's learned MACs, the routers' resolved neighbours and its
+//! connection entries (checked by a fingerprint of their key and policy) are those it was
+//! made with, and for at most [`MAX_AGE_MS`] (so the stages refresh learned MACs).
+use super::conntrack::{expired, flag, state, tcp, TcpPeer};
+use super::{Batch, CoreState, Next, BURST};
+use crate::counters::{BatchCounters, Event as E, RouterStat};
+use crate::packet::PacketBuf;
+use crate::tables::{NetIdx, Tables};
+
+/// Header bytes the cache reads and rewrites: Ethernet, a 20-byte IPv4 header, 20 bytes of
+/// TCP header.
+pub const HDR: usize = 54;
+/// Buckets of two slots each (a power of two): a few times more slots than the flows one
+/// core forwards at line rate, so that two flows seldom need the same bucket. Only the slots
+/// in use are ever read.
+const BUCKETS: usize = 8192;
+/// The longest an entry is used before the stages see its flow again.
+pub const MAX_AGE_MS: u64 = 1000;
+/// Connection entries one packet may move on (the sender's zone, the receiver's, a router's
+/// translation: two at most on one path).
+const REFS: usize = 2;
+/// No router.
+const NO_ROUTER: u16 = u16::MAX;
+/// No slot.
+const NOT_FOUND: u32 = u32::MAX;
+
+/// Router events of a routed packet, as bits of [`Rec::routed`].
+pub mod ev {
+    pub const ROUTED: u8 = 1;
+    pub const DVR: u8 = 2;
+    pub const TO_SNAT: u8 = 4;
+    pub const FIP_IN: u8 = 8;
+    pub const FIP_OUT: u8 = 16;
+    pub const SNAT_IN: u8 = 32;
+    pub const SNAT_OUT: u8 = 64;
+}
+
+/// The events a hit repeats (from its entry) or that only concern packets never cached:
+/// any other event counted while the stages ran a batch keeps the cache from learning from it.
+const REPEATABLE: [E; 9] = [
+    E::Unicast,
+    E::Flooded,
+    E::Routed,
+    E::DvrMacOut,
+    E::ToSnat,
+    E::FipDnat,
+    E::FipSnat,
+    E::SnatIn,
+    E::SnatOut,
+];
+
+/// How a hit moves a connection entry on: as the firewall's fast path does (window checks
+/// unless the entry is liberal), or as a router's translation (liberal TCP tracking).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Track {
+    #[default]
+    Firewall,
+    Translation,
+}
+
+/// What the stages noted about one packet of the batch in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Rec {
+    /// Something the cache cannot repeat happened to it.
+    pub bad: bool,
+    refs: [(u32, u8, Track); REFS],
+    nrefs: u8,
+    /// Ports whose firewall counted it as allowed.
+    fw_ports: [u16; 2],
+    nfw: u8,
+    router: u16,
+    routed: u8,
+    mtu: u16,
+}
+
+impl Default for Rec {
+    fn default() -> Self {
+        Rec {
+            bad: false,
+            refs: [(0, 0, Track::Firewall); REFS],
+            nrefs: 0,
+            fw_ports: [0; 2],
+            nfw: 0,
+            router: NO_ROUTER,
+            routed: 0,
+            mtu: u16::MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SlotRef {
+    /// Fingerprint of the entry's key and policy version when the flow was cached.
+    fp: u64,
+    idx: u32,
+    dir: u8,
+    how: Track,
+}
+
+/// The keys of a bucket's two slots: one cache line, the only one a miss reads.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Keys([[u64; 4]; 2]);
+
+/// What one cached flow does (its key is in [`Keys`]).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Slot {
+    /// Tables generation (`u64::MAX`: empty).
+    generation: u64,
+    l3_epoch: u64,
+    born: u64,
+    learn_epoch: u64,
+    refs: [SlotRef; REFS],
+    /// Bytes 0..12 (MACs), then 26..38 (addresses and ports) as the stages left them.
+    post: [u8; 24],
+    ip_delta: u16,
+    l4_delta: u16,
+    mtu: u16,
+    net: NetIdx,
+    router: u16,
+    fw_ports: [u16; 2],
+    next: Next,
+    ttl_dec: u8,
+    routed: u8,
+    nrefs: u8,
+    nfw: u8,
+}
+
+const EMPTY: Slot = Slot {
+    generation: u64::MAX,
+    l3_epoch: 0,
+    born: 0,
+    learn_epoch: 0,
+    refs: [SlotRef {
+        fp: 0,
+        idx: 0,
+        dir: 0,
+        how: Track::Firewall,
+    }; REFS],
+    post: [0; 24],
+    ip_delta: 0,
+    l4_delta: 0,
+    mtu: 0,
+    net: 0,
+    router: NO_ROUTER,
+    fw_ports: [0; 2],
+    next: Next::Consumed,
+    ttl_dec: 0,
+    routed: 0,
+    nrefs: 0,
+    nfw: 0,
+};
+
+/// Counts of one core's cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlowCacheStats {
+    pub hits: u64,
+    /// Looked up and not found (or found stale): the stages decided.
+    pub misses: u64,
+    pub inserted: u64,
+}
+
+/// One core's flow cache and what the stages noted for the batch in flight.
+#[derive(Debug)]
+pub struct FlowCache {
+    pub enabled: bool,
+    keys: Box<[Keys]>,
+    slots: Box<[Slot]>,
+    /// Packets of the batch in flight the cache answered (bit `i`: packet `i`).
+    pub hits: u32,
+    /// Packets that missed and may be learnt from once the stages are done.
+    pub cand: u32,
+    /// Their keys, headers as they came and lengths.
+    cand_keys: [[u64; 4]; BURST],
+    /// The bucket of each candidate of the batch in flight, and the slot it found.
+    bucket: [u32; BURST],
+    found: [u32; BURST],
+    pre: [[u8; HDR]; BURST],
+    lens: [u32; BURST],
+    pub rec: [Rec; BURST],
+    pub stats: FlowCacheStats,
+}
+
+impl Default for FlowCache {
+    fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl FlowCache {
+    pub fn new(enabled: bool) -> Self {
+        FlowCache {
+            enabled,
+            keys: vec![Keys([[0; 4]; 2]); BUCKETS].into_boxed_slice(),
+            slots: vec![EMPTY; 2 * BUCKETS].into_boxed_slice(),
+            hits: 0,
+            cand: 0,
+            cand_keys: [[0; 4]; BURST],
+            bucket: [0; BURST],
+            found: [NOT_FOUND; BURST],
+            pre: [[0; HDR]; BURST],
+            lens: [0; BURST],
+            rec: [Rec::default(); BURST],
+            stats: FlowCacheStats::default(),
+        }
+    }
+
+    /// Packet `i` took a path the cache cannot repeat.
+    #[inline(always)]
+    pub fn spoil(&mut self, i: usize) {
+        if let Some(r) = self.rec.get_mut(i) {
+            r.bad = true;
+        }
+    }
+
+    /// Packet `i` moved connection entry `idx` on (direction `dir`) as a plain ACK of an
+    /// established connection, the way `how` says.
+    #[inline(always)]
+    pub fn note_ct(&mut self, i: usize, idx: u32, dir: u8, how: Track) {
+        if let Some(r) = self.rec.get_mut(i) {
+            let n = r.nrefs as usize;
+            let dup = r.refs.iter().take(n).any(|x| x.0 == idx);
+            match r.refs.get_mut(n) {
+                Some(slot) if !dup => {
+                    *slot = (idx, dir, how);
+                    r.nrefs += 1;
+                }
+                _ => r.bad = true,
+            }
+        }
+    }
+
+    /// Packet `i` was counted as allowed by the firewall of `port`.
+    #[inline(always)]
+    pub fn note_fw(&mut self, i: usize, port: u16) {
+        if let Some(r) = self.rec.get_mut(i) {
+            match r.fw_ports.get_mut(r.nfw as usize) {
+                Some(slot) => {
+                    *slot = port;
+                    r.nfw += 1;
+                }
+                None => r.bad = true,
+            }
+        }
+    }
+
+    /// Packet `i` was forwarded by router `router` to an egress of MTU `mtu`, counted as
+    /// `routed` ([`ev`] bits).
+    #[inline(always)]
+    pub fn note_route(&mut self, i: usize, router: u16, mtu: u16, routed: u8) {
+        if let Some(r) = self.rec.get_mut(i) {
+            if r.router != NO_ROUTER {
+                r.bad = true;
+            }
+            r.router = router;
+            r.routed = routed;
+            r.mtu = mtu;
+        }
+    }
+}
+
+#[inline(always)]
+fn be16(d: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([d[at], d[at + 1]])
+}
+
+#[inline(always)]
+fn le64(d: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&d[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// A candidate's key: ingress port, network, source VTEP; MACs; ports; addresses.
+#[inline(always)]
+fn key_of(d: &[u8], in_port: u16, net: NetIdx, from_vtep: u16) -> [u64; 4] {
+    let w2 = u32::from_le_bytes([d[8], d[9], d[10], d[11]]) as u64
+        | (u32::from_le_bytes([d[34], d[35], d[36], d[37]]) as u64) << 32;
+    [
+        in_port as u64 | (net as u64) << 16 | (from_vtep as u64) << 32,
+        le64(d, 0),
+        w2,
+        le64(d, 26),
+    ]
+}
+
+#[inline(always)]
+fn bucket(k: &[u64; 4]) -> usize {
+    // Folded 64 x 64 -> 128-bit multiplies (as foldhash): every key bit reaches every bit of
+    // the result.
+    let mul = |a: u64, b: u64| {
+        let m = (a as u128).wrapping_mul(b as u128);
+        (m as u64) ^ ((m >> 64) as u64)
+    };
+    let a = mul(k[0] ^ 0x243f_6a88_85a3_08d3, k[1] ^ 0x1319_8a2e_0370_7344);
+    let b = mul(k[2] ^ 0xa409_3822_299f_31d0, k[3] ^ 0x082e_fa98_ec4e_6c89);
+    mul(a ^ 0x4528_21e6_38d0_1377, b ^ 0xbe54_66cf_34e9_0c6c) as usize & (BUCKETS - 1)
+}
+
+/// A connection entry's fingerprint: its key words and the policy version that admitted it.
+#[inline(always)]
+fn fingerprint(e: &super::conntrack::Entry) -> u64 {
+    let (a, m) = e.ident();
+    let x = (a ^ 0x243f_6a88_85a3_08d3) as u128 * (m ^ (e.policy as u64) << 7 | 1) as u128;
+    (x as u64) ^ ((x >> 64) as u64) ^ a
+}
+
+/// Folds a one's complement sum to 16 bits.
+#[inline(always)]
+fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// `csum` after words summing (one's complement) `delta` as `~old + new` changed (RFC 1624
+/// eqn. 3, all at once).
+#[inline(always)]
+fn adjust(csum: u16, delta: u16) -> u16 {
+    !fold(!csum as u32 + delta as u32)
+}
+
+/// A candidate: an IPv4 TCP plain ACK whose headers lie at fixed offsets.
+#[inline(always)]
+fn candidate(d: &[u8]) -> bool {
+    d.len() >= HDR
+        && d[12] == 0x08
+        && d[13] == 0x00
+        && d[14] == 0x45
+        && d[23] == 6
+        && be16(d, 20) & 0x3fff == 0
+        && d[47] & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK
+}
+
+/// The TCP segment of a candidate, as `flow::parse_into` reads it (straight from the frame:
+/// nothing is stored and read back on the way). `None`: lengths that do not add up.
+#[inline(always)]
+fn segment(d: &[u8]) -> Option<tcp::Segment> {
+    let tl = be16(d, 16) as usize;
+    if tl < 40 || tl > d.len() - 14 {
+        return None;
+    }
+    let doff = ((d[46] >> 4) as usize) * 4;
+    if doff < 20 || doff > tl - 20 {
+        return None;
+    }
+    let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
+    Some(tcp::Segment {
+        seq: be32(38),
+        ack: be32(42),
+        win: be16(d, 48),
+        flags: d[47],
+        len: (tl - 20 - doff) as u32,
+        // Never a SYN here: no window scale option is read.
+        wscale: 255,
+    })
+}
+
+/// Answers the packets of the batch its entries hold, and marks the other candidates for
+/// learning once the stages are done. In passes over the batch, so the loads of one packet
+/// overlap those of the others: keys (one line a bucket), then the slots found, then the
+/// connection entries they name, then the work.
+#[inline(never)]
+pub fn lookup<B: PacketBuf>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+) {
+    let fc = &mut s.flows;
+    fc.hits = 0;
+    fc.cand = 0;
+    // Pass 1: which packets may hit, their keys and buckets.
+    let mut cand = 0u32;
+    for i in 0..b.len {
+        if b.meta[i].next != Next::Continue {
+            continue;
+        }
+        let Some(p) = b.pkts[i].as_ref() else {
+            continue;
+        };
+        let d = p.data();
+        if !candidate(d) {
+            continue;
+        }
+        let m = &b.meta[i];
+        let key = key_of(d, b.in_port, m.network, m.from_vtep);
+        let bi = bucket(&key);
+        if let Some(k) = fc.keys.get(bi) {
+            vswitch_ffi::hint::prefetch(k);
+        }
+        fc.cand_keys[i] = key;
+        fc.bucket[i] = bi as u32;
+        cand |= 1 << i;
+    }
+    if cand == 0 {
+        return;
+    }
+    // Pass 2: the slot each key is in.
+    let mut w = cand;
+    while w != 0 {
+        let i = w.trailing_zeros() as usize;
+        w &= w - 1;
+        let bi = fc.bucket[i] as usize;
+        let key = &fc.cand_keys[i];
+        fc.found[i] = match fc.keys.get(bi) {
+            Some(k) if k.0[0] == *key => 2 * bi as u32,
+            Some(k) if k.0[1] == *key => 2 * bi as u32 + 1,
+            _ => NOT_FOUND,
+        };
+        if let Some(e) = fc.slots.get(fc.found[i] as usize) {
+            vswitch_ffi::hint::prefetch(e);
+            vswitch_ffi::hint::prefetch(
+                (e as *const Slot)
+                    .wrapping_add(1)
+                    .cast::<u8>()
+                    .wrapping_sub(64),
+            );
+        }
+    }
+    // Pass 3: the connection entries of the slots found.
+    let mut w = cand;
+    while w != 0 {
+        let i = w.trailing_zeros() as usize;
+        w &= w - 1;
+        if let Some(e) = fc.slots.get(fc.found[i] as usize) {
+            for r in &e.refs[..e.nrefs as usize] {
+                s.fw.ct.touch_entry(r.idx);
+            }
+        }
+    }
+    // Pass 4: hits.
+    let (l3_epoch, learn_epoch, now_ms, now) =
+        (s.l3neigh.epoch(), s.learn.epoch(), s.now_ms, s.fw.now);
+    let est_ttl = s.fw.ct.timeouts.tcp[state::ESTABLISHED as usize];
+    let mut tally = (NO_ROUTER, 0u64);
+    let mut routed = [0u64; 7];
+    let mut unicast = 0u64;
+    let mut w = cand;
+    while w != 0 {
+        let i = w.trailing_zeros() as usize;
+        w &= w - 1;
+        let Some(p) = b.pkts[i].as_mut() else {
+            continue;
+        };
+        let d = p.data();
+        let seg = segment(d);
+        let hit = seg
+            .zip(fc.slots.get(fc.found[i] as usize))
+            .and_then(|(seg, e)| {
+                if e.generation != t.generation
+                    || e.l3_epoch != l3_epoch
+                    || e.learn_epoch != learn_epoch
+                    || now_ms.wrapping_sub(e.born) >= MAX_AGE_MS
+                {
+                    return None;
+                }
+                // The router's checks a cached decision cannot skip.
+                if e.ttl_dec != 0
+                    && (d[22] <= e.ttl_dec
+                        || be16(d, 16) > e.mtu
+                        || !super::router::ipv4_sum20_ok(&d[14..34]))
+                {
+                    return None;
+                }
+                // Every entry moves on by this segment, or none does.
+                let mut next_tcp = [[TcpPeer::default(); 2]; REFS];
+                for (r, nt) in e.refs[..e.nrefs as usize].iter().zip(next_tcp.iter_mut()) {
+                    let ce = s.fw.ct.entry(r.idx)?;
+                    if fingerprint(ce) != r.fp
+                        || ce.state != state::ESTABLISHED
+                        || ce.flags & flag::ASSURED == 0
+                        || expired(ce.expires, now)
+                    {
+                        return None;
+                    }
+                    *nt = ce.tcp;
+                    let liberal = ce.flags & flag::LIBERAL != 0;
+                    let ok = match r.how {
+                        Track::Firewall => liberal || tcp::plain_ack_in_window(r.dir, nt, &seg),
+                        Track::Translation => matches!(
+                            tcp::track(state::ESTABLISHED, r.dir, nt, &seg, liberal),
+                            tcp::Verdict::Ok(state::ESTABLISHED)
+                        ),
+                    };
+                    if !ok {
+                        return None;
+                    }
+                }
+                Some((e, next_tcp))
+            });
+        let Some((e, next_tcp)) = hit else {
+            // Only a well-formed segment can be learnt from.
+            if seg.is_some() {
+                fc.stats.misses += 1;
+                fc.cand |= 1 << i;
+                fc.lens[i] = d.len() as u32;
+                fc.pre[i].copy_from_slice(&d[..HDR]);
+                fc.rec[i] = Rec::default();
+            }
+            continue;
+        };
+        // What the firewall's fast path and a translation's tracking do to an established
+        // entry: the new TCP tracking, the established deadline, the reply seen.
+        for (r, nt) in e.refs[..e.nrefs as usize].iter().zip(next_tcp) {
+            if let Some(ce) = s.fw.ct.entry_mut(r.idx) {
+                ce.tcp = nt;
+                ce.expires = now.wrapping_add(est_ttl);
+                ce.flags |= (r.dir & 1) * flag::SEEN_REPLY;
+            }
+        }
+        let d = p.data_mut();
+        if e.ttl_dec != 0 || e.ip_delta != 0 || e.l4_delta != 0 || d[..12] != e.post[..12] {
+            apply(d, e);
+        }
+        let m = &mut b.meta[i];
+        m.network = e.net;
+        m.next = e.next;
+        fc.hits |= 1 << i;
+        fc.stats.hits += 1;
+        unicast += 1;
+        for (k, n) in routed.iter_mut().enumerate() {
+            *n += (e.routed >> k & 1) as u64;
+        }
+        if e.router != NO_ROUTER {
+            if tally.0 != e.router {
+                flush_tally(s.router.as_ref(), tally);
+                tally = (e.router, 0);
+            }
+            tally.1 += 1;
+        }
+        for &port in &e.fw_ports[..e.nfw as usize] {
+            s.fw.count(port, true);
+        }
+    }
+    flush_tally(s.router.as_ref(), tally);
+    c.events[E::Unicast as usize] += unicast;
+    for (k, e) in [
+        E::Routed,
+        E::DvrMacOut,
+        E::ToSnat,
+        E::FipDnat,
+        E::FipSnat,
+        E::SnatIn,
+        E::SnatOut,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        c.events[e as usize] += routed[k];
+    }
+}
+
+fn flush_tally(rc: &crate::counters::RouterCounters, (router, n): (u16, u64)) {
+    if router != NO_ROUTER && n != 0 {
+        let mut what = [0u64; 4];
+        what[RouterStat::Routed as usize] = n;
+        rc.add(router, what);
+    }
+}
+
+/// The events a hit cannot repeat, summed: the stages may only be learnt from when this did
+/// not change while they ran.
+#[inline]
+pub fn unrepeatable(c: &BatchCounters) -> u64 {
+    let all: u64 = c.events.iter().sum();
+    all - REPEATABLE
+        .iter()
+        .map(|&e| c.events[e as usize])
+        .sum::<u64>()
+}
+
+/// Learns from the candidates of the batch the stages just decided (see the module
+/// documentation for when), `before` being [`unrepeatable`] before they ran.
+#[inline(never)]
+pub fn learn<B: PacketBuf>(
+    b: &Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    c: &BatchCounters,
+    before: u64,
+) {
+    let fc = &mut s.flows;
+    let mut cand = std::mem::take(&mut fc.cand);
+    if unrepeatable(c) != before {
+        return;
+    }
+    let (l3_epoch, learn_epoch, now_ms) = (s.l3neigh.epoch(), s.learn.epoch(), s.now_ms);
+    while cand != 0 {
+        let i = cand.trailing_zeros() as usize;
+        cand &= cand - 1;
+        let rec = fc.rec[i];
+        if rec.bad {
+            continue;
+        }
+        let next = b.meta[i].next;
+        match next {
+            Next::Output(p) if p != b.in_port => {}
+            Next::Tunnel(_) => {}
+            _ => continue,
+        }
+        let Some(p) = b.pkts[i].as_ref() else {
+            continue;
+        };
+        let post = p.data();
+        if post.len() != fc.lens[i] as usize || post.len() < HDR {
+            continue;
+        }
+        let Some(mut slot) = action(&fc.pre[i], post) else {
+            continue;
+        };
+        let routed_ok = (slot.ttl_dec != 0) == (rec.router != NO_ROUTER);
+        if !routed_ok {
+            continue;
+        }
+        let mut refs = [SlotRef::default(); REFS];
+        let mut ok = true;
+        for (r, &(idx, dir, how)) in refs.iter_mut().zip(&rec.refs[..rec.nrefs as usize]) {
+            match s.fw.ct.entry(idx) {
+                Some(e) if e.state == state::ESTABLISHED && e.flags & flag::ASSURED != 0 => {
+                    *r = SlotRef {
+                        fp: fingerprint(e),
+                        idx,
+                        dir,
+                        how,
+                    }
+                }
+                _ => ok = false,
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let key = fc.cand_keys[i];
+        slot.generation = t.generation;
+        slot.l3_epoch = l3_epoch;
+        slot.learn_epoch = learn_epoch;
+        slot.born = now_ms;
+        slot.refs = refs;
+        slot.nrefs = rec.nrefs;
+        slot.fw_ports = rec.fw_ports;
+        slot.nfw = rec.nfw;
+        slot.router = rec.router;
+        slot.routed = rec.routed;
+        slot.mtu = rec.mtu;
+        slot.net = b.meta[i].network;
+        slot.next = next;
+        let bi = fc.bucket[i] as usize;
+        let (Some(keys), Some(ways)) = (fc.keys.get_mut(bi), fc.slots.get_mut(2 * bi..2 * bi + 2))
+        else {
+            continue;
+        };
+        let live =
+            |e: &Slot| e.generation == t.generation && now_ms.wrapping_sub(e.born) < MAX_AGE_MS;
+        let w = keys
+            .0
+            .iter()
+            .position(|k| *k == key)
+            .or_else(|| ways.iter().position(|e| !live(e)))
+            .unwrap_or(usize::from(ways[1].born < ways[0].born));
+        keys.0[w] = key;
+        ways[w] = slot;
+        fc.stats.inserted += 1;
+    }
+}
+
+/// The rewrite that turns header `pre` into `post`: MACs, TTL, addresses and ports, with the
+/// checksum deltas, checked to reproduce `post` exactly from `pre`. `None`: the stages changed
+/// something else (or the checksums some other way).
+fn action(pre: &[u8; HDR], post: &[u8]) -> Option<Slot> {
+    let post: &[u8; HDR] = post.first_chunk()?;
+    let word = |h: &[u8; HDR], at: usize| be16(h, at) as u32;
+    let ttl_dec = pre[22].checked_sub(post[22])?;
+    // One's complement sums of `~old + new` over the words that changed.
+    let mut ip = 0u32;
+    let delta = |at: usize| {
+        let (old, new) = (word(pre, at), word(post, at));
+        if old == new {
+            0
+        } else {
+            (!old & 0xffff) + new
+        }
+    };
+    for at in [22, 26, 28, 30, 32] {
+        ip += delta(at);
+    }
+    let mut l4 = 0u32;
+    for at in [26, 28, 30, 32, 34, 36] {
+        l4 += delta(at);
+    }
+    let mut s = EMPTY;
+    s.ttl_dec = ttl_dec;
+    s.ip_delta = fold(ip);
+    s.l4_delta = fold(l4);
+    s.post[..12].copy_from_slice(&post[..12]);
+    s.post[12..].copy_from_slice(&post[26..38]);
+    // Replay on the header as it came.
+    let mut h = *pre;
+    apply(&mut h, &s);
+    (h == *post).then_some(s)
+}
+
+/// The rewrite of slot `e` on header `d`.
+#[inline(always)]
+fn apply(d: &mut [u8], e: &Slot) {
+    d[..12].copy_from_slice(&e.post[..12]);
+    d[26..38].copy_from_slice(&e.post[12..]);
+    d[22] = d[22].wrapping_sub(e.ttl_dec);
+    let ip = adjust(be16(d, 24), e.ip_delta);
+    d[24..26].copy_from_slice(&ip.to_be_bytes());
+    let l4 = adjust(be16(d, 50), e.l4_delta);
+    d[50..52].copy_from_slice(&l4.to_be_bytes());
+}
