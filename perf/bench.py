@@ -599,6 +599,12 @@ def run_ours(sc: Scenario, a, mem: str, run: int, changes: int = 0) -> Dict[str,
     polls = s1.get("busy_polls", 0) - s0.get("busy_polls", 0)
     if polls > 0:
         res["pkts_per_poll"] = round(rx / polls, 1)
+    # The flow cache in the window: hits, misses (the stages decided), entries learnt.
+    fc0, fc1 = s0.get("flow_cache", {}), s1.get("flow_cache", {})
+    fc = {k: fc1[k] - fc0.get(k, 0) for k in ("hits", "misses", "learnt") if k in fc1}
+    if fc.get("hits", 0) + fc.get("misses", 0) > 0:
+        fc["hit_pct"] = round(100 * fc["hits"] / (fc["hits"] + fc["misses"]), 1)
+        res["flow_cache"] = fc
     warnings = event_mismatches(events, rx, slack=1024 + rx // 10000,
                                 totals={n: 0 for n in sc.expect_events_per_flow})
     if sc.expect_events_by_input:
@@ -934,14 +940,16 @@ def bench_scenario(sc: Scenario, a, mem: str) -> Dict[str, object]:
                     else:
                         raise
                 rec["mpps"] = round(res["mpps"], 3)
-                for k in ("pkts_per_poll", "events", "conntrack", "drops", "driver", "warnings"):
+                for k in ("pkts_per_poll", "flow_cache", "events", "conntrack", "drops", "driver", "warnings"):
                     if k in res:
                         rec[k] = res[k]
             else:
                 res = run_testpmd(sc, a, mem, r, kind)
                 rec[f"testpmd_{kind}_mpps"] = round(res["mpps"], 3)
             print(f"  [{sc.name} run {r}/{a.runs}] {kind:<8} {res['mpps']:8.2f} Mpps  "
-                  f"({time.monotonic() - t:.1f}s)" + (f"  drops {res['drops']}" if res.get("drops") else "")
+                  f"({time.monotonic() - t:.1f}s)"
+                  + (f"  flow cache {res['flow_cache']['hit_pct']} % hits" if res.get("flow_cache") else "")
+                  + (f"  drops {res['drops']}" if res.get("drops") else "")
                   + (f"  driver {res['driver']}" if res.get("driver") else "")
                   + (f"  WARNING {res['warnings']}" if res.get("warnings") else ""), flush=True)
         if a.changes and "ours" in a.kinds:

@@ -206,6 +206,11 @@ pub struct HostConfig {
     /// Worker idle policy.
     #[serde(default)]
     pub idle: IdleConfig,
+    /// Each worker keeps an exact-match cache of what its stages decided for the packets of
+    /// established TCP connections (OVS-DPDK's EMC) and answers the next packets of the same
+    /// flow from it, with the same result. `false`: every packet goes through every stage.
+    #[serde(default = "default_true")]
+    pub flow_cache: bool,
     /// The DPDK ports.
     #[serde(default)]
     pub ports: Vec<PortConfig>,

@@ -433,6 +433,8 @@ pub struct CoreCounters {
     pub router: std::sync::Arc<RouterCounters>,
     /// The core's connection table.
     pub conntrack: ConntrackCounters,
+    /// The core's flow cache: [hits, misses, entries learnt].
+    pub flow_cache: [AtomicU64; 3],
 }
 
 /// Adds `d` to a single-writer counter without a locked instruction.
@@ -454,6 +456,7 @@ impl CoreCounters {
             tunnel: std::sync::Arc::new(TunnelCounters::default()),
             router: std::sync::Arc::new(RouterCounters::default()),
             conntrack: ConntrackCounters::default(),
+            flow_cache: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -490,6 +493,8 @@ pub struct Totals {
     pub conntrack: Vec<(String, u64)>,
     /// (allowed, dropped) by the security groups, per port.
     pub firewall: Vec<(u64, u64)>,
+    /// The flow caches summed over cores: hits, misses, entries learnt.
+    pub flow_cache: [u64; 3],
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -544,6 +549,9 @@ pub fn totals(cores: &[std::sync::Arc<CoreCounters>], n_ports: usize) -> Totals 
         for (f, pc) in t.firewall.iter_mut().zip(&c.ports) {
             f.0 += pc.fw_allowed.load(Relaxed);
             f.1 += pc.fw_dropped.load(Relaxed);
+        }
+        for (a, b) in t.flow_cache.iter_mut().zip(&c.flow_cache) {
+            *a += b.load(Relaxed);
         }
         let ct = &c.conntrack;
         let mut vals: Vec<(String, u64)> = vec![

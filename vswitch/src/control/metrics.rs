@@ -171,6 +171,9 @@ pub fn refresh(daemon: &Daemon) {
             counter!("vswitch_conntrack_total", "event" => name.clone()).absolute(*v);
         }
     }
+    for (kind, v) in ["hit", "miss", "learnt"].iter().zip(t.flow_cache) {
+        counter!("vswitch_flow_cache_total", "kind" => *kind).absolute(v);
+    }
     let tables = daemon.publisher().current();
     for (r, c) in tables.l3.routers.iter().zip(&t.routers) {
         for (kind, v) in ["routed", "local", "icmp_errors", "dropped"].iter().zip(c) {

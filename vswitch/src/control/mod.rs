@@ -220,6 +220,7 @@ impl Daemon {
                     &daemon.host.conntrack.timeouts,
                 ),
                 ct_evict: daemon.host.conntrack.evict_unestablished,
+                flow_cache: daemon.host.flow_cache,
                 workers: n_workers as u16,
                 inboxes: inboxes.clone(),
                 pool: pool.clone(),
@@ -530,6 +531,13 @@ pub fn render(
             out.push_str(&format!("conntrack states {}\n", states.join(", ")));
         }
     }
+    let [hits, misses, learnt] = t.flow_cache;
+    if hits + misses > 0 {
+        out.push_str(&format!(
+            "flow cache       hits {hits}, misses {misses} ({:.1} % hit), learnt {learnt}\n",
+            100.0 * hits as f64 / (hits + misses) as f64
+        ));
+    }
     let json = serde_json::json!({
         "ports": names.iter().zip(&t.ports).map(|(n, p)| serde_json::json!({
             "name": n, "rx_packets": p.rx_packets, "rx_bytes": p.rx_bytes,
@@ -555,6 +563,7 @@ pub fn render(
         "firewall": firewall.iter().map(|(n, (a, d))| serde_json::json!({
             "port": n, "allowed": a, "dropped": d,
         })).collect::<Vec<_>>(),
+        "flow_cache": {"hits": t.flow_cache[0], "misses": t.flow_cache[1], "learnt": t.flow_cache[2]},
         "busy_polls": t.busy_polls,
         "idle_polls": t.idle_polls,
         "generation": tables.generation,

@@ -621,3 +621,143 @@ fn a_moved_external_gateway_is_followed_at_once() {
     assert_eq!(&last[0..6], &mac(moved).0[..], "{:?}", h.c);
     assert_eq!(tcp_out(last).3, F1);
 }
+
+/// The flow cache answers established floating-IP connections exactly as the stages do, both
+/// ways (DNAT in, SNAT out, routing, the instance's connection tracking), and steps aside for
+/// what it cannot answer: a TTL that runs out (an ICMP error from the router), an RST, a FIN,
+/// new tables, the external gateway's MAC moving.
+#[test]
+fn floating_ip_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
+    let make = || {
+        let mut h = harness();
+        resolve_external_gateway(&mut h);
+        h
+    };
+    let mut tw = Twins::new(make);
+    let internet = Side {
+        port: UPLINK,
+        smac: INET_GW,
+        dmac: FG1,
+        vid: Some(101),
+        src: INET,
+        dst: F1,
+    };
+    let vm1 = Side {
+        port: VM1,
+        smac: M1,
+        dmac: GW1,
+        vid: None,
+        src: X1,
+        dst: INET,
+    };
+    let mut cv = Conversation::new(internet, vm1, 40);
+    let (syn, ack, psh) = (0x02, 0x10, 0x18);
+    for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
+        let (port, frames) = cv.all(from_server, flags, 0);
+        tw.rx(port, &frames);
+    }
+    for _ in 0..4 {
+        let (port, frames) = cv.all(false, psh, 100);
+        tw.rx(port, &frames);
+        let (port, frames) = cv.all(true, ack, 0);
+        tw.rx(port, &frames);
+    }
+    assert!(tw.hits() >= 3 * 2 * 40, "hits: {}", tw.hits());
+    assert_eq!(tw.cached.sink.on(VM1).len(), 40 * 6);
+    // Re-parsed, both ways: translated addresses, checksums right.
+    let last_in = tw.cached.sink.on(VM1).last().unwrap();
+    assert_eq!(
+        tcp_out(last_in),
+        (None, GW1.into(), M1.into(), INET, X1, 63)
+    );
+    let last_out = tw.cached.sink.on(UPLINK).last().unwrap();
+    assert_eq!(
+        tcp_out(last_out),
+        (Some(101), FG1.into(), INET_GW.into(), F1, INET, 63)
+    );
+    // A segment whose TTL runs out at the router: time exceeded, from the stages.
+    let icmp_before = tw.cached.c.count(E::IcmpErrorSent);
+    let f = cv.seg(0, false, ack, 0, 1);
+    tw.rx(UPLINK, &[f]);
+    assert_eq!(tw.cached.c.count(E::IcmpErrorSent), icmp_before + 1);
+    // An RST closes connection 1: its next segments are the stages' to refuse.
+    let f = cv.seg(1, false, 0x04 | ack, 0, 64);
+    tw.rx(UPLINK, &[f]);
+    let f = cv.seg(1, true, ack, 10, 64);
+    tw.rx(VM1, &[f]);
+    // A FIN from the instance on connection 2, the rest carry on from the cache.
+    let f = cv.seg(2, true, 0x01 | ack, 0, 64);
+    tw.rx(VM1, &[f]);
+    let hits = tw.hits();
+    let (port, frames) = cv.all(false, psh, 10);
+    tw.rx(port, &frames);
+    assert!(tw.hits() > hits);
+    // The external gateway's MAC moves: learnt from its ARP reply, followed at once.
+    let moved = "02:00:00:00:01:02";
+    tw.rx(UPLINK, &[arp101(moved, EXT_GW, FG1, FG_IP, true)]);
+    let (port, frames) = cv.all(true, ack, 0);
+    tw.rx(port, &frames);
+    let last = tw.cached.sink.on(UPLINK).last().unwrap();
+    assert_eq!(&last[0..6], &mac(moved).0[..]);
+    // New tables without the floating IP: its connections are cut, by the stages.
+    let state = STATE.replace(
+        "- {id: fip1, floating_ip_address: 203.0.113.17, floating_network_id: ext, port_id: p1, router_id: r1}",
+        "- {id: fip1, floating_ip_address: 203.0.113.17, floating_network_id: ext}",
+    );
+    tw.set_tables(|| tables_with(&state));
+    let hits = tw.hits();
+    let (port, frames) = cv.all(true, ack, 0);
+    tw.rx(port, &frames);
+    assert_eq!(
+        tw.hits(),
+        hits,
+        "nothing from the cache after a new generation"
+    );
+    assert!(tw.cached.c.dropped(D::FirewallRevoked) > 0);
+}
+
+/// Two instances of one host, both with a stateful group: each packet of an established
+/// connection is checked in the sender's zone and in the receiver's; the flow cache does both
+/// as the stages do, and an out-of-window segment is the stages' to drop.
+#[test]
+fn east_west_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
+    let mut tw = Twins::new(harness);
+    let vm2 = Side {
+        port: VM2,
+        smac: M2,
+        dmac: M1,
+        vid: None,
+        src: X2,
+        dst: X1,
+    };
+    let vm1 = Side {
+        port: VM1,
+        smac: M1,
+        dmac: M2,
+        vid: None,
+        src: X1,
+        dst: X2,
+    };
+    let mut cv = Conversation::new(vm2, vm1, 40);
+    let (syn, ack, psh) = (0x02, 0x10, 0x18);
+    for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
+        let (port, frames) = cv.all(from_server, flags, 0);
+        tw.rx(port, &frames);
+    }
+    for _ in 0..3 {
+        let (port, frames) = cv.all(false, psh, 200);
+        tw.rx(port, &frames);
+        let (port, frames) = cv.all(true, ack, 0);
+        tw.rx(port, &frames);
+    }
+    assert!(tw.hits() >= 2 * 2 * 40, "hits: {}", tw.hits());
+    // An out-of-window segment: dropped as invalid, by the stages, in both twins.
+    let mut bad = cv.seg(3, false, ack, 0, 64);
+    bad[38] ^= 0x80;
+    // (the TCP checksum does not matter to the switch; the sequence number does)
+    let invalid = tw.cached.c.dropped(D::ConntrackInvalid);
+    tw.rx(VM2, &[bad]);
+    assert_eq!(tw.cached.c.dropped(D::ConntrackInvalid), invalid + 1);
+    let (port, frames) = cv.all(false, psh, 20);
+    tw.rx(port, &frames);
+}

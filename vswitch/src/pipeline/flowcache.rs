@@ -740,3 +740,81 @@ fn apply(d: &mut [u8], e: &Slot) {
     let l4 = adjust(be16(d, 50), e.l4_delta);
     d[50..52].copy_from_slice(&l4.to_be_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::ipv4::Ipv4Packet;
+    use crate::pipeline::nat::{self, Field};
+    use crate::pipeline::testutil::tcp4;
+    use proptest::prelude::*;
+
+    /// What the router does to a floating-IP (or SNAT) packet: addresses, a port, TTL, MACs.
+    fn stages(f: &mut [u8], new_dst: u32, new_src: u32, new_port: u16) {
+        assert!(nat::rewrite(f, 14, Field::Dst, new_dst));
+        assert!(nat::rewrite(f, 14, Field::Src, new_src));
+        assert!(nat::rewrite_port(f, 14, Field::Src, new_port));
+        Ipv4Packet::new_checked(&mut f[14..])
+            .unwrap()
+            .decrement_ttl();
+        f[..12].copy_from_slice(&[2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 8]);
+    }
+
+    proptest! {
+        /// The rewrite learnt from one packet of a flow, applied to any other packet of it
+        /// (other sequence numbers, payload, TTL, identification), gives exactly what the
+        /// stages' own rewrites give: the checksum deltas are the flow's, not the packet's.
+        #[test]
+        fn the_rewrite_learnt_from_one_packet_fits_every_packet_of_the_flow(
+            seq in any::<u32>(), ack in any::<u32>(), len in 0usize..64, ttl in 2u8..=255,
+            seq2 in any::<u32>(), ack2 in any::<u32>(), len2 in 0usize..64, ttl2 in 2u8..=255,
+            id in any::<u16>(), new_dst in any::<u32>(), new_src in any::<u32>(),
+            new_port in any::<u16>(), sport in any::<u16>(),
+        ) {
+            let frame = |seq, ack, len, ttl, id: u16| {
+                let mut f = tcp4(
+                    "fa:16:3e:00:00:01", "fa:16:3e:aa:00:01", None,
+                    ([198, 51, 100, 4], [100, 64, 0, 9]), (sport, 5001), (seq, ack), 0x18, len, ttl,
+                );
+                f[18..20].copy_from_slice(&id.to_be_bytes());
+                Ipv4Packet::new_checked(&mut f[14..]).unwrap().fill_checksum();
+                f
+            };
+            let first = frame(seq, ack, len, ttl, id);
+            let mut post = first.clone();
+            stages(&mut post, new_dst, new_src, new_port);
+            let pre: [u8; HDR] = *first.first_chunk().unwrap();
+            let e = action(&pre, &post).expect("the stages' rewrite is one the cache can repeat");
+            prop_assert_eq!(e.ttl_dec, 1);
+            let mut other = frame(seq2, ack2, len2, ttl2, id.wrapping_add(1));
+            let mut want = other.clone();
+            stages(&mut want, new_dst, new_src, new_port);
+            apply(&mut other, &e);
+            prop_assert_eq!(other, want);
+        }
+    }
+
+    /// A header the stages changed beyond what the cache rewrites (here the IP
+    /// identification) is not learnt.
+    #[test]
+    fn a_rewrite_the_cache_cannot_repeat_is_not_learnt() {
+        let f = tcp4(
+            "fa:16:3e:00:00:01",
+            "fa:16:3e:aa:00:01",
+            None,
+            ([198, 51, 100, 4], [100, 64, 0, 9]),
+            (40000, 5001),
+            (1, 1),
+            0x10,
+            0,
+            64,
+        );
+        let pre: [u8; HDR] = *f.first_chunk().unwrap();
+        let mut post = f.clone();
+        post[19] ^= 1;
+        assert!(action(&pre, &post).is_none());
+        // Nothing changed at all: the rewrite is empty (deltas zero, nothing to do).
+        let e = action(&pre, &f).unwrap();
+        assert_eq!((e.ttl_dec, e.ip_delta, e.l4_delta), (0, 0, 0));
+    }
+}

@@ -553,3 +553,55 @@ fn ipv6_is_routed_by_the_network_node_not_translated() {
         (v6(inet), v6(x), 59)
     );
 }
+
+/// The flow cache answers established SNAT connections exactly as the stages do, both ways
+/// (out of the overlay translated to the gateway address and a port of its own, back
+/// translated and encapsulated to the instance's host), and leaves the rest to them.
+#[test]
+fn snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
+    let mut tw = Twins::new(|| harness([1024, 65535]));
+    let instance = Side {
+        port: OVERLAY,
+        smac: DVR1,
+        dmac: SNAT1,
+        vid: None,
+        src: X1,
+        dst: INET,
+    };
+    let server = Side {
+        port: UPLINK,
+        smac: INET_GW,
+        dmac: QG1,
+        vid: Some(101),
+        src: INET,
+        dst: G,
+    };
+    let mut cv = Conversation::new(instance, server, 40);
+    let (syn, ack, psh) = (0x02, 0x10, 0x18);
+    let rx = |tw: &mut Twins, (port, frames): (u16, Vec<Vec<u8>>)| {
+        let frames: Vec<Vec<u8>> = if port == OVERLAY {
+            frames.iter().map(|f| from_compute1(f)).collect()
+        } else {
+            frames
+        };
+        tw.rx(port, &frames);
+    };
+    rx(&mut tw, cv.all(false, syn, 0));
+    // The ports the router chose, as the server sees them.
+    let out = tw.cached.sink.on(UPLINK);
+    cv.seen_ports = out[out.len() - 40..].iter().map(|f| tcp4(f).1).collect();
+    rx(&mut tw, cv.all(true, syn | ack, 0));
+    rx(&mut tw, cv.all(false, ack, 0));
+    for _ in 0..4 {
+        rx(&mut tw, cv.all(false, psh, 100));
+        rx(&mut tw, cv.all(true, ack, 0));
+    }
+    assert!(tw.hits() >= 3 * 2 * 40, "hits: {}", tw.hits());
+    let last = tw.cached.sink.on(UPLINK).last().unwrap();
+    assert_eq!(tcp4(last), (G, cv.seen_ports[39], INET, 5001));
+    // FIN from the server on connection 5: the stages see it; the rest carry on.
+    let f = cv.seg(5, true, 0x01 | ack, 0, 64);
+    tw.rx(UPLINK, &[f]);
+    rx(&mut tw, cv.all(false, psh, 10));
+    rx(&mut tw, cv.all(true, ack, 0));
+}

@@ -358,3 +358,215 @@ pub fn arp(src: &str, sha: &str, spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     b.write(&mut out).unwrap();
     out
 }
+
+/// A TCP/IPv4 segment: `flags` as TCP's flag byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08,
+/// ACK 0x10; the acknowledgment number is `ack` when ACK is set), `payload` bytes of data,
+/// tagged with `vid` if given.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp4(
+    smac: &str,
+    dmac: &str,
+    vid: Option<u16>,
+    (src, dst): ([u8; 4], [u8; 4]),
+    (sport, dport): (u16, u16),
+    (seq, ack): (u32, u32),
+    flags: u8,
+    payload: usize,
+    ttl: u8,
+) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(smac).0, mac(dmac).0);
+    let data = vec![0x5au8; payload];
+    let mut out = Vec::new();
+    let ip = match vid {
+        Some(v) => b
+            .single_vlan(etherparse::VlanId::try_new(v).unwrap())
+            .ipv4(src, dst, ttl),
+        None => b.ipv4(src, dst, ttl),
+    };
+    let mut t = ip.tcp(sport, dport, seq, 64240);
+    if flags & 0x01 != 0 {
+        t = t.fin();
+    }
+    if flags & 0x02 != 0 {
+        t = t.syn();
+    }
+    if flags & 0x04 != 0 {
+        t = t.rst();
+    }
+    if flags & 0x08 != 0 {
+        t = t.psh();
+    }
+    if flags & 0x10 != 0 {
+        t = t.ack(ack);
+    }
+    t.write(&mut out, &data).unwrap();
+    out
+}
+
+/// One side of TCP connections as its own port sees them: where it sends from and to.
+#[derive(Clone, Copy)]
+pub struct Side<'a> {
+    pub port: u16,
+    pub smac: &'a str,
+    pub dmac: &'a str,
+    pub vid: Option<u16>,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+/// Frames of `n` connections (client ports 40000 + k to server port 5001) for a scripted
+/// conversation, tracking both sides' sequence numbers.
+pub struct Conversation<'a> {
+    pub client: Side<'a>,
+    pub server: Side<'a>,
+    pub n: u16,
+    /// The client port the server sees for each connection (a SNAT router translates it):
+    /// 40000 + k unless set.
+    pub seen_ports: Vec<u16>,
+    seq: Vec<[u32; 2]>,
+}
+
+impl<'a> Conversation<'a> {
+    pub fn new(client: Side<'a>, server: Side<'a>, n: u16) -> Self {
+        Self {
+            client,
+            server,
+            n,
+            seen_ports: (0..n).map(|k| 40000 + k).collect(),
+            seq: (0..n as u32)
+                .map(|k| [1000 + k * 7919, 500_000 + k * 104_729])
+                .collect(),
+        }
+    }
+
+    /// One segment of connection `k` from the client (`from_server` false) or the server,
+    /// with `flags`, `payload` bytes and `ttl`; sequence numbers advance by what it takes.
+    pub fn seg(
+        &mut self,
+        k: u16,
+        from_server: bool,
+        flags: u8,
+        payload: usize,
+        ttl: u8,
+    ) -> Vec<u8> {
+        let s = if from_server {
+            self.server
+        } else {
+            self.client
+        };
+        let (me, peer) = (from_server as usize, !from_server as usize);
+        let [seq, ack] = [self.seq[k as usize][me], self.seq[k as usize][peer]];
+        let ports = if from_server {
+            (5001, self.seen_ports[k as usize])
+        } else {
+            (40000 + k, 5001)
+        };
+        let f = tcp4(
+            s.smac,
+            s.dmac,
+            s.vid,
+            (s.src, s.dst),
+            ports,
+            (seq, ack),
+            flags,
+            payload,
+            ttl,
+        );
+        let used = payload as u32 + (flags & 0x03 != 0) as u32;
+        self.seq[k as usize][me] = seq.wrapping_add(used);
+        f
+    }
+
+    /// The same segment for every connection.
+    pub fn all(&mut self, from_server: bool, flags: u8, payload: usize) -> (u16, Vec<Vec<u8>>) {
+        let port = if from_server {
+            self.server.port
+        } else {
+            self.client.port
+        };
+        (
+            port,
+            (0..self.n)
+                .map(|k| self.seg(k, from_server, flags, payload, 64))
+                .collect(),
+        )
+    }
+}
+
+/// Two harnesses on the same tables, one with the flow cache and one without, fed the same
+/// frames: everything they send and count must be the same, step after step.
+pub struct Twins {
+    pub cached: Harness,
+    pub staged: Harness,
+}
+
+impl Twins {
+    pub fn new(make: impl Fn() -> Harness) -> Self {
+        let cached = make();
+        let mut staged = make();
+        staged.s.flows.enabled = false;
+        assert!(cached.s.flows.enabled, "the flow cache is on by default");
+        Self { cached, staged }
+    }
+
+    /// Both receive `frames` on `port`; then both must have sent and counted the same.
+    #[track_caller]
+    pub fn rx(&mut self, port: u16, frames: &[Vec<u8>]) {
+        self.cached.rx(port, frames);
+        self.staged.rx(port, frames);
+        self.assert_same();
+    }
+
+    #[track_caller]
+    pub fn assert_same(&self) {
+        let (a, b) = (&self.cached, &self.staged);
+        assert_eq!(a.sink.sent, b.sink.sent, "frames sent");
+        assert_eq!(a.c.drops, b.c.drops, "drops");
+        assert_eq!(a.c.events, b.c.events, "events");
+        assert_eq!(a.rx_bytes, b.rx_bytes, "bytes received");
+        assert_eq!(
+            a.s.fw.per_port, b.s.fw.per_port,
+            "firewall counters per port"
+        );
+        assert_eq!(a.s.fw.ct.len(), b.s.fw.ct.len(), "connections");
+        assert_eq!(
+            a.s.fw.ct.by_state, b.s.fw.ct.by_state,
+            "connections by state"
+        );
+        assert_eq!(a.s.fw.ct.stats, b.s.fw.ct.stats, "conntrack counters");
+        // Every connection in the same state, with the same TCP tracking and deadline.
+        let conns = |h: &Harness| {
+            let mut v: Vec<_> =
+                h.s.fw
+                    .ct
+                    .iter()
+                    .map(|(_, k, e)| (format!("{k}"), e.state, e.flags, e.tcp, e.expires, e.nat))
+                    .collect();
+            v.sort_by(|x, y| x.0.cmp(&y.0));
+            v
+        };
+        assert_eq!(conns(a), conns(b), "connections");
+        let routers = |h: &Harness| -> Vec<[u64; 4]> {
+            h.s.router
+                .c
+                .iter()
+                .map(|r| std::array::from_fn(|i| r[i].load(std::sync::atomic::Ordering::Relaxed)))
+                .collect()
+        };
+        assert_eq!(routers(a), routers(b), "router counters");
+    }
+
+    /// Packets the cached twin answered from its flow cache so far.
+    pub fn hits(&self) -> u64 {
+        self.cached.s.flows.stats.hits
+    }
+
+    /// Both get new tables (the next generation).
+    pub fn set_tables(&mut self, make: impl Fn() -> Tables) {
+        for h in [&mut self.cached, &mut self.staged] {
+            let generation = h.t.generation + 1;
+            h.t = make();
+            h.t.generation = generation;
+        }
+    }
+}

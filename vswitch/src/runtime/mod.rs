@@ -82,6 +82,8 @@ pub struct Worker {
     pub ct_capacity: usize,
     pub ct_timeouts: crate::pipeline::conntrack::Timeouts,
     pub ct_evict: bool,
+    /// Whether the worker answers established flows from its flow cache.
+    pub flow_cache: bool,
     /// How many workers share connections (by a symmetric hash of the 5-tuple).
     pub workers: u16,
     /// Every worker's hand-off ring; this worker reads its own (`index`).
@@ -130,6 +132,7 @@ impl Worker {
             "conntrack table allocated"
         );
         state.fw.per_port = vec![[0; 2]; n_ports];
+        state.flows.enabled = self.flow_cache;
         let mut fw_folded = vec![[0u64; 2]; n_ports];
         let mut batch: Batch<Mbuf> = Batch::default();
         let mut txb: TxBuffers<Mbuf> = TxBuffers::new(n_ports);
@@ -355,6 +358,15 @@ impl Worker {
     /// Publishes the connection table's figures and the per-port firewall counts.
     fn fold_fw(&self, state: &CoreState, folded: &mut [[u64; 2]]) {
         self.counters.conntrack.store(&state.fw.ct);
+        let fc = &state.flows.stats;
+        for (a, v) in self
+            .counters
+            .flow_cache
+            .iter()
+            .zip([fc.hits, fc.misses, fc.inserted])
+        {
+            a.store(v, Ordering::Relaxed);
+        }
         for (i, (now, was)) in state.fw.per_port.iter().zip(folded.iter_mut()).enumerate() {
             if now != was {
                 let pc = &self.counters.ports[i];
