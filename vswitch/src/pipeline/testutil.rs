@@ -105,7 +105,12 @@ pub fn tables_from(host: &str, state: &str, port_macs: &[MacAddr]) -> Tables {
     open_security_group(&mut state);
     let cross = vswitch_config::validate_for_host(&host, &state);
     assert!(cross.is_empty(), "{cross:?}");
-    compile(&host, &state, 1, port_macs)
+    // Every compile is a new generation, as the control plane publishes them: decisions the
+    // cores keep per generation (the route cache, the flow cache) never outlive their tables
+    // when a test swaps them.
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    compile(&host, &state, generation, port_macs)
 }
 
 /// The switching and routing fixtures are about forwarding, not filtering: when a fixture

@@ -81,7 +81,9 @@ mod tests {
     #[test]
     fn publish_swaps_whole_and_frees_only_after_every_core_moved_on() {
         let cores: Vec<_> = (0..2).map(|i| Arc::new(CoreCounters::new(i, 6))).collect();
-        let p = Arc::new(Publisher::new(tables(), cores.clone()));
+        let mut first = tables();
+        first.generation = 1;
+        let p = Arc::new(Publisher::new(first, cores.clone()));
         let shared = p.shared();
         let stop = Arc::new(AtomicBool::new(false));
         // Two "workers": load, check the generation is whole, bump the epoch.
