@@ -63,11 +63,8 @@ pub mod ev {
     pub const SNAT_OUT: u8 = 64;
 }
 
-/// The events a hit repeats (from its entry) or that only concern packets never cached:
-/// any other event counted while the stages ran a batch keeps the cache from learning from it.
-const REPEATABLE: [E; 9] = [
-    E::Unicast,
-    E::Flooded,
+/// The router's events, in the order of the [`ev`] bits.
+const ROUTER_EVENTS: [E; 7] = [
     E::Routed,
     E::DvrMacOut,
     E::ToSnat,
@@ -76,6 +73,11 @@ const REPEATABLE: [E; 9] = [
     E::SnatIn,
     E::SnatOut,
 ];
+
+/// The events a hit repeats (from its entry: these and [`ROUTER_EVENTS`]) or that only
+/// concern packets never cached: any other event counted while the stages ran a batch keeps
+/// the cache from learning from it.
+const REPEATABLE: [E; 2] = [E::Unicast, E::Flooded];
 
 /// How a hit moves a connection entry on: as the firewall's fast path does (window checks
 /// unless the entry is liberal), or as a router's translation (liberal TCP tracking).
@@ -564,19 +566,8 @@ pub fn lookup<B: PacketBuf>(
     }
     flush_tally(s.router.as_ref(), tally);
     c.events[E::Unicast as usize] += unicast;
-    for (k, e) in [
-        E::Routed,
-        E::DvrMacOut,
-        E::ToSnat,
-        E::FipDnat,
-        E::FipSnat,
-        E::SnatIn,
-        E::SnatOut,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        c.events[e as usize] += routed[k];
+    for (e, n) in ROUTER_EVENTS.into_iter().zip(routed) {
+        c.events[e as usize] += n;
     }
 }
 
@@ -595,6 +586,7 @@ pub fn unrepeatable(c: &BatchCounters) -> u64 {
     let all: u64 = c.events.iter().sum();
     all - REPEATABLE
         .iter()
+        .chain(&ROUTER_EVENTS)
         .map(|&e| c.events[e as usize])
         .sum::<u64>()
 }
