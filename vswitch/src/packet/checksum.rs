@@ -30,6 +30,21 @@ pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
     !(s as u16)
 }
 
+/// Folds a one's complement sum to 16 bits.
+#[inline(always)]
+pub fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// RFC 1624 eqn. 3 for several words at once: `csum` after words whose `~old + new` sum (one's
+/// complement, folded) is `delta` changed ([`update16`] for one word).
+#[inline(always)]
+pub fn adjust(csum: u16, delta: u16) -> u16 {
+    !fold(!csum as u32 + delta as u32)
+}
+
 /// Pseudo-header sum for IPv4 TCP/UDP checksums.
 pub fn pseudo_v4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
     let mut s = sum(&src, 0);

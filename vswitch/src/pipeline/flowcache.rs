@@ -32,7 +32,8 @@
 use super::conntrack::{expired, flag, state, tcp, TcpPeer};
 use super::{Batch, CoreState, Next, BURST};
 use crate::counters::{BatchCounters, Event as E, RouterStat};
-use crate::packet::PacketBuf;
+use crate::packet::checksum::{adjust, fold};
+use crate::packet::{be16, put_be16, PacketBuf};
 use crate::tables::{NetIdx, Tables};
 
 /// Header bytes the cache reads and rewrites: Ethernet, a 20-byte IPv4 header, 20 bytes of
@@ -156,6 +157,9 @@ struct Slot {
     nrefs: u8,
     nfw: u8,
 }
+
+// A slot is two cache lines, both prefetched before use.
+const _: () = assert!(std::mem::size_of::<Slot>() == 128);
 
 const EMPTY: Slot = Slot {
     generation: u64::MAX,
@@ -291,11 +295,6 @@ impl FlowCache {
 }
 
 #[inline(always)]
-fn be16(d: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([d[at], d[at + 1]])
-}
-
-#[inline(always)]
 fn le64(d: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&d[at..at + 8]);
@@ -334,21 +333,6 @@ fn fingerprint(e: &super::conntrack::Entry) -> u64 {
     let (a, m) = e.ident();
     let x = (a ^ 0x243f_6a88_85a3_08d3) as u128 * (m ^ (e.policy as u64) << 7 | 1) as u128;
     (x as u64) ^ ((x >> 64) as u64) ^ a
-}
-
-/// Folds a one's complement sum to 16 bits.
-#[inline(always)]
-fn fold(mut s: u32) -> u16 {
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s as u16
-}
-
-/// `csum` after words summing (one's complement) `delta` as `~old + new` changed (RFC 1624
-/// eqn. 3, all at once).
-#[inline(always)]
-fn adjust(csum: u16, delta: u16) -> u16 {
-    !fold(!csum as u32 + delta as u32)
 }
 
 /// A candidate: an IPv4 TCP plain ACK whose headers lie at fixed offsets.
@@ -440,13 +424,9 @@ pub fn lookup<B: PacketBuf>(
             _ => NOT_FOUND,
         };
         if let Some(e) = fc.slots.get(fc.found[i] as usize) {
+            // Both of its lines.
             vswitch_ffi::hint::prefetch(e);
-            vswitch_ffi::hint::prefetch(
-                (e as *const Slot)
-                    .wrapping_add(1)
-                    .cast::<u8>()
-                    .wrapping_sub(64),
-            );
+            vswitch_ffi::hint::prefetch((e as *const Slot).cast::<u8>().wrapping_add(64));
         }
     }
     // Pass 3: the connection entries of the slots found.
@@ -727,10 +707,8 @@ fn apply(d: &mut [u8], e: &Slot) {
     d[..12].copy_from_slice(&e.post[..12]);
     d[26..38].copy_from_slice(&e.post[12..]);
     d[22] = d[22].wrapping_sub(e.ttl_dec);
-    let ip = adjust(be16(d, 24), e.ip_delta);
-    d[24..26].copy_from_slice(&ip.to_be_bytes());
-    let l4 = adjust(be16(d, 50), e.l4_delta);
-    d[50..52].copy_from_slice(&l4.to_be_bytes());
+    put_be16(d, 24, adjust(be16(d, 24), e.ip_delta));
+    put_be16(d, 50, adjust(be16(d, 50), e.l4_delta));
 }
 
 #[cfg(test)]
