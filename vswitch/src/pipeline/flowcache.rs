@@ -35,6 +35,7 @@ use crate::counters::{BatchCounters, Event as E, RouterStat};
 use crate::packet::checksum::{adjust, fold};
 use crate::packet::{be16, put_be16, PacketBuf};
 use crate::tables::{NetIdx, Tables};
+use vswitch_ffi::hugemem::HugeSlice;
 
 /// Header bytes the cache reads and rewrites: Ethernet, a 20-byte IPv4 header, 20 bytes of
 /// TCP header.
@@ -199,12 +200,17 @@ pub struct FlowCacheStats {
 #[derive(Debug)]
 pub struct FlowCache {
     pub enabled: bool,
-    keys: Box<[Keys]>,
-    slots: Box<[Slot]>,
+    /// On huge pages: every packet reads a key line and a slot at random.
+    keys: HugeSlice<Keys>,
+    slots: HugeSlice<Slot>,
     /// Packets of the batch in flight the cache answered (bit `i`: packet `i`).
     pub hits: u32,
     /// Packets that missed and may be learnt from once the stages are done.
     pub cand: u32,
+    /// Whether the lookup left nothing for the stages after it: every packet of the batch
+    /// was answered by the cache or had already been settled (dropped, or bound for a
+    /// reply or a tunnel) before it.
+    pub settled: bool,
     /// Their keys, headers as they came and lengths.
     cand_keys: [[u64; 4]; BURST],
     /// The bucket of each candidate of the batch in flight, and the slot it found.
@@ -226,10 +232,11 @@ impl FlowCache {
     pub fn new(enabled: bool) -> Self {
         FlowCache {
             enabled,
-            keys: vec![Keys([[0; 4]; 2]); BUCKETS].into_boxed_slice(),
-            slots: vec![EMPTY; 2 * BUCKETS].into_boxed_slice(),
+            keys: HugeSlice::on_huge_pages(BUCKETS, Keys([[0; 4]; 2])),
+            slots: HugeSlice::new(2 * BUCKETS, EMPTY),
             hits: 0,
             cand: 0,
+            settled: false,
             cand_keys: [[0; 4]; BURST],
             bucket: [0; BURST],
             found: [NOT_FOUND; BURST],
@@ -385,11 +392,19 @@ pub fn lookup<B: PacketBuf>(
     let fc = &mut s.flows;
     fc.hits = 0;
     fc.cand = 0;
-    // Pass 1: which packets may hit, their keys and buckets.
+    fc.settled = false;
+    // Pass 1: which packets may hit, their keys and buckets; which ones the later stages
+    // would look at (they act on packets still going, routed or bound for a port).
     let mut cand = 0u32;
+    let mut busy = 0u32;
     for i in 0..b.len {
-        if b.meta[i].next != Next::Continue {
-            continue;
+        match b.meta[i].next {
+            Next::Continue => busy |= 1 << i,
+            Next::Output(_) | Next::Route(_) => {
+                busy |= 1 << i;
+                continue;
+            }
+            _ => continue,
         }
         let Some(p) = b.pkts[i].as_ref() else {
             continue;
@@ -458,49 +473,19 @@ pub fn lookup<B: PacketBuf>(
         let seg = segment(d);
         let hit = seg
             .zip(fc.slots.get(fc.found[i] as usize))
-            .and_then(|(seg, e)| {
-                if e.generation != t.generation
-                    || e.l3_epoch != l3_epoch
-                    || e.learn_epoch != learn_epoch
-                    || now_ms.wrapping_sub(e.born) >= MAX_AGE_MS
-                {
-                    return None;
-                }
-                // The router's checks a cached decision cannot skip.
-                if e.ttl_dec != 0
-                    && (d[22] <= e.ttl_dec
-                        || be16(d, 16) > e.mtu
-                        || !super::router::ipv4_sum20_ok(&d[14..34]))
-                {
-                    return None;
-                }
-                // Every entry moves on by this segment, or none does.
-                let mut next_tcp = [[TcpPeer::default(); 2]; REFS];
-                for (r, nt) in e.refs[..e.nrefs as usize].iter().zip(next_tcp.iter_mut()) {
-                    let ce = s.fw.ct.entry(r.idx)?;
-                    if fingerprint(ce) != r.fp
-                        || ce.state != state::ESTABLISHED
-                        || ce.flags & flag::ASSURED == 0
-                        || expired(ce.expires, now)
-                    {
-                        return None;
-                    }
-                    *nt = ce.tcp;
-                    let liberal = ce.flags & flag::LIBERAL != 0;
-                    let ok = match r.how {
-                        Track::Firewall => liberal || tcp::plain_ack_in_window(r.dir, nt, &seg),
-                        Track::Translation => matches!(
-                            tcp::track(state::ESTABLISHED, r.dir, nt, &seg, liberal),
-                            tcp::Verdict::Ok(state::ESTABLISHED)
-                        ),
-                    };
-                    if !ok {
-                        return None;
-                    }
-                }
-                Some((e, next_tcp))
+            .filter(|(seg, e)| {
+                e.generation == t.generation
+                    && e.l3_epoch == l3_epoch
+                    && e.learn_epoch == learn_epoch
+                    && now_ms.wrapping_sub(e.born) < MAX_AGE_MS
+                    // The router's checks a cached decision cannot skip.
+                    && (e.ttl_dec == 0
+                        || (d[22] > e.ttl_dec
+                            && be16(d, 16) <= e.mtu
+                            && super::router::ipv4_sum20_ok(&d[14..34])))
+                    && track_all(e, seg, &mut s.fw.ct, now, est_ttl)
             });
-        let Some((e, next_tcp)) = hit else {
+        let Some((_, e)) = hit else {
             // Only a well-formed segment can be learnt from.
             if seg.is_some() {
                 fc.stats.misses += 1;
@@ -511,15 +496,6 @@ pub fn lookup<B: PacketBuf>(
             }
             continue;
         };
-        // What the firewall's fast path and a translation's tracking do to an established
-        // entry: the new TCP tracking, the established deadline, the reply seen.
-        for (r, nt) in e.refs[..e.nrefs as usize].iter().zip(next_tcp) {
-            if let Some(ce) = s.fw.ct.entry_mut(r.idx) {
-                ce.tcp = nt;
-                ce.expires = now.wrapping_add(est_ttl);
-                ce.flags |= (r.dir & 1) * flag::SEEN_REPLY;
-            }
-        }
         let d = p.data_mut();
         if e.ttl_dec != 0 || e.ip_delta != 0 || e.l4_delta != 0 || d[..12] != e.post[..12] {
             apply(d, e);
@@ -545,10 +521,90 @@ pub fn lookup<B: PacketBuf>(
         }
     }
     flush_tally(s.router.as_ref(), tally);
+    fc.settled = busy & !fc.hits == 0;
     c.events[E::Unicast as usize] += unicast;
     for (e, n) in ROUTER_EVENTS.into_iter().zip(routed) {
         c.events[e as usize] += n;
     }
+}
+
+/// Moves every connection entry of slot `e` on by `seg`, as the firewall's fast path (or a
+/// translation's tracking) would: the TCP window, the established deadline, the reply seen.
+/// All of them or none: false, with every entry as it was, when one of them no longer holds
+/// the connection it held, is not established and assured, or the segment is out of its
+/// window.
+///
+/// Each entry is changed in place as it passes and put back if a later one fails (rare),
+/// rather than the new windows being gathered first and copied in after: a copy of values
+/// just stored, read back at once, stalls the core on store-to-load forwarding.
+#[inline(always)]
+fn track_all(
+    e: &Slot,
+    seg: &tcp::Segment,
+    ct: &mut super::conntrack::Conntrack,
+    now: u32,
+    est_ttl: u32,
+) -> bool {
+    let n = (e.nrefs as usize).min(REFS);
+    let mut saved = [[TcpPeer::default(); 2]; REFS];
+    // The previous entry's window check (direction, before, after): between two instances
+    // of this host both zones track the same segments, and usually hold the same windows,
+    // so the second check is the first one's answer.
+    let mut last: Option<(u8, [TcpPeer; 2], [TcpPeer; 2])> = None;
+    for k in 0..n {
+        let r = &e.refs[k];
+        let next = match ct.entry_mut(r.idx) {
+            Some(ce)
+                if fingerprint(ce) == r.fp
+                    && ce.state == state::ESTABLISHED
+                    && ce.flags & flag::ASSURED != 0
+                    && !expired(ce.expires, now) =>
+            {
+                saved[k] = ce.tcp;
+                let liberal = ce.flags & flag::LIBERAL != 0;
+                let next = match r.how {
+                    Track::Firewall if liberal => Some(ce.tcp),
+                    Track::Firewall => match last {
+                        Some((dir, before, after)) if dir == r.dir && before == ce.tcp => {
+                            Some(after)
+                        }
+                        _ => {
+                            let after = tcp::plain_ack_step(r.dir, ce.tcp, seg);
+                            if let Some(a) = after {
+                                last = Some((r.dir, ce.tcp, a));
+                            }
+                            after
+                        }
+                    },
+                    Track::Translation => {
+                        let mut p = ce.tcp;
+                        let v = tcp::track(state::ESTABLISHED, r.dir, &mut p, seg, liberal);
+                        matches!(v, tcp::Verdict::Ok(state::ESTABLISHED)).then_some(p)
+                    }
+                };
+                if let Some(p) = next {
+                    ce.tcp = p;
+                }
+                next
+            }
+            _ => None,
+        };
+        if next.is_none() {
+            for (r, old) in e.refs[..k].iter().zip(saved) {
+                if let Some(ce) = ct.entry_mut(r.idx) {
+                    ce.tcp = old;
+                }
+            }
+            return false;
+        }
+    }
+    for r in &e.refs[..n] {
+        if let Some(ce) = ct.entry_mut(r.idx) {
+            ce.expires = now.wrapping_add(est_ttl);
+            ce.flags |= (r.dir & 1) * flag::SEEN_REPLY;
+        }
+    }
+    true
 }
 
 fn flush_tally(rc: &crate::counters::RouterCounters, (router, n): (u16, u64)) {

@@ -308,10 +308,16 @@ pub fn process<B: PacketBuf, T: Tracer>(
     // are learnt from once the stages are done (never while tracing: trace shows the stages).
     let learning = if !T::ON && s.flows.enabled {
         flowcache::lookup(b, t, s, c);
+        // A batch of established flows the cache answered whole (the usual case under
+        // load) skips the loops of the stages below.
+        if s.flows.settled {
+            return;
+        }
         s.flows.cand != 0
     } else {
         s.flows.hits = 0;
         s.flows.cand = 0;
+        s.flows.settled = false;
         false
     };
     let before = if learning {
