@@ -761,3 +761,54 @@ fn east_west_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     let (port, frames) = cv.all(false, psh, 20);
     tw.rx(port, &frames);
 }
+
+/// A fixed workload for counting what the stages and the flow cache cost per packet, without
+/// DPDK: 256 connections between two instances of this host (the conntrack-established shape),
+/// then 40 rounds of data one way and ACKs the other. Run it under callgrind (see
+/// perf/README.md, "Instructions per packet"); `PROBE_NO_CACHE=1` runs the stages alone.
+#[test]
+#[ignore = "a profiling workload, run by hand under valgrind"]
+fn probe_east_west_established_cost() {
+    let mut h = harness();
+    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
+    let vm2 = Side {
+        port: VM2,
+        smac: M2,
+        dmac: M1,
+        vid: None,
+        src: X2,
+        dst: X1,
+    };
+    let vm1 = Side {
+        port: VM1,
+        smac: M1,
+        dmac: M2,
+        vid: None,
+        src: X1,
+        dst: X2,
+    };
+    let mut cv = Conversation::new(vm2, vm1, 256);
+    let (syn, ack, psh) = (0x02, 0x10, 0x18);
+    for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
+        let (port, frames) = cv.all(from_server, flags, 0);
+        h.rx(port, &frames);
+    }
+    let sent = |h: &Harness| h.sink.sent.iter().map(Vec::len).sum::<usize>();
+    assert_eq!(sent(&h), 3 * 256, "the handshakes forwarded");
+    h.sink.sent.iter_mut().for_each(Vec::clear);
+    for _ in 0..40 {
+        let (port, frames) = cv.all(false, psh, 6);
+        h.rx(port, &frames);
+        let (port, frames) = cv.all(true, ack, 0);
+        h.rx(port, &frames);
+        assert_eq!(sent(&h), 2 * 256, "every segment forwarded");
+        h.sink.sent.iter_mut().for_each(Vec::clear);
+    }
+    if h.s.flows.enabled {
+        assert!(
+            h.s.flows.stats.hits >= 2 * 256 * 38,
+            "{:?}",
+            h.s.flows.stats
+        );
+    }
+}

@@ -216,6 +216,8 @@ pub struct FlowCache {
     /// The bucket of each candidate of the batch in flight, and the slot it found.
     bucket: [u32; BURST],
     found: [u32; BURST],
+    /// The TCP segment of each candidate whose slot may answer.
+    segs: [tcp::Segment; BURST],
     pre: [[u8; HDR]; BURST],
     lens: [u32; BURST],
     pub rec: [Rec; BURST],
@@ -240,10 +242,25 @@ impl FlowCache {
             cand_keys: [[0; 4]; BURST],
             bucket: [0; BURST],
             found: [NOT_FOUND; BURST],
+            segs: [tcp::Segment::default(); BURST],
             pre: [[0; HDR]; BURST],
             lens: [0; BURST],
             rec: [Rec::default(); BURST],
             stats: FlowCacheStats::default(),
+        }
+    }
+
+    /// Candidate `i` (header `d`) was not answered: the stages decide, and are learnt from.
+    #[inline(always)]
+    fn missed(&mut self, i: usize, d: &[u8]) {
+        self.stats.misses += 1;
+        self.cand |= 1 << i;
+        self.lens[i] = d.len() as u32;
+        if let (Some(pre), Some(h)) = (self.pre.get_mut(i), d.get(..HDR)) {
+            pre.copy_from_slice(h);
+        }
+        if let Some(r) = self.rec.get_mut(i) {
+            *r = Rec::default();
         }
     }
 
@@ -301,8 +318,12 @@ impl FlowCache {
     }
 }
 
+/// The first [`HDR`] bytes of a frame, as an array: every fixed offset read from it needs no
+/// bounds check.
+type Hdr = [u8; HDR];
+
 #[inline(always)]
-fn le64(d: &[u8], at: usize) -> u64 {
+fn le64(d: &Hdr, at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&d[at..at + 8]);
     u64::from_le_bytes(w)
@@ -310,7 +331,7 @@ fn le64(d: &[u8], at: usize) -> u64 {
 
 /// A candidate's key: ingress port, network, source VTEP; MACs; ports; addresses.
 #[inline(always)]
-fn key_of(d: &[u8], in_port: u16, net: NetIdx, from_vtep: u16) -> [u64; 4] {
+fn key_of(d: &Hdr, in_port: u16, net: NetIdx, from_vtep: u16) -> [u64; 4] {
     let w2 = u32::from_le_bytes([d[8], d[9], d[10], d[11]]) as u64
         | (u32::from_le_bytes([d[34], d[35], d[36], d[37]]) as u64) << 32;
     [
@@ -344,9 +365,8 @@ fn fingerprint(e: &super::conntrack::Entry) -> u64 {
 
 /// A candidate: an IPv4 TCP plain ACK whose headers lie at fixed offsets.
 #[inline(always)]
-fn candidate(d: &[u8]) -> bool {
-    d.len() >= HDR
-        && d[12] == 0x08
+fn candidate(d: &Hdr) -> bool {
+    d[12] == 0x08
         && d[13] == 0x00
         && d[14] == 0x45
         && d[23] == 6
@@ -355,11 +375,12 @@ fn candidate(d: &[u8]) -> bool {
 }
 
 /// The TCP segment of a candidate, as `flow::parse_into` reads it (straight from the frame:
-/// nothing is stored and read back on the way). `None`: lengths that do not add up.
+/// nothing is stored and read back on the way); `len` is the frame's. `None`: lengths that
+/// do not add up.
 #[inline(always)]
-fn segment(d: &[u8]) -> Option<tcp::Segment> {
+fn segment(d: &Hdr, len: usize) -> Option<tcp::Segment> {
     let tl = be16(d, 16) as usize;
-    if tl < 40 || tl > d.len() - 14 {
+    if tl < 40 || tl > len - 14 {
         return None;
     }
     let doff = ((d[46] >> 4) as usize) * 4;
@@ -397,7 +418,7 @@ pub fn lookup<B: PacketBuf>(
     // would look at (they act on packets still going, routed or bound for a port).
     let mut cand = 0u32;
     let mut busy = 0u32;
-    for i in 0..b.len {
+    for i in 0..b.len.min(BURST) {
         match b.meta[i].next {
             Next::Continue => busy |= 1 << i,
             Next::Output(_) | Next::Route(_) => {
@@ -409,7 +430,9 @@ pub fn lookup<B: PacketBuf>(
         let Some(p) = b.pkts[i].as_ref() else {
             continue;
         };
-        let d = p.data();
+        let Some(d) = p.data().first_chunk::<HDR>() else {
+            continue;
+        };
         if !candidate(d) {
             continue;
         }
@@ -429,7 +452,7 @@ pub fn lookup<B: PacketBuf>(
     // Pass 2: the slot each key is in.
     let mut w = cand;
     while w != 0 {
-        let i = w.trailing_zeros() as usize;
+        let i = w.trailing_zeros() as usize & (BURST - 1);
         w &= w - 1;
         let bi = fc.bucket[i] as usize;
         let key = &fc.cand_keys[i];
@@ -444,61 +467,69 @@ pub fn lookup<B: PacketBuf>(
             vswitch_ffi::hint::prefetch((e as *const Slot).cast::<u8>().wrapping_add(64));
         }
     }
-    // Pass 3: the connection entries of the slots found.
+    // Pass 3: the slots that may answer (fresh, the router's checks passed, a well-formed
+    // segment), whose connection entries start loading; the other candidates missed. The
+    // checks sit between the loads of one packet's entries and their use in pass 4.
+    let (l3_epoch, learn_epoch, now_ms, now) =
+        (s.l3neigh.epoch(), s.learn.epoch(), s.now_ms, s.fw.now);
+    let mut ready = 0u32;
     let mut w = cand;
     while w != 0 {
-        let i = w.trailing_zeros() as usize;
+        let i = w.trailing_zeros() as usize & (BURST - 1);
         w &= w - 1;
-        if let Some(e) = fc.slots.get(fc.found[i] as usize) {
-            for r in &e.refs[..e.nrefs as usize] {
-                s.fw.ct.touch_entry(r.idx);
+        let Some(p) = b.pkts[i].as_ref() else {
+            continue;
+        };
+        let (d, len) = (p.data(), p.data().len());
+        // Only a well-formed segment can be learnt from.
+        let Some((h, seg)) = d
+            .first_chunk::<HDR>()
+            .and_then(|h| Some((h, segment(h, len)?)))
+        else {
+            continue;
+        };
+        let fresh = fc.slots.get(fc.found[i] as usize).filter(|e| {
+            e.generation == t.generation
+                && e.l3_epoch == l3_epoch
+                && e.learn_epoch == learn_epoch
+                && now_ms.wrapping_sub(e.born) < MAX_AGE_MS
+                // The router's checks a cached decision cannot skip.
+                && (e.ttl_dec == 0
+                    || (h[22] > e.ttl_dec
+                        && be16(h, 16) <= e.mtu
+                        && super::router::ipv4_sum20_ok(&h[14..34])))
+        });
+        match fresh {
+            Some(e) => {
+                for r in &e.refs[..e.nrefs as usize] {
+                    s.fw.ct.touch_entry(r.idx);
+                }
+                fc.segs[i] = seg;
+                ready |= 1 << i;
             }
+            None => fc.missed(i, d),
         }
     }
     // Pass 4: hits.
-    let (l3_epoch, learn_epoch, now_ms, now) =
-        (s.l3neigh.epoch(), s.learn.epoch(), s.now_ms, s.fw.now);
     let est_ttl = s.fw.ct.timeouts.tcp[state::ESTABLISHED as usize];
     let mut tally = (NO_ROUTER, 0u64);
     let mut routed = [0u64; 7];
     let mut unicast = 0u64;
-    let mut w = cand;
+    let mut w = ready;
     while w != 0 {
-        let i = w.trailing_zeros() as usize;
+        let i = w.trailing_zeros() as usize & (BURST - 1);
         w &= w - 1;
-        let Some(p) = b.pkts[i].as_mut() else {
+        let (Some(p), Some(e)) = (b.pkts[i].as_mut(), fc.slots.get(fc.found[i] as usize)) else {
             continue;
         };
-        let d = p.data();
-        let seg = segment(d);
-        let hit = seg
-            .zip(fc.slots.get(fc.found[i] as usize))
-            .filter(|(seg, e)| {
-                e.generation == t.generation
-                    && e.l3_epoch == l3_epoch
-                    && e.learn_epoch == learn_epoch
-                    && now_ms.wrapping_sub(e.born) < MAX_AGE_MS
-                    // The router's checks a cached decision cannot skip.
-                    && (e.ttl_dec == 0
-                        || (d[22] > e.ttl_dec
-                            && be16(d, 16) <= e.mtu
-                            && super::router::ipv4_sum20_ok(&d[14..34])))
-                    && track_all(e, seg, &mut s.fw.ct, now, est_ttl)
-            });
-        let Some((_, e)) = hit else {
-            // Only a well-formed segment can be learnt from.
-            if seg.is_some() {
-                fc.stats.misses += 1;
-                fc.cand |= 1 << i;
-                fc.lens[i] = d.len() as u32;
-                fc.pre[i].copy_from_slice(&d[..HDR]);
-                fc.rec[i] = Rec::default();
+        if !track_all(e, &fc.segs[i], &mut s.fw.ct, now, est_ttl) {
+            fc.missed(i, p.data());
+            continue;
+        }
+        if let Some(h) = p.data_mut().first_chunk_mut::<HDR>() {
+            if e.ttl_dec != 0 || e.ip_delta != 0 || e.l4_delta != 0 || h[..12] != e.post[..12] {
+                apply(h, e);
             }
-            continue;
-        };
-        let d = p.data_mut();
-        if e.ttl_dec != 0 || e.ip_delta != 0 || e.l4_delta != 0 || d[..12] != e.post[..12] {
-            apply(d, e);
         }
         let m = &mut b.meta[i];
         m.network = e.net;
@@ -506,8 +537,10 @@ pub fn lookup<B: PacketBuf>(
         fc.hits |= 1 << i;
         fc.stats.hits += 1;
         unicast += 1;
-        for (k, n) in routed.iter_mut().enumerate() {
-            *n += (e.routed >> k & 1) as u64;
+        if e.routed != 0 {
+            for (k, n) in routed.iter_mut().enumerate() {
+                *n += (e.routed >> k & 1) as u64;
+            }
         }
         if e.router != NO_ROUTER {
             if tally.0 != e.router {
@@ -547,10 +580,6 @@ fn track_all(
 ) -> bool {
     let n = (e.nrefs as usize).min(REFS);
     let mut saved = [[TcpPeer::default(); 2]; REFS];
-    // The previous entry's window check (direction, before, after): between two instances
-    // of this host both zones track the same segments, and usually hold the same windows,
-    // so the second check is the first one's answer.
-    let mut last: Option<(u8, [TcpPeer; 2], [TcpPeer; 2])> = None;
     for k in 0..n {
         let r = &e.refs[k];
         let next = match ct.entry_mut(r.idx) {
@@ -564,18 +593,7 @@ fn track_all(
                 let liberal = ce.flags & flag::LIBERAL != 0;
                 let next = match r.how {
                     Track::Firewall if liberal => Some(ce.tcp),
-                    Track::Firewall => match last {
-                        Some((dir, before, after)) if dir == r.dir && before == ce.tcp => {
-                            Some(after)
-                        }
-                        _ => {
-                            let after = tcp::plain_ack_step(r.dir, ce.tcp, seg);
-                            if let Some(a) = after {
-                                last = Some((r.dir, ce.tcp, a));
-                            }
-                            after
-                        }
-                    },
+                    Track::Firewall => tcp::plain_ack_step(r.dir, ce.tcp, seg),
                     Track::Translation => {
                         let mut p = ce.tcp;
                         let v = tcp::track(state::ESTABLISHED, r.dir, &mut p, seg, liberal);
@@ -759,12 +777,16 @@ fn action(pre: &[u8; HDR], post: &[u8]) -> Option<Slot> {
 
 /// The rewrite of slot `e` on header `d`.
 #[inline(always)]
-fn apply(d: &mut [u8], e: &Slot) {
+fn apply(d: &mut Hdr, e: &Slot) {
     d[..12].copy_from_slice(&e.post[..12]);
     d[26..38].copy_from_slice(&e.post[12..]);
     d[22] = d[22].wrapping_sub(e.ttl_dec);
-    put_be16(d, 24, adjust(be16(d, 24), e.ip_delta));
-    put_be16(d, 50, adjust(be16(d, 50), e.l4_delta));
+    let (ip, l4) = (
+        adjust(be16(d, 24), e.ip_delta),
+        adjust(be16(d, 50), e.l4_delta),
+    );
+    put_be16(d, 24, ip);
+    put_be16(d, 50, l4);
 }
 
 #[cfg(test)]
@@ -815,7 +837,7 @@ mod tests {
             let mut other = frame(seq2, ack2, len2, ttl2, id.wrapping_add(1));
             let mut want = other.clone();
             stages(&mut want, new_dst, new_src, new_port);
-            apply(&mut other, &e);
+            apply(other.first_chunk_mut().unwrap(), &e);
             prop_assert_eq!(other, want);
         }
     }
