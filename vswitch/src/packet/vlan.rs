@@ -38,6 +38,15 @@ impl VlanTag {
         })
     }
 
+    /// The VLAN id of a tagged frame's outer tag (`None`: shorter than a tagged header).
+    #[inline(always)]
+    pub fn vid_of(frame: &[u8]) -> Option<u16> {
+        if frame.len() < 14 + VLAN_TAG_LEN {
+            return None;
+        }
+        Some(be16(frame, 14) & 0x0fff)
+    }
+
     pub fn tci(&self) -> u16 {
         ((self.pcp as u16 & 7) << 13) | ((self.dei as u16) << 12) | (self.vid & 0x0fff)
     }
@@ -99,6 +108,7 @@ mod tests {
         assert_eq!(tag.ether_type.0, 0x0800);
         let t = VlanTag::parse(b.data()).unwrap();
         assert_eq!((t.tpid, t.vid, t.pcp), (EtherType::VLAN, 101, 0));
+        assert_eq!(VlanTag::vid_of(b.data()), Some(101));
         assert!(pop(&mut b));
         assert_eq!(b.data(), &orig[..]);
     }
@@ -112,6 +122,7 @@ mod tests {
             VlanTag::parse(&[0u8; 17]).unwrap_err(),
             WireError::Truncated
         );
+        assert_eq!(VlanTag::vid_of(&[0u8; 17]), None);
     }
 
     #[test]
@@ -125,5 +136,10 @@ mod tests {
         let mut f = frame();
         f.splice(12..12, [0x81, 0x00, (t.tci() >> 8) as u8, t.tci() as u8]);
         assert_eq!(VlanTag::parse(&f).unwrap(), t);
+        assert_eq!(
+            VlanTag::vid_of(&f),
+            Some(4094),
+            "PCP and DEI are not part of the VID"
+        );
     }
 }

@@ -42,15 +42,15 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
                 let d = p.data();
                 let etype = u16::from_be_bytes([d[12], d[13]]);
                 let verdict = if etype == EtherType::VLAN {
-                    match VlanTag::parse(d) {
-                        Err(_) => Err(DropReason::TruncatedTag),
-                        Ok(tag) if tag.vid == 0 && pn.flat != NO_NET => {
-                            Ok((pn.flat, true, tag.vid))
-                        }
-                        Ok(tag) => match pn.vlans[tag.vid as usize] {
+                    // Only the VID is needed: read it in place (a whole `VlanTag` built on
+                    // the stack and read back stalls on store-to-load forwarding).
+                    match VlanTag::vid_of(d) {
+                        None => Err(DropReason::TruncatedTag),
+                        Some(0) if pn.flat != NO_NET => Ok((pn.flat, true, 0)),
+                        Some(vid) => match pn.vlans[vid as usize] {
                             NO_NET if pn.flat != NO_NET => Err(DropReason::TaggedOnFlat),
                             NO_NET => Err(DropReason::UnknownVlan),
-                            n => Ok((n, true, tag.vid)),
+                            n => Ok((n, true, vid)),
                         },
                     }
                 } else if vlan::is_tpid(etype) {

@@ -611,6 +611,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
         .ports
         .get(b.in_port as usize)
         .is_some_and(|p| p.kind == PortKind::Instance);
+    prefetch_translations(b, t, s);
     let mut tally = Tally::default();
     let mut fwd = Forwarded::default();
     for i in 0..b.len {
@@ -1137,6 +1138,46 @@ fn floating_ip<B: PacketBuf, T: Tracer>(
 /// with the key its replies will have. A new connection gets the first free port from a point
 /// its key hashes to; none free: `router.snat_exhausted`, and connections already translated
 /// carry on. `None`: not leaving by the gateway, route as usual.
+/// Starts loading the connection-table lines that centralized SNAT reads for the batch's
+/// packets at a router with a SNAT port (index bucket, then the entry and its reply key), in
+/// two passes over the batch, so the loads of all of them overlap: looked up one packet at a
+/// time, each would wait for its own bucket and entry from memory (the table spans the whole
+/// capacity). What the flow cache answered never gets here.
+#[inline(always)]
+fn prefetch_translations<B: PacketBuf>(b: &Batch<B>, t: &Tables, s: &CoreState) {
+    let mut hashes = [0u64; super::BURST];
+    let mut todo = 0u32;
+    for (i, h) in hashes.iter_mut().enumerate().take(b.len) {
+        let Next::Route(rif_in) = b.meta[i].next else {
+            continue;
+        };
+        let Some(sn) =
+            t.l3.rifs
+                .get(rif_in as usize)
+                .and_then(|rif| t.l3.routers.get(rif.router as usize))
+                .and_then(|r| r.snat.as_ref())
+        else {
+            continue;
+        };
+        let Some(p) = b.pkts[i].as_ref() else {
+            continue;
+        };
+        let fl = super::conntrack::flow::parse(p.data());
+        if fl.frag.is_none() && matches!(fl.kind, Kind::Tcp(_) | Kind::Ports | Kind::Echo(_)) {
+            *h = fl.key.with_zone(sn.zone).hash();
+            s.fw.ct.touch(*h);
+            todo |= 1 << i;
+        }
+    }
+    while todo != 0 {
+        let i = todo.trailing_zeros() as usize & (super::BURST - 1);
+        todo &= todo - 1;
+        if let Some(link) = s.fw.ct.touch_candidate(hashes[i]).checked_sub(1) {
+            s.fw.ct.touch_wide(link >> 1);
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn snat_out<B: PacketBuf, T: Tracer>(
     p: &mut B,

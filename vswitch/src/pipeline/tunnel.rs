@@ -57,7 +57,8 @@ pub fn decap<B: PacketBuf, T: Tracer>(
             continue;
         };
         match decap_one(p, t, o, s, c, &mut k) {
-            Ok(Some((net, vtep))) => {
+            Ok(true) => {
+                let (net, vtep) = (k.net, k.vtep);
                 b.meta[i].network = net;
                 b.meta[i].from_vtep = vtep;
                 trace!(
@@ -70,7 +71,7 @@ pub fn decap<B: PacketBuf, T: Tracer>(
                     t.networks[net as usize].name
                 );
             }
-            Ok(None) => {
+            Ok(false) => {
                 // ARP handled in place: a reply to send back, or a reply we consumed.
                 let arp_reply = p.data().len() >= 14 && p.data()[6..12] == o.mac.0;
                 b.meta[i].next = if arp_reply {
@@ -99,8 +100,9 @@ pub fn decap<B: PacketBuf, T: Tracer>(
     k.flush(&s.tunnel);
 }
 
-/// One frame from the underlay. `Ok(Some((network, vtep)))`: decapsulated; `Ok(None)`: an ARP
-/// handled in place.
+/// One frame from the underlay. `Ok(true)`: decapsulated, from `k.vtep` into network `k.net`
+/// (read there: a returned pair was stored and read back whole, a store-forwarding stall on
+/// every frame); `Ok(false)`: an ARP handled in place.
 #[inline(always)]
 fn decap_one<B: PacketBuf>(
     p: &mut B,
@@ -109,12 +111,12 @@ fn decap_one<B: PacketBuf>(
     s: &mut CoreState,
     c: &mut BatchCounters,
     k: &mut DecapCache,
-) -> Result<Option<(u16, u16)>, D> {
+) -> Result<bool, D> {
     let d = p.data();
     let eth = EthernetFrame::new_checked(d).map_err(|_| D::TunnelTruncated)?;
     match eth.ethertype() {
         EtherType::IPV4 => {}
-        EtherType::ARP => return underlay_arp(p, t, o, s, c).map(|()| None),
+        EtherType::ARP => return underlay_arp(p, t, o, s, c).map(|()| false),
         _ => return Err(D::TunnelNotVxlan),
     }
     let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| D::TunnelTruncated)?;
@@ -173,7 +175,7 @@ fn decap_one<B: PacketBuf>(
     }
     k.count(vtep, net, &s.tunnel);
     c.event(Event::TunnelDecap);
-    Ok(Some((net, vtep)))
+    Ok(true)
 }
 
 /// Lookups of one batch's decapsulation: the last source VTEP and VNI (a batch from the

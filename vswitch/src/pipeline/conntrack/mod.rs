@@ -631,6 +631,15 @@ impl Conntrack {
         self.entries.get_mut(idx as usize)
     }
 
+    /// Starts loading what entry `idx` keeps beside the table (a translated connection's
+    /// reply key, an IPv6 connection's addresses): a translation reads it on every packet.
+    #[inline(always)]
+    pub fn touch_wide(&self, idx: u32) {
+        if let Some(w) = self.wide.get(idx as usize) {
+            vswitch_ffi::hint::prefetch(w);
+        }
+    }
+
     /// Finds the connection `k` belongs to: (entry, direction 0 original / 1 reply). An
     /// expired entry found on the way is removed and not returned.
     #[inline]
