@@ -567,9 +567,10 @@ pub fn lookup<B: PacketBuf>(
 /// the connection it held, is not established and assured, or the segment is out of its
 /// window.
 ///
-/// Each entry is changed in place as it passes and put back if a later one fails (rare),
-/// rather than the new windows being gathered first and copied in after: a copy of values
-/// just stored, read back at once, stalls the core on store-to-load forwarding.
+/// Each entry's windows are moved on in place (as the firewall's fast path does: no copies
+/// in and out of the check) and put back from a saved copy if it or a later one fails
+/// (rare), rather than the new windows being gathered first and copied in after: a copy of
+/// values just stored, read back at once, stalls the core on store-to-load forwarding.
 #[inline(always)]
 fn track_all(
     e: &Slot,
@@ -582,6 +583,9 @@ fn track_all(
     let mut saved = [[TcpPeer::default(); 2]; REFS];
     for k in 0..n {
         let r = &e.refs[k];
+        // The entries to put back should this one fail: those before it, and itself once
+        // its own step has begun.
+        let mut changed = k;
         let next = match ct.entry_mut(r.idx) {
             Some(ce)
                 if fingerprint(ce) == r.fp
@@ -590,25 +594,20 @@ fn track_all(
                     && !expired(ce.expires, now) =>
             {
                 saved[k] = ce.tcp;
+                changed = k + 1;
                 let liberal = ce.flags & flag::LIBERAL != 0;
-                let next = match r.how {
-                    Track::Firewall if liberal => Some(ce.tcp),
-                    Track::Firewall => tcp::plain_ack_step(r.dir, ce.tcp, seg),
-                    Track::Translation => {
-                        let mut p = ce.tcp;
-                        let v = tcp::track(state::ESTABLISHED, r.dir, &mut p, seg, liberal);
-                        matches!(v, tcp::Verdict::Ok(state::ESTABLISHED)).then_some(p)
-                    }
-                };
-                if let Some(p) = next {
-                    ce.tcp = p;
+                match r.how {
+                    Track::Firewall => liberal || tcp::plain_ack_in_window(r.dir, &mut ce.tcp, seg),
+                    Track::Translation => matches!(
+                        tcp::track(state::ESTABLISHED, r.dir, &mut ce.tcp, seg, liberal),
+                        tcp::Verdict::Ok(state::ESTABLISHED)
+                    ),
                 }
-                next
             }
-            _ => None,
+            _ => false,
         };
-        if next.is_none() {
-            for (r, old) in e.refs[..k].iter().zip(saved) {
+        if !next {
+            for (r, old) in e.refs[..changed].iter().zip(saved) {
                 if let Some(ce) = ct.entry_mut(r.idx) {
                     ce.tcp = old;
                 }
@@ -864,5 +863,88 @@ mod tests {
         // Nothing changed at all: the rewrite is empty (deltas zero, nothing to do).
         let e = action(&pre, &f).unwrap();
         assert_eq!((e.ttl_dec, e.ip_delta, e.l4_delta), (0, 0, 0));
+    }
+
+    /// A connection tracked in two zones whose windows differ (the second never saw the
+    /// server's data): a segment the first zone accepts and the second refuses is refused
+    /// whole, with the first zone's windows, moved on in place, put back; one both accept
+    /// moves both on exactly as the firewall's fast path does.
+    #[test]
+    fn a_segment_the_second_zone_refuses_leaves_both_entries_as_they_were() {
+        use crate::pipeline::conntrack::{tcp::Segment, Conntrack, Key, Timeouts};
+        let seg = |flags, seq, ack: u32, len| Segment {
+            seq,
+            ack,
+            win: 502,
+            flags,
+            len,
+            wscale: 255,
+        };
+        let (a, b) = (1_000u32, 4_000_000_000u32);
+        let mut peers = [TcpPeer::default(); 2];
+        tcp::open(&mut peers, &seg(tcp::SYN, a, 0, 0));
+        let est = state::ESTABLISHED;
+        for (dir, s, st) in [
+            (1, seg(tcp::SYN | tcp::ACK, b, a + 1, 0), state::SYN_SENT),
+            (0, seg(tcp::ACK, a + 1, b + 1, 0), state::SYN_RECV),
+        ] {
+            assert!(matches!(
+                tcp::track(st, dir, &mut peers, &s, false),
+                tcp::Verdict::Ok(_)
+            ));
+        }
+        // The first zone also saw 1,000 bytes from the server.
+        let mut seen = peers;
+        assert!(tcp::plain_ack_in_window(
+            1,
+            &mut seen,
+            &seg(tcp::ACK, b + 1, a + 1, 1000)
+        ));
+        let timeouts = Timeouts::from_config(&vswitch_config::ConntrackTimeouts::default());
+        let mut ct = Conntrack::new(64, timeouts, false);
+        let mut refs = [SlotRef::default(); REFS];
+        for (zone, (r, p)) in refs.iter_mut().zip([seen, peers]).enumerate() {
+            let k = Key::v4(zone as u16 + 1, 6, 0x0a00_0001, 0x0a00_0002, 40000, 5001);
+            let idx = ct.insert(&k, est, 0, 7, 0).unwrap();
+            ct.assure(idx);
+            let e = ct.entry_mut(idx).unwrap();
+            e.tcp = p;
+            *r = SlotRef {
+                fp: fingerprint(e),
+                idx,
+                dir: 0,
+                how: Track::Firewall,
+            };
+        }
+        let slot = Slot {
+            generation: 0,
+            refs,
+            nrefs: 2,
+            ..EMPTY
+        };
+        let state = |ct: &Conntrack| {
+            refs.map(|r| {
+                let e = ct.entry(r.idx).unwrap();
+                (e.tcp, e.expires, e.flags)
+            })
+        };
+        let before = state(&ct);
+        // The client acks the server's data: in the first zone's window, beyond the second's.
+        let acks_data = seg(tcp::ACK | tcp::PSH, a + 1, b + 1001, 6);
+        let mut first = seen;
+        assert!(tcp::plain_ack_in_window(0, &mut first, &acks_data));
+        assert_ne!(first, seen, "the first zone's windows move on");
+        assert!(!track_all(&slot, &acks_data, &mut ct, 10, 1000));
+        assert_eq!(state(&ct), before, "both entries as they were");
+        // Data that acks only what both saw: both move on, with a new deadline.
+        let plain = seg(tcp::ACK | tcp::PSH, a + 1, b + 1, 6);
+        let want = [seen, peers].map(|mut p| {
+            assert!(tcp::plain_ack_in_window(0, &mut p, &plain));
+            p
+        });
+        assert!(track_all(&slot, &plain, &mut ct, 10, 1000));
+        let after = state(&ct);
+        assert_eq!([after[0].0, after[1].0], want);
+        assert_eq!([after[0].1, after[1].1], [1010, 1010]);
     }
 }

@@ -244,20 +244,6 @@ pub fn plain_ack_in_window(dir: u8, peers: &mut [TcpPeer; 2], seg: &Segment) -> 
     in_window::<true>(ESTABLISHED, (dir & 1) as usize, peers, seg)
 }
 
-/// [`plain_ack_in_window`] on values, for a caller that decides on several entries before it
-/// changes any (the flow cache): the peers after the segment, or `None` when it is out of
-/// window. The sender is put first, so the check works on fixed places the compiler keeps in
-/// registers instead of two pointers chosen at run time.
-#[inline(always)]
-pub fn plain_ack_step(dir: u8, peers: [TcpPeer; 2], seg: &Segment) -> Option<[TcpPeer; 2]> {
-    let swap = dir & 1 != 0;
-    let mut p = if swap { [peers[1], peers[0]] } else { peers };
-    if !in_window::<true>(ESTABLISHED, 0, &mut p, seg) {
-        return None;
-    }
-    Some(if swap { [p[1], p[0]] } else { p })
-}
-
 /// The sequence/window check, updating both sides' tracking when the segment passes.
 /// `PLAIN_ACK`: the caller knows the segment is an ACK without SYN, FIN or RST on an
 /// established connection, and the branches for the other cases drop out.

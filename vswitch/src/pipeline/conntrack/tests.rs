@@ -85,13 +85,9 @@ fn plain_ack_window_check_agrees_with_the_tracker() {
         let mut general = established();
         let mut fast = general.peers;
         let v = general.go(dir, s);
-        let before = fast;
         let ok = tcp::plain_ack_in_window(dir, &mut fast, &s);
         assert_eq!(ok, v == Verdict::Ok(ESTABLISHED), "{dir} {s:?}");
         assert_eq!(fast, general.peers, "{dir} {s:?}");
-        // The flow cache's by-value step: the same peers when accepted, nothing when not.
-        let step = tcp::plain_ack_step(dir, before, &s);
-        assert_eq!(step, ok.then_some(fast), "{dir} {s:?}");
         if ok {
             accepted += 1;
         } else {
