@@ -826,3 +826,48 @@ fn probe_east_west_established_cost() {
         );
     }
 }
+
+/// [`probe_east_west_established_cost`] for the fip-inbound shape: 256 connections from an
+/// Internet host to vm1 through its floating IP (VLAN 101 in, DNAT, routed, the instance's
+/// zone; back: SNAT, routed, tagged), then 40 rounds of data in and ACKs out (20,480
+/// segments). `PROBE_NO_CACHE=1`: the stages alone.
+#[test]
+#[ignore = "a fixed workload for callgrind, not a check"]
+fn probe_floating_ip_established_cost() {
+    let mut h = harness();
+    resolve_external_gateway(&mut h);
+    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
+    let internet = Side {
+        port: UPLINK,
+        smac: INET_GW,
+        dmac: FG1,
+        vid: Some(101),
+        src: INET,
+        dst: F1,
+    };
+    let vm1 = Side {
+        port: VM1,
+        smac: M1,
+        dmac: GW1,
+        vid: None,
+        src: X1,
+        dst: INET,
+    };
+    let mut cv = Conversation::new(internet, vm1, 256);
+    let (syn, ack, psh) = (0x02, 0x10, 0x18);
+    for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
+        let (port, frames) = cv.all(from_server, flags, 0);
+        h.rx(port, &frames);
+    }
+    let sent = |h: &Harness| h.sink.sent.iter().map(Vec::len).sum::<usize>();
+    assert_eq!(sent(&h), 3 * 256, "the handshakes forwarded");
+    h.sink.sent.iter_mut().for_each(Vec::clear);
+    for _ in 0..40 {
+        let (port, frames) = cv.all(false, psh, 6);
+        h.rx(port, &frames);
+        let (port, frames) = cv.all(true, ack, 0);
+        h.rx(port, &frames);
+        assert_eq!(sent(&h), 2 * 256, "every segment forwarded");
+        h.sink.sent.iter_mut().for_each(Vec::clear);
+    }
+}

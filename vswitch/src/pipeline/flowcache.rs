@@ -65,6 +65,23 @@ pub mod ev {
     pub const SNAT_OUT: u8 = 64;
 }
 
+/// Each value of a slot's `routed` bits spread one bit to a byte (bit k to byte k): a batch's
+/// events add up in one word (at most [`BURST`] per byte), not in a loop over the bits for
+/// every packet.
+const SPREAD: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut v = 0;
+    while v < 128 {
+        let mut k = 0;
+        while k < 7 {
+            t[v] |= ((v as u64 >> k) & 1) << (8 * k);
+            k += 1;
+        }
+        v += 1;
+    }
+    t
+};
+
 /// The router's events, in the order of the [`ev`] bits.
 const ROUTER_EVENTS: [E; 7] = [
     E::Routed,
@@ -513,7 +530,7 @@ pub fn lookup<B: PacketBuf>(
     // Pass 4: hits.
     let est_ttl = s.fw.ct.timeouts.tcp[state::ESTABLISHED as usize];
     let mut tally = (NO_ROUTER, 0u64);
-    let mut routed = [0u64; 7];
+    let mut routed = 0u64;
     let mut unicast = 0u64;
     let mut w = ready;
     while w != 0 {
@@ -537,11 +554,7 @@ pub fn lookup<B: PacketBuf>(
         fc.hits |= 1 << i;
         fc.stats.hits += 1;
         unicast += 1;
-        if e.routed != 0 {
-            for (k, n) in routed.iter_mut().enumerate() {
-                *n += (e.routed >> k & 1) as u64;
-            }
-        }
+        routed += SPREAD[(e.routed & 0x7f) as usize];
         if e.router != NO_ROUTER {
             if tally.0 != e.router {
                 flush_tally(s.router.as_ref(), tally);
@@ -556,8 +569,10 @@ pub fn lookup<B: PacketBuf>(
     flush_tally(s.router.as_ref(), tally);
     fc.settled = busy & !fc.hits == 0;
     c.events[E::Unicast as usize] += unicast;
-    for (e, n) in ROUTER_EVENTS.into_iter().zip(routed) {
-        c.events[e as usize] += n;
+    if routed != 0 {
+        for (k, e) in ROUTER_EVENTS.into_iter().enumerate() {
+            c.events[e as usize] += routed >> (8 * k) & 0xff;
+        }
     }
 }
 
@@ -946,5 +961,19 @@ mod tests {
         let after = state(&ct);
         assert_eq!([after[0].0, after[1].0], want);
         assert_eq!([after[0].1, after[1].1], [1010, 1010]);
+    }
+
+    #[test]
+    fn router_events_spread_one_bit_to_a_byte_and_add_up_per_batch() {
+        const _: () = assert!(ROUTER_EVENTS.len() == 7 && BURST < 256);
+        assert_eq!(SPREAD[0], 0);
+        assert_eq!(SPREAD[ev::ROUTED as usize], 1);
+        assert_eq!(SPREAD[(ev::ROUTED | ev::SNAT_OUT) as usize], 1 | 1 << 48);
+        // A full batch of every event: 32 in each of the seven bytes, nothing carried over.
+        let all = (0..BURST).map(|_| SPREAD[127]).sum::<u64>();
+        for k in 0..7 {
+            assert_eq!(all >> (8 * k) & 0xff, BURST as u64);
+        }
+        assert_eq!(all >> 56, 0);
     }
 }

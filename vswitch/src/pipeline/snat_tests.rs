@@ -605,3 +605,54 @@ fn snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     rx(&mut tw, cv.all(false, psh, 10));
     rx(&mut tw, cv.all(true, ack, 0));
 }
+
+/// The snat-outbound shape for callgrind (see `probe_east_west_established_cost` in
+/// fip_tests.rs): 256 connections from an instance on compute1 (VXLAN in) to an Internet
+/// server through the SNAT router, then 40 rounds of data out and ACKs back (20,480
+/// segments). `PROBE_NO_CACHE=1`: the stages alone.
+#[test]
+#[ignore = "a fixed workload for callgrind, not a check"]
+fn probe_snat_established_cost() {
+    let mut h = harness([1024, 65535]);
+    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
+    let instance = Side {
+        port: OVERLAY,
+        smac: DVR1,
+        dmac: SNAT1,
+        vid: None,
+        src: X1,
+        dst: INET,
+    };
+    let server = Side {
+        port: UPLINK,
+        smac: INET_GW,
+        dmac: QG1,
+        vid: Some(101),
+        src: INET,
+        dst: G,
+    };
+    let mut cv = Conversation::new(instance, server, 256);
+    let (syn, ack, psh) = (0x02, 0x10, 0x18);
+    let rx = |h: &mut Harness, (port, frames): (u16, Vec<Vec<u8>>)| {
+        let frames: Vec<Vec<u8>> = if port == OVERLAY {
+            frames.iter().map(|f| from_compute1(f)).collect()
+        } else {
+            frames
+        };
+        h.rx(port, &frames);
+    };
+    rx(&mut h, cv.all(false, syn, 0));
+    let out = h.sink.on(UPLINK);
+    cv.seen_ports = out[out.len() - 256..].iter().map(|f| tcp4(f).1).collect();
+    rx(&mut h, cv.all(true, syn | ack, 0));
+    rx(&mut h, cv.all(false, ack, 0));
+    let sent = |h: &Harness| h.sink.sent.iter().map(Vec::len).sum::<usize>();
+    assert_eq!(sent(&h), 3 * 256, "the handshakes forwarded");
+    h.sink.sent.iter_mut().for_each(Vec::clear);
+    for _ in 0..40 {
+        rx(&mut h, cv.all(false, psh, 6));
+        rx(&mut h, cv.all(true, ack, 0));
+        assert_eq!(sent(&h), 2 * 256, "every segment forwarded");
+        h.sink.sent.iter_mut().for_each(Vec::clear);
+    }
+}
