@@ -613,6 +613,9 @@ fn track_all(
                 let liberal = ce.flags & flag::LIBERAL != 0;
                 match r.how {
                     Track::Firewall => liberal || tcp::plain_ack_in_window(r.dir, &mut ce.tcp, seg),
+                    // A plain ACK of an established connection tracked liberally: always
+                    // accepted, nothing to update (`tcp::track` checked for it in tests).
+                    Track::Translation if liberal => true,
                     Track::Translation => matches!(
                         tcp::track(state::ESTABLISHED, r.dir, &mut ce.tcp, seg, liberal),
                         tcp::Verdict::Ok(state::ESTABLISHED)

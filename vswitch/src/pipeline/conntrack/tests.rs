@@ -97,6 +97,33 @@ fn plain_ack_window_check_agrees_with_the_tracker() {
     assert!(accepted > 10 && refused > 10, "{accepted} / {refused}");
 }
 
+/// What the flow cache assumes of a liberal translation: a plain ACK (any of PSH, URG, ECE,
+/// CWR beside it; never SYN, FIN or RST) of an established connection is accepted either way
+/// and changes nothing, whatever the windows say.
+#[test]
+fn a_liberal_plain_ack_of_an_established_connection_is_always_accepted_unchanged() {
+    let mut n = 0;
+    for flags in 0..=255u8 {
+        if flags & (SYN | FIN | RST | ACK) != ACK {
+            continue;
+        }
+        for dir in [0u8, 1] {
+            for (seq, ack) in [(A + 1, B.wrapping_add(1)), (7, 9), (u32::MAX, 0)] {
+                let mut c = established();
+                c.liberal = true;
+                let before = c.peers;
+                assert_eq!(
+                    c.go(dir, seg(flags, seq, ack, 502, 6)),
+                    Verdict::Ok(ESTABLISHED)
+                );
+                assert_eq!(c.peers, before, "{flags:#x} {dir}");
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, 16 * 2 * 3);
+}
+
 #[test]
 fn handshake_data_and_orderly_close() {
     let mut c = established();
