@@ -1162,9 +1162,10 @@ fn prefetch_translations<B: PacketBuf>(b: &Batch<B>, t: &Tables, s: &CoreState) 
         let Some(p) = b.pkts[i].as_ref() else {
             continue;
         };
-        let fl = super::conntrack::flow::parse(p.data());
-        if fl.frag.is_none() && matches!(fl.kind, Kind::Tcp(_) | Kind::Ports | Kind::Echo(_)) {
-            *h = fl.key.with_zone(sn.zone).hash();
+        // TCP and UDP over plain IPv4 (a full parse here would cost more than the load it
+        // hides): the key the translation's lookup will use.
+        if let Some(k) = super::conntrack::flow::quick_v4_key(p.data()) {
+            *h = k.with_zone(sn.zone).hash();
             s.fw.ct.touch(*h);
             todo |= 1 << i;
         }

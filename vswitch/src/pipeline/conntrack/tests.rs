@@ -629,7 +629,7 @@ fn ipv6_fragments_are_parsed_to_their_transport_header() {
 }
 
 mod parse_prop {
-    use super::super::flow::{parse, parse_into, MALFORMED};
+    use super::super::flow::{parse, parse_into, quick_v4_key, Kind, MALFORMED};
     use proptest::prelude::*;
 
     fn tcp_or_udp() -> impl Strategy<Value = Vec<u8>> {
@@ -696,6 +696,12 @@ mod parse_prop {
             let mut slot = MALFORMED;
             parse_into(&f, &mut slot);
             prop_assert_eq!(slot, parse(&f));
+            // The quick key (a prefetch hint) is the parsed key of every well-formed TCP or
+            // UDP flow (DHCP's ports aside, which parse keeps apart).
+            let full = parse(&f);
+            if let (Some(k), Kind::Tcp(_) | Kind::Ports, None) = (quick_v4_key(&f), full.kind, full.frag) {
+                prop_assert_eq!(k, full.key);
+            }
         }
     }
 }
