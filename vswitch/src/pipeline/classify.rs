@@ -26,11 +26,13 @@ pub fn run<B: PacketBuf, T: Tracer>(
         }
         return;
     };
+    // Summed here and added once: not a read-modify-write of the batch per frame.
+    let mut rx_bytes = 0u64;
     for i in 0..b.len {
         let Some(p) = b.pkts[i].as_ref() else {
             continue;
         };
-        b.rx_bytes += p.pkt_len() as u64;
+        rx_bytes += p.pkt_len() as u64;
         let d = p.data();
         let r = if d.len() < ETH_HDR_LEN {
             Some(DropReason::Runt)
@@ -74,6 +76,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
             }
         }
     }
+    b.rx_bytes += rx_bytes;
 }
 
 /// A multicast or all-zero source MAC (the caller has checked `d` holds a header).
