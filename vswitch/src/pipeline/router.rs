@@ -1132,12 +1132,6 @@ fn floating_ip<B: PacketBuf, T: Tracer>(
     Some(translate(p, x, &to, s, c, i, tr, dst, total, df, nat))
 }
 
-/// Centralized SNAT on the way out (the network node's snat namespace): a packet this router
-/// sends out of its gateway interface leaves from the gateway address, with a source port
-/// (ICMP echo: identifier) of its own per connection, kept in the core's connection table
-/// with the key its replies will have. A new connection gets the first free port from a point
-/// its key hashes to; none free: `router.snat_exhausted`, and connections already translated
-/// carry on. `None`: not leaving by the gateway, route as usual.
 /// Starts loading the connection-table lines that centralized SNAT reads for the batch's
 /// packets at a router with a SNAT port (index bucket, then the entry and its reply key), in
 /// two passes over the batch, so the loads of all of them overlap: looked up one packet at a
@@ -1179,6 +1173,12 @@ fn prefetch_translations<B: PacketBuf>(b: &Batch<B>, t: &Tables, s: &CoreState) 
     }
 }
 
+/// Centralized SNAT on the way out (the network node's snat namespace): a packet this router
+/// sends out of its gateway interface leaves from the gateway address, with a source port
+/// (ICMP echo: identifier) of its own per connection, kept in the core's connection table
+/// with the key its replies will have. A new connection gets the first free port from a point
+/// its key hashes to; none free: `router.snat_exhausted`, and connections already translated
+/// carry on. `None`: not leaving by the gateway, route as usual.
 #[allow(clippy::too_many_arguments)]
 fn snat_out<B: PacketBuf, T: Tracer>(
     p: &mut B,
