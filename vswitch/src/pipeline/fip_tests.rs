@@ -634,22 +634,7 @@ fn floating_ip_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
         h
     };
     let mut tw = Twins::new(make);
-    let internet = Side {
-        port: UPLINK,
-        smac: INET_GW,
-        dmac: FG1,
-        vid: Some(101),
-        src: INET,
-        dst: F1,
-    };
-    let vm1 = Side {
-        port: VM1,
-        smac: M1,
-        dmac: GW1,
-        vid: None,
-        src: X1,
-        dst: INET,
-    };
+    let (internet, vm1) = floating_ip_sides();
     let mut cv = Conversation::new(internet, vm1, 40);
     let (syn, ack, psh) = (0x02, 0x10, 0x18);
     for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
@@ -722,22 +707,7 @@ fn floating_ip_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
 #[test]
 fn east_west_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     let mut tw = Twins::new(harness);
-    let vm2 = Side {
-        port: VM2,
-        smac: M2,
-        dmac: M1,
-        vid: None,
-        src: X2,
-        dst: X1,
-    };
-    let vm1 = Side {
-        port: VM1,
-        smac: M1,
-        dmac: M2,
-        vid: None,
-        src: X1,
-        dst: X2,
-    };
+    let (vm2, vm1) = east_west_sides();
     let mut cv = Conversation::new(vm2, vm1, 40);
     let (syn, ack, psh) = (0x02, 0x10, 0x18);
     for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
@@ -762,81 +732,33 @@ fn east_west_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     tw.rx(port, &frames);
 }
 
-/// A fixed workload for counting what the stages and the flow cache cost per packet, without
-/// DPDK: 256 connections between two instances of this host (the conntrack-established shape),
-/// then 40 rounds of data one way and ACKs the other. Run it under callgrind (see
-/// perf/README.md, "Instructions per packet"); `PROBE_NO_CACHE=1` runs the stages alone.
+/// The conntrack-established shape under callgrind (see [`probe_established`]): 256
+/// connections between two instances of this host, each segment checked in both zones.
 #[test]
 #[ignore = "a profiling workload, run by hand under valgrind"]
 fn probe_east_west_established_cost() {
     let mut h = harness();
-    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
-    let vm2 = Side {
-        port: VM2,
-        smac: M2,
-        dmac: M1,
-        vid: None,
-        src: X2,
-        dst: X1,
-    };
-    let vm1 = Side {
-        port: VM1,
-        smac: M1,
-        dmac: M2,
-        vid: None,
-        src: X1,
-        dst: X2,
-    };
+    let (vm2, vm1) = east_west_sides();
     let mut cv = Conversation::new(vm2, vm1, 256);
-    let (syn, ack, psh) = (0x02, 0x10, 0x18);
-    let mut handshake = Vec::new();
-    for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
-        let (port, frames) = cv.all(from_server, flags, 0);
-        h.rx(port, &frames);
-        handshake.push((port, frames));
-    }
-    // PROBE_SYN=1: every round also replays the SYN and SYN-ACK (retransmissions on
-    // established connections, as the bench's pcaps do when they wrap).
-    let replay_syn = std::env::var_os("PROBE_SYN").is_some();
-    let sent = |h: &Harness| h.sink.sent.iter().map(Vec::len).sum::<usize>();
-    assert_eq!(sent(&h), 3 * 256, "the handshakes forwarded");
-    h.sink.sent.iter_mut().for_each(Vec::clear);
-    for _ in 0..40 {
-        let (port, frames) = cv.all(false, psh, 6);
-        h.rx(port, &frames);
-        let (port, frames) = cv.all(true, ack, 0);
-        h.rx(port, &frames);
-        if replay_syn {
-            for (port, frames) in &handshake[..2] {
-                h.rx(*port, frames);
-            }
-        }
-        assert_eq!(
-            sent(&h),
-            (2 + 2 * replay_syn as usize) * 256,
-            "every segment forwarded"
-        );
-        h.sink.sent.iter_mut().for_each(Vec::clear);
-    }
-    if h.s.flows.enabled {
-        assert!(
-            h.s.flows.stats.hits >= 2 * 256 * 38,
-            "{:?}",
-            h.s.flows.stats
-        );
-    }
+    probe_established(&mut h, &mut cv, |h, (port, f)| h.rx(port, &f), |_, _| {});
 }
 
-/// [`probe_east_west_established_cost`] for the fip-inbound shape: 256 connections from an
-/// Internet host to vm1 through its floating IP (VLAN 101 in, DNAT, routed, the instance's
-/// zone; back: SNAT, routed, tagged), then 40 rounds of data in and ACKs out (20,480
-/// segments). `PROBE_NO_CACHE=1`: the stages alone.
+/// The fip-inbound shape under callgrind (see [`probe_established`]): 256 connections from
+/// an Internet host to vm1 through its floating IP (VLAN 101 in, DNAT, routed, the
+/// instance's zone; back: SNAT, routed, tagged).
 #[test]
-#[ignore = "a fixed workload for callgrind, not a check"]
+#[ignore = "a profiling workload, run by hand under valgrind"]
 fn probe_floating_ip_established_cost() {
     let mut h = harness();
     resolve_external_gateway(&mut h);
-    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
+    let (internet, vm1) = floating_ip_sides();
+    let mut cv = Conversation::new(internet, vm1, 256);
+    probe_established(&mut h, &mut cv, |h, (port, f)| h.rx(port, &f), |_, _| {});
+}
+
+/// An Internet host (on the uplink, VLAN 101, from the external gateway's MAC) and vm1 behind
+/// floating IP F1: client and server of the floating-IP flows.
+fn floating_ip_sides() -> (Side<'static>, Side<'static>) {
     let internet = Side {
         port: UPLINK,
         smac: INET_GW,
@@ -853,34 +775,26 @@ fn probe_floating_ip_established_cost() {
         src: X1,
         dst: INET,
     };
-    let mut cv = Conversation::new(internet, vm1, 256);
-    let (syn, ack, psh) = (0x02, 0x10, 0x18);
-    let mut handshake = Vec::new();
-    for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
-        let (port, frames) = cv.all(from_server, flags, 0);
-        h.rx(port, &frames);
-        handshake.push((port, frames));
-    }
-    // PROBE_SYN=1: every round also replays the SYNs and SYN-ACKs, as the bench's pcaps do.
-    let replay_syn = std::env::var_os("PROBE_SYN").is_some();
-    let sent = |h: &Harness| h.sink.sent.iter().map(Vec::len).sum::<usize>();
-    assert_eq!(sent(&h), 3 * 256, "the handshakes forwarded");
-    h.sink.sent.iter_mut().for_each(Vec::clear);
-    for _ in 0..40 {
-        let (port, frames) = cv.all(false, psh, 6);
-        h.rx(port, &frames);
-        let (port, frames) = cv.all(true, ack, 0);
-        h.rx(port, &frames);
-        if replay_syn {
-            for (port, frames) in &handshake[..2] {
-                h.rx(*port, frames);
-            }
-        }
-        assert_eq!(
-            sent(&h),
-            (2 + 2 * replay_syn as usize) * 256,
-            "every segment forwarded"
-        );
-        h.sink.sent.iter_mut().for_each(Vec::clear);
-    }
+    (internet, vm1)
+}
+
+/// vm2 (client) and vm1 (server), two instances of this host with stateful groups.
+fn east_west_sides() -> (Side<'static>, Side<'static>) {
+    let vm2 = Side {
+        port: VM2,
+        smac: M2,
+        dmac: M1,
+        vid: None,
+        src: X2,
+        dst: X1,
+    };
+    let vm1 = Side {
+        port: VM1,
+        smac: M1,
+        dmac: M2,
+        vid: None,
+        src: X1,
+        dst: X2,
+    };
+    (vm2, vm1)
 }

@@ -560,22 +560,7 @@ fn ipv6_is_routed_by_the_network_node_not_translated() {
 #[test]
 fn snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     let mut tw = Twins::new(|| harness([1024, 65535]));
-    let instance = Side {
-        port: OVERLAY,
-        smac: DVR1,
-        dmac: SNAT1,
-        vid: None,
-        src: X1,
-        dst: INET,
-    };
-    let server = Side {
-        port: UPLINK,
-        smac: INET_GW,
-        dmac: QG1,
-        vid: Some(101),
-        src: INET,
-        dst: G,
-    };
+    let (instance, server) = snat_sides();
     let mut cv = Conversation::new(instance, server, 40);
     let (syn, ack, psh) = (0x02, 0x10, 0x18);
     let rx = |tw: &mut Twins, (port, frames): (u16, Vec<Vec<u8>>)| {
@@ -606,15 +591,25 @@ fn snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     rx(&mut tw, cv.all(true, ack, 0));
 }
 
-/// The snat-outbound shape for callgrind (see `probe_east_west_established_cost` in
-/// fip_tests.rs): 256 connections from an instance on compute1 (VXLAN in) to an Internet
-/// server through the SNAT router, then 40 rounds of data out and ACKs back (20,480
-/// segments). `PROBE_NO_CACHE=1`: the stages alone.
+/// The snat-outbound shape under callgrind (see [`probe_established`]): 256 connections from
+/// an instance on compute1 (VXLAN in) to an Internet server through the SNAT router.
 #[test]
-#[ignore = "a fixed workload for callgrind, not a check"]
+#[ignore = "a profiling workload, run by hand under valgrind"]
 fn probe_snat_established_cost() {
     let mut h = harness([1024, 65535]);
-    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
+    let (instance, server) = snat_sides();
+    let mut cv = Conversation::new(instance, server, 256);
+    probe_established(&mut h, &mut cv, rx_from_compute1, |h, cv| {
+        // The ports the router chose, as the server sees them.
+        let out = h.sink.on(UPLINK);
+        let n = cv.n as usize;
+        cv.seen_ports = out[out.len() - n..].iter().map(|f| tcp4(f).1).collect();
+    });
+}
+
+/// The instance on compute1 (arriving in VXLAN on the overlay port, routed there to the SNAT
+/// port) and an Internet server on the uplink (VLAN 101, answering the gateway address G).
+fn snat_sides() -> (Side<'static>, Side<'static>) {
     let instance = Side {
         port: OVERLAY,
         smac: DVR1,
@@ -631,40 +626,16 @@ fn probe_snat_established_cost() {
         src: INET,
         dst: G,
     };
-    let mut cv = Conversation::new(instance, server, 256);
-    let (syn, ack, psh) = (0x02, 0x10, 0x18);
-    let rx = |h: &mut Harness, (port, frames): (u16, Vec<Vec<u8>>)| {
-        let frames: Vec<Vec<u8>> = if port == OVERLAY {
-            frames.iter().map(|f| from_compute1(f)).collect()
-        } else {
-            frames
-        };
-        h.rx(port, &frames);
+    (instance, server)
+}
+
+/// Receives `frames` on `port`, those of the overlay port first encapsulated as compute1
+/// sends them.
+fn rx_from_compute1(h: &mut Harness, (port, frames): (u16, Vec<Vec<u8>>)) {
+    let frames: Vec<Vec<u8>> = if port == OVERLAY {
+        frames.iter().map(|f| from_compute1(f)).collect()
+    } else {
+        frames
     };
-    let syns = cv.all(false, syn, 0);
-    rx(&mut h, syns.clone());
-    let out = h.sink.on(UPLINK);
-    cv.seen_ports = out[out.len() - 256..].iter().map(|f| tcp4(f).1).collect();
-    let syn_acks = cv.all(true, syn | ack, 0);
-    rx(&mut h, syn_acks.clone());
-    rx(&mut h, cv.all(false, ack, 0));
-    // PROBE_SYN=1: every round also replays the SYNs and SYN-ACKs, as the bench's pcaps do.
-    let replay_syn = std::env::var_os("PROBE_SYN").is_some();
-    let sent = |h: &Harness| h.sink.sent.iter().map(Vec::len).sum::<usize>();
-    assert_eq!(sent(&h), 3 * 256, "the handshakes forwarded");
-    h.sink.sent.iter_mut().for_each(Vec::clear);
-    for _ in 0..40 {
-        rx(&mut h, cv.all(false, psh, 6));
-        rx(&mut h, cv.all(true, ack, 0));
-        if replay_syn {
-            rx(&mut h, syns.clone());
-            rx(&mut h, syn_acks.clone());
-        }
-        assert_eq!(
-            sent(&h),
-            (2 + 2 * replay_syn as usize) * 256,
-            "every segment forwarded"
-        );
-        h.sink.sent.iter_mut().for_each(Vec::clear);
-    }
+    h.rx(port, &frames);
 }

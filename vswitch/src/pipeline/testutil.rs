@@ -419,6 +419,52 @@ pub struct Side<'a> {
     pub dst: [u8; 4],
 }
 
+/// A fixed workload for counting what the stages and the flow cache cost per packet, without
+/// DPDK (perf/README.md, "Instructions per packet"): `cv`'s handshakes, then 40 rounds of 6
+/// data bytes from the client and an ACK from the server, every segment through `rx` (which
+/// may wrap the frames of a port, e.g. in VXLAN); `after_syns` reads what it needs from the
+/// SYNs' output (a SNAT router's ports). `PROBE_NO_CACHE=1`: the stages alone; `PROBE_SYN=1`:
+/// every round also replays the SYNs and SYN-ACKs (retransmissions on established
+/// connections, as the bench's pcaps do when they wrap).
+pub fn probe_established(
+    h: &mut Harness,
+    cv: &mut Conversation,
+    rx: impl Fn(&mut Harness, (u16, Vec<Vec<u8>>)),
+    after_syns: impl FnOnce(&Harness, &mut Conversation),
+) {
+    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
+    let replay_syn = std::env::var_os("PROBE_SYN").is_some();
+    let (syn, ack, psh) = (0x02, 0x10, 0x18);
+    let n = cv.n as usize;
+    let syns = cv.all(false, syn, 0);
+    rx(h, syns.clone());
+    after_syns(h, cv);
+    let syn_acks = cv.all(true, syn | ack, 0);
+    rx(h, syn_acks.clone());
+    rx(h, cv.all(false, ack, 0));
+    let sent = |h: &Harness| h.sink.sent.iter().map(Vec::len).sum::<usize>();
+    assert_eq!(sent(h), 3 * n, "the handshakes forwarded");
+    h.sink.sent.iter_mut().for_each(Vec::clear);
+    for _ in 0..40 {
+        rx(h, cv.all(false, psh, 6));
+        rx(h, cv.all(true, ack, 0));
+        if replay_syn {
+            rx(h, syns.clone());
+            rx(h, syn_acks.clone());
+        }
+        let want = (2 + 2 * replay_syn as usize) * n;
+        assert_eq!(sent(h), want, "every segment forwarded");
+        h.sink.sent.iter_mut().for_each(Vec::clear);
+    }
+    if h.s.flows.enabled {
+        assert!(
+            h.s.flows.stats.hits >= 2 * n as u64 * 38,
+            "{:?}",
+            h.s.flows.stats
+        );
+    }
+}
+
 /// Frames of `n` connections (client ports 40000 + k to server port 5001) for a scripted
 /// conversation, tracking both sides' sequence numbers.
 pub struct Conversation<'a> {
