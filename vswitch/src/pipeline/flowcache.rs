@@ -610,17 +610,17 @@ fn track_all(
             {
                 saved[k] = ce.tcp;
                 changed = k + 1;
-                let liberal = ce.flags & flag::LIBERAL != 0;
-                match r.how {
-                    Track::Firewall => liberal || tcp::plain_ack_in_window(r.dir, &mut ce.tcp, seg),
-                    // A plain ACK of an established connection tracked liberally: always
-                    // accepted, nothing to update (`tcp::track` checked for it in tests).
-                    Track::Translation if liberal => true,
-                    Track::Translation => matches!(
-                        tcp::track(state::ESTABLISHED, r.dir, &mut ce.tcp, seg, liberal),
-                        tcp::Verdict::Ok(state::ESTABLISHED)
-                    ),
-                }
+                // A plain ACK of an established connection tracked liberally is accepted
+                // and changes nothing, whether the firewall's fast path or a translation's
+                // tracking judges it (`tcp::track` checked for it in tests).
+                ce.flags & flag::LIBERAL != 0
+                    || match r.how {
+                        Track::Firewall => tcp::plain_ack_in_window(r.dir, &mut ce.tcp, seg),
+                        Track::Translation => matches!(
+                            tcp::track(state::ESTABLISHED, r.dir, &mut ce.tcp, seg, false),
+                            tcp::Verdict::Ok(state::ESTABLISHED)
+                        ),
+                    }
             }
             _ => false,
         };

@@ -564,12 +564,7 @@ fn snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     let mut cv = Conversation::new(instance, server, 40);
     let (syn, ack, psh) = (0x02, 0x10, 0x18);
     let rx = |tw: &mut Twins, (port, frames): (u16, Vec<Vec<u8>>)| {
-        let frames: Vec<Vec<u8>> = if port == OVERLAY {
-            frames.iter().map(|f| from_compute1(f)).collect()
-        } else {
-            frames
-        };
-        tw.rx(port, &frames);
+        tw.rx(port, &as_sent(port, frames));
     };
     rx(&mut tw, cv.all(false, syn, 0));
     // The ports the router chose, as the server sees them.
@@ -629,13 +624,15 @@ fn snat_sides() -> (Side<'static>, Side<'static>) {
     (instance, server)
 }
 
-/// Receives `frames` on `port`, those of the overlay port first encapsulated as compute1
-/// sends them.
-fn rx_from_compute1(h: &mut Harness, (port, frames): (u16, Vec<Vec<u8>>)) {
-    let frames: Vec<Vec<u8>> = if port == OVERLAY {
+/// `frames` as they arrive on `port`: on the overlay port, encapsulated as compute1 sends them.
+fn as_sent(port: u16, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    if port == OVERLAY {
         frames.iter().map(|f| from_compute1(f)).collect()
     } else {
         frames
-    };
-    h.rx(port, &frames);
+    }
+}
+
+fn rx_from_compute1(h: &mut Harness, (port, frames): (u16, Vec<Vec<u8>>)) {
+    h.rx(port, &as_sent(port, frames));
 }
