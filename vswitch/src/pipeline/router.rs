@@ -516,17 +516,19 @@ fn cached_hop(x: &Ctx<'_>, s: &mut CoreState, dst: u128, v6: bool) -> Result<Hop
 
 /// Forwards an option-less IPv4 packet whose decision is in the route cache and needs nothing
 /// else (TTL above 1, fits the egress MTU, unicast addresses, not for the router): TTL and
-/// checksum (RFC 1624) and both MACs rewritten in place. `None`: nothing was changed, take the
-/// full path.
+/// checksum (RFC 1624) and both MACs rewritten in place. `Err`: nothing was changed, take the
+/// full path; `Err(true)`: the header passed the checks that do not depend on the decision
+/// (whole, option-less, TTL above 1, checksum right, routable source), which the full path
+/// need not repeat.
 #[inline(always)]
-fn fast_v4(d: &mut [u8], x: &Ctx<'_>, s: &CoreState) -> Option<Hop> {
+fn fast_v4(d: &mut [u8], x: &Ctx<'_>, s: &CoreState) -> Result<Hop, bool> {
     if d.len() < 34 || d[12..15] != [0x08, 0x00, 0x45] {
-        return None;
+        return Err(false);
     }
     let total = u16::from_be_bytes([d[16], d[17]]) as usize;
     let ttl = d[22];
     if total < 20 || 14 + total > d.len() || ttl <= 1 || !ipv4_sum20_ok(&d[14..34]) {
-        return None;
+        return Err(false);
     }
     let dst = u32::from_be_bytes([d[30], d[31], d[32], d[33]]);
     let src = u32::from_be_bytes([d[26], d[27], d[28], d[29]]);
@@ -534,7 +536,7 @@ fn fast_v4(d: &mut [u8], x: &Ctx<'_>, s: &CoreState) -> Option<Hop> {
     // destinations that are not the router's, taken while the router was up, and a new
     // generation of tables (where that could change) misses.
     if !v4_routable(src) {
-        return None;
+        return Err(false);
     }
     let key = v4_key(dst);
     let e = &s.route_cache.e[cache_slot(key, x.rif_in)];
@@ -543,11 +545,11 @@ fn fast_v4(d: &mut [u8], x: &Ctx<'_>, s: &CoreState) -> Option<Hop> {
         || e.rif_in != x.rif_in
         || (e.hop.neigh != STATIC && e.hop.neigh != s.l3neigh.epoch())
     {
-        return None;
+        return Err(true);
     }
     let h = e.hop;
     if total > h.mtu as usize {
-        return None;
+        return Err(true);
     }
     // TTL is the high byte of the word at 22; the checksum at 24.
     let old = u16::from_be_bytes([ttl, d[23]]);
@@ -556,7 +558,7 @@ fn fast_v4(d: &mut [u8], x: &Ctx<'_>, s: &CoreState) -> Option<Hop> {
     let cs = checksum::update16(u16::from_be_bytes([d[24], d[25]]), old, new);
     d[24..26].copy_from_slice(&cs.to_be_bytes());
     d[..12].copy_from_slice(&h.macs);
-    Some(h)
+    Ok(h)
 }
 
 /// The route cache slot of (destination, ingress interface).
@@ -643,14 +645,18 @@ pub fn route<B: PacketBuf, T: Tracer>(
         let ctx = Ctx { t, r, rif_in, rif };
         // The common case first: an option-less IPv4 packet to a destination in the route
         // cache, forwarded as is. Anything else takes the full path below.
+        let mut checked = false;
         if !T::ON && !rif.fip && r.snat.is_none() {
-            if let Some(h) = fast_v4(p.data_mut(), &ctx, s) {
-                b.meta[i].network = h.net;
-                b.meta[i].next = h.next;
-                tally.c[RouterStat::Routed as usize] += 1;
-                fwd.count(&h);
-                s.flows.note_route(i, rif.router, h.mtu, h.events(0));
-                continue;
+            match fast_v4(p.data_mut(), &ctx, s) {
+                Ok(h) => {
+                    b.meta[i].network = h.net;
+                    b.meta[i].next = h.next;
+                    tally.c[RouterStat::Routed as usize] += 1;
+                    fwd.count(&h);
+                    s.flows.note_route(i, rif.router, h.mtu, h.events(0));
+                    continue;
+                }
+                Err(c) => checked = c,
             }
         }
         let d = p.data();
@@ -660,7 +666,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
             0
         };
         let out = match et {
-            EtherType::IPV4 => route_v4(p, &ctx, s, c, i, tr),
+            EtherType::IPV4 => route_v4(p, &ctx, s, c, i, tr, checked),
             EtherType::IPV6 => route_v6(p, &ctx, s, c, i, tr),
             EtherType::ARP => Err(D::RouterToRouter),
             _ => Err(D::RouterNotIp),
@@ -898,6 +904,8 @@ enum Verdict {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// `checked`: [`fast_v4`] found the header whole, option-less, with a right checksum, a TTL
+/// above 1 and a routable source.
 fn route_v4<B: PacketBuf, T: Tracer>(
     p: &mut B,
     x: &Ctx<'_>,
@@ -905,6 +913,7 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     c: &mut BatchCounters,
     i: usize,
     tr: &mut T,
+    checked: bool,
 ) -> Result<Verdict, D> {
     // A reply to a centralized SNAT translation (to the router's gateway address).
     if let Some(sn) = x.r.snat.filter(|sn| sn.rif == x.rif_in) {
@@ -923,7 +932,9 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     }
     let d = p.data();
     let ip = Ipv4Packet::new_checked(&d[14..]).map_err(|_| D::RouterMalformed)?;
-    let sum_ok = if d[14] == 0x45 {
+    let sum_ok = if checked {
+        true
+    } else if d[14] == 0x45 {
         ipv4_sum20_ok(&d[14..34])
     } else {
         ip.verify_checksum()
@@ -941,7 +952,7 @@ fn route_v4<B: PacketBuf, T: Tracer>(
     if !x.r.up {
         return Err(D::RouterDown);
     }
-    if !v4_routable(dst) || !v4_routable(src) {
+    if !v4_routable(dst) || (!checked && !v4_routable(src)) {
         return Err(D::RouterNotRoutable);
     }
     // Source-routed packets are not forwarded (RFC 1812 5.2.4.1 allows it; Linux's
