@@ -594,6 +594,11 @@ fn track_all(
     now: u32,
     est_ttl: u32,
 ) -> bool {
+    if e.nrefs == 2 {
+        if let Some(done) = track_twins(e, seg, ct, now, est_ttl) {
+            return done;
+        }
+    }
     let n = (e.nrefs as usize).min(REFS);
     let mut saved = [[TcpPeer::default(); 2]; REFS];
     for k in 0..n {
@@ -640,6 +645,46 @@ fn track_all(
         }
     }
     true
+}
+
+/// [`track_all`] of the usual slot of a connection between two instances of this host: one
+/// entry in the sender's zone and one in the receiver's, both checked as the firewall's fast
+/// path does, in the same direction, with the same tracking (every segment of the connection
+/// moved both the same way since it was established). The window check runs once for both,
+/// as the firewall's own `mirror` spares the receiver's zone the same check. `None`: not such
+/// a slot (or the entries are not as it needs), nothing changed; the general way decides.
+#[inline(always)]
+fn track_twins(
+    e: &Slot,
+    seg: &tcp::Segment,
+    ct: &mut super::conntrack::Conntrack,
+    now: u32,
+    est_ttl: u32,
+) -> Option<bool> {
+    let [r0, r1] = &e.refs;
+    if e.nrefs != 2 || r0.how != Track::Firewall || r1.how != Track::Firewall || r0.dir != r1.dir {
+        return None;
+    }
+    let [a, b] = ct.entries_pair_mut(r0.idx, r1.idx)?;
+    let live = |ce: &super::conntrack::Entry, r: &SlotRef| {
+        fingerprint(ce) == r.fp
+            && ce.state == state::ESTABLISHED
+            && ce.flags & (flag::ASSURED | flag::LIBERAL) == flag::ASSURED
+            && !expired(ce.expires, now)
+    };
+    if !live(a, r0) || !live(b, r1) || a.tcp != b.tcp {
+        return None;
+    }
+    let saved = a.tcp;
+    if !tcp::plain_ack_in_window_twice(r0.dir, &mut a.tcp, &mut b.tcp, seg) {
+        a.tcp = saved;
+        return Some(false);
+    }
+    for ce in [a, b] {
+        ce.expires = now.wrapping_add(est_ttl);
+        ce.flags |= (r0.dir & 1) * flag::SEEN_REPLY;
+    }
+    Some(true)
 }
 
 fn flush_tally(rc: &crate::counters::RouterCounters, (router, n): (u16, u64)) {
@@ -964,6 +1009,93 @@ mod tests {
         let after = state(&ct);
         assert_eq!([after[0].0, after[1].0], want);
         assert_eq!([after[0].1, after[1].1], [1010, 1010]);
+    }
+
+    /// The usual slot of a connection between two instances of one host: both zones track
+    /// it the same way, and the check runs once for both (`track_twins`). A segment in window
+    /// moves both exactly as a check of each would, with a new deadline and the reply seen;
+    /// one out of window changes neither; once the zones' windows differ, the general way
+    /// judges, still all or nothing.
+    #[test]
+    fn twin_entries_move_together_as_two_checks_would() {
+        use crate::pipeline::conntrack::{tcp::Segment, Conntrack, Key, Timeouts};
+        let seg = |flags, seq, ack: u32, len| Segment {
+            seq,
+            ack,
+            win: 502,
+            flags,
+            len,
+            wscale: 255,
+        };
+        let (a, b) = (1_000u32, 4_000_000_000u32);
+        let mut peers = [TcpPeer::default(); 2];
+        tcp::open(&mut peers, &seg(tcp::SYN, a, 0, 0));
+        for (dir, s, st) in [
+            (1, seg(tcp::SYN | tcp::ACK, b, a + 1, 0), state::SYN_SENT),
+            (0, seg(tcp::ACK, a + 1, b + 1, 0), state::SYN_RECV),
+        ] {
+            assert!(matches!(
+                tcp::track(st, dir, &mut peers, &s, false),
+                tcp::Verdict::Ok(_)
+            ));
+        }
+        let timeouts = Timeouts::from_config(&vswitch_config::ConntrackTimeouts::default());
+        let mut ct = Conntrack::new(64, timeouts, false);
+        let mut refs = [SlotRef::default(); REFS];
+        for (zone, r) in refs.iter_mut().enumerate() {
+            let k = Key::v4(zone as u16 + 1, 6, 0x0a00_0001, 0x0a00_0002, 40000, 5001);
+            let idx = ct.insert(&k, state::ESTABLISHED, 0, 7, 0).unwrap();
+            ct.assure(idx);
+            let e = ct.entry_mut(idx).unwrap();
+            e.tcp = peers;
+            *r = SlotRef {
+                fp: fingerprint(e),
+                idx,
+                dir: 1,
+                how: Track::Firewall,
+            };
+        }
+        let slot = Slot {
+            generation: 0,
+            refs,
+            nrefs: 2,
+            ..EMPTY
+        };
+        let state = |ct: &Conntrack| {
+            refs.map(|r| {
+                let e = ct.entry(r.idx).unwrap();
+                (e.tcp, e.expires, e.flags & flag::SEEN_REPLY != 0)
+            })
+        };
+        // The server sends 1,000 bytes: both zones move on alike.
+        let data = seg(tcp::ACK | tcp::PSH, b + 1, a + 1, 1000);
+        let mut want = peers;
+        assert!(tcp::plain_ack_in_window(1, &mut want, &data));
+        assert_ne!(want, peers);
+        assert!(track_all(&slot, &data, &mut ct, 10, 1000));
+        assert_eq!(state(&ct), [(want, 1010, true); 2]);
+        // Far beyond the window: refused, neither changed.
+        let before = state(&ct);
+        assert!(!track_all(
+            &slot,
+            &seg(tcp::ACK, b.wrapping_add(1 << 30), a + 1, 6),
+            &mut ct,
+            20,
+            1000
+        ));
+        assert_eq!(state(&ct), before);
+        // The second zone's windows no longer the first's: judged entry by entry.
+        let mut other = want;
+        other[0].maxwin += 1;
+        ct.entry_mut(refs[1].idx).unwrap().tcp = other;
+        let more = seg(tcp::ACK | tcp::PSH, b + 101, a + 1, 6);
+        let expect = [want, other].map(|mut p| {
+            assert!(tcp::plain_ack_in_window(1, &mut p, &more));
+            p
+        });
+        assert!(track_all(&slot, &more, &mut ct, 30, 1000));
+        let after = state(&ct);
+        assert_eq!([after[0].0, after[1].0], expect);
     }
 
     #[test]

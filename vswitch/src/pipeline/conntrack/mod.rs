@@ -631,6 +631,12 @@ impl Conntrack {
         self.entries.get_mut(idx as usize)
     }
 
+    /// Two different entries at once (`None`: the same one, or one out of range).
+    #[inline(always)]
+    pub fn entries_pair_mut(&mut self, a: u32, b: u32) -> Option<[&mut Entry; 2]> {
+        self.entries.get_disjoint_mut([a as usize, b as usize]).ok()
+    }
+
     /// Starts loading what entry `idx` keeps beside the table (a translated connection's
     /// reply key, an IPv6 connection's addresses): a translation reads it on every packet.
     #[inline(always)]

@@ -229,7 +229,7 @@ pub fn track(
     if next == IG {
         return Verdict::Ignored;
     }
-    if !liberal && !in_window::<false>(state, d, peers, seg) {
+    if !liberal && !in_window::<false>(state, d, peers, seg, None) {
         return Verdict::Invalid;
     }
     Verdict::Ok(next)
@@ -241,18 +241,37 @@ pub fn track(
 /// handshake and RST branches compiled out. Whether it is in window.
 #[inline(always)]
 pub fn plain_ack_in_window(dir: u8, peers: &mut [TcpPeer; 2], seg: &Segment) -> bool {
-    in_window::<true>(ESTABLISHED, (dir & 1) as usize, peers, seg)
+    in_window::<true>(ESTABLISHED, (dir & 1) as usize, peers, seg, None)
+}
+
+/// [`plain_ack_in_window`] for two entries of one connection whose tracking is the same
+/// (`twin == peers`: the sender's zone and the receiver's on one host, where the same
+/// segment is checked twice): the check is a function of the tracking and the segment, so it
+/// runs once and what it moved is written to both. If it fails, `peers` may have changed
+/// (as with [`plain_ack_in_window`]) and `twin` has not.
+#[inline(always)]
+pub fn plain_ack_in_window_twice(
+    dir: u8,
+    peers: &mut [TcpPeer; 2],
+    twin: &mut [TcpPeer; 2],
+    seg: &Segment,
+) -> bool {
+    in_window::<true>(ESTABLISHED, (dir & 1) as usize, peers, seg, Some(twin))
 }
 
 /// The sequence/window check, updating both sides' tracking when the segment passes.
 /// `PLAIN_ACK`: the caller knows the segment is an ACK without SYN, FIN or RST on an
-/// established connection, and the branches for the other cases drop out.
+/// established connection, and the branches for the other cases drop out. `twin`: tracking
+/// equal to `peers` before the check, given what `peers` ends with when it passes, field by
+/// field from the values just computed (a whole copy read back from `peers` would stall on
+/// store-to-load forwarding).
 #[inline(always)]
 fn in_window<const PLAIN_ACK: bool>(
     state: u8,
     d: usize,
     peers: &mut [TcpPeer; 2],
     seg: &Segment,
+    twin: Option<&mut [TcpPeer; 2]>,
 ) -> bool {
     let (a, b) = peers.split_at_mut(1);
     let (sender, receiver) = if d == 0 {
@@ -355,6 +374,19 @@ fn in_window<const PLAIN_ACK: bool>(
         if win == 0 {
             receiver.maxend = receiver.maxend.wrapping_add(1);
         }
+    }
+    if let Some(t) = twin {
+        let (ts, tr) = if d == 0 { (0, 1) } else { (1, 0) };
+        t[ts].end = sender.end;
+        t[ts].maxend = sender.maxend;
+        t[ts].maxwin = sender.maxwin;
+        t[ts].scale = sender.scale;
+        t[ts].wscale_opt = sender.wscale_opt;
+        t[tr].end = receiver.end;
+        t[tr].maxend = receiver.maxend;
+        t[tr].maxwin = receiver.maxwin;
+        t[tr].scale = receiver.scale;
+        t[tr].wscale_opt = receiver.wscale_opt;
     }
     true
 }

@@ -97,6 +97,45 @@ fn plain_ack_window_check_agrees_with_the_tracker() {
     assert!(accepted > 10 && refused > 10, "{accepted} / {refused}");
 }
 
+/// The window check run once for two entries with the same tracking (the sender's zone and
+/// the receiver's of one connection on one host) leaves both exactly as the check of each
+/// would; when it refuses, the twin is as it was.
+#[test]
+fn the_twin_window_check_moves_both_entries_as_two_checks_would() {
+    let b1 = B.wrapping_add(1);
+    let (mut accepted, mut refused) = (0, 0);
+    for (dir, seq0, ack0) in [(0u8, A + 1, b1), (1, b1, A + 1)] {
+        for dseq in [0u32, 1, 500, 70_000, 1 << 30, u32::MAX - 10] {
+            for dack in [0u32, 1, 100_000, u32::MAX] {
+                for (len, win) in [(0u32, 502u16), (6, 502), (1460, 0), (1460, 65535)] {
+                    let s = seg(
+                        ACK,
+                        seq0.wrapping_add(dseq),
+                        ack0.wrapping_add(dack),
+                        win,
+                        len,
+                    );
+                    let before = established().peers;
+                    let (mut one, mut other) = (before, before);
+                    let ok_one = tcp::plain_ack_in_window(dir, &mut one, &s);
+                    assert_eq!(tcp::plain_ack_in_window(dir, &mut other, &s), ok_one);
+                    let (mut a, mut b) = (before, before);
+                    let ok = tcp::plain_ack_in_window_twice(dir, &mut a, &mut b, &s);
+                    assert_eq!(ok, ok_one, "{dir} {s:?}");
+                    if ok {
+                        assert_eq!((a, b), (one, other), "{dir} {s:?}");
+                        accepted += 1;
+                    } else {
+                        assert_eq!(b, before, "{dir} {s:?}");
+                        refused += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(accepted > 10 && refused > 10, "{accepted} / {refused}");
+}
+
 /// What the flow cache assumes of a liberal translation: a plain ACK (any of PSH, URG, ECE,
 /// CWR beside it; never SYN, FIN or RST) of an established connection is accepted either way
 /// and changes nothing, whatever the windows say.
