@@ -63,17 +63,20 @@ pub mod ev {
     pub const FIP_OUT: u8 = 16;
     pub const SNAT_IN: u8 = 32;
     pub const SNAT_OUT: u8 = 64;
+    /// Not the router's own: a frame another host's distributed router sent (its DVR MAC
+    /// as source) got the gateway's MAC instead (`router::dvr_ingress`).
+    pub const DVR_IN: u8 = 128;
 }
 
 /// Each value of a slot's `routed` bits spread one bit to a byte (bit k to byte k): a batch's
 /// events add up in one word (at most [`BURST`] per byte), not in a loop over the bits for
 /// every packet.
-const SPREAD: [u64; 128] = {
-    let mut t = [0u64; 128];
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
     let mut v = 0;
-    while v < 128 {
+    while v < 256 {
         let mut k = 0;
-        while k < 7 {
+        while k < 8 {
             t[v] |= ((v as u64 >> k) & 1) << (8 * k);
             k += 1;
         }
@@ -83,7 +86,7 @@ const SPREAD: [u64; 128] = {
 };
 
 /// The router's events, in the order of the [`ev`] bits.
-const ROUTER_EVENTS: [E; 7] = [
+const ROUTER_EVENTS: [E; 8] = [
     E::Routed,
     E::DvrMacOut,
     E::ToSnat,
@@ -91,6 +94,7 @@ const ROUTER_EVENTS: [E; 7] = [
     E::FipSnat,
     E::SnatIn,
     E::SnatOut,
+    E::DvrMacIn,
 ];
 
 /// The events a hit repeats (from its entry: these and [`ROUTER_EVENTS`]) or that only
@@ -329,8 +333,17 @@ impl FlowCache {
                 r.bad = true;
             }
             r.router = router;
-            r.routed = routed;
+            r.routed |= routed;
             r.mtu = mtu;
+        }
+    }
+
+    /// Packet `i` came from another host's distributed router and got the gateway's MAC as
+    /// source ([`ev::DVR_IN`]).
+    #[inline(always)]
+    pub fn note_dvr_in(&mut self, i: usize) {
+        if let Some(r) = self.rec.get_mut(i) {
+            r.routed |= ev::DVR_IN;
         }
     }
 }
@@ -554,7 +567,7 @@ pub fn lookup<B: PacketBuf>(
         fc.hits |= 1 << i;
         fc.stats.hits += 1;
         unicast += 1;
-        routed += SPREAD[(e.routed & 0x7f) as usize];
+        routed += SPREAD[e.routed as usize];
         if e.router != NO_ROUTER {
             if tally.0 != e.router {
                 flush_tally(s.router.as_ref(), tally);
@@ -1100,16 +1113,16 @@ mod tests {
 
     #[test]
     fn router_events_spread_one_bit_to_a_byte_and_add_up_per_batch() {
-        const _: () = assert!(ROUTER_EVENTS.len() == 7 && BURST < 256);
+        const _: () = assert!(ROUTER_EVENTS.len() == 8 && BURST < 256);
         assert_eq!(SPREAD[0], 0);
         assert_eq!(SPREAD[ev::ROUTED as usize], 1);
         assert_eq!(SPREAD[(ev::ROUTED | ev::SNAT_OUT) as usize], 1 | 1 << 48);
-        // A full batch of every event: 32 in each of the seven bytes, nothing carried over.
-        let all = (0..BURST).map(|_| SPREAD[127]).sum::<u64>();
-        for k in 0..7 {
+        assert_eq!(SPREAD[ev::DVR_IN as usize], 1 << 56);
+        // A full batch of every event: 32 in each of the eight bytes, nothing carried over.
+        let all = (0..BURST).map(|_| SPREAD[255]).sum::<u64>();
+        for k in 0..8 {
             assert_eq!(all >> (8 * k) & 0xff, BURST as u64);
         }
-        assert_eq!(all >> 56, 0);
     }
 
     /// Flows that differ only in a port, or only in an address, spread over the buckets as

@@ -299,11 +299,6 @@ pub fn process<B: PacketBuf, T: Tracer>(
     classify::run(b, t, c, tr);
     provider::ingress(b, t, c, tr);
     tunnel::decap(b, t, s, c, tr);
-    // The routing stages stay out of line behind cheap checks, so a host (or a batch) without
-    // routers keeps the switching loop as small as it was.
-    if !t.l3.dvr_macs.is_empty() {
-        router::dvr_ingress(b, t, c, tr);
-    }
     // Established connections whose way the stages worked out before skip them; the others
     // are learnt from once the stages are done (never while tracing: trace shows the stages).
     let learning = if !T::ON && s.flows.enabled {
@@ -320,6 +315,13 @@ pub fn process<B: PacketBuf, T: Tracer>(
         s.flows.settled = false;
         false
     };
+    // The routing stages stay out of line behind cheap checks, so a host (or a batch) without
+    // routers keeps the switching loop as small as it was. After the flow cache: a frame from
+    // another host's distributed router is cached as it arrived, its new source MAC with the
+    // rest of what the stages do to it.
+    if !t.l3.dvr_macs.is_empty() {
+        router::dvr_ingress(b, t, &mut s.flows, c, tr);
+    }
     let before = if learning {
         flowcache::unrepeatable(c)
     } else {

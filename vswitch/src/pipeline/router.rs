@@ -78,6 +78,7 @@ const VXLAN_IP_OVERHEAD: u16 = 50;
 pub fn dvr_ingress<B: PacketBuf, T: Tracer>(
     b: &mut Batch<B>,
     t: &Tables,
+    fc: &mut super::flowcache::FlowCache,
     c: &mut BatchCounters,
     tr: &mut T,
 ) {
@@ -110,6 +111,7 @@ pub fn dvr_ingress<B: PacketBuf, T: Tracer>(
             Some(gw) => {
                 p.data_mut()[6..12].copy_from_slice(&gw.0);
                 c.event(E::DvrMacIn);
+                fc.note_dvr_in(i);
                 trace!(
                     tr,
                     i,

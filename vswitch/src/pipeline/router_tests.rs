@@ -1121,3 +1121,54 @@ fn ipv6_default_goes_to_the_snat_port_untranslated() {
     assert_eq!(back.len(), 1, "an ICMPv6 error back: {:?}", h.c);
     assert_eq!(back[0][54], 1, "destination unreachable");
 }
+
+/// Frames another host's distributed router sent to an instance here (its DVR MAC as source,
+/// over the overlay) are answered by the flow cache once their connection is established:
+/// the gateway's MAC as source and `router.dvr_mac_in` counted, exactly as the stages do them.
+#[test]
+fn frames_routed_on_another_host_from_the_flow_cache_are_what_the_stages_make_of_them() {
+    let mut tw = Twins::new(harness);
+    let (c0, s0) = (1000u32, 5000u32);
+    let from_r2 = |k: u16, (seq, ack): (u32, u32), flags: u8, len: usize| {
+        let inner = tcp4(
+            DVR2,
+            M1,
+            None,
+            (IPR2, IP1),
+            (40000 + k, 22),
+            (seq, ack),
+            flags,
+            len,
+            63,
+        );
+        vxlan(&inner, 101)
+    };
+    let from_vm1 = |k: u16, (seq, ack): (u32, u32), flags: u8| {
+        tcp4(
+            M1,
+            GW1,
+            None,
+            (IP1, IPR2),
+            (22, 40000 + k),
+            (seq, ack),
+            flags,
+            0,
+            64,
+        )
+    };
+    let n = 8;
+    let all = |f: &dyn Fn(u16) -> Vec<u8>| (0..n).map(f).collect::<Vec<_>>();
+    tw.rx(OVERLAY, &all(&|k| from_r2(k, (c0, 0), 0x02, 0)));
+    tw.rx(VM1, &all(&|k| from_vm1(k, (s0, c0 + 1), 0x12)));
+    tw.rx(OVERLAY, &all(&|k| from_r2(k, (c0 + 1, s0 + 1), 0x10, 0)));
+    for round in 0..4 {
+        let seq = c0 + 1 + 6 * round;
+        tw.rx(OVERLAY, &all(&|k| from_r2(k, (seq, s0 + 1), 0x18, 6)));
+        tw.rx(VM1, &all(&|k| from_vm1(k, (s0 + 1, seq + 6), 0x10)));
+    }
+    assert!(tw.hits() >= 3 * 2 * n as u64, "hits: {}", tw.hits());
+    let out = tw.cached.sink.on(VM1);
+    assert_eq!(out.len(), 6 * n as usize, "drops {:?}", tw.cached.c.drops);
+    assert!(out.iter().all(|f| f[6..12] == mac(GW1).0));
+    assert_eq!(tw.cached.c.count(E::DvrMacIn), 6 * n as u64);
+}
