@@ -658,7 +658,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
                     s.flows.note_route(i, rif.router, h.mtu, h.events(0));
                     continue;
                 }
-                Err(c) => checked = c,
+                Err(ok) => checked = ok,
             }
         }
         let d = p.data();
@@ -905,9 +905,9 @@ enum Verdict {
     Handoff(u16),
 }
 
-#[allow(clippy::too_many_arguments)]
 /// `checked`: [`fast_v4`] found the header whole, option-less, with a right checksum, a TTL
 /// above 1 and a routable source.
+#[allow(clippy::too_many_arguments)]
 fn route_v4<B: PacketBuf, T: Tracer>(
     p: &mut B,
     x: &Ctx<'_>,
