@@ -868,6 +868,7 @@ fn apply(d: &mut Hdr, e: &Slot) {
 mod tests {
     use super::*;
     use crate::packet::ipv4::Ipv4Packet;
+    use crate::pipeline::conntrack::Conntrack;
     use crate::pipeline::nat::{self, Field};
     use crate::pipeline::testutil::tcp4;
     use proptest::prelude::*;
@@ -941,25 +942,22 @@ mod tests {
         assert_eq!((e.ttl_dec, e.ip_delta, e.l4_delta), (0, 0, 0));
     }
 
-    /// A connection tracked in two zones whose windows differ (the second never saw the
-    /// server's data): a segment the first zone accepts and the second refuses is refused
-    /// whole, with the first zone's windows, moved on in place, put back; one both accept
-    /// moves both on exactly as the firewall's fast path does.
-    #[test]
-    fn a_segment_the_second_zone_refuses_leaves_both_entries_as_they_were() {
-        use crate::pipeline::conntrack::{tcp::Segment, Conntrack, Key, Timeouts};
-        let seg = |flags, seq, ack: u32, len| Segment {
+    /// A segment of the tests below (window 502, no options).
+    fn seg(flags: u8, seq: u32, ack: u32, len: u32) -> tcp::Segment {
+        tcp::Segment {
             seq,
             ack,
             win: 502,
             flags,
             len,
             wscale: 255,
-        };
-        let (a, b) = (1_000u32, 4_000_000_000u32);
+        }
+    }
+
+    /// Both sides' tracking once a handshake from ISN `a` (the client) and `b` is done.
+    fn handshake(a: u32, b: u32) -> [TcpPeer; 2] {
         let mut peers = [TcpPeer::default(); 2];
         tcp::open(&mut peers, &seg(tcp::SYN, a, 0, 0));
-        let est = state::ESTABLISHED;
         for (dir, s, st) in [
             (1, seg(tcp::SYN | tcp::ACK, b, a + 1, 0), state::SYN_SENT),
             (0, seg(tcp::ACK, a + 1, b + 1, 0), state::SYN_RECV),
@@ -969,26 +967,26 @@ mod tests {
                 tcp::Verdict::Ok(_)
             ));
         }
-        // The first zone also saw 1,000 bytes from the server.
-        let mut seen = peers;
-        assert!(tcp::plain_ack_in_window(
-            1,
-            &mut seen,
-            &seg(tcp::ACK, b + 1, a + 1, 1000)
-        ));
+        peers
+    }
+
+    /// One connection, established and assured in zones 1 and 2 with tracking `tcp[0]` and
+    /// `tcp[1]`, and a slot moving both on in direction `dir` as the firewall does.
+    fn two_zones(tcp: [[TcpPeer; 2]; 2], dir: u8) -> (Conntrack, Slot) {
+        use crate::pipeline::conntrack::{Key, Timeouts};
         let timeouts = Timeouts::from_config(&vswitch_config::ConntrackTimeouts::default());
         let mut ct = Conntrack::new(64, timeouts, false);
         let mut refs = [SlotRef::default(); REFS];
-        for (zone, (r, p)) in refs.iter_mut().zip([seen, peers]).enumerate() {
+        for (zone, (r, p)) in refs.iter_mut().zip(tcp).enumerate() {
             let k = Key::v4(zone as u16 + 1, 6, 0x0a00_0001, 0x0a00_0002, 40000, 5001);
-            let idx = ct.insert(&k, est, 0, 7, 0).unwrap();
+            let idx = ct.insert(&k, state::ESTABLISHED, 0, 7, 0).unwrap();
             ct.assure(idx);
             let e = ct.entry_mut(idx).unwrap();
             e.tcp = p;
             *r = SlotRef {
                 fp: fingerprint(e),
                 idx,
-                dir: 0,
+                dir,
                 how: Track::Firewall,
             };
         }
@@ -998,20 +996,41 @@ mod tests {
             nrefs: 2,
             ..EMPTY
         };
-        let state = |ct: &Conntrack| {
-            refs.map(|r| {
-                let e = ct.entry(r.idx).unwrap();
-                (e.tcp, e.expires, e.flags)
-            })
-        };
-        let before = state(&ct);
+        (ct, slot)
+    }
+
+    /// What a slot's two entries hold: tracking, deadline, flags.
+    fn zones(ct: &Conntrack, slot: &Slot) -> [([TcpPeer; 2], u32, u8); 2] {
+        slot.refs.map(|r| {
+            let e = ct.entry(r.idx).unwrap();
+            (e.tcp, e.expires, e.flags)
+        })
+    }
+
+    /// A connection tracked in two zones whose windows differ (the second never saw the
+    /// server's data): a segment the first zone accepts and the second refuses is refused
+    /// whole, with the first zone's windows, moved on in place, put back; one both accept
+    /// moves both on exactly as the firewall's fast path does.
+    #[test]
+    fn a_segment_the_second_zone_refuses_leaves_both_entries_as_they_were() {
+        let (a, b) = (1_000u32, 4_000_000_000u32);
+        let peers = handshake(a, b);
+        // The first zone also saw 1,000 bytes from the server.
+        let mut seen = peers;
+        assert!(tcp::plain_ack_in_window(
+            1,
+            &mut seen,
+            &seg(tcp::ACK, b + 1, a + 1, 1000)
+        ));
+        let (mut ct, slot) = two_zones([seen, peers], 0);
+        let before = zones(&ct, &slot);
         // The client acks the server's data: in the first zone's window, beyond the second's.
         let acks_data = seg(tcp::ACK | tcp::PSH, a + 1, b + 1001, 6);
         let mut first = seen;
         assert!(tcp::plain_ack_in_window(0, &mut first, &acks_data));
         assert_ne!(first, seen, "the first zone's windows move on");
         assert!(!track_all(&slot, &acks_data, &mut ct, 10, 1000));
-        assert_eq!(state(&ct), before, "both entries as they were");
+        assert_eq!(zones(&ct, &slot), before, "both entries as they were");
         // Data that acks only what both saw: both move on, with a new deadline.
         let plain = seg(tcp::ACK | tcp::PSH, a + 1, b + 1, 6);
         let want = [seen, peers].map(|mut p| {
@@ -1019,7 +1038,7 @@ mod tests {
             p
         });
         assert!(track_all(&slot, &plain, &mut ct, 10, 1000));
-        let after = state(&ct);
+        let after = zones(&ct, &slot);
         assert_eq!([after[0].0, after[1].0], want);
         assert_eq!([after[0].1, after[1].1], [1010, 1010]);
     }
@@ -1031,54 +1050,11 @@ mod tests {
     /// judges, still all or nothing.
     #[test]
     fn twin_entries_move_together_as_two_checks_would() {
-        use crate::pipeline::conntrack::{tcp::Segment, Conntrack, Key, Timeouts};
-        let seg = |flags, seq, ack: u32, len| Segment {
-            seq,
-            ack,
-            win: 502,
-            flags,
-            len,
-            wscale: 255,
-        };
         let (a, b) = (1_000u32, 4_000_000_000u32);
-        let mut peers = [TcpPeer::default(); 2];
-        tcp::open(&mut peers, &seg(tcp::SYN, a, 0, 0));
-        for (dir, s, st) in [
-            (1, seg(tcp::SYN | tcp::ACK, b, a + 1, 0), state::SYN_SENT),
-            (0, seg(tcp::ACK, a + 1, b + 1, 0), state::SYN_RECV),
-        ] {
-            assert!(matches!(
-                tcp::track(st, dir, &mut peers, &s, false),
-                tcp::Verdict::Ok(_)
-            ));
-        }
-        let timeouts = Timeouts::from_config(&vswitch_config::ConntrackTimeouts::default());
-        let mut ct = Conntrack::new(64, timeouts, false);
-        let mut refs = [SlotRef::default(); REFS];
-        for (zone, r) in refs.iter_mut().enumerate() {
-            let k = Key::v4(zone as u16 + 1, 6, 0x0a00_0001, 0x0a00_0002, 40000, 5001);
-            let idx = ct.insert(&k, state::ESTABLISHED, 0, 7, 0).unwrap();
-            ct.assure(idx);
-            let e = ct.entry_mut(idx).unwrap();
-            e.tcp = peers;
-            *r = SlotRef {
-                fp: fingerprint(e),
-                idx,
-                dir: 1,
-                how: Track::Firewall,
-            };
-        }
-        let slot = Slot {
-            generation: 0,
-            refs,
-            nrefs: 2,
-            ..EMPTY
-        };
-        let state = |ct: &Conntrack| {
-            refs.map(|r| {
-                let e = ct.entry(r.idx).unwrap();
-                (e.tcp, e.expires, e.flags & flag::SEEN_REPLY != 0)
-            })
+        let peers = handshake(a, b);
+        let (mut ct, slot) = two_zones([peers, peers], 1);
+        let reply_seen = |ct: &Conntrack| {
+            zones(ct, &slot).map(|(t, exp, f)| (t, exp, f & flag::SEEN_REPLY != 0))
         };
         // The server sends 1,000 bytes: both zones move on alike.
         let data = seg(tcp::ACK | tcp::PSH, b + 1, a + 1, 1000);
@@ -1086,28 +1062,23 @@ mod tests {
         assert!(tcp::plain_ack_in_window(1, &mut want, &data));
         assert_ne!(want, peers);
         assert!(track_all(&slot, &data, &mut ct, 10, 1000));
-        assert_eq!(state(&ct), [(want, 1010, true); 2]);
+        assert_eq!(reply_seen(&ct), [(want, 1010, true); 2]);
         // Far beyond the window: refused, neither changed.
-        let before = state(&ct);
-        assert!(!track_all(
-            &slot,
-            &seg(tcp::ACK, b.wrapping_add(1 << 30), a + 1, 6),
-            &mut ct,
-            20,
-            1000
-        ));
-        assert_eq!(state(&ct), before);
+        let before = zones(&ct, &slot);
+        let far = seg(tcp::ACK, b.wrapping_add(1 << 30), a + 1, 6);
+        assert!(!track_all(&slot, &far, &mut ct, 20, 1000));
+        assert_eq!(zones(&ct, &slot), before);
         // The second zone's windows no longer the first's: judged entry by entry.
         let mut other = want;
         other[0].maxwin += 1;
-        ct.entry_mut(refs[1].idx).unwrap().tcp = other;
+        ct.entry_mut(slot.refs[1].idx).unwrap().tcp = other;
         let more = seg(tcp::ACK | tcp::PSH, b + 101, a + 1, 6);
         let expect = [want, other].map(|mut p| {
             assert!(tcp::plain_ack_in_window(1, &mut p, &more));
             p
         });
         assert!(track_all(&slot, &more, &mut ct, 30, 1000));
-        let after = state(&ct);
+        let after = zones(&ct, &slot);
         assert_eq!([after[0].0, after[1].0], expect);
     }
 
