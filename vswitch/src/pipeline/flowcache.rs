@@ -620,12 +620,7 @@ fn track_all(
         // its own step has begun.
         let mut changed = k;
         let next = match ct.entry_mut(r.idx) {
-            Some(ce)
-                if fingerprint(ce) == r.fp
-                    && ce.state == state::ESTABLISHED
-                    && ce.flags & flag::ASSURED != 0
-                    && !expired(ce.expires, now) =>
-            {
+            Some(ce) if holds(ce, r, now) => {
                 saved[k] = ce.tcp;
                 changed = k + 1;
                 // A plain ACK of an established connection tracked liberally is accepted
@@ -653,11 +648,28 @@ fn track_all(
     }
     for r in &e.refs[..n] {
         if let Some(ce) = ct.entry_mut(r.idx) {
-            ce.expires = now.wrapping_add(est_ttl);
-            ce.flags |= (r.dir & 1) * flag::SEEN_REPLY;
+            passed(ce, r.dir, now, est_ttl);
         }
     }
     true
+}
+
+/// Connection entry `ce` still holds the established, assured connection that `r` was made
+/// for, and it has not expired.
+#[inline(always)]
+fn holds(ce: &super::conntrack::Entry, r: &SlotRef, now: u32) -> bool {
+    fingerprint(ce) == r.fp
+        && ce.state == state::ESTABLISHED
+        && ce.flags & flag::ASSURED != 0
+        && !expired(ce.expires, now)
+}
+
+/// What a segment that passed in direction `dir` does to its entry besides the windows: the
+/// established deadline, and the reply seen.
+#[inline(always)]
+fn passed(ce: &mut super::conntrack::Entry, dir: u8, now: u32, est_ttl: u32) {
+    ce.expires = now.wrapping_add(est_ttl);
+    ce.flags |= (dir & 1) * flag::SEEN_REPLY;
 }
 
 /// [`track_all`] of the usual slot of a connection between two instances of this host: one
@@ -679,13 +691,9 @@ fn track_twins(
         return None;
     }
     let [a, b] = ct.entries_pair_mut(r0.idx, r1.idx)?;
-    let live = |ce: &super::conntrack::Entry, r: &SlotRef| {
-        fingerprint(ce) == r.fp
-            && ce.state == state::ESTABLISHED
-            && ce.flags & (flag::ASSURED | flag::LIBERAL) == flag::ASSURED
-            && !expired(ce.expires, now)
-    };
-    if !live(a, r0) || !live(b, r1) || a.tcp != b.tcp {
+    let strict =
+        |ce: &super::conntrack::Entry, r| holds(ce, r, now) && ce.flags & flag::LIBERAL == 0;
+    if !strict(a, r0) || !strict(b, r1) || a.tcp != b.tcp {
         return None;
     }
     let saved = a.tcp;
@@ -694,8 +702,7 @@ fn track_twins(
         return Some(false);
     }
     for ce in [a, b] {
-        ce.expires = now.wrapping_add(est_ttl);
-        ce.flags |= (r0.dir & 1) * flag::SEEN_REPLY;
+        passed(ce, r0.dir, now, est_ttl);
     }
     Some(true)
 }
@@ -999,6 +1006,14 @@ mod tests {
         (ct, slot)
     }
 
+    /// Each of `tcp` moved on by its own check of `seg` (which each must pass).
+    fn checked_each(tcp: [[TcpPeer; 2]; 2], dir: u8, seg: &tcp::Segment) -> [[TcpPeer; 2]; 2] {
+        tcp.map(|mut p| {
+            assert!(tcp::plain_ack_in_window(dir, &mut p, seg));
+            p
+        })
+    }
+
     /// What a slot's two entries hold: tracking, deadline, flags.
     fn zones(ct: &Conntrack, slot: &Slot) -> [([TcpPeer; 2], u32, u8); 2] {
         slot.refs.map(|r| {
@@ -1033,10 +1048,7 @@ mod tests {
         assert_eq!(zones(&ct, &slot), before, "both entries as they were");
         // Data that acks only what both saw: both move on, with a new deadline.
         let plain = seg(tcp::ACK | tcp::PSH, a + 1, b + 1, 6);
-        let want = [seen, peers].map(|mut p| {
-            assert!(tcp::plain_ack_in_window(0, &mut p, &plain));
-            p
-        });
+        let want = checked_each([seen, peers], 0, &plain);
         assert!(track_all(&slot, &plain, &mut ct, 10, 1000));
         let after = zones(&ct, &slot);
         assert_eq!([after[0].0, after[1].0], want);
@@ -1058,8 +1070,7 @@ mod tests {
         };
         // The server sends 1,000 bytes: both zones move on alike.
         let data = seg(tcp::ACK | tcp::PSH, b + 1, a + 1, 1000);
-        let mut want = peers;
-        assert!(tcp::plain_ack_in_window(1, &mut want, &data));
+        let [want, _] = checked_each([peers; 2], 1, &data);
         assert_ne!(want, peers);
         assert!(track_all(&slot, &data, &mut ct, 10, 1000));
         assert_eq!(reply_seen(&ct), [(want, 1010, true); 2]);
@@ -1073,10 +1084,7 @@ mod tests {
         other[0].maxwin += 1;
         ct.entry_mut(slot.refs[1].idx).unwrap().tcp = other;
         let more = seg(tcp::ACK | tcp::PSH, b + 101, a + 1, 6);
-        let expect = [want, other].map(|mut p| {
-            assert!(tcp::plain_ack_in_window(1, &mut p, &more));
-            p
-        });
+        let expect = checked_each([want, other], 1, &more);
         assert!(track_all(&slot, &more, &mut ct, 30, 1000));
         let after = zones(&ct, &slot);
         assert_eq!([after[0].0, after[1].0], expect);
