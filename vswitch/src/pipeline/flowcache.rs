@@ -607,6 +607,8 @@ fn track_all(
     now: u32,
     est_ttl: u32,
 ) -> bool {
+    // track_twins checks the count itself; tested here first, the other slots' way stays as
+    // short as before (without it, 6-8 more instructions a floating-IP or SNAT hit).
     if e.nrefs == 2 {
         if let Some(done) = track_twins(e, seg, ct, now, est_ttl) {
             return done;
