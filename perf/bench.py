@@ -601,7 +601,7 @@ def run_ours(sc: Scenario, a, mem: str, run: int, changes: int = 0) -> Dict[str,
         res["pkts_per_poll"] = round(rx / polls, 1)
     # The flow cache in the window: hits, misses (the stages decided), entries learnt.
     fc0, fc1 = s0.get("flow_cache", {}), s1.get("flow_cache", {})
-    fc = {k: fc1[k] - fc0.get(k, 0) for k in ("hits", "misses", "learnt") if k in fc1}
+    fc = {k: fc1[k] - fc0.get(k, 0) for k in ("hits", "misses", "learnt", "crowded") if k in fc1}
     if fc.get("hits", 0) + fc.get("misses", 0) > 0:
         fc["hit_pct"] = round(100 * fc["hits"] / (fc["hits"] + fc["misses"]), 1)
         res["flow_cache"] = fc

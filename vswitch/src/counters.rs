@@ -433,8 +433,9 @@ pub struct CoreCounters {
     pub router: std::sync::Arc<RouterCounters>,
     /// The core's connection table.
     pub conntrack: ConntrackCounters,
-    /// The core's flow cache: [hits, misses, entries learnt].
-    pub flow_cache: [AtomicU64; 3],
+    /// The core's flow cache: [hits, misses, entries learnt, learns declined because both
+    /// ways of the bucket held other live flows].
+    pub flow_cache: [AtomicU64; 4],
 }
 
 /// Adds `d` to a single-writer counter without a locked instruction.
@@ -493,8 +494,9 @@ pub struct Totals {
     pub conntrack: Vec<(String, u64)>,
     /// (allowed, dropped) by the security groups, per port.
     pub firewall: Vec<(u64, u64)>,
-    /// The flow caches summed over cores: hits, misses, entries learnt.
-    pub flow_cache: [u64; 3],
+    /// The flow caches summed over cores: hits, misses, entries learnt, learns declined
+    /// (bucket crowded).
+    pub flow_cache: [u64; 4],
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

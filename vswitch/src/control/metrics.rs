@@ -171,7 +171,10 @@ pub fn refresh(daemon: &Daemon) {
             counter!("vswitch_conntrack_total", "event" => name.clone()).absolute(*v);
         }
     }
-    for (kind, v) in ["hit", "miss", "learnt"].iter().zip(t.flow_cache) {
+    for (kind, v) in ["hit", "miss", "learnt", "crowded"]
+        .iter()
+        .zip(t.flow_cache)
+    {
         counter!("vswitch_flow_cache_total", "kind" => *kind).absolute(v);
     }
     let tables = daemon.publisher().current();

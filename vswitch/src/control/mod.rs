@@ -531,10 +531,11 @@ pub fn render(
             out.push_str(&format!("conntrack states {}\n", states.join(", ")));
         }
     }
-    let [hits, misses, learnt] = t.flow_cache;
+    let [hits, misses, learnt, crowded] = t.flow_cache;
     if hits + misses > 0 {
         out.push_str(&format!(
-            "flow cache       hits {hits}, misses {misses} ({:.1} % hit), learnt {learnt}\n",
+            "flow cache       hits {hits}, misses {misses} ({:.1} % hit), learnt {learnt}, \
+             crowded {crowded}\n",
             100.0 * hits as f64 / (hits + misses) as f64
         ));
     }
@@ -563,7 +564,8 @@ pub fn render(
         "firewall": firewall.iter().map(|(n, (a, d))| serde_json::json!({
             "port": n, "allowed": a, "dropped": d,
         })).collect::<Vec<_>>(),
-        "flow_cache": {"hits": t.flow_cache[0], "misses": t.flow_cache[1], "learnt": t.flow_cache[2]},
+        "flow_cache": {"hits": t.flow_cache[0], "misses": t.flow_cache[1], "learnt": t.flow_cache[2],
+            "crowded": t.flow_cache[3]},
         "busy_polls": t.busy_polls,
         "idle_polls": t.idle_polls,
         "generation": tables.generation,

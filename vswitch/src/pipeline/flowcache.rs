@@ -40,12 +40,34 @@ use vswitch_ffi::hugemem::HugeSlice;
 /// Header bytes the cache reads and rewrites: Ethernet, a 20-byte IPv4 header, 20 bytes of
 /// TCP header.
 pub const HDR: usize = 54;
-/// Buckets of two slots each (a power of two): a few times more slots than the flows one
-/// core forwards at line rate, so that two flows seldom need the same bucket. Only the slots
-/// in use are ever read.
-const BUCKETS: usize = 8192;
+/// Buckets of two slots each (a power of two): many times more slots than the flows one
+/// core forwards at line rate, so that three flows seldom need the same bucket (2,048 flows
+/// at random: about 5 such buckets of 16,384, against 18 of 8,192). Only the slots in use are
+/// ever read.
+const BUCKETS: usize = 16384;
 /// The longest an entry is used before the stages see its flow again.
 pub const MAX_AGE_MS: u64 = 1000;
+/// One in this many learns that find both ways of their bucket holding other live flows
+/// replaces one of them.
+const CROWDED_REPLACE_ONE_IN: u32 = 16;
+
+/// Which learns into a bucket full of live flows replace one: a xorshift sequence (one in
+/// [`CROWDED_REPLACE_ONE_IN`]), so that no order in which the flows sharing a bucket come
+/// falls into step with it. Three flows taking turns in a two-way bucket, replaced every
+/// time, would each miss on every packet; replaced now and then, two of them hit.
+#[derive(Debug)]
+struct Crowd(u32);
+
+impl Crowd {
+    fn next(&mut self) -> bool {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0 = x;
+        x.is_multiple_of(CROWDED_REPLACE_ONE_IN)
+    }
+}
 /// Connection entries one packet may move on (the sender's zone, the receiver's, a router's
 /// translation: two at most on one path).
 const REFS: usize = 2;
@@ -215,6 +237,8 @@ pub struct FlowCacheStats {
     /// Looked up and not found (or found stale): the stages decided.
     pub misses: u64,
     pub inserted: u64,
+    /// Learns not made because both ways of the bucket held live flows (see [`Crowd`]).
+    pub crowded: u64,
 }
 
 /// One core's flow cache and what the stages noted for the batch in flight.
@@ -243,6 +267,7 @@ pub struct FlowCache {
     lens: [u32; BURST],
     pub rec: [Rec; BURST],
     pub stats: FlowCacheStats,
+    crowd: Crowd,
 }
 
 impl Default for FlowCache {
@@ -268,6 +293,7 @@ impl FlowCache {
             lens: [0; BURST],
             rec: [Rec::default(); BURST],
             stats: FlowCacheStats::default(),
+            crowd: Crowd(0x9e37_79b9),
         }
     }
 
@@ -383,6 +409,14 @@ fn bucket(k: &[u64; 4]) -> usize {
     let b = k[1] ^ k[3] ^ 0x1319_8a2e_0370_7344;
     let m = (a as u128).wrapping_mul(b as u128);
     ((m as u64) ^ ((m >> 64) as u64)) as usize & (BUCKETS - 1)
+}
+
+/// The bucket the cache files frame `f` under, received on `in_port` in network `net` (not
+/// from a VTEP; tests: to pick flows that share one).
+#[cfg(test)]
+pub(crate) fn bucket_of(f: &[u8], in_port: u16, net: NetIdx) -> usize {
+    let d = f.first_chunk::<HDR>().expect("a whole header");
+    bucket(&key_of(d, in_port, net, super::Meta::default().from_vtep))
 }
 
 /// A connection entry's fingerprint: its key words and the policy version that admitted it.
@@ -765,6 +799,29 @@ pub fn learn<B: PacketBuf>(
         if post.len() != fc.lens[i] as usize || post.len() < HDR {
             continue;
         }
+        // The way it goes to: its own, a free or stale one, or, when both ways hold other
+        // live flows, the older of the two only now and then, so that three flows sharing a
+        // bucket keep two of them cached instead of pushing each other out on every packet
+        // (OVS's EMC inserts with a probability too).
+        let (key, bi) = (fc.cand_keys[i], fc.bucket[i] as usize);
+        let (Some(keys), Some(ways)) = (fc.keys.get(bi), fc.slots.get(2 * bi..2 * bi + 2)) else {
+            continue;
+        };
+        let live =
+            |e: &Slot| e.generation == t.generation && now_ms.wrapping_sub(e.born) < MAX_AGE_MS;
+        let w = match keys
+            .0
+            .iter()
+            .position(|k| *k == key)
+            .or_else(|| ways.iter().position(|e| !live(e)))
+        {
+            Some(w) => w,
+            None if fc.crowd.next() => usize::from(ways[1].born < ways[0].born),
+            None => {
+                fc.stats.crowded += 1;
+                continue;
+            }
+        };
         let Some(mut slot) = action(&fc.pre[i], post) else {
             continue;
         };
@@ -790,7 +847,6 @@ pub fn learn<B: PacketBuf>(
         if !ok {
             continue;
         }
-        let key = fc.cand_keys[i];
         slot.generation = t.generation;
         slot.l3_epoch = l3_epoch;
         slot.learn_epoch = learn_epoch;
@@ -804,22 +860,11 @@ pub fn learn<B: PacketBuf>(
         slot.mtu = rec.mtu;
         slot.net = b.meta[i].network;
         slot.next = next;
-        let bi = fc.bucket[i] as usize;
-        let (Some(keys), Some(ways)) = (fc.keys.get_mut(bi), fc.slots.get_mut(2 * bi..2 * bi + 2))
-        else {
-            continue;
-        };
-        let live =
-            |e: &Slot| e.generation == t.generation && now_ms.wrapping_sub(e.born) < MAX_AGE_MS;
-        let w = keys
-            .0
-            .iter()
-            .position(|k| *k == key)
-            .or_else(|| ways.iter().position(|e| !live(e)))
-            .unwrap_or(usize::from(ways[1].born < ways[0].born));
-        keys.0[w] = key;
-        ways[w] = slot;
-        fc.stats.inserted += 1;
+        if let (Some(keys), Some(way)) = (fc.keys.get_mut(bi), fc.slots.get_mut(2 * bi + w)) {
+            keys.0[w] = key;
+            *way = slot;
+            fc.stats.inserted += 1;
+        }
     }
 }
 

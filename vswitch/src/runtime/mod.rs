@@ -359,11 +359,11 @@ impl Worker {
     fn fold_fw(&self, state: &CoreState, folded: &mut [[u64; 2]]) {
         self.counters.conntrack.store(&state.fw.ct);
         let fc = &state.flows.stats;
-        for (a, v) in self
-            .counters
-            .flow_cache
-            .iter()
-            .zip([fc.hits, fc.misses, fc.inserted])
+        for (a, v) in
+            self.counters
+                .flow_cache
+                .iter()
+                .zip([fc.hits, fc.misses, fc.inserted, fc.crowded])
         {
             a.store(v, Ordering::Relaxed);
         }
