@@ -735,7 +735,8 @@ fn east_west_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
 /// Three connections whose packets from the client share one bucket of the flow cache (two
 /// ways), sending in turn: the cache keeps two of them and answers their packets, rather
 /// than each learn pushing out the flow that comes next so that every packet misses; what
-/// it answers is still what the stages make of it.
+/// it answers is still what the stages make of it. Slots that can no longer answer (a MAC was
+/// learnt since) crowd nobody: the flow left outside gets a way at its next miss.
 #[test]
 fn flows_sharing_a_bucket_keep_two_of_them_cached() {
     let mut tw = Twins::new(harness);
@@ -795,6 +796,36 @@ fn flows_sharing_a_bucket_keep_two_of_them_cached() {
         "{:?}",
         tw.cached.s.flows.stats
     );
+    // The one the cache does not hold now: the first that misses.
+    let mut outside = None;
+    for &k in &three {
+        let f = cv.seg(k, false, psh, 6, 64);
+        let before = tw.hits();
+        tw.rx(VM2, &[f]);
+        if tw.hits() == before && outside.is_none() {
+            outside = Some(k);
+        }
+        let f = cv.seg(k, true, ack, 0, 64);
+        tw.rx(VM1, &[f]);
+    }
+    let outside = outside.expect("one of three flows in two ways missed");
+    // A MAC learnt anywhere: no slot made before can answer any more, so none is crowding
+    // the bucket, and the flow left outside is learnt at its next miss.
+    for h in [&mut tw.cached, &mut tw.staged] {
+        let now = h.s.now_ms;
+        h.s.learn
+            .learn(net, crate::packet::MacAddr([2, 0, 0, 0, 0, 0x77]), VM1, now);
+    }
+    for hit in [false, true] {
+        let f = cv.seg(outside, false, psh, 6, 64);
+        let before = tw.hits();
+        tw.rx(VM2, &[f]);
+        assert_eq!(
+            tw.hits() > before,
+            hit,
+            "connection {outside} after the learn"
+        );
+    }
 }
 
 /// The conntrack-established shape under callgrind (see [`probe_established`]): 256

@@ -807,8 +807,13 @@ pub fn learn<B: PacketBuf>(
         let (Some(keys), Some(ways)) = (fc.keys.get(bi), fc.slots.get(2 * bi..2 * bi + 2)) else {
             continue;
         };
-        let live =
-            |e: &Slot| e.generation == t.generation && now_ms.wrapping_sub(e.born) < MAX_AGE_MS;
+        // A slot that can still answer (the epochs it was made in, young enough).
+        let live = |e: &Slot| {
+            e.generation == t.generation
+                && e.l3_epoch == l3_epoch
+                && e.learn_epoch == learn_epoch
+                && now_ms.wrapping_sub(e.born) < MAX_AGE_MS
+        };
         let w = match keys
             .0
             .iter()
