@@ -230,6 +230,26 @@ const EMPTY: Slot = Slot {
     nfw: 0,
 };
 
+/// What a slot must have been made under to answer now: the tables generation, the core's
+/// resolved-neighbour and learned-MAC epochs, and a birth less than [`MAX_AGE_MS`] ago.
+#[derive(Clone, Copy)]
+struct Stamp {
+    generation: u64,
+    l3_epoch: u64,
+    learn_epoch: u64,
+    now_ms: u64,
+}
+
+impl Stamp {
+    #[inline(always)]
+    fn current(&self, e: &Slot) -> bool {
+        e.generation == self.generation
+            && e.l3_epoch == self.l3_epoch
+            && e.learn_epoch == self.learn_epoch
+            && self.now_ms.wrapping_sub(e.born) < MAX_AGE_MS
+    }
+}
+
 /// Counts of one core's cache.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FlowCacheStats {
@@ -534,8 +554,13 @@ pub fn lookup<B: PacketBuf>(
     // Pass 3: the slots that may answer (fresh, the router's checks passed, a well-formed
     // segment), whose connection entries start loading; the other candidates missed. The
     // checks sit between the loads of one packet's entries and their use in pass 4.
-    let (l3_epoch, learn_epoch, now_ms, now) =
-        (s.l3neigh.epoch(), s.learn.epoch(), s.now_ms, s.fw.now);
+    let stamp = Stamp {
+        generation: t.generation,
+        l3_epoch: s.l3neigh.epoch(),
+        learn_epoch: s.learn.epoch(),
+        now_ms: s.now_ms,
+    };
+    let now = s.fw.now;
     let mut ready = 0u32;
     let mut w = cand;
     while w != 0 {
@@ -553,10 +578,7 @@ pub fn lookup<B: PacketBuf>(
             continue;
         };
         let fresh = fc.slots.get(fc.found[i] as usize).filter(|e| {
-            e.generation == t.generation
-                && e.l3_epoch == l3_epoch
-                && e.learn_epoch == learn_epoch
-                && now_ms.wrapping_sub(e.born) < MAX_AGE_MS
+            stamp.current(e)
                 // The router's checks a cached decision cannot skip.
                 && (e.ttl_dec == 0
                     || (h[22] > e.ttl_dec
@@ -778,7 +800,12 @@ pub fn learn<B: PacketBuf>(
     if unrepeatable(c) != before {
         return;
     }
-    let (l3_epoch, learn_epoch, now_ms) = (s.l3neigh.epoch(), s.learn.epoch(), s.now_ms);
+    let stamp = Stamp {
+        generation: t.generation,
+        l3_epoch: s.l3neigh.epoch(),
+        learn_epoch: s.learn.epoch(),
+        now_ms: s.now_ms,
+    };
     while cand != 0 {
         let i = cand.trailing_zeros() as usize;
         cand &= cand - 1;
@@ -807,18 +834,11 @@ pub fn learn<B: PacketBuf>(
         let (Some(keys), Some(ways)) = (fc.keys.get(bi), fc.slots.get(2 * bi..2 * bi + 2)) else {
             continue;
         };
-        // A slot that can still answer (the epochs it was made in, young enough).
-        let live = |e: &Slot| {
-            e.generation == t.generation
-                && e.l3_epoch == l3_epoch
-                && e.learn_epoch == learn_epoch
-                && now_ms.wrapping_sub(e.born) < MAX_AGE_MS
-        };
         let w = match keys
             .0
             .iter()
             .position(|k| *k == key)
-            .or_else(|| ways.iter().position(|e| !live(e)))
+            .or_else(|| ways.iter().position(|e| !stamp.current(e)))
         {
             Some(w) => w,
             None if fc.crowd.next() => usize::from(ways[1].born < ways[0].born),
@@ -852,10 +872,10 @@ pub fn learn<B: PacketBuf>(
         if !ok {
             continue;
         }
-        slot.generation = t.generation;
-        slot.l3_epoch = l3_epoch;
-        slot.learn_epoch = learn_epoch;
-        slot.born = now_ms;
+        slot.generation = stamp.generation;
+        slot.l3_epoch = stamp.l3_epoch;
+        slot.learn_epoch = stamp.learn_epoch;
+        slot.born = stamp.now_ms;
         slot.refs = refs;
         slot.nrefs = rec.nrefs;
         slot.fw_ports = rec.fw_ports;
