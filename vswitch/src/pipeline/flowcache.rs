@@ -242,6 +242,16 @@ struct Stamp {
 
 impl Stamp {
     #[inline(always)]
+    fn new(generation: u64, l3_epoch: u64, learn_epoch: u64, now_ms: u64) -> Self {
+        Stamp {
+            generation,
+            l3_epoch,
+            learn_epoch,
+            now_ms,
+        }
+    }
+
+    #[inline(always)]
     fn current(&self, e: &Slot) -> bool {
         e.generation == self.generation
             && e.l3_epoch == self.l3_epoch
@@ -554,12 +564,7 @@ pub fn lookup<B: PacketBuf>(
     // Pass 3: the slots that may answer (fresh, the router's checks passed, a well-formed
     // segment), whose connection entries start loading; the other candidates missed. The
     // checks sit between the loads of one packet's entries and their use in pass 4.
-    let stamp = Stamp {
-        generation: t.generation,
-        l3_epoch: s.l3neigh.epoch(),
-        learn_epoch: s.learn.epoch(),
-        now_ms: s.now_ms,
-    };
+    let stamp = Stamp::new(t.generation, s.l3neigh.epoch(), s.learn.epoch(), s.now_ms);
     let now = s.fw.now;
     let mut ready = 0u32;
     let mut w = cand;
@@ -800,12 +805,7 @@ pub fn learn<B: PacketBuf>(
     if unrepeatable(c) != before {
         return;
     }
-    let stamp = Stamp {
-        generation: t.generation,
-        l3_epoch: s.l3neigh.epoch(),
-        learn_epoch: s.learn.epoch(),
-        now_ms: s.now_ms,
-    };
+    let stamp = Stamp::new(t.generation, s.l3neigh.epoch(), s.learn.epoch(), s.now_ms);
     while cand != 0 {
         let i = cand.trailing_zeros() as usize;
         cand &= cand - 1;
