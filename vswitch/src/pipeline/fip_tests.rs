@@ -732,6 +732,113 @@ fn east_west_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     tw.rx(port, &frames);
 }
 
+/// UDP between two instances of this host, both with a stateful group: once a flow is replied
+/// (and so assured), the flow cache answers its datagrams both ways as the stages do, in both
+/// zones, deadlines included. The first datagrams (unreplied) and the first reply are the
+/// stages'; a TCP connection on the same addresses and ports is another flow, cached beside
+/// it; a flow whose entries expired is the stages' to open again.
+#[test]
+fn east_west_udp_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
+    let mut tw = Twins::new(harness);
+    let n = 40u16;
+    let there: Vec<_> = (0..n)
+        .map(|k| udp4(M2, M1, X2, X1, 40000 + k, 5001))
+        .collect();
+    let back: Vec<_> = (0..n)
+        .map(|k| udp4(M1, M2, X1, X2, 5001, 40000 + k))
+        .collect();
+    for _ in 0..2 {
+        tw.rx(VM2, &there);
+    }
+    tw.rx(VM1, &back);
+    assert_eq!(
+        tw.hits(),
+        0,
+        "unreplied flows and first replies take the stages"
+    );
+    let replied = tw.cached.s.fw.ct.by_state[crate::pipeline::conntrack::state::REPLIED as usize];
+    assert_eq!(replied, 2 * n as u32, "each flow replied in both zones");
+    // Learnt from the next datagram each way, answered from then on.
+    for _ in 0..3 {
+        tw.rx(VM2, &there);
+        tw.rx(VM1, &back);
+    }
+    assert_eq!(tw.hits(), 2 * 2 * n as u64, "hits");
+    assert_eq!(tw.cached.sink.on(VM1).len(), 5 * n as usize);
+    assert_eq!(tw.cached.sink.on(VM2).len(), 4 * n as usize);
+    assert_eq!(
+        tw.cached.sink.on(VM1).last(),
+        there.last(),
+        "switched as it came"
+    );
+    // TCP on the same ports: its own flows, learnt and answered beside the UDP ones.
+    let (vm2, vm1) = east_west_sides();
+    let mut cv = Conversation::new(vm2, vm1, n);
+    let (syn, ack, psh) = (0x02, 0x10, 0x18);
+    for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
+        let (port, frames) = cv.all(from_server, flags, 0);
+        tw.rx(port, &frames);
+    }
+    for _ in 0..3 {
+        let (port, frames) = cv.all(false, psh, 10);
+        tw.rx(port, &frames);
+        let hits = tw.hits();
+        tw.rx(VM2, &there);
+        assert_eq!(
+            tw.hits(),
+            hits + n as u64,
+            "UDP answered between TCP segments"
+        );
+    }
+    // UDP: 2 rounds both ways (the first learnt) and 3 one way; TCP: the data of the 2nd and
+    // 3rd round (the 1st learnt).
+    assert_eq!(tw.hits(), (2 * 2 + 3 + 2) * n as u64, "hits");
+    // The UDP flows' deadlines pass (120 s without a datagram, the cache's slots still
+    // young): their next datagrams open new flows, by the stages.
+    for h in [&mut tw.cached, &mut tw.staged] {
+        h.s.fw.now = h.s.fw.now.wrapping_add(121_000);
+    }
+    let (hits, new) = (tw.hits(), tw.cached.c.count(E::ConntrackNew));
+    tw.rx(VM2, &there);
+    assert_eq!(tw.hits(), hits, "expired flows are not the cache's");
+    assert!(tw.cached.c.count(E::ConntrackNew) > new);
+}
+
+/// UDP through a floating IP (DNAT in, SNAT out) stays with the stages: the cache rewrites
+/// no UDP checksum, so it learns no translated datagram; what the switch sends is the same
+/// with the cache on and off, and correctly translated.
+#[test]
+fn translated_udp_flows_are_not_cached() {
+    let make = || {
+        let mut h = harness();
+        resolve_external_gateway(&mut h);
+        h
+    };
+    let mut tw = Twins::new(make);
+    let inbound = udp4_vlan(INET_GW, FG1, 101, INET, F1);
+    let reply = udp4(M1, GW1, X1, INET, 2000, 1000);
+    for _ in 0..4 {
+        tw.rx(UPLINK, std::slice::from_ref(&inbound));
+        tw.rx(VM1, std::slice::from_ref(&reply));
+    }
+    assert_eq!(tw.hits(), 0, "{:?}", tw.cached.s.flows.stats);
+    assert_eq!(tw.cached.sink.on(VM1).len(), 4);
+    assert_eq!(tw.cached.sink.on(UPLINK).len(), 4);
+    let p = SlicedPacket::from_ethernet(tw.cached.sink.on(UPLINK).last().unwrap()).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    assert_eq!(ip.header().source(), F1, "leaves as the floating IP");
+    let Some(TransportSlice::Udp(udp)) = &p.transport else {
+        panic!("not UDP")
+    };
+    let want = udp
+        .to_header()
+        .calc_checksum_ipv4(&ip.header().to_header(), udp.payload())
+        .unwrap();
+    assert_eq!(udp.checksum(), want, "UDP checksum after SNAT");
+}
+
 /// Three connections whose packets from the client share one bucket of the flow cache (two
 /// ways), sending in turn: the cache keeps two of them and answers their packets, rather
 /// than each learn pushing out the flow that comes next so that every packet misses; what

@@ -138,13 +138,13 @@ pub struct FwCore {
     /// another zone (a hint), and the entry the judgement found or created.
     hint: u32,
     last_entry: u32,
-    /// The direction of the last judgement's connection when it passed as a plain ACK of an
-    /// established connection through the fast path ([`NO_PLAIN`]: it did not): what the
-    /// flow cache may repeat.
+    /// The direction of the last judgement's connection when it passed through the fast path
+    /// as a plain ACK of an established connection or a datagram of a replied UDP flow
+    /// ([`NO_PLAIN`]: it did not): what the flow cache may repeat.
     plain_dir: u8,
 }
 
-/// [`FwCore::plain_dir`] of a judgement that was not a fast-path plain ACK.
+/// [`FwCore::plain_dir`] of a judgement the flow cache may not repeat.
 const NO_PLAIN: u8 = u8::MAX;
 
 /// Where one judgement's lookup starts: the entry of the same packet in another zone (a hint;
@@ -435,8 +435,8 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
 }
 
 /// Tells the flow cache what one judgement did for packet `i` at `port`: a pass through
-/// the fast path as a plain ACK of established connection `entry` (direction `plain_dir`) is
-/// repeatable, any other pass is not.
+/// the fast path as a plain ACK of established connection `entry` (direction `plain_dir`), or
+/// as a datagram of its replied UDP flow, is repeatable, any other pass is not.
 #[inline(always)]
 fn note(fc: &mut flowcache::FlowCache, i: usize, o: Outcome, entry: u32, plain_dir: u8, port: u16) {
     if o != Outcome::Pass {
@@ -790,7 +790,8 @@ fn fast_path(
         return None;
     }
     let before = Before::of(e, dir);
-    match advance(&mut f.ct, idx, dir, &fl.kind, hint, now) {
+    let moved = advance(&mut f.ct, idx, dir, &fl.kind, hint, now);
+    match moved {
         Advanced::Invalid(_) => {
             return Some((Outcome::Drop(DropReason::ConntrackInvalid), NO_ENTRY))
         }
@@ -802,6 +803,16 @@ fn fast_path(
             f.record_before(i, before)
         }
         _ => {}
+    }
+    // A datagram of an assured UDP flow that was and stays replied changed nothing but the
+    // deadline (and the reply flag, already set): the flow cache may repeat it, as it repeats
+    // a plain ACK.
+    if fl.key.proto() == super::conntrack::PROTO_UDP
+        && moved == Advanced::To(state::REPLIED)
+        && before.state == state::REPLIED
+        && before.flags & flag::ASSURED != 0
+    {
+        f.plain_dir = dir;
     }
     Some((Outcome::Pass, idx))
 }

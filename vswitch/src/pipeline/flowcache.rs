@@ -1,6 +1,6 @@
 //! Stage `flowcache`: a per-core exact-match cache of what the stages decided for the packets
-//! of established TCP connections (OVS-DPDK's EMC in front of its classifier, VPP's
-//! established-session fast path).
+//! of established TCP connections and UDP flows (OVS-DPDK's EMC in front of its classifier,
+//! VPP's established-session fast path).
 //!
 //! Reads: the frame after `provider`, `tunnel::decap` and `router::dvr_ingress`; the core's
 //! connection table.
@@ -8,28 +8,31 @@
 //! entries it tracks, the counters the stages it stands for would have counted.
 //! Next: `Output(port)` or `Tunnel(vtep)` for a hit; everything else goes on (`Continue`).
 //!
-//! A plain ACK (no SYN, FIN or RST) of an IPv4 TCP connection with an option-less IP header,
-//! not a fragment, is looked up by everything the stages decide on: the ingress port, its
-//! network and the VTEP it came from, both MACs, both addresses and both ports. A hit stands
-//! for port security, the egress firewall, the local responders, switching, routing (floating
-//! IPs and centralized SNAT included) and the ingress firewall: it rewrites the header as they
-//! did (MACs, TTL, addresses, ports, and both checksums by constant incremental deltas,
-//! RFC 1624: the changed words are the same for every packet of the flow), moves the same
-//! connection entries on by the same TCP window checks, and counts what they counted. Anything
-//! the entry cannot answer exactly (an entry that moved on or went, SYN/FIN/RST, a TTL the
-//! router would answer with an ICMP error, a packet bigger than the egress MTU, a bad IP
-//! checksum) misses, changes nothing, and takes the stages.
+//! A plain ACK (no SYN, FIN or RST) of an IPv4 TCP connection, or a UDP datagram, with an
+//! option-less IP header, not a fragment, is looked up by everything the stages decide on: the
+//! ingress port, its network and the VTEP it came from, both MACs, the protocol, both
+//! addresses and both ports. A hit stands for port security, the egress firewall, the local
+//! responders, switching, routing (floating IPs and centralized SNAT included) and the ingress
+//! firewall: it rewrites the header as they did (MACs, TTL, addresses, ports, and both
+//! checksums by constant incremental deltas, RFC 1624: the changed words are the same for
+//! every packet of the flow), moves the same connection entries on as they did (a TCP
+//! segment: the same window checks; a UDP datagram: the deadline of its replied flow), and
+//! counts what they counted. Anything the entry cannot answer exactly (an entry that moved on
+//! or went, SYN/FIN/RST, a TTL the router would answer with an ICMP error, a packet bigger
+//! than the egress MTU, a bad IP checksum) misses, changes nothing, and takes the stages.
 //!
 //! Entries are made only from what the stages just did to a packet that missed: it went the
-//! whole way to one port or one VTEP as a plain ACK of established connections, each stage
-//! noted what it used (the connection entries, the router, the ports the firewall counted), no
+//! whole way to one port or one VTEP as a plain ACK of established connections (or a datagram
+//! of replied, assured UDP flows, whose addresses and ports were not translated: the cache
+//! rewrites no UDP checksum), each stage noted what it used (the connection entries, the
+//! router, the ports the firewall counted), no
 //! event the cache cannot repeat (a learned or moved MAC, a new connection, an ICMP error, a
 //! held packet...) was counted in its batch, and the rewrite the entry would apply to the
 //! header as it came reproduces the stages' result byte for byte. An entry holds while the
 //! tables generation, this core's learned MACs, the routers' resolved neighbours and its
 //! connection entries (checked by a fingerprint of their key and policy) are those it was
 //! made with, and for at most [`MAX_AGE_MS`] (so the stages refresh learned MACs).
-use super::conntrack::{expired, flag, state, tcp, TcpPeer};
+use super::conntrack::{expired, flag, state, tcp, TcpPeer, PROTO_TCP, PROTO_UDP};
 use super::{Batch, CoreState, Next, BURST};
 use crate::counters::{BatchCounters, Event as E, RouterStat};
 use crate::packet::checksum::{adjust, fold};
@@ -38,13 +41,15 @@ use crate::tables::{NetIdx, Tables};
 use vswitch_ffi::hugemem::HugeSlice;
 
 /// Header bytes the cache reads and rewrites: Ethernet, a 20-byte IPv4 header, 20 bytes of
-/// TCP header.
+/// TCP header (of a UDP datagram: its 8-byte header and 12 bytes of payload, read and left as
+/// they are).
 pub const HDR: usize = 54;
 /// Buckets of two slots each (a power of two): many times more slots than the flows one
 /// core forwards at line rate, so that three flows seldom need the same bucket (2,048 flows
 /// at random: about 5 such buckets of 16,384, against 18 of 8,192). Only the slots in use are
 /// ever read.
 const BUCKETS: usize = 16384;
+const BUCKET_BITS: u32 = BUCKETS.trailing_zeros();
 /// The longest an entry is used before the stages see its flow again.
 pub const MAX_AGE_MS: u64 = 1000;
 /// One in this many learns that find both ways of their bucket holding other live flows
@@ -125,12 +130,27 @@ const ROUTER_EVENTS: [E; 8] = [
 const REPEATABLE: [E; 2] = [E::Unicast, E::Flooded];
 
 /// How a hit moves a connection entry on: as the firewall's fast path does (window checks
-/// unless the entry is liberal), or as a router's translation (liberal TCP tracking).
+/// unless the entry is liberal), as a router's translation (liberal TCP tracking), or as the
+/// firewall's fast path moves a replied UDP flow on (its deadline; the learn makes the
+/// firewall's notes of a datagram this).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Track {
     #[default]
     Firewall,
     Translation,
+    Datagram,
+}
+
+impl Track {
+    /// The state an entry tracked this way is in while the cache may answer for it.
+    #[inline(always)]
+    fn steady(self) -> u8 {
+        if self == Track::Datagram {
+            state::REPLIED
+        } else {
+            state::ESTABLISHED
+        }
+    }
 }
 
 /// What the stages noted about one packet of the batch in flight.
@@ -415,13 +435,13 @@ fn le64(d: &Hdr, at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
-/// A candidate's key: ingress port, network, source VTEP; MACs; ports; addresses.
+/// A candidate's key: ingress port, network, source VTEP, protocol; MACs; ports; addresses.
 #[inline(always)]
 fn key_of(d: &Hdr, in_port: u16, net: NetIdx, from_vtep: u16) -> [u64; 4] {
     let w2 = u32::from_le_bytes([d[8], d[9], d[10], d[11]]) as u64
         | (u32::from_le_bytes([d[34], d[35], d[36], d[37]]) as u64) << 32;
     [
-        in_port as u64 | (net as u64) << 16 | (from_vtep as u64) << 32,
+        in_port as u64 | (net as u64) << 16 | (from_vtep as u64) << 32 | (d[23] as u64) << 48,
         le64(d, 0),
         w2,
         le64(d, 26),
@@ -431,14 +451,16 @@ fn key_of(d: &Hdr, in_port: u16, net: NetIdx, from_vtep: u16) -> [u64; 4] {
 #[inline(always)]
 fn bucket(k: &[u64; 4]) -> usize {
     // One folded 64 x 64 -> 128-bit multiply of the words folded in pairs (the ports word
-    // rotated so the varying bits of both halves meet different bits of the other): what
-    // varies between the flows of one core (ports, addresses) reaches the bucket bits. A poor
-    // spread would show as misses (two slots a bucket), never as a wrong answer: the whole
-    // key is compared.
+    // rotated so the varying bits of both halves meet different bits of the other), then one
+    // more multiply whose top bits are the bucket: what varies between the flows of one core
+    // (ports, addresses) reaches the bucket bits whatever the constant words (port, network,
+    // protocol) are. A poor spread would show as misses (two slots a bucket), never as a wrong
+    // answer: the whole key is compared.
     let a = k[0] ^ k[2].rotate_left(29) ^ 0x243f_6a88_85a3_08d3;
     let b = k[1] ^ k[3] ^ 0x1319_8a2e_0370_7344;
     let m = (a as u128).wrapping_mul(b as u128);
-    ((m as u64) ^ ((m >> 64) as u64)) as usize & (BUCKETS - 1)
+    let h = ((m as u64) ^ ((m >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> (64 - BUCKET_BITS)) as usize
 }
 
 /// The bucket the cache files frame `f` under, received on `in_port` in network `net` (not
@@ -457,22 +479,49 @@ fn fingerprint(e: &super::conntrack::Entry) -> u64 {
     (x as u64) ^ ((x >> 64) as u64) ^ a
 }
 
-/// A candidate: an IPv4 TCP plain ACK whose headers lie at fixed offsets.
+/// A candidate: an IPv4 TCP plain ACK or UDP datagram whose headers lie at fixed offsets.
 #[inline(always)]
 fn candidate(d: &Hdr) -> bool {
     d[12] == 0x08
         && d[13] == 0x00
         && d[14] == 0x45
-        && d[23] == 6
         && be16(d, 20) & 0x3fff == 0
-        && d[47] & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK
+        && match d[23] {
+            PROTO_TCP => d[47] & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK,
+            PROTO_UDP => true,
+            _ => false,
+        }
 }
 
+/// A UDP candidate the connection tracker reads as a datagram of a flow, as
+/// `flow::parse_into` does: the IP total length within the frame and room for the UDP header,
+/// and not DHCP (client and server ports are the firewall's to let by, untracked); `len` is
+/// the frame's.
+#[inline(always)]
+fn datagram(d: &Hdr, len: usize) -> bool {
+    let tl = be16(d, 16) as usize;
+    let ports = (be16(d, 34), be16(d, 36));
+    tl >= 28 && tl <= len - 14 && !matches!(ports, (68, 67) | (67, 68))
+}
+
+/// What a UDP candidate keeps in place of a segment (never read: a datagram moves no window).
+const DATAGRAM: tcp::Segment = tcp::Segment {
+    seq: 0,
+    ack: 0,
+    win: 0,
+    flags: 0,
+    len: 0,
+    wscale: 255,
+};
+
 /// The TCP segment of a candidate, as `flow::parse_into` reads it (straight from the frame:
-/// nothing is stored and read back on the way); `len` is the frame's. `None`: lengths that
-/// do not add up.
+/// nothing is stored and read back on the way), or [`DATAGRAM`] for a UDP one; `len` is the
+/// frame's. `None`: lengths that do not add up.
 #[inline(always)]
 fn segment(d: &Hdr, len: usize) -> Option<tcp::Segment> {
+    if d[23] == PROTO_UDP {
+        return datagram(d, len).then_some(DATAGRAM);
+    }
     let tl = be16(d, 16) as usize;
     if tl < 40 || tl > len - 14 {
         return None;
@@ -575,7 +624,7 @@ pub fn lookup<B: PacketBuf>(
             continue;
         };
         let (d, len) = (p.data(), p.data().len());
-        // Only a well-formed segment can be learnt from.
+        // Only a well-formed segment (or datagram) can be learnt from.
         let Some((h, seg)) = d
             .first_chunk::<HDR>()
             .and_then(|h| Some((h, segment(h, len)?)))
@@ -651,9 +700,10 @@ pub fn lookup<B: PacketBuf>(
 }
 
 /// Moves every connection entry of slot `e` on by `seg`, as the firewall's fast path (or a
-/// translation's tracking) would: the TCP window, the established deadline, the reply seen.
-/// All of them or none: false, with every entry as it was, when one of them no longer holds
-/// the connection it held, is not established and assured, or the segment is out of its
+/// translation's tracking) would: the TCP window, the established deadline, the reply seen (a
+/// UDP flow's entries, [`Track::Datagram`]: the replied deadline and the reply seen). All of
+/// them or none: false, with every entry as it was, when one of them no longer holds the
+/// connection it held, is not established (replied) and assured, or the segment is out of its
 /// window.
 ///
 /// Each entry's windows are moved on in place (as the firewall's fast path does: no copies
@@ -683,7 +733,7 @@ fn track_all(
         // its own step has begun.
         let mut changed = k;
         let next = match ct.entry_mut(r.idx) {
-            Some(ce) if holds(ce, r, now) => {
+            Some(ce) if holds_in(ce, r, now, r.how.steady()) => {
                 saved[k] = ce.tcp;
                 changed = k + 1;
                 // A plain ACK of an established connection tracked liberally is accepted
@@ -696,6 +746,7 @@ fn track_all(
                             tcp::track(state::ESTABLISHED, r.dir, &mut ce.tcp, seg, false),
                             tcp::Verdict::Ok(state::ESTABLISHED)
                         ),
+                        Track::Datagram => true,
                     }
             }
             _ => false,
@@ -709,9 +760,15 @@ fn track_all(
             return false;
         }
     }
+    let udp_ttl = ct.timeouts.udp_stream;
     for r in &e.refs[..n] {
+        let ttl = if r.how == Track::Datagram {
+            udp_ttl
+        } else {
+            est_ttl
+        };
         if let Some(ce) = ct.entry_mut(r.idx) {
-            passed(ce, r.dir, now, est_ttl);
+            passed(ce, r.dir, now, ttl);
         }
     }
     true
@@ -721,8 +778,15 @@ fn track_all(
 /// for, and it has not expired.
 #[inline(always)]
 fn holds(ce: &super::conntrack::Entry, r: &SlotRef, now: u32) -> bool {
+    holds_in(ce, r, now, state::ESTABLISHED)
+}
+
+/// Connection entry `ce` still holds the assured connection that `r` was made for, in state
+/// `st`, and it has not expired.
+#[inline(always)]
+fn holds_in(ce: &super::conntrack::Entry, r: &SlotRef, now: u32, st: u8) -> bool {
     fingerprint(ce) == r.fp
-        && ce.state == state::ESTABLISHED
+        && ce.state == st
         && ce.flags & flag::ASSURED != 0
         && !expired(ce.expires, now)
 }
@@ -854,11 +918,19 @@ pub fn learn<B: PacketBuf>(
         if !routed_ok {
             continue;
         }
+        // A datagram's flow: replied and assured, and not translated (a hit rewrites a TCP
+        // segment's checksum, never a datagram's).
+        let udp = fc.pre[i][23] == PROTO_UDP;
+        if udp && (slot.l4_delta != 0 || fc.pre[i][26..38] != post[26..38]) {
+            continue;
+        }
         let mut refs = [SlotRef::default(); REFS];
         let mut ok = true;
         for (r, &(idx, dir, how)) in refs.iter_mut().zip(&rec.refs[..rec.nrefs as usize]) {
+            // The firewall notes a datagram as it notes a plain ACK.
+            let how = if udp { Track::Datagram } else { how };
             match s.fw.ct.entry(idx) {
-                Some(e) if e.state == state::ESTABLISHED && e.flags & flag::ASSURED != 0 => {
+                Some(e) if e.state == how.steady() && e.flags & flag::ASSURED != 0 => {
                     *r = SlotRef {
                         fp: fingerprint(e),
                         idx,
@@ -1176,9 +1248,11 @@ mod tests {
         }
     }
 
-    /// Flows that differ only in a port, or only in an address, spread over the buckets as
-    /// random keys would (4,096 keys in 8,192 buckets: about 3,220 distinct, rarely more
-    /// than 5 in one).
+    /// Flows that differ only in a port, only in an address, or in both, spread over the
+    /// buckets as random keys would (4,096 random keys in 16,384 buckets: about 3,620
+    /// distinct, rarely more than 5 in one), TCP and UDP, whatever port and network they come
+    /// in on. (The hash before the second multiply spread the addresses of TCP on port 0 of
+    /// network 2 over 2,897 buckets only.)
     #[test]
     fn flows_of_one_host_pair_spread_over_the_buckets() {
         let spread = |keys: &mut dyn Iterator<Item = [u64; 4]>| {
@@ -1189,7 +1263,7 @@ mod tests {
             let used = load.iter().filter(|&&n| n > 0).count();
             (used, *load.iter().max().unwrap())
         };
-        let frame = |sport: u16, src: u32| {
+        let frame = |proto: u8, sport: u16, src: u32| {
             let mut f = tcp4(
                 "02:00:00:00:00:01",
                 "02:00:00:00:00:02",
@@ -1202,19 +1276,28 @@ mod tests {
                 64,
             );
             f.resize(HDR.max(f.len()), 0);
+            f[23] = proto;
             *f.first_chunk::<HDR>().unwrap()
         };
-        let by_port = &mut (0..4096u16).map(|i| key_of(&frame(49152 + i, 0x0a00_0001), 1, 3, 0));
-        let by_addr = &mut (0..4096u32).map(|i| key_of(&frame(40000, 0xcb00_7100 + i), 0, 2, 0));
-        for (what, keys) in [
-            ("ports", by_port as &mut dyn Iterator<Item = _>),
-            ("addresses", by_addr),
-        ] {
-            let (used, max) = spread(keys);
-            assert!(
-                used >= 3000 && max <= 6,
-                "{what}: {used} buckets, at most {max} in one"
-            );
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            for (port, net) in [(0, 2), (1, 3), (5, 40)] {
+                let key = |sport, src| key_of(&frame(proto, sport, src), port, net, 0);
+                let by_port = &mut (0..4096u16).map(|i| key(49152 + i, 0x0a00_0001));
+                let by_addr = &mut (0..4096u32).map(|i| key(40000, 0xcb00_7100 + i));
+                let by_both =
+                    &mut (0..4096u32).map(|i| key(49152 + (i % 64) as u16, 0x0a00_0100 + i / 64));
+                for (what, keys) in [
+                    ("ports", by_port as &mut dyn Iterator<Item = _>),
+                    ("addresses", by_addr),
+                    ("both", by_both),
+                ] {
+                    let (used, max) = spread(keys);
+                    assert!(
+                        used >= 3500 && max <= 6,
+                        "protocol {proto}, port {port}, network {net}, {what}: {used} buckets, at most {max} in one"
+                    );
+                }
+            }
         }
     }
 }
