@@ -300,8 +300,9 @@ pub fn process<B: PacketBuf, T: Tracer>(
     provider::ingress(b, t, c, tr);
     tunnel::decap(b, t, s, c, tr);
     // Established connections whose way the stages worked out before skip them; the others
-    // are learnt from once the stages are done (never while tracing: trace shows the stages).
-    let learning = if !T::ON && s.flows.enabled {
+    // are learnt from once the stages are done (never while tracing: trace shows the stages;
+    // never on a host that only switches, where a hit costs more than the stages).
+    let learning = if !T::ON && s.flows.enabled && t.flow_cache {
         flowcache::lookup(b, t, s, c);
         // A batch of established flows the cache answered whole (the usual case under
         // load) skips the loops of the stages below.

@@ -433,3 +433,48 @@ mod fuzz {
         }
     }
 }
+
+/// A host that only switches (no security groups, no router) leaves the flow cache out: a hit
+/// would cost more than the switching it stands for. Every frame, UDP as TCP, takes the
+/// stages, and nothing is looked up or learnt. The same host with (allow-all, stateful)
+/// security groups answers a replied UDP flow's datagrams from the cache.
+#[test]
+fn a_host_that_only_switches_runs_no_flow_cache() {
+    let no_groups = STATE
+        .replace(
+            "    \"binding:host_id\": compute1",
+            "    port_security_enabled: false\n    \"binding:host_id\": compute1",
+        )
+        .replace(
+            "    port_security_enabled: false\n    port_security_enabled: false",
+            "    port_security_enabled: false",
+        )
+        .lines()
+        .filter(|l| !l.contains("allowed_address_pairs"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (state, cached) in [(no_groups.as_str(), false), (STATE, true)] {
+        let mut h = Harness::with(tables_from(HOST, state, &[]));
+        assert_eq!(h.t.flow_cache, cached);
+        let there: Vec<_> = (0..32)
+            .map(|i| udp4(MAC1, MAC2, IP1, IP2, 1000 + i, 53))
+            .collect();
+        let back: Vec<_> = (0..32)
+            .map(|i| udp4(MAC2, MAC1, IP2, IP1, 53, 1000 + i))
+            .collect();
+        for _ in 0..3 {
+            h.rx(VM1, &there);
+            h.rx(VM2, &back);
+        }
+        assert_eq!(h.sink.on(VM2), [&there[..], &there, &there].concat());
+        assert_eq!(h.sink.on(VM1).len(), 3 * 32);
+        let st = h.s.flows.stats;
+        let seen = (st.hits, st.misses, st.inserted);
+        // Stateful: the first round opens and replies, the second is learnt, the third hits.
+        let want = if cached { (64, 128, 64) } else { (0, 0, 0) };
+        assert_eq!(
+            seen, want,
+            "hits, misses, learnt with security groups: {cached}"
+        );
+    }
+}

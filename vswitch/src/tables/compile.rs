@@ -184,10 +184,12 @@ pub fn compile(
         overlay: None,
         l3: Default::default(),
         firewall: false,
+        flow_cache: false,
     };
     t.firewall = t.ports.iter().any(|p| p.firewall.is_some());
     compile_overlay(host, state, port_macs, &mut t);
     super::router::compile_routers(host, state, &mut t);
+    t.flow_cache = t.firewall || !t.l3.rifs.is_empty();
     t
 }
 
