@@ -622,25 +622,26 @@ fn a_moved_external_gateway_is_followed_at_once() {
     assert_eq!(tcp_out(last).3, F1);
 }
 
+/// Twin harnesses (flow cache on and off) whose external gateway is resolved.
+fn fip_twins() -> Twins {
+    Twins::new(|| {
+        let mut h = harness();
+        resolve_external_gateway(&mut h);
+        h
+    })
+}
+
 /// The flow cache answers established floating-IP connections exactly as the stages do, both
 /// ways (DNAT in, SNAT out, routing, the instance's connection tracking), and steps aside for
 /// what it cannot answer: a TTL that runs out (an ICMP error from the router), an RST, a FIN,
 /// new tables, the external gateway's MAC moving.
 #[test]
 fn floating_ip_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
-    let make = || {
-        let mut h = harness();
-        resolve_external_gateway(&mut h);
-        h
-    };
-    let mut tw = Twins::new(make);
+    let mut tw = fip_twins();
     let (internet, vm1) = floating_ip_sides();
     let mut cv = Conversation::new(internet, vm1, 40);
-    let (syn, ack, psh) = (0x02, 0x10, 0x18);
-    for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
-        let (port, frames) = cv.all(from_server, flags, 0);
-        tw.rx(port, &frames);
-    }
+    let (ack, psh) = (0x10, 0x18);
+    tw.handshakes(&mut cv);
     for _ in 0..4 {
         let (port, frames) = cv.all(false, psh, 100);
         tw.rx(port, &frames);
@@ -709,11 +710,8 @@ fn east_west_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     let mut tw = Twins::new(harness);
     let (vm2, vm1) = east_west_sides();
     let mut cv = Conversation::new(vm2, vm1, 40);
-    let (syn, ack, psh) = (0x02, 0x10, 0x18);
-    for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
-        let (port, frames) = cv.all(from_server, flags, 0);
-        tw.rx(port, &frames);
-    }
+    let (ack, psh) = (0x10, 0x18);
+    tw.handshakes(&mut cv);
     for _ in 0..3 {
         let (port, frames) = cv.all(false, psh, 200);
         tw.rx(port, &frames);
@@ -774,11 +772,8 @@ fn east_west_udp_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     // TCP on the same ports: its own flows, learnt and answered beside the UDP ones.
     let (vm2, vm1) = east_west_sides();
     let mut cv = Conversation::new(vm2, vm1, n);
-    let (syn, ack, psh) = (0x02, 0x10, 0x18);
-    for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
-        let (port, frames) = cv.all(from_server, flags, 0);
-        tw.rx(port, &frames);
-    }
+    let psh = 0x18;
+    tw.handshakes(&mut cv);
     for _ in 0..3 {
         let (port, frames) = cv.all(false, psh, 10);
         tw.rx(port, &frames);
@@ -809,12 +804,7 @@ fn east_west_udp_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
 /// with the cache on and off, and correctly translated.
 #[test]
 fn translated_udp_flows_are_not_cached() {
-    let make = || {
-        let mut h = harness();
-        resolve_external_gateway(&mut h);
-        h
-    };
-    let mut tw = Twins::new(make);
+    let mut tw = fip_twins();
     let inbound = udp4_vlan(INET_GW, FG1, 101, INET, F1);
     let reply = udp4(M1, GW1, X1, INET, 2000, 1000);
     for _ in 0..4 {

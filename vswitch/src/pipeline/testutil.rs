@@ -607,6 +607,16 @@ impl Twins {
         assert_eq!(routers(a), routers(b), "router counters");
     }
 
+    /// Both take the three segments of every connection's handshake (SYN, SYN-ACK, ACK).
+    #[track_caller]
+    pub fn handshakes(&mut self, cv: &mut Conversation) {
+        let (syn, ack) = (0x02, 0x10);
+        for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
+            let (port, frames) = cv.all(from_server, flags, 0);
+            self.rx(port, &frames);
+        }
+    }
+
     /// Packets the cached twin answered from its flow cache so far.
     pub fn hits(&self) -> u64 {
         self.cached.s.flows.stats.hits
