@@ -32,7 +32,7 @@
 //! tables generation, this core's learned MACs, the routers' resolved neighbours and its
 //! connection entries (checked by a fingerprint of their key and policy) are those it was
 //! made with, and for at most [`MAX_AGE_MS`] (so the stages refresh learned MACs).
-use super::conntrack::{expired, flag, state, tcp, TcpPeer, PROTO_TCP, PROTO_UDP};
+use super::conntrack::{expired, flag, flow, state, tcp, TcpPeer, PROTO_TCP, PROTO_UDP};
 use super::{Batch, CoreState, Next, BURST};
 use crate::counters::{BatchCounters, Event as E, RouterStat};
 use crate::packet::checksum::{adjust, fold};
@@ -500,8 +500,7 @@ fn candidate(d: &Hdr) -> bool {
 #[inline(always)]
 fn datagram(d: &Hdr, len: usize) -> bool {
     let tl = be16(d, 16) as usize;
-    let ports = (be16(d, 34), be16(d, 36));
-    tl >= 28 && tl <= len - 14 && !matches!(ports, (68, 67) | (67, 68))
+    tl >= 28 && tl <= len - 14 && !flow::dhcp_ports(be16(d, 34), be16(d, 36))
 }
 
 /// What a UDP candidate keeps in place of a segment (never read: a datagram moves no window).

@@ -109,6 +109,13 @@ pub fn quick_v4_key(frame: &[u8]) -> Option<Key> {
         })
 }
 
+/// UDP ports of DHCP client and server traffic (IPv4), which the firewall lets by untracked
+/// as Neutron does.
+#[inline(always)]
+pub fn dhcp_ports(sport: u16, dport: u16) -> bool {
+    matches!((sport, dport), (68, 67) | (67, 68))
+}
+
 /// [`parse`] into `out`. The common case, an unfragmented IPv4 TCP segment (a SYN's window
 /// scale option read too) or UDP datagram, is written field by field straight into `out`, the
 /// batch's scratch slot: building the flow elsewhere and copying it in stalled the firewall
@@ -153,7 +160,7 @@ pub fn parse_into(frame: &[u8], out: &mut Flow) {
                         return;
                     }
                 }
-                PROTO_UDP if tl >= 28 && !matches!((sp, dp), (68, 67) | (67, 68)) => {
+                PROTO_UDP if tl >= 28 && !dhcp_ports(sp, dp) => {
                     out.key = Key::v4(0, PROTO_UDP, src, dst, sp, dp);
                     out.kind = Kind::Ports;
                     out.port_key = dp;
