@@ -935,6 +935,35 @@ fn probe_east_west_established_cost() {
     probe_established(&mut h, &mut cv, |h, (port, f)| h.rx(port, &f), |_, _| {});
 }
 
+/// Replied UDP flows between two instances of this host under callgrind (as
+/// [`probe_established`], `PROBE_NO_CACHE=1` for the stages alone): 256 flows, one datagram
+/// each way to open and reply, then 40 rounds of one datagram each way (20,480 datagrams),
+/// each checked in both zones.
+#[test]
+#[ignore = "a profiling workload, run by hand under valgrind"]
+fn probe_east_west_udp_cost() {
+    let mut h = harness();
+    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
+    let there: Vec<_> = (0..256)
+        .map(|k| udp4(M2, M1, X2, X1, 40000 + k, 5001))
+        .collect();
+    let back: Vec<_> = (0..256)
+        .map(|k| udp4(M1, M2, X1, X2, 5001, 40000 + k))
+        .collect();
+    for _ in 0..41 {
+        h.rx(VM2, &there);
+        h.rx(VM1, &back);
+    }
+    assert_eq!(h.sink.on(VM1).len() + h.sink.on(VM2).len(), 41 * 2 * 256);
+    if h.s.flows.enabled {
+        assert!(
+            h.s.flows.stats.hits >= 39 * 2 * 256,
+            "{:?}",
+            h.s.flows.stats
+        );
+    }
+}
+
 /// The fip-inbound shape under callgrind (see [`probe_established`]): 256 connections from
 /// an Internet host to vm1 through its floating IP (VLAN 101 in, DNAT, routed, the
 /// instance's zone; back: SNAT, routed, tagged).
