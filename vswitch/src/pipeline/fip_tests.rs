@@ -739,12 +739,7 @@ fn east_west_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
 fn east_west_udp_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     let mut tw = Twins::new(harness);
     let n = 40u16;
-    let there: Vec<_> = (0..n)
-        .map(|k| udp4(M2, M1, X2, X1, 40000 + k, 5001))
-        .collect();
-    let back: Vec<_> = (0..n)
-        .map(|k| udp4(M1, M2, X1, X2, 5001, 40000 + k))
-        .collect();
+    let [there, back] = udp_flows(n, (M2, X2), (M1, X1), 40000, 5001);
     for _ in 0..2 {
         tw.rx(VM2, &there);
     }
@@ -944,12 +939,7 @@ fn probe_east_west_established_cost() {
 fn probe_east_west_udp_cost() {
     let mut h = harness();
     h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
-    let there: Vec<_> = (0..256)
-        .map(|k| udp4(M2, M1, X2, X1, 40000 + k, 5001))
-        .collect();
-    let back: Vec<_> = (0..256)
-        .map(|k| udp4(M1, M2, X1, X2, 5001, 40000 + k))
-        .collect();
+    let [there, back] = udp_flows(256, (M2, X2), (M1, X1), 40000, 5001);
     for _ in 0..41 {
         h.rx(VM2, &there);
         h.rx(VM1, &back);

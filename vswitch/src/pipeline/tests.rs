@@ -456,12 +456,7 @@ fn a_host_that_only_switches_runs_no_flow_cache() {
     for (state, cached) in [(no_groups.as_str(), false), (STATE, true)] {
         let mut h = Harness::with(tables_from(HOST, state, &[]));
         assert_eq!(h.t.flow_cache, cached);
-        let there: Vec<_> = (0..32)
-            .map(|i| udp4(MAC1, MAC2, IP1, IP2, 1000 + i, 53))
-            .collect();
-        let back: Vec<_> = (0..32)
-            .map(|i| udp4(MAC2, MAC1, IP2, IP1, 53, 1000 + i))
-            .collect();
+        let [there, back] = udp_flows(32, (MAC1, IP1), (MAC2, IP2), 1000, 53);
         for _ in 0..3 {
             h.rx(VM1, &there);
             h.rx(VM2, &back);

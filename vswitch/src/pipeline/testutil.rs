@@ -306,6 +306,25 @@ pub fn udp4(src: &str, dst: &str, sip: [u8; 4], dip: [u8; 4], sport: u16, dport:
     out
 }
 
+/// `n` UDP flows from `a` (MAC, address; source port `sport + k` for flow `k`) to `b`'s port
+/// `dport`: each flow's datagram there, and the reply back.
+pub fn udp_flows(
+    n: u16,
+    a: (&str, [u8; 4]),
+    b: (&str, [u8; 4]),
+    sport: u16,
+    dport: u16,
+) -> [Vec<Vec<u8>>; 2] {
+    [
+        (0..n)
+            .map(|k| udp4(a.0, b.0, a.1, b.1, sport + k, dport))
+            .collect(),
+        (0..n)
+            .map(|k| udp4(b.0, a.0, b.1, a.1, dport, sport + k))
+            .collect(),
+    ]
+}
+
 /// The same frame with an 802.1Q tag (etherparse builds it).
 pub fn udp4_vlan(src: &str, dst: &str, vid: u16, sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
     let b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0)
