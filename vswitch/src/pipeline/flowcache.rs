@@ -732,7 +732,7 @@ fn track_all(
         // its own step has begun.
         let mut changed = k;
         let next = match ct.entry_mut(r.idx) {
-            Some(ce) if holds_in(ce, r, now, r.how.steady()) => {
+            Some(ce) if holds(ce, r, now) => {
                 saved[k] = ce.tcp;
                 changed = k + 1;
                 // A plain ACK of an established connection tracked liberally is accepted
@@ -759,7 +759,7 @@ fn track_all(
             return false;
         }
     }
-    let udp_ttl = ct.timeouts.udp_stream;
+    let udp_ttl = ct.timeouts.of(PROTO_UDP, state::REPLIED);
     for r in &e.refs[..n] {
         let ttl = if r.how == Track::Datagram {
             udp_ttl
@@ -773,19 +773,13 @@ fn track_all(
     true
 }
 
-/// Connection entry `ce` still holds the established, assured connection that `r` was made
-/// for, and it has not expired.
+/// Connection entry `ce` still holds the assured connection that `r` was made for, in the
+/// state the cache answers for it in (established; a UDP flow's: replied), and it has not
+/// expired.
 #[inline(always)]
 fn holds(ce: &super::conntrack::Entry, r: &SlotRef, now: u32) -> bool {
-    holds_in(ce, r, now, state::ESTABLISHED)
-}
-
-/// Connection entry `ce` still holds the assured connection that `r` was made for, in state
-/// `st`, and it has not expired.
-#[inline(always)]
-fn holds_in(ce: &super::conntrack::Entry, r: &SlotRef, now: u32, st: u8) -> bool {
     fingerprint(ce) == r.fp
-        && ce.state == st
+        && ce.state == r.how.steady()
         && ce.flags & flag::ASSURED != 0
         && !expired(ce.expires, now)
 }
@@ -918,9 +912,10 @@ pub fn learn<B: PacketBuf>(
             continue;
         }
         // A datagram's flow: replied and assured, and not translated (a hit rewrites a TCP
-        // segment's checksum, never a datagram's).
+        // segment's checksum, never a datagram's; with addresses and ports as they came, the
+        // slot's L4 delta is zero and the rewrite leaves that place as it is).
         let udp = fc.pre[i][23] == PROTO_UDP;
-        if udp && (slot.l4_delta != 0 || fc.pre[i][26..38] != post[26..38]) {
+        if udp && fc.pre[i][26..38] != post[26..38] {
             continue;
         }
         let mut refs = [SlotRef::default(); REFS];
