@@ -153,6 +153,34 @@ impl Track {
     }
 }
 
+/// The deadlines a hit gives the entries it moves on (those the stages would give them: an
+/// established TCP connection's, a replied UDP flow's), read from the timeouts once a batch.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    established: u32,
+    replied_udp: u32,
+}
+
+impl Deadlines {
+    #[inline(always)]
+    fn of(t: &super::conntrack::Timeouts) -> Self {
+        Deadlines {
+            established: t.of(PROTO_TCP, state::ESTABLISHED),
+            replied_udp: t.of(PROTO_UDP, state::REPLIED),
+        }
+    }
+
+    /// The time to live of an entry tracked `how`, in its steady state.
+    #[inline(always)]
+    fn of_track(self, how: Track) -> u32 {
+        if how == Track::Datagram {
+            self.replied_udp
+        } else {
+            self.established
+        }
+    }
+}
+
 /// What the stages noted about one packet of the batch in flight.
 #[derive(Debug, Clone, Copy)]
 pub struct Rec {
@@ -650,7 +678,7 @@ pub fn lookup<B: PacketBuf>(
         }
     }
     // Pass 4: hits.
-    let est_ttl = s.fw.ct.timeouts.tcp[state::ESTABLISHED as usize];
+    let ttls = Deadlines::of(&s.fw.ct.timeouts);
     let mut tally = (NO_ROUTER, 0u64);
     let mut routed = 0u64;
     let mut unicast = 0u64;
@@ -661,7 +689,7 @@ pub fn lookup<B: PacketBuf>(
         let (Some(p), Some(e)) = (b.pkts[i].as_mut(), fc.slots.get(fc.found[i] as usize)) else {
             continue;
         };
-        if !track_all(e, &fc.segs[i], &mut s.fw.ct, now, est_ttl) {
+        if !track_all(e, &fc.segs[i], &mut s.fw.ct, now, ttls) {
             fc.missed(i, p.data());
             continue;
         }
@@ -715,12 +743,12 @@ fn track_all(
     seg: &tcp::Segment,
     ct: &mut super::conntrack::Conntrack,
     now: u32,
-    est_ttl: u32,
+    ttls: Deadlines,
 ) -> bool {
     // track_twins checks the count itself; tested here first, the other slots' way stays as
     // short as before (without it, 6-8 more instructions a floating-IP or SNAT hit).
     if e.nrefs == 2 {
-        if let Some(done) = track_twins(e, seg, ct, now, est_ttl) {
+        if let Some(done) = track_twins(e, seg, ct, now, ttls.established) {
             return done;
         }
     }
@@ -759,15 +787,9 @@ fn track_all(
             return false;
         }
     }
-    let udp_ttl = ct.timeouts.of(PROTO_UDP, state::REPLIED);
     for r in &e.refs[..n] {
-        let ttl = if r.how == Track::Datagram {
-            udp_ttl
-        } else {
-            est_ttl
-        };
         if let Some(ce) = ct.entry_mut(r.idx) {
-            passed(ce, r.dir, now, ttl);
+            passed(ce, r.dir, now, ttls.of_track(r.how));
         }
     }
     true
@@ -784,11 +806,11 @@ fn holds(ce: &super::conntrack::Entry, r: &SlotRef, now: u32) -> bool {
         && !expired(ce.expires, now)
 }
 
-/// What a segment that passed in direction `dir` does to its entry besides the windows: the
-/// established deadline, and the reply seen.
+/// What a segment (or datagram) that passed in direction `dir` does to its entry besides the
+/// windows: the deadline of its steady state (`ttl`), and the reply seen.
 #[inline(always)]
-fn passed(ce: &mut super::conntrack::Entry, dir: u8, now: u32, est_ttl: u32) {
-    ce.expires = now.wrapping_add(est_ttl);
+fn passed(ce: &mut super::conntrack::Entry, dir: u8, now: u32, ttl: u32) {
+    ce.expires = now.wrapping_add(ttl);
     ce.flags |= (dir & 1) * flag::SEEN_REPLY;
 }
 
@@ -1160,6 +1182,13 @@ mod tests {
         })
     }
 
+    /// Deadlines for the tests of TCP slots: an established connection's 1,000 ms (the UDP
+    /// one far off, so that a TCP entry given it would show).
+    const TTLS: Deadlines = Deadlines {
+        established: 1000,
+        replied_udp: 999_000,
+    };
+
     /// A connection tracked in two zones whose windows differ (the second never saw the
     /// server's data): a segment the first zone accepts and the second refuses is refused
     /// whole, with the first zone's windows, moved on in place, put back; one both accept
@@ -1182,12 +1211,12 @@ mod tests {
         let mut first = seen;
         assert!(tcp::plain_ack_in_window(0, &mut first, &acks_data));
         assert_ne!(first, seen, "the first zone's windows move on");
-        assert!(!track_all(&slot, &acks_data, &mut ct, 10, 1000));
+        assert!(!track_all(&slot, &acks_data, &mut ct, 10, TTLS));
         assert_eq!(zones(&ct, &slot), before, "both entries as they were");
         // Data that acks only what both saw: both move on, with a new deadline.
         let plain = seg(tcp::ACK | tcp::PSH, a + 1, b + 1, 6);
         let want = checked_each([seen, peers], 0, &plain);
-        assert!(track_all(&slot, &plain, &mut ct, 10, 1000));
+        assert!(track_all(&slot, &plain, &mut ct, 10, TTLS));
         let after = zones(&ct, &slot);
         assert_eq!([after[0].0, after[1].0], want);
         assert_eq!([after[0].1, after[1].1], [1010, 1010]);
@@ -1210,12 +1239,12 @@ mod tests {
         let data = seg(tcp::ACK | tcp::PSH, b + 1, a + 1, 1000);
         let [want, _] = checked_each([peers; 2], 1, &data);
         assert_ne!(want, peers);
-        assert!(track_all(&slot, &data, &mut ct, 10, 1000));
+        assert!(track_all(&slot, &data, &mut ct, 10, TTLS));
         assert_eq!(reply_seen(&ct), [(want, 1010, true); 2]);
         // Far beyond the window: refused, neither changed.
         let before = zones(&ct, &slot);
         let far = seg(tcp::ACK, b.wrapping_add(1 << 30), a + 1, 6);
-        assert!(!track_all(&slot, &far, &mut ct, 20, 1000));
+        assert!(!track_all(&slot, &far, &mut ct, 20, TTLS));
         assert_eq!(zones(&ct, &slot), before);
         // The second zone's windows no longer the first's: judged entry by entry.
         let mut other = want;
@@ -1223,7 +1252,7 @@ mod tests {
         ct.entry_mut(slot.refs[1].idx).unwrap().tcp = other;
         let more = seg(tcp::ACK | tcp::PSH, b + 101, a + 1, 6);
         let expect = checked_each([want, other], 1, &more);
-        assert!(track_all(&slot, &more, &mut ct, 30, 1000));
+        assert!(track_all(&slot, &more, &mut ct, 30, TTLS));
         let after = zones(&ct, &slot);
         assert_eq!([after[0].0, after[1].0], expect);
     }
