@@ -15,7 +15,8 @@
 //! responders, switching, routing (floating IPs and centralized SNAT included) and the ingress
 //! firewall: it rewrites the header as they did (MACs, TTL, addresses, ports, and both
 //! checksums by constant incremental deltas, RFC 1624: the changed words are the same for
-//! every packet of the flow), moves the same connection entries on as they did (a TCP
+//! every packet of the flow; a UDP checksum of 0, none, stays 0 and one that comes out 0 is
+//! sent as 0xffff, as `nat` does), moves the same connection entries on as they did (a TCP
 //! segment: the same window checks; a UDP datagram: the deadline of its replied flow), and
 //! counts what they counted. Anything the entry cannot answer exactly (an entry that moved on
 //! or went, SYN/FIN/RST, a TTL the router would answer with an ICMP error, a packet bigger
@@ -23,8 +24,7 @@
 //!
 //! Entries are made only from what the stages just did to a packet that missed: it went the
 //! whole way to one port or one VTEP as a plain ACK of established connections (or a datagram
-//! of replied, assured UDP flows, whose addresses and ports were not translated: the cache
-//! rewrites no UDP checksum), each stage noted what it used (the connection entries, the
+//! of replied, assured UDP flows), each stage noted what it used (the connection entries, the
 //! router, the ports the firewall counted), no
 //! event the cache cannot repeat (a learned or moved MAC, a new connection, an ICMP error, a
 //! held packet...) was counted in its batch, and the rewrite the entry would apply to the
@@ -131,8 +131,8 @@ const REPEATABLE: [E; 2] = [E::Unicast, E::Flooded];
 
 /// How a hit moves a connection entry on: as the firewall's fast path does (window checks
 /// unless the entry is liberal), as a router's translation (liberal TCP tracking), or as the
-/// firewall's fast path moves a replied UDP flow on (its deadline; the learn makes the
-/// firewall's notes of a datagram this).
+/// firewall's fast path and a translation move a replied UDP flow on (its deadline; the learn
+/// makes the firewall's and the router's notes of a datagram this).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Track {
     #[default]
@@ -248,6 +248,8 @@ struct Slot {
     routed: u8,
     nrefs: u8,
     nfw: u8,
+    /// A UDP flow's: the transport checksum is UDP's (at 40, 0 for none), not TCP's (at 50).
+    udp: bool,
 }
 
 // A slot is two cache lines, both prefetched before use.
@@ -276,6 +278,7 @@ const EMPTY: Slot = Slot {
     routed: 0,
     nrefs: 0,
     nfw: 0,
+    udp: false,
 };
 
 /// What a slot must have been made under to answer now: the tables generation, the core's
@@ -933,17 +936,12 @@ pub fn learn<B: PacketBuf>(
         if !routed_ok {
             continue;
         }
-        // A datagram's flow: replied and assured, and not translated (a hit rewrites a TCP
-        // segment's checksum, never a datagram's; with addresses and ports as they came, the
-        // slot's L4 delta is zero and the rewrite leaves that place as it is).
-        let udp = fc.pre[i][23] == PROTO_UDP;
-        if udp && fc.pre[i][26..38] != post[26..38] {
-            continue;
-        }
+        let udp = slot.udp;
         let mut refs = [SlotRef::default(); REFS];
         let mut ok = true;
         for (r, &(idx, dir, how)) in refs.iter_mut().zip(&rec.refs[..rec.nrefs as usize]) {
-            // The firewall notes a datagram as it notes a plain ACK.
+            // The firewall and the router note a datagram as they note a plain ACK; what a
+            // datagram does to its entries is the same whichever of them tracked it.
             let how = if udp { Track::Datagram } else { how };
             match s.fw.ct.entry(idx) {
                 Some(e) if e.state == how.steady() && e.flags & flag::ASSURED != 0 => {
@@ -981,9 +979,9 @@ pub fn learn<B: PacketBuf>(
     }
 }
 
-/// The rewrite that turns header `pre` into `post`: MACs, TTL, addresses and ports, with the
-/// checksum deltas, checked to reproduce `post` exactly from `pre`. `None`: the stages changed
-/// something else (or the checksums some other way).
+/// The rewrite that turns header `pre` (a TCP segment or a UDP datagram) into `post`: MACs,
+/// TTL, addresses and ports, with the checksum deltas, checked to reproduce `post` exactly
+/// from `pre`. `None`: the stages changed something else (or the checksums some other way).
 fn action(pre: &[u8; HDR], post: &[u8]) -> Option<Slot> {
     let post: &[u8; HDR] = post.first_chunk()?;
     let word = |h: &[u8; HDR], at: usize| be16(h, at) as u32;
@@ -1006,6 +1004,7 @@ fn action(pre: &[u8; HDR], post: &[u8]) -> Option<Slot> {
         l4 += delta(at);
     }
     let mut s = EMPTY;
+    s.udp = pre[23] == PROTO_UDP;
     s.ttl_dec = ttl_dec;
     s.ip_delta = fold(ip);
     s.l4_delta = fold(l4);
@@ -1023,12 +1022,22 @@ fn apply(d: &mut Hdr, e: &Slot) {
     d[..12].copy_from_slice(&e.post[..12]);
     d[26..38].copy_from_slice(&e.post[12..]);
     d[22] = d[22].wrapping_sub(e.ttl_dec);
-    let (ip, l4) = (
-        adjust(be16(d, 24), e.ip_delta),
-        adjust(be16(d, 50), e.l4_delta),
-    );
+    let ip = adjust(be16(d, 24), e.ip_delta);
     put_be16(d, 24, ip);
-    put_be16(d, 50, l4);
+    if !e.udp {
+        let l4 = adjust(be16(d, 50), e.l4_delta);
+        put_be16(d, 50, l4);
+        return;
+    }
+    // UDP (RFC 768): no checksum stays none; a computed 0 is sent as its other form, 0xffff.
+    // The stages adjust it one field at a time, mapping a 0 between steps the same way; in
+    // one's complement both forms of zero add alike, so one constant delta gives what they
+    // give (`a_udp_rewrite_learnt_from_one_datagram_fits_every_datagram_of_the_flow`).
+    let c = be16(d, 40);
+    if c != 0 {
+        let n = adjust(c, e.l4_delta);
+        put_be16(d, 40, if n == 0 { 0xffff } else { n });
+    }
 }
 
 #[cfg(test)]
@@ -1082,6 +1091,82 @@ mod tests {
             stages(&mut want, new_dst, new_src, new_port);
             apply(other.first_chunk_mut().unwrap(), &e);
             prop_assert_eq!(other, want);
+        }
+    }
+
+    /// A UDP datagram `sport -> 53` from 198.51.100.4 to 100.64.0.9 with UDP checksum `sum`
+    /// (not recomputed: the stages and the cache only adjust it) and `len` bytes of payload
+    /// (at least 12: the cache reads [`HDR`] bytes; shorter frames are never candidates).
+    fn datagram_with(sport: u16, sum: u16, len: usize, ttl: u8) -> Vec<u8> {
+        let mut f = crate::pipeline::testutil::udp4_tagged(
+            ("fa:16:3e:00:00:01", "fa:16:3e:aa:00:01"),
+            None,
+            ([198, 51, 100, 4], [100, 64, 0, 9]),
+            (sport, 53),
+            &vec![0x5a; len],
+        );
+        f[22] = ttl;
+        f[40..42].copy_from_slice(&sum.to_be_bytes());
+        Ipv4Packet::new_checked(&mut f[14..])
+            .unwrap()
+            .fill_checksum();
+        f
+    }
+
+    proptest! {
+        /// As for TCP: the UDP rewrite learnt from one datagram of a flow fits every other
+        /// datagram of it, whatever its checksum (0, none, included) and length.
+        #[test]
+        fn a_udp_rewrite_learnt_from_one_datagram_fits_any_other(
+            sum in any::<u16>(), sum2 in prop_oneof![Just(0u16), Just(0xffff), any::<u16>()],
+            len in 12usize..64, len2 in 12usize..64, ttl in 2u8..=255, ttl2 in 2u8..=255,
+            new_dst in any::<u32>(), new_src in any::<u32>(), new_port in any::<u16>(),
+            sport in any::<u16>(),
+        ) {
+            let first = datagram_with(sport, sum, len, ttl);
+            let mut post = first.clone();
+            stages(&mut post, new_dst, new_src, new_port);
+            let pre: [u8; HDR] = *first.first_chunk().unwrap();
+            let e = action(&pre, &post).expect("a UDP rewrite the cache can repeat");
+            prop_assert!(e.udp);
+            let mut other = datagram_with(sport, sum2, len2, ttl2);
+            let mut want = other.clone();
+            stages(&mut want, new_dst, new_src, new_port);
+            apply(other.first_chunk_mut().unwrap(), &e);
+            prop_assert_eq!(other, want);
+        }
+    }
+
+    /// Every UDP checksum a datagram can carry, through two translations (a floating IP's:
+    /// addresses only; centralized SNAT's: an address and the port): the cache's one delta
+    /// gives exactly what the stages' field-by-field updates give, the values whose result is
+    /// zero (sent as 0xffff) and 0 itself (none, left as it is) included.
+    #[test]
+    fn a_udp_rewrite_gives_what_the_stages_give_for_every_checksum() {
+        for (new_dst, new_src, new_port) in [
+            (0xc633_6404, 0xcb00_7111, 53),
+            (0x6440_0009, 0xcb00_710b, 1024),
+        ] {
+            let first = datagram_with(40000, 0x1234, 12, 64);
+            let mut post = first.clone();
+            stages(&mut post, new_dst, new_src, new_port);
+            let e = action(first.first_chunk().unwrap(), &post).unwrap();
+            let (mut zeros, mut ffff) = (0, 0);
+            for sum in 0..=u16::MAX {
+                let mut got = datagram_with(40000, sum, 12, 64);
+                let mut want = got.clone();
+                stages(&mut want, new_dst, new_src, new_port);
+                apply(got.first_chunk_mut().unwrap(), &e);
+                assert_eq!(got, want, "checksum {sum:#06x}");
+                zeros += (be16(&want, 40) == 0) as u32;
+                ffff += (be16(&want, 40) == 0xffff) as u32;
+            }
+            // Only "none" comes out as 0, and the one checksum whose result is zero as 0xffff.
+            assert_eq!(
+                (zeros, ffff),
+                (1, 1),
+                "{new_dst:#x} {new_src:#x} {new_port}"
+            );
         }
     }
 

@@ -1304,7 +1304,8 @@ fn snat_out<B: PacketBuf, T: Tracer>(
 
 /// Tells the flow cache how a packet of `kind` moved translation `idx` on (direction `dir`)
 /// from state and flags `was`: a plain ACK of an assured, established translation that stayed
-/// established is repeatable, anything else is not.
+/// established, or a datagram of an assured UDP translation that was and stays replied (it
+/// moved the deadline on, nothing else), is repeatable; anything else is not.
 fn note_translation(
     fc: &mut super::flowcache::FlowCache,
     ct: &super::conntrack::Conntrack,
@@ -1314,13 +1315,20 @@ fn note_translation(
     kind: &Kind,
     was: Option<(u8, u8)>,
 ) {
-    use super::conntrack::{flag, state, tcp};
-    let plain = matches!(kind, Kind::Tcp(seg)
-        if seg.flags & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK);
-    let established = |st: u8, fl: u8| st == state::ESTABLISHED && fl & flag::ASSURED != 0;
+    use super::conntrack::{flag, state, tcp, PROTO_UDP};
+    let steady = match kind {
+        Kind::Tcp(seg) if seg.flags & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK => {
+            Some(state::ESTABLISHED)
+        }
+        Kind::Ports if ct.entry(idx).is_some_and(|e| e.proto() == PROTO_UDP) => {
+            Some(state::REPLIED)
+        }
+        _ => None,
+    };
     let now = ct.entry(idx).map(|e| (e.state, e.flags));
+    let held = |(st, fl): (u8, u8)| Some(st) == steady && fl & flag::ASSURED != 0;
     match (was, now) {
-        (Some(a), Some(b)) if plain && established(a.0, a.1) && established(b.0, b.1) => {
+        (Some(a), Some(b)) if held(a) && held(b) => {
             fc.note_ct(i, idx, dir, super::flowcache::Track::Translation)
         }
         _ => fc.spoil(i),

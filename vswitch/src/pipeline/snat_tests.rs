@@ -586,6 +586,81 @@ fn snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     rx(&mut tw, cv.all(true, ack, 0));
 }
 
+/// UDP through the SNAT router, many flows: once a flow is replied, the flow cache answers
+/// its datagrams both ways as the stages do (out: the gateway address and the flow's own
+/// port, VLAN 101; back: the instance's address and port, in VXLAN to compute1), checksums
+/// right, a datagram without a UDP checksum left without one; a flow that expired is the
+/// stages' to translate again.
+#[test]
+fn udp_snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
+    let mut tw = Twins::new(|| harness([1024, 65535]));
+    let n = 40u16;
+    let out = |round: u8| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|k| {
+                let payload = [round ^ k as u8; 25];
+                let inner = udp4_tagged((DVR1, SNAT1), None, (X1, INET), (40000 + k, 53), &payload);
+                from_compute1(&inner)
+            })
+            .collect()
+    };
+    tw.rx(OVERLAY, &out(0));
+    // The ports the router chose, as the server sees them.
+    let ports: Vec<u16> = tw.cached.sink.on(UPLINK)[..]
+        .iter()
+        .map(|f| udp4_fields(f).0 .1)
+        .collect();
+    assert_eq!(ports.len(), n as usize, "{:?}", tw.cached.c);
+    let back = |round: u8| -> Vec<Vec<u8>> {
+        ports
+            .iter()
+            .map(|&p| {
+                let payload = [round.wrapping_mul(5) ^ p as u8; 40];
+                udp4_tagged((INET_GW, QG1), Some(101), (INET, G), (53, p), &payload)
+            })
+            .collect()
+    };
+    tw.rx(UPLINK, &back(0));
+    assert_eq!(tw.hits(), 0, "new flows and first replies take the stages");
+    for round in 1..4 {
+        tw.rx(OVERLAY, &out(round));
+        tw.rx(UPLINK, &back(round));
+    }
+    assert_eq!(tw.hits(), 2 * 2 * n as u64, "{:?}", tw.cached.s.flows.stats);
+    let up = tw.cached.sink.on(UPLINK);
+    assert_eq!(up.len(), 4 * n as usize);
+    let (from, to, _) = udp4_fields(up.last().unwrap());
+    assert_eq!((from, to), ((G, ports[n as usize - 1]), (INET, 53)));
+    let ov = tw.cached.sink.on(OVERLAY);
+    assert_eq!(ov.len(), 4 * n as usize);
+    let last = ov.last().unwrap();
+    assert_eq!(&last[30..34], &[10, 0, 0, 11], "to compute1's VTEP");
+    let (from, to, _) = udp4_fields(&last[50..]);
+    assert_eq!((from, to), ((INET, 53), (X1, 40000 + n - 1)));
+    // No UDP checksum (0) stays none, both ways, from the cache.
+    let hits = tw.hits();
+    let mut none_out = udp4_tagged((DVR1, SNAT1), None, (X1, INET), (40002, 53), &[1; 19]);
+    none_out[40..42].fill(0);
+    tw.rx(OVERLAY, &[from_compute1(&none_out)]);
+    assert_eq!(udp4_fields(tw.cached.sink.on(UPLINK).last().unwrap()).2, 0);
+    let mut none_back = back(9).swap_remove(2);
+    none_back[44..46].fill(0);
+    tw.rx(UPLINK, &[none_back]);
+    assert_eq!(
+        udp4_fields(&tw.cached.sink.on(OVERLAY).last().unwrap()[50..]).2,
+        0
+    );
+    assert_eq!(tw.hits(), hits + 2);
+    // The flows' deadlines pass (the cache's slots still young): their next datagrams are
+    // the stages' to translate again.
+    for h in [&mut tw.cached, &mut tw.staged] {
+        h.s.fw.now = h.s.fw.now.wrapping_add(181_000);
+    }
+    let hits = tw.hits();
+    tw.rx(OVERLAY, &out(10));
+    assert_eq!(tw.hits(), hits, "expired flows are not the cache's");
+}
+
 /// The snat-outbound shape under callgrind (see [`probe_established`]): 256 connections from
 /// an instance on compute1 (VXLAN in) to an Internet server through the SNAT router.
 #[test]

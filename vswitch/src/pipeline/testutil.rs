@@ -325,6 +325,59 @@ pub fn udp_flows(
     ]
 }
 
+/// An Ethernet/IPv4/UDP frame, tagged `vid` if given, with TTL 64 and `payload`: built by
+/// etherparse, checksums computed.
+pub fn udp4_tagged(
+    (src, dst): (&str, &str),
+    vid: Option<u16>,
+    (sip, dip): ([u8; 4], [u8; 4]),
+    (sport, dport): (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0);
+    let mut out = Vec::new();
+    match vid {
+        Some(v) => b
+            .single_vlan(etherparse::VlanId::try_new(v).unwrap())
+            .ipv4(sip, dip, 64)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+        None => b
+            .ipv4(sip, dip, 64)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+    }
+    .unwrap();
+    out
+}
+
+/// An IPv4 address and a port.
+pub type Endpoint = ([u8; 4], u16);
+
+/// What an Ethernet/IPv4/UDP frame (tagged or not) says: (source, destination, UDP checksum),
+/// with the IPv4 header checksum verified and the UDP one too unless it is 0 (none).
+pub fn udp4_fields(f: &[u8]) -> (Endpoint, Endpoint, u16) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let s = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(NetSlice::Ipv4(v4)) = &s.net else {
+        panic!("not IPv4")
+    };
+    let h = v4.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+    let Some(TransportSlice::Udp(u)) = &s.transport else {
+        panic!("not UDP")
+    };
+    if u.checksum() != 0 {
+        let want = u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap();
+        assert_eq!(u.checksum(), want, "UDP checksum");
+    }
+    (
+        (h.source, u.source_port()),
+        (h.destination, u.destination_port()),
+        u.checksum(),
+    )
+}
+
 /// The same frame with an 802.1Q tag (etherparse builds it).
 pub fn udp4_vlan(src: &str, dst: &str, vid: u16, sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
     let b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0)
