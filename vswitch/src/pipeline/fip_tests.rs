@@ -988,68 +988,35 @@ fn probe_east_west_established_cost() {
     probe_established(&mut h, &mut cv, |h, (port, f)| h.rx(port, &f), |_, _| {});
 }
 
-/// Replied UDP flows between two instances of this host under callgrind (as
-/// [`probe_established`], `PROBE_NO_CACHE=1` for the stages alone): 256 flows, one datagram
-/// each way to open and reply, then 40 rounds of one datagram each way (20,480 datagrams),
-/// each checked in both zones.
+/// Replied UDP flows between two instances of this host under callgrind (see
+/// [`probe_replied_udp`]): 256 flows from vm2 to vm1, each datagram checked in both zones.
 #[test]
 #[ignore = "a profiling workload, run by hand under valgrind"]
 fn probe_east_west_udp_cost() {
     let mut h = harness();
-    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
     let [there, back] = udp_flows(256, (M2, X2), (M1, X1), 40000, 5001);
-    for _ in 0..41 {
-        h.rx(VM2, &there);
-        h.rx(VM1, &back);
-    }
-    assert_eq!(h.sink.on(VM1).len() + h.sink.on(VM2).len(), 41 * 2 * 256);
-    if h.s.flows.enabled {
-        assert!(
-            h.s.flows.stats.hits >= 39 * 2 * 256,
-            "{:?}",
-            h.s.flows.stats
-        );
-    }
+    probe_replied_udp(&mut h, (VM2, &there), (VM1, &back));
 }
 
-/// Replied UDP flows through the floating IP under callgrind (as [`probe_east_west_udp_cost`],
-/// `PROBE_NO_CACHE=1` for the stages alone): 256 flows from the Internet host (VLAN 101,
-/// DNAT, routed, vm1's zone) and vm1's replies (SNAT, routed, tagged), then 40 rounds of one
-/// datagram each way (20,480 datagrams).
+/// Replied UDP flows through the floating IP under callgrind (see [`probe_replied_udp`]):
+/// 256 flows from the Internet host (VLAN 101, DNAT, routed, vm1's zone) and vm1's replies
+/// (SNAT, routed, tagged).
 #[test]
 #[ignore = "a profiling workload, run by hand under valgrind"]
 fn probe_floating_ip_udp_cost() {
     let mut h = harness();
     resolve_external_gateway(&mut h);
-    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
     let n = 256u16;
     let inbound: Vec<_> = (0..n)
         .map(|k| {
-            udp4_tagged(
-                (INET_GW, FG1),
-                Some(101),
-                (INET, F1),
-                (40000 + k, 53),
-                &[7; 18],
-            )
+            let ports = (40000 + k, 53);
+            udp4_tagged((INET_GW, FG1), Some(101), (INET, F1), ports, &[7; 18])
         })
         .collect();
     let replies: Vec<_> = (0..n)
         .map(|k| udp4_tagged((M1, GW1), None, (X1, INET), (53, 40000 + k), &[9; 18]))
         .collect();
-    for _ in 0..41 {
-        h.rx(UPLINK, &inbound);
-        h.rx(VM1, &replies);
-    }
-    assert_eq!(h.sink.on(VM1).len(), 41 * 256);
-    assert_eq!(h.sink.on(UPLINK).len(), 41 * 256);
-    if h.s.flows.enabled {
-        assert!(
-            h.s.flows.stats.hits >= 39 * 2 * 256,
-            "{:?}",
-            h.s.flows.stats
-        );
-    }
+    probe_replied_udp(&mut h, (UPLINK, &inbound), (VM1, &replies));
 }
 
 /// The fip-inbound shape under callgrind (see [`probe_established`]): 256 connections from

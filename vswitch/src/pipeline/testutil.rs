@@ -537,6 +537,32 @@ pub fn probe_established(
     }
 }
 
+/// A fixed workload of replied UDP flows for counting instructions per datagram, as
+/// [`probe_established`]: one datagram of every flow from `a`'s port and one back from `b`'s,
+/// 41 rounds (the first opens and replies each flow, the second is learnt: 39 hit both ways),
+/// every datagram forwarded out of the other port. `PROBE_NO_CACHE=1`: the stages alone.
+pub fn probe_replied_udp(
+    h: &mut Harness,
+    (a, there): (u16, &[Vec<u8>]),
+    (b, back): (u16, &[Vec<u8>]),
+) {
+    h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
+    let n = there.len();
+    for _ in 0..41 {
+        h.rx(a, there);
+        h.rx(b, back);
+    }
+    assert_eq!(h.sink.on(b).len(), 41 * n, "every datagram there forwarded");
+    assert_eq!(h.sink.on(a).len(), 41 * back.len(), "and back");
+    if h.s.flows.enabled {
+        assert!(
+            h.s.flows.stats.hits >= 39 * (n + back.len()) as u64,
+            "{:?}",
+            h.s.flows.stats
+        );
+    }
+}
+
 /// Frames of `n` connections (client ports 40000 + k to server port 5001) for a scripted
 /// conversation, tracking both sides' sequence numbers.
 pub struct Conversation<'a> {
