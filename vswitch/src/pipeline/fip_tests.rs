@@ -348,6 +348,70 @@ fn an_instance_reaches_another_floating_ip_of_the_same_host_hairpin() {
     assert_eq!(h.c.events[E::FipDnat as usize], 1);
 }
 
+/// The fixture's state with security groups of its own: vm1 (p1) lets UDP 53 in only from
+/// `vm1_from` (a prefix), vm2 (p2) lets nothing in (both let everything out), so that only
+/// replies reach vm2.
+fn state_with_groups(vm1_from: &str) -> String {
+    let port = |ip: &str, sg: &str| {
+        let at = format!(
+            "ip_address: {ip}}}], \"binding:host_id\": compute1, device_owner: \"compute:nova\""
+        );
+        (at.clone(), format!("{at}, security_groups: [{sg}]"))
+    };
+    let mut s = STATE.to_string();
+    for (from, to) in [
+        port("198.51.100.4", "sg-dns"),
+        port("198.51.100.5", "sg-out"),
+    ] {
+        assert!(s.contains(&from), "{from}");
+        s = s.replace(&from, &to);
+    }
+    s.push_str(&format!(
+        r#"security_groups:
+  - {{id: sg-dns, name: dns}}
+  - {{id: sg-out, name: out}}
+security_group_rules:
+  - {{id: dns-eg, security_group_id: sg-dns, direction: egress, ethertype: IPv4}}
+  - {{id: dns-in, security_group_id: sg-dns, direction: ingress, ethertype: IPv4, protocol: udp, port_range_min: 53, port_range_max: 53, remote_ip_prefix: {vm1_from}}}
+  - {{id: out-eg, security_group_id: sg-out, direction: egress, ethertype: IPv4}}
+"#
+    ));
+    s
+}
+
+/// Hairpin through floating IPs, as the instances' security groups see it: vm2 reaches vm1's
+/// floating IP and vm1's groups judge it by the address vm1 sees it from (vm2's floating IP),
+/// not by vm2's fixed IP; vm1's answer is a reply to vm2's own connection, let in by vm2's
+/// groups though they let nothing new in.
+#[test]
+fn hairpin_through_floating_ips_is_judged_by_the_addresses_each_instance_sees() {
+    let dns = |src, dst, ports| udp4_tagged((M2, GW1), None, (src, dst), ports, &[1; 20]);
+    let answer = |src, dst, ports| udp4_tagged((M1, GW1), None, (src, dst), ports, &[2; 20]);
+    // vm1 lets DNS in from vm2's floating IP: the query and the answer pass.
+    let mut h = harness_with(&state_with_groups("203.0.113.18/32"));
+    for _ in 0..3 {
+        h.rx(VM2, &[dns(X2, F1, (40000, 53))]);
+        h.rx(VM1, &[answer(X1, F2, (53, 40000))]);
+    }
+    assert_eq!(h.sink.on(VM1).len(), 3, "{:?}", h.c);
+    let (from, to, _) = udp4_fields(&h.sink.on(VM1)[0]);
+    assert_eq!((from, to), ((F2, 40000), (X1, 53)));
+    assert_eq!(
+        h.sink.on(VM2).len(),
+        3,
+        "the answers are replies: {:?}",
+        h.c
+    );
+    let (from, to, _) = udp4_fields(&h.sink.on(VM2)[0]);
+    assert_eq!((from, to), ((F1, 53), (X2, 40000)));
+    assert_eq!(h.c.dropped(D::FirewallIngressDenied), 0);
+    // From vm2's fixed IP only: vm1 never sees that address, so nothing passes.
+    let mut h = harness_with(&state_with_groups("198.51.100.5/32"));
+    h.rx(VM2, &[dns(X2, F1, (40000, 53))]);
+    assert_eq!(h.sink.on(VM1).len(), 0, "{:?}", h.c);
+    assert_eq!(h.c.dropped(D::FirewallIngressDenied), 1);
+}
+
 #[test]
 fn an_instance_with_a_floating_ip_reaches_the_hosts_floating_ip_gateway_address() {
     let mut h = harness();

@@ -367,10 +367,16 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
             continue;
         };
         f.hashes[i] = 0;
+        if b.meta[i].translated {
+            // Translated by the router since its egress check (hairpin between two floating
+            // IPs of this host): the receiver sees other addresses than the sender's zone
+            // judged, so here it is another flow, parsed and judged from its own headers.
+            f.seen &= !(1 << i);
+        }
         if f.seen & (1 << i) != 0 {
             // Passed the egress check in this batch with its state recorded: most such frames
             // are settled here, through the peer link and the mirror, without the full judgement.
-            if !T::ON && f.mirrored & (1 << i) != 0 && fw.stateful && !b.meta[i].translated {
+            if !T::ON && f.mirrored & (1 << i) != 0 && fw.stateful {
                 let (hint, key) = (f.entries[i], slot.key.with_zone(fw.zone));
                 if let Some((idx, dir)) = f.ct.peer_lookup(hint, &key, f.now) {
                     if mirror(f, i, hint, idx, dir, fw.version) {

@@ -936,13 +936,12 @@ pub fn learn<B: PacketBuf>(
         if !routed_ok {
             continue;
         }
-        let udp = slot.udp;
         let mut refs = [SlotRef::default(); REFS];
         let mut ok = true;
         for (r, &(idx, dir, how)) in refs.iter_mut().zip(&rec.refs[..rec.nrefs as usize]) {
             // The firewall and the router note a datagram as they note a plain ACK; what a
             // datagram does to its entries is the same whichever of them tracked it.
-            let how = if udp { Track::Datagram } else { how };
+            let how = if slot.udp { Track::Datagram } else { how };
             match s.fw.ct.entry(idx) {
                 Some(e) if e.state == how.steady() && e.flags & flag::ASSURED != 0 => {
                     *r = SlotRef {
@@ -1032,7 +1031,7 @@ fn apply(d: &mut Hdr, e: &Slot) {
     // UDP (RFC 768): no checksum stays none; a computed 0 is sent as its other form, 0xffff.
     // The stages adjust it one field at a time, mapping a 0 between steps the same way; in
     // one's complement both forms of zero add alike, so one constant delta gives what they
-    // give (`a_udp_rewrite_learnt_from_one_datagram_fits_every_datagram_of_the_flow`).
+    // give (`a_udp_rewrite_gives_what_the_stages_give_for_every_checksum`).
     let c = be16(d, 40);
     if c != 0 {
         let n = adjust(c, e.l4_delta);
