@@ -946,6 +946,44 @@ fn udp_through_a_floating_ip_from_the_flow_cache_is_what_the_stages_make_of_it()
     assert_eq!(tw.cached.sink.on(VM1).len(), to_vm1, "{:?}", tw.cached.c);
 }
 
+/// Hairpin UDP between two instances of this host through each other's floating IPs (vm2 to
+/// F1, seen by vm1 as from F2; vm1 answers F2): both addresses translated in one pass, each
+/// datagram checked in both zones; the flow cache answers it as the stages do, and it never
+/// leaves the host.
+#[test]
+fn hairpin_udp_between_floating_ips_from_the_flow_cache_is_what_the_stages_make_of_it() {
+    let mut tw = fip_twins();
+    let n = 20u16;
+    let there = |round: u8| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|k| udp4_tagged((M2, GW1), None, (X2, F1), (40000 + k, 53), &[round; 20]))
+            .collect()
+    };
+    let back = |round: u8| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|k| udp4_tagged((M1, GW1), None, (X1, F2), (53, 40000 + k), &[!round; 33]))
+            .collect()
+    };
+    for round in 0..4 {
+        tw.rx(VM2, &there(round));
+        tw.rx(VM1, &back(round));
+    }
+    assert_eq!(tw.hits(), 2 * 2 * n as u64, "{:?}", tw.cached.s.flows.stats);
+    let (from, to, _) = udp4_fields(tw.cached.sink.on(VM1).last().unwrap());
+    assert_eq!(
+        (from, to),
+        ((F2, 40000 + n - 1), (X1, 53)),
+        "vm2 seen as F2"
+    );
+    let (from, to, _) = udp4_fields(tw.cached.sink.on(VM2).last().unwrap());
+    assert_eq!(
+        (from, to),
+        ((F1, 53), (X2, 40000 + n - 1)),
+        "vm1 seen as F1"
+    );
+    assert_eq!(tw.cached.sink.on(UPLINK).len(), 0, "never left the host");
+}
+
 /// Three connections whose packets from the client share one bucket of the flow cache (two
 /// ways), sending in turn: the cache keeps two of them and answers their packets, rather
 /// than each learn pushing out the flow that comes next so that every packet misses; what
