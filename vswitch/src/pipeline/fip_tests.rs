@@ -984,6 +984,52 @@ fn hairpin_udp_between_floating_ips_from_the_flow_cache_is_what_the_stages_make_
     assert_eq!(tw.cached.sink.on(UPLINK).len(), 0, "never left the host");
 }
 
+/// Hairpin TCP between two instances of this host through each other's floating IPs: the
+/// flow cache answers the established connections' segments as the stages do (both
+/// addresses translated, checked in both zones), and an out-of-window segment is the stages'
+/// to drop.
+#[test]
+fn hairpin_tcp_between_floating_ips_from_the_flow_cache_is_what_the_stages_make_of_it() {
+    let mut tw = fip_twins();
+    let vm2 = Side {
+        port: VM2,
+        smac: M2,
+        dmac: GW1,
+        vid: None,
+        src: X2,
+        dst: F1,
+    };
+    let vm1 = Side {
+        port: VM1,
+        smac: M1,
+        dmac: GW1,
+        vid: None,
+        src: X1,
+        dst: F2,
+    };
+    let n = 20;
+    let mut cv = Conversation::new(vm2, vm1, n);
+    let (ack, psh) = (0x10, 0x18);
+    tw.handshakes(&mut cv);
+    for _ in 0..3 {
+        let (port, frames) = cv.all(false, psh, 100);
+        tw.rx(port, &frames);
+        let (port, frames) = cv.all(true, ack, 0);
+        tw.rx(port, &frames);
+    }
+    assert_eq!(tw.hits(), 2 * 2 * n as u64, "{:?}", tw.cached.s.flows.stats);
+    let (_, smac, dmac, src, dst, _) = tcp_out(tw.cached.sink.on(VM1).last().unwrap());
+    assert_eq!((smac.as_str(), dmac.as_str(), src, dst), (GW1, M1, F2, X1));
+    let (_, smac, dmac, src, dst, _) = tcp_out(tw.cached.sink.on(VM2).last().unwrap());
+    assert_eq!((smac.as_str(), dmac.as_str(), src, dst), (GW1, M2, F1, X2));
+    let invalid = tw.cached.c.dropped(D::ConntrackInvalid);
+    let mut bad = cv.seg(3, false, ack, 0, 64);
+    bad[38] ^= 0x80;
+    tw.rx(VM2, &[bad]);
+    assert_eq!(tw.cached.c.dropped(D::ConntrackInvalid), invalid + 1);
+    assert_eq!(tw.cached.sink.on(UPLINK).len(), 0, "never left the host");
+}
+
 /// Three connections whose packets from the client share one bucket of the flow cache (two
 /// ways), sending in turn: the cache keeps two of them and answers their packets, rather
 /// than each learn pushing out the flow that comes next so that every packet misses; what
