@@ -1236,6 +1236,82 @@ print("sent")
     vs.stop();
 }
 
+/// Hairpin between two floating IPs of one host (issue #6, "Hairpin"): instance 2, with
+/// floating IP 203.0.113.20 of its own, reaches instance 1 through 203.0.113.17 on the same
+/// compute node, TCP and UDP, through the group's TCP 5001 and UDP 5005 rules. Instance 1
+/// sees the traffic come from instance 2's floating IP, not from its fixed IP (the router
+/// translates both addresses, as Neutron's do), its group judges it by that address, and
+/// instance 2 sees the answers come from 203.0.113.17. Nothing of it goes out of the provider
+/// port.
+#[test]
+fn hairpin_between_floating_ips_of_one_host() {
+    let Some(mut topo) = Topology::new("fiphp") else {
+        return;
+    };
+    let sw = topo.add_switch_ns("sw");
+    let net = |mac, cidr| InstanceNet {
+        mac,
+        cidr,
+        mtu: 1450,
+        cidr6: None,
+        gw: Some(GW1_IP),
+        gw6: None,
+    };
+    let (c1, c2) = (format!("{I1_IP}/24"), format!("{I2_IP}/24"));
+    let i1 = topo.add_instance("i1", &sw, "vm1", &net(I1_MAC, &c1));
+    let i2 = topo.add_instance("i2", &sw, "vm2", &net(I2_MAC, &c2));
+    let rn = topo.add_ns("rn");
+    topo.disable_ipv6(&rn);
+    topo.veth(&sw, "ul", &rn, "eth0");
+    topo.set_mac_up(&sw, "ul", UL1_MAC);
+    topo.set_mac_up(&rn, "eth0", RN_MAC);
+    let (_inet, _vlan_tap) = add_internet(&mut topo, &sw, &[FIP]);
+    let free = format!(
+        "{{id: fip-free, floating_ip_address: {FIP_FREE}, floating_network_id: net-provider1}}"
+    );
+    let state = state_yaml_with("port-i1", true).replace(
+        &free,
+        &free.replace('}', ", port_id: port-i2, router_id: router1-id}"),
+    );
+    assert!(state.contains("port_id: port-i2"), "{state}");
+    let mut vs = Vswitchd::start(&topo, &sw, &host_toml_with(&topo.name, true), &state);
+    let s0 = vs.stats_when(|s| s.event("router.garp_sent") >= 2);
+    assert_eq!(
+        s0.event("router.garp_sent"),
+        2,
+        "both floating IPs announced"
+    );
+
+    let (local, peer) = tcp_echo(&topo, &i2, &i1, ("0.0.0.0", FIP, TCP_IN), 100_000);
+    assert_eq!(local.0, I2_IP, "instance 2's own socket");
+    assert_eq!(peer.0, FIP_FREE, "instance 1 sees instance 2's floating IP");
+    let udp_in = UDP_IN.to_string();
+    let server = start_server(&topo, &i1, "udp-hairpin", UDP_ECHO_SERVER_PY, &[&udp_in]);
+    let client = py(&topo, &i2, UDP_CLIENT_PY, &[FIP, &udp_in]);
+    let reply = line_words(&client, "reply");
+    assert_eq!(
+        (reply[1], reply[3], reply[4]),
+        (FIP, "pong", FIP_FREE),
+        "the answer comes from 203.0.113.17, to 203.0.113.20"
+    );
+    let heard = server_output(server);
+    assert_eq!(line_words(&heard, "peer")[1], FIP_FREE);
+
+    let s1 = vs.stats();
+    // Both directions translated twice on the way (DNAT to the fixed IP, SNAT to the
+    // sender's floating IP) and neither left through the provider port.
+    assert!(s1.event_delta(&s0, "router.fip_dnat") >= 4, "{s1:?}");
+    assert!(s1.event_delta(&s0, "router.fip_snat") >= 4, "{s1:?}");
+    assert_eq!(
+        s1.port("uplink").tx_packets,
+        s0.port("uplink").tx_packets,
+        "sent out of the provider port"
+    );
+    let drops = unexpected_drops(&s1, &s0, &[]);
+    assert!(drops.is_empty(), "drops: {drops:?}");
+    vs.stop();
+}
+
 /// `vswitchctl` on live floating-IP traffic: `trace` explains the seed's north-south scenario 2
 /// (provider VLAN 101 -> DNAT -> route -> security group -> instance) without sending anything;
 /// `capture` writes a pcap of the provider port that tshark reads (the echo requests to the
