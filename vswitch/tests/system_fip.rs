@@ -1115,15 +1115,22 @@ fn floating_ip_north_south() {
     );
 }
 
-/// Moving the floating IP from instance 1 to instance 2 (a `SIGHUP` reload of the desired
-/// state): the host announces it again (a gratuitous ARP, counted, and seen on the provider
-/// veth), and new connections from the Internet host to 203.0.113.17 reach instance 2 (a TCP
-/// server listens there only).
-#[test]
-fn floating_ip_moves_to_another_instance() {
-    let Some(mut topo) = Topology::new("fipmv") else {
-        return;
-    };
+/// compute1 with two instances on selfservice1 (i1 on vm1, i2 on vm2), the overlay port's
+/// listening peer and the Internet namespace on the provider port.
+struct TwoInstances {
+    topo: Topology,
+    sw: String,
+    i1: String,
+    i2: String,
+    inet: String,
+    /// The user-space VLAN bridge, where the kernel has no 802.1Q (kept running).
+    _vlan_tap: Option<Bg>,
+}
+
+/// [`TwoInstances`] in a topology named `name`; `None` where the test cannot run (not root,
+/// no DPDK).
+fn two_instances(name: &str) -> Option<TwoInstances> {
+    let mut topo = Topology::new(name)?;
     let sw = topo.add_switch_ns("sw");
     let net = |mac, cidr| InstanceNet {
         mac,
@@ -1134,14 +1141,41 @@ fn floating_ip_moves_to_another_instance() {
         gw6: None,
     };
     let (c1, c2) = (format!("{I1_IP}/24"), format!("{I2_IP}/24"));
-    topo.add_instance("i1", &sw, "vm1", &net(I1_MAC, &c1));
+    let i1 = topo.add_instance("i1", &sw, "vm1", &net(I1_MAC, &c1));
     let i2 = topo.add_instance("i2", &sw, "vm2", &net(I2_MAC, &c2));
     let rn = topo.add_ns("rn");
     topo.disable_ipv6(&rn);
     topo.veth(&sw, "ul", &rn, "eth0");
     topo.set_mac_up(&sw, "ul", UL1_MAC);
     topo.set_mac_up(&rn, "eth0", RN_MAC);
-    let (inet, _vlan_tap) = add_internet(&mut topo, &sw, &[FIP]);
+    let (inet, vlan_tap) = add_internet(&mut topo, &sw, &[FIP]);
+    Some(TwoInstances {
+        topo,
+        sw,
+        i1,
+        i2,
+        inet,
+        _vlan_tap: vlan_tap,
+    })
+}
+
+/// Moving the floating IP from instance 1 to instance 2 (a `SIGHUP` reload of the desired
+/// state): the host announces it again (a gratuitous ARP, counted, and seen on the provider
+/// veth), and new connections from the Internet host to 203.0.113.17 reach instance 2 (a TCP
+/// server listens there only).
+#[test]
+fn floating_ip_moves_to_another_instance() {
+    let Some(TwoInstances {
+        topo,
+        sw,
+        i2,
+        inet,
+        _vlan_tap,
+        ..
+    }) = two_instances("fipmv")
+    else {
+        return;
+    };
     let mut vs = Vswitchd::start(
         &topo,
         &sw,
@@ -1245,27 +1279,17 @@ print("sent")
 /// port.
 #[test]
 fn hairpin_between_floating_ips_of_one_host() {
-    let Some(mut topo) = Topology::new("fiphp") else {
+    let Some(TwoInstances {
+        topo,
+        sw,
+        i1,
+        i2,
+        _vlan_tap,
+        ..
+    }) = two_instances("fiphp")
+    else {
         return;
     };
-    let sw = topo.add_switch_ns("sw");
-    let net = |mac, cidr| InstanceNet {
-        mac,
-        cidr,
-        mtu: 1450,
-        cidr6: None,
-        gw: Some(GW1_IP),
-        gw6: None,
-    };
-    let (c1, c2) = (format!("{I1_IP}/24"), format!("{I2_IP}/24"));
-    let i1 = topo.add_instance("i1", &sw, "vm1", &net(I1_MAC, &c1));
-    let i2 = topo.add_instance("i2", &sw, "vm2", &net(I2_MAC, &c2));
-    let rn = topo.add_ns("rn");
-    topo.disable_ipv6(&rn);
-    topo.veth(&sw, "ul", &rn, "eth0");
-    topo.set_mac_up(&sw, "ul", UL1_MAC);
-    topo.set_mac_up(&rn, "eth0", RN_MAC);
-    let (_inet, _vlan_tap) = add_internet(&mut topo, &sw, &[FIP]);
     let free = format!(
         "{{id: fip-free, floating_ip_address: {FIP_FREE}, floating_network_id: net-provider1}}"
     );
