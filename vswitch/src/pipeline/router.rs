@@ -1316,19 +1316,19 @@ fn note_translation(
     was: Option<(u8, u8)>,
 ) {
     use super::conntrack::{flag, state, tcp, PROTO_UDP};
+    let Some(e) = ct.entry(idx) else {
+        return fc.spoil(i);
+    };
     let steady = match kind {
         Kind::Tcp(seg) if seg.flags & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK => {
             Some(state::ESTABLISHED)
         }
-        Kind::Ports if ct.entry(idx).is_some_and(|e| e.proto() == PROTO_UDP) => {
-            Some(state::REPLIED)
-        }
+        Kind::Ports if e.proto() == PROTO_UDP => Some(state::REPLIED),
         _ => None,
     };
-    let now = ct.entry(idx).map(|e| (e.state, e.flags));
     let held = |(st, fl): (u8, u8)| Some(st) == steady && fl & flag::ASSURED != 0;
-    match (was, now) {
-        (Some(a), Some(b)) if held(a) && held(b) => {
+    match was {
+        Some(before) if held(before) && held((e.state, e.flags)) => {
             fc.note_ct(i, idx, dir, super::flowcache::Track::Translation)
         }
         _ => fc.spoil(i),
