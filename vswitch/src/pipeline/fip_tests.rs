@@ -1030,6 +1030,42 @@ fn hairpin_tcp_between_floating_ips_from_the_flow_cache_is_what_the_stages_make_
     assert_eq!(tw.cached.sink.on(UPLINK).len(), 0, "never left the host");
 }
 
+/// Hairpin between two floating IPs with two workers: each datagram arrives on either core,
+/// and the sender's zone entry and the receiver's (other keys: what each instance sees) may
+/// belong to different cores, handed over between the egress check, the router and the
+/// ingress check. Every query reaches vm1 from F2, every answer reaches vm2 from F1 as a
+/// reply, and each flow is tracked once in each zone.
+#[test]
+fn two_workers_hairpin_between_floating_ips() {
+    use super::firewall_tests::TwoCores;
+    let mut x = TwoCores::new(tables_with(STATE));
+    let n = 24u16;
+    let mut handed = 0;
+    for k in 0..n {
+        let q = udp4_tagged((M2, GW1), None, (X2, F1), (40000 + k, 53), &[1; 20]);
+        handed += x.rx(k as usize % 2, VM2, q);
+        let got = x.sink.on(VM1);
+        assert_eq!(got.len(), 1 + k as usize, "query {k}: {:?}", x.c);
+        assert_eq!(udp4_fields(got.last().unwrap()).0, (F2, 40000 + k));
+    }
+    for k in 0..n {
+        let a = udp4_tagged((M1, GW1), None, (X1, F2), (53, 40000 + k), &[2; 20]);
+        handed += x.rx((k as usize + 1) % 2, VM1, a);
+        let got = x.sink.on(VM2);
+        assert_eq!(got.len(), 1 + k as usize, "answer {k}: {:?}", x.c);
+        assert_eq!(udp4_fields(got.last().unwrap()).0, (F1, 53));
+    }
+    assert!(
+        handed > 0,
+        "some datagrams arrived on the core that does not own them"
+    );
+    let entries: usize = x.s.iter().map(|s| s.fw.ct.len()).sum();
+    assert_eq!(entries, 2 * n as usize, "one entry a flow in each zone");
+    let replied = crate::pipeline::conntrack::state::REPLIED as usize;
+    let replied: u32 = x.s.iter().map(|s| s.fw.ct.by_state[replied]).sum();
+    assert_eq!(replied, 2 * n as u32, "{:?}", x.c);
+}
+
 /// Three connections whose packets from the client share one bucket of the flow cache (two
 /// ways), sending in turn: the cache keeps two of them and answers their packets, rather
 /// than each learn pushing out the flow that comes next so that every packet misses; what
