@@ -382,7 +382,7 @@ security_group_rules:
 /// Hairpin through floating IPs, as the instances' security groups see it: vm2 reaches vm1's
 /// floating IP and vm1's groups judge it by the address vm1 sees it from (vm2's floating IP),
 /// not by vm2's fixed IP; vm1's answer is a reply to vm2's own connection, let in by vm2's
-/// groups though they let nothing new in.
+/// groups though they let nothing new in, and so is an ICMP error vm1 sends about it.
 #[test]
 fn hairpin_through_floating_ips_is_judged_by_the_addresses_each_instance_sees() {
     let dns = |src, dst, ports| udp4_tagged((M2, GW1), None, (src, dst), ports, &[1; 20]);
@@ -404,6 +404,33 @@ fn hairpin_through_floating_ips_is_judged_by_the_addresses_each_instance_sees() 
     );
     let (from, to, _) = udp4_fields(&h.sink.on(VM2)[0]);
     assert_eq!((from, to), ((F1, 53), (X2, 40000)));
+    assert_eq!(h.c.dropped(D::FirewallIngressDenied), 0);
+    // vm1's port unreachable about the query it got (F2 -> X1) reaches vm2 from F1, as
+    // about vm2's own datagram (X2 -> F1), and related to it in both zones.
+    let query = h.sink.on(VM1)[0].clone();
+    let mut error = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(M1).0, mac(GW1).0)
+        .ipv4(X1, F2, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut error, &query[14..])
+        .unwrap();
+    h.rx(VM1, &[error]);
+    assert_eq!(h.sink.on(VM2).len(), 4, "{:?}", h.c);
+    let got = &h.sink.on(VM2)[3];
+    assert_eq!(
+        (&got[26..30], &got[30..34]),
+        (&F1[..], &X2[..]),
+        "from F1 to vm2"
+    );
+    let quoted = &got[14 + 20 + 8..];
+    assert_eq!(
+        (&quoted[12..16], &quoted[16..20]),
+        (&X2[..], &F1[..]),
+        "vm2's own datagram"
+    );
+    assert_eq!(crate::packet::be16(quoted, 20), 40000, "and its port");
     assert_eq!(h.c.dropped(D::FirewallIngressDenied), 0);
     // From vm2's fixed IP only: vm1 never sees that address, so nothing passes.
     let mut h = harness_with(&state_with_groups("198.51.100.5/32"));
