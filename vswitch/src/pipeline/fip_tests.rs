@@ -439,6 +439,44 @@ fn hairpin_through_floating_ips_is_judged_by_the_addresses_each_instance_sees() 
     assert_eq!(h.c.dropped(D::FirewallIngressDenied), 1);
 }
 
+/// Hairpin to another host (issue #6: "same or another host"): vm1 reaches the floating IP
+/// of an instance on compute2. 203.0.113.19 is on the external subnet, so compute1's floating
+/// IP router asks for it on the provider network itself (from the fg port, tagged, as
+/// Neutron's fip namespace does), not through the external gateway; compute2's fg port
+/// answers, and the datagram held meanwhile leaves as from 203.0.113.17 to its MAC.
+#[test]
+fn an_instance_reaches_the_floating_ip_of_an_instance_on_another_host() {
+    let mut h = harness();
+    resolve_external_gateway(&mut h);
+    let to_f9 = |n: u8| udp4_tagged((M1, GW1), None, (X1, F9), (40000, 53), &[n; 20]);
+    h.rx(VM1, &[to_f9(1)]);
+    let asked = h.sink.on(UPLINK).to_vec();
+    assert_eq!(asked.len(), 1, "{:?}", h.c);
+    let s = SlicedPacket::from_ethernet(&asked[0]).unwrap();
+    let Some(NetSlice::Arp(a)) = &s.net else {
+        panic!("not ARP")
+    };
+    assert_eq!(&asked[0][12..16], &[0x81, 0x00, 0x00, 101]);
+    assert_eq!(&asked[0][6..12], &mac(FG1).0[..]);
+    assert_eq!(
+        (a.sender_protocol_addr(), a.target_protocol_addr()),
+        (&FG_IP[..], &F9[..]),
+        "asked for 203.0.113.19 itself, from the fg address"
+    );
+    // compute2's fg port answers for its instance's floating IP.
+    let fg2 = "fa:16:3e:fe:00:02";
+    h.rx(UPLINK, &[arp101(fg2, F9, FG1, FG_IP, true)]);
+    h.rx(VM1, &[to_f9(2)]);
+    let out = &h.sink.on(UPLINK)[1..];
+    assert_eq!(out.len(), 2, "the held datagram and the next: {:?}", h.c);
+    for f in out {
+        assert_eq!(&f[12..16], &[0x81, 0x00, 0x00, 101]);
+        assert_eq!((&f[0..6], &f[6..12]), (&mac(fg2).0[..], &mac(FG1).0[..]));
+        let (from, to, _) = udp4_fields(f);
+        assert_eq!((from, to), ((F1, 40000), (F9, 53)));
+    }
+}
+
 #[test]
 fn an_instance_with_a_floating_ip_reaches_the_hosts_floating_ip_gateway_address() {
     let mut h = harness();
