@@ -295,15 +295,9 @@ impl Harness {
     }
 }
 
-/// An Ethernet/IPv4/UDP frame built by etherparse.
+/// An Ethernet/IPv4/UDP frame built by etherparse (18 bytes of payload).
 pub fn udp4(src: &str, dst: &str, sip: [u8; 4], dip: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0)
-        .ipv4(sip, dip, 64)
-        .udp(sport, dport);
-    let payload = [0x42u8; 18];
-    let mut out = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut out, &payload).unwrap();
-    out
+    udp4_tagged((src, dst), None, (sip, dip), (sport, dport), &[0x42; 18])
 }
 
 /// `n` UDP flows from `a` (MAC, address; source port `sport + k` for flow `k`) to `b`'s port
@@ -378,16 +372,9 @@ pub fn udp4_fields(f: &[u8]) -> (Endpoint, Endpoint, u16) {
     )
 }
 
-/// The same frame with an 802.1Q tag (etherparse builds it).
+/// The same frame (ports 1000 -> 2000) with an 802.1Q tag.
 pub fn udp4_vlan(src: &str, dst: &str, vid: u16, sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2(mac(src).0, mac(dst).0)
-        .single_vlan(etherparse::VlanId::try_new(vid).unwrap())
-        .ipv4(sip, dip, 64)
-        .udp(1000, 2000);
-    let payload = [0x42u8; 18];
-    let mut out = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut out, &payload).unwrap();
-    out
+    udp4_tagged((src, dst), Some(vid), (sip, dip), (1000, 2000), &[0x42; 18])
 }
 
 /// An Ethernet/IPv6/UDP frame built by etherparse.
