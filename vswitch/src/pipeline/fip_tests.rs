@@ -256,6 +256,24 @@ fn floating_ip_arp_is_answered_with_the_gateway_mac_only_for_this_hosts_instance
     assert_eq!(h.c.events[E::GatewayArpReply as usize], 2);
 }
 
+/// Frame `f` is the floating IP gateway port asking the provider network for `target`: an
+/// ARP request tagged VLAN 101, from the fg MAC and address.
+#[track_caller]
+fn assert_fg_asks_for(f: &[u8], target: [u8; 4]) {
+    let s = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(NetSlice::Arp(a)) = &s.net else {
+        panic!("not ARP")
+    };
+    assert_eq!(a.operation(), etherparse::ArpOperation::REQUEST);
+    assert_eq!(&f[12..16], &[0x81, 0x00, 0x00, 101]);
+    assert_eq!(&f[6..12], &mac(FG1).0[..]);
+    assert_eq!(a.sender_hw_addr(), &mac(FG1).0[..]);
+    assert_eq!(
+        (a.sender_protocol_addr(), a.target_protocol_addr()),
+        (&FG_IP[..], &target[..])
+    );
+}
+
 #[test]
 fn inbound_to_a_floating_ip_is_translated_and_routed_to_the_instance() {
     let mut h = harness();
@@ -281,15 +299,7 @@ fn outbound_from_a_fixed_ip_with_a_floating_ip_leaves_as_the_floating_ip() {
     h.rx(VM1, &[syn(M1, GW1, None, X1, INET)]);
     let asks = h.sink.on(UPLINK).to_vec();
     assert_eq!(asks.len(), 1, "one ARP request: {:?}", h.c);
-    let s = SlicedPacket::from_ethernet(&asks[0]).unwrap();
-    let Some(NetSlice::Arp(a)) = &s.net else {
-        panic!("not ARP")
-    };
-    assert_eq!(a.operation(), etherparse::ArpOperation::REQUEST);
-    assert_eq!(a.sender_hw_addr(), &mac(FG1).0[..]);
-    assert_eq!(a.sender_protocol_addr(), &FG_IP[..]);
-    assert_eq!(a.target_protocol_addr(), &EXT_GW[..]);
-    assert_eq!(&asks[0][12..16], &[0x81, 0x00, 0x00, 101]);
+    assert_fg_asks_for(&asks[0], EXT_GW);
     assert_eq!(h.held.len(), 1);
     // The answer releases it, translated.
     resolve_external_gateway(&mut h);
@@ -452,17 +462,8 @@ fn an_instance_reaches_the_floating_ip_of_an_instance_on_another_host() {
     h.rx(VM1, &[to_f9(1)]);
     let asked = h.sink.on(UPLINK).to_vec();
     assert_eq!(asked.len(), 1, "{:?}", h.c);
-    let s = SlicedPacket::from_ethernet(&asked[0]).unwrap();
-    let Some(NetSlice::Arp(a)) = &s.net else {
-        panic!("not ARP")
-    };
-    assert_eq!(&asked[0][12..16], &[0x81, 0x00, 0x00, 101]);
-    assert_eq!(&asked[0][6..12], &mac(FG1).0[..]);
-    assert_eq!(
-        (a.sender_protocol_addr(), a.target_protocol_addr()),
-        (&FG_IP[..], &F9[..]),
-        "asked for 203.0.113.19 itself, from the fg address"
-    );
+    // 203.0.113.19 itself, not the external gateway.
+    assert_fg_asks_for(&asked[0], F9);
     // compute2's fg port answers for its instance's floating IP.
     let fg2 = "fa:16:3e:fe:00:02";
     h.rx(UPLINK, &[arp101(fg2, F9, FG1, FG_IP, true)]);
