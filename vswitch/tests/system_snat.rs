@@ -31,6 +31,13 @@
 //! from its DVR MAC. Counters: router.to_snat on the compute nodes (no floating IP event),
 //! router.snat_out / router.snat_in on network1.
 //!
+//! `floating_ip_reached_from_instances_on_another_host` adds floating IPs to the same hosts
+//! (203.0.113.17 for a third instance i3 on compute1, 203.0.113.19 for i2; compute1 and
+//! compute2 get their fg ports and provider ports, the three provider ports one Linux bridge):
+//! i1 (fixed IP only) and i3 reach 203.0.113.19 over ICMP and TCP, i1 through network1's SNAT
+//! (i2 sees 203.0.113.11), i3 from its own floating IP; on compute2's provider link the
+//! routers ask each other for their addresses and send straight to each other's MACs.
+//!
 //! The kernel's 802.1Q is replaced by a user-space VLAN bridge where it is missing (as in
 //! system_fip). Everything lives in the test's namespaces (torn down on drop, also on panic);
 //! every vswitchd must exit 0 with no mbuf leaked. Needs root; without root the test prints
@@ -155,15 +162,33 @@ hosts:
     )
 }
 
-/// A compute host: one instance port and the overlay port on `ul` (`[overlay] mtu = 1500`).
-fn compute_toml(host: &str, prefix: &str, vtep: &str, inst: &[(&str, &str)]) -> String {
-    let ports = instance_and_overlay_ports(inst);
+/// A compute host: its instance ports, the overlay port on `ul` (`[overlay] mtu = 1500`) and,
+/// with `provider`, the provider port `uplink` for physnet "provider" (a host with floating
+/// IPs).
+fn compute_toml(
+    host: &str,
+    prefix: &str,
+    vtep: &str,
+    inst: &[(&str, &str)],
+    provider: bool,
+) -> String {
+    let mut ports = instance_and_overlay_ports(inst);
+    let mut mappings = Vec::new();
+    if provider {
+        ports.push(HostPort {
+            name: "uplink",
+            iface: "uplink",
+            kind: "provider",
+            iface_id: None,
+        });
+        mappings.push(("provider", "uplink"));
+    }
     let overlay = OverlayHost {
         local_vtep_ip: vtep,
         settings: &["mtu = 1500"],
         ..OverlayHost::default()
     };
-    host_toml_overlay(host, prefix, &ports, &[], Some(&overlay))
+    host_toml_overlay(host, prefix, &ports, &mappings, Some(&overlay))
 }
 
 /// network1: role `dvr_snat`, the overlay port on `ul`, the provider port `uplink` for physnet
@@ -215,11 +240,23 @@ fn network_toml(prefix: &str, snat_ports: [u16; 2], workers: u16) -> String {
     )
 }
 
-/// Starts compute node `n` (`compute<n>`, VTEP 10.0.0.1<n>) in `sw` with instance port `vm<n>`
-/// carrying Neutron port `port-i<n>`.
-fn start_compute(topo: &Topology, sw: &str, n: u8, state: &str) -> Vswitchd {
+/// Starts compute node `n` (`compute<n>`, VTEP 10.0.0.1<n>) in `sw` with an instance port
+/// `vm<k>` carrying Neutron port `port-i<k>` for each `k` of `instances`, and the provider port
+/// when `provider` (see [`compute_toml`]).
+fn start_compute(
+    topo: &Topology,
+    sw: &str,
+    n: u8,
+    instances: &[u8],
+    provider: bool,
+    state: &str,
+) -> Vswitchd {
     let (host, vtep) = (format!("compute{n}"), format!("10.0.0.1{n}"));
-    let (vm, port) = (format!("vm{n}"), format!("port-i{n}"));
+    let names: Vec<(String, String)> = instances
+        .iter()
+        .map(|k| (format!("vm{k}"), format!("port-i{k}")))
+        .collect();
+    let inst: Vec<(&str, &str)> = names.iter().map(|(v, p)| (&v[..], &p[..])).collect();
     Vswitchd::start_as(
         topo,
         sw,
@@ -228,7 +265,8 @@ fn start_compute(topo: &Topology, sw: &str, n: u8, state: &str) -> Vswitchd {
             &host,
             &format!("{}-c{n}", topo.name),
             &vtep,
-            &[(&vm, &port)],
+            &inst,
+            provider,
         ),
         state,
     )
@@ -252,21 +290,64 @@ fn start_network(
     )
 }
 
-/// The underlay: one Linux bridge in namespace `ulnet` with each switch's `ul` plugged in
-/// (the switch ends carry the given MACs: af_packet takes them as the overlay ports').
+/// The underlay: [`add_segment`] `ulnet` with each switch's `ul` plugged in (the switch ends
+/// carry the given MACs: af_packet takes them as the overlay ports').
 fn add_underlay(topo: &mut Topology, switches: &[(&str, &str)]) -> String {
-    let ns = topo.add_ns("ulnet");
+    let ends: Vec<(&str, Option<&str>)> = switches.iter().map(|&(sw, m)| (sw, Some(m))).collect();
+    add_segment(topo, "ulnet", "ul", &ends)
+}
+
+/// One Ethernet segment: a Linux bridge `br0` in a new namespace `role`, with interface `dev`
+/// of each switch namespace plugged in as `p1`, `p2`, ... (in the order given; with a MAC, the
+/// switch end gets it). Tagged frames cross it as they are; the bridge itself says nothing
+/// (no multicast snooping: it would join 224.0.0.106 and report it on every port).
+fn add_segment(
+    topo: &mut Topology,
+    role: &str,
+    dev: &str,
+    ends: &[(&str, Option<&str>)],
+) -> String {
+    let ns = topo.add_ns(role);
     topo.disable_ipv6(&ns);
-    topo.ok(&ns, &["ip", "link", "add", "br0", "type", "bridge"]);
-    for (i, (sw, mac)) in switches.iter().enumerate() {
+    topo.ok(
+        &ns,
+        &[
+            "ip",
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ],
+    );
+    for (i, (sw, mac)) in ends.iter().enumerate() {
         let p = format!("p{}", i + 1);
-        topo.veth(sw, "ul", &ns, &p);
-        topo.set_mac_up(sw, "ul", mac);
+        topo.veth(sw, dev, &ns, &p);
+        match mac {
+            Some(mac) => topo.set_mac_up(sw, dev, mac),
+            None => {
+                topo.ok(sw, &["ip", "link", "set", dev, "up"]);
+            }
+        }
         topo.ok(&ns, &["ip", "link", "set", &p, "master", "br0"]);
         topo.ok(&ns, &["ip", "link", "set", &p, "up"]);
     }
     topo.ok(&ns, &["ip", "link", "set", "br0", "up"]);
     ns
+}
+
+/// An instance's `eth0` on selfservice1 (`cidr`, MTU 1450, router1 as default gateway).
+fn selfservice1<'a>(mac: &'a str, cidr: &'a str) -> InstanceNet<'a> {
+    InstanceNet {
+        mac,
+        cidr,
+        mtu: 1450,
+        cidr6: None,
+        gw: Some(GW1_IP),
+        gw6: None,
+    }
 }
 
 // --- traffic --------------------------------------------------------------------------------
@@ -381,13 +462,19 @@ for c in held:
     c.close()
 "#;
 
-/// Starts the Internet host's server for `max` connections.
-fn start_server(topo: &Topology, inet: &str, label: &str, max: usize, idle_s: u32) -> Bg {
+/// Starts [`SERVER_PY`] in `ns` on `bind`:[`PORT`] for `max` connections.
+fn start_server(
+    topo: &Topology,
+    (ns, bind): (&str, &str),
+    label: &str,
+    max: usize,
+    idle_s: u32,
+) -> Bg {
     let (port, max, idle) = (PORT.to_string(), max.to_string(), idle_s.to_string());
     let mut bg = topo.spawn(
-        inet,
+        ns,
         label,
-        &[python(), "-c", SERVER_PY, INET_IP, &port, &max, &idle],
+        &[python(), "-c", SERVER_PY, bind, &port, &max, &idle],
     );
     assert!(
         bg.wait_for("listening", Duration::from_secs(10)),
@@ -415,13 +502,19 @@ fn server_peers(bg: Bg) -> (Vec<(String, u16)>, String) {
     (peers, text)
 }
 
-/// Starts [`CLIENTS_PY`] in `ns` in the background.
-fn start_clients(topo: &Topology, ns: &str, label: &str, n: usize, size: usize) -> Bg {
+/// Starts [`CLIENTS_PY`] in `ns` in the background, to `dst`:[`PORT`].
+fn start_clients(
+    topo: &Topology,
+    (ns, dst): (&str, &str),
+    label: &str,
+    n: usize,
+    size: usize,
+) -> Bg {
     let (port, n, size) = (PORT.to_string(), n.to_string(), size.to_string());
     topo.spawn(
         ns,
         label,
-        &[python(), "-c", CLIENTS_PY, INET_IP, &port, &n, &size],
+        &[python(), "-c", CLIENTS_PY, dst, &port, &n, &size],
     )
 }
 
@@ -593,16 +686,8 @@ fn centralized_snat_north_south() {
     let sw2 = topo.add_switch_ns("sw2");
     let sw3 = topo.add_switch_ns("sw3");
     let (cidr1, cidr2) = (format!("{I1_IP}/24"), format!("{I2_IP}/24"));
-    let inst = |mac, cidr| InstanceNet {
-        mac,
-        cidr,
-        mtu: 1450,
-        cidr6: None,
-        gw: Some(GW1_IP),
-        gw6: None,
-    };
-    let i1 = topo.add_instance("i1", &sw1, "vm1", &inst(I1_MAC, &cidr1));
-    let i2 = topo.add_instance("i2", &sw2, "vm2", &inst(I2_MAC, &cidr2));
+    let i1 = topo.add_instance("i1", &sw1, "vm1", &selfservice1(I1_MAC, &cidr1));
+    let i2 = topo.add_instance("i2", &sw2, "vm2", &selfservice1(I2_MAC, &cidr2));
     let ulnet = add_underlay(
         &mut topo,
         &[(&sw1, UL1_MAC), (&sw2, UL2_MAC), (&sw3, UL3_MAC)],
@@ -617,8 +702,8 @@ fn centralized_snat_north_south() {
     );
     let state = state_yaml();
     let name = topo.name.clone();
-    let mut vs1 = start_compute(&topo, &sw1, 1, &state);
-    let mut vs2 = start_compute(&topo, &sw2, 2, &state);
+    let mut vs1 = start_compute(&topo, &sw1, 1, &[1], false, &state);
+    let mut vs2 = start_compute(&topo, &sw2, 2, &[2], false, &state);
     let mut vs3 = start_network(&topo, &sw3, "n1", [1024, 65535], 2, &state);
     eprintln!("[{name}] three hosts up in {:?}", started.elapsed());
     let (c1_0, c2_0, n1_0) = (vs1.stats(), vs2.stats(), vs3.stats());
@@ -628,8 +713,8 @@ fn centralized_snat_north_south() {
     ping_ok(&topo, &i1, INET_IP, 4, 8);
     ping_ok(&topo, &i2, INET_IP, 4, 8);
     for (ns, ip) in [(&i1, I1_IP), (&i2, I2_IP)] {
-        let server = start_server(&topo, &inet, "server-one", 1, 15);
-        let client = start_clients(&topo, ns, "client-one", 1, 256 << 10);
+        let server = start_server(&topo, (&inet, INET_IP), "server-one", 1, 15);
+        let client = start_clients(&topo, (ns, INET_IP), "client-one", 1, 256 << 10);
         let local = clients_ok(client, 1);
         let (peers, text) = server_peers(server);
         assert_eq!(peers.len(), 1, "{text}");
@@ -650,9 +735,9 @@ fn centralized_snat_north_south() {
 
     // 2. 20 connections at once, 10 from each instance: 20 distinct source ports at the
     // server, all from the gateway address, all complete.
-    let server = start_server(&topo, &inet, "server-many", 20, 15);
-    let a = start_clients(&topo, &i1, "clients-i1", 10, 16 << 10);
-    let b = start_clients(&topo, &i2, "clients-i2", 10, 16 << 10);
+    let server = start_server(&topo, (&inet, INET_IP), "server-many", 20, 15);
+    let a = start_clients(&topo, (&i1, INET_IP), "clients-i1", 10, 16 << 10);
+    let b = start_clients(&topo, (&i2, INET_IP), "clients-i2", 10, 16 << 10);
     let (pa, pb) = (clients_ok(a, 10), clients_ok(b, 10));
     let (peers, text) = server_peers(server);
     assert_eq!(peers.len(), 20, "the server accepted:\n{text}");
@@ -709,7 +794,7 @@ fn centralized_snat_north_south() {
     eprintln!("[{name}] network1 stopped; drops {:?}", fin.nonzero_drops());
     let mut vs3 = start_network(&topo, &sw3, "n1b", TINY, 1, &state);
     let n2_0 = vs3.stats();
-    let server = start_server(&topo, &inet, "server-tiny", 4, 12);
+    let server = start_server(&topo, (&inet, INET_IP), "server-tiny", 4, 12);
     let hold = topo.exec(&i1, &[python(), "-c", HOLD_PY, INET_IP, &PORT.to_string()]);
     let htext = String::from_utf8_lossy(&hold.stdout).into_owned();
     let herr = String::from_utf8_lossy(&hold.stderr).into_owned();
@@ -778,43 +863,45 @@ const QG_IP6: &str = "2001:db8:203::11";
 const EXT_GW_IP6: &str = "2001:db8:203::1";
 const INET_IP6: &str = "2001:db8:ffff::9";
 
+/// `s` with the first `from` replaced by `to` (which must be there).
+fn edit(s: String, from: &str, to: &str) -> String {
+    assert!(s.contains(from), "{from}");
+    s.replacen(from, to, 1)
+}
+
 /// The state of `state_yaml` with IPv6 on selfservice1 (router1's interface, its SNAT port,
 /// i1) and on provider1 (router1's gateway port, the external gateway); i1's group lets IPv6
 /// out too.
 fn state_yaml_v6() -> String {
     let s = state_yaml();
-    let rep = |s: String, from: &str, to: &str| {
-        assert!(s.contains(from), "{from}");
-        s.replacen(from, to, 1)
-    };
-    let s = rep(
+    let s = edit(
         s,
         "subnets:\n",
         &format!(
             "subnets:\n  - {{id: subnet-ss1-v6, name: selfservice1-v6, network_id: net-selfservice1, cidr: \"fd00:198:51:100::/64\", ip_version: 6, gateway_ip: \"{GW1_IP6}\", enable_dhcp: false}}\n  - {{id: subnet-provider1-v6, name: provider1-v6, network_id: net-provider1, cidr: \"2001:db8:203::/64\", ip_version: 6, gateway_ip: \"{EXT_GW_IP6}\", enable_dhcp: false}}\n"
         ),
     );
-    let s = rep(
+    let s = edit(
         s,
         &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {GW1_IP}}}]"),
         &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {GW1_IP}}}, {{subnet_id: subnet-ss1-v6, ip_address: \"{GW1_IP6}\"}}]"),
     );
-    let s = rep(
+    let s = edit(
         s,
         &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {SNAT_IP}}}]"),
         &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {SNAT_IP}}}, {{subnet_id: subnet-ss1-v6, ip_address: \"{SNAT_IP6}\"}}]"),
     );
-    let s = rep(
+    let s = edit(
         s,
         &format!("fixed_ips: [{{subnet_id: subnet-provider1-v4, ip_address: {QG_IP}}}]\n    binding:host_id: network1"),
         &format!("fixed_ips: [{{subnet_id: subnet-provider1-v4, ip_address: {QG_IP}}}, {{subnet_id: subnet-provider1-v6, ip_address: \"{QG_IP6}\"}}]\n    binding:host_id: network1"),
     );
-    let s = rep(
+    let s = edit(
         s,
         &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {I1_IP}}}]"),
         &format!("fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {I1_IP}}}, {{subnet_id: subnet-ss1-v6, ip_address: \"{I1_IP6}\"}}]"),
     );
-    rep(
+    edit(
         s,
         "  - {id: out4, security_group_id: sg-out, direction: egress, ethertype: IPv4}\n",
         "  - {id: out4, security_group_id: sg-out, direction: egress, ethertype: IPv4}\n  - {id: out6, security_group_id: sg-out, direction: egress, ethertype: IPv6}\n",
@@ -884,7 +971,7 @@ fn ipv6_north_south_is_routed_by_the_network_node_untranslated() {
     );
     let cap = topo.capture_with(&inet, "eth0", "cap-provider6", &["-s", SNAP, "-B", "8192"]);
     let state = state_yaml_v6();
-    let mut vs1 = start_compute(&topo, &sw1, 1, &state);
+    let mut vs1 = start_compute(&topo, &sw1, 1, &[1], false, &state);
     let mut vs3 = start_network(&topo, &sw3, "n1", [1024, 65535], 1, &state);
     ping_ok(&topo, &i1, INET_IP6, 3, 8);
     // TCP to a server on the Internet host: it sees i1's own address.
@@ -949,4 +1036,297 @@ print(c.recv(100).decode(), flush=True)
     );
     vs1.stop();
     vs3.stop();
+}
+
+// --- floating IPs reached from another host ------------------------------------------------
+
+const I3_MAC: &str = "fa:16:3e:00:01:06";
+const I3_IP: &str = "198.51.100.6";
+/// The floating IP gateway (fg) ports of compute1 and compute2 on provider1.
+const FG1_MAC: &str = "fa:16:3e:fe:00:01";
+const FG1_IP: &str = "203.0.113.5";
+const FG2_MAC: &str = "fa:16:3e:fe:00:02";
+const FG2_IP: &str = "203.0.113.6";
+/// i3's floating IP (on compute1) and i2's (on compute2).
+const FIP3: &str = "203.0.113.17";
+const FIP2: &str = "203.0.113.19";
+
+/// [`state_yaml`] with floating IPs: i3 (198.51.100.6, on compute1, group sg-out) gets
+/// 203.0.113.17 and i2 gets 203.0.113.19; compute1 and compute2 have their fg ports; i2 is
+/// also in sg-web, which lets ICMP and TCP [`PORT`] in from anywhere. i1 keeps only its fixed
+/// IP.
+fn state_yaml_fips() -> String {
+    let s = edit(
+        state_yaml(),
+        "    binding:host_id: compute2\n    device_owner: compute:nova\n    security_groups: [sg-out]\n",
+        "    binding:host_id: compute2\n    device_owner: compute:nova\n    security_groups: [sg-out, sg-web]\n",
+    );
+    let s = edit(
+        s,
+        "# Anything out, nothing new in",
+        &format!(
+            r#"  - id: port-i3
+    network_id: net-selfservice1
+    mac_address: "{I3_MAC}"
+    fixed_ips: [{{subnet_id: subnet-ss1-v4, ip_address: {I3_IP}}}]
+    binding:host_id: compute1
+    device_owner: compute:nova
+    security_groups: [sg-out]
+  - id: port-fg-compute1
+    network_id: net-provider1
+    mac_address: "{FG1_MAC}"
+    fixed_ips: [{{subnet_id: subnet-provider1-v4, ip_address: {FG1_IP}}}]
+    binding:host_id: compute1
+    device_owner: network:floatingip_agent_gateway
+    device_id: compute1
+  - id: port-fg-compute2
+    network_id: net-provider1
+    mac_address: "{FG2_MAC}"
+    fixed_ips: [{{subnet_id: subnet-provider1-v4, ip_address: {FG2_IP}}}]
+    binding:host_id: compute2
+    device_owner: network:floatingip_agent_gateway
+    device_id: compute2
+# Anything out, nothing new in"#
+        ),
+    );
+    let s = edit(
+        s,
+        "  - {id: sg-out, name: out-only}\n",
+        "  - {id: sg-out, name: out-only}\n  - {id: sg-web, name: web}\n",
+    );
+    let s = edit(
+        s,
+        "  - {id: out4, security_group_id: sg-out, direction: egress, ethertype: IPv4}\n",
+        &format!(
+            "  - {{id: out4, security_group_id: sg-out, direction: egress, ethertype: IPv4}}\n  \
+             - {{id: web-icmp, security_group_id: sg-web, direction: ingress, ethertype: IPv4, protocol: icmp, remote_ip_prefix: 0.0.0.0/0}}\n  \
+             - {{id: web-tcp, security_group_id: sg-web, direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: {PORT}, port_range_max: {PORT}, remote_ip_prefix: 0.0.0.0/0}}\n"
+        ),
+    );
+    s + &format!(
+        "floatingips:\n  \
+         - {{id: fip-i3, floating_ip_address: {FIP3}, floating_network_id: net-provider1, port_id: port-i3, router_id: router1-id}}\n  \
+         - {{id: fip-i2, floating_ip_address: {FIP2}, floating_network_id: net-provider1, port_id: port-i2, router_id: router1-id}}\n"
+    )
+}
+
+/// compute2's provider link: every frame on VLAN 101, no self-service address; every IPv4
+/// frame is one of the two conversations with 203.0.113.19 and goes straight between the
+/// routers' own MACs (no external gateway in between): 203.0.113.11 (network1's gateway port)
+/// <-> compute2's fg port, 203.0.113.17 (compute1's fg port) <-> compute2's fg port. ARP
+/// answers for 203.0.113.19, .11 and .17 come from those ports' MACs. Returns the frames of
+/// each of the four (source, destination) pairs.
+fn assert_hairpin_wire(pcap: &Path) -> [usize; 4] {
+    let all = tshark_fields(
+        pcap,
+        "",
+        &["vlan.id", "eth.src", "eth.dst", "_ws.col.Info"],
+        false,
+    );
+    assert!(all.len() > 20, "too few frames on compute2's provider link");
+    let untagged: Vec<_> = all.iter().filter(|f| f[0] != VID).collect();
+    assert!(
+        untagged.is_empty(),
+        "frames on compute2's provider link not on VLAN {VID}: {untagged:?}"
+    );
+    let fixed = tshark_fields(
+        pcap,
+        "ip.addr == 198.51.100.0/24",
+        &["ip.src", "ip.dst"],
+        false,
+    );
+    assert!(
+        fixed.is_empty(),
+        "a self-service address on provider1: {fixed:?}"
+    );
+    let pairs = [
+        (QG_IP, FIP2, QG_MAC, FG2_MAC),
+        (FIP2, QG_IP, FG2_MAC, QG_MAC),
+        (FIP3, FIP2, FG1_MAC, FG2_MAC),
+        (FIP2, FIP3, FG2_MAC, FG1_MAC),
+    ];
+    let mut n = [0; 4];
+    for f in tshark_fields(
+        pcap,
+        "ip",
+        &["ip.src", "ip.dst", "eth.src", "eth.dst"],
+        true,
+    ) {
+        let k = pairs
+            .iter()
+            .position(|p| (f[0].as_str(), f[1].as_str()) == (p.0, p.1));
+        let Some(k) = k else {
+            panic!("an IPv4 frame on provider1 that is neither conversation: {f:?}");
+        };
+        assert_eq!(
+            (f[2].as_str(), f[3].as_str()),
+            (pairs[k].2, pairs[k].3),
+            "{} -> {}: (eth.src, eth.dst)",
+            pairs[k].0,
+            pairs[k].1
+        );
+        n[k] += 1;
+    }
+    // ARP: each router port speaks for its own addresses (an fg port asks from the fg
+    // address, answers for its floating IPs), the routers ask for each other's addresses
+    // straight away, and nobody asks for the external gateway.
+    let arps = tshark_fields(
+        pcap,
+        "arp",
+        &[
+            "arp.opcode",
+            "eth.src",
+            "arp.src.hw_mac",
+            "arp.src.proto_ipv4",
+            "arp.dst.proto_ipv4",
+        ],
+        false,
+    );
+    let owner = |ip: &str| match ip {
+        FIP2 | FG2_IP => FG2_MAC,
+        FIP3 | FG1_IP => FG1_MAC,
+        QG_IP => QG_MAC,
+        _ => "nobody",
+    };
+    for a in &arps {
+        assert_ne!(a[4], EXT_GW_IP, "an ARP for the external gateway: {a:?}");
+        assert!(
+            a[1] == owner(&a[3]) && a[2] == a[1],
+            "ARP (op, eth.src, sender MAC, sender IP, target IP) not from the owner of its \
+             sender address: {a:?}"
+        );
+    }
+    let said = |op: &str, mac: &str, ip: &str| {
+        arps.iter()
+            .any(|a| a[0] == op && a[1] == mac && (a[3] == ip || a[4] == ip))
+    };
+    for (op, mac, ip, what) in [
+        ("1", QG_MAC, FIP2, "network1 asks for 203.0.113.19"),
+        ("1", FG1_MAC, FIP2, "compute1 asks for 203.0.113.19"),
+        ("2", FG2_MAC, FIP2, "compute2 answers for 203.0.113.19"),
+        ("1", FG2_MAC, FIP3, "compute2 asks for 203.0.113.17"),
+        ("2", FG1_MAC, FIP3, "compute1 answers for 203.0.113.17"),
+    ] {
+        assert!(said(op, mac, ip), "{what}: ARP seen {arps:?}");
+    }
+    n
+}
+
+/// The issue's hairpin across hosts: an instance reaches the floating IP of an instance on
+/// another compute node. i1 (compute1, no floating IP) and i3 (compute1, floating IP
+/// 203.0.113.17) ping 203.0.113.19 and exchange data over TCP with i2's server behind it (on
+/// compute2). i1's traffic takes the seed's scenario 1 to the network node, whose SNAT router
+/// sends it from 203.0.113.11 straight to compute2's fg port (203.0.113.19 is on its gateway's
+/// subnet: asked for by ARP, not routed via 203.0.113.1); i3's leaves compute1 from
+/// 203.0.113.17 the same way. compute2 answers ARP for 203.0.113.19, DNATs to i2 (whose group
+/// lets TCP 5001 in), and sends the answers from 203.0.113.19 straight back to the address
+/// each connection came from. i2 sees 203.0.113.11 and 203.0.113.17, never a fixed IP; the
+/// three provider ports share one segment (a Linux bridge).
+#[test]
+fn floating_ip_reached_from_instances_on_another_host() {
+    let started = Instant::now();
+    let Some(mut topo) = Topology::new("fiphop") else {
+        return;
+    };
+    let sw1 = topo.add_switch_ns("sw1");
+    let sw2 = topo.add_switch_ns("sw2");
+    let sw3 = topo.add_switch_ns("sw3");
+    let cidrs = [I1_IP, I2_IP, I3_IP].map(|ip| format!("{ip}/24"));
+    let i1 = topo.add_instance("i1", &sw1, "vm1", &selfservice1(I1_MAC, &cidrs[0]));
+    let i2 = topo.add_instance("i2", &sw2, "vm2", &selfservice1(I2_MAC, &cidrs[1]));
+    let i3 = topo.add_instance("i3", &sw1, "vm3", &selfservice1(I3_MAC, &cidrs[2]));
+    add_underlay(
+        &mut topo,
+        &[(&sw1, UL1_MAC), (&sw2, UL2_MAC), (&sw3, UL3_MAC)],
+    );
+    let provnet = add_segment(
+        &mut topo,
+        "provnet",
+        "uplink",
+        &[(&sw1, None), (&sw2, None), (&sw3, None)],
+    );
+    let cap = topo.capture_with(
+        &provnet,
+        "p2",
+        "cap-provider-c2",
+        &["-s", SNAP, "-B", "8192"],
+    );
+    let state = state_yaml_fips();
+    let name = topo.name.clone();
+    let mut vs1 = start_compute(&topo, &sw1, 1, &[1, 3], true, &state);
+    let mut vs2 = start_compute(&topo, &sw2, 2, &[2], true, &state);
+    let mut vs3 = start_network(&topo, &sw3, "n1", [1024, 65535], 1, &state);
+    eprintln!("[{name}] three hosts up in {:?}", started.elapsed());
+    let (c1_0, c2_0, n1_0) = (vs1.stats(), vs2.stats(), vs3.stats());
+
+    ping_ok(&topo, &i1, FIP2, 3, 8);
+    ping_ok(&topo, &i3, FIP2, 3, 8);
+    for (ns, who, seen) in [(&i1, "i1", QG_IP), (&i3, "i3", FIP3)] {
+        let server = start_server(&topo, (&i2, I2_IP), &format!("server-{who}"), 2, 15);
+        let client = start_clients(&topo, (ns, FIP2), &format!("clients-{who}"), 2, 64 << 10);
+        let local = clients_ok(client, 2);
+        let (peers, text) = server_peers(server);
+        assert_eq!(peers.len(), 2, "{text}");
+        assert!(
+            peers.iter().all(|p| p.0 == seen),
+            "i2 should see {who}'s connections from {seen}:\n{text}"
+        );
+        eprintln!("[{name}] {who} ports {local:?} -> {FIP2}:{PORT}, seen by i2 as {peers:?}");
+    }
+
+    let c1 = vs1.stats_when(|s| s.event_delta(&c1_0, "router.fip_dnat") > 0);
+    let c2 = vs2.stats_when(|s| s.event_delta(&c2_0, "router.fip_snat") > 0);
+    let n1 = vs3.stats_when(|s| s.event_delta(&n1_0, "router.snat_in") > 0);
+    eprintln!(
+        "[{name}] events: compute1 {:?}\n  compute2 {:?}\n  network1 {:?}\n\
+         [{name}] drops: compute1 {:?} compute2 {:?} network1 {:?}",
+        nonzero_events(&c1),
+        nonzero_events(&c2),
+        nonzero_events(&n1),
+        c1.drops_since(&c1_0),
+        c2.drops_since(&c2_0),
+        n1.drops_since(&n1_0),
+    );
+    // i1's way through network1, i3's through compute1's own floating IP; both in and out
+    // through compute2's.
+    for (who, s, s0, events) in [
+        (
+            "compute1",
+            &c1,
+            &c1_0,
+            &["router.to_snat", "router.fip_snat", "router.fip_dnat"][..],
+        ),
+        (
+            "compute2",
+            &c2,
+            &c2_0,
+            &["router.fip_dnat", "router.fip_snat"][..],
+        ),
+        (
+            "network1",
+            &n1,
+            &n1_0,
+            &["router.snat_out", "router.snat_in"][..],
+        ),
+    ] {
+        for e in events {
+            assert!(s.event_delta(s0, e) > 0, "{who}: {e} {}", s.0["events"]);
+        }
+    }
+    assert_eq!(
+        c2.event_delta(&c2_0, "router.to_snat"),
+        0,
+        "compute2 never needs network1"
+    );
+
+    let [qg_in, qg_back, fip_in, fip_back] = assert_hairpin_wire(&cap.stop_file());
+    eprintln!(
+        "[{name}] compute2's provider link: {QG_IP} -> {FIP2} {qg_in}, back {qg_back}; \
+         {FIP3} -> {FIP2} {fip_in}, back {fip_back}"
+    );
+    assert!(qg_in >= 10 && qg_back >= 10 && fip_in >= 10 && fip_back >= 10);
+    for vs in [vs3, vs2, vs1] {
+        vs.stop();
+    }
+    eprintln!("[{name}] done in {:?}", started.elapsed());
 }
