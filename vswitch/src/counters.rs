@@ -122,7 +122,9 @@ named_enum! {
         RouterNoRoute => "router.no_route",
         /// Larger than the egress MTU with DF set, or IPv6 (ICMP sent unless rate-limited).
         RouterTooBig => "router.too_big",
-        /// Larger than the egress MTU without DF: this router does not fragment.
+        /// Larger than the egress MTU without DF, and not fragmentable (an egress MTU that
+        /// leaves no room for 8 bytes after the header, malformed options, a buffer in
+        /// several segments).
         RouterNeedsFragmentation => "router.needs_fragmentation",
         /// The next hop's MAC is not known yet (an ARP request / NS went out instead).
         RouterUnresolved => "router.unresolved",
@@ -235,6 +237,11 @@ named_enum! {
         NextHopReleased => "router.released",
         /// Next hops learned from ARP replies / Neighbor Advertisements.
         RouterNeighborLearned => "router.neighbor_learned",
+        /// IPv4 packets larger than the egress MTU, DF clear, forwarded in fragments
+        /// (Linux's FragOKs).
+        RouterFragmented => "router.fragmented",
+        /// The fragments they were sent in (Linux's FragCreates).
+        RouterFragments => "router.fragments",
     }
 }
 

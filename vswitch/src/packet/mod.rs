@@ -9,6 +9,7 @@ pub mod arp;
 pub mod buf;
 pub mod checksum;
 pub mod eth;
+pub mod frag;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;

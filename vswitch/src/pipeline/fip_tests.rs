@@ -389,6 +389,74 @@ security_group_rules:
     s
 }
 
+/// Tags untagged frame `f` with VLAN `vid`.
+fn tagged(f: &[u8], vid: u16) -> Vec<u8> {
+    let mut g = f[..12].to_vec();
+    g.extend_from_slice(&[0x81, 0x00]);
+    g.extend_from_slice(&vid.to_be_bytes());
+    g.extend_from_slice(&f[12..]);
+    g
+}
+
+/// Whether the UDP datagram `d` (header and payload) from `src` to `dst` has a right
+/// checksum.
+fn udp_sum_ok(d: &[u8], src: [u8; 4], dst: [u8; 4]) -> bool {
+    use crate::packet::checksum::{fold, pseudo_v4, sum};
+    fold(sum(d, pseudo_v4(src, dst, 17, d.len() as u16))) == 0xffff
+}
+
+/// A datagram larger than the instance's network (MTU 1450) reaches the instance through its
+/// floating IP in fragments, as a Linux router sends it: one that arrives whole (1,500 bytes,
+/// DF clear) in two, one that arrives in two fragments (2,028 bytes) in three (its first
+/// fragment cut again, the second following the first's verdict through the security
+/// groups and DNAT). The instance puts each back together into the translated datagram,
+/// its UDP checksum right.
+#[test]
+fn a_datagram_too_big_for_the_instance_network_reaches_it_in_fragments() {
+    let mut h = harness_with(&state_with_groups("0.0.0.0/0"));
+    let datagram = |port: u16, len: usize| {
+        let payload: Vec<u8> = (0..len).map(|k| (k * 7) as u8).collect();
+        without_df(udp4_tagged(
+            (INET_GW, FG1),
+            None,
+            (INET, F1),
+            (port, 53),
+            &payload,
+        ))
+    };
+    // Whole, 1,500 bytes of IP.
+    let whole = datagram(40000, 1472);
+    h.rx(UPLINK, &[tagged(&whole, 101)]);
+    // In two fragments of at most 1,500 bytes, as the Internet host's own stack sends it.
+    let big = datagram(40001, 2000);
+    let mut pieces = Vec::new();
+    crate::packet::frag::fragment_v4(crate::packet::TestBuf::new(&big), 1500, |q| {
+        pieces.push(tagged(crate::packet::PacketBuf::data(&q), 101))
+    })
+    .unwrap();
+    assert_eq!(pieces.len(), 2);
+    h.rx(UPLINK, &pieces);
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), 5, "drops {:?}", h.c.drops);
+    for (frags, sent) in [(&out[..2], &whole), (&out[2..], &big)] {
+        let frags: Vec<&[u8]> = frags.iter().map(Vec::as_slice).collect();
+        for f in &frags {
+            assert_eq!((&f[..6], &f[6..12]), (&mac(M1).0[..], &mac(GW1).0[..]));
+        }
+        let (ip, d) = reassemble(&frags, 1450);
+        assert_eq!((ip.source, ip.destination, ip.time_to_live), (INET, X1, 63));
+        assert_eq!(d[..6], sent[34..40], "ports and length as sent");
+        assert_eq!(d[8..], sent[42..], "the payload");
+        assert!(
+            udp_sum_ok(&d, INET, X1),
+            "the translated datagram's UDP checksum"
+        );
+    }
+    assert_eq!(h.c.count(E::RouterFragmented), 2);
+    assert_eq!(h.c.count(E::RouterFragments), 4);
+    assert_eq!(h.c.count(E::FipDnat), 3);
+}
+
 /// Hairpin through floating IPs, as the instances' security groups see it: vm2 reaches vm1's
 /// floating IP and vm1's groups judge it by the address vm1 sees it from (vm2's floating IP),
 /// not by vm2's fixed IP; vm1's answer is a reply to vm2's own connection, let in by vm2's

@@ -80,12 +80,16 @@ pub struct Meta {
     /// The router translated its addresses (a floating IP): the instance's security groups
     /// mark the connection as one that lives through that floating IP.
     pub translated: bool,
+    /// The router forwarded an IPv4 packet larger than this egress MTU with DF clear: `output`
+    /// sends it in fragments of at most this many bytes (0: as it is).
+    pub frag_mtu: u16,
 }
 
 impl Default for Meta {
     fn default() -> Self {
         Self {
             translated: false,
+            frag_mtu: 0,
             network: NO_NET,
             next: Next::Continue,
             from_vtep: u16::MAX,

@@ -3,8 +3,12 @@
 //! Reads: `Tables::ports`, `Tables::networks` (flood lists, segments).
 //! Writes: the core's [`TxBuffers`]; frees dropped packets in bulk.
 //! Next: none (terminal).
-//! Drops: `output.no_mbuf` (no buffer for a flood copy), `output.no_headroom` (VLAN push),
-//! `output.egress_port_down`, `output.tx_full` (counted at flush).
+//! Drops: `output.no_mbuf` (no buffer for a flood copy or a fragment), `output.no_headroom`
+//! (VLAN push), `output.egress_port_down`, `output.tx_full` (counted at flush),
+//! `router.needs_fragmentation` (a packet the router marked for fragments that cannot be cut).
+//!
+//! A packet the router forwarded larger than the egress MTU without DF (`Meta::frag_mtu`)
+//! leaves in fragments ([`crate::packet::frag`]), each sent the way the packet would have gone.
 //!
 //! A flooded frame is copied once per extra destination (the last destination gets the
 //! original). Copies, not reference-counted clones, because each egress may rewrite headers
@@ -131,141 +135,204 @@ pub fn run<B: PacketBuf, T: Tracer>(
     c: &mut BatchCounters,
     tr: &mut T,
 ) {
-    let in_port = b.in_port;
-    let from_overlay = t.overlay.as_ref().is_some_and(|o| o.port == in_port);
+    let o = Out {
+        in_port: b.in_port,
+        from_overlay: t.overlay.as_ref().is_some_and(|o| o.port == b.in_port),
+    };
     s.encap = Default::default();
     // The egress plan of the last (port, network) pair: a batch rarely has more than a few.
     let mut cached: (u32, Plan) = (u32::MAX, Err(DropReason::EgressDown));
     for i in 0..b.len {
         let Some(p) = b.pkts[i].take() else { continue };
-        let net = b.meta[i].network;
-        match b.meta[i].next {
-            Next::Output(o) => {
-                let key = (o as u32) << 16 | net as u32;
-                if key != cached.0 {
-                    cached = (key, plan(t, o, net));
-                }
-                send(p, o, cached.1, i, t, txb, tx, c, tr)
+        let m = &b.meta[i];
+        // A packet handed to another core goes whole: that core sends it.
+        if m.frag_mtu == 0 || matches!(m.next, Next::Handoff(..)) {
+            // What is not sent is freed with the batch.
+            if let Some(x) = dispatch(p, m, i, o, &mut cached, t, s, txb, tx, c, tr) {
+                b.pkts[i] = Some(x);
             }
-            Next::Tunnel(v) => tunnel_send(p, v, net, i, t, s, txb, tx, c, tr),
-            Next::Reply => {
-                trace!(
-                    tr,
-                    i,
-                    "output",
-                    "reply out of port {}",
-                    t.ports[in_port as usize].name
-                );
-                // Back the way it came: on a provider port, with the VLAN tag of its network
-                // (taken off on the way in).
-                let vid = t
-                    .ports
-                    .get(in_port as usize)
-                    .zip(t.networks.get(net as usize))
-                    .and_then(|(pe, ne)| super::provider::egress_vlan(pe, ne));
-                send(p, in_port, Ok(vid), i, t, txb, tx, c, tr);
-            }
-            Next::Consumed => b.pkts[i] = Some(p),
-            Next::Handoff(core, stage, _) => {
-                trace!(tr, i, "output", "handed to core {core}");
-                let h = super::Handoff {
-                    p,
-                    meta: b.meta[i],
-                    in_port,
-                    stage,
-                    generation: t.generation,
+            continue;
+        }
+        // What the router forwarded in fragments: each one the way the packet would have
+        // gone (the first first), whatever is left of it freed with the batch.
+        let mut n = 0u64;
+        let r = crate::packet::frag::fragment_v4(p, m.frag_mtu as usize, |q| {
+            n += 1;
+            // A fragment the egress refuses is freed here, counted by `dispatch`.
+            drop(dispatch(q, m, i, o, &mut cached, t, s, txb, tx, c, tr));
+        });
+        c.events[crate::counters::Event::RouterFragments as usize] += n;
+        match r {
+            Ok(k) => trace!(
+                tr,
+                i,
+                "output",
+                "sent in {k} fragments of at most {} bytes",
+                m.frag_mtu
+            ),
+            Err((rest, e)) => {
+                let why = match e {
+                    crate::packet::frag::FragError::Unfit => DropReason::RouterNeedsFragmentation,
+                    crate::packet::frag::FragError::NoBuffer => DropReason::NoMbuf,
                 };
-                if let Err(h) = tx.handoff(core, h) {
-                    c.drop(DropReason::HandoffFull);
-                    b.pkts[i] = Some(h.p);
-                } else {
-                    c.event(crate::counters::Event::ConntrackHandoff);
-                }
-            }
-            Next::Flood | Next::FloodLocal => {
-                let Some(n) = t.networks.get(net as usize) else {
-                    c.drop(DropReason::FloodEmpty);
-                    b.pkts[i] = Some(p);
-                    continue;
-                };
-                // Head-end replication to the network's remote VTEPs, unless the frame came
-                // from the overlay (every host floods to the others itself: split horizon).
-                let local_only = from_overlay || b.meta[i].next == Next::FloodLocal;
-                let vteps: &[u16] = if local_only { &[] } else { &n.flood_vteps };
-                // The router's own requests (gateway MAC as source) go to this host's instance
-                // ports only, the ingress one included: never onto the fabric, where every
-                // host's router has that MAC.
-                let router_ask = b.meta[i].next == Next::FloodLocal;
-                let skip = if router_ask { u16::MAX } else { in_port };
-                // What the security groups of instance ports judge a flooded copy by.
-                let fl = t.firewall.then(|| super::conntrack::flow::parse(p.data()));
-                let to = |q: u16| {
-                    q != skip
-                        && (!router_ask
-                            || t.ports
-                                .get(q as usize)
-                                .is_some_and(|pe| pe.kind == crate::tables::PortKind::Instance))
-                        && fl
-                            .as_ref()
-                            .is_none_or(|f| super::firewall::flood_allowed(t, q, f))
-                };
-                let total = n.flood.iter().filter(|&&q| to(q)).count() + vteps.len();
-                if total == 0 && fl.is_some() && n.flood.iter().any(|&q| q != skip) {
-                    // Every destination was an instance whose ingress rules refuse it.
-                    trace!(
-                        tr,
-                        i,
-                        "output",
-                        "flood refused by every destination's security groups"
-                    );
-                    c.drop(DropReason::FirewallIngressDenied);
-                    s.fw.ingress_drops += 1;
-                    b.pkts[i] = Some(p);
-                    continue;
-                }
-                if total == 0 {
-                    c.drop(DropReason::FloodEmpty);
-                    b.pkts[i] = Some(p);
-                    continue;
-                }
-                // Copies for every destination but the last, made before any egress rewrite;
-                // the original goes to the last one.
-                let mut orig = Some(p);
-                let mut k = 0;
-                let next_copy = |k: usize, orig: &mut Option<B>, c: &mut BatchCounters| {
-                    let x = if k == total {
-                        orig.take()
-                    } else {
-                        orig.as_ref().and_then(|o| o.try_clone())
-                    };
-                    if x.is_none() {
-                        c.drop(DropReason::NoMbuf);
-                    }
-                    x
-                };
-                for &q in n.flood.iter().filter(|&&q| to(q)) {
-                    k += 1;
-                    if let Some(x) = next_copy(k, &mut orig, c) {
-                        send(x, q, plan(t, q, net), i, t, txb, tx, c, tr);
-                    }
-                }
-                for &v in vteps {
-                    k += 1;
-                    if let Some(x) = next_copy(k, &mut orig, c) {
-                        tunnel_send(x, v, net, i, t, s, txb, tx, c, tr);
-                    }
-                }
-            }
-            Next::Drop(_) | Next::Continue | Next::Route(_) => {
-                // Drops were counted by the stage that decided them; a packet still at Continue
-                // means no stage claimed it, which is a bug, so it is dropped too.
-                debug_assert!(!matches!(b.meta[i].next, Next::Continue | Next::Route(_)));
-                b.pkts[i] = Some(p);
+                trace!(tr, i, "output", "drop {} after {n} fragments", why.name());
+                c.drop(why);
+                b.pkts[i] = rest;
             }
         }
     }
     s.encap.flush(&s.tunnel);
     B::free_bulk(&mut b.pkts[..b.len]);
+}
+
+/// What `run` needs to know of the batch for each packet it sends.
+#[derive(Clone, Copy)]
+struct Out {
+    in_port: u16,
+    /// The batch came from the overlay port (split horizon: never flooded back to VTEPs).
+    from_overlay: bool,
+}
+
+/// Sends one packet (or one fragment of it) where its metadata says; returns it when it is to
+/// be freed instead (dropped, counted where that was decided, or consumed by the switch).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dispatch<B: PacketBuf, T: Tracer>(
+    p: B,
+    m: &super::Meta,
+    i: usize,
+    o: Out,
+    cached: &mut (u32, Plan),
+    t: &Tables,
+    s: &mut CoreState,
+    txb: &mut TxBuffers<B>,
+    tx: &mut impl Tx<B>,
+    c: &mut BatchCounters,
+    tr: &mut T,
+) -> Option<B> {
+    let net = m.network;
+    match m.next {
+        Next::Output(o) => {
+            let key = (o as u32) << 16 | net as u32;
+            if key != cached.0 {
+                *cached = (key, plan(t, o, net));
+            }
+            send(p, o, cached.1, i, t, txb, tx, c, tr)
+        }
+        Next::Tunnel(v) => tunnel_send(p, v, net, i, t, s, txb, tx, c, tr),
+        Next::Reply => {
+            trace!(
+                tr,
+                i,
+                "output",
+                "reply out of port {}",
+                t.ports[o.in_port as usize].name
+            );
+            // Back the way it came: on a provider port, with the VLAN tag of its network
+            // (taken off on the way in).
+            let vid = t
+                .ports
+                .get(o.in_port as usize)
+                .zip(t.networks.get(net as usize))
+                .and_then(|(pe, ne)| super::provider::egress_vlan(pe, ne));
+            send(p, o.in_port, Ok(vid), i, t, txb, tx, c, tr);
+        }
+        Next::Consumed => return Some(p),
+        Next::Handoff(core, stage, _) => {
+            trace!(tr, i, "output", "handed to core {core}");
+            let h = super::Handoff {
+                p,
+                meta: *m,
+                in_port: o.in_port,
+                stage,
+                generation: t.generation,
+            };
+            if let Err(h) = tx.handoff(core, h) {
+                c.drop(DropReason::HandoffFull);
+                return Some(h.p);
+            } else {
+                c.event(crate::counters::Event::ConntrackHandoff);
+            }
+        }
+        Next::Flood | Next::FloodLocal => {
+            let Some(n) = t.networks.get(net as usize) else {
+                c.drop(DropReason::FloodEmpty);
+                return Some(p);
+            };
+            // Head-end replication to the network's remote VTEPs, unless the frame came
+            // from the overlay (every host floods to the others itself: split horizon).
+            let local_only = o.from_overlay || m.next == Next::FloodLocal;
+            let vteps: &[u16] = if local_only { &[] } else { &n.flood_vteps };
+            // The router's own requests (gateway MAC as source) go to this host's instance
+            // ports only, the ingress one included: never onto the fabric, where every
+            // host's router has that MAC.
+            let router_ask = m.next == Next::FloodLocal;
+            let skip = if router_ask { u16::MAX } else { o.in_port };
+            // What the security groups of instance ports judge a flooded copy by.
+            let fl = t.firewall.then(|| super::conntrack::flow::parse(p.data()));
+            let to = |q: u16| {
+                q != skip
+                    && (!router_ask
+                        || t.ports
+                            .get(q as usize)
+                            .is_some_and(|pe| pe.kind == crate::tables::PortKind::Instance))
+                    && fl
+                        .as_ref()
+                        .is_none_or(|f| super::firewall::flood_allowed(t, q, f))
+            };
+            let total = n.flood.iter().filter(|&&q| to(q)).count() + vteps.len();
+            if total == 0 && fl.is_some() && n.flood.iter().any(|&q| q != skip) {
+                // Every destination was an instance whose ingress rules refuse it.
+                trace!(
+                    tr,
+                    i,
+                    "output",
+                    "flood refused by every destination's security groups"
+                );
+                c.drop(DropReason::FirewallIngressDenied);
+                s.fw.ingress_drops += 1;
+                return Some(p);
+            }
+            if total == 0 {
+                c.drop(DropReason::FloodEmpty);
+                return Some(p);
+            }
+            // Copies for every destination but the last, made before any egress rewrite;
+            // the original goes to the last one.
+            let mut orig = Some(p);
+            let mut k = 0;
+            let next_copy = |k: usize, orig: &mut Option<B>, c: &mut BatchCounters| {
+                let x = if k == total {
+                    orig.take()
+                } else {
+                    orig.as_ref().and_then(|o| o.try_clone())
+                };
+                if x.is_none() {
+                    c.drop(DropReason::NoMbuf);
+                }
+                x
+            };
+            for &q in n.flood.iter().filter(|&&q| to(q)) {
+                k += 1;
+                if let Some(x) = next_copy(k, &mut orig, c) {
+                    send(x, q, plan(t, q, net), i, t, txb, tx, c, tr);
+                }
+            }
+            for &v in vteps {
+                k += 1;
+                if let Some(x) = next_copy(k, &mut orig, c) {
+                    tunnel_send(x, v, net, i, t, s, txb, tx, c, tr);
+                }
+            }
+        }
+        Next::Drop(_) | Next::Continue | Next::Route(_) => {
+            // Drops were counted by the stage that decided them; a packet still at Continue
+            // means no stage claimed it, which is a bug, so it is dropped too.
+            debug_assert!(!matches!(m.next, Next::Continue | Next::Route(_)));
+            return Some(p);
+        }
+    }
+    None
 }
 
 /// Encapsulation towards a remote VTEP, then into the overlay port's tx buffer. An unresolved

@@ -12,7 +12,7 @@
 //! an ICMP error or echo reply back out of the ingress port, or an ARP request/NS
 //! (`FloodLocal`); [`dvr_ingress`] rewrites another host's DVR MAC to the gateway MAC.
 //! Drops: `router.gateway_from_fabric`, `.not_ip`, `.malformed`, `.down`, `.not_routable`,
-//! `.ttl_exceeded`, `.no_route`, `.too_big`, `.needs_fragmentation`, `.unresolved`,
+//! `.ttl_exceeded`, `.no_route`, `.too_big`, `.unresolved`,
 //! `.to_router`, `.no_floating_ip`.
 //!
 //! DVR. Every host routes what its own instances send (the seed: "routing between
@@ -43,7 +43,9 @@
 //! ICMP errors (RFC 1812 4.3.2, RFC 4443 2.4) come from the ingress interface's address, quote
 //! as much of the original as fits in 576 bytes (IPv4) or 1280 (IPv6), are never sent about an
 //! ICMP error, a non-first fragment or a multicast/unspecified source, and are rate-limited per
-//! core with a token bucket (1 per ms, bursts of [`ICMP_BURST`], Linux's defaults).
+//! core with a token bucket (1 per ms, bursts of [`ICMP_BURST`], Linux's defaults). An IPv4
+//! packet larger than the egress MTU gets fragmentation needed when it has DF; without DF it is
+//! forwarded and marked for `output` to send in fragments (`Meta::frag_mtu`).
 use super::conntrack::flow::Kind;
 use super::conntrack::Key;
 use super::integration::dest_next;
@@ -680,11 +682,13 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 tally.c[RouterStat::Routed as usize] += 1;
                 fwd.count(&h);
                 s.flows.note_route(i, rif.router, h.mtu, h.events(0));
+                fragment_if_over(p.data(), &h, &mut b.meta[i], &mut s.flows, c, i, tr);
             }
             Ok(Verdict::Translated(h, nat)) => {
                 b.meta[i].network = h.net;
                 b.meta[i].next = h.next;
                 b.meta[i].translated = true;
+                fragment_if_over(p.data(), &h, &mut b.meta[i], &mut s.flows, c, i, tr);
                 tally.c[RouterStat::Routed as usize] += 1;
                 fwd.count(&h);
                 // Ports change only in centralized SNAT; floating IPs keep them.
@@ -881,6 +885,38 @@ struct Nat {
     quote_sport: Option<u16>,
 }
 
+/// An IPv4 packet `d` forwarded by `h` that is larger than its MTU (DF clear: with DF the
+/// router answered it with an ICMP error) is marked for `output` to send in fragments; the
+/// flow cache does not learn from it (a cached answer would send it whole).
+#[inline(always)]
+fn fragment_if_over<T: Tracer>(
+    d: &[u8],
+    h: &Hop,
+    m: &mut super::Meta,
+    fc: &mut super::flowcache::FlowCache,
+    c: &mut BatchCounters,
+    i: usize,
+    tr: &mut T,
+) {
+    if d.len() < 18 || u16::from_be_bytes([d[12], d[13]]) != EtherType::IPV4 {
+        return;
+    }
+    let total = u16::from_be_bytes([d[16], d[17]]);
+    if total <= h.mtu {
+        return;
+    }
+    trace!(
+        tr,
+        i,
+        "router",
+        "{total} bytes > egress MTU {}, DF clear: sent in fragments",
+        h.mtu
+    );
+    m.frag_mtu = h.mtu;
+    fc.spoil(i);
+    c.event(E::RouterFragmented);
+}
+
 /// Route-cache key of the decisions a router takes for translated packets: not a real
 /// interface (those are below `ROUTER_BIT`), one per router, so routers whose tenant subnets
 /// overlap never share an entry.
@@ -1006,10 +1042,8 @@ fn route_v4<B: PacketBuf, T: Tracer>(
         Err(Miss::Unresolved { rif, addr }) => return Ok(Verdict::Unresolved { rif, addr }),
         Err(Miss::Broadcast) => return Err(D::RouterNotRoutable),
     };
-    if total > h.mtu as usize {
-        if !df {
-            return Err(D::RouterNeedsFragmentation);
-        }
+    // Without DF, `route` has it sent in fragments.
+    if total > h.mtu as usize && df {
         trace!(
             tr,
             i,
@@ -1480,10 +1514,7 @@ fn translate<B: PacketBuf, T: Tracer>(
         Err(Miss::Unresolved { rif, addr }) => return Ok(Verdict::Unresolved { rif, addr }),
         Err(Miss::Broadcast) => return Err(D::RouterNotRoutable),
     };
-    if total > h.mtu as usize {
-        if !df {
-            return Err(D::RouterNeedsFragmentation);
-        }
+    if total > h.mtu as usize && df {
         let head = IcmpHead {
             ty: 3,
             code: 4,

@@ -396,14 +396,39 @@ fn oversized_df_packet_gets_fragmentation_needed_with_the_mtu() {
         ) => assert_eq!(next_hop_mtu, 1450),
         other => panic!("{other:?}"),
     }
-    // Without DF: dropped, counted (this router does not fragment).
-    let mut f = udp4_sized(M1, GW1, IP1, IPR2, 64, 1444);
-    f[20] &= !0x40;
-    let mut ip = etherparse::Ipv4Header::from_slice(&f[14..]).unwrap().0;
-    ip.header_checksum = ip.calc_header_checksum();
-    f[24..26].copy_from_slice(&ip.header_checksum.to_be_bytes());
-    h.rx(VM1, &[f]);
-    assert_eq!(h.c.dropped(D::RouterNeedsFragmentation), 1);
+}
+
+#[test]
+fn oversized_packet_without_df_leaves_in_fragments() {
+    let mut h = harness();
+    // 1472 bytes of IP without DF, routed onto selfservice2 across hosts: its IP MTU is 1450
+    // (VXLAN over the 1500 underlay), so two fragments, each in a VXLAN frame of its own.
+    let f = without_df(udp4_sized(M1, GW1, IP1, IPR2, 64, 1444));
+    h.rx(VM1, std::slice::from_ref(&f));
+    let out = h.sink.on(OVERLAY);
+    assert_eq!(out.len(), 2, "drops {:?}", h.c.drops);
+    let mut inner = Vec::new();
+    for (k, o) in out.iter().enumerate() {
+        let (vni, i) = inner_of(o);
+        assert_eq!(vni, 102);
+        assert_eq!(&i[..6], &mac(R2).0, "fragment {k}: to the instance");
+        assert_eq!(
+            &i[6..12],
+            &mac(DVR1).0,
+            "fragment {k}: from this host's DVR MAC"
+        );
+        inner.push(i);
+    }
+    let frags: Vec<&[u8]> = inner.iter().map(Vec::as_slice).collect();
+    let (ip, payload) = reassemble(&frags, 1450);
+    assert_eq!(ip.time_to_live, 63, "routed once");
+    assert_eq!((ip.source, ip.destination), (IP1, IPR2));
+    assert_eq!(ip.identification, u16::from_be_bytes([f[18], f[19]]));
+    assert_eq!(payload, f[34..], "the datagram, whole, in order");
+    assert_eq!(h.c.count(E::RouterFragmented), 1);
+    assert_eq!(h.c.count(E::RouterFragments), 2);
+    assert_eq!(h.c.count(E::Routed), 1);
+    assert_eq!(h.c.dropped(D::RouterNeedsFragmentation), 0);
 }
 
 #[test]

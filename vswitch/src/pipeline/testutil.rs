@@ -321,6 +321,65 @@ pub fn udp_flows(
 
 /// An Ethernet/IPv4/UDP frame, tagged `vid` if given, with TTL 64 and `payload`: built by
 /// etherparse, checksums computed.
+/// `f`, an IPv4 frame (tagged or not), with DF cleared and its header checksum made right.
+pub fn without_df(mut f: Vec<u8>) -> Vec<u8> {
+    let at = if f[12..14] == [0x81, 0x00] { 18 } else { 14 };
+    f[at + 6] &= !0x40;
+    let mut ip = etherparse::Ipv4Header::from_slice(&f[at..]).unwrap().0;
+    ip.header_checksum = ip.calc_header_checksum();
+    f[at + 10..at + 12].copy_from_slice(&ip.header_checksum.to_be_bytes());
+    f
+}
+
+/// The IPv4 datagram that `frags` (untagged frames, in the order sent) carry, put back
+/// together as a receiver does: every header has a right checksum, a length that is the
+/// frame's and within `mtu`, DF clear, the first one's identification, protocol, TTL and
+/// addresses, More Fragments on all but the last, and an offset where the one before ended.
+/// Returns the first fragment's header and the payload.
+pub fn reassemble(frags: &[&[u8]], mtu: usize) -> (etherparse::Ipv4Header, Vec<u8>) {
+    let first = etherparse::Ipv4Header::from_slice(&frags[0][14..])
+        .unwrap()
+        .0;
+    let mut payload = Vec::new();
+    for (k, f) in frags.iter().enumerate() {
+        let ip = etherparse::Ipv4Header::from_slice(&f[14..]).unwrap().0;
+        let len = ip.total_len as usize;
+        assert_eq!(len, f.len() - 14, "fragment {k}: length");
+        assert!(len <= mtu, "fragment {k}: {len} bytes, MTU {mtu}");
+        assert_eq!(
+            ip.header_checksum,
+            ip.calc_header_checksum(),
+            "fragment {k}"
+        );
+        assert!(!ip.dont_fragment, "fragment {k}: DF");
+        assert_eq!(
+            (
+                ip.identification,
+                ip.protocol,
+                ip.time_to_live,
+                ip.source,
+                ip.destination
+            ),
+            (
+                first.identification,
+                first.protocol,
+                first.time_to_live,
+                first.source,
+                first.destination
+            ),
+            "fragment {k}"
+        );
+        assert_eq!(
+            ip.fragment_offset.value() as usize * 8,
+            payload.len(),
+            "fragment {k}: offset"
+        );
+        assert_eq!(ip.more_fragments, k + 1 < frags.len(), "fragment {k}: MF");
+        payload.extend_from_slice(&f[14 + ip.header_len()..]);
+    }
+    (first, payload)
+}
+
 pub fn udp4_tagged(
     (src, dst): (&str, &str),
     vid: Option<u16>,
