@@ -135,9 +135,12 @@ named_enum! {
         RouterSnatExhausted => "router.snat_exhausted",
         /// To a router's gateway address, matching none of its translations.
         RouterSnatUnknown => "router.snat_unknown",
-        /// Centralized SNAT translates TCP, UDP and ICMP echo; not this (other protocols,
-        /// later fragments, an echo reply from inside).
+        /// Centralized SNAT translates TCP, UDP and ICMP echo; not this (other protocols, an
+        /// echo reply from inside).
         RouterSnatProtocol => "router.snat_protocol",
+        /// A later fragment centralized SNAT cannot place: no first fragment of its datagram
+        /// was translated here in the last 5 s (it was refused, lost, or came after).
+        RouterSnatFragment => "router.snat_fragment",
         /// To this host's floating IP gateway for an address that is no floating IP of an
         /// instance here (moved away, disassociated, or never ours).
         RouterNoFloatingIp => "router.no_floating_ip",

@@ -389,22 +389,6 @@ security_group_rules:
     s
 }
 
-/// Tags untagged frame `f` with VLAN `vid`.
-fn tagged(f: &[u8], vid: u16) -> Vec<u8> {
-    let mut g = f[..12].to_vec();
-    g.extend_from_slice(&[0x81, 0x00]);
-    g.extend_from_slice(&vid.to_be_bytes());
-    g.extend_from_slice(&f[12..]);
-    g
-}
-
-/// Whether the UDP datagram `d` (header and payload) from `src` to `dst` has a right
-/// checksum.
-fn udp_sum_ok(d: &[u8], src: [u8; 4], dst: [u8; 4]) -> bool {
-    use crate::packet::checksum::{fold, pseudo_v4, sum};
-    fold(sum(d, pseudo_v4(src, dst, 17, d.len() as u16))) == 0xffff
-}
-
 /// A datagram larger than the instance's network (MTU 1450) reaches the instance through its
 /// floating IP in fragments, as a Linux router sends it: one that arrives whole (1,500 bytes,
 /// DF clear) in two, one that arrives in two fragments (2,028 bytes) in three (its first
@@ -429,11 +413,10 @@ fn a_datagram_too_big_for_the_instance_network_reaches_it_in_fragments() {
     h.rx(UPLINK, &[tagged(&whole, 101)]);
     // In two fragments of at most 1,500 bytes, as the Internet host's own stack sends it.
     let big = datagram(40001, 2000);
-    let mut pieces = Vec::new();
-    crate::packet::frag::fragment_v4(crate::packet::TestBuf::new(&big), 1500, |q| {
-        pieces.push(tagged(crate::packet::PacketBuf::data(&q), 101))
-    })
-    .unwrap();
+    let pieces: Vec<Vec<u8>> = fragments(&big, 1500)
+        .iter()
+        .map(|f| tagged(f, 101))
+        .collect();
     assert_eq!(pieces.len(), 2);
     h.rx(UPLINK, &pieces);
     let out = h.sink.on(VM1);

@@ -38,7 +38,8 @@ pub const STAGE_ROUTE: u8 = 2;
 /// transport header, so they follow the first one's verdict (as OVS and VPP treat them),
 /// looked up by zone, addresses, protocol and IP identification. Direct-mapped; an entry lives
 /// [`FRAG_MS`]. A first fragment handed to another core leaves a note here, so the later ones
-/// follow it there, behind it in the same ring.
+/// follow it there, behind it in the same ring. Centralized SNAT keeps its own notes here too,
+/// in its own zone, with the address the first fragment was translated to.
 #[derive(Debug)]
 pub struct FragCache {
     slots: Vec<FragEntry>,
@@ -52,12 +53,14 @@ struct FragEntry {
     /// [`FRAG_HERE`], or the core the first fragment went to.
     to: u16,
     used: bool,
+    /// Centralized SNAT: the address the first fragment's was translated to (else 0).
+    addr: u32,
 }
 
 const FRAG_SLOTS: usize = 1024;
 /// How long the fragments of one datagram may trail its first fragment.
 pub const FRAG_MS: u32 = 5000;
-const FRAG_HERE: u16 = u16::MAX;
+pub(crate) const FRAG_HERE: u16 = u16::MAX;
 
 impl Default for FragCache {
     fn default() -> Self {
@@ -81,7 +84,10 @@ impl FragCache {
         k
     }
 
-    fn insert(&mut self, k: &Key, id: u32, to: u16, now: u32) {
+    /// Notes that the first fragment of datagram `id` of `k` (its ports are dropped) was
+    /// let through here ([`FRAG_HERE`]) or went to core `to`; `addr`: what SNAT translated it
+    /// to.
+    pub(crate) fn insert(&mut self, k: &Key, id: u32, to: u16, addr: u32, now: u32) {
         let k = Self::key(k);
         if let Some(e) = self.slots.get_mut(Self::slot(&k, id)) {
             *e = FragEntry {
@@ -90,15 +96,17 @@ impl FragCache {
                 expires: now.wrapping_add(FRAG_MS),
                 to,
                 used: true,
+                addr,
             };
         }
     }
 
-    fn lookup(&self, k: &Key, id: u32, now: u32) -> Option<u16> {
+    /// What [`FragCache::insert`] noted for datagram `id` of `k`, if it is still fresh.
+    pub(crate) fn lookup(&self, k: &Key, id: u32, now: u32) -> Option<(u16, u32)> {
         let k = Self::key(k);
         let e = self.slots.get(Self::slot(&k, id))?;
         (e.used && e.id == id && e.key == k && !super::conntrack::expired(e.expires, now))
-            .then_some(e.to)
+            .then_some((e.to, e.addr))
     }
 }
 
@@ -603,7 +611,7 @@ fn judge_general<T: Tracer>(
     };
     let key = fl.key.with_zone(fw.zone);
     if fl.kind == Kind::Fragment {
-        let o = match f.frags.lookup(&key, id, f.now) {
+        let o = match f.frags.lookup(&key, id, f.now).map(|(to, _)| to) {
             Some(FRAG_HERE) => Outcome::Pass,
             Some(core) if core != f.core => Outcome::Handoff(core),
             Some(_) => Outcome::Pass,
@@ -625,8 +633,8 @@ fn judge_general<T: Tracer>(
     }
     let o = judge_flow(fl, fw, ingress, f, c, tr, i, t);
     match o {
-        Outcome::Pass => f.frags.insert(&key, id, FRAG_HERE, f.now),
-        Outcome::Handoff(core) => f.frags.insert(&key, id, core, f.now),
+        Outcome::Pass => f.frags.insert(&key, id, FRAG_HERE, 0, f.now),
+        Outcome::Handoff(core) => f.frags.insert(&key, id, core, 0, f.now),
         Outcome::Drop(_) => {}
     }
     o

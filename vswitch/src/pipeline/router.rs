@@ -48,6 +48,7 @@
 //! forwarded and marked for `output` to send in fragments (`Meta::frag_mtu`).
 use super::conntrack::flow::Kind;
 use super::conntrack::Key;
+use super::firewall::FRAG_HERE;
 use super::integration::dest_next;
 use super::{Batch, CoreState, Next, Tracer};
 use crate::counters::{BatchCounters, DropReason as D, Event as E, RouterStat};
@@ -691,8 +692,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
                 fragment_if_over(p.data(), &h, &mut b.meta[i], &mut s.flows, c, i, tr);
                 tally.c[RouterStat::Routed as usize] += 1;
                 fwd.count(&h);
-                // Ports change only in centralized SNAT; floating IPs keep them.
-                let central = nat.sport.is_some() || nat.dport.is_some();
+                let central = nat.central;
                 fwd.snat_in += (central && nat.dnat.is_some()) as u64;
                 fwd.snat_out += (central && nat.snat.is_some()) as u64;
                 fwd.fip_in += (!central && nat.dnat.is_some()) as u64;
@@ -883,6 +883,8 @@ struct Nat {
     dport: Option<u16>,
     /// An ICMP error's quoted source port, translated back (centralized SNAT).
     quote_sport: Option<u16>,
+    /// The network node's centralized SNAT (counted as such), not a floating IP.
+    central: bool,
 }
 
 /// An IPv4 packet `d` forwarded by `h` that is larger than its MTU (DF clear: with DF the
@@ -1249,9 +1251,20 @@ fn snat_out<B: PacketBuf, T: Tracer>(
         return None;
     }
     let fl = super::conntrack::flow::parse(p.data());
+    if fl.kind == Kind::Fragment {
+        // Translated as its first fragment was, from the gateway address.
+        let nat = Nat {
+            snat: Some(sn.ip),
+            central: true,
+            ..Default::default()
+        };
+        return Some(snat_later_fragment(
+            p, x, sn, &fl, s, c, i, tr, dst, total, df, nat,
+        ));
+    }
     let echo = match fl.kind {
-        Kind::Tcp(_) | Kind::Ports if fl.frag.is_none() => false,
-        Kind::Echo(true) if fl.frag.is_none() => true,
+        Kind::Tcp(_) | Kind::Ports => false,
+        Kind::Echo(true) => true,
         _ => {
             trace!(
                 tr,
@@ -1274,6 +1287,10 @@ fn snat_out<B: PacketBuf, T: Tracer>(
             "router",
             "SNAT {key}: core {owner} owns it, handed over"
         );
+        // Its later fragments follow it there.
+        if let Some(id) = fl.frag {
+            s.fw.frags.insert(&key, id, owner, 0, now);
+        }
         return Some(Ok(Verdict::Handoff(owner)));
     }
     let ct = &mut s.fw.ct;
@@ -1328,12 +1345,73 @@ fn snat_out<B: PacketBuf, T: Tracer>(
         key,
         Ipv4Addr::from(sn.ip)
     );
+    if let Some(id) = fl.frag {
+        // A first fragment: the rest of its datagram is translated the same way.
+        s.fw.frags.insert(&key, id, FRAG_HERE, sn.ip, now);
+        s.flows.spoil(i);
+    }
     let nat = Nat {
         snat: Some(sn.ip),
         sport: Some(port),
+        central: true,
         ..Default::default()
     };
     Some(translate(p, x, x, s, c, i, tr, dst, total, df, nat))
+}
+
+/// A later fragment through centralized SNAT (either way): it carries no ports, so it follows
+/// its datagram's first fragment, translated by `nat` (the address that one got) on the core
+/// that translated that one; with no such first fragment in the last [`FRAG_MS`] ms it is
+/// dropped (`router.snat_fragment`).
+///
+/// [`FRAG_MS`]: super::firewall::FRAG_MS
+#[allow(clippy::too_many_arguments)]
+fn snat_later_fragment<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    sn: &crate::tables::router::Snat,
+    fl: &super::conntrack::flow::Flow,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    i: usize,
+    tr: &mut T,
+    route_to: u32,
+    total: usize,
+    df: bool,
+    nat: Nat,
+) -> Result<Verdict, D> {
+    let key = fl.key.with_zone(sn.zone);
+    let id = fl.frag.unwrap_or(0);
+    s.flows.spoil(i);
+    match s.fw.frags.lookup(&key, id, s.fw.now) {
+        Some((to, _)) if to != FRAG_HERE => {
+            trace!(
+                tr,
+                i,
+                "router",
+                "fragment id {id} of {key}: its first went to core {to}, handed over"
+            );
+            Ok(Verdict::Handoff(to))
+        }
+        Some(_) => {
+            trace!(
+                tr,
+                i,
+                "router",
+                "fragment id {id} of {key}: translated as its first fragment"
+            );
+            translate(p, x, x, s, c, i, tr, route_to, total, df, nat)
+        }
+        None => {
+            trace!(
+                tr,
+                i,
+                "router",
+                "fragment id {id} of {key}: no first fragment translated here"
+            );
+            Err(D::RouterSnatFragment)
+        }
+    }
 }
 
 /// Tells the flow cache how a packet of `kind` moved translation `idx` on (direction `dir`)
@@ -1397,15 +1475,30 @@ fn snat_in<B: PacketBuf, T: Tracer>(
     df: bool,
 ) -> Option<Result<Verdict, D>> {
     let fl = super::conntrack::flow::parse(p.data());
+    if fl.kind == Kind::Fragment {
+        // Back to the address its first fragment was translated to (found by `route_v4`'s
+        // caller only for packets to the gateway address).
+        let fixed =
+            s.fw.frags
+                .lookup(&fl.key.with_zone(sn.zone), fl.frag.unwrap_or(0), s.fw.now)
+                .map_or(0, |(_, a)| a);
+        let nat = Nat {
+            dnat: Some(fixed),
+            central: true,
+            ..Default::default()
+        };
+        return Some(snat_later_fragment(
+            p, x, sn, &fl, s, c, i, tr, fixed, total, df, nat,
+        ));
+    }
     let (key, ports) = match fl.kind {
-        Kind::Tcp(_) | Kind::Ports | Kind::Echo(false) if fl.frag.is_none() => {
-            (fl.key.with_zone(sn.zone), true)
-        }
+        Kind::Tcp(_) | Kind::Ports | Kind::Echo(false) => (fl.key.with_zone(sn.zone), true),
         // The quoted packet went out translated: its key reversed is a reply key.
         Kind::Error(inner) => (inner.with_zone(sn.zone).reverse(), false),
         Kind::Echo(true) => return None,
         _ => return Some(Err(D::RouterSnatUnknown)),
     };
+    let now = s.fw.now;
     if let Some(owner) = snat_owner(&key, s.fw.cores, s.fw.core) {
         trace!(
             tr,
@@ -1413,9 +1506,11 @@ fn snat_in<B: PacketBuf, T: Tracer>(
             "router",
             "SNAT reply {key}: core {owner} owns it, handed over"
         );
+        if let (true, Some(id)) = (ports, fl.frag) {
+            s.fw.frags.insert(&key, id, owner, 0, now);
+        }
         return Some(Ok(Verdict::Handoff(owner)));
     }
-    let now = s.fw.now;
     let ct = &mut s.fw.ct;
     let Some((idx, 1)) = ct.lookup(&key, now) else {
         trace!(tr, i, "router", "{key}: no SNAT translation");
@@ -1431,10 +1526,15 @@ fn snat_in<B: PacketBuf, T: Tracer>(
     let orig = ct.key_of(idx)?;
     let fixed = orig.src128() as u32;
     trace!(tr, i, "router", "SNAT reply -> {orig} (reversed)");
+    if let (true, Some(id)) = (ports, fl.frag) {
+        s.fw.frags.insert(&key, id, FRAG_HERE, fixed, now);
+        s.flows.spoil(i);
+    }
     let nat = Nat {
         dnat: Some(fixed),
         dport: ports.then_some(orig.sport()),
         quote_sport: (!ports).then_some(orig.sport()),
+        central: true,
         ..Default::default()
     };
     Some(translate(p, x, x, s, c, i, tr, fixed, total, df, nat))

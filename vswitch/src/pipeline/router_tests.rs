@@ -141,11 +141,6 @@ fn udp6_ttl(src: &str, dst: &str, sip: &str, dip: &str, hop: u8, len: usize) -> 
 }
 
 /// Decapsulates a VXLAN frame: (VNI, inner frame).
-fn inner_of(f: &[u8]) -> (u32, Vec<u8>) {
-    let vni = u32::from_be_bytes([0, f[46], f[47], f[48]]);
-    (vni, f[50..].to_vec())
-}
-
 fn ipv4_of(f: &[u8]) -> etherparse::Ipv4Header {
     etherparse::Ipv4Header::from_slice(&f[14..]).unwrap().0
 }

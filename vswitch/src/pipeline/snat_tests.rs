@@ -399,6 +399,84 @@ fn two_workers_translate_each_connection_on_its_owner_core_without_port_collisio
     assert_eq!(x.s.iter().map(|s| s.fw.ct.len()).sum::<usize>(), n as usize);
 }
 
+/// Two workers, every fragment of a datagram arriving on one of them (RSS hashes a fragment by
+/// its addresses only): the first fragment goes to the core that owns its connection and
+/// leaves a note, so the later ones follow it there, both ways.
+#[test]
+fn two_workers_send_every_fragment_where_its_first_went() {
+    use super::firewall_tests::TwoCores;
+    let mut x = TwoCores::new(tables([1024, 65535]));
+    for s in &x.s {
+        s.neigh.set_static(
+            "10.0.0.11".parse().unwrap(),
+            crate::tables::mac_u64(&mac(C1_MAC).0),
+        );
+    }
+    for core in 0..2 {
+        x.rx(core, UPLINK, arp101(INET_GW, EXT_GW, QG1, G));
+    }
+    let body = |k: u16| -> Vec<u8> { (0..2000).map(|j| (j + k as usize) as u8).collect() };
+    let mut handed = 0;
+    let mut ports = Vec::new();
+    for k in 0..8u16 {
+        // Each datagram its own identification, as a sender's stack numbers them.
+        let f = with_ident(
+            without_df(udp4_tagged(
+                (DVR1, SNAT1),
+                None,
+                (X1, INET),
+                (40000 + k, 53),
+                &body(k),
+            )),
+            k + 1,
+        );
+        for piece in fragments(&f, 1450) {
+            handed += x.rx(k as usize % 2, OVERLAY, from_compute1(&piece));
+        }
+        let up = x.sink.on(UPLINK);
+        assert_eq!(up.len(), 2 * (k as usize + 1), "datagram {k}: {:?}", x.c);
+        let frags: Vec<Vec<u8>> = up[up.len() - 2..]
+            .iter()
+            .map(|f| untagged(f, 101))
+            .collect();
+        let (ip, d) = reassemble(&frags.iter().map(Vec::as_slice).collect::<Vec<_>>(), 1500);
+        assert_eq!((ip.source, d[8..].to_vec()), (G, body(k)), "datagram {k}");
+        assert!(udp_sum_ok(&d, G, INET));
+        ports.push(u16::from_be_bytes([d[0], d[1]]));
+    }
+    assert!(
+        handed >= 2,
+        "some first fragments went to the other core ({handed})"
+    );
+    for (k, &p) in ports.iter().enumerate() {
+        let back = with_ident(
+            without_df(udp4_tagged(
+                (INET_GW, QG1),
+                None,
+                (INET, G),
+                (53, p),
+                &body(100 + k as u16),
+            )),
+            100 + k as u16,
+        );
+        for piece in fragments(&back, 1500) {
+            x.rx((k + 1) % 2, UPLINK, tagged(&piece, 101));
+        }
+        let ov = x.sink.on(OVERLAY);
+        // 2,008 bytes of UDP: 1,480 + 528 from the server, the first cut again (1,424 + 56).
+        assert_eq!(ov.len(), 3 * (k + 1), "answer {k}: {:?}", x.c);
+        let inner: Vec<Vec<u8>> = ov[ov.len() - 3..].iter().map(|f| inner_of(f).1).collect();
+        let (ip, d) = reassemble(&inner.iter().map(Vec::as_slice).collect::<Vec<_>>(), 1450);
+        assert_eq!(
+            (ip.destination, u16::from_be_bytes([d[2], d[3]])),
+            (X1, 40000 + k as u16)
+        );
+        assert_eq!(d[8..], body(100 + k as u16)[..], "answer {k}");
+        assert!(udp_sum_ok(&d, INET, X1));
+    }
+    assert_eq!(x.c.dropped(D::RouterSnatFragment), 0);
+}
+
 /// An echo request's identifier is its "port" in both directions; with two workers every
 /// identifier still gets a translated identifier whose replies the translating core owns (the
 /// owner hash must not cancel equal ports), and every reply comes back.
@@ -659,6 +737,101 @@ fn udp_snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     let hits = tw.hits();
     tw.rx(OVERLAY, &out(10));
     assert_eq!(tw.hits(), hits, "expired flows are not the cache's");
+}
+
+/// Datagrams too big for one frame cross centralized SNAT in fragments, both ways, as through
+/// Neutron's snat namespace: a 3,000-byte datagram the instance's stack cut to its network's
+/// 1,450 bytes leaves from the gateway address, every fragment translated (the port in the
+/// first, the address in all); the server's 3,000-byte answer, cut by its stack to 1,500 bytes,
+/// comes back to the instance, each 1,500-byte fragment cut again for the VXLAN network. Both
+/// put back together are the datagrams sent, translated, UDP checksums right. A later
+/// fragment whose first fragment was never translated goes nowhere (`router.snat_fragment`).
+#[test]
+fn fragmented_datagrams_cross_centralized_snat_both_ways() {
+    let mut h = harness([1024, 65535]);
+    let bytes = |n: usize, k: usize| -> Vec<u8> { (0..n).map(|j| (j * k) as u8).collect() };
+    let there = without_df(udp4_tagged(
+        (DVR1, SNAT1),
+        None,
+        (X1, INET),
+        (40000, 53),
+        &bytes(3000, 3),
+    ));
+    let out: Vec<Vec<u8>> = fragments(&there, 1450)
+        .iter()
+        .map(|f| from_compute1(f))
+        .collect();
+    assert_eq!(out.len(), 3);
+    h.rx(OVERLAY, &out);
+    let up: Vec<Vec<u8>> = h.sink.on(UPLINK).iter().map(|f| untagged(f, 101)).collect();
+    assert_eq!(up.len(), 3, "drops {:?}", h.c.drops);
+    let (ip, d) = reassemble(&up.iter().map(Vec::as_slice).collect::<Vec<_>>(), 1500);
+    assert_eq!((ip.source, ip.destination), (G, INET));
+    let port = u16::from_be_bytes([d[0], d[1]]);
+    assert!(port >= 1024, "a port of the range: {port}");
+    assert_eq!((&d[2..6], &d[8..]), (&there[36..40], &there[42..]));
+    assert!(
+        udp_sum_ok(&d, G, INET),
+        "the translated datagram's checksum"
+    );
+    assert_eq!(h.c.count(E::SnatOut), 3);
+
+    let back = without_df(udp4_tagged(
+        (INET_GW, QG1),
+        None,
+        (INET, G),
+        (53, port),
+        &bytes(3000, 5),
+    ));
+    let pieces: Vec<Vec<u8>> = fragments(&back, 1500)
+        .iter()
+        .map(|f| tagged(f, 101))
+        .collect();
+    assert_eq!(pieces.len(), 3);
+    h.rx(UPLINK, &pieces);
+    let inner: Vec<Vec<u8>> = h
+        .sink
+        .on(OVERLAY)
+        .iter()
+        .map(|f| {
+            let (vni, i) = inner_of(f);
+            assert_eq!(vni, 101);
+            i
+        })
+        .collect();
+    // 1,480 bytes of payload a fragment do not fit 1,450: each full one is cut in two.
+    assert_eq!(inner.len(), 5, "drops {:?}", h.c.drops);
+    for f in &inner {
+        assert_eq!((&f[..6], &f[6..12]), (&mac(M1).0[..], &mac(SNAT1).0[..]));
+    }
+    let (ip, d) = reassemble(&inner.iter().map(Vec::as_slice).collect::<Vec<_>>(), 1450);
+    assert_eq!((ip.source, ip.destination), (INET, X1));
+    assert_eq!(u16::from_be_bytes([d[2], d[3]]), 40000);
+    assert_eq!(d[8..], back[42..]);
+    assert!(
+        udp_sum_ok(&d, INET, X1),
+        "the answer's checksum, translated back"
+    );
+    assert_eq!(h.c.count(E::SnatIn), 3);
+    assert_eq!(h.c.count(E::RouterFragmented), 2);
+    assert_eq!(h.c.count(E::RouterFragments), 4);
+
+    // The middle fragment of another datagram (its own identification), alone: its first
+    // fragment never came.
+    let stray = fragments(
+        &without_df(udp4_tagged(
+            (INET_GW, QG1),
+            None,
+            (INET, G),
+            (53, port),
+            &bytes(3000, 7),
+        )),
+        1500,
+    );
+    let lone = tagged(&with_ident(stray[1].clone(), 0x5555), 101);
+    h.rx(UPLINK, &[lone]);
+    assert_eq!(h.c.dropped(D::RouterSnatFragment), 1);
+    assert_eq!(h.sink.on(OVERLAY).len(), 5, "nothing more");
 }
 
 /// The snat-outbound shape under callgrind (see [`probe_established`]): 256 connections from

@@ -322,13 +322,67 @@ pub fn udp_flows(
 /// An Ethernet/IPv4/UDP frame, tagged `vid` if given, with TTL 64 and `payload`: built by
 /// etherparse, checksums computed.
 /// `f`, an IPv4 frame (tagged or not), with DF cleared and its header checksum made right.
-pub fn without_df(mut f: Vec<u8>) -> Vec<u8> {
+pub fn without_df(f: Vec<u8>) -> Vec<u8> {
+    edit_ipv4(f, |h| h[6] &= !0x40)
+}
+
+/// `f`, an IPv4 frame (tagged or not), with identification `id` (etherparse writes 0 into
+/// every packet: datagrams that are to be told apart by their fragments need their own).
+pub fn with_ident(f: Vec<u8>, id: u16) -> Vec<u8> {
+    edit_ipv4(f, |h| h[4..6].copy_from_slice(&id.to_be_bytes()))
+}
+
+/// `f` with its IPv4 header changed by `edit`, the header checksum made right again.
+fn edit_ipv4(mut f: Vec<u8>, edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
     let at = if f[12..14] == [0x81, 0x00] { 18 } else { 14 };
-    f[at + 6] &= !0x40;
+    edit(&mut f[at..]);
     let mut ip = etherparse::Ipv4Header::from_slice(&f[at..]).unwrap().0;
     ip.header_checksum = ip.calc_header_checksum();
     f[at + 10..at + 12].copy_from_slice(&ip.header_checksum.to_be_bytes());
     f
+}
+
+/// The VNI and the inner frame of VXLAN frame `f` (outer IPv4 without options).
+pub fn inner_of(f: &[u8]) -> (u32, Vec<u8>) {
+    let vni = u32::from_be_bytes([0, f[46], f[47], f[48]]);
+    (vni, f[50..].to_vec())
+}
+
+/// Tags untagged frame `f` with VLAN `vid`.
+pub fn tagged(f: &[u8], vid: u16) -> Vec<u8> {
+    let mut g = f[..12].to_vec();
+    g.extend_from_slice(&[0x81, 0x00]);
+    g.extend_from_slice(&vid.to_be_bytes());
+    g.extend_from_slice(&f[12..]);
+    g
+}
+
+/// Tagged frame `f` without its tag (which must be `vid`).
+pub fn untagged(f: &[u8], vid: u16) -> Vec<u8> {
+    assert_eq!(
+        f[12..16],
+        [0x81, 0x00, (vid >> 8) as u8, vid as u8],
+        "tagged {vid}"
+    );
+    let mut g = f[..12].to_vec();
+    g.extend_from_slice(&f[16..]);
+    g
+}
+
+/// Untagged IPv4 frame `f` cut into fragments of at most `mtu` bytes of IP, as a sender's own
+/// stack cuts a datagram too big for its link.
+pub fn fragments(f: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    crate::packet::frag::fragment_v4(TestBuf::new(f), mtu, |q| out.push(q.data().to_vec()))
+        .expect("fragmentable");
+    out
+}
+
+/// Whether the UDP datagram `d` (header and payload) from `src` to `dst` has a right
+/// checksum.
+pub fn udp_sum_ok(d: &[u8], src: [u8; 4], dst: [u8; 4]) -> bool {
+    use crate::packet::checksum::{fold, pseudo_v4, sum};
+    fold(sum(d, pseudo_v4(src, dst, 17, d.len() as u16))) == 0xffff
 }
 
 /// The IPv4 datagram that `frags` (untagged frames, in the order sent) carry, put back
