@@ -24,7 +24,8 @@
 //! sees the real source (100.64.0.9) and answers; the Internet host sees 203.0.113.17, also
 //! as the source of the instance's own outbound connections (TCP, UDP, ping). ICMP errors
 //! find their sockets both ways (the quoted packet is translated too), and the path MTU of
-//! the instance's network (1450) is reported from the fg address. On the provider veth every
+//! the instance's network (1450) is reported from the fg address; without DF, a 1,500-byte
+//! datagram reaches the instance in the two fragments the router cuts for that network. On the provider veth every
 //! frame carries VLAN 101, the proxy-ARP reply for 203.0.113.17 and every translated frame
 //! come from the fg MAC, and the fixed IP never appears; the instance's security group still
 //! applies (a port it does not open stays closed) and an address that is no floating IP here
@@ -46,9 +47,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::{
-    add_internet, host_toml_overlay, instance_and_overlay_ports, ping_ok, py, python,
-    tshark_fields, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP,
-    EXT_GW_MAC, INET_IP, VID,
+    add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports, ping_ok, py,
+    python, tshark_fields, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd,
+    EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
 };
 
 // The instance on selfservice1 and router1's interface there.
@@ -966,7 +967,30 @@ fn floating_ip_north_south() {
         s2.0["conntrack"]
     );
 
-    // 5. Path MTU: the instance's network has MTU 1450 (VXLAN in a 1500-byte underlay). A
+    // 5. Without DF a packet too big for the instance's network goes on in fragments, as a
+    // Linux router sends it (before any DF probe, while the Internet host still sends 1500-byte
+    // packets to the floating IP): a 1,500-byte UDP datagram reaches the instance whole, put
+    // back together from the two fragments the router made, and the small answer comes back.
+    // (Only a datagram that arrives whole: DPDK's af_packet PMD joins a PACKET_FANOUT group
+    // with PACKET_FANOUT_FLAG_DEFRAG, so the kernel hands vswitchd fragments put back
+    // together; fragments arriving are tested in the unit tests.)
+    let seen = big_udp_exchange(&topo, &inet, (&i1, I1_IP), (FIP, UDP_IN), (1472, 100));
+    assert_eq!(
+        seen, INET_IP,
+        "the instance sees the Internet host's own address"
+    );
+    let s2b = vs.stats_when(|s| s.event_delta(&s2, "router.fragmented") >= 1);
+    assert_eq!(
+        (
+            s2b.event_delta(&s2, "router.fragmented"),
+            s2b.event_delta(&s2, "router.fragments")
+        ),
+        (1, 2),
+        "the 1,500-byte datagram, sent to the instance in two fragments"
+    );
+    let s2 = s2b;
+
+    // 6. Path MTU: the instance's network has MTU 1450 (VXLAN in a 1500-byte underlay). A
     // 1450-byte DF packet to the floating IP passes; a 1500-byte one gets fragmentation
     // needed with MTU 1450 from the floating IP gateway's address, after which the Internet
     // host's kernel knows the path MTU and refuses the next one itself.
@@ -996,7 +1020,7 @@ fn floating_ip_north_south() {
         "router.icmp_error_sent: one fragmentation needed"
     );
 
-    // 6. Still firewalled: a port the instance's group does not open is closed to the
+    // 7. Still firewalled: a port the instance's group does not open is closed to the
     // floating IP (dropped, not reset: the connection attempt times out).
     let (rc, text) = run_text(
         &topo,
@@ -1015,7 +1039,7 @@ fn floating_ip_north_south() {
         "firewall.ingress_denied for the SYN(s) to port {TCP_CLOSED}: {denied}"
     );
 
-    // 7. Not a floating IP of this host (203.0.113.20 is associated with nothing): sent to
+    // 8. Not a floating IP of this host (203.0.113.20 is associated with nothing): sent to
     // the fg MAC anyway (a static neighbour entry), it is neither answered nor translated.
     topo.ok(
         &inet,
@@ -1056,7 +1080,7 @@ fn floating_ip_north_south() {
         eprintln!("--- provider veth, except TCP:\n{text}");
     }
 
-    // 8. The wire and the instance.
+    // 9. The wire and the instance.
     let (icmp, tcp, udp) = assert_provider_wire(&wire);
     eprintln!(
         "[{}] from {FIP} on the wire: {icmp} ICMP, {tcp} TCP, {udp} UDP",
@@ -1073,7 +1097,7 @@ fn floating_ip_north_south() {
         topo.name
     );
 
-    // 9. Counters: everything to and from the Internet host was translated on this host,
+    // 10. Counters: everything to and from the Internet host was translated on this host,
     // nothing went to the network node's SNAT port or anywhere on the overlay, and the only
     // drops are the ones provoked above (the closed port, the foreign address).
     let end = vs.stats();

@@ -21,7 +21,8 @@
 //! ```
 //!
 //! Both instances ping the Internet host and exchange data with its TCP server, which sees
-//! the router's gateway address, never a fixed IP; 20 connections opened together from both
+//! the router's gateway address, never a fixed IP; a 1,500-byte UDP answer (DF clear) comes
+//! back to i1 in the two fragments network1's router cuts for the 1450-byte network; 20 connections opened together from both
 //! instances get 20 distinct source ports; with `[conntrack] snat_ports = [20000, 20002]`
 //! (network1 restarted), three long-lived connections to the server work, a fourth finds no
 //! port (its SYNs are dropped, counted as `router.snat_exhausted`: the client times out) and
@@ -50,9 +51,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::{
-    add_internet, host_toml_overlay, instance_and_overlay_ports, ping_ok, python, tshark_fields,
-    Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC,
-    INET_IP, VID,
+    add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports, ping_ok, python,
+    tshark_fields, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP,
+    EXT_GW_MAC, INET_IP, VID,
 };
 
 const I1_MAC: &str = "fa:16:3e:00:01:04";
@@ -732,6 +733,27 @@ fn centralized_snat_north_south() {
             local[0], peers[0].0, peers[0].1
         );
     }
+
+    // A UDP answer too big for the instance's network (1,500 bytes of IP, DF clear) comes back
+    // through network1 in the two fragments its router makes (each VXLAN-encapsulated to
+    // compute1), and i1 puts it back together; the server saw the gateway address.
+    let seen = big_udp_exchange(
+        &topo,
+        &i1,
+        (&inet, INET_IP),
+        (INET_IP, PORT + 1),
+        (100, 1472),
+    );
+    assert_eq!(seen, QG_IP, "the server sees the router's gateway address");
+    let n = vs3.stats_when(|s| s.event_delta(&n1_0, "router.fragmented") >= 1);
+    assert_eq!(
+        (
+            n.event_delta(&n1_0, "router.fragmented"),
+            n.event_delta(&n1_0, "router.fragments")
+        ),
+        (1, 2),
+        "network1 sent the answer in two fragments"
+    );
 
     // 2. 20 connections at once, 10 from each instance: 20 distinct source ports at the
     // server, all from the gateway address, all complete.

@@ -35,6 +35,83 @@ pub fn ping_ok(topo: &Topology, ns: &str, dst: &str, count: u32, warmup_s: u32) 
     assert!(text.contains(&format!("{count} received")), "{text}");
 }
 
+/// A UDP server on `argv[1]:argv[2]` for [`big_udp_exchange`] (bound to the address it is
+/// asked at, so that it answers from that address): answers one datagram. It
+/// prints "got LEN SHA256 FROM", then sends back as many bytes as the datagram's first 8 ASCII
+/// digits ask for (DF clear: `IP_PMTUDISC_DONT`), starting with the length and SHA-256 of what
+/// it got.
+const BIG_UDP_SERVER_PY: &str = r#"
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(20)
+print("listening", flush=True)
+data, peer = s.recvfrom(65535)
+sha = hashlib.sha256(data).hexdigest()
+print("got", len(data), sha, peer[0], flush=True)
+head = ("%08d%s" % (len(data), sha)).encode()
+want = int(data[:8])
+s.sendto(head + bytes((k * 7) % 256 for k in range(want - len(head))), peer)
+"#;
+
+/// The client of [`BIG_UDP_SERVER_PY`]: sends `argv[3]` random bytes (DF clear) to
+/// `argv[1]:argv[2]` asking for `argv[4]` back; checks the answer's length and that it
+/// names what was sent; prints "ok SENT GOT".
+const BIG_UDP_CLIENT_PY: &str = r#"
+import hashlib, os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT
+s.settimeout(5)
+size, want = int(sys.argv[3]), int(sys.argv[4])
+data = b"%08d" % want + os.urandom(size - 8)
+s.sendto(data, (sys.argv[1], int(sys.argv[2])))
+back, peer = s.recvfrom(65535)
+head = ("%08d%s" % (len(data), hashlib.sha256(data).hexdigest())).encode()
+assert len(back) == want, "got %d bytes back, not %d" % (len(back), want)
+assert back.startswith(head), "the answer names another datagram"
+print("ok", len(data), len(back), flush=True)
+"#;
+
+/// One UDP exchange of datagrams too big for some link on the way, with DF clear so that a
+/// router on the way may fragment them: `client` (a namespace) sends `sizes.0` bytes of UDP
+/// payload to `dst`:`port`, which reaches [`BIG_UDP_SERVER_PY`] on `bind`:`port` in namespace
+/// `server`, and gets `sizes.1` back. Asserts both arrived whole; returns the server's view of
+/// the sender's address.
+pub fn big_udp_exchange(
+    topo: &Topology,
+    client: &str,
+    (server, bind): (&str, &str),
+    (dst, port): (&str, u16),
+    sizes: (usize, usize),
+) -> String {
+    let port = port.to_string();
+    let mut srv = topo.spawn(
+        server,
+        "big-udp-server",
+        &[python(), "-c", BIG_UDP_SERVER_PY, bind, &port],
+    );
+    assert!(
+        srv.wait_for("listening", Duration::from_secs(10)),
+        "{}",
+        srv.stderr_text()
+    );
+    let (a, b) = (sizes.0.to_string(), sizes.1.to_string());
+    let out = py(topo, client, BIG_UDP_CLIENT_PY, &[dst, &port, &a, &b]);
+    assert!(out.contains(&format!("ok {a} {b}")), "{out}");
+    let file = srv.stdout.clone();
+    let st = srv.wait(Duration::from_secs(10));
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    assert!(st.success(), "UDP server: {text}");
+    let got: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("got "))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(got.get(1), Some(&a.as_str()), "the server got: {text}");
+    got.get(3).map(|s| s.to_string()).unwrap_or_default()
+}
+
 /// Runs a python snippet (with scapy importable) inside `ns` with `args`; asserts success
 /// and returns its stdout.
 pub fn py(topo: &Topology, ns: &str, code: &str, args: &[&str]) -> String {
