@@ -25,11 +25,11 @@
 //! as the source of the instance's own outbound connections (TCP, UDP, ping). ICMP errors
 //! find their sockets both ways (the quoted packet is translated too), and the path MTU of
 //! the instance's network (1450) is reported from the fg address; without DF, a 1,500-byte
-//! datagram reaches the instance in the two fragments the router cuts for that network. On the provider veth every
-//! frame carries VLAN 101, the proxy-ARP reply for 203.0.113.17 and every translated frame
-//! come from the fg MAC, and the fixed IP never appears; the instance's security group still
-//! applies (a port it does not open stays closed) and an address that is no floating IP here
-//! is not translated.
+//! datagram reaches the instance in the two fragments the router cuts for that network. On
+//! the provider veth every frame carries VLAN 101, the proxy-ARP reply for 203.0.113.17 and
+//! every translated frame come from the fg MAC, and the fixed IP never appears; the
+//! instance's security group still applies (a port it does not open stays closed) and an
+//! address that is no floating IP here is not translated.
 //!
 //! "eth0.101" is a kernel VLAN subinterface where the kernel has 802.1Q (`ip link add ...
 //! type vlan id 101`). Where it has none (`CONFIG_VLAN_8021Q` unset, as on the machines this

@@ -22,8 +22,9 @@
 //!
 //! Both instances ping the Internet host and exchange data with its TCP server, which sees
 //! the router's gateway address, never a fixed IP; a 1,500-byte UDP answer (DF clear) comes
-//! back to i1 in the two fragments network1's router cuts for the 1450-byte network; 20 connections opened together from both
-//! instances get 20 distinct source ports; with `[conntrack] snat_ports = [20000, 20002]`
+//! back to i1 in the two fragments network1's router cuts for the 1450-byte network; 20
+//! connections opened together from both instances get 20 distinct source ports; with
+//! `[conntrack] snat_ports = [20000, 20002]`
 //! (network1 restarted), three long-lived connections to the server work, a fourth finds no
 //! port (its SYNs are dropped, counted as `router.snat_exhausted`: the client times out) and
 //! the three still carry data afterwards. The provider veth shows VLAN 101 only, the gateway
