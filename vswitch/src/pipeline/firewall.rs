@@ -53,7 +53,7 @@ struct FragEntry {
     /// [`FRAG_HERE`], or the core the first fragment went to.
     to: u16,
     used: bool,
-    /// Centralized SNAT: the address the first fragment's was translated to (else 0).
+    /// Centralized SNAT: the address the first fragment was translated to (else 0).
     addr: u32,
 }
 

@@ -1252,14 +1252,18 @@ fn snat_out<B: PacketBuf, T: Tracer>(
     }
     let fl = super::conntrack::flow::parse(p.data());
     if fl.kind == Kind::Fragment {
-        // Translated as its first fragment was, from the gateway address.
-        let nat = Nat {
-            snat: Some(sn.ip),
-            central: true,
-            ..Default::default()
-        };
         return Some(snat_later_fragment(
-            p, x, sn, &fl, s, c, i, tr, dst, total, df, nat,
+            p,
+            x,
+            sn,
+            &fl,
+            s,
+            c,
+            i,
+            tr,
+            Some(dst),
+            total,
+            df,
         ));
     }
     let echo = match fl.kind {
@@ -1359,10 +1363,11 @@ fn snat_out<B: PacketBuf, T: Tracer>(
     Some(translate(p, x, x, s, c, i, tr, dst, total, df, nat))
 }
 
-/// A later fragment through centralized SNAT (either way): it carries no ports, so it follows
-/// its datagram's first fragment, translated by `nat` (the address that one got) on the core
-/// that translated that one; with no such first fragment in the last [`FRAG_MS`] ms it is
-/// dropped (`router.snat_fragment`).
+/// A later fragment through centralized SNAT: it carries no ports, so it follows its
+/// datagram's first fragment, on the core that translated that one, to the address that one
+/// got: on the way out (`out_to`: its destination) from the gateway address, on the way back
+/// to the instance's. With no such first fragment in the last [`FRAG_MS`] ms it is dropped
+/// (`router.snat_fragment`).
 ///
 /// [`FRAG_MS`]: super::firewall::FRAG_MS
 #[allow(clippy::too_many_arguments)]
@@ -1375,10 +1380,9 @@ fn snat_later_fragment<B: PacketBuf, T: Tracer>(
     c: &mut BatchCounters,
     i: usize,
     tr: &mut T,
-    route_to: u32,
+    out_to: Option<u32>,
     total: usize,
     df: bool,
-    nat: Nat,
 ) -> Result<Verdict, D> {
     let key = fl.key.with_zone(sn.zone);
     let id = fl.frag.unwrap_or(0);
@@ -1393,13 +1397,31 @@ fn snat_later_fragment<B: PacketBuf, T: Tracer>(
             );
             Ok(Verdict::Handoff(to))
         }
-        Some(_) => {
+        Some((_, addr)) => {
             trace!(
                 tr,
                 i,
                 "router",
                 "fragment id {id} of {key}: translated as its first fragment"
             );
+            let (route_to, nat) = match out_to {
+                Some(dst) => (
+                    dst,
+                    Nat {
+                        snat: Some(addr),
+                        central: true,
+                        ..Default::default()
+                    },
+                ),
+                None => (
+                    addr,
+                    Nat {
+                        dnat: Some(addr),
+                        central: true,
+                        ..Default::default()
+                    },
+                ),
+            };
             translate(p, x, x, s, c, i, tr, route_to, total, df, nat)
         }
         None => {
@@ -1476,19 +1498,8 @@ fn snat_in<B: PacketBuf, T: Tracer>(
 ) -> Option<Result<Verdict, D>> {
     let fl = super::conntrack::flow::parse(p.data());
     if fl.kind == Kind::Fragment {
-        // Back to the address its first fragment was translated to (found by `route_v4`'s
-        // caller only for packets to the gateway address).
-        let fixed =
-            s.fw.frags
-                .lookup(&fl.key.with_zone(sn.zone), fl.frag.unwrap_or(0), s.fw.now)
-                .map_or(0, |(_, a)| a);
-        let nat = Nat {
-            dnat: Some(fixed),
-            central: true,
-            ..Default::default()
-        };
         return Some(snat_later_fragment(
-            p, x, sn, &fl, s, c, i, tr, fixed, total, df, nat,
+            p, x, sn, &fl, s, c, i, tr, None, total, df,
         ));
     }
     let (key, ports) = match fl.kind {
