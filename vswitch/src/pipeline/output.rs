@@ -135,9 +135,9 @@ pub fn run<B: PacketBuf, T: Tracer>(
     c: &mut BatchCounters,
     tr: &mut T,
 ) {
-    let o = Out {
-        in_port: b.in_port,
-        from_overlay: t.overlay.as_ref().is_some_and(|o| o.port == b.in_port),
+    let from = Ingress {
+        port: b.in_port,
+        overlay: t.overlay.as_ref().is_some_and(|o| o.port == b.in_port),
     };
     s.encap = Default::default();
     // The egress plan of the last (port, network) pair: a batch rarely has more than a few.
@@ -148,7 +148,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
         // A packet handed to another core goes whole: that core sends it.
         if m.frag_mtu == 0 || matches!(m.next, Next::Handoff(..)) {
             // What is not sent is freed with the batch.
-            if let Some(x) = dispatch(p, m, i, o, &mut cached, t, s, txb, tx, c, tr) {
+            if let Some(x) = dispatch(p, m, i, from, &mut cached, t, s, txb, tx, c, tr) {
                 b.pkts[i] = Some(x);
             }
             continue;
@@ -159,7 +159,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
         let r = crate::packet::frag::fragment_v4(p, m.frag_mtu as usize, |q| {
             n += 1;
             // A fragment the egress refuses is freed here, counted by `dispatch`.
-            drop(dispatch(q, m, i, o, &mut cached, t, s, txb, tx, c, tr));
+            drop(dispatch(q, m, i, from, &mut cached, t, s, txb, tx, c, tr));
         });
         c.events[crate::counters::Event::RouterFragments as usize] += n;
         match r {
@@ -185,12 +185,12 @@ pub fn run<B: PacketBuf, T: Tracer>(
     B::free_bulk(&mut b.pkts[..b.len]);
 }
 
-/// What `run` needs to know of the batch for each packet it sends.
+/// Where the batch came from, as `dispatch` needs it for each packet.
 #[derive(Clone, Copy)]
-struct Out {
-    in_port: u16,
-    /// The batch came from the overlay port (split horizon: never flooded back to VTEPs).
-    from_overlay: bool,
+struct Ingress {
+    port: u16,
+    /// The overlay port (split horizon: never flooded back to VTEPs).
+    overlay: bool,
 }
 
 /// Sends one packet (or one fragment of it) where its metadata says; returns it when it is to
@@ -201,7 +201,7 @@ fn dispatch<B: PacketBuf, T: Tracer>(
     p: B,
     m: &super::Meta,
     i: usize,
-    o: Out,
+    from: Ingress,
     cached: &mut (u32, Plan),
     t: &Tables,
     s: &mut CoreState,
@@ -226,16 +226,16 @@ fn dispatch<B: PacketBuf, T: Tracer>(
                 i,
                 "output",
                 "reply out of port {}",
-                t.ports[o.in_port as usize].name
+                t.ports[from.port as usize].name
             );
             // Back the way it came: on a provider port, with the VLAN tag of its network
             // (taken off on the way in).
             let vid = t
                 .ports
-                .get(o.in_port as usize)
+                .get(from.port as usize)
                 .zip(t.networks.get(net as usize))
                 .and_then(|(pe, ne)| super::provider::egress_vlan(pe, ne));
-            send(p, o.in_port, Ok(vid), i, t, txb, tx, c, tr);
+            send(p, from.port, Ok(vid), i, t, txb, tx, c, tr);
         }
         Next::Consumed => return Some(p),
         Next::Handoff(core, stage, _) => {
@@ -243,7 +243,7 @@ fn dispatch<B: PacketBuf, T: Tracer>(
             let h = super::Handoff {
                 p,
                 meta: *m,
-                in_port: o.in_port,
+                in_port: from.port,
                 stage,
                 generation: t.generation,
             };
@@ -261,13 +261,13 @@ fn dispatch<B: PacketBuf, T: Tracer>(
             };
             // Head-end replication to the network's remote VTEPs, unless the frame came
             // from the overlay (every host floods to the others itself: split horizon).
-            let local_only = o.from_overlay || m.next == Next::FloodLocal;
+            let local_only = from.overlay || m.next == Next::FloodLocal;
             let vteps: &[u16] = if local_only { &[] } else { &n.flood_vteps };
             // The router's own requests (gateway MAC as source) go to this host's instance
             // ports only, the ingress one included: never onto the fabric, where every
             // host's router has that MAC.
             let router_ask = m.next == Next::FloodLocal;
-            let skip = if router_ask { u16::MAX } else { o.in_port };
+            let skip = if router_ask { u16::MAX } else { from.port };
             // What the security groups of instance ports judge a flooded copy by.
             let fl = t.firewall.then(|| super::conntrack::flow::parse(p.data()));
             let to = |q: u16| {
