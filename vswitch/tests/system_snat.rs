@@ -292,6 +292,19 @@ fn start_network(
     )
 }
 
+/// A topology `tag` (see [`Topology::new`]; `None`: system tests are skipped here) with the
+/// switch namespaces of compute1, compute2 and network1 on one underlay; also returns the
+/// underlay's namespace.
+fn three_hosts(tag: &str) -> Option<(Topology, [String; 3], String)> {
+    let mut topo = Topology::new(tag)?;
+    let sw = ["sw1", "sw2", "sw3"].map(|role| topo.add_switch_ns(role));
+    let ulnet = add_underlay(
+        &mut topo,
+        &[(&sw[0], UL1_MAC), (&sw[1], UL2_MAC), (&sw[2], UL3_MAC)],
+    );
+    Some((topo, sw, ulnet))
+}
+
 /// The underlay: [`add_segment`] `ulnet` with each switch's `ul` plugged in (the switch ends
 /// carry the given MACs: af_packet takes them as the overlay ports').
 fn add_underlay(topo: &mut Topology, switches: &[(&str, &str)]) -> String {
@@ -681,19 +694,12 @@ fn assert_underlay(pcap: &Path) -> (usize, usize) {
 #[test]
 fn centralized_snat_north_south() {
     let started = Instant::now();
-    let Some(mut topo) = Topology::new("snatns") else {
+    let Some((mut topo, [sw1, sw2, sw3], ulnet)) = three_hosts("snatns") else {
         return;
     };
-    let sw1 = topo.add_switch_ns("sw1");
-    let sw2 = topo.add_switch_ns("sw2");
-    let sw3 = topo.add_switch_ns("sw3");
     let (cidr1, cidr2) = (format!("{I1_IP}/24"), format!("{I2_IP}/24"));
     let i1 = topo.add_instance("i1", &sw1, "vm1", &selfservice1(I1_MAC, &cidr1));
     let i2 = topo.add_instance("i2", &sw2, "vm2", &selfservice1(I2_MAC, &cidr2));
-    let ulnet = add_underlay(
-        &mut topo,
-        &[(&sw1, UL1_MAC), (&sw2, UL2_MAC), (&sw3, UL3_MAC)],
-    );
     let (inet, _vlan_tap) = add_internet(&mut topo, &sw3, &[]);
     let cap_wire = topo.capture_with(&inet, "eth0", "cap-provider", &["-s", SNAP, "-B", "8192"]);
     let cap_ul = topo.capture_with(
@@ -1248,20 +1254,13 @@ fn assert_hairpin_wire(pcap: &Path) -> [usize; 4] {
 #[test]
 fn floating_ip_reached_from_instances_on_another_host() {
     let started = Instant::now();
-    let Some(mut topo) = Topology::new("fiphop") else {
+    let Some((mut topo, [sw1, sw2, sw3], _)) = three_hosts("fiphop") else {
         return;
     };
-    let sw1 = topo.add_switch_ns("sw1");
-    let sw2 = topo.add_switch_ns("sw2");
-    let sw3 = topo.add_switch_ns("sw3");
     let cidrs = [I1_IP, I2_IP, I3_IP].map(|ip| format!("{ip}/24"));
     let i1 = topo.add_instance("i1", &sw1, "vm1", &selfservice1(I1_MAC, &cidrs[0]));
     let i2 = topo.add_instance("i2", &sw2, "vm2", &selfservice1(I2_MAC, &cidrs[1]));
     let i3 = topo.add_instance("i3", &sw1, "vm3", &selfservice1(I3_MAC, &cidrs[2]));
-    add_underlay(
-        &mut topo,
-        &[(&sw1, UL1_MAC), (&sw2, UL2_MAC), (&sw3, UL3_MAC)],
-    );
     let provnet = add_segment(
         &mut topo,
         "provnet",

@@ -333,13 +333,10 @@ fn an_icmp_error_about_a_translated_connection_reaches_the_instance_as_about_its
     assert_eq!(qh.header_checksum, qh.calc_header_checksum());
 }
 
-/// Two workers, packets arriving on either (as RSS spreads them): every connection is
-/// translated on the core that owns it, with a port whose replies that core owns too, so both
-/// directions meet the same entry wherever they arrive, and the two cores' ports never collide.
-#[test]
-fn two_workers_translate_each_connection_on_its_owner_core_without_port_collisions() {
-    use super::firewall_tests::TwoCores;
-    let mut x = TwoCores::new(tables([1024, 65535]));
+/// network1 with two workers (cores 0 and 1), each knowing compute1's VTEP and the external
+/// gateway.
+fn two_workers() -> super::firewall_tests::TwoCores {
+    let mut x = super::firewall_tests::TwoCores::new(tables([1024, 65535]));
     for (k, s) in x.s.iter().enumerate() {
         s.neigh.set_static(
             "10.0.0.11".parse().unwrap(),
@@ -350,6 +347,15 @@ fn two_workers_translate_each_connection_on_its_owner_core_without_port_collisio
     for core in 0..2 {
         x.rx(core, UPLINK, arp101(INET_GW, EXT_GW, QG1, G));
     }
+    x
+}
+
+/// Two workers, packets arriving on either (as RSS spreads them): every connection is
+/// translated on the core that owns it, with a port whose replies that core owns too, so both
+/// directions meet the same entry wherever they arrive, and the two cores' ports never collide.
+#[test]
+fn two_workers_translate_each_connection_on_its_owner_core_without_port_collisions() {
+    let mut x = two_workers();
     let n = 24u16;
     let mut handed = 0;
     let mut ports = Vec::new();
@@ -404,17 +410,7 @@ fn two_workers_translate_each_connection_on_its_owner_core_without_port_collisio
 /// leaves a note, so the later ones follow it there, both ways.
 #[test]
 fn two_workers_send_every_fragment_where_its_first_went() {
-    use super::firewall_tests::TwoCores;
-    let mut x = TwoCores::new(tables([1024, 65535]));
-    for s in &x.s {
-        s.neigh.set_static(
-            "10.0.0.11".parse().unwrap(),
-            crate::tables::mac_u64(&mac(C1_MAC).0),
-        );
-    }
-    for core in 0..2 {
-        x.rx(core, UPLINK, arp101(INET_GW, EXT_GW, QG1, G));
-    }
+    let mut x = two_workers();
     let body = |k: u16| -> Vec<u8> { (0..2000).map(|j| (j + k as usize) as u8).collect() };
     let mut handed = 0;
     let mut ports = Vec::new();
@@ -482,7 +478,6 @@ fn two_workers_send_every_fragment_where_its_first_went() {
 /// owner hash must not cancel equal ports), and every reply comes back.
 #[test]
 fn two_workers_translate_every_echo_identifier() {
-    use super::firewall_tests::TwoCores;
     let echo = |src: [u8; 4], dst: [u8; 4], id: u16, request: bool| {
         let mut inner = Vec::new();
         let b = etherparse::PacketBuilder::ethernet2(
@@ -519,16 +514,7 @@ fn two_workers_translate_every_echo_identifier() {
             _ => panic!("not ICMP"),
         }
     };
-    let mut x = TwoCores::new(tables([1024, 65535]));
-    for s in &x.s {
-        s.neigh.set_static(
-            "10.0.0.11".parse().unwrap(),
-            crate::tables::mac_u64(&mac(C1_MAC).0),
-        );
-    }
-    for core in 0..2 {
-        x.rx(core, UPLINK, arp101(INET_GW, EXT_GW, QG1, G));
-    }
+    let mut x = two_workers();
     // Two instances pinging eight hosts: (source, destination) pairs whose owners differ.
     let mut sent = Vec::new();
     for (k, (src, last)) in [X1, X2]
