@@ -416,6 +416,31 @@ fn east_west_to_another_host_is_routed_and_tunnelled_with_the_dvr_mac() {
 }
 
 #[test]
+fn a_packet_too_big_for_the_egress_network_is_shown_leaving_in_fragments() {
+    let (t, shared, s) = east_west();
+    // 1,472 bytes of IP without DF; selfservice2 takes 1,450 (VXLAN over a 1,500 underlay).
+    let s = PacketSpec {
+        payload_len: Some(1444),
+        df: Some(false),
+        ..s
+    };
+    let r = trace_spec(&t, &shared, &s).unwrap();
+    let lines = r.lines.join("\n");
+    for want in [
+        "router: 1472 bytes > egress MTU 1450, DF clear: sent in fragments",
+        "output: vxlan to VTEP 10.0.0.12 by port overlay",
+        "output: sent in 2 fragments of at most 1450 bytes",
+    ] {
+        assert!(lines.contains(want), "missing {want:?} in:\n{lines}");
+    }
+    assert_eq!(r.outputs.len(), 2, "{lines}");
+    let lens: Vec<usize> = r.outputs.iter().map(|o| o.len).collect();
+    assert_eq!(lens, [50 + 14 + 1444, 50 + 14 + 48], "two VXLAN frames");
+    assert_eq!(r.counters.get("router.fragmented"), Some(&1));
+    assert_eq!(r.counters.get("router.fragments"), Some(&2));
+}
+
+#[test]
 fn floating_ip_inbound_is_translated_checked_and_delivered() {
     let t = crate::pipeline::fip_tests::tables_with(crate::pipeline::fip_tests::STATE);
     let shared = shared_with(&["10.0.0.12", "10.0.0.13"]);
