@@ -440,6 +440,42 @@ fn a_datagram_too_big_for_the_instance_network_reaches_it_in_fragments() {
     assert_eq!(h.c.count(E::FipDnat), 3);
 }
 
+/// A UDP flow the flow cache answers still gets a datagram too big for the instance's network
+/// through: the cached answer holds only datagrams within the MTU, so that one takes the
+/// stages and leaves in fragments, and the next small one is answered from the cache again.
+#[test]
+fn a_cached_flow_s_datagram_too_big_for_the_network_takes_the_stages_into_fragments() {
+    let mut h = harness_with(&state_with_groups("0.0.0.0/0"));
+    let query = |len: usize| {
+        without_df(udp4_tagged(
+            (INET_GW, FG1),
+            Some(101),
+            (INET, F1),
+            (40000, 53),
+            &vec![7u8; len],
+        ))
+    };
+    let answer = udp4_tagged((M1, GW1), None, (X1, INET), (53, 40000), &[9; 30]);
+    resolve_external_gateway(&mut h);
+    for _ in 0..3 {
+        h.rx(UPLINK, &[query(30)]);
+        h.rx(VM1, std::slice::from_ref(&answer));
+    }
+    let hits = h.s.flows.stats.hits;
+    assert!(hits >= 2, "the flow is cached: {:?}", h.s.flows.stats);
+    let before = h.sink.on(VM1).len();
+    h.rx(UPLINK, &[query(1472)]);
+    let out = h.sink.on(VM1);
+    assert_eq!(out.len(), before + 2, "two fragments: {:?}", h.c);
+    let frags: Vec<&[u8]> = out[before..].iter().map(Vec::as_slice).collect();
+    let (ip, d) = reassemble(&frags, 1450);
+    assert_eq!((ip.source, ip.destination, d.len()), (INET, X1, 8 + 1472));
+    assert_eq!(h.s.flows.stats.hits, hits, "not from the cache");
+    h.rx(UPLINK, &[query(30)]);
+    assert_eq!(h.s.flows.stats.hits, hits + 1, "the next one is");
+    assert_eq!(h.sink.on(VM1).len(), before + 3);
+}
+
 /// Hairpin through floating IPs, as the instances' security groups see it: vm2 reaches vm1's
 /// floating IP and vm1's groups judge it by the address vm1 sees it from (vm2's floating IP),
 /// not by vm2's fixed IP; vm1's answer is a reply to vm2's own connection, let in by vm2's
