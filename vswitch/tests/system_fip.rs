@@ -797,14 +797,7 @@ fn floating_ip_north_south() {
         "i1",
         &sw,
         "vm1",
-        &InstanceNet {
-            mac: I1_MAC,
-            cidr: &format!("{I1_IP}/24"),
-            mtu: 1450,
-            cidr6: None,
-            gw: Some(GW1_IP),
-            gw6: None,
-        },
+        &InstanceNet::v4(I1_MAC, &format!("{I1_IP}/24"), 1450, Some(GW1_IP)),
     );
     // The overlay port's peer only listens (no address, no IPv6).
     let rn = topo.add_ns("rn");
@@ -1156,14 +1149,7 @@ struct TwoInstances {
 fn two_instances(name: &str) -> Option<TwoInstances> {
     let mut topo = Topology::new(name)?;
     let sw = topo.add_switch_ns("sw");
-    let net = |mac, cidr| InstanceNet {
-        mac,
-        cidr,
-        mtu: 1450,
-        cidr6: None,
-        gw: Some(GW1_IP),
-        gw6: None,
-    };
+    let net = |mac, cidr| InstanceNet::v4(mac, cidr, 1450, Some(GW1_IP));
     let (c1, c2) = (format!("{I1_IP}/24"), format!("{I2_IP}/24"));
     let i1 = topo.add_instance("i1", &sw, "vm1", &net(I1_MAC, &c1));
     let i2 = topo.add_instance("i2", &sw, "vm2", &net(I2_MAC, &c2));
@@ -1376,14 +1362,7 @@ fn vswitchctl_trace_capture_and_conntrack_on_floating_ip_traffic() {
         "i1",
         &sw,
         "vm1",
-        &InstanceNet {
-            mac: I1_MAC,
-            cidr: &c1,
-            mtu: 1450,
-            cidr6: None,
-            gw: Some(GW1_IP),
-            gw6: None,
-        },
+        &InstanceNet::v4(I1_MAC, &c1, 1450, Some(GW1_IP)),
     );
     let rn = topo.add_ns("rn");
     topo.disable_ipv6(&rn);

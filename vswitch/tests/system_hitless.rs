@@ -128,14 +128,7 @@ fn hitless_updates_lose_no_packet_of_untouched_flows() {
     let mut ns = Vec::new();
     for (role, port, _, mac, ip) in INSTS {
         let cidr = format!("{ip}/24");
-        let n = InstanceNet {
-            mac,
-            cidr: &cidr,
-            mtu: 1500,
-            cidr6: None,
-            gw: None,
-            gw6: None,
-        };
+        let n = InstanceNet::v4(mac, &cidr, 1500, None);
         ns.push(topo.add_instance(role, &sw, port, &n));
     }
     let idle = topo.add_ns("idle");

@@ -355,14 +355,7 @@ fn add_segment(
 
 /// An instance's `eth0` on selfservice1 (`cidr`, MTU 1450, router1 as default gateway).
 fn selfservice1<'a>(mac: &'a str, cidr: &'a str) -> InstanceNet<'a> {
-    InstanceNet {
-        mac,
-        cidr,
-        mtu: 1450,
-        cidr6: None,
-        gw: Some(GW1_IP),
-        gw6: None,
-    }
+    InstanceNet::v4(mac, cidr, 1450, Some(GW1_IP))
 }
 
 // --- traffic --------------------------------------------------------------------------------

@@ -192,14 +192,7 @@ fn add_instance(
     ip: &str,
 ) -> String {
     let cidr = format!("{ip}/24");
-    let n = InstanceNet {
-        mac,
-        cidr: &cidr,
-        mtu: 1450,
-        cidr6: None,
-        gw: None,
-        gw6: None,
-    };
+    let n = InstanceNet::v4(mac, &cidr, 1450, None);
     topo.add_instance(role, sw, sw_if, &n)
 }
 

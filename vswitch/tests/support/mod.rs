@@ -176,6 +176,20 @@ pub struct InstanceNet<'a> {
     pub gw6: Option<&'a str>,
 }
 
+impl<'a> InstanceNet<'a> {
+    /// IPv4 only (IPv6 switched off): `cidr`, MTU `mtu`, default route via `gw` if any.
+    pub fn v4(mac: &'a str, cidr: &'a str, mtu: u32, gw: Option<&'a str>) -> Self {
+        InstanceNet {
+            mac,
+            cidr,
+            mtu,
+            cidr6: None,
+            gw,
+            gw6: None,
+        }
+    }
+}
+
 pub struct Topology {
     /// `vst-<tag>-<pid>`: namespace prefix, also used as the DPDK `--file-prefix`.
     pub name: String,
