@@ -360,6 +360,38 @@ mod tests {
     }
 
     proptest! {
+        /// Any bytes at all, any MTU: no panic; what is made fits the MTU, or is the packet
+        /// whole when it already did.
+        #[test]
+        fn any_bytes_are_cut_or_refused_never_a_panic(
+            mut f in proptest::collection::vec(any::<u8>(), 0..3000),
+            mtu in 0usize..2000,
+            ipv4 in any::<bool>(),
+        ) {
+            if ipv4 && f.len() >= 34 {
+                // Often enough a header that parses: version 4, a length within the frame.
+                f[14] = 0x40 | (f[14] & 0x0f).max(5);
+                let tl = (f.len() - 14).min(u16::MAX as usize) as u16;
+                f[16..18].copy_from_slice(&tl.to_be_bytes());
+            }
+            let mut out = Vec::new();
+            match fragment_v4(TestBuf::new(&f), mtu, |q| out.push(q.data().to_vec())) {
+                Ok(1) => prop_assert_eq!(&out, &vec![f.clone()]),
+                Ok(n) => {
+                    prop_assert_eq!(out.len(), n);
+                    for g in &out {
+                        prop_assert!(g.len() - 14 <= mtu);
+                    }
+                }
+                Err((back, e)) => {
+                    prop_assert_eq!(e, FragError::Unfit);
+                    prop_assert!(out.is_empty());
+                    let back = back.unwrap();
+                    prop_assert_eq!(back.data(), &f[..]);
+                }
+            }
+        }
+
         /// Whatever the size, MTU, options and offset: the fragments fit the MTU, carry
         /// every payload byte once in order, and the first one's header is the original's
         /// but for length, flags and checksum.
