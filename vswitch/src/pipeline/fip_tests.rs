@@ -422,11 +422,10 @@ fn a_datagram_too_big_for_the_instance_network_reaches_it_in_fragments() {
     let out = h.sink.on(VM1);
     assert_eq!(out.len(), 5, "drops {:?}", h.c.drops);
     for (frags, sent) in [(&out[..2], &whole), (&out[2..], &big)] {
-        let frags: Vec<&[u8]> = frags.iter().map(Vec::as_slice).collect();
-        for f in &frags {
+        for f in frags {
             assert_eq!((&f[..6], &f[6..12]), (&mac(M1).0[..], &mac(GW1).0[..]));
         }
-        let (ip, d) = reassemble(&frags, 1450);
+        let (ip, d) = reassemble(frags, 1450);
         assert_eq!((ip.source, ip.destination, ip.time_to_live), (INET, X1, 63));
         assert_eq!(d[..6], sent[34..40], "ports and length as sent");
         assert_eq!(d[8..], sent[42..], "the payload");
@@ -467,8 +466,7 @@ fn a_cached_flow_s_datagram_too_big_for_the_network_takes_the_stages_into_fragme
     h.rx(UPLINK, &[query(1472)]);
     let out = h.sink.on(VM1);
     assert_eq!(out.len(), before + 2, "two fragments: {:?}", h.c);
-    let frags: Vec<&[u8]> = out[before..].iter().map(Vec::as_slice).collect();
-    let (ip, d) = reassemble(&frags, 1450);
+    let (ip, d) = reassemble(&out[before..], 1450);
     assert_eq!((ip.source, ip.destination, d.len()), (INET, X1, 8 + 1472));
     assert_eq!(h.s.flows.stats.hits, hits, "not from the cache");
     h.rx(UPLINK, &[query(30)]);

@@ -414,8 +414,7 @@ fn oversized_packet_without_df_leaves_in_fragments() {
         );
         inner.push(i);
     }
-    let frags: Vec<&[u8]> = inner.iter().map(Vec::as_slice).collect();
-    let (ip, payload) = reassemble(&frags, 1450);
+    let (ip, payload) = reassemble(&inner, 1450);
     assert_eq!(ip.time_to_live, 63, "routed once");
     assert_eq!((ip.source, ip.destination), (IP1, IPR2));
     assert_eq!(ip.identification, u16::from_be_bytes([f[18], f[19]]));

@@ -435,7 +435,7 @@ fn two_workers_send_every_fragment_where_its_first_went() {
             .iter()
             .map(|f| untagged(f, 101))
             .collect();
-        let (ip, d) = reassemble(&frags.iter().map(Vec::as_slice).collect::<Vec<_>>(), 1500);
+        let (ip, d) = reassemble(&frags, 1500);
         assert_eq!((ip.source, d[8..].to_vec()), (G, body(k)), "datagram {k}");
         assert!(udp_sum_ok(&d, G, INET));
         ports.push(u16::from_be_bytes([d[0], d[1]]));
@@ -462,7 +462,7 @@ fn two_workers_send_every_fragment_where_its_first_went() {
         // 2,008 bytes of UDP: 1,480 + 528 from the server, the first cut again (1,424 + 56).
         assert_eq!(ov.len(), 3 * (k + 1), "answer {k}: {:?}", x.c);
         let inner: Vec<Vec<u8>> = ov[ov.len() - 3..].iter().map(|f| inner_of(f).1).collect();
-        let (ip, d) = reassemble(&inner.iter().map(Vec::as_slice).collect::<Vec<_>>(), 1450);
+        let (ip, d) = reassemble(&inner, 1450);
         assert_eq!(
             (ip.destination, u16::from_be_bytes([d[2], d[3]])),
             (X1, 40000 + k as u16)
@@ -751,7 +751,7 @@ fn fragmented_datagrams_cross_centralized_snat_both_ways() {
     h.rx(OVERLAY, &out);
     let up: Vec<Vec<u8>> = h.sink.on(UPLINK).iter().map(|f| untagged(f, 101)).collect();
     assert_eq!(up.len(), 3, "drops {:?}", h.c.drops);
-    let (ip, d) = reassemble(&up.iter().map(Vec::as_slice).collect::<Vec<_>>(), 1500);
+    let (ip, d) = reassemble(&up, 1500);
     assert_eq!((ip.source, ip.destination), (G, INET));
     let port = u16::from_be_bytes([d[0], d[1]]);
     assert!(port >= 1024, "a port of the range: {port}");
@@ -790,7 +790,7 @@ fn fragmented_datagrams_cross_centralized_snat_both_ways() {
     for f in &inner {
         assert_eq!((&f[..6], &f[6..12]), (&mac(M1).0[..], &mac(SNAT1).0[..]));
     }
-    let (ip, d) = reassemble(&inner.iter().map(Vec::as_slice).collect::<Vec<_>>(), 1450);
+    let (ip, d) = reassemble(&inner, 1450);
     assert_eq!((ip.source, ip.destination), (INET, X1));
     assert_eq!(u16::from_be_bytes([d[2], d[3]]), 40000);
     assert_eq!(d[8..], back[42..]);

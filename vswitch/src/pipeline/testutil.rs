@@ -390,12 +390,13 @@ pub fn udp_sum_ok(d: &[u8], src: [u8; 4], dst: [u8; 4]) -> bool {
 /// frame's and within `mtu`, DF clear, the first one's identification, protocol, TTL and
 /// addresses, More Fragments on all but the last, and an offset where the one before ended.
 /// Returns the first fragment's header and the payload.
-pub fn reassemble(frags: &[&[u8]], mtu: usize) -> (etherparse::Ipv4Header, Vec<u8>) {
-    let first = etherparse::Ipv4Header::from_slice(&frags[0][14..])
+pub fn reassemble<F: AsRef<[u8]>>(frags: &[F], mtu: usize) -> (etherparse::Ipv4Header, Vec<u8>) {
+    let first = etherparse::Ipv4Header::from_slice(&frags[0].as_ref()[14..])
         .unwrap()
         .0;
     let mut payload = Vec::new();
     for (k, f) in frags.iter().enumerate() {
+        let f = f.as_ref();
         let ip = etherparse::Ipv4Header::from_slice(&f[14..]).unwrap().0;
         let len = ip.total_len as usize;
         assert_eq!(len, f.len() - 14, "fragment {k}: length");
