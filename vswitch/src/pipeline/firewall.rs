@@ -168,14 +168,36 @@ struct Lookup {
 /// No connection entry.
 const NO_ENTRY: u32 = u32::MAX;
 
-/// A connection entry's TCP tracking, state and flags before a packet moved it on, and the
-/// packet's direction in it (see `FwCore::before`).
+/// A connection entry's TCP tracking, state and flags before a packet moved it on, the
+/// packet's direction in it, and what the packet left (see `FwCore::before`).
 #[derive(Debug, Clone, Copy, Default)]
 struct Before {
     tcp: [TcpPeer; 2],
     state: u8,
     flags: u8,
     dir: u8,
+    after: After,
+}
+
+/// What one packet left in a connection entry: its TCP tracking, deadline and flags. Read
+/// when the packet moved the entry on, not later: another packet of the same connection
+/// further on in the batch may move the entry on again before the receiver's zone is judged.
+#[derive(Debug, Clone, Copy, Default)]
+struct After {
+    tcp: [TcpPeer; 2],
+    expires: u32,
+    flags: u8,
+}
+
+impl After {
+    #[inline(always)]
+    fn of(e: &super::conntrack::Entry) -> After {
+        After {
+            tcp: e.tcp,
+            expires: e.expires,
+            flags: e.flags,
+        }
+    }
 }
 
 impl Before {
@@ -186,6 +208,7 @@ impl Before {
             state: e.state,
             flags: e.flags,
             dir,
+            after: After::default(),
         }
     }
 }
@@ -212,12 +235,12 @@ impl FwCore {
         }
     }
 
-    /// Records packet `i`'s entry state before its egress check moved it on, for the
-    /// ingress check of the same packet (see [`mirror`]).
+    /// Records packet `i`'s entry state before its egress check moved it on and what the
+    /// check left, for the ingress check of the same packet (see [`mirror`]).
     #[inline(always)]
-    fn record_before(&mut self, i: usize, before: Before) {
+    fn record_before(&mut self, i: usize, before: Before, after: After) {
         if let Some(b) = self.before.get_mut(i) {
-            *b = before;
+            *b = Before { after, ..before };
             self.mirrored |= 1 << i;
         }
     }
@@ -387,7 +410,7 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
             if !T::ON && f.mirrored & (1 << i) != 0 && fw.stateful {
                 let (hint, key) = (f.entries[i], slot.key.with_zone(fw.zone));
                 if let Some((idx, dir)) = f.ct.peer_lookup(hint, &key, f.now) {
-                    if mirror(f, i, hint, idx, dir, fw.version) {
+                    if mirror(f, i, idx, dir, fw.version) {
                         f.count(port, true);
                         s.flows.note_ct(i, idx, dir, flowcache::Track::Firewall);
                         s.flows.note_fw(i, port);
@@ -788,9 +811,9 @@ fn fast_path(
                 }
                 e.expires = now.wrapping_add(ttl);
                 e.flags |= (dir & 1) * flag::SEEN_REPLY;
-                let peer = e.peer;
+                let (peer, after) = (e.peer, After::of(e));
                 if hint == NO_ENTRY {
-                    f.record_before(i, before);
+                    f.record_before(i, before, after);
                 } else if peer != hint {
                     f.ct.link_peers(hint, idx);
                 }
@@ -814,7 +837,10 @@ fn fast_path(
         Advanced::To(st) | Advanced::Ignored(st)
             if hint == NO_ENTRY && st == before.state && before.flags & flag::ASSURED != 0 =>
         {
-            f.record_before(i, before)
+            if let Some(e) = f.ct.entry(idx) {
+                let after = After::of(e);
+                f.record_before(i, before, after)
+            }
         }
         _ => {}
     }
@@ -831,19 +857,25 @@ fn fast_path(
     Some((Outcome::Pass, idx))
 }
 
-/// The ingress check of packet `i` through entry `idx` (direction `dir`), whose peer `hint`
-/// in the sender's zone the egress check just passed, without a change of state, from the
-/// state [`FwCore::before`] recorded: when this entry is in exactly that state (same
-/// connection state and TCP tracking, same liberal setting, assured) and admitted under the
-/// port's current rules, the tracking of the same packet here can only end where it ended
-/// there, so the result is copied instead of computed again (`true`: passed). `false`: not
-/// so, judge it in full.
+/// The ingress check of packet `i` through entry `idx` (direction `dir`), whose peer in the
+/// sender's zone the egress check just passed, without a change of state, from the state
+/// [`FwCore::before`] recorded: when this entry is in exactly that state (same connection
+/// state and TCP tracking, same liberal setting, assured) and admitted under the port's
+/// current rules, the tracking of the same packet here can only end where it ended there, so
+/// what the egress check left is copied instead of computed again (`true`: passed). `false`:
+/// not so, judge it in full. What it left, not the sender's entry as it is now: a later
+/// packet of the batch (one that went elsewhere, or was dropped on the way) may have moved
+/// that on since.
 #[inline(always)]
-fn mirror(f: &mut FwCore, i: usize, hint: u32, idx: u32, dir: u8, version: u32) -> bool {
-    let (Some(&b), Some(a)) = (f.before.get(i), f.ct.entry(hint)) else {
+fn mirror(f: &mut FwCore, i: usize, idx: u32, dir: u8, version: u32) -> bool {
+    let Some(&b) = f.before.get(i) else {
         return false;
     };
-    let (tcp, expires, flags) = (a.tcp, a.expires, a.flags);
+    let After {
+        tcp,
+        expires,
+        flags,
+    } = b.after;
     let Some(e) = f.ct.entry_mut(idx) else {
         return false;
     };

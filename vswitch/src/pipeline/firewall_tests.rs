@@ -819,3 +819,24 @@ fn port_fw_liberal(h: &Harness, port: u16) -> bool {
         .as_ref()
         .is_some_and(|f| f.liberal)
 }
+
+/// The receiver's zone takes from the sender's what the same packet left there, not what
+/// the sender's entry holds when the receiver is judged: a later segment of the batch that
+/// never reaches the receiver (here a copy flooded for an unknown MAC, which ingress rules
+/// alone judge) has moved that on since, and the receiver's zone must not count it.
+#[test]
+fn the_receivers_zone_tracks_only_the_segments_that_reach_it() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    h.s.flows.enabled = false;
+    WEB_80.run(&mut h);
+    let to_vm2 = WEB_80.client_after_run(201, "P", 10);
+    let mut flooded = WEB_80.client_after_run(211, "P", 10);
+    flooded[0..6].copy_from_slice(&mac("fa:16:3e:99:99:99").0);
+    let n = h.sink.on(VM2).len();
+    h.rx(VM1, &[to_vm2, flooded]);
+    assert_eq!(h.sink.on(VM2).len(), n + 2, "both delivered");
+    assert_eq!(h.c.count(E::Flooded), 1);
+    let ((_, a), (_, b)) = (entry_in_zone(&h, 1), entry_in_zone(&h, 2));
+    assert_eq!(a.tcp[0].end, 221, "vm1's zone saw both segments go out");
+    assert_eq!(b.tcp[0].end, 211, "vm2's zone judged the first one only");
+}
