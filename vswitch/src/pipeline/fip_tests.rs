@@ -945,6 +945,47 @@ fn east_west_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     tw.rx(port, &frames);
 }
 
+/// A segment the cache could answer, behind one of the same connection that takes the
+/// stages (a FIN) in one batch, takes the stages too, after it: the connection's entries move
+/// on in the order the segments came (Linux's table: the sender's ACK after its own FIN moves
+/// FIN_WAIT on to CLOSE_WAIT). Another connection's ACK in the same batch is still answered.
+#[test]
+fn a_segment_behind_one_of_its_connection_that_takes_the_stages_takes_them_too() {
+    let mut tw = Twins::new(harness);
+    let (vm2, vm1) = east_west_sides();
+    let mut cv = Conversation::new(vm2, vm1, 2);
+    tw.handshakes(&mut cv);
+    for _ in 0..2 {
+        let (port, frames) = cv.all(false, 0x18, 10);
+        tw.rx(port, &frames);
+        let (port, frames) = cv.all(true, 0x10, 0);
+        tw.rx(port, &frames);
+    }
+    let hits = tw.hits();
+    let (fin, ack) = (0x11, 0x10);
+    let batch = [
+        cv.seg(0, false, fin, 0, 64),
+        cv.seg(1, false, ack, 0, 64),
+        cv.seg(0, false, ack, 0, 64),
+    ];
+    tw.rx(VM2, &batch);
+    assert_eq!(tw.hits(), hits + 1, "connection 1's ACK only");
+    let states: Vec<u8> = tw
+        .cached
+        .s
+        .fw
+        .ct
+        .iter()
+        .filter(|(_, k, _)| format!("{k}").contains(":40000 "))
+        .map(|(_, _, e)| e.state)
+        .collect();
+    assert_eq!(
+        states,
+        [super::conntrack::state::CLOSE_WAIT; 2],
+        "both zones"
+    );
+}
+
 /// UDP between two instances of this host, both with a stateful group: once a flow is replied
 /// (and so assured), the flow cache answers its datagrams both ways as the stages do, in both
 /// zones, deadlines included. The first datagrams (unreplied) and the first reply are the

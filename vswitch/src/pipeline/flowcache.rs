@@ -21,6 +21,9 @@
 //! counts what they counted. Anything the entry cannot answer exactly (an entry that moved on
 //! or went, SYN/FIN/RST, a TTL the router would answer with an ICMP error, a packet bigger
 //! than the egress MTU, a bad IP checksum) misses, changes nothing, and takes the stages.
+//! So does a packet behind one of its own connection that takes the stages in the same
+//! batch (a FIN, then an ACK): the stages move the connection's entries on packet by packet,
+//! in the order they came, and a hit answered first would move them on out of turn.
 //!
 //! Entries are made only from what the stages just did to a packet that missed: it went the
 //! whole way to one port or one VTEP as a plain ACK of established connections (or a datagram
@@ -685,6 +688,13 @@ pub fn lookup<B: PacketBuf>(
     let mut tally = (NO_ROUTER, 0u64);
     let mut routed = 0u64;
     let mut unicast = 0u64;
+    // A packet behind one of its own connection that takes the stages (a FIN before an
+    // ACK, a segment too big for the egress) takes them too: the stages move the entries on
+    // packet by packet, in the order they came.
+    let staged = busy & !ready;
+    if staged != 0 {
+        ready &= !demote_behind(b, fc, staged, ready);
+    }
     let mut w = ready;
     while w != 0 {
         let i = w.trailing_zeros() as usize & (BURST - 1);
@@ -694,6 +704,7 @@ pub fn lookup<B: PacketBuf>(
         };
         if !track_all(e, &fc.segs[i], &mut s.fw.ct, now, ttls) {
             fc.missed(i, p.data());
+            w &= !demote_behind(b, fc, 1 << i, w);
             continue;
         }
         if let Some(h) = p.data_mut().first_chunk_mut::<HDR>() {
@@ -727,6 +738,66 @@ pub fn lookup<B: PacketBuf>(
             c.events[e as usize] += routed >> (8 * k) & 0xff;
         }
     }
+}
+
+/// Of the candidates `hits` the cache would answer, those behind a packet of `staged` (which
+/// take the stages) that may move the same connection entries on, and those behind them:
+/// they miss, and the set of them is returned. Rare (a batch whose packets all hit, or all
+/// miss, never gets here), so out of line.
+#[inline(never)]
+#[cold]
+fn demote_behind<B: PacketBuf>(
+    b: &Batch<B>,
+    fc: &mut FlowCache,
+    mut staged: u32,
+    hits: u32,
+) -> u32 {
+    let mut demoted = 0u32;
+    let mut w = hits;
+    while w != 0 {
+        let i = w.trailing_zeros() as usize & (BURST - 1);
+        w &= w - 1;
+        let ahead = staged & ((1u32 << i) - 1);
+        if ahead != 0 && follows_staged(b, ahead, i) {
+            if let Some(p) = b.pkts[i].as_ref() {
+                fc.missed(i, p.data());
+            }
+            staged |= 1 << i;
+            demoted |= 1 << i;
+        }
+    }
+    demoted
+}
+
+/// Whether one of the packets `ahead` of packet `i` (a candidate, its headers at fixed
+/// offsets), which take the stages, may move on the connection entries `i` would: an IPv4
+/// packet of the same protocol between the same addresses, with the same ports (or ports
+/// not where a plain header puts them: options, a fragment, a frame cut short). Anything
+/// else (another connection, ARP, IPv6, ICMP) leaves `i`'s entries as they are.
+#[inline(always)]
+fn follows_staged<B: PacketBuf>(b: &Batch<B>, mut ahead: u32, i: usize) -> bool {
+    let Some(h) = b.pkts[i]
+        .as_ref()
+        .and_then(|p| p.data().first_chunk::<HDR>())
+    else {
+        return true;
+    };
+    let (proto, addrs, ports) = (h[23], &h[26..34], &h[34..38]);
+    while ahead != 0 {
+        let j = ahead.trailing_zeros() as usize & (BURST - 1);
+        ahead &= ahead - 1;
+        let Some(d) = b.pkts[j].as_ref().map(|p| p.data()) else {
+            continue;
+        };
+        if d.len() < 34 || d[12..14] != [0x08, 0x00] || d[23] != proto || &d[26..34] != addrs {
+            continue;
+        }
+        let plain = d[14] == 0x45 && be16(d, 20) & 0x3fff == 0 && d.len() >= 38;
+        if !plain || &d[34..38] == ports {
+            return true;
+        }
+    }
+    false
 }
 
 /// Moves every connection entry of slot `e` on by `seg`, as the firewall's fast path (or a
