@@ -701,7 +701,7 @@ pub(crate) fn open_translation(
         Kind::Tcp(_) => (state::ESTABLISHED, true),
         _ => (state::UNREPLIED, false),
     };
-    let idx = ct.insert_nat(k, reply, first, flag::LIBERAL, 0, now)?;
+    let idx = ct.insert_nat(k, reply, first, flag::LIBERAL, now)?;
     if let (Kind::Tcp(seg), Some(e)) = (kind, ct.entry_mut(idx)) {
         if pickup {
             tcp::pick_up(&mut e.tcp, seg);

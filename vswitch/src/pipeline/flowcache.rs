@@ -1478,4 +1478,23 @@ mod tests {
             }
         }
     }
+
+    /// A translation made again for the same connection (its entry flushed, the connection
+    /// picked up again, perhaps with another port) in the same slot of the table is another
+    /// entry to the cache: a slot learnt from the old one never answers for it.
+    #[test]
+    fn a_translation_made_again_in_the_same_entry_has_another_fingerprint() {
+        use crate::pipeline::conntrack::{flag, Key, Timeouts};
+        let timeouts = Timeouts::from_config(&vswitch_config::ConntrackTimeouts::default());
+        let mut ct = Conntrack::new(16, timeouts, false);
+        let k = Key::v4(0x8001, 6, 0x0a00_0005, 0x6440_0009, 40000, 443);
+        let by_port = |p| Key::v4(0x8001, 6, 0x6440_0009, 0xcb00_710b, 443, p);
+        let (est, assured) = (state::ESTABLISHED, flag::ASSURED | flag::LIBERAL);
+        let old = ct.insert_nat(&k, &by_port(1024), est, assured, 0).unwrap();
+        let fp = fingerprint(ct.entry(old).unwrap());
+        assert_eq!(ct.flush(None), 1);
+        let new = ct.insert_nat(&k, &by_port(1025), est, assured, 0).unwrap();
+        assert_eq!(new, old, "the same entry of the table");
+        assert_ne!(fingerprint(ct.entry(new).unwrap()), fp);
+    }
 }

@@ -1338,6 +1338,9 @@ fn snat_out<B: PacketBuf, T: Tracer>(
                 );
                 return Some(Err(D::RouterSnatExhausted));
             };
+            // A new translation (of a SYN, or picked up mid-stream): the flow cache learns
+            // only from packets of one it can check on every hit.
+            s.flows.spoil(i);
             gp
         }
     };

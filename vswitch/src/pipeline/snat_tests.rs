@@ -650,6 +650,58 @@ fn snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     rx(&mut tw, cv.all(true, ack, 0));
 }
 
+/// A translation picked up again mid-stream (its entry gone: flushed here, or expired) is a
+/// new one, maybe with another port: the flow cache answers neither from what it learnt of
+/// the old one (the new entry's birth serial differs) nor for the packet that picked it up
+/// (nothing it could check on a hit), and the connection's FIN is tracked by the stages.
+#[test]
+fn a_translation_picked_up_again_is_cached_anew() {
+    // Two ports: the instance's connection 0 and another one take them both.
+    let mut tw = Twins::new(|| harness([1024, 1025]));
+    let (instance, server) = snat_sides();
+    let mut cv = Conversation::new(instance, server, 16);
+    let rx = |tw: &mut Twins, port: u16, frames: Vec<Vec<u8>>| {
+        tw.rx(port, &as_sent(port, frames));
+    };
+    let (syn, ack, psh) = (0x02, 0x10, 0x18);
+    let out = |tw: &Twins| tcp4(tw.cached.sink.on(UPLINK).last().unwrap()).1;
+    rx(&mut tw, OVERLAY, vec![cv.seg(0, false, syn, 0, 64)]);
+    cv.seen_ports[0] = out(&tw);
+    rx(&mut tw, UPLINK, vec![cv.seg(0, true, syn | ack, 0, 64)]);
+    rx(&mut tw, OVERLAY, vec![cv.seg(0, false, ack, 0, 64)]);
+    for _ in 0..3 {
+        rx(&mut tw, OVERLAY, vec![cv.seg(0, false, psh, 10, 64)]);
+        rx(&mut tw, UPLINK, vec![cv.seg(0, true, ack, 0, 64)]);
+    }
+    let hits = tw.hits();
+    assert!(hits >= 2, "hits: {hits}");
+    let first = cv.seen_ports[0];
+    let flush = |tw: &mut Twins| {
+        for h in [&mut tw.cached, &mut tw.staged] {
+            h.s.fw.ct.flush(None);
+        }
+    };
+    // Another connection of the instance takes connection 0's port while it is gone.
+    flush(&mut tw);
+    let taken = (1..16).any(|k| {
+        rx(&mut tw, OVERLAY, vec![cv.seg(k, false, syn, 0, 64)]);
+        out(&tw) == first || {
+            flush(&mut tw);
+            false
+        }
+    });
+    assert!(taken, "one of 15 connections got port {first}");
+    // Connection 0 goes on: picked up again, with the other port.
+    for _ in 0..3 {
+        rx(&mut tw, OVERLAY, vec![cv.seg(0, false, psh, 10, 64)]);
+        assert_ne!(out(&tw), first);
+    }
+    assert_eq!(tw.hits(), hits + 1, "the third segment only");
+    rx(&mut tw, OVERLAY, vec![cv.seg(0, false, 0x11, 0, 64)]);
+    rx(&mut tw, OVERLAY, vec![cv.seg(0, false, ack, 0, 64)]);
+    assert_eq!(tw.hits(), hits + 1, "FIN_WAIT is the stages' to track");
+}
+
 /// UDP through the SNAT router, many flows: once a flow is replied, the flow cache answers
 /// its datagrams both ways as the stages do (out: the gateway address and the flow's own
 /// port, VLAN 101; back: the instance's address and port, in VXLAN to compute1), checksums

@@ -304,7 +304,8 @@ pub fn list(ct: &Conntrack, core: u16, zone: Option<u16>, limit: usize, now: u32
             nat,
             assured: e.flags & flag::ASSURED != 0,
             ingress: e.flags & flag::INGRESS != 0,
-            policy_version: e.policy,
+            // A translation's is its birth serial (see `Conntrack::insert_nat`), no policy.
+            policy_version: if nat { 0 } else { e.policy },
         });
     }
     out

@@ -197,7 +197,7 @@ fn a_view_names_the_tuple_state_expiry_and_translation() {
     // Centralized SNAT: 10.0.0.5:40000 -> 100.64.0.9:443 leaves as 203.0.113.11:1024.
     let orig = Key::v4(0x8001, PROTO_TCP, 0x0a00_0005, 0x6440_0009, 40000, 443);
     let reply = Key::v4(0x8001, PROTO_TCP, 0x6440_0009, 0xcb00_710b, 443, 1024);
-    ct.insert_nat(&orig, &reply, ESTABLISHED, flag::ASSURED, 0, now)
+    ct.insert_nat(&orig, &reply, ESTABLISHED, flag::ASSURED, now)
         .unwrap();
     let ping = Key::v4(3, PROTO_ICMP, 0x0a00_0005, 0x0a00_0001, 77, 77);
     ct.insert(&ping, UNREPLIED, 0, 2, now).unwrap();
@@ -325,14 +325,7 @@ fn translated_entries_are_flushed_under_both_keys_and_their_peers_stay_safe() {
     let orig = Key::v4(0x8001, PROTO_TCP, 0x0a00_0005, 0x6440_0009, 40000, 443);
     let reply = Key::v4(0x8001, PROTO_TCP, 0x6440_0009, 0xcb00_710b, 443, 1024);
     let nat = ct
-        .insert_nat(
-            &orig,
-            &reply,
-            ESTABLISHED,
-            flag::ASSURED | flag::LIBERAL,
-            0,
-            0,
-        )
+        .insert_nat(&orig, &reply, ESTABLISHED, flag::ASSURED | flag::LIBERAL, 0)
         .unwrap();
     // The same connection in the instance's zone, linked to the translation.
     let inst = ct
@@ -352,7 +345,7 @@ fn translated_entries_are_flushed_under_both_keys_and_their_peers_stay_safe() {
     assert_eq!(ct.peer_lookup(inst, &reply, 1), None);
     // The reply port is free for a new translation.
     let again = ct
-        .insert_nat(&orig, &reply, SYN_SENT, flag::LIBERAL, 0, 0)
+        .insert_nat(&orig, &reply, SYN_SENT, flag::LIBERAL, 0)
         .unwrap();
     assert_eq!(ct.lookup(&reply, 1), Some((again, 1)));
     assert_eq!(ct.lookup(&orig, 1), Some((again, 0)));

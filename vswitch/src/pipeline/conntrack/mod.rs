@@ -528,6 +528,8 @@ pub struct Conntrack {
     head: u32,
     tail: u32,
     cursor: u32,
+    /// Translations created so far (wrapping): each one's birth serial.
+    births: u32,
     pub timeouts: Timeouts,
     pub evict: bool,
     pub stats: CtStats,
@@ -576,6 +578,7 @@ impl Conntrack {
             head: NIL,
             tail: NIL,
             cursor: 0,
+            births: 0,
             timeouts,
             evict,
             stats: CtStats::default(),
@@ -875,19 +878,18 @@ impl Conntrack {
     /// holds both translations; a lookup of either key finds it (direction 0 or 1), and the
     /// original reversed does not. Use [`lookup`](Self::lookup) of `reply` first to choose a
     /// free one.
-    pub fn insert_nat(
-        &mut self,
-        k: &Key,
-        reply: &Key,
-        st: u8,
-        flags: u8,
-        policy: u32,
-        now: u32,
-    ) -> Option<u32> {
+    ///
+    /// No security policy admits a translation, so its entry's `policy` holds a serial
+    /// number of its birth instead: a new translation of the same connection (the old one
+    /// expired, or was flushed, and a later packet picked it up again, possibly with another
+    /// port) is another entry to whoever remembers the old one by key and policy (the flow
+    /// cache's fingerprints).
+    pub fn insert_nat(&mut self, k: &Key, reply: &Key, st: u8, flags: u8, now: u32) -> Option<u32> {
         if k.is_v6() || reply.is_v6() {
             return None;
         }
-        self.insert_with(k, Some(reply), st, flags | flag::NAT, policy, now)
+        self.births = self.births.wrapping_add(1);
+        self.insert_with(k, Some(reply), st, flags | flag::NAT, self.births, now)
     }
 
     fn insert_with(

@@ -758,7 +758,7 @@ fn a_translated_connection_is_one_entry_found_by_both_of_its_keys() {
     let (orig, reply) = snat_keys(1);
     // The reply key is free before.
     assert_eq!(ct.lookup(&reply, 1), None);
-    let idx = ct.insert_nat(&orig, &reply, SYN_SENT, 0, 1, 0).unwrap();
+    let idx = ct.insert_nat(&orig, &reply, SYN_SENT, 0, 0).unwrap();
     assert_eq!(ct.lookup(&orig, 1), Some((idx, 0)));
     assert_eq!(ct.lookup(&reply, 1), Some((idx, 1)));
     // The original reversed (an untranslated "reply") is not this connection.
@@ -779,7 +779,7 @@ fn a_translated_connection_is_one_entry_found_by_both_of_its_keys() {
     assert_eq!(ct.len(), 1);
     // IPv6 is never translated.
     let v6 = Key::v6(9, PROTO_TCP, 1, 2, 3, 4);
-    assert_eq!(ct.insert_nat(&v6, &v6.reverse(), SYN_SENT, 0, 1, 0), None);
+    assert_eq!(ct.insert_nat(&v6, &v6.reverse(), SYN_SENT, 0, 0), None);
 }
 
 #[test]
@@ -791,7 +791,7 @@ fn translated_and_plain_connections_share_a_crowded_index() {
         let idx = if n % 2 == 0 {
             let (o, r) = snat_keys(n);
             (
-                ct.insert_nat(&o, &r, ESTABLISHED, flag::ASSURED, 1, 0)
+                ct.insert_nat(&o, &r, ESTABLISHED, flag::ASSURED, 0)
                     .unwrap(),
                 o,
                 r,
