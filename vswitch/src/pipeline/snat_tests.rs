@@ -922,3 +922,36 @@ fn as_sent(port: u16, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 fn rx_from_compute1(h: &mut Harness, (port, frames): (u16, Vec<Vec<u8>>)) {
     h.rx(port, &as_sent(port, frames));
 }
+
+/// Differential fuzz of the flow cache against the stages on centralized SNAT's established
+/// connections (see `fip_tests::fuzz`): out of the overlay in VXLAN (the inner frame damaged,
+/// the outer one as compute1 sends it) and back from the uplink.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn snat_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
+            let mut tw = Twins::new(|| harness([1024, 65535]));
+            let (instance, server) = snat_sides();
+            let mut cv = Conversation::new(instance, server, 6);
+            let rx = |tw: &mut Twins, (port, frames): (u16, Vec<Vec<u8>>)| {
+                tw.rx(port, &as_sent(port, frames));
+            };
+            rx(&mut tw, cv.all(false, 0x02, 0));
+            let out = tw.cached.sink.on(UPLINK);
+            cv.seen_ports = out[out.len() - 6..].iter().map(|f| tcp4(f).1).collect();
+            rx(&mut tw, cv.all(true, 0x12, 0));
+            rx(&mut tw, cv.all(false, 0x10, 0));
+            for _ in 0..2 {
+                rx(&mut tw, cv.all(false, 0x18, 10));
+                rx(&mut tw, cv.all(true, 0x10, 0));
+            }
+            prop_assert!(tw.hits() >= 12, "hits: {}", tw.hits());
+            tw.play(&mut cv, &moves, as_sent);
+        }
+    }
+}

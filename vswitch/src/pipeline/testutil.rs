@@ -743,6 +743,75 @@ impl<'a> Conversation<'a> {
     }
 }
 
+/// One segment of a differential fuzz ([`Twins::play`]): connection `k` (modulo the
+/// conversation's count) with TCP `flags`, `payload` bytes and `ttl`, then the bytes of
+/// `damage` overwritten (offsets in the frame as the side sends it, before any wrapping; those
+/// past its end ignored) and `cut` bytes cut off its end.
+#[derive(Debug, Clone)]
+pub struct FuzzSeg {
+    pub k: u16,
+    pub flags: u8,
+    pub payload: usize,
+    pub ttl: u8,
+    pub damage: Vec<(usize, u8)>,
+    pub cut: usize,
+}
+
+/// What a differential fuzz does next.
+#[derive(Debug, Clone)]
+pub enum FuzzMove {
+    /// A batch of segments (more than [`BURST`]: several batches), all from one side.
+    Batch {
+        from_server: bool,
+        segs: Vec<FuzzSeg>,
+    },
+    /// Milliseconds pass on both twins.
+    Wait(u64),
+}
+
+/// Moves for [`Twins::play`]: mostly what an established connection sends (plain ACKs, data),
+/// among them FINs, RSTs, SYNs, SYN-ACKs and any flag byte; TTLs that run out at a router;
+/// payloads up to and past a 1500-byte MTU; any bytes of the headers overwritten; frames cut
+/// short; pauses past the flow cache's [`MAX_AGE_MS`] and past the connection timeouts.
+///
+/// [`MAX_AGE_MS`]: super::flowcache::MAX_AGE_MS
+pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> {
+    use proptest::prelude::*;
+    let flags = prop_oneof![
+        10 => Just(0x10u8),
+        10 => Just(0x18),
+        1 => Just(0x11),
+        1 => Just(0x04),
+        1 => Just(0x14),
+        1 => Just(0x02),
+        1 => Just(0x12),
+        1 => any::<u8>(),
+    ];
+    let payload = prop_oneof![4 => Just(0usize), 4 => 1usize..200, 1 => 1400usize..1520];
+    let ttl = prop_oneof![8 => Just(64u8), 1 => 0u8..3];
+    let damage = prop_oneof![
+        6 => Just(vec![]),
+        1 => proptest::collection::vec((0usize..70, any::<u8>()), 1..4),
+    ];
+    let cut = prop_oneof![12 => Just(0usize), 1 => 1usize..80];
+    let seg = (any::<u16>(), flags, payload, ttl, damage, cut).prop_map(
+        |(k, flags, payload, ttl, damage, cut)| FuzzSeg {
+            k,
+            flags,
+            payload,
+            ttl,
+            damage,
+            cut,
+        },
+    );
+    let mv = prop_oneof![
+        8 => (any::<bool>(), proptest::collection::vec(seg, 1..40))
+            .prop_map(|(from_server, segs)| FuzzMove::Batch { from_server, segs }),
+        1 => prop_oneof![4 => 0u64..3000, 1 => 100_000u64..700_000].prop_map(FuzzMove::Wait),
+    ];
+    proptest::collection::vec(mv, 1..16)
+}
+
 /// Two harnesses on the same tables, one with the flow cache and one without, fed the same
 /// frames: everything they send and count must be the same, step after step.
 pub struct Twins {
@@ -804,6 +873,7 @@ impl Twins {
                 .collect()
         };
         assert_eq!(routers(a), routers(b), "router counters");
+        assert_eq!(a.held.len(), b.held.len(), "packets held for a next hop");
     }
 
     /// Both take the three segments of every connection's handshake (SYN, SYN-ACK, ACK).
@@ -813,6 +883,53 @@ impl Twins {
         for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
             let (port, frames) = cv.all(from_server, flags, 0);
             self.rx(port, &frames);
+        }
+    }
+
+    /// Time passes on both: `ms` milliseconds, the connection tracker's clock with them (as
+    /// the worker sets it).
+    pub fn advance(&mut self, ms: u64) {
+        for h in [&mut self.cached, &mut self.staged] {
+            h.s.now_ms += ms;
+            h.s.fw.now = h.s.now_ms as u32;
+        }
+    }
+
+    /// Plays `moves` on the connections of `cv` (established first by the caller): each
+    /// batch built by `cv`, damaged as it says, then wrapped by `wrap` for its port (e.g. in
+    /// VXLAN) and fed to both twins, which must send and count the same after every step.
+    #[track_caller]
+    pub fn play(
+        &mut self,
+        cv: &mut Conversation,
+        moves: &[FuzzMove],
+        wrap: impl Fn(u16, Vec<Vec<u8>>) -> Vec<Vec<u8>>,
+    ) {
+        for m in moves {
+            match m {
+                FuzzMove::Wait(ms) => self.advance(*ms),
+                FuzzMove::Batch { from_server, segs } => {
+                    let frames = segs
+                        .iter()
+                        .map(|s| {
+                            let mut f = cv.seg(s.k % cv.n, *from_server, s.flags, s.payload, s.ttl);
+                            for &(at, v) in &s.damage {
+                                if let Some(b) = f.get_mut(at) {
+                                    *b = v;
+                                }
+                            }
+                            f.truncate(f.len().saturating_sub(s.cut));
+                            f
+                        })
+                        .collect();
+                    let port = if *from_server {
+                        cv.server.port
+                    } else {
+                        cv.client.port
+                    };
+                    self.rx(port, &wrap(port, frames));
+                }
+            }
         }
     }
 
