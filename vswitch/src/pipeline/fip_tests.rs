@@ -1472,6 +1472,19 @@ mod fuzz {
         tw
     }
 
+    /// Twins whose `cv` flows are UDP, replied and answered by the cache.
+    fn replied(mut tw: Twins, cv: &mut Conversation) -> Twins {
+        cv.udp = true;
+        for _ in 0..3 {
+            let (port, frames) = cv.all(false, 0, 20);
+            tw.rx(port, &frames);
+            let (port, frames) = cv.all(true, 0, 30);
+            tw.rx(port, &frames);
+        }
+        assert!(tw.hits() >= 2 * cv.n as u64, "hits: {}", tw.hits());
+        tw
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -1490,6 +1503,23 @@ mod fuzz {
             let (vm2, vm1) = east_west_sides();
             let mut cv = Conversation::new(vm2, vm1, 6);
             let mut tw = established(Twins::new(harness), &mut cv);
+            tw.play(&mut cv, &moves, |_, f| f);
+        }
+
+        /// The same with replied UDP flows.
+        #[test]
+        fn floating_ip_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
+            let (internet, vm1) = floating_ip_sides();
+            let mut cv = Conversation::new(internet, vm1, 6);
+            let mut tw = replied(fip_twins(), &mut cv);
+            tw.play(&mut cv, &moves, |_, f| f);
+        }
+
+        #[test]
+        fn east_west_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
+            let (vm2, vm1) = east_west_sides();
+            let mut cv = Conversation::new(vm2, vm1, 6);
+            let mut tw = replied(Twins::new(harness), &mut cv);
             tw.play(&mut cv, &moves, |_, f| f);
         }
     }

@@ -953,5 +953,25 @@ mod fuzz {
             prop_assert!(tw.hits() >= 12, "hits: {}", tw.hits());
             tw.play(&mut cv, &moves, as_sent);
         }
+
+        #[test]
+        fn snat_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
+            let mut tw = Twins::new(|| harness([1024, 65535]));
+            let (instance, server) = snat_sides();
+            let mut cv = Conversation::new(instance, server, 6);
+            cv.udp = true;
+            let (port, frames) = cv.all(false, 0, 20);
+            tw.rx(port, &as_sent(port, frames));
+            let out = tw.cached.sink.on(UPLINK);
+            cv.seen_ports = out[out.len() - 6..].iter().map(|f| udp4_fields(f).0 .1).collect();
+            for _ in 0..3 {
+                let (port, frames) = cv.all(true, 0, 30);
+                tw.rx(port, &as_sent(port, frames));
+                let (port, frames) = cv.all(false, 0, 20);
+                tw.rx(port, &as_sent(port, frames));
+            }
+            prop_assert!(tw.hits() >= 12, "hits: {}", tw.hits());
+            tw.play(&mut cv, &moves, as_sent);
+        }
     }
 }

@@ -673,6 +673,8 @@ pub struct Conversation<'a> {
     /// The client port the server sees for each connection (a SNAT router translates it):
     /// 40000 + k unless set.
     pub seen_ports: Vec<u16>,
+    /// UDP flows instead of TCP connections: each segment is a datagram (flags ignored).
+    pub udp: bool,
     seq: Vec<[u32; 2]>,
 }
 
@@ -683,6 +685,7 @@ impl<'a> Conversation<'a> {
             server,
             n,
             seen_ports: (0..n).map(|k| 40000 + k).collect(),
+            udp: false,
             seq: (0..n as u32)
                 .map(|k| [1000 + k * 7919, 500_000 + k * 104_729])
                 .collect(),
@@ -691,6 +694,7 @@ impl<'a> Conversation<'a> {
 
     /// One segment of connection `k` from the client (`from_server` false) or the server,
     /// with `flags`, `payload` bytes and `ttl`; sequence numbers advance by what it takes.
+    /// With [`udp`](Self::udp): a datagram of flow `k`, `flags` ignored.
     pub fn seg(
         &mut self,
         k: u16,
@@ -711,6 +715,23 @@ impl<'a> Conversation<'a> {
         } else {
             (40000 + k, 5001)
         };
+        if self.udp {
+            let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
+            let (mut out, data) = (Vec::new(), vec![0x5au8; payload]);
+            match s.vid {
+                Some(v) => b
+                    .single_vlan(etherparse::VlanId::try_new(v).unwrap())
+                    .ipv4(s.src, s.dst, ttl)
+                    .udp(ports.0, ports.1)
+                    .write(&mut out, &data),
+                None => b
+                    .ipv4(s.src, s.dst, ttl)
+                    .udp(ports.0, ports.1)
+                    .write(&mut out, &data),
+            }
+            .unwrap();
+            return out;
+        }
         let f = tcp4(
             s.smac,
             s.dmac,
