@@ -1459,32 +1459,6 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
-    /// Twins whose `cv` connections are established and answered by the cache.
-    fn established(mut tw: Twins, cv: &mut Conversation) -> Twins {
-        tw.handshakes(cv);
-        for _ in 0..2 {
-            let (port, frames) = cv.all(false, 0x18, 10);
-            tw.rx(port, &frames);
-            let (port, frames) = cv.all(true, 0x10, 0);
-            tw.rx(port, &frames);
-        }
-        assert!(tw.hits() >= 2 * cv.n as u64, "hits: {}", tw.hits());
-        tw
-    }
-
-    /// Twins whose `cv` flows are UDP, replied and answered by the cache.
-    fn replied(mut tw: Twins, cv: &mut Conversation) -> Twins {
-        cv.udp = true;
-        for _ in 0..3 {
-            let (port, frames) = cv.all(false, 0, 20);
-            tw.rx(port, &frames);
-            let (port, frames) = cv.all(true, 0, 30);
-            tw.rx(port, &frames);
-        }
-        assert!(tw.hits() >= 2 * cv.n as u64, "hits: {}", tw.hits());
-        tw
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -1493,7 +1467,8 @@ mod fuzz {
         fn floating_ip_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
             let (internet, vm1) = floating_ip_sides();
             let mut cv = Conversation::new(internet, vm1, 6);
-            let mut tw = established(fip_twins(), &mut cv);
+            let mut tw = fip_twins();
+            tw.warm_up(&mut cv, |_, f| f);
             tw.play(&mut cv, &moves, |_, f| f);
         }
 
@@ -1502,7 +1477,8 @@ mod fuzz {
         fn east_west_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
             let (vm2, vm1) = east_west_sides();
             let mut cv = Conversation::new(vm2, vm1, 6);
-            let mut tw = established(Twins::new(harness), &mut cv);
+            let mut tw = Twins::new(harness);
+            tw.warm_up(&mut cv, |_, f| f);
             tw.play(&mut cv, &moves, |_, f| f);
         }
 
@@ -1511,7 +1487,9 @@ mod fuzz {
         fn floating_ip_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
             let (internet, vm1) = floating_ip_sides();
             let mut cv = Conversation::new(internet, vm1, 6);
-            let mut tw = replied(fip_twins(), &mut cv);
+            cv.udp = true;
+            let mut tw = fip_twins();
+            tw.warm_up(&mut cv, |_, f| f);
             tw.play(&mut cv, &moves, |_, f| f);
         }
 
@@ -1519,7 +1497,9 @@ mod fuzz {
         fn east_west_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
             let (vm2, vm1) = east_west_sides();
             let mut cv = Conversation::new(vm2, vm1, 6);
-            let mut tw = replied(Twins::new(harness), &mut cv);
+            cv.udp = true;
+            let mut tw = Twins::new(harness);
+            tw.warm_up(&mut cv, |_, f| f);
             tw.play(&mut cv, &moves, |_, f| f);
         }
     }

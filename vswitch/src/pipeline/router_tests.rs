@@ -1191,3 +1191,98 @@ fn frames_routed_on_another_host_from_the_flow_cache_are_what_the_stages_make_of
     assert!(out.iter().all(|f| f[6..12] == mac(GW1).0));
     assert_eq!(tw.cached.c.count(E::DvrMacIn), 6 * n as u64);
 }
+
+/// Differential fuzz of the flow cache against the stages on routed flows (see
+/// `fip_tests::fuzz`): between two instances of this host on two networks of the distributed
+/// router, and from an instance on compute2 (routed there, arriving in VXLAN from its DVR
+/// MAC) to vm1 and back through this host's router.
+mod cache_fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// vm2 (selfservice2, client) and vm1 (selfservice1, server), routed here.
+    fn routed_sides() -> (Side<'static>, Side<'static>) {
+        let vm2 = Side {
+            port: VM2,
+            smac: M2,
+            dmac: GW2,
+            vid: None,
+            src: IP2,
+            dst: IP1,
+        };
+        let vm1 = Side {
+            port: VM1,
+            smac: M1,
+            dmac: GW1,
+            vid: None,
+            src: IP1,
+            dst: IP2,
+        };
+        (vm2, vm1)
+    }
+
+    /// r2 on compute2 (client, its frames routed there and sent over VNI 101) and vm1.
+    fn across_hosts_sides() -> (Side<'static>, Side<'static>) {
+        let r2 = Side {
+            port: OVERLAY,
+            smac: DVR2,
+            dmac: M1,
+            vid: None,
+            src: IPR2,
+            dst: IP1,
+        };
+        let vm1 = Side {
+            port: VM1,
+            smac: M1,
+            dmac: GW1,
+            vid: None,
+            src: IP1,
+            dst: IPR2,
+        };
+        (r2, vm1)
+    }
+
+    fn from_compute2(port: u16, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        if port == OVERLAY {
+            frames.iter().map(|f| vxlan(f, 101)).collect()
+        } else {
+            frames
+        }
+    }
+
+    fn play(sides: (Side<'static>, Side<'static>), udp: bool, moves: &[FuzzMove]) {
+        let mut cv = Conversation::new(sides.0, sides.1, 6);
+        cv.udp = udp;
+        let mut tw = Twins::new(harness);
+        tw.warm_up(&mut cv, from_compute2);
+        tw.play(&mut cv, moves, from_compute2);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn routed_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
+            play(routed_sides(), false, &moves);
+        }
+
+        #[test]
+        fn routed_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
+            play(routed_sides(), true, &moves);
+        }
+
+        #[test]
+        fn flows_routed_on_another_host_are_the_same_with_and_without_the_cache(
+            moves in fuzz_moves()
+        ) {
+            play(across_hosts_sides(), false, &moves);
+        }
+
+        #[test]
+        fn udp_flows_routed_on_another_host_are_the_same_with_and_without_the_cache(
+            moves in fuzz_moves()
+        ) {
+            play(across_hosts_sides(), true, &moves);
+        }
+    }
+}

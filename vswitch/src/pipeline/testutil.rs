@@ -907,6 +907,36 @@ impl Twins {
         }
     }
 
+    /// Brings `cv`'s connections to where the flow cache answers them: their handshakes,
+    /// then two rounds of data and ACKs (with [`Conversation::udp`]: three rounds of
+    /// datagrams each way, the first opening and replying each flow); every frame wrapped by
+    /// `wrap` for its port.
+    #[track_caller]
+    pub fn warm_up(
+        &mut self,
+        cv: &mut Conversation,
+        wrap: impl Fn(u16, Vec<Vec<u8>>) -> Vec<Vec<u8>>,
+    ) {
+        let (syn, ack, psh) = (0x02, 0x10, 0x18);
+        let steps: &[(bool, u8, usize)] = if cv.udp {
+            &[(false, 0, 20), (true, 0, 30)]
+        } else {
+            for (from_server, flags) in [(false, syn), (true, syn | ack), (false, ack)] {
+                let (port, frames) = cv.all(from_server, flags, 0);
+                self.rx(port, &wrap(port, frames));
+            }
+            &[(false, psh, 10), (true, ack, 0)]
+        };
+        let rounds = if cv.udp { 3 } else { 2 };
+        for _ in 0..rounds {
+            for &(from_server, flags, len) in steps {
+                let (port, frames) = cv.all(from_server, flags, len);
+                self.rx(port, &wrap(port, frames));
+            }
+        }
+        assert!(self.hits() >= 2 * cv.n as u64, "hits: {}", self.hits());
+    }
+
     /// Time passes on both: `ms` milliseconds, the connection tracker's clock with them (as
     /// the worker sets it).
     pub fn advance(&mut self, ms: u64) {
