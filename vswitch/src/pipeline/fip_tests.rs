@@ -1041,7 +1041,7 @@ fn east_west_udp_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     assert_eq!(tw.hits(), (2 * 2 + 3 + 2) * n as u64, "hits");
     // The UDP flows' deadlines pass (120 s without a datagram, the cache's slots still
     // young): their next datagrams open new flows, by the stages.
-    for h in [&mut tw.cached, &mut tw.staged] {
+    for h in tw.all() {
         h.s.fw.now = h.s.fw.now.wrapping_add(121_000);
     }
     let (hits, new) = (tw.hits(), tw.cached.c.count(E::ConntrackNew));
@@ -1339,7 +1339,7 @@ fn flows_sharing_a_bucket_keep_two_of_them_cached() {
     let outside = outside.expect("one of three flows in two ways missed");
     // A MAC learnt anywhere: no slot made before can answer any more, so none is crowding
     // the bucket, and the flow left outside is learnt at its next miss.
-    for h in [&mut tw.cached, &mut tw.staged] {
+    for h in tw.all() {
         let now = h.s.now_ms;
         h.s.learn
             .learn(net, crate::packet::MacAddr([2, 0, 0, 0, 0, 0x77]), VM1, now);

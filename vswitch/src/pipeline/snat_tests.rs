@@ -677,7 +677,7 @@ fn a_translation_picked_up_again_is_cached_anew() {
     assert!(hits >= 2, "hits: {hits}");
     let first = cv.seen_ports[0];
     let flush = |tw: &mut Twins| {
-        for h in [&mut tw.cached, &mut tw.staged] {
+        for h in tw.all() {
             h.s.fw.ct.flush(None);
         }
     };
@@ -769,7 +769,7 @@ fn udp_snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     assert_eq!(tw.hits(), hits + 2);
     // The flows' deadlines pass (the cache's slots still young): their next datagrams are
     // the stages' to translate again.
-    for h in [&mut tw.cached, &mut tw.staged] {
+    for h in tw.all() {
         h.s.fw.now = h.s.fw.now.wrapping_add(181_000);
     }
     let hits = tw.hits();

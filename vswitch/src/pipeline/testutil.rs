@@ -833,11 +833,14 @@ pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> 
     proptest::collection::vec(mv, 1..16)
 }
 
-/// Two harnesses on the same tables, one with the flow cache and one without, fed the same
-/// frames: everything they send and count must be the same, step after step.
+/// Harnesses on the same tables fed the same frames: one with the flow cache, one without,
+/// and one traced (as `vswitchctl trace` runs the stages: without the flow cache and without
+/// the stages' own short cuts, the router's route cache and the firewall's fast path and
+/// mirror). Everything they send and count must be the same, step after step.
 pub struct Twins {
     pub cached: Harness,
     pub staged: Harness,
+    pub traced: Harness,
 }
 
 impl Twins {
@@ -845,35 +848,66 @@ impl Twins {
         let cached = make();
         let mut staged = make();
         staged.s.flows.enabled = false;
+        let traced = make();
         assert!(cached.s.flows.enabled, "the flow cache is on by default");
-        Self { cached, staged }
+        Self {
+            cached,
+            staged,
+            traced,
+        }
     }
 
-    /// Both receive `frames` on `port`; then both must have sent and counted the same.
+    /// The three harnesses, to change them alike (time, flushes).
+    pub fn all(&mut self) -> [&mut Harness; 3] {
+        [&mut self.cached, &mut self.staged, &mut self.traced]
+    }
+
+    /// All receive `frames` on `port`; then all must have sent and counted the same.
     #[track_caller]
     pub fn rx(&mut self, port: u16, frames: &[Vec<u8>]) {
         self.cached.rx(port, frames);
         self.staged.rx(port, frames);
+        self.traced
+            .rx_traced(port, frames, &mut super::TraceLog::default());
         self.assert_same();
     }
 
     #[track_caller]
     pub fn assert_same(&self) {
-        let (a, b) = (&self.cached, &self.staged);
-        assert_eq!(a.sink.sent, b.sink.sent, "frames sent");
-        assert_eq!(a.c.drops, b.c.drops, "drops");
-        assert_eq!(a.c.events, b.c.events, "events");
-        assert_eq!(a.rx_bytes, b.rx_bytes, "bytes received");
-        assert_eq!(
-            a.s.fw.per_port, b.s.fw.per_port,
-            "firewall counters per port"
+        Self::same(
+            &self.cached,
+            &self.staged,
+            "with and without the flow cache",
         );
-        assert_eq!(a.s.fw.ct.len(), b.s.fw.ct.len(), "connections");
+        Self::same(&self.staged, &self.traced, "untraced and traced");
+    }
+
+    #[track_caller]
+    fn same(a: &Harness, b: &Harness, which: &str) {
+        let msg = |what: &str| format!("{what}, {which}");
+        assert_eq!(a.sink.sent, b.sink.sent, "{}", msg("frames sent"));
+        assert_eq!(a.c.drops, b.c.drops, "{}", msg("drops"));
+        assert_eq!(a.c.events, b.c.events, "{}", msg("events"));
+        assert_eq!(a.rx_bytes, b.rx_bytes, "{}", msg("bytes received"));
         assert_eq!(
-            a.s.fw.ct.by_state, b.s.fw.ct.by_state,
-            "connections by state"
+            a.s.fw.per_port,
+            b.s.fw.per_port,
+            "{}",
+            msg("firewall counters per port")
         );
-        assert_eq!(a.s.fw.ct.stats, b.s.fw.ct.stats, "conntrack counters");
+        assert_eq!(a.s.fw.ct.len(), b.s.fw.ct.len(), "{}", msg("connections"));
+        assert_eq!(
+            a.s.fw.ct.by_state,
+            b.s.fw.ct.by_state,
+            "{}",
+            msg("connections by state")
+        );
+        assert_eq!(
+            a.s.fw.ct.stats,
+            b.s.fw.ct.stats,
+            "{}",
+            msg("conntrack counters")
+        );
         // Every connection in the same state, with the same TCP tracking and deadline.
         let conns = |h: &Harness| {
             let mut v: Vec<_> =
@@ -885,7 +919,7 @@ impl Twins {
             v.sort_by(|x, y| x.0.cmp(&y.0));
             v
         };
-        assert_eq!(conns(a), conns(b), "connections");
+        assert_eq!(conns(a), conns(b), "{}", msg("connections"));
         let routers = |h: &Harness| -> Vec<[u64; 4]> {
             h.s.router
                 .c
@@ -893,11 +927,16 @@ impl Twins {
                 .map(|r| std::array::from_fn(|i| r[i].load(std::sync::atomic::Ordering::Relaxed)))
                 .collect()
         };
-        assert_eq!(routers(a), routers(b), "router counters");
-        assert_eq!(a.held.len(), b.held.len(), "packets held for a next hop");
+        assert_eq!(routers(a), routers(b), "{}", msg("router counters"));
+        assert_eq!(
+            a.held.len(),
+            b.held.len(),
+            "{}",
+            msg("packets held for a next hop")
+        );
     }
 
-    /// Both take the three segments of every connection's handshake (SYN, SYN-ACK, ACK).
+    /// All take the three segments of every connection's handshake (SYN, SYN-ACK, ACK).
     #[track_caller]
     pub fn handshakes(&mut self, cv: &mut Conversation) {
         let (syn, ack) = (0x02, 0x10);
@@ -940,7 +979,7 @@ impl Twins {
     /// Time passes on both: `ms` milliseconds, the connection tracker's clock with them (as
     /// the worker sets it).
     pub fn advance(&mut self, ms: u64) {
-        for h in [&mut self.cached, &mut self.staged] {
+        for h in self.all() {
             h.s.now_ms += ms;
             h.s.fw.now = h.s.now_ms as u32;
         }
@@ -989,9 +1028,9 @@ impl Twins {
         self.cached.s.flows.stats.hits
     }
 
-    /// Both get new tables (the next generation).
+    /// All get new tables (the next generation).
     pub fn set_tables(&mut self, make: impl Fn() -> Tables) {
-        for h in [&mut self.cached, &mut self.staged] {
+        for h in self.all() {
             let generation = h.t.generation + 1;
             h.t = make();
             h.t.generation = generation;
