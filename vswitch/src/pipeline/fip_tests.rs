@@ -1456,8 +1456,81 @@ fn east_west_sides() -> (Side<'static>, Side<'static>) {
 /// that run out, datagrams over the MTU, time passing), the twin with the cache sends,
 /// drops, counts and tracks exactly what the twin without it does.
 mod fuzz {
+    use super::super::firewall_tests::TwoCores;
     use super::*;
     use proptest::prelude::*;
+
+    /// One worker and two on the same tables, fed the same frames one at a time.
+    struct OneAndTwo {
+        one: Harness,
+        two: TwoCores,
+    }
+
+    impl OneAndTwo {
+        fn new() -> Self {
+            let one = harness();
+            let two = TwoCores::new(one.t.clone());
+            for s in &two.s {
+                for ip in ["10.0.0.12", "10.0.0.13"] {
+                    s.neigh.set_static(
+                        ip.parse().unwrap(),
+                        crate::tables::mac_u64(&mac("02:00:00:00:00:12").0),
+                    );
+                }
+            }
+            OneAndTwo { one, two }
+        }
+
+        /// `f` arrives on `port`: of the one worker, and of worker `core` of the two.
+        #[track_caller]
+        fn rx(&mut self, core: usize, port: u16, f: Vec<u8>) {
+            self.one.rx(port, std::slice::from_ref(&f));
+            self.two.rx(core, port, f);
+            self.assert_same();
+        }
+
+        fn advance(&mut self, ms: u64) {
+            for s in std::iter::once(&mut self.one.s).chain(self.two.s.iter_mut()) {
+                s.now_ms += ms;
+                s.fw.now = s.now_ms as u32;
+            }
+        }
+
+        #[track_caller]
+        fn assert_same(&self) {
+            let (one, two) = (&self.one, &self.two);
+            assert_eq!(one.sink.sent, two.sink.sent, "frames sent");
+            assert_eq!(one.c.drops, two.c.drops, "drops");
+            let but_handoffs = |c: &crate::counters::BatchCounters| {
+                let mut e = c.events;
+                e[E::ConntrackHandoff as usize] = 0;
+                e
+            };
+            assert_eq!(but_handoffs(&one.c), but_handoffs(&two.c), "events");
+            let conns = |ss: &[&crate::pipeline::CoreState]| {
+                let mut v: Vec<_> = ss
+                    .iter()
+                    .flat_map(|s| s.fw.ct.iter())
+                    .map(|(_, k, e)| (format!("{k}"), e.state, e.flags, e.tcp, e.expires))
+                    .collect();
+                v.sort_by(|x, y| x.0.cmp(&y.0));
+                v
+            };
+            assert_eq!(
+                conns(&[&one.s]),
+                conns(&[&two.s[0], &two.s[1]]),
+                "connections"
+            );
+            let per_port: Vec<[u64; 2]> = (0..one.s.fw.per_port.len())
+                .map(|p| {
+                    let [a, b] = [&two.s[0], &two.s[1]]
+                        .map(|s| s.fw.per_port.get(p).copied().unwrap_or_default());
+                    [a[0] + b[0], a[1] + b[1]]
+                })
+                .collect();
+            assert_eq!(one.s.fw.per_port, per_port, "firewall counters per port");
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
@@ -1491,6 +1564,49 @@ mod fuzz {
             let mut tw = fip_twins();
             tw.warm_up(&mut cv, |_, f| f);
             tw.play(&mut cv, &moves, |_, f| f);
+        }
+
+        /// One worker against two, every frame arriving on either of the two (as RSS
+        /// spreads a connection's two directions over them): each connection is judged on
+        /// the core that owns it, handed over when it arrives on the other, and the two send,
+        /// drop, count and track frame after frame what the one does.
+        #[test]
+        fn east_west_flows_are_the_same_on_one_worker_and_on_two(
+            moves in fuzz_moves(),
+            udp in any::<bool>(),
+        ) {
+            let (vm2, vm1) = east_west_sides();
+            let mut cv = Conversation::new(vm2, vm1, 6);
+            cv.udp = udp;
+            let mut x = OneAndTwo::new();
+            // The handshakes (or first datagrams) and two rounds, each connection's two
+            // directions on different workers.
+            let steps: &[(bool, u8, usize)] = if udp {
+                &[(false, 0, 20), (true, 0, 30), (false, 0, 20), (true, 0, 30)]
+            } else {
+                &[(false, 0x02, 0), (true, 0x12, 0), (false, 0x10, 0), (false, 0x18, 10),
+                  (true, 0x10, 0), (false, 0x18, 10), (true, 0x10, 0)]
+            };
+            for &(from_server, flags, len) in steps {
+                for k in 0..cv.n {
+                    let f = cv.seg(k, from_server, flags, len, 64);
+                    let port = if from_server { cv.server.port } else { cv.client.port };
+                    x.rx((k as usize + from_server as usize) % 2, port, f);
+                }
+            }
+            prop_assert!(x.two.c.count(E::ConntrackHandoff) > 0, "some frames handed over");
+            for m in &moves {
+                match m {
+                    FuzzMove::Wait(ms) => x.advance(*ms),
+                    FuzzMove::Batch { from_server, segs } => {
+                        for s in segs {
+                            let f = s.frame(&mut cv, *from_server);
+                            let port = if *from_server { cv.server.port } else { cv.client.port };
+                            x.rx((s.k / cv.n) as usize % 2, port, f);
+                        }
+                    }
+                }
+            }
         }
 
         #[test]

@@ -516,6 +516,7 @@ impl TwoCores {
                 core,
                 2,
             );
+            s.fw.per_port = vec![[0; 2]; t.ports.len()];
             s
         };
         let n = t.ports.len();

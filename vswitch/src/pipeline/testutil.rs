@@ -778,6 +778,26 @@ pub struct FuzzSeg {
     pub cut: usize,
 }
 
+impl FuzzSeg {
+    /// The frame: `cv`'s segment (`from_server` or from the client), damaged and cut.
+    pub fn frame(&self, cv: &mut Conversation, from_server: bool) -> Vec<u8> {
+        let mut f = cv.seg(
+            self.k % cv.n,
+            from_server,
+            self.flags,
+            self.payload,
+            self.ttl,
+        );
+        for &(at, v) in &self.damage {
+            if let Some(b) = f.get_mut(at) {
+                *b = v;
+            }
+        }
+        f.truncate(f.len().saturating_sub(self.cut));
+        f
+    }
+}
+
 /// What a differential fuzz does next.
 #[derive(Debug, Clone)]
 pub enum FuzzMove {
@@ -999,19 +1019,7 @@ impl Twins {
             match m {
                 FuzzMove::Wait(ms) => self.advance(*ms),
                 FuzzMove::Batch { from_server, segs } => {
-                    let frames = segs
-                        .iter()
-                        .map(|s| {
-                            let mut f = cv.seg(s.k % cv.n, *from_server, s.flags, s.payload, s.ttl);
-                            for &(at, v) in &s.damage {
-                                if let Some(b) = f.get_mut(at) {
-                                    *b = v;
-                                }
-                            }
-                            f.truncate(f.len().saturating_sub(s.cut));
-                            f
-                        })
-                        .collect();
+                    let frames = segs.iter().map(|s| s.frame(cv, *from_server)).collect();
                     let port = if *from_server {
                         cv.server.port
                     } else {
