@@ -808,6 +808,10 @@ pub enum FuzzMove {
     },
     /// Milliseconds pass on both twins.
     Wait(u64),
+    /// New tables (the next generation) from the test's desired state `k` (modulo how many
+    /// it gave, [`Twins::states`]; none: nothing happens), as a control-plane change swaps them
+    /// under the workers.
+    Retable(usize),
 }
 
 /// Moves for [`Twins::play`]: mostly what an established connection sends (plain ACKs, data),
@@ -849,6 +853,7 @@ pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> 
         8 => (any::<bool>(), proptest::collection::vec(seg, 1..40))
             .prop_map(|(from_server, segs)| FuzzMove::Batch { from_server, segs }),
         1 => prop_oneof![4 => 0u64..3000, 1 => 100_000u64..700_000].prop_map(FuzzMove::Wait),
+        1 => any::<usize>().prop_map(FuzzMove::Retable),
     ];
     proptest::collection::vec(mv, 1..16)
 }
@@ -861,6 +866,8 @@ pub struct Twins {
     pub cached: Harness,
     pub staged: Harness,
     pub traced: Harness,
+    /// The desired states a [`FuzzMove::Retable`] swaps in.
+    pub states: Vec<Box<dyn Fn() -> Tables>>,
 }
 
 impl Twins {
@@ -874,6 +881,7 @@ impl Twins {
             cached,
             staged,
             traced,
+            states: Vec::new(),
         }
     }
 
@@ -1018,6 +1026,12 @@ impl Twins {
         for m in moves {
             match m {
                 FuzzMove::Wait(ms) => self.advance(*ms),
+                FuzzMove::Retable(k) => {
+                    let n = self.states.len().max(1);
+                    if let Some(t) = self.states.get(k % n).map(|make| make()) {
+                        self.set_tables(|| t.clone());
+                    }
+                }
                 FuzzMove::Batch { from_server, segs } => {
                     let frames = segs.iter().map(|s| s.frame(cv, *from_server)).collect();
                     let port = if *from_server {
