@@ -1460,6 +1460,15 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
+    /// The tables a `Retable` move swaps in: the host's, and the host's with floating IP
+    /// 203.0.113.17 disassociated.
+    fn fip_states() -> Vec<Box<dyn Fn() -> Tables>> {
+        vec![
+            Box::new(|| tables_with(STATE)),
+            Box::new(|| tables_with(&without_fip())),
+        ]
+    }
+
     /// The host's state with floating IP 203.0.113.17 disassociated.
     fn without_fip() -> String {
         STATE.replace(
@@ -1560,7 +1569,7 @@ mod fuzz {
             let (internet, vm1) = floating_ip_sides();
             let mut cv = Conversation::new(internet, vm1, 6);
             let mut tw = fip_twins();
-            tw.states = vec![Box::new(|| tables_with(STATE)), Box::new(|| tables_with(&without_fip()))];
+            tw.states = fip_states();
             tw.warm_up(&mut cv, |_, f| f);
             tw.play(&mut cv, &moves, |_, f| f);
         }
@@ -1582,7 +1591,7 @@ mod fuzz {
             let mut cv = Conversation::new(internet, vm1, 6);
             cv.udp = true;
             let mut tw = fip_twins();
-            tw.states = vec![Box::new(|| tables_with(STATE)), Box::new(|| tables_with(&without_fip()))];
+            tw.states = fip_states();
             tw.warm_up(&mut cv, |_, f| f);
             tw.play(&mut cv, &moves, |_, f| f);
         }

@@ -235,6 +235,15 @@ impl FwCore {
         }
     }
 
+    /// Packet `i` is no longer the frame its egress check judged (the router answered it
+    /// with an ICMP error or an echo reply, back to the same port): the ingress check parses
+    /// and judges it afresh instead of going on from that judgement.
+    #[inline]
+    pub fn forget(&mut self, i: usize) {
+        self.seen &= !(1 << i);
+        self.mirrored &= !(1 << i);
+    }
+
     /// Records packet `i`'s entry state before its egress check moved it on and what the
     /// check left, for the ingress check of the same packet (see [`mirror`]).
     #[inline(always)]

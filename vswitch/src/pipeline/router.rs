@@ -714,7 +714,9 @@ pub fn route<B: PacketBuf, T: Tracer>(
             }
             Ok(Verdict::Back(kind)) => {
                 s.flows.spoil(i);
-                // A reply or ICMP error from the router, out of the ingress port.
+                // A reply or ICMP error from the router, out of the ingress port: another
+                // frame than the one the egress check judged.
+                s.fw.forget(i);
                 b.meta[i].next = Next::Output(b.in_port);
                 tally.c[kind as usize] += 1;
             }

@@ -1192,6 +1192,57 @@ fn frames_routed_on_another_host_from_the_flow_cache_are_what_the_stages_make_of
     assert_eq!(tw.cached.c.count(E::DvrMacIn), 6 * n as u64);
 }
 
+/// A packet the router answers (here a SYN whose TTL runs out) comes back to its sender's
+/// port as another frame: the ingress check there judges the ICMP error as related to the
+/// connection it quotes and leaves that connection as the egress check made it. (It went on
+/// from the egress check's judgement of the original: the quoted SYN was judged again as one
+/// coming in, and could reopen its connection the other way.)
+#[test]
+fn an_icmp_error_from_the_router_is_judged_as_itself_at_the_senders_port() {
+    let vm2 = Side {
+        port: VM2,
+        smac: M2,
+        dmac: GW2,
+        vid: None,
+        src: IP2,
+        dst: IP1,
+    };
+    let vm1 = Side {
+        port: VM1,
+        smac: M1,
+        dmac: GW1,
+        vid: None,
+        src: IP1,
+        dst: IP2,
+    };
+    let mut tw = Twins::new(harness);
+    let mut cv = Conversation::new(vm2, vm1, 1);
+    tw.warm_up(&mut cv, |_, f| f);
+    // vm2 resets the connection, then opens it again with a SYN that dies at the router.
+    tw.rx(VM2, &[cv.seg(0, false, 0x04, 0, 64)]);
+    let (back, related) = (
+        tw.staged.sink.on(VM2).len(),
+        tw.staged.c.count(E::ConntrackRelated),
+    );
+    tw.rx(VM2, &[cv.seg(0, false, 0x02, 0, 1)]);
+    let h = &tw.staged;
+    assert_eq!(h.sink.on(VM2).len(), back + 1, "{:?}", h.c);
+    assert_eq!(h.sink.on(VM2).last().unwrap()[34], 11, "time exceeded");
+    assert_eq!(h.c.count(E::ConntrackRelated), related + 1);
+    let vm2_zone: Vec<_> =
+        h.s.fw
+            .ct
+            .iter()
+            .filter(|(_, k, _)| k.zone() == VM2 + 1)
+            .map(|(_, _, e)| (e.state, e.flags & super::conntrack::flag::INGRESS))
+            .collect();
+    assert_eq!(
+        vm2_zone,
+        [(super::conntrack::state::SYN_SENT, 0)],
+        "the new connection, as vm2's egress opened it"
+    );
+}
+
 /// Differential fuzz of the flow cache against the stages on routed flows (see
 /// `fip_tests::fuzz`): between two instances of this host on two networks of the distributed
 /// router, and from an instance on compute2 (routed there, arriving in VXLAN from its DVR
@@ -1199,6 +1250,18 @@ fn frames_routed_on_another_host_from_the_flow_cache_are_what_the_stages_make_of
 mod cache_fuzz {
     use super::*;
     use proptest::prelude::*;
+
+    /// vm1 (selfservice1) answering `peer` through its gateway.
+    fn vm1_to(peer: [u8; 4]) -> Side<'static> {
+        Side {
+            port: VM1,
+            smac: M1,
+            dmac: GW1,
+            vid: None,
+            src: IP1,
+            dst: peer,
+        }
+    }
 
     /// vm2 (selfservice2, client) and vm1 (selfservice1, server), routed here.
     fn routed_sides() -> (Side<'static>, Side<'static>) {
@@ -1210,15 +1273,7 @@ mod cache_fuzz {
             src: IP2,
             dst: IP1,
         };
-        let vm1 = Side {
-            port: VM1,
-            smac: M1,
-            dmac: GW1,
-            vid: None,
-            src: IP1,
-            dst: IP2,
-        };
-        (vm2, vm1)
+        (vm2, vm1_to(IP2))
     }
 
     /// r2 on compute2 (client, its frames routed there and sent over VNI 101) and vm1.
@@ -1231,15 +1286,7 @@ mod cache_fuzz {
             src: IPR2,
             dst: IP1,
         };
-        let vm1 = Side {
-            port: VM1,
-            smac: M1,
-            dmac: GW1,
-            vid: None,
-            src: IP1,
-            dst: IPR2,
-        };
-        (r2, vm1)
+        (r2, vm1_to(IPR2))
     }
 
     fn from_compute2(port: u16, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {

@@ -806,7 +806,7 @@ pub enum FuzzMove {
         from_server: bool,
         segs: Vec<FuzzSeg>,
     },
-    /// Milliseconds pass on both twins.
+    /// Milliseconds pass on every harness.
     Wait(u64),
     /// New tables (the next generation) from the test's desired state `k` (modulo how many
     /// it gave, [`Twins::states`]; none: nothing happens), as a control-plane change swaps them
@@ -1004,7 +1004,7 @@ impl Twins {
         assert!(self.hits() >= 2 * cv.n as u64, "hits: {}", self.hits());
     }
 
-    /// Time passes on both: `ms` milliseconds, the connection tracker's clock with them (as
+    /// Time passes on all three: `ms` milliseconds, the connection tracker's clock with them (as
     /// the worker sets it).
     pub fn advance(&mut self, ms: u64) {
         for h in self.all() {
@@ -1015,7 +1015,7 @@ impl Twins {
 
     /// Plays `moves` on the connections of `cv` (established first by the caller): each
     /// batch built by `cv`, damaged as it says, then wrapped by `wrap` for its port (e.g. in
-    /// VXLAN) and fed to both twins, which must send and count the same after every step.
+    /// VXLAN) and fed to all three harnesses, which must send and count the same after every step.
     #[track_caller]
     pub fn play(
         &mut self,
