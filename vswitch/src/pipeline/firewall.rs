@@ -182,11 +182,14 @@ struct Before {
 /// What one packet left in a connection entry: its TCP tracking, deadline and flags. Read
 /// when the packet moved the entry on, not later: another packet of the same connection
 /// further on in the batch may move the entry on again before the receiver's zone is judged.
+/// `moved` false: the packet changed nothing (a retransmission TCP ignores), and the
+/// receiver's entry keeps what it has, its deadline included.
 #[derive(Debug, Clone, Copy, Default)]
 struct After {
     tcp: [TcpPeer; 2],
     expires: u32,
     flags: u8,
+    moved: bool,
 }
 
 impl After {
@@ -196,6 +199,7 @@ impl After {
             tcp: e.tcp,
             expires: e.expires,
             flags: e.flags,
+            moved: true,
         }
     }
 }
@@ -847,7 +851,10 @@ fn fast_path(
             if hint == NO_ENTRY && st == before.state && before.flags & flag::ASSURED != 0 =>
         {
             if let Some(e) = f.ct.entry(idx) {
-                let after = After::of(e);
+                let after = match moved {
+                    Advanced::To(_) => After::of(e),
+                    _ => After::default(),
+                };
                 f.record_before(i, before, after)
             }
         }
@@ -884,6 +891,7 @@ fn mirror(f: &mut FwCore, i: usize, idx: u32, dir: u8, version: u32) -> bool {
         tcp,
         expires,
         flags,
+        moved,
     } = b.after;
     let Some(e) = f.ct.entry_mut(idx) else {
         return false;
@@ -899,9 +907,11 @@ fn mirror(f: &mut FwCore, i: usize, idx: u32, dir: u8, version: u32) -> bool {
     {
         return false;
     }
-    e.tcp = tcp;
-    e.expires = expires;
-    e.flags |= flags & flag::SEEN_REPLY;
+    if moved {
+        e.tcp = tcp;
+        e.expires = expires;
+        e.flags |= flags & flag::SEEN_REPLY;
+    }
     true
 }
 

@@ -1243,6 +1243,43 @@ fn an_icmp_error_from_the_router_is_judged_as_itself_at_the_senders_port() {
     );
 }
 
+/// A retransmission TCP ignores (a SYN on an established connection) changes nothing in
+/// the sender's zone, so the receiver's, taking the sender's result, changes nothing either:
+/// not even the deadline, which a segment that passed the sender's zone and never reached the
+/// receiver (dropped by the router for a bad header checksum) had moved on there alone.
+#[test]
+fn an_ignored_retransmission_leaves_the_receivers_deadline_as_it_was() {
+    let (vm2, vm1) = cache_fuzz::routed_sides();
+    let mut tw = Twins::new(harness);
+    let mut cv = Conversation::new(vm2, vm1, 1);
+    tw.warm_up(&mut cv, |_, f| f);
+    let deadline = |tw: &Twins, zone: u16| {
+        let h = &tw.staged;
+        let e: Vec<u32> =
+            h.s.fw
+                .ct
+                .iter()
+                .filter(|(_, k, _)| k.zone() == zone)
+                .map(|(_, _, e)| e.expires)
+                .collect();
+        e[0]
+    };
+    let (vm2_zone, vm1_zone) = (VM2 + 1, VM1 + 1);
+    let before = deadline(&tw, vm1_zone);
+    tw.advance(1000);
+    let mut bad_sum = cv.seg(0, false, 0x10, 0, 64);
+    bad_sum[15] ^= 1;
+    tw.rx(VM2, &[bad_sum]);
+    assert_eq!(tw.staged.c.dropped(D::RouterMalformed), 1);
+    assert_eq!(
+        deadline(&tw, vm2_zone),
+        before + 1000,
+        "vm2's zone let it out"
+    );
+    tw.rx(VM2, &[cv.seg(0, false, 0x02, 0, 64)]);
+    assert_eq!(deadline(&tw, vm1_zone), before, "vm1's zone saw neither");
+}
+
 /// Differential fuzz of the flow cache against the stages on routed flows (see
 /// `fip_tests::fuzz`): between two instances of this host on two networks of the distributed
 /// router, and from an instance on compute2 (routed there, arriving in VXLAN from its DVR
@@ -1264,7 +1301,7 @@ mod cache_fuzz {
     }
 
     /// vm2 (selfservice2, client) and vm1 (selfservice1, server), routed here.
-    fn routed_sides() -> (Side<'static>, Side<'static>) {
+    pub(super) fn routed_sides() -> (Side<'static>, Side<'static>) {
         let vm2 = Side {
             port: VM2,
             smac: M2,
