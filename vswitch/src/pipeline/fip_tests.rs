@@ -1559,6 +1559,22 @@ mod fuzz {
         }
     }
 
+    /// Plays `moves` on `sides`' connections (`udp`: flows) through `tw`, once warmed up.
+    fn play(mut tw: Twins, sides: (Side<'static>, Side<'static>), udp: bool, moves: &[FuzzMove]) {
+        let mut cv = Conversation::new(sides.0, sides.1, 6);
+        cv.udp = udp;
+        tw.warm_up(&mut cv, |_, f| f);
+        tw.play(&mut cv, moves, |_, f| f);
+    }
+
+    /// Twins of the floating-IP host whose Retable moves disassociate the floating IP and
+    /// associate it again.
+    fn fip_twins_retabled() -> Twins {
+        let mut tw = fip_twins();
+        tw.states = fip_states();
+        tw
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -1566,34 +1582,19 @@ mod fuzz {
         /// floating IP disassociated and associated again as the moves swap the tables.
         #[test]
         fn floating_ip_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            let (internet, vm1) = floating_ip_sides();
-            let mut cv = Conversation::new(internet, vm1, 6);
-            let mut tw = fip_twins();
-            tw.states = fip_states();
-            tw.warm_up(&mut cv, |_, f| f);
-            tw.play(&mut cv, &moves, |_, f| f);
+            play(fip_twins_retabled(), floating_ip_sides(), false, &moves);
         }
 
         /// Two instances of this host, each packet judged in both zones.
         #[test]
         fn east_west_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            let (vm2, vm1) = east_west_sides();
-            let mut cv = Conversation::new(vm2, vm1, 6);
-            let mut tw = Twins::new(harness);
-            tw.warm_up(&mut cv, |_, f| f);
-            tw.play(&mut cv, &moves, |_, f| f);
+            play(Twins::new(harness), east_west_sides(), false, &moves);
         }
 
         /// The same with replied UDP flows.
         #[test]
         fn floating_ip_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            let (internet, vm1) = floating_ip_sides();
-            let mut cv = Conversation::new(internet, vm1, 6);
-            cv.udp = true;
-            let mut tw = fip_twins();
-            tw.states = fip_states();
-            tw.warm_up(&mut cv, |_, f| f);
-            tw.play(&mut cv, &moves, |_, f| f);
+            play(fip_twins_retabled(), floating_ip_sides(), true, &moves);
         }
 
         /// One worker against two, every frame arriving on either of the two (as RSS
@@ -1642,12 +1643,7 @@ mod fuzz {
 
         #[test]
         fn east_west_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            let (vm2, vm1) = east_west_sides();
-            let mut cv = Conversation::new(vm2, vm1, 6);
-            cv.udp = true;
-            let mut tw = Twins::new(harness);
-            tw.warm_up(&mut cv, |_, f| f);
-            tw.play(&mut cv, &moves, |_, f| f);
+            play(Twins::new(harness), east_west_sides(), true, &moves);
         }
     }
 }

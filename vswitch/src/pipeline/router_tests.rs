@@ -1199,22 +1199,7 @@ fn frames_routed_on_another_host_from_the_flow_cache_are_what_the_stages_make_of
 /// coming in, and could reopen its connection the other way.)
 #[test]
 fn an_icmp_error_from_the_router_is_judged_as_itself_at_the_senders_port() {
-    let vm2 = Side {
-        port: VM2,
-        smac: M2,
-        dmac: GW2,
-        vid: None,
-        src: IP2,
-        dst: IP1,
-    };
-    let vm1 = Side {
-        port: VM1,
-        smac: M1,
-        dmac: GW1,
-        vid: None,
-        src: IP1,
-        dst: IP2,
-    };
+    let (vm2, vm1) = cache_fuzz::routed_sides();
     let mut tw = Twins::new(harness);
     let mut cv = Conversation::new(vm2, vm1, 1);
     tw.warm_up(&mut cv, |_, f| f);
