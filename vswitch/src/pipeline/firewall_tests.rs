@@ -755,7 +755,7 @@ fn the_peer_link_between_zones_is_only_a_hint() {
 }
 
 /// The entry of the one connection in `zone`.
-fn entry_in_zone(h: &Harness, zone: u16) -> (u32, super::conntrack::Entry) {
+pub(super) fn entry_in_zone(h: &Harness, zone: u16) -> (u32, super::conntrack::Entry) {
     let found: Vec<_> =
         h.s.fw
             .ct

@@ -1,6 +1,7 @@
 //! Router stage tests: gateway ARP/ND, same-host and cross-host (DVR MAC) routing, TTL and
 //! checksums re-parsed by etherparse, ICMP errors byte-checked, echo, the SNAT default, next-hop
 //! resolution and the ICMP rate limit.
+use super::firewall_tests::entry_in_zone;
 use super::testutil::*;
 use crate::counters::{DropReason as D, Event as E};
 use crate::tables::{mac_u64, Tables};
@@ -1214,16 +1215,10 @@ fn an_icmp_error_from_the_router_is_judged_as_itself_at_the_senders_port() {
     assert_eq!(h.sink.on(VM2).len(), back + 1, "{:?}", h.c);
     assert_eq!(h.sink.on(VM2).last().unwrap()[34], 11, "time exceeded");
     assert_eq!(h.c.count(E::ConntrackRelated), related + 1);
-    let vm2_zone: Vec<_> =
-        h.s.fw
-            .ct
-            .iter()
-            .filter(|(_, k, _)| k.zone() == VM2 + 1)
-            .map(|(_, _, e)| (e.state, e.flags & super::conntrack::flag::INGRESS))
-            .collect();
+    let (_, e) = entry_in_zone(h, VM2 + 1);
     assert_eq!(
-        vm2_zone,
-        [(super::conntrack::state::SYN_SENT, 0)],
+        (e.state, e.flags & super::conntrack::flag::INGRESS),
+        (super::conntrack::state::SYN_SENT, 0),
         "the new connection, as vm2's egress opened it"
     );
 }
@@ -1238,17 +1233,7 @@ fn an_ignored_retransmission_leaves_the_receivers_deadline_as_it_was() {
     let mut tw = Twins::new(harness);
     let mut cv = Conversation::new(vm2, vm1, 1);
     tw.warm_up(&mut cv, |_, f| f);
-    let deadline = |tw: &Twins, zone: u16| {
-        let h = &tw.staged;
-        let e: Vec<u32> =
-            h.s.fw
-                .ct
-                .iter()
-                .filter(|(_, k, _)| k.zone() == zone)
-                .map(|(_, _, e)| e.expires)
-                .collect();
-        e[0]
-    };
+    let deadline = |tw: &Twins, zone: u16| entry_in_zone(&tw.staged, zone).1.expires;
     let (vm2_zone, vm1_zone) = (VM2 + 1, VM1 + 1);
     let before = deadline(&tw, vm1_zone);
     tw.advance(1000);

@@ -651,9 +651,12 @@ fn snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
 }
 
 /// A translation picked up again mid-stream (its entry gone: flushed here, or expired) is a
-/// new one, maybe with another port: the flow cache answers neither from what it learnt of
-/// the old one (the new entry's birth serial differs) nor for the packet that picked it up
-/// (nothing it could check on a hit), and the connection's FIN is tracked by the stages.
+/// new one, here with another port: the flow cache does not answer for the packet that
+/// picked it up (nothing it could check on a hit), learns the next one, and leaves the
+/// connection's FIN to the stages. (That a slot learnt from the old translation never
+/// answers for the new one is shown where the two can share an entry of the table:
+/// `flowcache::tests::a_translation_made_again_in_the_same_entry_has_another_fingerprint`;
+/// here the new one takes another entry.)
 #[test]
 fn a_translation_picked_up_again_is_cached_anew() {
     // Two ports: the instance's connection 0 and another one take them both.
