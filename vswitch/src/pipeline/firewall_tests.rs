@@ -841,3 +841,130 @@ fn the_receivers_zone_tracks_only_the_segments_that_reach_it() {
     assert_eq!(a.tcp[0].end, 221, "vm1's zone saw both segments go out");
     assert_eq!(b.tcp[0].end, 211, "vm2's zone judged the first one only");
 }
+
+/// Differential fuzz of the firewall under security-group changes: connections between two
+/// instances of this host (vm2's clients to vm1's port 5001), each packet judged in both
+/// zones, while the tables swap between policies that keep them (a new version of the same
+/// allowance, an unrelated rule, a wider prefix, a remote group vm2 joins), cut them (the rule
+/// gone, TCP's or UDP's alone) or make vm2's port stateless, with sweeps of the connection
+/// table between bursts. The twin with the flow cache, the one without and the traced one
+/// (no flow cache, no firewall fast path, no mirror) send, drop, count and track the same.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ALLOW_TCP: &str = "  - {id: def-5001t, security_group_id: sg-default, direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: 5001, port_range_max: 5001, remote_ip_prefix: 203.0.113.12/32}\n";
+    const ALLOW_UDP: &str = "  - {id: def-5001u, security_group_id: sg-default, direction: ingress, ethertype: IPv4, protocol: udp, port_range_min: 5001, port_range_max: 5001, remote_ip_prefix: 203.0.113.12/32}\n";
+    const UNRELATED: &str = "  - {id: def-ssh8, security_group_id: sg-default, direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: 22, port_range_max: 22, remote_ip_prefix: 10.0.0.0/8}\n";
+
+    /// vm2 (client) and vm1 (server, port 5001).
+    fn sides() -> (Side<'static>, Side<'static>) {
+        let vm2 = Side {
+            port: VM2,
+            smac: MAC2,
+            dmac: MAC1,
+            vid: None,
+            src: IP2,
+            dst: IP1,
+        };
+        let vm1 = Side {
+            port: VM1,
+            smac: MAC1,
+            dmac: MAC2,
+            vid: None,
+            src: IP1,
+            dst: IP2,
+        };
+        (vm2, vm1)
+    }
+
+    /// Desired state `k` of the policies the moves swap in; 0 is where the connections open.
+    fn policy(k: usize) -> Tables {
+        let both = format!("{ALLOW_TCP}{ALLOW_UDP}");
+        match k {
+            // vm1 lets vm2 in on TCP and UDP 5001.
+            0 => sg_tables(&both, "sg-web"),
+            // Both rules gone: every connection is cut.
+            1 => sg_tables("", "sg-web"),
+            // A new policy version that still allows them.
+            2 => sg_tables(&format!("{both}{UNRELATED}"), "sg-web"),
+            // Allowed by the same rules from a wider prefix.
+            3 => sg_tables(&both.replace("203.0.113.12/32", "203.0.113.0/24"), "sg-web"),
+            // No rule of their own: vm2 joins default, whose members default lets in.
+            4 => sg_tables("", "sg-web, sg-default"),
+            // UDP's rule gone, TCP's kept.
+            5 => sg_tables(ALLOW_TCP, "sg-web"),
+            // vm2's port stateless (egress UDP only, ingress UDP 53 only).
+            _ => sg_tables(&both, "sg-stateless"),
+        }
+    }
+
+    fn twins() -> Twins {
+        let mut tw = Twins::new(|| Harness::with(policy(0)));
+        tw.states = (0..7)
+            .map(|k| Box::new(move || policy(k)) as Box<dyn Fn() -> Tables>)
+            .collect();
+        tw
+    }
+
+    fn play(udp: bool, moves: &[FuzzMove]) {
+        let mut tw = twins();
+        let (vm2, vm1) = sides();
+        let mut cv = Conversation::new(vm2, vm1, 6);
+        cv.udp = udp;
+        tw.warm_up(&mut cv, |_, f| f);
+        tw.play(&mut cv, moves, |_, f| f);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn tcp_connections_are_judged_the_same_as_security_groups_change(moves in fuzz_moves()) {
+            play(false, &moves);
+        }
+
+        #[test]
+        fn udp_flows_are_judged_the_same_as_security_groups_change(moves in fuzz_moves()) {
+            play(true, &moves);
+        }
+    }
+
+    /// The policies do what the fuzz relies on: 0, 2, 3 and 4 let a new connection in, 1
+    /// does not, 5 lets TCP in and not UDP; and a swap from 0 to 1 cuts the established
+    /// connections in vm1's zone.
+    #[test]
+    fn the_fuzzed_policies_allow_and_cut_what_they_say() {
+        let (vm2, vm1) = sides();
+        for (k, tcp_in, udp_in) in [
+            (0, true, true),
+            (1, false, false),
+            (2, true, true),
+            (3, true, true),
+            (4, true, true),
+            (5, true, false),
+        ] {
+            for udp in [false, true] {
+                let mut h = Harness::with(policy(k));
+                let mut cv = Conversation::new(vm2, vm1, 1);
+                cv.udp = udp;
+                h.rx(VM2, &[cv.seg(0, false, 0x02, 0, 64)]);
+                let want = if udp { udp_in } else { tcp_in };
+                assert_eq!(h.sink.on(VM1).len(), want as usize, "policy {k}, udp {udp}");
+            }
+        }
+        let mut tw = twins();
+        let mut cv = Conversation::new(vm2, vm1, 2);
+        tw.warm_up(&mut cv, |_, f| f);
+        tw.play(
+            &mut cv,
+            &[FuzzMove::Retable(1), FuzzMove::Sweep(usize::MAX)],
+            |_, f| f,
+        );
+        // vm1's zone (1) loses both; vm2's egress (2) still allows them.
+        let zones =
+            |h: &Harness| -> Vec<u16> { h.s.fw.ct.iter().map(|(_, k, _)| k.zone()).collect() };
+        assert_eq!(zones(&tw.cached), [2, 2], "vm1's entries cut");
+        assert_eq!(tw.cached.s.fw.ct.stats.cut, 2);
+    }
+}

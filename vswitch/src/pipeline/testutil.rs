@@ -812,12 +812,17 @@ pub enum FuzzMove {
     /// it gave, [`Twins::states`]; none: nothing happens), as a control-plane change swaps them
     /// under the workers.
     Retable(usize),
+    /// A sweep of up to this many slots of the connection table, as a worker runs one
+    /// between bursts: entries past their deadline removed, those admitted under a port's
+    /// earlier policy judged again (kept, or cut).
+    Sweep(usize),
 }
 
 /// Moves for [`Twins::play`]: mostly what an established connection sends (plain ACKs, data),
 /// among them FINs, RSTs, SYNs, SYN-ACKs and any flag byte; TTLs that run out at a router;
 /// payloads up to and past a 1500-byte MTU; any bytes of the headers overwritten; frames cut
-/// short; pauses past the flow cache's [`MAX_AGE_MS`] and past the connection timeouts.
+/// short; pauses past the flow cache's [`MAX_AGE_MS`] and past the connection timeouts;
+/// new tables; sweeps of the connection table, whole or a few slots.
 ///
 /// [`MAX_AGE_MS`]: super::flowcache::MAX_AGE_MS
 pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> {
@@ -854,6 +859,7 @@ pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> 
             .prop_map(|(from_server, segs)| FuzzMove::Batch { from_server, segs }),
         1 => prop_oneof![4 => 0u64..3000, 1 => 100_000u64..700_000].prop_map(FuzzMove::Wait),
         1 => any::<usize>().prop_map(FuzzMove::Retable),
+        1 => prop_oneof![Just(usize::MAX), 1usize..64].prop_map(FuzzMove::Sweep),
     ];
     proptest::collection::vec(mv, 1..16)
 }
@@ -1031,6 +1037,12 @@ impl Twins {
                     if let Some(t) = self.states.get(k % n).map(|make| make()) {
                         self.set_tables(|| t.clone());
                     }
+                }
+                FuzzMove::Sweep(n) => {
+                    for h in self.all() {
+                        super::firewall::sweep(&h.t, &mut h.s.fw, *n);
+                    }
+                    self.assert_same();
                 }
                 FuzzMove::Batch { from_server, segs } => {
                     let frames = segs.iter().map(|s| s.frame(cv, *from_server)).collect();
