@@ -1430,6 +1430,49 @@ fn floating_ip_sides() -> (Side<'static>, Side<'static>) {
     (internet, vm1)
 }
 
+/// An ICMP error about an established flow, from either end (the fuzz's kinds, quoting the
+/// whole packet or its first 28 bytes), reaches the other end as an error about the packet
+/// that end sent: through the floating IP (the outer destination and the quoted source
+/// translated back) and between two instances of this host (related in both zones).
+#[test]
+fn icmp_errors_about_established_flows_reach_the_other_end() {
+    type Sides = (Side<'static>, Side<'static>);
+    let cases: [(fn() -> Twins, Sides); 2] = [
+        (fip_twins, floating_ip_sides()),
+        (|| Twins::new(harness), east_west_sides()),
+    ];
+    for (make, (client, server)) in cases {
+        for udp in [false, true] {
+            let mut tw = make();
+            let mut cv = Conversation::new(client, server, 2);
+            cv.udp = udp;
+            tw.warm_up(&mut cv, |_, f| f);
+            tw.icmp_errors_reach_the_other_end(&cv, |_, f| f);
+            assert!(
+                tw.cached.c.count(E::ConntrackRelated) >= 16,
+                "{:?}",
+                tw.cached.c
+            );
+        }
+    }
+    // From a router on the Internet side (100.64.0.254) about what vm1 sent: vm1 gets it,
+    // from that router.
+    let mut tw = fip_twins();
+    let (internet, vm1) = floating_ip_sides();
+    let mut cv = Conversation::new(internet, vm1, 2);
+    tw.warm_up(&mut cv, |_, f| f);
+    let ic = FuzzIcmp {
+        kind: 1,
+        from_router: true,
+        short_quote: true,
+    };
+    let got = tw
+        .icmp_error(&cv, 0, false, ic, |_, f| f)
+        .expect("delivered");
+    let (src, dst, ..) = icmp_says(&got).unwrap();
+    assert_eq!((src, dst), ([100, 64, 0, 254], X1));
+}
+
 /// vm2 (client) and vm1 (server), two instances of this host with stateful groups.
 fn east_west_sides() -> (Side<'static>, Side<'static>) {
     let vm2 = Side {

@@ -582,7 +582,7 @@ pub fn tcp4(
 }
 
 /// One side of TCP connections as its own port sees them: where it sends from and to.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct Side<'a> {
     pub port: u16,
     pub smac: &'a str,
@@ -748,6 +748,77 @@ impl<'a> Conversation<'a> {
         f
     }
 
+    /// An ICMP error the server (`from_server`) or the client sends about the last segment
+    /// (or datagram) of connection `k` it received, quoting it as it arrived there (the
+    /// addresses its own side sees, the client port the server sees): from its own address,
+    /// or with `ic.from_router` from a router next to it (the last byte of its address 254).
+    pub fn icmp_error(&self, k: u16, from_server: bool, ic: FuzzIcmp, ttl: u8) -> Vec<u8> {
+        use etherparse::icmpv4::{DestUnreachableHeader as U, TimeExceededCode};
+        use etherparse::Icmpv4Type;
+        let s = if from_server {
+            self.server
+        } else {
+            self.client
+        };
+        let (me, peer) = (from_server as usize, !from_server as usize);
+        let [seq, ack] = [self.seq[k as usize][peer], self.seq[k as usize][me]];
+        // The quoted packet went from the peer to this side: its source is where this side
+        // sends to.
+        let ports = if from_server {
+            (self.seen_ports[k as usize], 5001)
+        } else {
+            (5001, 40000 + k)
+        };
+        let quoted = if self.udp {
+            let mut out = Vec::new();
+            etherparse::PacketBuilder::ipv4(s.dst, s.src, 60)
+                .udp(ports.0, ports.1)
+                .write(&mut out, &[0x5a; 20])
+                .unwrap();
+            out
+        } else {
+            let f = tcp4(
+                s.dmac,
+                s.smac,
+                None,
+                (s.dst, s.src),
+                ports,
+                (seq, ack),
+                0x18,
+                20,
+                60,
+            );
+            f[14..].to_vec()
+        };
+        let quote = if ic.short_quote {
+            &quoted[..28]
+        } else {
+            &quoted[..]
+        };
+        let icmp = match ic.kind % 4 {
+            0 => Icmpv4Type::DestinationUnreachable(U::Port),
+            1 => Icmpv4Type::DestinationUnreachable(U::FragmentationNeeded { next_hop_mtu: 1400 }),
+            2 => Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
+            _ => Icmpv4Type::DestinationUnreachable(U::Host),
+        };
+        let mut src = s.src;
+        if ic.from_router {
+            src[3] = 254;
+        }
+        let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
+        let mut out = Vec::new();
+        match s.vid {
+            Some(v) => b
+                .single_vlan(etherparse::VlanId::try_new(v).unwrap())
+                .ipv4(src, s.dst, ttl)
+                .icmpv4(icmp)
+                .write(&mut out, quote),
+            None => b.ipv4(src, s.dst, ttl).icmpv4(icmp).write(&mut out, quote),
+        }
+        .unwrap();
+        out
+    }
+
     /// The same segment for every connection.
     pub fn all(&mut self, from_server: bool, flags: u8, payload: usize) -> (u16, Vec<Vec<u8>>) {
         let port = if from_server {
@@ -765,7 +836,8 @@ impl<'a> Conversation<'a> {
 }
 
 /// One segment of a differential fuzz ([`Twins::play`]): connection `k` (modulo the
-/// conversation's count) with TCP `flags`, `payload` bytes and `ttl`, then the bytes of
+/// conversation's count) with TCP `flags`, `payload` bytes and `ttl` (or, with `icmp`, an
+/// ICMP error about the connection's last segment from the other side), then the bytes of
 /// `damage` overwritten (offsets in the frame as the side sends it, before any wrapping; those
 /// past its end ignored) and `cut` bytes cut off its end.
 #[derive(Debug, Clone)]
@@ -776,18 +848,27 @@ pub struct FuzzSeg {
     pub ttl: u8,
     pub damage: Vec<(usize, u8)>,
     pub cut: usize,
+    pub icmp: Option<FuzzIcmp>,
+}
+
+/// An ICMP error of a differential fuzz ([`Conversation::icmp_error`]): `kind` (modulo 4)
+/// port unreachable, fragmentation needed, TTL exceeded, host unreachable; from a router
+/// next to the side that sends it; quoting the IP header and 8 bytes only, or the whole packet.
+#[derive(Debug, Clone, Copy)]
+pub struct FuzzIcmp {
+    pub kind: u8,
+    pub from_router: bool,
+    pub short_quote: bool,
 }
 
 impl FuzzSeg {
     /// The frame: `cv`'s segment (`from_server` or from the client), damaged and cut.
     pub fn frame(&self, cv: &mut Conversation, from_server: bool) -> Vec<u8> {
-        let mut f = cv.seg(
-            self.k % cv.n,
-            from_server,
-            self.flags,
-            self.payload,
-            self.ttl,
-        );
+        let k = self.k % cv.n;
+        let mut f = match self.icmp {
+            Some(ic) => cv.icmp_error(k, from_server, ic, self.ttl),
+            None => cv.seg(k, from_server, self.flags, self.payload, self.ttl),
+        };
         for &(at, v) in &self.damage {
             if let Some(b) = f.get_mut(at) {
                 *b = v;
@@ -819,7 +900,8 @@ pub enum FuzzMove {
 }
 
 /// Moves for [`Twins::play`]: mostly what an established connection sends (plain ACKs, data),
-/// among them FINs, RSTs, SYNs, SYN-ACKs and any flag byte; TTLs that run out at a router;
+/// among them FINs, RSTs, SYNs, SYN-ACKs and any flag byte; ICMP errors about the
+/// connections from either end or a router next to it; TTLs that run out at a router;
 /// payloads up to and past a 1500-byte MTU; any bytes of the headers overwritten; frames cut
 /// short; pauses past the flow cache's [`MAX_AGE_MS`] and past the connection timeouts;
 /// new tables; sweeps of the connection table, whole or a few slots.
@@ -844,14 +926,25 @@ pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> 
         1 => proptest::collection::vec((0usize..70, any::<u8>()), 1..4),
     ];
     let cut = prop_oneof![12 => Just(0usize), 1 => 1usize..80];
-    let seg = (any::<u16>(), flags, payload, ttl, damage, cut).prop_map(
-        |(k, flags, payload, ttl, damage, cut)| FuzzSeg {
+    let icmp = prop_oneof![
+        16 => Just(None),
+        1 => (any::<u8>(), any::<bool>(), any::<bool>()).prop_map(|(kind, from_router, short_quote)| {
+            Some(FuzzIcmp {
+                kind,
+                from_router,
+                short_quote,
+            })
+        }),
+    ];
+    let seg = (any::<u16>(), flags, payload, ttl, damage, cut, icmp).prop_map(
+        |(k, flags, payload, ttl, damage, cut, icmp)| FuzzSeg {
             k,
             flags,
             payload,
             ttl,
             damage,
             cut,
+            icmp,
         },
     );
     let mv = prop_oneof![
@@ -862,6 +955,76 @@ pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> 
         1 => prop_oneof![Just(usize::MAX), 1usize..64].prop_map(FuzzMove::Sweep),
     ];
     proptest::collection::vec(mv, 1..16)
+}
+
+/// What an ICMPv4 error frame says (the frame of an instance or provider port, tagged or not,
+/// or VXLAN around one): outer source and destination, ICMP type, and the quoted packet's
+/// source and destination addresses and ports.
+pub type IcmpSays = ([u8; 4], [u8; 4], u8, ([u8; 4], u16), ([u8; 4], u16));
+
+/// Reads [`IcmpSays`] from `f` with etherparse; `None`: not an ICMPv4 error quoting TCP or UDP.
+/// Panics on a wrong checksum: the IP header's, the ICMP message's, the quoted IP header's and,
+/// when the quote holds the whole packet, its TCP or UDP checksum.
+pub fn icmp_says(f: &[u8]) -> Option<IcmpSays> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let s = SlicedPacket::from_ethernet(f).ok()?;
+    if let Some(TransportSlice::Udp(u)) = &s.transport {
+        if u.destination_port() == 4789 {
+            return icmp_says(&u.payload()[8..]);
+        }
+    }
+    let Some(NetSlice::Ipv4(ip)) = &s.net else {
+        return None;
+    };
+    let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+        return None;
+    };
+    let h = ip.header().to_header();
+    assert_eq!(
+        h.header_checksum,
+        h.calc_header_checksum(),
+        "IP header checksum"
+    );
+    let q = icmp.payload();
+    assert_eq!(
+        icmp.checksum(),
+        icmp.header().icmp_type.calc_checksum(q),
+        "ICMP checksum"
+    );
+    let (qh, rest) = etherparse::Ipv4Header::from_slice(q).ok()?;
+    assert_eq!(
+        qh.header_checksum,
+        qh.calc_header_checksum(),
+        "quoted IP header checksum"
+    );
+    if q.len() >= qh.total_len as usize {
+        match SlicedPacket::from_ip(&q[..qh.total_len as usize])
+            .ok()?
+            .transport
+        {
+            Some(TransportSlice::Tcp(t)) => assert_eq!(
+                t.checksum(),
+                t.calc_checksum_ipv4(qh.source, qh.destination).unwrap(),
+                "quoted TCP checksum"
+            ),
+            Some(TransportSlice::Udp(u)) if u.checksum() != 0 => assert_eq!(
+                u.checksum(),
+                u.to_header()
+                    .calc_checksum_ipv4_raw(qh.source, qh.destination, u.payload())
+                    .unwrap(),
+                "quoted UDP checksum"
+            ),
+            _ => {}
+        }
+    }
+    let port = |at: usize| u16::from_be_bytes([rest[at], rest[at + 1]]);
+    Some((
+        ip.header().source(),
+        ip.header().destination(),
+        icmp.type_u8(),
+        (qh.source, port(0)),
+        (qh.destination, port(2)),
+    ))
 }
 
 /// Harnesses on the same tables fed the same frames: one with the flow cache, one without,
@@ -1052,6 +1215,72 @@ impl Twins {
                         cv.client.port
                     };
                     self.rx(port, &wrap(port, frames));
+                }
+            }
+        }
+    }
+
+    /// `cv`'s ICMP error `ic` about connection `k`'s last segment, sent from the server's
+    /// side (`from_server`) or the client's: all take it, and must agree; what the other
+    /// side's port got from the cached twin, if anything (the last frame it sent there).
+    #[track_caller]
+    pub fn icmp_error(
+        &mut self,
+        cv: &Conversation,
+        k: u16,
+        from_server: bool,
+        ic: FuzzIcmp,
+        wrap: impl Fn(u16, Vec<Vec<u8>>) -> Vec<Vec<u8>>,
+    ) -> Option<Vec<u8>> {
+        let (from, to) = if from_server {
+            (cv.server.port, cv.client.port)
+        } else {
+            (cv.client.port, cv.server.port)
+        };
+        let n = self.cached.sink.on(to).len();
+        let f = cv.icmp_error(k, from_server, ic, 64);
+        self.rx(from, &wrap(from, vec![f]));
+        let out = self.cached.sink.on(to);
+        (out.len() > n).then(|| out[out.len() - 1].clone())
+    }
+
+    /// Every kind of [`FuzzIcmp`] error (quoting the whole packet and 28 bytes) about
+    /// connection 1 of `cv`, sent by either end, reaches the other end (on all three
+    /// twins alike) as an error about the packet that end sent: from the address it sends to,
+    /// to its own, the quoted addresses and ports those of its own packet.
+    #[track_caller]
+    pub fn icmp_errors_reach_the_other_end(
+        &mut self,
+        cv: &Conversation,
+        wrap: impl Fn(u16, Vec<Vec<u8>>) -> Vec<Vec<u8>>,
+    ) {
+        let k = 1;
+        for from_server in [false, true] {
+            for kind in 0..4u8 {
+                for short_quote in [false, true] {
+                    let ic = FuzzIcmp {
+                        kind,
+                        from_router: false,
+                        short_quote,
+                    };
+                    let what = format!("udp {}, from_server {from_server}, {ic:?}", cv.udp);
+                    let got = self.icmp_error(cv, k, from_server, ic, &wrap);
+                    let got =
+                        got.unwrap_or_else(|| panic!("{what}: not delivered: {:?}", self.cached.c));
+                    let (to, ports) = if from_server {
+                        (cv.client, (40000 + k, 5001))
+                    } else {
+                        (cv.server, (5001, cv.seen_ports[k as usize]))
+                    };
+                    let (src, dst, ty, q_src, q_dst) =
+                        icmp_says(&got).unwrap_or_else(|| panic!("{what}: {got:02x?}"));
+                    assert_eq!((src, dst), (to.dst, to.src), "{what}: outer addresses");
+                    assert_eq!(ty, if kind % 4 == 2 { 11 } else { 3 }, "{what}");
+                    assert_eq!(
+                        (q_src, q_dst),
+                        ((to.src, ports.0), (to.dst, ports.1)),
+                        "{what}: the quote is the packet this end sent"
+                    );
                 }
             }
         }
