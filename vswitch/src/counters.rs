@@ -133,7 +133,8 @@ named_enum! {
         /// Centralized SNAT: no source port (or ICMP identifier) free for a new connection
         /// to this destination (`conntrack.snat_ports`); existing ones carry on.
         RouterSnatExhausted => "router.snat_exhausted",
-        /// To a router's gateway address, matching none of its translations.
+        /// To a router's gateway address, or an ICMP error from inside about a packet,
+        /// matching none of its translations.
         RouterSnatUnknown => "router.snat_unknown",
         /// Centralized SNAT translates TCP, UDP and ICMP echo; not this (other protocols, an
         /// echo reply from inside).

@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use support::{
     add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports, ping_ok, py,
-    python, tshark_fields, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd,
-    EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
+    python, tshark_fields, udp_refused, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology,
+    Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
 };
 
 // The instance on selfservice1 and router1's interface there.
@@ -416,26 +416,6 @@ s.bind(("0.0.0.0", int(sys.argv[3])))
 for _ in range(3):
     s.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
     time.sleep(0.2)
-"#;
-
-/// A connected UDP socket sends to `argv[1]:argv[2]`, where nothing listens, until the ICMP
-/// port unreachable that comes back is matched to it (3 tries); prints "refused". (The
-/// kernel matches an ICMP error to a socket by the addresses and ports of the quoted packet.)
-const UDP_REFUSED_PY: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(1)
-s.connect((sys.argv[1], int(sys.argv[2])))
-for _ in range(3):
-    try:
-        s.send(b"anyone?")
-        s.recv(2048)
-    except ConnectionRefusedError:
-        print("refused")
-        sys.exit(0)
-    except socket.timeout:
-        continue
-sys.exit("no port unreachable reached the socket")
 "#;
 
 /// Starts `code` (a python server that prints "listening") in `ns` with `args`.
@@ -938,16 +918,11 @@ fn floating_ip_north_south() {
     // An ICMP error about the instance's datagram comes back to it: the Internet host's
     // port unreachable quotes the floating IP, the instance's kernel matches it to its
     // socket only if the quoted packet was translated back to the fixed IP.
-    let refused = py(
-        &topo,
-        &i1,
-        UDP_REFUSED_PY,
-        &[INET_IP, &UDP_NOBODY.to_string()],
-    );
+    let refused = udp_refused(&topo, &i1, INET_IP, UDP_NOBODY);
     assert_eq!(refused.trim(), "refused", "UDP to a closed port");
     // And the other way: the instance's own port unreachable (its UDP server is gone) leaves
     // as the floating IP and quotes the Internet host's datagram to the floating IP.
-    let refused = py(&topo, &inet, UDP_REFUSED_PY, &[FIP, &UDP_IN.to_string()]);
+    let refused = udp_refused(&topo, &inet, FIP, UDP_IN);
     assert_eq!(
         refused.trim(),
         "refused",

@@ -52,9 +52,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::{
-    add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports, ping_ok, python,
-    tshark_fields, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP,
-    EXT_GW_MAC, INET_IP, VID,
+    add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports,
+    late_udp_answer_refused, ping_ok, python, tshark_fields, udp_refused, Bg, HostPort,
+    InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
 };
 
 const I1_MAC: &str = "fa:16:3e:00:01:04";
@@ -625,9 +625,13 @@ fn assert_provider_wire(pcap: &Path) -> (usize, usize) {
             "ip.checksum.status",
             "ip.proto",
             "ip.dst",
+            "ip.src",
         ],
         true,
     );
+    // Sent from the gateway address, not only quoting it (an ICMP error to it matches
+    // `ip.src` by its quote; the fields are the outer header's).
+    let from_qg: Vec<_> = from_qg.into_iter().filter(|f| f[7] == QG_IP).collect();
     for f in &from_qg {
         assert_eq!(
             f[..5],
@@ -753,6 +757,24 @@ fn centralized_snat_north_south() {
         ),
         (1, 2),
         "network1 sent the answer in two fragments"
+    );
+
+    // The instance's port unreachable about a late UDP answer (its socket closed) reaches the
+    // Internet host as an error about that answer: from the gateway address, its quote
+    // translated back to the gateway address and port the server answered.
+    let late = late_udp_answer_refused(&topo, &i1, (&inet, INET_IP), (INET_IP, PORT + 2));
+    assert!(
+        late.starts_with(&format!("refused {QG_IP} ")),
+        "the server should hear of its late answer from {QG_IP}: {late:?}"
+    );
+
+    // And the other way: the Internet host's port unreachable about the instance's datagram
+    // (to the gateway address and port) reaches the instance's socket, translated back.
+    let refused = udp_refused(&topo, &i1, INET_IP, PORT + 3);
+    assert_eq!(
+        refused.trim(),
+        "refused",
+        "UDP to a closed port of the Internet host"
     );
 
     // 2. 20 connections at once, 10 from each instance: 20 distinct source ports at the

@@ -704,7 +704,7 @@ pub fn route<B: PacketBuf, T: Tracer>(
                     | bit(!central && nat.dnat.is_some(), ev::FIP_IN)
                     | bit(!central && nat.snat.is_some(), ev::FIP_OUT);
                 // An ICMP error's quote is rewritten per packet: not repeatable.
-                if nat.quote_sport.is_some() {
+                if nat.quote_port.is_some() {
                     s.flows.spoil(i);
                 }
                 s.flows.note_route(i, rif.router, h.mtu, h.events(nat_ev));
@@ -883,8 +883,9 @@ struct Nat {
     /// New source / destination port (or ICMP echo identifier): centralized SNAT.
     sport: Option<u16>,
     dport: Option<u16>,
-    /// An ICMP error's quoted source port, translated back (centralized SNAT).
-    quote_sport: Option<u16>,
+    /// An ICMP error's quoted port (source or destination), translated as its connection's
+    /// (centralized SNAT).
+    quote_port: Option<(super::nat::Field, u16)>,
     /// The network node's centralized SNAT (counted as such), not a floating IP.
     central: bool,
 }
@@ -1268,6 +1269,9 @@ fn snat_out<B: PacketBuf, T: Tracer>(
             df,
         ));
     }
+    if let Kind::Error(inner) = fl.kind {
+        return Some(snat_error_out(p, x, sn, inner, s, c, i, tr, dst, total, df));
+    }
     let echo = match fl.kind {
         Kind::Tcp(_) | Kind::Ports => false,
         Kind::Echo(true) => true,
@@ -1366,6 +1370,67 @@ fn snat_out<B: PacketBuf, T: Tracer>(
         ..Default::default()
     };
     Some(translate(p, x, x, s, c, i, tr, dst, total, df, nat))
+}
+
+/// An ICMP error from inside about a packet that one of this router's translations brought
+/// in (a reply its instance got; e.g. port unreachable for a late UDP answer, fragmentation
+/// needed): it leaves from the gateway address, its quote turned back into the packet the
+/// peer sent (to the gateway address and the connection's port), as Linux's NAT translates
+/// an error related to a connection. Matching no translation: `router.snat_unknown`.
+#[allow(clippy::too_many_arguments)]
+fn snat_error_out<B: PacketBuf, T: Tracer>(
+    p: &mut B,
+    x: &Ctx<'_>,
+    sn: &crate::tables::router::Snat,
+    inner: Key,
+    s: &mut CoreState,
+    c: &mut BatchCounters,
+    i: usize,
+    tr: &mut T,
+    dst: u32,
+    total: usize,
+    df: bool,
+) -> Result<Verdict, D> {
+    // The quoted packet came in translated back: its key reversed is the original key.
+    let key = inner.with_zone(sn.zone).reverse();
+    if let Some(owner) = snat_owner(&key, s.fw.cores, s.fw.core) {
+        trace!(
+            tr,
+            i,
+            "router",
+            "SNAT: ICMP error about {key}: core {owner} owns it, handed over"
+        );
+        return Ok(Verdict::Handoff(owner));
+    }
+    s.flows.spoil(i);
+    let ct = &mut s.fw.ct;
+    let reply = match ct.lookup(&key, s.fw.now) {
+        Some((idx, 0)) => ct.reply_of(idx),
+        _ => None,
+    };
+    let Some(reply) = reply else {
+        trace!(
+            tr,
+            i,
+            "router",
+            "SNAT: ICMP error about {key}: no translation"
+        );
+        return Err(D::RouterSnatUnknown);
+    };
+    trace!(
+        tr,
+        i,
+        "router",
+        "SNAT: ICMP error about {key} -> from {}, quoting {reply}",
+        Ipv4Addr::from(sn.ip)
+    );
+    let nat = Nat {
+        snat: Some(sn.ip),
+        quote_port: Some((super::nat::Field::Dst, reply.dport())),
+        central: true,
+        ..Default::default()
+    };
+    translate(p, x, x, s, c, i, tr, dst, total, df, nat)
 }
 
 /// A later fragment through centralized SNAT: it carries no ports, so it follows its
@@ -1549,7 +1614,7 @@ fn snat_in<B: PacketBuf, T: Tracer>(
     let nat = Nat {
         dnat: Some(fixed),
         dport: ports.then_some(orig.sport()),
-        quote_sport: (!ports).then_some(orig.sport()),
+        quote_port: (!ports).then_some((super::nat::Field::Src, orig.sport())),
         central: true,
         ..Default::default()
     };
@@ -1654,9 +1719,9 @@ fn translate<B: PacketBuf, T: Tracer>(
             }
         }
     }
-    if let Some(pt) = nat.quote_sport {
+    if let Some((field, pt)) = nat.quote_port {
         // A quote cut short before its ports stays as it is.
-        super::nat::rewrite_quoted_port(d, 14, super::nat::Field::Src, pt);
+        super::nat::rewrite_quoted_port(d, 14, field, pt);
     }
     if let Ok(mut ipm) = Ipv4Packet::new_checked(&mut d[14..]) {
         ipm.decrement_ttl();

@@ -394,8 +394,51 @@ fn two_workers_translate_each_connection_on_its_owner_core_without_port_collisio
     }
     assert_eq!(x.c.dropped(D::RouterSnatUnknown), 0);
     assert!(x.c.count(E::ConntrackHandoff) >= n as u64 / 2);
+    // The instance's port unreachable about each reply, on the core that did not get the
+    // reply: translated on the owner, it leaves from the gateway address, quoting the reply
+    // as the server sent it (to the gateway address and the connection's port).
+    let replies: Vec<Vec<u8>> = x
+        .sink
+        .on(OVERLAY)
+        .iter()
+        .map(|f| f[50..].to_vec())
+        .collect();
+    for (k, (&(_, p), reply)) in ports.iter().zip(&replies).enumerate() {
+        let mut err = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(DVR1).0, mac(SNAT1).0)
+            .ipv4(X1, INET, 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut err, &reply[14..])
+            .unwrap();
+        x.rx(k % 2, OVERLAY, from_compute1(&err));
+        let out = x.sink.on(UPLINK);
+        assert_eq!(out.len(), n as usize + 1 + k, "error {k}: {:?}", x.c);
+        let (src, dst, _, q_src, q_dst) = icmp_says(&out[out.len() - 1]).expect("an ICMP error");
+        assert_eq!((src, dst, q_src, q_dst), (G, INET, (INET, 443), (G, p)));
+    }
+    // About a connection it never had: dropped.
+    let stranger = Conversation::new(snat_sides().0, snat_sides().1, 100);
+    let ic = FuzzIcmp {
+        kind: 0,
+        from_router: false,
+        short_quote: true,
+    };
+    x.rx(
+        0,
+        OVERLAY,
+        from_compute1(&stranger.icmp_error(99, false, ic, 64)),
+    );
+    x.rx(
+        1,
+        OVERLAY,
+        from_compute1(&stranger.icmp_error(99, false, ic, 64)),
+    );
+    assert_eq!(x.c.dropped(D::RouterSnatUnknown), 2);
+    let errors = x.sink.on(UPLINK).len();
     // The original direction again, on the other core: the same port, no new entry.
-    let again = x.sink.on(UPLINK).len();
+    let again = errors;
     x.rx(1, OVERLAY, syn_out(X1, 40000));
     x.rx(0, OVERLAY, syn_out(X1, 40001));
     let out = x.sink.on(UPLINK);
@@ -924,6 +967,37 @@ fn as_sent(port: u16, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 
 fn rx_from_compute1(h: &mut Harness, (port, frames): (u16, Vec<Vec<u8>>)) {
     h.rx(port, &as_sent(port, frames));
+}
+
+/// An ICMP error about an established SNAT flow from either end reaches the other: from
+/// the instance (in VXLAN from compute1) to the server, about the packet the server sent to
+/// the gateway address and port; from the server to the instance, about the packet the
+/// instance sent (the outer destination and the quoted source translated back).
+#[test]
+fn icmp_errors_about_snat_flows_reach_the_other_end() {
+    for udp in [false, true] {
+        let mut tw = Twins::new(|| harness([1024, 65535]));
+        let (instance, server) = snat_sides();
+        let mut cv = Conversation::new(instance, server, 2);
+        cv.udp = udp;
+        let (port, frames) = cv.all(false, if udp { 0 } else { 0x02 }, 0);
+        tw.rx(port, &as_sent(port, frames));
+        let out = tw.cached.sink.on(UPLINK);
+        cv.seen_ports = out[out.len() - 2..]
+            .iter()
+            .map(|f| if udp { udp4_fields(f).0 .1 } else { tcp4(f).1 })
+            .collect();
+        let steps: &[(bool, u8)] = if udp {
+            &[(true, 0), (false, 0)]
+        } else {
+            &[(true, 0x12), (false, 0x10), (false, 0x18), (true, 0x10)]
+        };
+        for &(from_server, flags) in steps {
+            let (port, frames) = cv.all(from_server, flags, 0);
+            tw.rx(port, &as_sent(port, frames));
+        }
+        tw.icmp_errors_reach_the_other_end(&cv, as_sent);
+    }
 }
 
 /// Differential fuzz of the flow cache against the stages on centralized SNAT's established

@@ -112,6 +112,106 @@ pub fn big_udp_exchange(
     got.get(3).map(|s| s.to_string()).unwrap_or_default()
 }
 
+/// A connected UDP socket sends to `argv[1]:argv[2]`, where nothing listens, until the ICMP
+/// port unreachable that comes back is matched to it (3 tries); prints "refused". (The
+/// kernel matches an ICMP error to a socket by the addresses and ports of the quoted packet.)
+const UDP_REFUSED_PY: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+s.connect((sys.argv[1], int(sys.argv[2])))
+for _ in range(3):
+    try:
+        s.send(b"anyone?")
+        s.recv(2048)
+    except ConnectionRefusedError:
+        print("refused")
+        sys.exit(0)
+    except socket.timeout:
+        continue
+sys.exit("no port unreachable reached the socket")
+"#;
+
+/// A connected UDP socket in `ns` sends to `dst`:`port`, where nothing listens
+/// ([`UDP_REFUSED_PY`]); returns what it printed ("refused" once the port unreachable that
+/// came back reached it).
+pub fn udp_refused(topo: &Topology, ns: &str, dst: &str, port: u16) -> String {
+    py(topo, ns, UDP_REFUSED_PY, &[dst, &port.to_string()])
+}
+
+/// A UDP server on `argv[1]:argv[2]` for [`late_udp_answer_refused`]: takes one datagram,
+/// waits half a second (its sender has closed its socket by then), answers it on a socket
+/// connected to the sender (Linux reports ICMP errors to connected UDP sockets only) and
+/// prints "refused", "answered" or "silence" with the sender's address and port.
+const LATE_UDP_SERVER_PY: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(20)
+print("listening", flush=True)
+data, peer = s.recvfrom(2048)
+time.sleep(0.5)
+s.connect(peer)
+s.send(b"a late answer")
+s.settimeout(5)
+try:
+    s.recv(2048)
+    what = "answered"
+except ConnectionRefusedError:
+    what = "refused"
+except socket.timeout:
+    what = "silence"
+print(what, peer[0], peer[1], flush=True)
+"#;
+
+/// The client of [`LATE_UDP_SERVER_PY`]: one datagram to `argv[1]:argv[2]`, then its socket
+/// closed at once.
+const LATE_UDP_CLIENT_PY: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"a question", (sys.argv[1], int(sys.argv[2])))
+s.close()
+print("sent", flush=True)
+"#;
+
+/// `client` (a namespace) sends one UDP datagram to `dst`:`port` and closes its socket; the
+/// server in namespace `server`, bound to `bind`:`port`, answers it late, and `client`'s
+/// kernel answers that with ICMP port unreachable, which must reach the server as an error
+/// about its own answer (the kernel checks the quoted addresses and ports against the
+/// socket). Returns the server's line: "refused ADDR PORT" when it did, ADDR:PORT being the
+/// address and port the server saw the question from.
+pub fn late_udp_answer_refused(
+    topo: &Topology,
+    client: &str,
+    (server, bind): (&str, &str),
+    (dst, port): (&str, u16),
+) -> String {
+    let port = port.to_string();
+    let mut srv = topo.spawn(
+        server,
+        "late-udp-server",
+        &[python(), "-c", LATE_UDP_SERVER_PY, bind, &port],
+    );
+    assert!(
+        srv.wait_for("listening", Duration::from_secs(10)),
+        "{}",
+        srv.stderr_text()
+    );
+    let out = py(topo, client, LATE_UDP_CLIENT_PY, &[dst, &port]);
+    assert!(out.contains("sent"), "{out}");
+    let (file, err) = (srv.stdout.clone(), srv.stderr.clone());
+    let st = srv.wait(Duration::from_secs(15));
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let err = std::fs::read_to_string(err).unwrap_or_default();
+    assert!(st.success(), "UDP server: {text}\n{err}");
+    text.lines()
+        .find(|l| {
+            l.starts_with("refused ") || l.starts_with("answered ") || l.starts_with("silence ")
+        })
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Runs a python snippet (with scapy importable) inside `ns` with `args`; asserts success
 /// and returns its stdout.
 pub fn py(topo: &Topology, ns: &str, code: &str, args: &[&str]) -> String {
