@@ -579,6 +579,52 @@ fn two_workers_translate_every_echo_identifier() {
         assert_eq!(ov.len(), k + 1, "reply {k}: {:?}", x.c);
         assert_eq!(ident(&ov.last().unwrap()[50..]), id);
     }
+    // A router on the way (100.64.0.254) finds a destination unreachable: its error about the
+    // translated request (from G, identifier gid) reaches the instance about its own request
+    // (from X, identifier id), its checksums right.
+    for (k, &(dst, id, gid)) in sent.iter().enumerate() {
+        let mut quote = Vec::new();
+        etherparse::PacketBuilder::ipv4(G, dst, 61)
+            .icmpv4_echo_request(gid, 1)
+            .write(&mut quote, b"ping")
+            .unwrap();
+        let mut err = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(INET_GW).0, mac(QG1).0)
+            .single_vlan(etherparse::VlanId::try_new(101).unwrap())
+            .ipv4([100, 64, 0, 254], G, 60)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Host,
+            ))
+            .write(&mut err, &quote)
+            .unwrap();
+        x.rx(k % 2, UPLINK, err);
+        let ov = x.sink.on(OVERLAY);
+        assert_eq!(ov.len(), sent.len() + k + 1, "error {k}: {:?}", x.c);
+        let inner = &ov.last().unwrap()[50..];
+        let s = SlicedPacket::from_ethernet(inner).unwrap();
+        let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+            panic!("not ICMP: {inner:02x?}");
+        };
+        assert_eq!(
+            icmp.checksum(),
+            icmp.header().icmp_type.calc_checksum(icmp.payload())
+        );
+        let (qh, rest) = etherparse::Ipv4Header::from_slice(icmp.payload()).unwrap();
+        assert_eq!(qh.header_checksum, qh.calc_header_checksum());
+        let src = if k < 8 { X1 } else { X2 };
+        assert_eq!((qh.source, qh.destination), (src, dst), "error {k}");
+        assert_eq!(
+            u16::from_be_bytes([rest[4], rest[5]]),
+            id,
+            "error {k}: identifier"
+        );
+        // The quoted echo's own checksum, over its whole message, still folds to all ones.
+        assert_eq!(
+            crate::packet::checksum::checksum(rest),
+            0,
+            "error {k}: echo checksum"
+        );
+    }
 }
 
 /// IPv6 north-south on the network node (the seed: "Floating IP addresses and NAT do not
