@@ -278,6 +278,65 @@ fn port_unreachable(quoted: &[u8]) -> Vec<u8> {
     out
 }
 
+/// IPv6 path MTU discovery through security groups: a router's Packet Too Big about vm1's
+/// TCP segment (to a host beyond the provider network) reaches vm1, related to the connection,
+/// though vm1's ingress rules allow nothing from that router; one about a connection vm1
+/// never opened is invalid.
+#[test]
+fn an_icmpv6_packet_too_big_about_an_allowed_connection_reaches_the_instance() {
+    let mut h = Harness::with(sg_tables("", "sg-web"));
+    let (vm1, far, router): ([u8; 16], [u8; 16], [u8; 16]) = (
+        "fd00:203::11"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+        "2001:db8:99::9"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+        "fd00:203::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    let router_mac = "02:00:00:00:0a:01";
+    let seg = |sport: u16| {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(MAC1).0, mac(router_mac).0)
+            .ipv6(vm1, far, 64)
+            .tcp(sport, 443, 1000, 64240)
+            .syn()
+            .write(&mut f, &[])
+            .unwrap();
+        f
+    };
+    let too_big = |quoted: &[u8]| {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(router_mac).0, mac(MAC1).0)
+            .single_vlan(etherparse::VlanId::try_new(101).unwrap())
+            .ipv6(router, vm1, 64)
+            .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut f, &quoted[14..])
+            .unwrap();
+        f
+    };
+    let syn = seg(45000);
+    h.rx(VM1, std::slice::from_ref(&syn));
+    assert_eq!(h.sink.on(UPLINK).len(), 1, "drops {:?}", nonzero(&h));
+    h.rx(UPLINK, &[too_big(&syn)]);
+    assert_eq!(h.sink.on(VM1).len(), 1, "drops {:?}", nonzero(&h));
+    let got = &h.sink.on(VM1)[0];
+    assert_eq!(
+        (got[12..14].to_vec(), got[14 + 40]),
+        (vec![0x86, 0xdd], 2),
+        "an untagged PTB"
+    );
+    assert_eq!(h.c.count(E::ConntrackRelated), 1);
+    h.rx(UPLINK, &[too_big(&seg(45001))]);
+    assert_eq!(h.sink.on(VM1).len(), 1);
+    assert_eq!(h.c.dropped(D::ConntrackInvalid), 1);
+}
+
 #[test]
 fn icmp_errors_about_tracked_connections_are_related_others_invalid() {
     let mut h = Harness::with(sg_tables("", "sg-web"));
