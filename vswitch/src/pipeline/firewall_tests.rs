@@ -579,8 +579,12 @@ impl TwoCores {
             s
         };
         let n = t.ports.len();
+        // As the runtime's workers: the underlay and router neighbour tables are shared.
+        let (a, mut b) = (mk(0), mk(1));
+        b.neigh = a.neigh.clone();
+        b.l3neigh = a.l3neigh.clone();
         TwoCores {
-            s: [mk(0), mk(1)],
+            s: [a, b],
             t,
             sink: Sink::default(),
             txb: TxBuffers::new(n),
