@@ -86,23 +86,17 @@ pub fn big_udp_exchange(
     sizes: (usize, usize),
 ) -> String {
     let port = port.to_string();
-    let mut srv = topo.spawn(
+    let srv = listening(
+        topo,
         server,
         "big-udp-server",
-        &[python(), "-c", BIG_UDP_SERVER_PY, bind, &port],
-    );
-    assert!(
-        srv.wait_for("listening", Duration::from_secs(10)),
-        "{}",
-        srv.stderr_text()
+        BIG_UDP_SERVER_PY,
+        &[bind, &port],
     );
     let (a, b) = (sizes.0.to_string(), sizes.1.to_string());
     let out = py(topo, client, BIG_UDP_CLIENT_PY, &[dst, &port, &a, &b]);
     assert!(out.contains(&format!("ok {a} {b}")), "{out}");
-    let file = srv.stdout.clone();
-    let st = srv.wait(Duration::from_secs(10));
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    assert!(st.success(), "UDP server: {text}");
+    let text = finished(srv, 10);
     let got: Vec<&str> = text
         .lines()
         .find(|l| l.starts_with("got "))
@@ -187,29 +181,45 @@ pub fn late_udp_answer_refused(
     (dst, port): (&str, u16),
 ) -> String {
     let port = port.to_string();
-    let mut srv = topo.spawn(
+    let srv = listening(
+        topo,
         server,
         "late-udp-server",
-        &[python(), "-c", LATE_UDP_SERVER_PY, bind, &port],
-    );
-    assert!(
-        srv.wait_for("listening", Duration::from_secs(10)),
-        "{}",
-        srv.stderr_text()
+        LATE_UDP_SERVER_PY,
+        &[bind, &port],
     );
     let out = py(topo, client, LATE_UDP_CLIENT_PY, &[dst, &port]);
     assert!(out.contains("sent"), "{out}");
-    let (file, err) = (srv.stdout.clone(), srv.stderr.clone());
-    let st = srv.wait(Duration::from_secs(15));
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let err = std::fs::read_to_string(err).unwrap_or_default();
-    assert!(st.success(), "UDP server: {text}\n{err}");
-    text.lines()
+    finished(srv, 15)
+        .lines()
         .find(|l| {
             l.starts_with("refused ") || l.starts_with("answered ") || l.starts_with("silence ")
         })
         .unwrap_or_default()
         .to_string()
+}
+
+/// A python server (`code` with `args`) started in `ns`, once it has printed "listening".
+fn listening(topo: &Topology, ns: &str, label: &str, code: &str, args: &[&str]) -> Bg {
+    let mut a = vec![python(), "-c", code];
+    a.extend_from_slice(args);
+    let mut srv = topo.spawn(ns, label, &a);
+    assert!(
+        srv.wait_for("listening", Duration::from_secs(10)),
+        "{label} in {ns} did not start: {}",
+        srv.stderr_text()
+    );
+    srv
+}
+
+/// What server `srv` printed, once it has exited successfully within `secs`.
+fn finished(srv: Bg, secs: u64) -> String {
+    let (out, err, label) = (srv.stdout.clone(), srv.stderr.clone(), srv.label.clone());
+    let st = srv.wait(Duration::from_secs(secs));
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let err = std::fs::read_to_string(err).unwrap_or_default();
+    assert!(st.success(), "{label} failed ({st}): {text}\n{err}");
+    text
 }
 
 /// Runs a python snippet (with scapy importable) inside `ns` with `args`; asserts success
@@ -266,15 +276,12 @@ pub fn tcp_transfer(
 ) -> f64 {
     let port_s = port.to_string();
     let label = format!("tcp-server-{port}");
-    let mut server = topo.spawn(
+    let server = listening(
+        topo,
         server_ns,
         &label,
-        &[python(), "-c", TCP_SERVER_PY, server_ip, &port_s],
-    );
-    assert!(
-        server.wait_for("listening", Duration::from_secs(10)),
-        "tcp server in {server_ns} did not start: {}",
-        server.stderr_text()
+        TCP_SERVER_PY,
+        &[server_ip, &port_s],
     );
     let client = py(
         topo,
@@ -282,10 +289,7 @@ pub fn tcp_transfer(
         TCP_CLIENT_PY,
         &[server_ip, &port_s, &bytes.to_string()],
     );
-    let out_path = server.stdout.clone();
-    let st = server.wait(Duration::from_secs(30));
-    assert!(st.success(), "tcp server in {server_ns} failed: {st}");
-    let server_out = std::fs::read_to_string(out_path).unwrap_or_default();
+    let server_out = finished(server, 30);
     let sent: Vec<&str> = client.split_whitespace().collect();
     let recv: Vec<&str> = server_out
         .lines()
