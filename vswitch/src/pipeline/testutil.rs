@@ -748,10 +748,12 @@ impl<'a> Conversation<'a> {
         f
     }
 
-    /// An ICMP error the server (`from_server`) or the client sends about the last segment
-    /// (or datagram) of connection `k` it received, quoting it as it arrived there (the
-    /// addresses its own side sees, the client port the server sees): from its own address,
-    /// or with `ic.from_router` from a router next to it (the last byte of its address 254).
+    /// An ICMP error the server (`from_server`) or the client sends about a segment (or
+    /// datagram) of connection `k` from the other side, quoting it as it would arrive there
+    /// (the addresses its own side sees, the client port the server sees; TCP: 20 bytes at
+    /// the other side's next sequence number, acknowledging this side's): from its own
+    /// address, or with `ic.from_router` from a router next to it (the last byte of its
+    /// address 254).
     pub fn icmp_error(&self, k: u16, from_server: bool, ic: FuzzIcmp, ttl: u8) -> Vec<u8> {
         use etherparse::icmpv4::{DestUnreachableHeader as U, TimeExceededCode};
         use etherparse::Icmpv4Type;
@@ -837,7 +839,7 @@ impl<'a> Conversation<'a> {
 
 /// One segment of a differential fuzz ([`Twins::play`]): connection `k` (modulo the
 /// conversation's count) with TCP `flags`, `payload` bytes and `ttl` (or, with `icmp`, an
-/// ICMP error about the connection's last segment from the other side), then the bytes of
+/// ICMP error about a segment of the connection from the other side), then the bytes of
 /// `damage` overwritten (offsets in the frame as the side sends it, before any wrapping; those
 /// past its end ignored) and `cut` bytes cut off its end.
 #[derive(Debug, Clone)]
