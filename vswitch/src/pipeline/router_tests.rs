@@ -1304,6 +1304,23 @@ mod cache_fuzz {
         }
     }
 
+    /// An ICMP error about a routed flow, from either end, reaches the other end as an error
+    /// about the packet that end sent: routed here between two instances, and routed on
+    /// compute2 (arriving over VNI 101 from its DVR MAC; vm1's error goes back through this
+    /// host's router and the overlay).
+    #[test]
+    fn icmp_errors_about_routed_flows_reach_the_other_end() {
+        for sides in [routed_sides(), across_hosts_sides()] {
+            for udp in [false, true] {
+                let mut cv = Conversation::new(sides.0, sides.1, 2);
+                cv.udp = udp;
+                let mut tw = Twins::new(harness);
+                tw.warm_up(&mut cv, from_compute2);
+                tw.icmp_errors_reach_the_other_end(&cv, from_compute2);
+            }
+        }
+    }
+
     fn play(sides: (Side<'static>, Side<'static>), udp: bool, moves: &[FuzzMove]) {
         let mut cv = Conversation::new(sides.0, sides.1, 6);
         cv.udp = udp;
