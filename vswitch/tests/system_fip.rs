@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use support::{
     add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports, ping_ok, py,
-    python, tshark_fields, udp_refused, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology,
-    Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
+    python, python_server, server_output, tshark_fields, udp_refused, Bg, HostPort, InstanceNet,
+    OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
 };
 
 // The instance on selfservice1 and router1's interface there.
@@ -417,27 +417,6 @@ for _ in range(3):
     s.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
     time.sleep(0.2)
 "#;
-
-/// Starts `code` (a python server that prints "listening") in `ns` with `args`.
-fn start_server(topo: &Topology, ns: &str, label: &str, code: &str, args: &[&str]) -> Bg {
-    let mut a = vec![python(), "-c", code];
-    a.extend_from_slice(args);
-    let mut bg = topo.spawn(ns, label, &a);
-    assert!(
-        bg.wait_for("listening", Duration::from_secs(10)),
-        "{label} in {ns} did not start: {}",
-        bg.stderr_text()
-    );
-    bg
-}
-
-/// Waits for a server started by [`start_server`] to exit 0; returns its stdout.
-fn server_output(bg: Bg) -> String {
-    let (label, out) = (bg.label.clone(), bg.stdout.clone());
-    let st = bg.wait(Duration::from_secs(20));
-    assert!(st.success(), "{label} failed: {st}");
-    std::fs::read_to_string(out).unwrap_or_default()
-}
 
 /// Runs `args` in `ns` and returns its exit code and stdout + stderr.
 fn run_text(topo: &Topology, ns: &str, args: &[&str]) -> (i32, String) {
@@ -866,7 +845,7 @@ fn floating_ip_north_south() {
     // 4. UDP: a request from the Internet host to the floating IP is answered from it (the
     // instance saw the real source); datagrams the instance sends out arrive from it; an
     // ICMP error about one finds its way back to the instance's socket.
-    let server = start_server(
+    let server = python_server(
         &topo,
         &i1,
         "udp-echo",
@@ -874,7 +853,7 @@ fn floating_ip_north_south() {
         &[&UDP_IN.to_string()],
     );
     let client = py(&topo, &inet, UDP_CLIENT_PY, &[FIP, &UDP_IN.to_string()]);
-    let seen = server_output(server);
+    let seen = server_output(server, 20);
     let (local, reply, peer) = (
         line_words(&client, "local"),
         line_words(&client, "reply"),
@@ -890,7 +869,7 @@ fn floating_ip_north_south() {
         [FIP, &UDP_IN.to_string(), "pong", INET_IP],
         "the Internet host should get the answer from {FIP}:{UDP_IN}"
     );
-    let receiver = start_server(
+    let receiver = python_server(
         &topo,
         &inet,
         "udp-receiver",
@@ -903,7 +882,7 @@ fn floating_ip_north_south() {
         UDP_SENDER_PY,
         &[INET_IP, &UDP_OUT.to_string(), &UDP_OUT_SRC.to_string()],
     );
-    let got = server_output(receiver);
+    let got = server_output(receiver, 20);
     assert!(
         got.lines().any(|l| l.starts_with("from")),
         "the Internet host received nothing from the instance:\n{got}"
@@ -1295,7 +1274,7 @@ fn hairpin_between_floating_ips_of_one_host() {
     assert_eq!(local.0, I2_IP, "instance 2's own socket");
     assert_eq!(peer.0, FIP_FREE, "instance 1 sees instance 2's floating IP");
     let udp_in = UDP_IN.to_string();
-    let server = start_server(&topo, &i1, "udp-hairpin", UDP_ECHO_SERVER_PY, &[&udp_in]);
+    let server = python_server(&topo, &i1, "udp-hairpin", UDP_ECHO_SERVER_PY, &[&udp_in]);
     let client = py(&topo, &i2, UDP_CLIENT_PY, &[FIP, &udp_in]);
     let reply = line_words(&client, "reply");
     assert_eq!(
@@ -1303,7 +1282,7 @@ fn hairpin_between_floating_ips_of_one_host() {
         (FIP, "pong", FIP_FREE),
         "the answer comes from 203.0.113.17, to 203.0.113.20"
     );
-    let heard = server_output(server);
+    let heard = server_output(server, 20);
     assert_eq!(line_words(&heard, "peer")[1], FIP_FREE);
 
     let s1 = vs.stats();

@@ -53,8 +53,9 @@ use std::time::{Duration, Instant};
 
 use support::{
     add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports,
-    late_udp_answer_refused, ping_ok, python, tshark_fields, udp_refused, Bg, HostPort,
-    InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
+    late_udp_answer_refused, ping_ok, python, python_server, tshark_fields, udp_refused, Bg,
+    HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP,
+    VID,
 };
 
 const I1_MAC: &str = "fa:16:3e:00:01:04";
@@ -479,17 +480,7 @@ fn start_server(
     idle_s: u32,
 ) -> Bg {
     let (port, max, idle) = (PORT.to_string(), max.to_string(), idle_s.to_string());
-    let mut bg = topo.spawn(
-        ns,
-        label,
-        &[python(), "-c", SERVER_PY, bind, &port, &max, &idle],
-    );
-    assert!(
-        bg.wait_for("listening", Duration::from_secs(10)),
-        "{label} did not start: {}",
-        bg.stderr_text()
-    );
-    bg
+    python_server(topo, ns, label, SERVER_PY, &[bind, &port, &max, &idle])
 }
 
 /// Waits for the server to print "done" and exit 0; returns the peers it accepted (address,

@@ -86,7 +86,7 @@ pub fn big_udp_exchange(
     sizes: (usize, usize),
 ) -> String {
     let port = port.to_string();
-    let srv = listening(
+    let srv = python_server(
         topo,
         server,
         "big-udp-server",
@@ -96,7 +96,7 @@ pub fn big_udp_exchange(
     let (a, b) = (sizes.0.to_string(), sizes.1.to_string());
     let out = py(topo, client, BIG_UDP_CLIENT_PY, &[dst, &port, &a, &b]);
     assert!(out.contains(&format!("ok {a} {b}")), "{out}");
-    let text = finished(srv, 10);
+    let text = server_output(srv, 10);
     let got: Vec<&str> = text
         .lines()
         .find(|l| l.starts_with("got "))
@@ -181,7 +181,7 @@ pub fn late_udp_answer_refused(
     (dst, port): (&str, u16),
 ) -> String {
     let port = port.to_string();
-    let srv = listening(
+    let srv = python_server(
         topo,
         server,
         "late-udp-server",
@@ -190,7 +190,7 @@ pub fn late_udp_answer_refused(
     );
     let out = py(topo, client, LATE_UDP_CLIENT_PY, &[dst, &port]);
     assert!(out.contains("sent"), "{out}");
-    finished(srv, 15)
+    server_output(srv, 15)
         .lines()
         .find(|l| {
             l.starts_with("refused ") || l.starts_with("answered ") || l.starts_with("silence ")
@@ -200,7 +200,7 @@ pub fn late_udp_answer_refused(
 }
 
 /// A python server (`code` with `args`) started in `ns`, once it has printed "listening".
-fn listening(topo: &Topology, ns: &str, label: &str, code: &str, args: &[&str]) -> Bg {
+pub fn python_server(topo: &Topology, ns: &str, label: &str, code: &str, args: &[&str]) -> Bg {
     let mut a = vec![python(), "-c", code];
     a.extend_from_slice(args);
     let mut srv = topo.spawn(ns, label, &a);
@@ -213,7 +213,7 @@ fn listening(topo: &Topology, ns: &str, label: &str, code: &str, args: &[&str]) 
 }
 
 /// What server `srv` printed, once it has exited successfully within `secs`.
-fn finished(srv: Bg, secs: u64) -> String {
+pub fn server_output(srv: Bg, secs: u64) -> String {
     let (out, err, label) = (srv.stdout.clone(), srv.stderr.clone(), srv.label.clone());
     let st = srv.wait(Duration::from_secs(secs));
     let text = std::fs::read_to_string(out).unwrap_or_default();
@@ -276,7 +276,7 @@ pub fn tcp_transfer(
 ) -> f64 {
     let port_s = port.to_string();
     let label = format!("tcp-server-{port}");
-    let server = listening(
+    let server = python_server(
         topo,
         server_ns,
         &label,
@@ -289,7 +289,7 @@ pub fn tcp_transfer(
         TCP_CLIENT_PY,
         &[server_ip, &port_s, &bytes.to_string()],
     );
-    let server_out = finished(server, 30);
+    let server_out = server_output(server, 30);
     let sent: Vec<&str> = client.split_whitespace().collect();
     let recv: Vec<&str> = server_out
         .lines()
