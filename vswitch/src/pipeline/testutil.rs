@@ -561,7 +561,46 @@ pub fn tcp4(
             .ipv4(src, dst, ttl),
         None => b.ipv4(src, dst, ttl),
     };
-    let mut t = ip.tcp(sport, dport, seq, 64240);
+    with_flags(ip.tcp(sport, dport, seq, 64240), flags, ack)
+        .write(&mut out, &data)
+        .unwrap();
+    out
+}
+
+/// [`tcp4`] over IPv6 (`ttl`: the hop limit).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp6(
+    smac: &str,
+    dmac: &str,
+    vid: Option<u16>,
+    (src, dst): ([u8; 16], [u8; 16]),
+    (sport, dport): (u16, u16),
+    (seq, ack): (u32, u32),
+    flags: u8,
+    payload: usize,
+    ttl: u8,
+) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(smac).0, mac(dmac).0);
+    let data = vec![0x5au8; payload];
+    let mut out = Vec::new();
+    let ip = match vid {
+        Some(v) => b
+            .single_vlan(etherparse::VlanId::try_new(v).unwrap())
+            .ipv6(src, dst, ttl),
+        None => b.ipv6(src, dst, ttl),
+    };
+    with_flags(ip.tcp(sport, dport, seq, 64240), flags, ack)
+        .write(&mut out, &data)
+        .unwrap();
+    out
+}
+
+/// The TCP flags of `flags` (FIN, SYN, RST, PSH, ACK of `ack`) set on builder `t`.
+fn with_flags(
+    mut t: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+    flags: u8,
+    ack: u32,
+) -> etherparse::PacketBuilderStep<etherparse::TcpHeader> {
     if flags & 0x01 != 0 {
         t = t.fin();
     }
@@ -577,8 +616,7 @@ pub fn tcp4(
     if flags & 0x10 != 0 {
         t = t.ack(ack);
     }
-    t.write(&mut out, &data).unwrap();
-    out
+    t
 }
 
 /// One side of TCP connections as its own port sees them: where it sends from and to.
@@ -675,6 +713,9 @@ pub struct Conversation<'a> {
     pub seen_ports: Vec<u16>,
     /// UDP flows instead of TCP connections: each segment is a datagram (flags ignored).
     pub udp: bool,
+    /// Over IPv6 between these addresses (client's, server's) instead of the sides' IPv4
+    /// addresses.
+    pub v6: Option<[[u8; 16]; 2]>,
     seq: Vec<[u32; 2]>,
 }
 
@@ -686,6 +727,7 @@ impl<'a> Conversation<'a> {
             n,
             seen_ports: (0..n).map(|k| 40000 + k).collect(),
             udp: false,
+            v6: None,
             seq: (0..n as u32)
                 .map(|k| [1000 + k * 7919, 500_000 + k * 104_729])
                 .collect(),
@@ -715,6 +757,26 @@ impl<'a> Conversation<'a> {
         } else {
             (40000 + k, 5001)
         };
+        let v6 = self
+            .v6
+            .map(|[c, sv]| if from_server { [sv, c] } else { [c, sv] });
+        if let (true, Some([src, dst])) = (self.udp, v6) {
+            let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
+            let (mut out, data) = (Vec::new(), vec![0x5au8; payload]);
+            match s.vid {
+                Some(v) => b
+                    .single_vlan(etherparse::VlanId::try_new(v).unwrap())
+                    .ipv6(src, dst, ttl)
+                    .udp(ports.0, ports.1)
+                    .write(&mut out, &data),
+                None => b
+                    .ipv6(src, dst, ttl)
+                    .udp(ports.0, ports.1)
+                    .write(&mut out, &data),
+            }
+            .unwrap();
+            return out;
+        }
         if self.udp {
             let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
             let (mut out, data) = (Vec::new(), vec![0x5au8; payload]);
@@ -732,17 +794,30 @@ impl<'a> Conversation<'a> {
             .unwrap();
             return out;
         }
-        let f = tcp4(
-            s.smac,
-            s.dmac,
-            s.vid,
-            (s.src, s.dst),
-            ports,
-            (seq, ack),
-            flags,
-            payload,
-            ttl,
-        );
+        let f = match v6 {
+            Some(addrs) => tcp6(
+                s.smac,
+                s.dmac,
+                s.vid,
+                (addrs[0], addrs[1]),
+                ports,
+                (seq, ack),
+                flags,
+                payload,
+                ttl,
+            ),
+            None => tcp4(
+                s.smac,
+                s.dmac,
+                s.vid,
+                (s.src, s.dst),
+                ports,
+                (seq, ack),
+                flags,
+                payload,
+                ttl,
+            ),
+        };
         let used = payload as u32 + (flags & 0x03 != 0) as u32;
         self.seq[k as usize][me] = seq.wrapping_add(used);
         f
@@ -771,6 +846,10 @@ impl<'a> Conversation<'a> {
         } else {
             (5001, 40000 + k)
         };
+        if let Some(v6) = self.v6 {
+            let (mine, theirs) = (v6[me], v6[peer]);
+            return self.icmpv6_error(s, (mine, theirs), ports, (seq, ack), ic, ttl);
+        }
         let quoted = if self.udp {
             let mut out = Vec::new();
             etherparse::PacketBuilder::ipv4(s.dst, s.src, 60)
@@ -816,6 +895,71 @@ impl<'a> Conversation<'a> {
                 .icmpv4(icmp)
                 .write(&mut out, quote),
             None => b.ipv4(src, s.dst, ttl).icmpv4(icmp).write(&mut out, quote),
+        }
+        .unwrap();
+        out
+    }
+
+    /// [`icmp_error`](Self::icmp_error) over IPv6, sent by side `s` from address `mine`
+    /// (or a router's next to it, its last byte 0xfe) to `theirs`, about their packet with
+    /// `ports` (and, TCP, `seq`, `ack`): destination (port or address) unreachable, packet
+    /// too big, hop limit exceeded; the quote whole or its first 48 bytes.
+    fn icmpv6_error(
+        &self,
+        s: Side,
+        (mine, theirs): ([u8; 16], [u8; 16]),
+        ports: (u16, u16),
+        (seq, ack): (u32, u32),
+        ic: FuzzIcmp,
+        ttl: u8,
+    ) -> Vec<u8> {
+        use etherparse::icmpv6::{DestUnreachableCode as U, TimeExceededCode};
+        use etherparse::Icmpv6Type;
+        let quoted = if self.udp {
+            let mut out = Vec::new();
+            etherparse::PacketBuilder::ipv6(theirs, mine, 60)
+                .udp(ports.0, ports.1)
+                .write(&mut out, &[0x5a; 20])
+                .unwrap();
+            out
+        } else {
+            let f = tcp6(
+                s.dmac,
+                s.smac,
+                None,
+                (theirs, mine),
+                ports,
+                (seq, ack),
+                0x18,
+                20,
+                60,
+            );
+            f[14..].to_vec()
+        };
+        let quote = if ic.short_quote {
+            &quoted[..48]
+        } else {
+            &quoted[..]
+        };
+        let icmp = match ic.kind % 4 {
+            0 => Icmpv6Type::DestinationUnreachable(U::Port),
+            1 => Icmpv6Type::PacketTooBig { mtu: 1280 },
+            2 => Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
+            _ => Icmpv6Type::DestinationUnreachable(U::Address),
+        };
+        let mut src = mine;
+        if ic.from_router {
+            src[15] = 0xfe;
+        }
+        let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
+        let mut out = Vec::new();
+        match s.vid {
+            Some(v) => b
+                .single_vlan(etherparse::VlanId::try_new(v).unwrap())
+                .ipv6(src, theirs, ttl)
+                .icmpv6(icmp)
+                .write(&mut out, quote),
+            None => b.ipv6(src, theirs, ttl).icmpv6(icmp).write(&mut out, quote),
         }
         .unwrap();
         out
@@ -1172,7 +1316,10 @@ impl Twins {
                 self.rx(port, &wrap(port, frames));
             }
         }
-        assert!(self.hits() >= 2 * cv.n as u64, "hits: {}", self.hits());
+        // The flow cache answers IPv4 only.
+        if cv.v6.is_none() {
+            assert!(self.hits() >= 2 * cv.n as u64, "hits: {}", self.hits());
+        }
     }
 
     /// Time passes on all three: `ms` milliseconds, the connection tracker's clock with them (as
