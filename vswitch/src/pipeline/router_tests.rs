@@ -1321,9 +1321,53 @@ mod cache_fuzz {
         }
     }
 
+    /// The IPv6 addresses of `sides`' client (vm2 or r2) and vm1.
+    fn v6_of(sides: &(Side<'static>, Side<'static>)) -> [[u8; 16]; 2] {
+        let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let client = if sides.0.port == OVERLAY {
+            "fd00:198:18::21"
+        } else {
+            "fd00:198:18::12"
+        };
+        [a(client), a("fd00:198:51:100::11")]
+    }
+
+    /// The same over IPv6: routed, never translated, never answered by the flow cache (the
+    /// twins differ by the route cache, the firewall's fast path and its mirror).
+    #[test]
+    fn icmpv6_errors_about_routed_flows_reach_the_other_end() {
+        for sides in [routed_sides(), across_hosts_sides()] {
+            for udp in [false, true] {
+                let mut cv = Conversation::new(sides.0, sides.1, 2);
+                cv.udp = udp;
+                cv.v6 = Some(v6_of(&sides));
+                let mut tw = Twins::new(harness);
+                tw.warm_up(&mut cv, from_compute2);
+                let steady = if udp {
+                    super::super::conntrack::state::REPLIED
+                } else {
+                    super::super::conntrack::state::ESTABLISHED
+                };
+                assert!(
+                    tw.staged.s.fw.ct.by_state[steady as usize] >= 2,
+                    "{:?}",
+                    tw.staged.c
+                );
+                tw.icmp_errors_reach_the_other_end(&cv, from_compute2);
+            }
+        }
+    }
+
     fn play(sides: (Side<'static>, Side<'static>), udp: bool, moves: &[FuzzMove]) {
+        play_v(sides, udp, false, moves)
+    }
+
+    fn play_v(sides: (Side<'static>, Side<'static>), udp: bool, v6: bool, moves: &[FuzzMove]) {
         let mut cv = Conversation::new(sides.0, sides.1, 6);
         cv.udp = udp;
+        if v6 {
+            cv.v6 = Some(v6_of(&sides));
+        }
         let mut tw = Twins::new(harness);
         tw.warm_up(&mut cv, from_compute2);
         tw.play(&mut cv, moves, from_compute2);
@@ -1354,6 +1398,17 @@ mod cache_fuzz {
             moves in fuzz_moves()
         ) {
             play(across_hosts_sides(), true, &moves);
+        }
+
+        /// IPv6, routed here or on compute2, TCP or UDP.
+        #[test]
+        fn routed_ipv6_flows_are_the_same_traced_and_untraced(
+            moves in fuzz_moves(),
+            across in any::<bool>(),
+            udp in any::<bool>(),
+        ) {
+            let sides = if across { across_hosts_sides() } else { routed_sides() };
+            play_v(sides, udp, true, &moves);
         }
     }
 }

@@ -1173,6 +1173,64 @@ pub fn icmp_says(f: &[u8]) -> Option<IcmpSays> {
     ))
 }
 
+/// [`IcmpSays`] of an ICMPv6 error.
+pub type Icmp6Says = ([u8; 16], [u8; 16], u8, ([u8; 16], u16), ([u8; 16], u16));
+
+/// [`icmp_says`] for an ICMPv6 error (destination unreachable, packet too big, time
+/// exceeded) quoting TCP or UDP; panics on a wrong ICMPv6 checksum or, when the quote holds the
+/// whole packet, a wrong quoted TCP or UDP checksum.
+pub fn icmp6_says(f: &[u8]) -> Option<Icmp6Says> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let s = SlicedPacket::from_ethernet(f).ok()?;
+    if let Some(TransportSlice::Udp(u)) = &s.transport {
+        if u.destination_port() == 4789 {
+            return icmp6_says(&u.payload()[8..]);
+        }
+    }
+    let Some(NetSlice::Ipv6(ip)) = &s.net else {
+        return None;
+    };
+    let Some(TransportSlice::Icmpv6(icmp)) = &s.transport else {
+        return None;
+    };
+    let (src, dst) = (ip.header().source(), ip.header().destination());
+    let q = icmp.payload();
+    assert_eq!(
+        Some(icmp.checksum()),
+        icmp.header().icmp_type.calc_checksum(src, dst, q).ok(),
+        "ICMPv6 checksum"
+    );
+    let (qh, rest) = etherparse::Ipv6Header::from_slice(q).ok()?;
+    if q.len() >= 40 + qh.payload_length as usize {
+        match SlicedPacket::from_ip(&q[..40 + qh.payload_length as usize])
+            .ok()?
+            .transport
+        {
+            Some(TransportSlice::Tcp(t)) => assert_eq!(
+                Some(t.checksum()),
+                t.calc_checksum_ipv6(qh.source, qh.destination).ok(),
+                "quoted TCP checksum"
+            ),
+            Some(TransportSlice::Udp(u)) => assert_eq!(
+                Some(u.checksum()),
+                u.to_header()
+                    .calc_checksum_ipv6_raw(qh.source, qh.destination, u.payload())
+                    .ok(),
+                "quoted UDP checksum"
+            ),
+            _ => {}
+        }
+    }
+    let port = |at: usize| u16::from_be_bytes([rest[at], rest[at + 1]]);
+    Some((
+        src,
+        dst,
+        icmp.type_u8(),
+        (qh.source, port(0)),
+        (qh.destination, port(2)),
+    ))
+}
+
 /// Harnesses on the same tables fed the same frames: one with the flow cache, one without,
 /// and one traced (as `vswitchctl trace` runs the stages: without the flow cache and without
 /// the stages' own short cuts, the router's route cache and the firewall's fast path and
@@ -1421,13 +1479,35 @@ impl Twins {
                     } else {
                         (cv.server, (5001, cv.seen_ports[k as usize]))
                     };
-                    let (src, dst, ty, q_src, q_dst) =
-                        icmp_says(&got).unwrap_or_else(|| panic!("{what}: {got:02x?}"));
-                    assert_eq!((src, dst), (to.dst, to.src), "{what}: outer addresses");
-                    assert_eq!(ty, if kind % 4 == 2 { 11 } else { 3 }, "{what}");
+                    // The receiving end's own address and the one it sends to.
+                    use std::net::IpAddr;
+                    let (own, other): (IpAddr, IpAddr) = match cv.v6 {
+                        Some(v6) => {
+                            let r = !from_server as usize;
+                            (v6[r].into(), v6[1 - r].into())
+                        }
+                        None => (to.src.into(), to.dst.into()),
+                    };
+                    let (src, dst, ty, q_src, q_dst) = match cv.v6 {
+                        Some(_) => icmp6_says(&got).map(|(s, d, t, q, r)| {
+                            let a = |x: [u8; 16]| IpAddr::from(x);
+                            (a(s), a(d), t, (a(q.0), q.1), (a(r.0), r.1))
+                        }),
+                        None => icmp_says(&got).map(|(s, d, t, q, r)| {
+                            let a = |x: [u8; 4]| IpAddr::from(x);
+                            (a(s), a(d), t, (a(q.0), q.1), (a(r.0), r.1))
+                        }),
+                    }
+                    .unwrap_or_else(|| panic!("{what}: {got:02x?}"));
+                    assert_eq!((src, dst), (other, own), "{what}: outer addresses");
+                    let want = match cv.v6 {
+                        Some(_) => [1, 2, 3, 1][kind as usize],
+                        None => [3, 3, 11, 3][kind as usize],
+                    };
+                    assert_eq!(ty, want, "{what}");
                     assert_eq!(
                         (q_src, q_dst),
-                        ((to.src, ports.0), (to.dst, ports.1)),
+                        ((own, ports.0), (other, ports.1)),
                         "{what}: the quote is the packet this end sent"
                     );
                 }
