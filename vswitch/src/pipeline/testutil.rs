@@ -546,25 +546,22 @@ pub fn tcp4(
     dmac: &str,
     vid: Option<u16>,
     (src, dst): ([u8; 4], [u8; 4]),
-    (sport, dport): (u16, u16),
-    (seq, ack): (u32, u32),
+    ports: (u16, u16),
+    seq_ack: (u32, u32),
     flags: u8,
     payload: usize,
     ttl: u8,
 ) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2(mac(smac).0, mac(dmac).0);
-    let data = vec![0x5au8; payload];
-    let mut out = Vec::new();
-    let ip = match vid {
-        Some(v) => b
-            .single_vlan(etherparse::VlanId::try_new(v).unwrap())
-            .ipv4(src, dst, ttl),
-        None => b.ipv4(src, dst, ttl),
-    };
-    with_flags(ip.tcp(sport, dport, seq, 64240), flags, ack)
-        .write(&mut out, &data)
-        .unwrap();
-    out
+    tcp_over(
+        smac,
+        dmac,
+        vid,
+        ipv4_headers(src, dst, ttl),
+        ports,
+        seq_ack,
+        flags,
+        payload,
+    )
 }
 
 /// [`tcp4`] over IPv6 (`ttl`: the hop limit).
@@ -574,23 +571,70 @@ pub fn tcp6(
     dmac: &str,
     vid: Option<u16>,
     (src, dst): ([u8; 16], [u8; 16]),
-    (sport, dport): (u16, u16),
-    (seq, ack): (u32, u32),
+    ports: (u16, u16),
+    seq_ack: (u32, u32),
     flags: u8,
     payload: usize,
     ttl: u8,
 ) -> Vec<u8> {
+    tcp_over(
+        smac,
+        dmac,
+        vid,
+        ipv6_headers(src, dst, ttl),
+        ports,
+        seq_ack,
+        flags,
+        payload,
+    )
+}
+
+/// An IPv4 header for etherparse's builder, as its `ipv4` step makes one (lengths and
+/// protocol filled in when written).
+fn ipv4_headers(src: [u8; 4], dst: [u8; 4], ttl: u8) -> etherparse::IpHeaders {
+    let h = etherparse::Ipv4Header {
+        source: src,
+        destination: dst,
+        time_to_live: ttl,
+        ..Default::default()
+    };
+    etherparse::IpHeaders::Ipv4(h, Default::default())
+}
+
+/// [`ipv4_headers`] for IPv6 (`ttl`: the hop limit), as the `ipv6` step makes one.
+fn ipv6_headers(src: [u8; 16], dst: [u8; 16], ttl: u8) -> etherparse::IpHeaders {
+    let h = etherparse::Ipv6Header {
+        source: src,
+        destination: dst,
+        hop_limit: ttl,
+        ..Default::default()
+    };
+    etherparse::IpHeaders::Ipv6(h, Default::default())
+}
+
+/// A TCP segment over `ip` (lengths and protocol filled in when written), tagged with `vid`
+/// if given, with `flags` ([`with_flags`]) and `payload` bytes of 0x5a.
+#[allow(clippy::too_many_arguments)]
+fn tcp_over(
+    smac: &str,
+    dmac: &str,
+    vid: Option<u16>,
+    ip: etherparse::IpHeaders,
+    (sport, dport): (u16, u16),
+    (seq, ack): (u32, u32),
+    flags: u8,
+    payload: usize,
+) -> Vec<u8> {
     let b = etherparse::PacketBuilder::ethernet2(mac(smac).0, mac(dmac).0);
-    let data = vec![0x5au8; payload];
-    let mut out = Vec::new();
     let ip = match vid {
         Some(v) => b
             .single_vlan(etherparse::VlanId::try_new(v).unwrap())
-            .ipv6(src, dst, ttl),
-        None => b.ipv6(src, dst, ttl),
+            .ip(ip),
+        None => b.ip(ip),
     };
+    let mut out = Vec::new();
     with_flags(ip.tcp(sport, dport, seq, 64240), flags, ack)
-        .write(&mut out, &data)
+        .write(&mut out, &vec![0x5au8; payload])
         .unwrap();
     out
 }
@@ -760,38 +804,22 @@ impl<'a> Conversation<'a> {
         let v6 = self
             .v6
             .map(|[c, sv]| if from_server { [sv, c] } else { [c, sv] });
-        if let (true, Some([src, dst])) = (self.udp, v6) {
-            let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
-            let (mut out, data) = (Vec::new(), vec![0x5au8; payload]);
-            match s.vid {
-                Some(v) => b
-                    .single_vlan(etherparse::VlanId::try_new(v).unwrap())
-                    .ipv6(src, dst, ttl)
-                    .udp(ports.0, ports.1)
-                    .write(&mut out, &data),
-                None => b
-                    .ipv6(src, dst, ttl)
-                    .udp(ports.0, ports.1)
-                    .write(&mut out, &data),
-            }
-            .unwrap();
-            return out;
-        }
         if self.udp {
+            let ip = match v6 {
+                Some([src, dst]) => ipv6_headers(src, dst, ttl),
+                None => ipv4_headers(s.src, s.dst, ttl),
+            };
             let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
-            let (mut out, data) = (Vec::new(), vec![0x5au8; payload]);
-            match s.vid {
+            let b = match s.vid {
                 Some(v) => b
                     .single_vlan(etherparse::VlanId::try_new(v).unwrap())
-                    .ipv4(s.src, s.dst, ttl)
-                    .udp(ports.0, ports.1)
-                    .write(&mut out, &data),
-                None => b
-                    .ipv4(s.src, s.dst, ttl)
-                    .udp(ports.0, ports.1)
-                    .write(&mut out, &data),
-            }
-            .unwrap();
+                    .ip(ip),
+                None => b.ip(ip),
+            };
+            let mut out = Vec::new();
+            b.udp(ports.0, ports.1)
+                .write(&mut out, &vec![0x5au8; payload])
+                .unwrap();
             return out;
         }
         let f = match v6 {
