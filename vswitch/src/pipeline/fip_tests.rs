@@ -1524,6 +1524,8 @@ mod fuzz {
     struct OneAndTwo {
         one: Harness,
         two: TwoCores,
+        /// As [`Twins::announcements`].
+        announcements: Vec<(u16, Vec<u8>)>,
     }
 
     impl OneAndTwo {
@@ -1538,7 +1540,11 @@ mod fuzz {
                     );
                 }
             }
-            OneAndTwo { one, two }
+            OneAndTwo {
+                one,
+                two,
+                announcements: Vec::new(),
+            }
         }
 
         /// `f` arrives on `port`: of the one worker, and of worker `core` of the two; but
@@ -1681,6 +1687,13 @@ mod fuzz {
                 FuzzMove::Retable(_) => {}
                 // Whole sweeps: a few slots of one table are not those of the other two.
                 FuzzMove::Sweep(_) => x.sweep(),
+                // On either worker: they share the neighbour tables.
+                FuzzMove::Announce(k) => {
+                    let n = x.announcements.len().max(1);
+                    if let Some((port, f)) = x.announcements.get(k % n).cloned() {
+                        x.rx(k / n % 2, port, f);
+                    }
+                }
                 FuzzMove::Batch { from_server, segs } => {
                     for s in segs {
                         let f = s.frame(&mut cv, *from_server);
@@ -1704,7 +1717,16 @@ mod fuzz {
     fn fip_twins_retabled() -> Twins {
         let mut tw = fip_twins();
         tw.states = fip_states();
+        tw.announcements = gateway_moves();
         tw
+    }
+
+    /// The external gateway's ARP replies: from its MAC, and from another (it moved).
+    fn gateway_moves() -> Vec<(u16, Vec<u8>)> {
+        [INET_GW, "02:00:00:00:01:02"]
+            .into_iter()
+            .map(|m| (UPLINK, arp101(m, EXT_GW, FG1, FG_IP, true)))
+            .collect()
     }
 
     proptest! {
@@ -1749,6 +1771,7 @@ mod fuzz {
         ) {
             let mut x = OneAndTwo::new();
             x.resolve_external_gateway();
+            x.announcements = gateway_moves();
             one_and_two(x, floating_ip_sides(), udp, &moves);
         }
 

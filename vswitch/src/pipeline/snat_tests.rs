@@ -1053,12 +1053,21 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
+    /// The external gateway's ARP replies: from its MAC, and from another (it moved).
+    fn gateway_moves() -> Vec<(u16, Vec<u8>)> {
+        [INET_GW, "02:00:00:00:01:02"]
+            .into_iter()
+            .map(|m| (UPLINK, arp101(m, EXT_GW, QG1, G)))
+            .collect()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
         #[test]
         fn snat_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
             let mut tw = Twins::new(|| harness([1024, 65535]));
+            tw.announcements = gateway_moves();
             let (instance, server) = snat_sides();
             let mut cv = Conversation::new(instance, server, 6);
             let rx = |tw: &mut Twins, (port, frames): (u16, Vec<Vec<u8>>)| {
@@ -1080,6 +1089,7 @@ mod fuzz {
         #[test]
         fn snat_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
             let mut tw = Twins::new(|| harness([1024, 65535]));
+            tw.announcements = gateway_moves();
             let (instance, server) = snat_sides();
             let mut cv = Conversation::new(instance, server, 6);
             cv.udp = true;

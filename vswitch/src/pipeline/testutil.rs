@@ -1071,6 +1071,10 @@ pub enum FuzzMove {
     /// between bursts: entries past their deadline removed, those admitted under a port's
     /// earlier policy judged again (kept, or cut).
     Sweep(usize),
+    /// The test's announcement `k` (modulo how many it gave, [`Twins::announcements`];
+    /// none: nothing happens): a frame from the network that changes what the stages know
+    /// (an ARP reply moving a next hop to another MAC, or back), fed to every harness.
+    Announce(usize),
 }
 
 /// Moves for [`Twins::play`]: mostly what an established connection sends (plain ACKs, data),
@@ -1078,7 +1082,8 @@ pub enum FuzzMove {
 /// connections from either end or a router next to it; TTLs that run out at a router;
 /// payloads up to and past a 1500-byte MTU; any bytes of the headers overwritten; frames cut
 /// short; pauses past the flow cache's [`MAX_AGE_MS`] and past the connection timeouts;
-/// new tables; sweeps of the connection table, whole or a few slots.
+/// new tables; sweeps of the connection table, whole or a few slots; announcements (a next
+/// hop's MAC moving).
 ///
 /// [`MAX_AGE_MS`]: super::flowcache::MAX_AGE_MS
 pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> {
@@ -1127,6 +1132,7 @@ pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> 
         1 => prop_oneof![4 => 0u64..3000, 1 => 100_000u64..700_000].prop_map(FuzzMove::Wait),
         1 => any::<usize>().prop_map(FuzzMove::Retable),
         1 => prop_oneof![Just(usize::MAX), 1usize..64].prop_map(FuzzMove::Sweep),
+        1 => any::<usize>().prop_map(FuzzMove::Announce),
     ];
     proptest::collection::vec(mv, 1..16)
 }
@@ -1269,6 +1275,8 @@ pub struct Twins {
     pub traced: Harness,
     /// The desired states a [`FuzzMove::Retable`] swaps in.
     pub states: Vec<Box<dyn Fn() -> Tables>>,
+    /// The frames (and the port each arrives on) a [`FuzzMove::Announce`] plays.
+    pub announcements: Vec<(u16, Vec<u8>)>,
 }
 
 impl Twins {
@@ -1283,6 +1291,7 @@ impl Twins {
             staged,
             traced,
             states: Vec::new(),
+            announcements: Vec::new(),
         }
     }
 
@@ -1434,6 +1443,12 @@ impl Twins {
                     let n = self.states.len().max(1);
                     if let Some(t) = self.states.get(k % n).map(|make| make()) {
                         self.set_tables(|| t.clone());
+                    }
+                }
+                FuzzMove::Announce(k) => {
+                    let n = self.announcements.len().max(1);
+                    if let Some((port, f)) = self.announcements.get(k % n).cloned() {
+                        self.rx(port, &[f]);
                     }
                 }
                 FuzzMove::Sweep(n) => {
