@@ -1470,7 +1470,7 @@ fn icmp_errors_about_established_flows_reach_the_other_end() {
         .icmp_error(&cv, 0, false, ic, |_, f| f)
         .expect("delivered");
     let (src, dst, ..) = icmp_says(&got).unwrap();
-    assert_eq!((src, dst), ([100, 64, 0, 254], X1));
+    assert_eq!((src, dst), ([100, 64, 0, 254].into(), X1.into()));
 }
 
 /// vm2 (client) and vm1 (server), two instances of this host with stateful groups.

@@ -416,7 +416,8 @@ fn two_workers_translate_each_connection_on_its_owner_core_without_port_collisio
         let out = x.sink.on(UPLINK);
         assert_eq!(out.len(), n as usize + 1 + k, "error {k}: {:?}", x.c);
         let (src, dst, _, q_src, q_dst) = icmp_says(&out[out.len() - 1]).expect("an ICMP error");
-        assert_eq!((src, dst, q_src, q_dst), (G, INET, (INET, 443), (G, p)));
+        let (g, inet) = (G.into(), INET.into());
+        assert_eq!((src, dst, q_src, q_dst), (g, inet, (inet, 443), (g, p)));
     }
     // About a connection it never had: dropped.
     let stranger = Conversation::new(snat_sides().0, snat_sides().1, 100);

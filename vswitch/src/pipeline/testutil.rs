@@ -1137,14 +1137,16 @@ pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> 
     proptest::collection::vec(mv, 1..16)
 }
 
-/// What an ICMPv4 error frame says (the frame of an instance or provider port, tagged or not,
-/// or VXLAN around one): outer source and destination, ICMP type, and the quoted packet's
-/// source and destination addresses and ports.
-pub type IcmpSays = ([u8; 4], [u8; 4], u8, ([u8; 4], u16), ([u8; 4], u16));
+/// What an ICMP or ICMPv6 error frame says (the frame of an instance or provider port, tagged
+/// or not, or VXLAN around one): outer source and destination, ICMP type, and the quoted
+/// packet's source and destination addresses and ports.
+pub type IcmpSays = (IpAddr, IpAddr, u8, (IpAddr, u16), (IpAddr, u16));
 
-/// Reads [`IcmpSays`] from `f` with etherparse; `None`: not an ICMPv4 error quoting TCP or UDP.
-/// Panics on a wrong checksum: the IP header's, the ICMP message's, the quoted IP header's and,
-/// when the quote holds the whole packet, its TCP or UDP checksum.
+use std::net::IpAddr;
+
+/// Reads [`IcmpSays`] from `f` with etherparse; `None`: not an ICMP(v6) error quoting TCP or
+/// UDP. Panics on a wrong checksum: the IPv4 header's, the ICMP(v6) message's, the quoted
+/// IPv4 header's and, when the quote holds the whole packet, its TCP or UDP checksum.
 pub fn icmp_says(f: &[u8]) -> Option<IcmpSays> {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let s = SlicedPacket::from_ethernet(f).ok()?;
@@ -1153,116 +1155,77 @@ pub fn icmp_says(f: &[u8]) -> Option<IcmpSays> {
             return icmp_says(&u.payload()[8..]);
         }
     }
-    let Some(NetSlice::Ipv4(ip)) = &s.net else {
-        return None;
+    // The outer addresses; the ICMP type and the quote, with its checksums checked.
+    let (src, dst, ty, q): (IpAddr, IpAddr, u8, &[u8]) = match (&s.net, &s.transport) {
+        (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Icmpv4(icmp))) => {
+            let h = ip.header().to_header();
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "IP header checksum"
+            );
+            let q = icmp.payload();
+            let want = icmp.header().icmp_type.calc_checksum(q);
+            assert_eq!(icmp.checksum(), want, "ICMP checksum");
+            (h.source.into(), h.destination.into(), icmp.type_u8(), q)
+        }
+        (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(icmp))) => {
+            let (src, dst) = (ip.header().source(), ip.header().destination());
+            let q = icmp.payload();
+            let want = icmp.header().icmp_type.calc_checksum(src, dst, q).ok();
+            assert_eq!(Some(icmp.checksum()), want, "ICMPv6 checksum");
+            (src.into(), dst.into(), icmp.type_u8(), q)
+        }
+        _ => return None,
     };
-    let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
-        return None;
+    // The quoted packet: its addresses, where its transport header starts, and its length.
+    let (qs, qd, l4, len): (IpAddr, IpAddr, usize, usize) = if q.first()? >> 4 == 4 {
+        let (qh, _) = etherparse::Ipv4Header::from_slice(q).ok()?;
+        let sum = qh.calc_header_checksum();
+        assert_eq!(qh.header_checksum, sum, "quoted IP header checksum");
+        let l4 = qh.header_len();
+        (
+            qh.source.into(),
+            qh.destination.into(),
+            l4,
+            qh.total_len as usize,
+        )
+    } else {
+        let (qh, _) = etherparse::Ipv6Header::from_slice(q).ok()?;
+        let len = 40 + qh.payload_length as usize;
+        (qh.source.into(), qh.destination.into(), 40, len)
     };
-    let h = ip.header().to_header();
-    assert_eq!(
-        h.header_checksum,
-        h.calc_header_checksum(),
-        "IP header checksum"
-    );
-    let q = icmp.payload();
-    assert_eq!(
-        icmp.checksum(),
-        icmp.header().icmp_type.calc_checksum(q),
-        "ICMP checksum"
-    );
-    let (qh, rest) = etherparse::Ipv4Header::from_slice(q).ok()?;
-    assert_eq!(
-        qh.header_checksum,
-        qh.calc_header_checksum(),
-        "quoted IP header checksum"
-    );
-    if q.len() >= qh.total_len as usize {
-        match SlicedPacket::from_ip(&q[..qh.total_len as usize])
-            .ok()?
-            .transport
-        {
-            Some(TransportSlice::Tcp(t)) => assert_eq!(
-                t.checksum(),
-                t.calc_checksum_ipv4(qh.source, qh.destination).unwrap(),
-                "quoted TCP checksum"
-            ),
-            Some(TransportSlice::Udp(u)) if u.checksum() != 0 => assert_eq!(
-                u.checksum(),
-                u.to_header()
-                    .calc_checksum_ipv4_raw(qh.source, qh.destination, u.payload())
-                    .unwrap(),
-                "quoted UDP checksum"
-            ),
-            _ => {}
+    if q.len() >= len {
+        let whole = SlicedPacket::from_ip(&q[..len]).ok()?;
+        let sum = |t: &TransportSlice| -> Option<(u16, u16)> {
+            Some(match (t, qs, qd) {
+                (TransportSlice::Tcp(t), IpAddr::V4(a), IpAddr::V4(b)) => (
+                    t.checksum(),
+                    t.calc_checksum_ipv4(a.octets(), b.octets()).ok()?,
+                ),
+                (TransportSlice::Tcp(t), IpAddr::V6(a), IpAddr::V6(b)) => (
+                    t.checksum(),
+                    t.calc_checksum_ipv6(a.octets(), b.octets()).ok()?,
+                ),
+                (TransportSlice::Udp(u), IpAddr::V4(a), IpAddr::V4(b)) if u.checksum() != 0 => {
+                    let h = u.to_header();
+                    let want = h.calc_checksum_ipv4_raw(a.octets(), b.octets(), u.payload());
+                    (u.checksum(), want.ok()?)
+                }
+                (TransportSlice::Udp(u), IpAddr::V6(a), IpAddr::V6(b)) => {
+                    let h = u.to_header();
+                    let want = h.calc_checksum_ipv6_raw(a.octets(), b.octets(), u.payload());
+                    (u.checksum(), want.ok()?)
+                }
+                _ => return None,
+            })
+        };
+        if let Some((got, want)) = whole.transport.as_ref().and_then(sum) {
+            assert_eq!(got, want, "quoted transport checksum");
         }
     }
-    let port = |at: usize| u16::from_be_bytes([rest[at], rest[at + 1]]);
-    Some((
-        ip.header().source(),
-        ip.header().destination(),
-        icmp.type_u8(),
-        (qh.source, port(0)),
-        (qh.destination, port(2)),
-    ))
-}
-
-/// [`IcmpSays`] of an ICMPv6 error.
-pub type Icmp6Says = ([u8; 16], [u8; 16], u8, ([u8; 16], u16), ([u8; 16], u16));
-
-/// [`icmp_says`] for an ICMPv6 error (destination unreachable, packet too big, time
-/// exceeded) quoting TCP or UDP; panics on a wrong ICMPv6 checksum or, when the quote holds the
-/// whole packet, a wrong quoted TCP or UDP checksum.
-pub fn icmp6_says(f: &[u8]) -> Option<Icmp6Says> {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    let s = SlicedPacket::from_ethernet(f).ok()?;
-    if let Some(TransportSlice::Udp(u)) = &s.transport {
-        if u.destination_port() == 4789 {
-            return icmp6_says(&u.payload()[8..]);
-        }
-    }
-    let Some(NetSlice::Ipv6(ip)) = &s.net else {
-        return None;
-    };
-    let Some(TransportSlice::Icmpv6(icmp)) = &s.transport else {
-        return None;
-    };
-    let (src, dst) = (ip.header().source(), ip.header().destination());
-    let q = icmp.payload();
-    assert_eq!(
-        Some(icmp.checksum()),
-        icmp.header().icmp_type.calc_checksum(src, dst, q).ok(),
-        "ICMPv6 checksum"
-    );
-    let (qh, rest) = etherparse::Ipv6Header::from_slice(q).ok()?;
-    if q.len() >= 40 + qh.payload_length as usize {
-        match SlicedPacket::from_ip(&q[..40 + qh.payload_length as usize])
-            .ok()?
-            .transport
-        {
-            Some(TransportSlice::Tcp(t)) => assert_eq!(
-                Some(t.checksum()),
-                t.calc_checksum_ipv6(qh.source, qh.destination).ok(),
-                "quoted TCP checksum"
-            ),
-            Some(TransportSlice::Udp(u)) => assert_eq!(
-                Some(u.checksum()),
-                u.to_header()
-                    .calc_checksum_ipv6_raw(qh.source, qh.destination, u.payload())
-                    .ok(),
-                "quoted UDP checksum"
-            ),
-            _ => {}
-        }
-    }
-    let port = |at: usize| u16::from_be_bytes([rest[at], rest[at + 1]]);
-    Some((
-        src,
-        dst,
-        icmp.type_u8(),
-        (qh.source, port(0)),
-        (qh.destination, port(2)),
-    ))
+    let port = |at: usize| Some(u16::from_be_bytes([*q.get(l4 + at)?, *q.get(l4 + at + 1)?]));
+    Some((src, dst, ty, (qs, port(0)?), (qd, port(2)?)))
 }
 
 /// Harnesses on the same tables fed the same frames: one with the flow cache, one without,
@@ -1523,7 +1486,6 @@ impl Twins {
                         (cv.server, (5001, cv.seen_ports[k as usize]))
                     };
                     // The receiving end's own address and the one it sends to.
-                    use std::net::IpAddr;
                     let (own, other): (IpAddr, IpAddr) = match cv.v6 {
                         Some(v6) => {
                             let r = !from_server as usize;
@@ -1531,17 +1493,8 @@ impl Twins {
                         }
                         None => (to.src.into(), to.dst.into()),
                     };
-                    let (src, dst, ty, q_src, q_dst) = match cv.v6 {
-                        Some(_) => icmp6_says(&got).map(|(s, d, t, q, r)| {
-                            let a = |x: [u8; 16]| IpAddr::from(x);
-                            (a(s), a(d), t, (a(q.0), q.1), (a(r.0), r.1))
-                        }),
-                        None => icmp_says(&got).map(|(s, d, t, q, r)| {
-                            let a = |x: [u8; 4]| IpAddr::from(x);
-                            (a(s), a(d), t, (a(q.0), q.1), (a(r.0), r.1))
-                        }),
-                    }
-                    .unwrap_or_else(|| panic!("{what}: {got:02x?}"));
+                    let (src, dst, ty, q_src, q_dst) =
+                        icmp_says(&got).unwrap_or_else(|| panic!("{what}: {got:02x?}"));
                     assert_eq!((src, dst), (other, own), "{what}: outer addresses");
                     let want = match cv.v6 {
                         Some(_) => [1, 2, 3, 1][kind as usize],
