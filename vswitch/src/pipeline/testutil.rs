@@ -856,10 +856,10 @@ impl<'a> Conversation<'a> {
     /// (the addresses its own side sees, the client port the server sees; TCP: 20 bytes at
     /// the other side's next sequence number, acknowledging this side's): from its own
     /// address, or with `ic.from_router` from a router next to it (the last byte of its
-    /// address 254).
+    /// address 254, over IPv6 0xfe). Over IPv6 ([`v6`](Self::v6)) an ICMPv6 error: port or
+    /// address unreachable, packet too big, hop limit exceeded; a short quote is 48 bytes.
     pub fn icmp_error(&self, k: u16, from_server: bool, ic: FuzzIcmp, ttl: u8) -> Vec<u8> {
-        use etherparse::icmpv4::{DestUnreachableHeader as U, TimeExceededCode};
-        use etherparse::Icmpv4Type;
+        use etherparse::{icmpv4, icmpv6, Icmpv4Type, Icmpv6Type};
         let s = if from_server {
             self.server
         } else {
@@ -874,120 +874,72 @@ impl<'a> Conversation<'a> {
         } else {
             (5001, 40000 + k)
         };
-        if let Some(v6) = self.v6 {
-            let (mine, theirs) = (v6[me], v6[peer]);
-            return self.icmpv6_error(s, (mine, theirs), ports, (seq, ack), ic, ttl);
-        }
+        // IP headers from this side's address (or a router's next to it) to the peer's,
+        // and from the peer's to this side's (the quote's).
+        let (outer, quoted_ip, short) = match self.v6 {
+            Some(v6) => {
+                let (mut src, theirs) = (v6[me], v6[peer]);
+                let quoted = ipv6_headers(theirs, src, 60);
+                if ic.from_router {
+                    src[15] = 0xfe;
+                }
+                (ipv6_headers(src, theirs, ttl), quoted, 48)
+            }
+            None => {
+                let mut src = s.src;
+                if ic.from_router {
+                    src[3] = 254;
+                }
+                (
+                    ipv4_headers(src, s.dst, ttl),
+                    ipv4_headers(s.dst, s.src, 60),
+                    28,
+                )
+            }
+        };
         let quoted = if self.udp {
             let mut out = Vec::new();
-            etherparse::PacketBuilder::ipv4(s.dst, s.src, 60)
+            etherparse::PacketBuilder::ip(quoted_ip)
                 .udp(ports.0, ports.1)
                 .write(&mut out, &[0x5a; 20])
                 .unwrap();
             out
         } else {
-            let f = tcp4(
-                s.dmac,
-                s.smac,
-                None,
-                (s.dst, s.src),
-                ports,
-                (seq, ack),
-                0x18,
-                20,
-                60,
-            );
+            let f = tcp_over(s.dmac, s.smac, None, quoted_ip, ports, (seq, ack), 0x18, 20);
             f[14..].to_vec()
         };
         let quote = if ic.short_quote {
-            &quoted[..28]
+            &quoted[..short]
         } else {
             &quoted[..]
         };
-        let icmp = match ic.kind % 4 {
-            0 => Icmpv4Type::DestinationUnreachable(U::Port),
-            1 => Icmpv4Type::DestinationUnreachable(U::FragmentationNeeded { next_hop_mtu: 1400 }),
-            2 => Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
-            _ => Icmpv4Type::DestinationUnreachable(U::Host),
-        };
-        let mut src = s.src;
-        if ic.from_router {
-            src[3] = 254;
-        }
         let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
-        let mut out = Vec::new();
-        match s.vid {
+        let b = match s.vid {
             Some(v) => b
                 .single_vlan(etherparse::VlanId::try_new(v).unwrap())
-                .ipv4(src, s.dst, ttl)
-                .icmpv4(icmp)
-                .write(&mut out, quote),
-            None => b.ipv4(src, s.dst, ttl).icmpv4(icmp).write(&mut out, quote),
-        }
-        .unwrap();
-        out
-    }
-
-    /// [`icmp_error`](Self::icmp_error) over IPv6, sent by side `s` from address `mine`
-    /// (or a router's next to it, its last byte 0xfe) to `theirs`, about their packet with
-    /// `ports` (and, TCP, `seq`, `ack`): destination (port or address) unreachable, packet
-    /// too big, hop limit exceeded; the quote whole or its first 48 bytes.
-    fn icmpv6_error(
-        &self,
-        s: Side,
-        (mine, theirs): ([u8; 16], [u8; 16]),
-        ports: (u16, u16),
-        (seq, ack): (u32, u32),
-        ic: FuzzIcmp,
-        ttl: u8,
-    ) -> Vec<u8> {
-        use etherparse::icmpv6::{DestUnreachableCode as U, TimeExceededCode};
-        use etherparse::Icmpv6Type;
-        let quoted = if self.udp {
-            let mut out = Vec::new();
-            etherparse::PacketBuilder::ipv6(theirs, mine, 60)
-                .udp(ports.0, ports.1)
-                .write(&mut out, &[0x5a; 20])
-                .unwrap();
-            out
-        } else {
-            let f = tcp6(
-                s.dmac,
-                s.smac,
-                None,
-                (theirs, mine),
-                ports,
-                (seq, ack),
-                0x18,
-                20,
-                60,
-            );
-            f[14..].to_vec()
+                .ip(outer),
+            None => b.ip(outer),
         };
-        let quote = if ic.short_quote {
-            &quoted[..48]
-        } else {
-            &quoted[..]
-        };
-        let icmp = match ic.kind % 4 {
-            0 => Icmpv6Type::DestinationUnreachable(U::Port),
-            1 => Icmpv6Type::PacketTooBig { mtu: 1280 },
-            2 => Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
-            _ => Icmpv6Type::DestinationUnreachable(U::Address),
-        };
-        let mut src = mine;
-        if ic.from_router {
-            src[15] = 0xfe;
-        }
-        let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
         let mut out = Vec::new();
-        match s.vid {
-            Some(v) => b
-                .single_vlan(etherparse::VlanId::try_new(v).unwrap())
-                .ipv6(src, theirs, ttl)
-                .icmpv6(icmp)
+        match self.v6 {
+            None => b
+                .icmpv4(match ic.kind % 4 {
+                    0 => Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port),
+                    1 => Icmpv4Type::DestinationUnreachable(
+                        icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+                    ),
+                    2 => Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit),
+                    _ => Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Host),
+                })
                 .write(&mut out, quote),
-            None => b.ipv6(src, theirs, ttl).icmpv6(icmp).write(&mut out, quote),
+            Some(_) => b
+                .icmpv6(match ic.kind % 4 {
+                    0 => Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port),
+                    1 => Icmpv6Type::PacketTooBig { mtu: 1280 },
+                    2 => Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded),
+                    _ => Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Address),
+                })
+                .write(&mut out, quote),
         }
         .unwrap();
         out
