@@ -564,31 +564,6 @@ pub fn tcp4(
     )
 }
 
-/// [`tcp4`] over IPv6 (`ttl`: the hop limit).
-#[allow(clippy::too_many_arguments)]
-pub fn tcp6(
-    smac: &str,
-    dmac: &str,
-    vid: Option<u16>,
-    (src, dst): ([u8; 16], [u8; 16]),
-    ports: (u16, u16),
-    seq_ack: (u32, u32),
-    flags: u8,
-    payload: usize,
-    ttl: u8,
-) -> Vec<u8> {
-    tcp_over(
-        smac,
-        dmac,
-        vid,
-        ipv6_headers(src, dst, ttl),
-        ports,
-        seq_ack,
-        flags,
-        payload,
-    )
-}
-
 /// An IPv4 header for etherparse's builder, as its `ipv4` step makes one (lengths and
 /// protocol filled in when written).
 fn ipv4_headers(src: [u8; 4], dst: [u8; 4], ttl: u8) -> etherparse::IpHeaders {
@@ -612,6 +587,23 @@ fn ipv6_headers(src: [u8; 16], dst: [u8; 16], ttl: u8) -> etherparse::IpHeaders 
     etherparse::IpHeaders::Ipv6(h, Default::default())
 }
 
+/// etherparse's builder up to `ip`: Ethernet from `smac` to `dmac`, tagged with `vid` if
+/// given.
+fn l3(
+    smac: &str,
+    dmac: &str,
+    vid: Option<u16>,
+    ip: etherparse::IpHeaders,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(smac).0, mac(dmac).0);
+    match vid {
+        Some(v) => b
+            .single_vlan(etherparse::VlanId::try_new(v).unwrap())
+            .ip(ip),
+        None => b.ip(ip),
+    }
+}
+
 /// A TCP segment over `ip` (lengths and protocol filled in when written), tagged with `vid`
 /// if given, with `flags` ([`with_flags`]) and `payload` bytes of 0x5a.
 #[allow(clippy::too_many_arguments)]
@@ -625,17 +617,14 @@ fn tcp_over(
     flags: u8,
     payload: usize,
 ) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2(mac(smac).0, mac(dmac).0);
-    let ip = match vid {
-        Some(v) => b
-            .single_vlan(etherparse::VlanId::try_new(v).unwrap())
-            .ip(ip),
-        None => b.ip(ip),
-    };
     let mut out = Vec::new();
-    with_flags(ip.tcp(sport, dport, seq, 64240), flags, ack)
-        .write(&mut out, &vec![0x5au8; payload])
-        .unwrap();
+    with_flags(
+        l3(smac, dmac, vid, ip).tcp(sport, dport, seq, 64240),
+        flags,
+        ack,
+    )
+    .write(&mut out, &vec![0x5au8; payload])
+    .unwrap();
     out
 }
 
@@ -804,48 +793,19 @@ impl<'a> Conversation<'a> {
         let v6 = self
             .v6
             .map(|[c, sv]| if from_server { [sv, c] } else { [c, sv] });
+        let ip = match v6 {
+            Some([src, dst]) => ipv6_headers(src, dst, ttl),
+            None => ipv4_headers(s.src, s.dst, ttl),
+        };
         if self.udp {
-            let ip = match v6 {
-                Some([src, dst]) => ipv6_headers(src, dst, ttl),
-                None => ipv4_headers(s.src, s.dst, ttl),
-            };
-            let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
-            let b = match s.vid {
-                Some(v) => b
-                    .single_vlan(etherparse::VlanId::try_new(v).unwrap())
-                    .ip(ip),
-                None => b.ip(ip),
-            };
             let mut out = Vec::new();
-            b.udp(ports.0, ports.1)
+            l3(s.smac, s.dmac, s.vid, ip)
+                .udp(ports.0, ports.1)
                 .write(&mut out, &vec![0x5au8; payload])
                 .unwrap();
             return out;
         }
-        let f = match v6 {
-            Some(addrs) => tcp6(
-                s.smac,
-                s.dmac,
-                s.vid,
-                (addrs[0], addrs[1]),
-                ports,
-                (seq, ack),
-                flags,
-                payload,
-                ttl,
-            ),
-            None => tcp4(
-                s.smac,
-                s.dmac,
-                s.vid,
-                (s.src, s.dst),
-                ports,
-                (seq, ack),
-                flags,
-                payload,
-                ttl,
-            ),
-        };
+        let f = tcp_over(s.smac, s.dmac, s.vid, ip, ports, (seq, ack), flags, payload);
         let used = payload as u32 + (flags & 0x03 != 0) as u32;
         self.seq[k as usize][me] = seq.wrapping_add(used);
         f
@@ -913,13 +873,7 @@ impl<'a> Conversation<'a> {
         } else {
             &quoted[..]
         };
-        let b = etherparse::PacketBuilder::ethernet2(mac(s.smac).0, mac(s.dmac).0);
-        let b = match s.vid {
-            Some(v) => b
-                .single_vlan(etherparse::VlanId::try_new(v).unwrap())
-                .ip(outer),
-            None => b.ip(outer),
-        };
+        let b = l3(s.smac, s.dmac, s.vid, outer);
         let mut out = Vec::new();
         match self.v6 {
             None => b
