@@ -1681,6 +1681,9 @@ mod fuzz {
             "some frames handed over"
         );
         assert!(x.one.c.count(E::Unicast) > 0, "{:?}", x.one.c);
+        // New connections the floods may open: few enough that neither worker's table (64
+        // entries each) fills, as the one's (1,024) never does: full tables are per worker.
+        let mut openings = 16u16;
         for m in moves {
             match m {
                 FuzzMove::Wait(ms) => x.advance(*ms),
@@ -1700,16 +1703,78 @@ mod fuzz {
                         x.rx((s.k / cv.n) as usize % 2, port(&cv, *from_server), f);
                     }
                 }
+                &FuzzMove::Flood {
+                    from_server,
+                    first,
+                    n,
+                } => {
+                    let n = n.min(openings);
+                    openings -= n;
+                    for p in first..first.saturating_add(n) {
+                        x.rx(
+                            p as usize % 2,
+                            port(&cv, from_server),
+                            cv.opening(p, from_server),
+                        );
+                    }
+                }
             }
         }
     }
 
-    /// Plays `moves` on `sides`' connections (`udp`: flows) through `tw`, once warmed up.
-    fn play(mut tw: Twins, sides: (Side<'static>, Side<'static>), udp: bool, moves: &[FuzzMove]) {
+    /// Plays `moves` on `sides`' connections (`udp`: flows) through `tw`, once warmed up,
+    /// its connection tables [`FUZZ_TABLE`] entries (`evict`: when full, a new connection
+    /// evicts the oldest unestablished one).
+    fn play(
+        tw: Twins,
+        sides: (Side<'static>, Side<'static>),
+        udp: bool,
+        evict: bool,
+        moves: &[FuzzMove],
+    ) {
+        let mut tw = tw.limit(FUZZ_TABLE, evict);
         let mut cv = Conversation::new(sides.0, sides.1, 6);
         cv.udp = udp;
         tw.warm_up(&mut cv, |_, f| f);
         tw.play(&mut cv, moves, |_, f| f);
+    }
+
+    /// What the fuzz's `Flood` does to its tables: 47 new connections fill a [`FUZZ_TABLE`]
+    /// that holds the conversation's, later ones refused (or evicting the oldest of the
+    /// flood's), and the conversation's established connections go on, answered by the flow
+    /// cache, on all three twins alike.
+    #[test]
+    fn a_flood_fills_the_fuzzed_table_and_the_conversation_goes_on() {
+        let cases: [(fn() -> Twins, (Side<'static>, Side<'static>)); 2] = [
+            (fip_twins, floating_ip_sides()),
+            (|| Twins::new(harness), east_west_sides()),
+        ];
+        for (make, (client, server)) in cases {
+            for evict in [false, true] {
+                let mut tw = make().limit(FUZZ_TABLE, evict);
+                let mut cv = Conversation::new(client, server, 6);
+                tw.warm_up(&mut cv, |_, f| f);
+                let flood = FuzzMove::Flood {
+                    from_server: false,
+                    first: 20000,
+                    n: 47,
+                };
+                tw.play(&mut cv, &[flood], |_, f| f);
+                let ct = &tw.staged.s.fw.ct;
+                assert_eq!(ct.len(), FUZZ_TABLE, "full");
+                let (refused, evicted) = (ct.stats.refused_full, ct.stats.evicted);
+                if evict {
+                    assert!(evicted > 0 && refused == 0, "{:?}", ct.stats);
+                } else {
+                    assert!(refused > 0 && evicted == 0, "{:?}", ct.stats);
+                }
+                let (hits, sent) = (tw.hits(), tw.cached.sink.on(server.port).len());
+                let (port, frames) = cv.all(false, 0x18, 10);
+                tw.rx(port, &frames);
+                assert_eq!(tw.hits(), hits + 6, "every segment answered by the cache");
+                assert_eq!(tw.cached.sink.on(server.port).len(), sent + 6);
+            }
+        }
     }
 
     /// Twins of the floating-IP host whose Retable moves disassociate the floating IP and
@@ -1735,20 +1800,29 @@ mod fuzz {
         /// Internet host -> floating IP (DNAT, routed, vm1's zone) and back (SNAT), the
         /// floating IP disassociated and associated again as the moves swap the tables.
         #[test]
-        fn floating_ip_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            play(fip_twins_retabled(), floating_ip_sides(), false, &moves);
+        fn floating_ip_flows_are_the_same_with_and_without_the_cache(
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
+        ) {
+            play(fip_twins_retabled(), floating_ip_sides(), false, evict, &moves);
         }
 
         /// Two instances of this host, each packet judged in both zones.
         #[test]
-        fn east_west_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            play(Twins::new(harness), east_west_sides(), false, &moves);
+        fn east_west_flows_are_the_same_with_and_without_the_cache(
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
+        ) {
+            play(Twins::new(harness), east_west_sides(), false, evict, &moves);
         }
 
         /// The same with replied UDP flows.
         #[test]
-        fn floating_ip_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            play(fip_twins_retabled(), floating_ip_sides(), true, &moves);
+        fn floating_ip_udp_flows_are_the_same_with_and_without_the_cache(
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
+        ) {
+            play(fip_twins_retabled(), floating_ip_sides(), true, evict, &moves);
         }
 
         /// One worker against two, every frame arriving on either of the two (as RSS
@@ -1776,8 +1850,11 @@ mod fuzz {
         }
 
         #[test]
-        fn east_west_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            play(Twins::new(harness), east_west_sides(), true, &moves);
+        fn east_west_udp_flows_are_the_same_with_and_without_the_cache(
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
+        ) {
+            play(Twins::new(harness), east_west_sides(), true, evict, &moves);
         }
     }
 }

@@ -1006,8 +1006,11 @@ mod fuzz {
         tw
     }
 
-    fn play(udp: bool, v6: bool, moves: &[FuzzMove]) {
-        let mut tw = twins(if v6 { policy6 } else { policy });
+    /// Plays `moves` on 6 connections (`udp`: flows; `v6`: over IPv6) from vm2 to vm1, the
+    /// connection tables [`FUZZ_TABLE`] entries (`evict`: when full, a new connection evicts
+    /// the oldest unestablished one).
+    fn play(udp: bool, v6: bool, evict: bool, moves: &[FuzzMove]) {
+        let mut tw = twins(if v6 { policy6 } else { policy }).limit(FUZZ_TABLE, evict);
         let (vm2, vm1) = sides();
         let mut cv = Conversation::new(vm2, vm1, 6);
         cv.udp = udp;
@@ -1030,13 +1033,19 @@ mod fuzz {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
         #[test]
-        fn tcp_connections_are_judged_the_same_as_security_groups_change(moves in fuzz_moves()) {
-            play(false, false, &moves);
+        fn tcp_connections_are_judged_the_same_as_security_groups_change(
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
+        ) {
+            play(false, false, evict, &moves);
         }
 
         #[test]
-        fn udp_flows_are_judged_the_same_as_security_groups_change(moves in fuzz_moves()) {
-            play(true, false, &moves);
+        fn udp_flows_are_judged_the_same_as_security_groups_change(
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
+        ) {
+            play(true, false, evict, &moves);
         }
 
         /// The same over IPv6 (no flow cache: the staged and the traced twins differ by
@@ -1045,8 +1054,9 @@ mod fuzz {
         fn ipv6_flows_are_judged_the_same_as_security_groups_change(
             moves in fuzz_moves(),
             udp in any::<bool>(),
+            evict in any::<bool>(),
         ) {
-            play(udp, true, &moves);
+            play(udp, true, evict, &moves);
         }
     }
 

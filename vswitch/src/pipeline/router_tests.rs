@@ -1349,17 +1349,26 @@ mod cache_fuzz {
         }
     }
 
-    fn play(sides: (Side<'static>, Side<'static>), udp: bool, moves: &[FuzzMove]) {
-        play_v(sides, udp, false, moves)
+    fn play(sides: (Side<'static>, Side<'static>), udp: bool, evict: bool, moves: &[FuzzMove]) {
+        play_v(sides, udp, false, evict, moves)
     }
 
-    fn play_v(sides: (Side<'static>, Side<'static>), udp: bool, v6: bool, moves: &[FuzzMove]) {
+    /// Plays `moves` on 6 connections (`udp`: flows; `v6`: over IPv6) between `sides`, the
+    /// connection tables [`FUZZ_TABLE`] entries (`evict`: when full, a new connection evicts
+    /// the oldest unestablished one).
+    fn play_v(
+        sides: (Side<'static>, Side<'static>),
+        udp: bool,
+        v6: bool,
+        evict: bool,
+        moves: &[FuzzMove],
+    ) {
         let mut cv = Conversation::new(sides.0, sides.1, 6);
         cv.udp = udp;
         if v6 {
             cv.v6 = Some(v6_of(&sides));
         }
-        let mut tw = Twins::new(harness);
+        let mut tw = Twins::new(harness).limit(FUZZ_TABLE, evict);
         tw.warm_up(&mut cv, from_compute2);
         tw.play(&mut cv, moves, from_compute2);
     }
@@ -1368,27 +1377,35 @@ mod cache_fuzz {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         #[test]
-        fn routed_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            play(routed_sides(), false, &moves);
+        fn routed_flows_are_the_same_with_and_without_the_cache(
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
+        ) {
+            play(routed_sides(), false, evict, &moves);
         }
 
         #[test]
-        fn routed_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            play(routed_sides(), true, &moves);
+        fn routed_udp_flows_are_the_same_with_and_without_the_cache(
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
+        ) {
+            play(routed_sides(), true, evict, &moves);
         }
 
         #[test]
         fn flows_routed_on_another_host_are_the_same_with_and_without_the_cache(
-            moves in fuzz_moves()
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
         ) {
-            play(across_hosts_sides(), false, &moves);
+            play(across_hosts_sides(), false, evict, &moves);
         }
 
         #[test]
         fn udp_flows_routed_on_another_host_are_the_same_with_and_without_the_cache(
-            moves in fuzz_moves()
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
         ) {
-            play(across_hosts_sides(), true, &moves);
+            play(across_hosts_sides(), true, evict, &moves);
         }
 
         /// IPv6, routed here or on compute2, TCP or UDP.
@@ -1397,9 +1414,10 @@ mod cache_fuzz {
             moves in fuzz_moves(),
             across in any::<bool>(),
             udp in any::<bool>(),
+            evict in any::<bool>(),
         ) {
             let sides = if across { across_hosts_sides() } else { routed_sides() };
-            play_v(sides, udp, true, &moves);
+            play_v(sides, udp, true, evict, &moves);
         }
     }
 }

@@ -1066,8 +1066,11 @@ mod fuzz {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
         #[test]
-        fn snat_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            let mut tw = Twins::new(|| harness([1024, 65535]));
+        fn snat_flows_are_the_same_with_and_without_the_cache(
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
+        ) {
+            let mut tw = Twins::new(|| harness([1024, 65535])).limit(FUZZ_TABLE, evict);
             tw.announcements = gateway_moves();
             let (instance, server) = snat_sides();
             let mut cv = Conversation::new(instance, server, 6);
@@ -1088,8 +1091,11 @@ mod fuzz {
         }
 
         #[test]
-        fn snat_udp_flows_are_the_same_with_and_without_the_cache(moves in fuzz_moves()) {
-            let mut tw = Twins::new(|| harness([1024, 65535]));
+        fn snat_udp_flows_are_the_same_with_and_without_the_cache(
+            moves in fuzz_moves(),
+            evict in any::<bool>(),
+        ) {
+            let mut tw = Twins::new(|| harness([1024, 65535])).limit(FUZZ_TABLE, evict);
             tw.announcements = gateway_moves();
             let (instance, server) = snat_sides();
             let mut cv = Conversation::new(instance, server, 6);

@@ -778,17 +778,48 @@ impl<'a> Conversation<'a> {
         payload: usize,
         ttl: u8,
     ) -> Vec<u8> {
-        let s = if from_server {
-            self.server
-        } else {
-            self.client
-        };
         let (me, peer) = (from_server as usize, !from_server as usize);
         let [seq, ack] = [self.seq[k as usize][me], self.seq[k as usize][peer]];
         let ports = if from_server {
             (5001, self.seen_ports[k as usize])
         } else {
             (40000 + k, 5001)
+        };
+        let f = self.frame(from_server, ports, (seq, ack), flags, payload, ttl);
+        if !self.udp {
+            let used = payload as u32 + (flags & 0x03 != 0) as u32;
+            self.seq[k as usize][me] = seq.wrapping_add(used);
+        }
+        f
+    }
+
+    /// The first packet of a connection (with [`udp`](Self::udp): a flow) outside the
+    /// conversation, a SYN (a datagram): from the client's port `port` to the server's 5001,
+    /// or (`from_server`) from 5001 to the client's `port` as the server sees it.
+    pub fn opening(&self, port: u16, from_server: bool) -> Vec<u8> {
+        let ports = if from_server {
+            (5001, port)
+        } else {
+            (port, 5001)
+        };
+        self.frame(from_server, ports, (u32::from(port) << 12, 0), 0x02, 0, 64)
+    }
+
+    /// A segment (with [`udp`](Self::udp): a datagram, `flags` and sequence numbers ignored)
+    /// from the server (`from_server`) or the client, between `ports` (its own first).
+    fn frame(
+        &self,
+        from_server: bool,
+        ports: (u16, u16),
+        seq_ack: (u32, u32),
+        flags: u8,
+        payload: usize,
+        ttl: u8,
+    ) -> Vec<u8> {
+        let s = if from_server {
+            self.server
+        } else {
+            self.client
         };
         let v6 = self
             .v6
@@ -805,10 +836,7 @@ impl<'a> Conversation<'a> {
                 .unwrap();
             return out;
         }
-        let f = tcp_over(s.smac, s.dmac, s.vid, ip, ports, (seq, ack), flags, payload);
-        let used = payload as u32 + (flags & 0x03 != 0) as u32;
-        self.seq[k as usize][me] = seq.wrapping_add(used);
-        f
+        tcp_over(s.smac, s.dmac, s.vid, ip, ports, seq_ack, flags, payload)
     }
 
     /// An ICMP error the server (`from_server`) or the client sends about a segment (or
@@ -899,15 +927,19 @@ impl<'a> Conversation<'a> {
         out
     }
 
-    /// The same segment for every connection.
-    pub fn all(&mut self, from_server: bool, flags: u8, payload: usize) -> (u16, Vec<Vec<u8>>) {
-        let port = if from_server {
+    /// The port the server's (`from_server`) or the client's frames arrive on.
+    pub fn port(&self, from_server: bool) -> u16 {
+        if from_server {
             self.server.port
         } else {
             self.client.port
-        };
+        }
+    }
+
+    /// The same segment for every connection.
+    pub fn all(&mut self, from_server: bool, flags: u8, payload: usize) -> (u16, Vec<Vec<u8>>) {
         (
-            port,
+            self.port(from_server),
             (0..self.n)
                 .map(|k| self.seg(k, from_server, flags, payload, 64))
                 .collect(),
@@ -981,7 +1013,21 @@ pub enum FuzzMove {
     /// none: nothing happens): a frame from the network that changes what the stages know
     /// (an ARP reply moving a next hop to another MAC, or back), fed to every harness.
     Announce(usize),
+    /// The first packets of `n` connections (or flows) outside the conversation, client
+    /// ports `first`, `first + 1`, ... ([`Conversation::opening`]), from one side: with the
+    /// connection table limited ([`Twins::limit`]), a flood that fills it, new connections
+    /// refused or evicting others while the conversation's go on.
+    Flood {
+        from_server: bool,
+        first: u16,
+        n: u16,
+    },
 }
+
+/// The connection table of a differential fuzz's twins ([`Twins::limit`]): the entries of a
+/// conversation of 6 connections in one or two zones, and room for 12 to 18 more, which one
+/// [`FuzzMove::Flood`] fills.
+pub const FUZZ_TABLE: usize = 24;
 
 /// Moves for [`Twins::play`]: mostly what an established connection sends (plain ACKs, data),
 /// among them FINs, RSTs, SYNs, SYN-ACKs and any flag byte; ICMP errors about the
@@ -989,7 +1035,7 @@ pub enum FuzzMove {
 /// payloads up to and past a 1500-byte MTU; any bytes of the headers overwritten; frames cut
 /// short; pauses past the flow cache's [`MAX_AGE_MS`] and past the connection timeouts;
 /// new tables; sweeps of the connection table, whole or a few slots; announcements (a next
-/// hop's MAC moving).
+/// hop's MAC moving); floods of new connections.
 ///
 /// [`MAX_AGE_MS`]: super::flowcache::MAX_AGE_MS
 pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> {
@@ -1039,6 +1085,8 @@ pub fn fuzz_moves() -> impl proptest::strategy::Strategy<Value = Vec<FuzzMove>> 
         1 => any::<usize>().prop_map(FuzzMove::Retable),
         1 => prop_oneof![Just(usize::MAX), 1usize..64].prop_map(FuzzMove::Sweep),
         1 => any::<usize>().prop_map(FuzzMove::Announce),
+        1 => (any::<bool>(), 20000u16..30000, 1u16..48)
+            .prop_map(|(from_server, first, n)| FuzzMove::Flood { from_server, first, n }),
     ];
     proptest::collection::vec(mv, 1..16)
 }
@@ -1167,6 +1215,19 @@ impl Twins {
     /// The three harnesses, to change them alike (time, flushes).
     pub fn all(&mut self) -> [&mut Harness; 3] {
         [&mut self.cached, &mut self.staged, &mut self.traced]
+    }
+
+    /// Gives every twin a connection table of `capacity` entries (with its timeouts) that,
+    /// when full, evicts the oldest connection not yet established (`evict`, as the
+    /// `evict_unestablished` setting) or refuses new ones: before any traffic, as the
+    /// worker's table is made at start-up.
+    pub fn limit(mut self, capacity: usize, evict: bool) -> Self {
+        for h in self.all() {
+            assert_eq!(h.s.fw.ct.len(), 0, "limited before any traffic");
+            let timeouts = h.s.fw.ct.timeouts;
+            h.s.fw.ct = super::conntrack::Conntrack::new(capacity, timeouts, evict);
+        }
+        self
     }
 
     /// All receive `frames` on `port`; then all must have sent and counted the same.
@@ -1328,11 +1389,17 @@ impl Twins {
                 }
                 FuzzMove::Batch { from_server, segs } => {
                     let frames = segs.iter().map(|s| s.frame(cv, *from_server)).collect();
-                    let port = if *from_server {
-                        cv.server.port
-                    } else {
-                        cv.client.port
-                    };
+                    self.rx(cv.port(*from_server), &wrap(cv.port(*from_server), frames));
+                }
+                &FuzzMove::Flood {
+                    from_server,
+                    first,
+                    n,
+                } => {
+                    let port = cv.port(from_server);
+                    let frames = (first..first.saturating_add(n))
+                        .map(|p| cv.opening(p, from_server))
+                        .collect();
                     self.rx(port, &wrap(port, frames));
                 }
             }
