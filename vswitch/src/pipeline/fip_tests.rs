@@ -1745,7 +1745,8 @@ mod fuzz {
     /// cache, on all three twins alike.
     #[test]
     fn a_flood_fills_the_fuzzed_table_and_the_conversation_goes_on() {
-        let cases: [(fn() -> Twins, (Side<'static>, Side<'static>)); 2] = [
+        type Sides = (Side<'static>, Side<'static>);
+        let cases: [(fn() -> Twins, Sides); 2] = [
             (fip_twins, floating_ip_sides()),
             (|| Twins::new(harness), east_west_sides()),
         ];
