@@ -278,6 +278,61 @@ fn a_tiny_port_range_refuses_new_connections_and_keeps_the_old_ones() {
     assert_eq!(h.c.dropped(D::RouterSnatExhausted), 1);
 }
 
+/// An exhausted range recovers: the port of a connection that went (reset, then its CLOSE
+/// deadline passed; or an unanswered SYN past SYN_SENT's) goes to the next new connection,
+/// with nothing swept in between (the worker's sweep may not have reached it yet), while the
+/// connections still there keep theirs.
+#[test]
+fn a_port_goes_to_a_new_connection_once_its_connection_is_gone() {
+    let mut h = harness([2000, 2002]);
+    let later = |h: &mut Harness, s: u64| {
+        h.s.now_ms += s * 1000;
+        h.s.fw.now = h.s.now_ms as u32;
+    };
+    let frames: Vec<Vec<u8>> = (0..3).map(|n| syn_out(X1, 40000 + n)).collect();
+    h.rx(OVERLAY, &frames);
+    let ports: Vec<u16> = h.sink.on(UPLINK).iter().map(|f| tcp4(f).1).collect();
+    assert_eq!(ports.len(), 3);
+    // Connection 0 is answered, then reset by the instance.
+    h.rx(UPLINK, &[synack_in(ports[0])]);
+    assert_eq!(h.sink.on(OVERLAY).len(), 1);
+    let mut inner = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(DVR1).0, mac(SNAT1).0)
+        .ipv4(X1, INET, 63)
+        .tcp(40000, 443, 1001, 0)
+        .rst()
+        .ack(7001)
+        .write(&mut inner, &[])
+        .unwrap();
+    h.rx(OVERLAY, &[from_compute1(&inner)]);
+    assert_eq!(h.sink.on(UPLINK).len(), 4, "the RST goes out: {:?}", h.c);
+    // Closed, its port still held for CLOSE's 10 s: a new connection finds none.
+    let newcomer = syn_out(X2, 50000);
+    h.rx(OVERLAY, std::slice::from_ref(&newcomer));
+    assert_eq!(h.c.dropped(D::RouterSnatExhausted), 1);
+    later(&mut h, 11);
+    h.rx(OVERLAY, std::slice::from_ref(&newcomer));
+    assert_eq!(h.c.dropped(D::RouterSnatExhausted), 1, "{:?}", h.c);
+    let out = h.sink.on(UPLINK).last().unwrap().clone();
+    assert_eq!(tcp4(&out), (G, ports[0], INET, 443), "the freed port");
+    // The two unanswered SYNs keep their ports until SYN_SENT's 120 s are up, then the
+    // same happens to them.
+    let second = syn_out(X2, 50001);
+    h.rx(OVERLAY, std::slice::from_ref(&second));
+    assert_eq!(h.c.dropped(D::RouterSnatExhausted), 2);
+    later(&mut h, 110);
+    h.rx(OVERLAY, std::slice::from_ref(&second));
+    assert_eq!(h.c.dropped(D::RouterSnatExhausted), 2, "{:?}", h.c);
+    let out = h.sink.on(UPLINK).last().unwrap().clone();
+    let (_, port, _, _) = tcp4(&out);
+    assert!(ports[1..].contains(&port), "{port} is one of {ports:?}");
+    // The newcomer's connection kept its port all along.
+    h.rx(UPLINK, &[synack_in(ports[0])]);
+    let back = h.sink.on(OVERLAY).last().unwrap().clone();
+    // Inside VXLAN (outer Ethernet, IPv4, UDP, VXLAN: 50 bytes) to compute1.
+    assert_eq!(tcp4(&back[50..]), (INET, 443, X2, 50000));
+}
+
 #[test]
 fn replies_to_the_gateway_address_that_match_no_translation_are_dropped() {
     let mut h = harness([1024, 65535]);
