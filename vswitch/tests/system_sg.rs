@@ -26,7 +26,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use support::{
-    host_toml, ping, py, tcp_transfer, Bg, HostPort, InstanceNet, Stats, Topology, Vswitchd,
+    host_toml, ping, py, tcp_transfer, tcp_transfer_to_a_stalled_reader, Bg, HostPort, InstanceNet,
+    Stats, Topology, Vswitchd,
 };
 
 /// One instance: namespace role, port name (= interface in the switch namespace), Neutron
@@ -667,6 +668,47 @@ fn default_security_group_allows_egress_and_replies() {
         "the UDP exchange (answered) must leave an established entry: {}",
         s1.0["conntrack"]
     );
+    let bad = unexpected_drops(&s1, &s0, &[]);
+    assert!(bad.is_empty(), "unexpected drops {bad:?}");
+    lab.finish();
+}
+
+/// b's server reads nothing for 2 s after it accepts a's connection (with a 32 KiB receive
+/// buffer): b's kernel advertises a zero window, and a's probes it (the persist timer) until
+/// b reads again and opens it. Both zones track the connection with full window checks; the
+/// zero-window advertisements, the probes and the update that reopens the window are all
+/// within what the tracker accepts (as Linux's accepts them): the 4 MiB arrive whole and
+/// nothing is dropped.
+#[test]
+fn a_zero_window_and_its_probes_pass_the_security_groups() {
+    let Some(mut lab) = Lab::start("sgzwin", &[&A, &B], &default_state(), "") else {
+        return;
+    };
+    let (a, b) = (lab.ns(&A), lab.ns(&B));
+    let s0 = lab.stats();
+    let cap = lab.topo.capture_with(
+        &b,
+        "eth0",
+        "zero-window-b",
+        &[
+            "tcp",
+            "and",
+            "src",
+            "host",
+            B.ip,
+            "and",
+            "tcp[14:2]",
+            "==",
+            "0",
+        ],
+    );
+    tcp_transfer_to_a_stalled_reader(&lab.topo, &a, &b, B.ip, TCP_PORT, 4 << 20, 2.0);
+    let zero = cap.stop();
+    let s1 = lab.stats();
+    assert!(!zero.is_empty(), "b never advertised a zero window");
+    eprintln!("zero-window advertisements from b: {}", zero.len());
+    assert_eq!(firewall_delta(&s1, &s0, A.port).1, 0, "dropped at vma");
+    assert_eq!(firewall_delta(&s1, &s0, B.port).1, 0, "dropped at vmb");
     let bad = unexpected_drops(&s1, &s0, &[]);
     assert!(bad.is_empty(), "unexpected drops {bad:?}");
     lab.finish();

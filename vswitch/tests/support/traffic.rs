@@ -234,12 +234,17 @@ const TCP_SERVER_PY: &str = r#"
 import hashlib, socket, sys, time
 s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+stall = float(sys.argv[3]) if len(sys.argv) > 3 else 0
+if stall:
+    # A small receive buffer (the accepted socket inherits it), so that the window closes.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(1)
 s.settimeout(30)
 print("listening", flush=True)
 c, _ = s.accept()
 c.settimeout(30)
+time.sleep(stall)
 h, n, t0 = hashlib.sha256(), 0, time.monotonic()
 while True:
     b = c.recv(1 << 16)
@@ -274,14 +279,30 @@ pub fn tcp_transfer(
     port: u16,
     bytes: usize,
 ) -> f64 {
+    tcp_transfer_to_a_stalled_reader(topo, client_ns, server_ns, server_ip, port, bytes, 0.0)
+}
+
+/// [`tcp_transfer`] to a server that, with a 32 KiB receive buffer, reads nothing for
+/// `stall_s` seconds after it accepts (none: 0): its window closes, and the sender probes
+/// it until it opens again. Returns the receiver's seconds from the end of the stall to EOF.
+pub fn tcp_transfer_to_a_stalled_reader(
+    topo: &Topology,
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: &str,
+    port: u16,
+    bytes: usize,
+    stall_s: f64,
+) -> f64 {
     let port_s = port.to_string();
     let label = format!("tcp-server-{port}");
+    let stall = stall_s.to_string();
     let server = python_server(
         topo,
         server_ns,
         &label,
         TCP_SERVER_PY,
-        &[server_ip, &port_s],
+        &[server_ip, &port_s, &stall],
     );
     let client = py(
         topo,
