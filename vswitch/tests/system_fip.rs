@@ -48,8 +48,9 @@ use std::time::{Duration, Instant};
 
 use support::{
     add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports, ping_ok, py,
-    python, python_server, server_output, tshark_fields, udp_refused, Bg, HostPort, InstanceNet,
-    OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
+    python, python_server, server_output, tcp_transfer_to_a_stalled_reader, tshark_fields,
+    udp_refused, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP,
+    EXT_GW_MAC, INET_IP, VID,
 };
 
 // The instance on selfservice1 and router1's interface there.
@@ -738,7 +739,8 @@ fn assert_instance_sees_real_sources(pcap: &Path) -> usize {
 /// The seed's north-south scenario 2: an Internet host on the provider network (VLAN 101)
 /// pings, opens TCP to and exchanges UDP with the instance's floating IP 203.0.113.17; the
 /// instance sees the real source and answers; the Internet host sees 203.0.113.17 as the
-/// source of the answers and of the instance's own outbound TCP, UDP and ping. ICMP errors
+/// source of the answers and of the instance's own outbound TCP, UDP and ping; a reader that
+/// stops reading (a zero window, probed by the sender) either way loses nothing. ICMP errors
 /// (port unreachable both ways, fragmentation needed from the fg address) reach the right
 /// sockets. The wire shows VLAN 101 on every frame, the proxy-ARP reply from the fg MAC and
 /// translated frames from it, never the fixed IP; the instance never sees a floating IP. The
@@ -841,6 +843,32 @@ fn floating_ip_north_south() {
         (FIP.to_owned(), client.1.clone()),
         "the Internet host should see the instance's connection from the floating IP"
     );
+
+    // 3b. A receiver that stops reading, each way: its window closes for 2 s and the sender
+    // probes it until it opens again, through the translation, the instance's connection
+    // tracking (full window checks) and the flow cache. Nothing is dropped (the counters at
+    // the end).
+    let zero_cap = topo.capture_with(
+        &i1,
+        "eth0",
+        "cap-i1-zero-window",
+        &["tcp", "and", "tcp[14:2]", "==", "0"],
+    );
+    let at = ("0.0.0.0", FIP, TCP_IN);
+    tcp_transfer_to_a_stalled_reader(&topo, &inet, &i1, at, 2 << 20, 2.0);
+    let at = (INET_IP, INET_IP, TCP_OUT);
+    tcp_transfer_to_a_stalled_reader(&topo, &i1, &inet, at, 2 << 20, 2.0);
+    let zero = zero_cap.stop();
+    for (who, from) in [
+        ("the instance", format!(" {I1_IP}.{TCP_IN} >")),
+        ("the Internet host", format!(" {INET_IP}.{TCP_OUT} >")),
+    ] {
+        assert!(
+            zero.iter().any(|l| l.contains(&from)),
+            "{who} never advertised a zero window:\n{}",
+            zero.join("\n")
+        );
+    }
 
     // 4. UDP: a request from the Internet host to the floating IP is answered from it (the
     // instance saw the real source); datagrams the instance sends out arrive from it; an

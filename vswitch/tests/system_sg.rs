@@ -702,7 +702,8 @@ fn a_zero_window_and_its_probes_pass_the_security_groups() {
             "0",
         ],
     );
-    tcp_transfer_to_a_stalled_reader(&lab.topo, &a, &b, B.ip, TCP_PORT, 4 << 20, 2.0);
+    let at = (B.ip, B.ip, TCP_PORT);
+    tcp_transfer_to_a_stalled_reader(&lab.topo, &a, &b, at, 4 << 20, 2.0);
     let zero = cap.stop();
     let s1 = lab.stats();
     assert!(!zero.is_empty(), "b never advertised a zero window");

@@ -22,7 +22,9 @@
 //!
 //! Both instances ping the Internet host and exchange data with its TCP server, which sees
 //! the router's gateway address, never a fixed IP; a 1,500-byte UDP answer (DF clear) comes
-//! back to i1 in the two fragments network1's router cuts for the 1450-byte network; 20
+//! back to i1 in the two fragments network1's router cuts for the 1450-byte network; i1's
+//! 2 MiB to a server that reads nothing for 2 s (a zero window, probed by i1's kernel until
+//! it opens) arrive whole with nothing dropped on the way; 20
 //! connections opened together from both instances get 20 distinct source ports; with
 //! `[conntrack] snat_ports = [20000, 20002]`
 //! (network1 restarted), three long-lived connections to the server work, a fourth finds no
@@ -53,9 +55,9 @@ use std::time::{Duration, Instant};
 
 use support::{
     add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports,
-    late_udp_answer_refused, ping_ok, python, python_server, tshark_fields, udp_refused, Bg,
-    HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP,
-    VID,
+    late_udp_answer_refused, ping_ok, python, python_server, tcp_transfer_to_a_stalled_reader,
+    tshark_fields, udp_refused, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd,
+    EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
 };
 
 const I1_MAC: &str = "fa:16:3e:00:01:04";
@@ -767,6 +769,38 @@ fn centralized_snat_north_south() {
         "refused",
         "UDP to a closed port of the Internet host"
     );
+
+    // A reader that stops reading: the Internet host's server reads nothing for 2 s (its
+    // window closes, and i1's kernel probes it until it opens again) while i1 sends 2 MiB
+    // through the translation and both hosts' connection tracking and flow caches; neither
+    // compute1 nor network1 drops anything meanwhile.
+    let (c1_a, n1_a) = (vs1.stats(), vs3.stats());
+    let zero_cap = topo.capture_with(
+        &i1,
+        "eth0",
+        "cap-i1-zero-window",
+        &[
+            "tcp",
+            "and",
+            "src",
+            "host",
+            INET_IP,
+            "and",
+            "tcp[14:2]",
+            "==",
+            "0",
+        ],
+    );
+    let at = (INET_IP, INET_IP, PORT + 4);
+    tcp_transfer_to_a_stalled_reader(&topo, &i1, &inet, at, 2 << 20, 2.0);
+    let zero = zero_cap.stop();
+    assert!(
+        !zero.is_empty(),
+        "the Internet host never advertised a zero window"
+    );
+    let (c1_b, n1_b) = (vs1.stats(), vs3.stats());
+    assert_eq!(c1_b.drops_since(&c1_a), vec![], "compute1 dropped");
+    assert_eq!(n1_b.drops_since(&n1_a), vec![], "network1 dropped");
 
     // 2. 20 connections at once, 10 from each instance: 20 distinct source ports at the
     // server, all from the gateway address, all complete.

@@ -279,18 +279,19 @@ pub fn tcp_transfer(
     port: u16,
     bytes: usize,
 ) -> f64 {
-    tcp_transfer_to_a_stalled_reader(topo, client_ns, server_ns, server_ip, port, bytes, 0.0)
+    let at = (server_ip, server_ip, port);
+    tcp_transfer_to_a_stalled_reader(topo, client_ns, server_ns, at, bytes, 0.0)
 }
 
-/// [`tcp_transfer`] to a server that, with a 32 KiB receive buffer, reads nothing for
-/// `stall_s` seconds after it accepts (none: 0): its window closes, and the sender probes
-/// it until it opens again. Returns the receiver's seconds from the end of the stall to EOF.
+/// [`tcp_transfer`] to a server bound to `bind` that, with a 32 KiB receive buffer, reads
+/// nothing for `stall_s` seconds after it accepts (none: 0): its window closes, and the
+/// sender probes it until it opens again; the client connects to `dst` (`bind` behind a
+/// floating IP). Returns the receiver's seconds from the end of the stall to EOF.
 pub fn tcp_transfer_to_a_stalled_reader(
     topo: &Topology,
     client_ns: &str,
     server_ns: &str,
-    server_ip: &str,
-    port: u16,
+    (bind, dst, port): (&str, &str, u16),
     bytes: usize,
     stall_s: f64,
 ) -> f64 {
@@ -302,13 +303,13 @@ pub fn tcp_transfer_to_a_stalled_reader(
         server_ns,
         &label,
         TCP_SERVER_PY,
-        &[server_ip, &port_s, &stall],
+        &[bind, &port_s, &stall],
     );
     let client = py(
         topo,
         client_ns,
         TCP_CLIENT_PY,
-        &[server_ip, &port_s, &bytes.to_string()],
+        &[dst, &port_s, &bytes.to_string()],
     );
     let server_out = server_output(server, 30);
     let sent: Vec<&str> = client.split_whitespace().collect();
