@@ -1048,8 +1048,7 @@ mod fuzz {
             play(true, false, evict, &moves);
         }
 
-        /// The same over IPv6 (no flow cache: the staged and the traced twins differ by
-        /// the firewall's fast path and mirror).
+        /// The same over IPv6.
         #[test]
         fn ipv6_flows_are_judged_the_same_as_security_groups_change(
             moves in fuzz_moves(),

@@ -8,12 +8,14 @@
 //! entries it tracks, the counters the stages it stands for would have counted.
 //! Next: `Output(port)` or `Tunnel(vtep)` for a hit; everything else goes on (`Continue`).
 //!
-//! A plain ACK (no SYN, FIN or RST) of an IPv4 TCP connection, or a UDP datagram, with an
-//! option-less IP header, not a fragment, is looked up by everything the stages decide on: the
-//! ingress port, its network and the VTEP it came from, both MACs, the protocol, both
-//! addresses and both ports. A hit stands for port security, the egress firewall, the local
-//! responders, switching, routing (floating IPs and centralized SNAT included) and the ingress
-//! firewall: it rewrites the header as they did (MACs, TTL, addresses, ports, and both
+//! A plain ACK (no SYN, FIN or RST) of a TCP connection, or a UDP datagram, with an
+//! option-less IPv4 header, not a fragment, or right after an IPv6 header (no extension
+//! header; in a table of its own, keys of 8 words), is looked up by everything the stages
+//! decide on: the ingress port, its network and the VTEP it came from, both MACs, the
+//! protocol, both addresses and both ports. A hit stands for port security, the egress
+//! firewall, the local responders, switching, routing (floating IPs and centralized SNAT
+//! included) and the ingress firewall: it rewrites the header as they did (MACs, TTL
+//! (IPv6: the hop limit, in no checksum), addresses, ports, and both
 //! checksums by constant incremental deltas, RFC 1624: the changed words are the same for
 //! every packet of the flow; a UDP checksum of 0, none, stays 0 and one that comes out 0 is
 //! sent as 0xffff, as `nat` does), moves the same connection entries on as they did (a TCP
@@ -47,6 +49,12 @@ use vswitch_ffi::hugemem::HugeSlice;
 /// TCP header (of a UDP datagram: its 8-byte header and 12 bytes of payload, read and left as
 /// they are).
 pub const HDR: usize = 54;
+/// Header bytes the cache reads and rewrites of an IPv6 candidate: Ethernet, a 40-byte IPv6
+/// header (no extension header), 20 bytes of TCP header (UDP: 8 and 12 of payload).
+pub const HDR6: usize = 74;
+/// Buckets of the IPv6 table (two slots each, keys of 8 words: two lines a bucket).
+const BUCKETS6: usize = 4096;
+const BUCKET6_BITS: u32 = BUCKETS6.trailing_zeros();
 /// Buckets of two slots each (a power of two): many times more slots than the flows one
 /// core forwards at line rate, so that three flows seldom need the same bucket (2,048 flows
 /// at random: about 5 such buckets of 16,384, against 18 of 8,192). Only the slots in use are
@@ -228,7 +236,12 @@ struct SlotRef {
 #[repr(C, align(64))]
 struct Keys([[u64; 4]; 2]);
 
-/// What one cached flow does (its key is in [`Keys`]).
+/// The keys of an IPv6 bucket's two slots (addresses make a key of 7 words, padded to 8).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Keys6([[u64; 8]; 2]);
+
+/// What one cached flow does (its key is in [`Keys`], or [`Keys6`]).
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
 struct Slot {
@@ -238,7 +251,8 @@ struct Slot {
     born: u64,
     learn_epoch: u64,
     refs: [SlotRef; REFS],
-    /// Bytes 0..12 (MACs), then 26..38 (addresses and ports) as the stages left them.
+    /// Bytes 0..12 (MACs), then 26..38 (addresses and ports) as the stages left them
+    /// (IPv6: the MACs only; nothing else is rewritten).
     post: [u8; 24],
     ip_delta: u16,
     l4_delta: u16,
@@ -332,6 +346,9 @@ pub struct FlowCache {
     /// On huge pages: every packet reads a key line and a slot at random.
     keys: HugeSlice<Keys>,
     slots: HugeSlice<Slot>,
+    /// The same for IPv6 flows.
+    keys6: HugeSlice<Keys6>,
+    slots6: HugeSlice<Slot>,
     /// Packets of the batch in flight the cache answered (bit `i`: packet `i`).
     pub hits: u32,
     /// Packets that missed and may be learnt from once the stages are done.
@@ -340,14 +357,17 @@ pub struct FlowCache {
     /// was answered by the cache or had already been settled (dropped, or bound for a
     /// reply or a tunnel) before it.
     pub settled: bool,
-    /// Their keys, headers as they came and lengths.
+    /// Their keys (IPv4, or IPv6: the candidates of `v6`), headers as they came and lengths.
     cand_keys: [[u64; 4]; BURST],
+    cand_keys6: [[u64; 8]; BURST],
+    /// The candidates of the batch in flight that are IPv6.
+    v6: u32,
     /// The bucket of each candidate of the batch in flight, and the slot it found.
     bucket: [u32; BURST],
     found: [u32; BURST],
     /// The TCP segment of each candidate whose slot may answer.
     segs: [tcp::Segment; BURST],
-    pre: [[u8; HDR]; BURST],
+    pre: [[u8; HDR6]; BURST],
     lens: [u32; BURST],
     pub rec: [Rec; BURST],
     pub stats: FlowCacheStats,
@@ -366,14 +386,18 @@ impl FlowCache {
             enabled,
             keys: HugeSlice::on_huge_pages(BUCKETS, Keys([[0; 4]; 2])),
             slots: HugeSlice::new(2 * BUCKETS, EMPTY),
+            keys6: HugeSlice::on_huge_pages(BUCKETS6, Keys6([[0; 8]; 2])),
+            slots6: HugeSlice::new(2 * BUCKETS6, EMPTY),
             hits: 0,
             cand: 0,
             settled: false,
             cand_keys: [[0; 4]; BURST],
+            cand_keys6: [[0; 8]; BURST],
+            v6: 0,
             bucket: [0; BURST],
             found: [NOT_FOUND; BURST],
             segs: [tcp::Segment::default(); BURST],
-            pre: [[0; HDR]; BURST],
+            pre: [[0; HDR6]; BURST],
             lens: [0; BURST],
             rec: [Rec::default(); BURST],
             stats: FlowCacheStats::default(),
@@ -387,8 +411,9 @@ impl FlowCache {
         self.stats.misses += 1;
         self.cand |= 1 << i;
         self.lens[i] = d.len() as u32;
-        if let (Some(pre), Some(h)) = (self.pre.get_mut(i), d.get(..HDR)) {
-            pre.copy_from_slice(h);
+        let n = d.len().min(HDR6);
+        if let (Some(pre), Some(h)) = (self.pre.get_mut(i), d.get(..n)) {
+            pre[..n].copy_from_slice(h);
         }
         if let Some(r) = self.rec.get_mut(i) {
             *r = Rec::default();
@@ -575,10 +600,92 @@ fn segment(d: &Hdr, len: usize) -> Option<tcp::Segment> {
     })
 }
 
+/// The first [`HDR6`] bytes of an IPv6 frame.
+type Hdr6 = [u8; HDR6];
+
+/// An IPv6 candidate: a TCP plain ACK or a UDP datagram right after the IPv6 header (no
+/// extension header).
+#[inline(always)]
+fn candidate6(d: &Hdr6) -> bool {
+    d[12] == 0x86
+        && d[13] == 0xdd
+        && d[14] >> 4 == 6
+        && match d[20] {
+            PROTO_TCP => d[67] & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK,
+            PROTO_UDP => true,
+            _ => false,
+        }
+}
+
+/// An IPv6 candidate's key: ingress port, network, source VTEP, next header; MACs; ports;
+/// addresses.
+#[inline(always)]
+fn key6(d: &Hdr6, in_port: u16, net: NetIdx, from_vtep: u16) -> [u64; 8] {
+    let w2 = u32::from_le_bytes([d[8], d[9], d[10], d[11]]) as u64
+        | (u32::from_le_bytes([d[54], d[55], d[56], d[57]]) as u64) << 32;
+    let w = |at: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&d[at..at + 8]);
+        u64::from_le_bytes(x)
+    };
+    [
+        in_port as u64 | (net as u64) << 16 | (from_vtep as u64) << 32 | (d[20] as u64) << 48,
+        w(0),
+        w2,
+        w(22),
+        w(30),
+        w(38),
+        w(46),
+        0,
+    ]
+}
+
+/// The bucket of an IPv6 key: its words folded to the four of [`bucket`]'s, then as there.
+#[inline(always)]
+fn bucket6(k: &[u64; 8]) -> usize {
+    let folded = [
+        k[0],
+        k[1],
+        k[2] ^ k[5].rotate_left(23),
+        k[3] ^ k[4].rotate_left(41) ^ k[6],
+    ];
+    bucket(&folded) >> (BUCKET_BITS - BUCKET6_BITS)
+}
+
+/// The TCP segment (or [`DATAGRAM`]) of an IPv6 candidate, as `flow::parse_into` reads it;
+/// `len` is the frame's. `None`: lengths that do not add up, or DHCPv6 (the firewall's to let
+/// by, untracked).
+#[inline(always)]
+fn segment6(d: &Hdr6, len: usize) -> Option<tcp::Segment> {
+    let plen = be16(d, 18) as usize;
+    if 54 + plen > len {
+        return None;
+    }
+    if d[20] == PROTO_UDP {
+        let (sp, dp) = (be16(d, 54), be16(d, 56));
+        let dhcp = matches!((sp, dp), (546, 547) | (547, 546));
+        return (plen >= 8 && !dhcp).then_some(DATAGRAM);
+    }
+    let doff = ((d[66] >> 4) as usize) * 4;
+    if plen < 20 || doff < 20 || doff > plen {
+        return None;
+    }
+    let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
+    Some(tcp::Segment {
+        seq: be32(58),
+        ack: be32(62),
+        win: be16(d, 68),
+        flags: d[67],
+        len: (plen - doff) as u32,
+        wscale: 255,
+    })
+}
+
 /// Answers the packets of the batch its entries hold, and marks the other candidates for
 /// learning once the stages are done. In passes over the batch, so the loads of one packet
 /// overlap those of the others: keys (one line a bucket), then the slots found, then the
-/// connection entries they name, then the work.
+/// connection entries they name, then the work. IPv4 candidates first, then, when the batch
+/// has any, IPv6 ones ([`settle`] of each family: the same passes on the family's table).
 #[inline(never)]
 pub fn lookup<B: PacketBuf>(
     b: &mut Batch<B>,
@@ -593,6 +700,7 @@ pub fn lookup<B: PacketBuf>(
     // Pass 1: which packets may hit, their keys and buckets; which ones the later stages
     // would look at (they act on packets still going, routed or bound for a port).
     let mut cand = 0u32;
+    let mut v6 = 0u32;
     let mut busy = 0u32;
     for i in 0..b.len.min(BURST) {
         match b.meta[i].next {
@@ -606,13 +714,27 @@ pub fn lookup<B: PacketBuf>(
         let Some(p) = b.pkts[i].as_ref() else {
             continue;
         };
-        let Some(d) = p.data().first_chunk::<HDR>() else {
+        let data = p.data();
+        let Some(d) = data.first_chunk::<HDR>() else {
             continue;
         };
+        let m = &b.meta[i];
         if !candidate(d) {
+            let ipv6 = d[12] == 0x86 && d[13] == 0xdd;
+            if let Some(h) = data.first_chunk::<HDR6>().filter(|h| ipv6 && candidate6(h)) {
+                let key = key6(h, b.in_port, m.network, m.from_vtep);
+                let bi = bucket6(&key);
+                if let Some(k) = fc.keys6.get(bi) {
+                    vswitch_ffi::hint::prefetch(k);
+                    vswitch_ffi::hint::prefetch((k as *const Keys6).cast::<u8>().wrapping_add(64));
+                }
+                fc.cand_keys6[i] = key;
+                fc.bucket[i] = bi as u32;
+                v6 |= 1 << i;
+                cand |= 1 << i;
+            }
             continue;
         }
-        let m = &b.meta[i];
         let key = key_of(d, b.in_port, m.network, m.from_vtep);
         let bi = bucket(&key);
         if let Some(k) = fc.keys.get(bi) {
@@ -622,22 +744,73 @@ pub fn lookup<B: PacketBuf>(
         fc.bucket[i] = bi as u32;
         cand |= 1 << i;
     }
+    fc.v6 = v6;
     if cand == 0 {
         return;
     }
+    let mut acc = Tally {
+        router: (NO_ROUTER, 0),
+        routed: 0,
+        unicast: 0,
+    };
+    settle::<B, false>(b, t, s, cand & !v6, busy, &mut acc);
+    if v6 != 0 {
+        settle::<B, true>(b, t, s, v6, busy, &mut acc);
+    }
+    flush_tally(s.router.as_ref(), acc.router);
+    let fc = &mut s.flows;
+    fc.settled = busy & !fc.hits == 0;
+    c.events[E::Unicast as usize] += acc.unicast;
+    if acc.routed != 0 {
+        for (k, e) in ROUTER_EVENTS.into_iter().enumerate() {
+            c.events[e as usize] += acc.routed >> (8 * k) & 0xff;
+        }
+    }
+}
+
+/// What the hits of a batch counted, added up over both families.
+struct Tally {
+    /// The router of the last hits and how many (flushed when another router's come).
+    router: (u16, u64),
+    /// Router events, one byte each ([`SPREAD`]).
+    routed: u64,
+    unicast: u64,
+}
+
+/// Passes 2 to 4 of [`lookup`] for the candidates `cand` of one family (`V6`: IPv6, in the
+/// IPv6 table; else IPv4), `busy` being every packet the later stages would look at.
+#[inline(always)]
+fn settle<B: PacketBuf, const V6: bool>(
+    b: &mut Batch<B>,
+    t: &Tables,
+    s: &mut CoreState,
+    cand: u32,
+    busy: u32,
+    acc: &mut Tally,
+) {
+    let fc = &mut s.flows;
     // Pass 2: the slot each key is in.
     let mut w = cand;
     while w != 0 {
         let i = w.trailing_zeros() as usize & (BURST - 1);
         w &= w - 1;
         let bi = fc.bucket[i] as usize;
-        let key = &fc.cand_keys[i];
-        fc.found[i] = match fc.keys.get(bi) {
-            Some(k) if k.0[0] == *key => 2 * bi as u32,
-            Some(k) if k.0[1] == *key => 2 * bi as u32 + 1,
-            _ => NOT_FOUND,
+        let way = if V6 {
+            let key = &fc.cand_keys6[i];
+            fc.keys6
+                .get(bi)
+                .and_then(|k| k.0.iter().position(|x| x == key))
+        } else {
+            let key = &fc.cand_keys[i];
+            match fc.keys.get(bi) {
+                Some(k) if k.0[0] == *key => Some(0),
+                Some(k) if k.0[1] == *key => Some(1),
+                _ => None,
+            }
         };
-        if let Some(e) = fc.slots.get(fc.found[i] as usize) {
+        fc.found[i] = way.map_or(NOT_FOUND, |w| (2 * bi + w) as u32);
+        let slots = if V6 { &fc.slots6 } else { &fc.slots };
+        if let Some(e) = slots.get(fc.found[i] as usize) {
             // Both of its lines.
             vswitch_ffi::hint::prefetch(e);
             vswitch_ffi::hint::prefetch((e as *const Slot).cast::<u8>().wrapping_add(64));
@@ -657,27 +830,42 @@ pub fn lookup<B: PacketBuf>(
             continue;
         };
         let (d, len) = (p.data(), p.data().len());
-        // Only a well-formed segment (or datagram) can be learnt from.
-        let Some((h, seg)) = d
-            .first_chunk::<HDR>()
-            .and_then(|h| Some((h, segment(h, len)?)))
-        else {
-            continue;
-        };
-        let fresh = fc.slots.get(fc.found[i] as usize).filter(|e| {
-            stamp.current(e)
-                // The router's checks a cached decision cannot skip.
-                && (e.ttl_dec == 0
+        let slots = if V6 { &fc.slots6 } else { &fc.slots };
+        let found = slots.get(fc.found[i] as usize).filter(|e| stamp.current(e));
+        // Only a well-formed segment (or datagram) can be learnt from; the router's checks
+        // a cached decision cannot skip: the TTL (hop limit) it would answer with an ICMP
+        // error, the egress MTU, and an IPv4 header's checksum.
+        let fresh = if V6 {
+            let Some((h, seg)) = d
+                .first_chunk::<HDR6>()
+                .and_then(|h| Some((h, segment6(h, len)?)))
+            else {
+                continue;
+            };
+            fc.segs[i] = seg;
+            found.filter(|e| {
+                e.ttl_dec == 0 || (h[21] > e.ttl_dec && 40 + be16(h, 18) as u32 <= e.mtu as u32)
+            })
+        } else {
+            let Some((h, seg)) = d
+                .first_chunk::<HDR>()
+                .and_then(|h| Some((h, segment(h, len)?)))
+            else {
+                continue;
+            };
+            fc.segs[i] = seg;
+            found.filter(|e| {
+                e.ttl_dec == 0
                     || (h[22] > e.ttl_dec
                         && be16(h, 16) <= e.mtu
-                        && super::router::ipv4_sum20_ok(&h[14..34])))
-        });
+                        && super::router::ipv4_sum20_ok(&h[14..34]))
+            })
+        };
         match fresh {
             Some(e) => {
                 for r in &e.refs[..e.nrefs as usize] {
                     s.fw.ct.touch_entry(r.idx);
                 }
-                fc.segs[i] = seg;
                 ready |= 1 << i;
             }
             None => fc.missed(i, d),
@@ -685,9 +873,6 @@ pub fn lookup<B: PacketBuf>(
     }
     // Pass 4: hits.
     let ttls = Deadlines::of(&s.fw.ct.timeouts);
-    let mut tally = (NO_ROUTER, 0u64);
-    let mut routed = 0u64;
-    let mut unicast = 0u64;
     // A packet behind one of its own connection that takes the stages (a FIN before an
     // ACK, a segment too big for the egress) takes them too: the stages move the entries on
     // packet by packet, in the order they came.
@@ -699,7 +884,8 @@ pub fn lookup<B: PacketBuf>(
     while w != 0 {
         let i = w.trailing_zeros() as usize & (BURST - 1);
         w &= w - 1;
-        let (Some(p), Some(e)) = (b.pkts[i].as_mut(), fc.slots.get(fc.found[i] as usize)) else {
+        let slots = if V6 { &fc.slots6 } else { &fc.slots };
+        let (Some(p), Some(e)) = (b.pkts[i].as_mut(), slots.get(fc.found[i] as usize)) else {
             continue;
         };
         if !track_all(e, &fc.segs[i], &mut s.fw.ct, now, ttls) {
@@ -707,7 +893,13 @@ pub fn lookup<B: PacketBuf>(
             w &= !demote_behind(b, fc, 1 << i, w);
             continue;
         }
-        if let Some(h) = p.data_mut().first_chunk_mut::<HDR>() {
+        if V6 {
+            if let Some(h) = p.data_mut().first_chunk_mut::<HDR6>() {
+                if e.ttl_dec != 0 || h[..12] != e.post[..12] {
+                    apply6(h, e);
+                }
+            }
+        } else if let Some(h) = p.data_mut().first_chunk_mut::<HDR>() {
             if e.ttl_dec != 0 || e.ip_delta != 0 || e.l4_delta != 0 || h[..12] != e.post[..12] {
                 apply(h, e);
             }
@@ -717,25 +909,17 @@ pub fn lookup<B: PacketBuf>(
         m.next = e.next;
         fc.hits |= 1 << i;
         fc.stats.hits += 1;
-        unicast += 1;
-        routed += SPREAD[e.routed as usize];
+        acc.unicast += 1;
+        acc.routed += SPREAD[e.routed as usize];
         if e.router != NO_ROUTER {
-            if tally.0 != e.router {
-                flush_tally(s.router.as_ref(), tally);
-                tally = (e.router, 0);
+            if acc.router.0 != e.router {
+                flush_tally(s.router.as_ref(), acc.router);
+                acc.router = (e.router, 0);
             }
-            tally.1 += 1;
+            acc.router.1 += 1;
         }
         for &port in &e.fw_ports[..e.nfw as usize] {
             s.fw.count(port, true);
-        }
-    }
-    flush_tally(s.router.as_ref(), tally);
-    fc.settled = busy & !fc.hits == 0;
-    c.events[E::Unicast as usize] += unicast;
-    if routed != 0 {
-        for (k, e) in ROUTER_EVENTS.into_iter().enumerate() {
-            c.events[e as usize] += routed >> (8 * k) & 0xff;
         }
     }
 }
@@ -772,28 +956,46 @@ fn demote_behind<B: PacketBuf>(
 /// Whether one of the packets `ahead` of packet `i` (a candidate, its headers at fixed
 /// offsets), which take the stages, may move on the connection entries `i` would: an IPv4
 /// packet of the same protocol between the same addresses, with the same ports (or ports
-/// not where a plain header puts them: options, a fragment, a frame cut short). Anything
-/// else (another connection, ARP, IPv6, ICMP) leaves `i`'s entries as they are.
+/// not where a plain header puts them: options, a fragment, a frame cut short); of an IPv6
+/// candidate, an IPv6 packet between the same addresses with the same ports, or with
+/// anything else than the candidate's protocol after its header (an extension header, an
+/// ICMPv6 message). Anything else (another connection, ARP, the other family) leaves `i`'s
+/// entries as they are.
 #[inline(always)]
 fn follows_staged<B: PacketBuf>(b: &Batch<B>, mut ahead: u32, i: usize) -> bool {
-    let Some(h) = b.pkts[i]
-        .as_ref()
-        .and_then(|p| p.data().first_chunk::<HDR>())
-    else {
+    let Some(h) = b.pkts[i].as_ref().map(|p| p.data()) else {
         return true;
     };
-    let (proto, addrs, ports) = (h[23], &h[26..34], &h[34..38]);
+    let v6 = h.len() >= HDR6 && h[12..14] == [0x86, 0xdd];
+    if !v6 && h.len() < HDR {
+        return true;
+    }
+    // Where the protocol, the addresses and the ports are.
+    let (proto_at, addrs, ports_at) = if v6 {
+        (20, 22..54, 54)
+    } else {
+        (23, 26..34, 34)
+    };
+    let (et, proto) = ([h[12], h[13]], h[proto_at]);
+    let (a, ports) = (&h[addrs.clone()], &h[ports_at..ports_at + 4]);
     while ahead != 0 {
         let j = ahead.trailing_zeros() as usize & (BURST - 1);
         ahead &= ahead - 1;
         let Some(d) = b.pkts[j].as_ref().map(|p| p.data()) else {
             continue;
         };
-        if d.len() < 34 || d[12..14] != [0x08, 0x00] || d[23] != proto || &d[26..34] != addrs {
+        if d.len() < addrs.end || d[12..14] != et || d[addrs.clone()] != *a {
             continue;
         }
-        let plain = d[14] == 0x45 && be16(d, 20) & 0x3fff == 0 && d.len() >= 38;
-        if !plain || &d[34..38] == ports {
+        let plain = if v6 {
+            d[proto_at] == proto && d.len() >= ports_at + 4
+        } else {
+            if d[proto_at] != proto {
+                continue;
+            }
+            d[14] == 0x45 && be16(d, 20) & 0x3fff == 0 && d.len() >= 38
+        };
+        if !plain || d[ports_at..ports_at + 4] == *ports {
             return true;
         }
     }
@@ -976,23 +1178,31 @@ pub fn learn<B: PacketBuf>(
             continue;
         };
         let post = p.data();
-        if post.len() != fc.lens[i] as usize || post.len() < HDR {
+        let v6 = fc.v6 & (1 << i) != 0;
+        if post.len() != fc.lens[i] as usize || post.len() < if v6 { HDR6 } else { HDR } {
             continue;
         }
         // The way it goes to: its own, a free or stale one, or, when both ways hold other
         // live flows, the older of the two only now and then, so that three flows sharing a
         // bucket keep two of them cached instead of pushing each other out on every packet
         // (OVS's EMC inserts with a probability too).
-        let (key, bi) = (fc.cand_keys[i], fc.bucket[i] as usize);
-        let (Some(keys), Some(ways)) = (fc.keys.get(bi), fc.slots.get(2 * bi..2 * bi + 2)) else {
+        let bi = fc.bucket[i] as usize;
+        let own = if v6 {
+            let key = &fc.cand_keys6[i];
+            fc.keys6
+                .get(bi)
+                .and_then(|k| k.0.iter().position(|k| k == key))
+        } else {
+            let key = &fc.cand_keys[i];
+            fc.keys
+                .get(bi)
+                .and_then(|k| k.0.iter().position(|k| k == key))
+        };
+        let slots = if v6 { &fc.slots6 } else { &fc.slots };
+        let Some(ways) = slots.get(2 * bi..2 * bi + 2) else {
             continue;
         };
-        let w = match keys
-            .0
-            .iter()
-            .position(|k| *k == key)
-            .or_else(|| ways.iter().position(|e| !stamp.current(e)))
-        {
+        let w = match own.or_else(|| ways.iter().position(|e| !stamp.current(e))) {
             Some(w) => w,
             None if fc.crowd.next() => usize::from(ways[1].born < ways[0].born),
             None => {
@@ -1000,7 +1210,13 @@ pub fn learn<B: PacketBuf>(
                 continue;
             }
         };
-        let Some(mut slot) = action(&fc.pre[i], post) else {
+        let pre = &fc.pre[i];
+        let made = if v6 {
+            action6(pre, post)
+        } else {
+            pre.first_chunk::<HDR>().and_then(|pre| action(pre, post))
+        };
+        let Some(mut slot) = made else {
             continue;
         };
         let routed_ok = (slot.ttl_dec != 0) == (rec.router != NO_ROUTER);
@@ -1041,8 +1257,16 @@ pub fn learn<B: PacketBuf>(
         slot.mtu = rec.mtu;
         slot.net = b.meta[i].network;
         slot.next = next;
-        if let (Some(keys), Some(way)) = (fc.keys.get_mut(bi), fc.slots.get_mut(2 * bi + w)) {
-            keys.0[w] = key;
+        let way = if v6 {
+            let keys = fc.keys6.get_mut(bi);
+            keys.map(|k| k.0[w] = fc.cand_keys6[i])
+                .and(fc.slots6.get_mut(2 * bi + w))
+        } else {
+            let keys = fc.keys.get_mut(bi);
+            keys.map(|k| k.0[w] = fc.cand_keys[i])
+                .and(fc.slots.get_mut(2 * bi + w))
+        };
+        if let Some(way) = way {
             *way = slot;
             fc.stats.inserted += 1;
         }
@@ -1108,6 +1332,27 @@ fn apply(d: &mut Hdr, e: &Slot) {
         let n = adjust(c, e.l4_delta);
         put_be16(d, 40, if n == 0 { 0xffff } else { n });
     }
+}
+
+/// The rewrite that turns IPv6 header `pre` into `post`: MACs and the hop limit, checked to
+/// reproduce `post` exactly from `pre` (nothing else changes: IPv6 is routed, never
+/// translated, and the hop limit is in no checksum). `None`: the stages changed something else.
+fn action6(pre: &[u8; HDR6], post: &[u8]) -> Option<Slot> {
+    let post: &[u8; HDR6] = post.first_chunk()?;
+    let mut s = EMPTY;
+    s.udp = pre[20] == PROTO_UDP;
+    s.ttl_dec = pre[21].checked_sub(post[21])?;
+    s.post[..12].copy_from_slice(&post[..12]);
+    let mut h = *pre;
+    apply6(&mut h, &s);
+    (h == *post).then_some(s)
+}
+
+/// The rewrite of slot `e` on IPv6 header `d`.
+#[inline(always)]
+fn apply6(d: &mut Hdr6, e: &Slot) {
+    d[..12].copy_from_slice(&e.post[..12]);
+    d[21] = d[21].wrapping_sub(e.ttl_dec);
 }
 
 #[cfg(test)]

@@ -1318,9 +1318,7 @@ mod cache_fuzz {
     /// An ICMP (ICMPv6) error about a routed flow, from either end, reaches the other end as
     /// an error about the packet that end sent: routed here between two instances, and routed
     /// on compute2 (arriving over VNI 101 from its DVR MAC; vm1's error goes back through this
-    /// host's router and the overlay). IPv6 is routed, never translated, and never answered by
-    /// the flow cache (its twins differ by the route cache, the firewall's fast path and its
-    /// mirror).
+    /// host's router and the overlay). IPv6 is routed, never translated.
     #[test]
     fn icmp_errors_about_routed_flows_reach_the_other_end() {
         use super::super::conntrack::state;
@@ -1347,6 +1345,68 @@ mod cache_fuzz {
                 tw.icmp_errors_reach_the_other_end(&cv, from_compute2);
             }
         }
+    }
+
+    /// IPv6 connections routed on compute2 (from r2, over VNI 101) are answered by the flow
+    /// cache once established, both ways, as the stages route them (MACs, vm1's answers routed
+    /// here with hop limit - 1 and encapsulated, vm1's zone's tracking); a segment of vm1's
+    /// whose hop limit runs out here, or too big for the overlay (1450), takes the stages (time
+    /// exceeded, packet too big, back to vm1), and the next segments hit again.
+    #[test]
+    fn ipv6_flows_routed_on_another_host_from_the_flow_cache_are_what_the_stages_make_of_them() {
+        let sides = across_hosts_sides();
+        let mut cv = Conversation::new(sides.0, sides.1, 4);
+        cv.v6 = Some(v6_of(&sides));
+        let mut tw = Twins::new(harness);
+        tw.warm_up(&mut cv, from_compute2);
+        // vm1's segments, routed here.
+        let port = cv.port(true);
+        for (hop_limit, payload, want) in [(1u8, 10usize, 3u8), (64, 1420, 2)] {
+            let (hits, before) = (tw.hits(), tw.cached.sink.on(port).len());
+            let f = cv.seg(0, true, 0x18, payload, hop_limit);
+            tw.rx(port, &from_compute2(port, vec![f]));
+            let what = format!("hop limit {hop_limit}, {payload} bytes");
+            assert_eq!(tw.hits(), hits, "{what}: staged");
+            let out = tw.cached.sink.on(port);
+            assert_eq!(
+                out.len(),
+                before + 1,
+                "{what}: an answer: {:?}",
+                tw.cached.c
+            );
+            let says = icmp_says(&out[before]).expect("an ICMPv6 error");
+            assert_eq!(says.2, want, "{what}: ICMPv6 type: {says:?}");
+            for from_server in [false, true] {
+                let (port, frames) = cv.all(from_server, 0x10, 0);
+                tw.rx(port, &from_compute2(port, frames));
+            }
+            assert_eq!(tw.hits(), hits + 8, "{what}: the next segments hit");
+        }
+    }
+
+    /// 256 connections routed here (vm2 to vm1, each segment checked in both zones) under
+    /// callgrind (see [`probe_established`]), over IPv4 or (`v6`) IPv6: what the flow cache
+    /// saves either way (`PROBE_NO_CACHE=1`: the stages alone).
+    fn probe_routed(v6: bool) {
+        let sides = routed_sides();
+        let mut cv = Conversation::new(sides.0, sides.1, 256);
+        if v6 {
+            cv.v6 = Some(v6_of(&sides));
+        }
+        let mut h = harness();
+        probe_established(&mut h, &mut cv, |h, (port, f)| h.rx(port, &f), |_, _| {});
+    }
+
+    #[test]
+    #[ignore = "a profiling workload, run by hand under valgrind"]
+    fn probe_routed_established_cost() {
+        probe_routed(false);
+    }
+
+    #[test]
+    #[ignore = "a profiling workload, run by hand under valgrind"]
+    fn probe_routed_ipv6_established_cost() {
+        probe_routed(true);
     }
 
     fn play(sides: (Side<'static>, Side<'static>), udp: bool, evict: bool, moves: &[FuzzMove]) {
@@ -1410,7 +1470,7 @@ mod cache_fuzz {
 
         /// IPv6, routed here or on compute2, TCP or UDP.
         #[test]
-        fn routed_ipv6_flows_are_the_same_traced_and_untraced(
+        fn routed_ipv6_flows_are_the_same_with_and_without_the_cache(
             moves in fuzz_moves(),
             across in any::<bool>(),
             udp in any::<bool>(),
