@@ -843,7 +843,8 @@ fn remote_group_rule_follows_membership() {
 
 /// The first test over IPv6: neighbour discovery works although no rule allows ICMPv6
 /// (b's group allows echo requests only; a's group nothing from b), ping6, TCP and UDP a -> b
-/// work, and b -> a is denied.
+/// work (the TCP transfer's segments mostly answered by the flow cache), and b -> a is
+/// denied.
 #[test]
 fn ipv6_security_groups_with_neighbor_discovery() {
     let Some(mut lab) = Lab::start("sgv6", &[&A, &B], &default_state(), "") else {
@@ -887,6 +888,13 @@ fn ipv6_security_groups_with_neighbor_discovery() {
     );
     let bad = unexpected_drops(&s1, &s0, &[]);
     assert!(bad.is_empty(), "unexpected drops {bad:?}");
+    // Most of the transfer's segments (and their ACKs) were answered by the flow cache.
+    let hits = s1.flow_cache("hits") - s0.flow_cache("hits");
+    assert!(
+        hits > 1000,
+        "flow cache hits over IPv6: {hits} ({})",
+        s1.0["flow_cache"]
+    );
 
     // b -> a over IPv6: not allowed by a's group.
     let _sink = lab.sink(&A, A.ip6, TCP_PORT);

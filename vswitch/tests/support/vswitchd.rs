@@ -262,6 +262,17 @@ impl Stats {
     /// A connection tracking counter (`"conntrack"` of `stats-json:`): `entries`,
     /// `capacity`, `new`, `established`, `refused_full`, `evicted`, `expired`, `cut`,
     /// `related`. Panics when vswitchd printed no such counter.
+    /// A flow cache counter (`"hits"`, `"misses"`, `"learnt"`, `"crowded"`), summed over the
+    /// workers.
+    pub fn flow_cache(&self, name: &str) -> u64 {
+        self.0["flow_cache"][name].as_u64().unwrap_or_else(|| {
+            panic!(
+                "no flow cache counter {name:?} in stats-json (\"flow_cache\": {})",
+                self.0["flow_cache"]
+            )
+        })
+    }
+
     pub fn conntrack(&self, name: &str) -> u64 {
         self.0["conntrack"][name].as_u64().unwrap_or_else(|| {
             panic!(
