@@ -487,11 +487,18 @@ impl FlowCache {
 /// bounds check.
 type Hdr = [u8; HDR];
 
+/// The 8 bytes of header `d` at `at`, little-endian (a key word).
 #[inline(always)]
-fn le64(d: &Hdr, at: usize) -> u64 {
+fn le64<const N: usize>(d: &[u8; N], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&d[at..at + 8]);
     u64::from_le_bytes(w)
+}
+
+/// The big-endian 32-bit number of header `d` at `at` (a sequence number).
+#[inline(always)]
+fn be32<const N: usize>(d: &[u8; N], at: usize) -> u32 {
+    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
 }
 
 /// A candidate's key: ingress port, network, source VTEP, protocol; MACs; ports; addresses.
@@ -588,10 +595,9 @@ fn segment(d: &Hdr, len: usize) -> Option<tcp::Segment> {
     if doff < 20 || doff > tl - 20 {
         return None;
     }
-    let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
     Some(tcp::Segment {
-        seq: be32(38),
-        ack: be32(42),
+        seq: be32(d, 38),
+        ack: be32(d, 42),
         win: be16(d, 48),
         flags: d[47],
         len: (tl - 20 - doff) as u32,
@@ -623,19 +629,14 @@ fn candidate6(d: &Hdr6) -> bool {
 fn key6(d: &Hdr6, in_port: u16, net: NetIdx, from_vtep: u16) -> [u64; 8] {
     let w2 = u32::from_le_bytes([d[8], d[9], d[10], d[11]]) as u64
         | (u32::from_le_bytes([d[54], d[55], d[56], d[57]]) as u64) << 32;
-    let w = |at: usize| {
-        let mut x = [0u8; 8];
-        x.copy_from_slice(&d[at..at + 8]);
-        u64::from_le_bytes(x)
-    };
     [
         in_port as u64 | (net as u64) << 16 | (from_vtep as u64) << 32 | (d[20] as u64) << 48,
-        w(0),
+        le64(d, 0),
         w2,
-        w(22),
-        w(30),
-        w(38),
-        w(46),
+        le64(d, 22),
+        le64(d, 30),
+        le64(d, 38),
+        le64(d, 46),
         0,
     ]
 }
@@ -670,10 +671,9 @@ fn segment6(d: &Hdr6, len: usize) -> Option<tcp::Segment> {
     if plen < 20 || doff < 20 || doff > plen {
         return None;
     }
-    let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
     Some(tcp::Segment {
-        seq: be32(58),
-        ack: be32(62),
+        seq: be32(d, 58),
+        ack: be32(d, 62),
         win: be16(d, 68),
         flags: d[67],
         len: (plen - doff) as u32,
