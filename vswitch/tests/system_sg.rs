@@ -843,8 +843,8 @@ fn remote_group_rule_follows_membership() {
 
 /// The first test over IPv6: neighbour discovery works although no rule allows ICMPv6
 /// (b's group allows echo requests only; a's group nothing from b), ping6, TCP and UDP a -> b
-/// work (the TCP transfer's segments mostly answered by the flow cache), and b -> a is
-/// denied.
+/// work (the TCP transfers' segments mostly answered by the flow cache, one of them to a
+/// reader that stalls: a zero window and its probes), and b -> a is denied.
 #[test]
 fn ipv6_security_groups_with_neighbor_discovery() {
     let Some(mut lab) = Lab::start("sgv6", &[&A, &B], &default_state(), "") else {
@@ -863,6 +863,10 @@ fn ipv6_security_groups_with_neighbor_discovery() {
         "a resolved b's IPv6 address by ND: {neigh:?}"
     );
     tcp_transfer(&lab.topo, &a, &b, B.ip6, TCP_PORT, 2 << 20);
+    // And to a reader that stops reading for 2 s: a zero window over IPv6, probed by a's
+    // kernel, through the flow cache's IPv6 table.
+    let at = (B.ip6, B.ip6, TCP_PORT);
+    tcp_transfer_to_a_stalled_reader(&lab.topo, &a, &b, at, 2 << 20, 2.0);
     let _echo = lab.udp_echo(&B, B.ip6, UDP_PORT);
     let (answered, refused, timedout) = lab.udp_exchange(&A, B.ip6, UDP_PORT, 5);
     assert_eq!(
