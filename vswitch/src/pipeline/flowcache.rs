@@ -753,9 +753,11 @@ pub fn lookup<B: PacketBuf>(
         routed: 0,
         unicast: 0,
     };
-    settle::<B, false>(b, t, s, cand & !v6, busy, &mut acc);
+    // A packet of one family never moves the other's connections on: the other family's
+    // candidates are not "staged" for a family's hits.
+    settle::<B, false>(b, t, s, cand & !v6, busy & !v6, &mut acc);
     if v6 != 0 {
-        settle::<B, true>(b, t, s, v6, busy, &mut acc);
+        settle::<B, true>(b, t, s, v6, busy & !(cand & !v6), &mut acc);
     }
     flush_tally(s.router.as_ref(), acc.router);
     let fc = &mut s.flows;
@@ -778,7 +780,8 @@ struct Tally {
 }
 
 /// Passes 2 to 4 of [`lookup`] for the candidates `cand` of one family (`V6`: IPv6, in the
-/// IPv6 table; else IPv4), `busy` being every packet the later stages would look at.
+/// IPv6 table; else IPv4), `busy` being the packets the later stages would look at that may
+/// move that family's connections on.
 #[inline(always)]
 fn settle<B: PacketBuf, const V6: bool>(
     b: &mut Batch<B>,

@@ -1384,6 +1384,43 @@ mod cache_fuzz {
         }
     }
 
+    /// One batch with IPv4 and IPv6 segments of established connections side by side, and a
+    /// FIN of each family ahead of an ACK of its own connection: each family's segments are
+    /// answered from its own table, the FINs and the ACKs behind them take the stages (the
+    /// other family's packets never hold a hit back), on all three twins alike.
+    #[test]
+    fn a_batch_of_both_families_is_answered_from_both_tables() {
+        let sides = routed_sides();
+        let mut v4 = Conversation::new(sides.0, sides.1, 4);
+        let mut v6 = Conversation::new(sides.0, sides.1, 4);
+        v6.v6 = Some(v6_of(&sides));
+        let mut tw = Twins::new(harness);
+        tw.warm_up(&mut v4, |_, f| f);
+        tw.warm_up(&mut v6, |_, f| f);
+        let hits = tw.hits();
+        let mut batch = Vec::new();
+        for k in 0..4 {
+            batch.push(v4.seg(k, false, 0x18, 10, 64));
+            batch.push(v6.seg(k, false, 0x18, 10, 64));
+        }
+        for (k, flags) in [(0, 0x11), (0, 0x10), (1, 0x10)] {
+            batch.push(v4.seg(k, false, flags, 0, 64));
+            batch.push(v6.seg(k, false, flags, 0, 64));
+        }
+        let sent = tw.cached.sink.on(v4.server.port).len();
+        tw.rx(v4.client.port, &batch);
+        assert_eq!(
+            tw.hits(),
+            hits + 10,
+            "the data and connection 1's ACKs of both families"
+        );
+        assert_eq!(
+            tw.cached.sink.on(v4.server.port).len(),
+            sent + 14,
+            "all routed"
+        );
+    }
+
     /// 256 connections routed here (vm2 to vm1, each segment checked in both zones) under
     /// callgrind (see [`probe_established`]), over IPv4 or (`v6`) IPv6: what the flow cache
     /// saves either way (`PROBE_NO_CACHE=1`: the stages alone).
