@@ -1659,19 +1659,12 @@ mod fuzz {
                 (true, 0x10, 0),
             ]
         };
-        let port = |cv: &Conversation, from_server: bool| {
-            if from_server {
-                cv.server.port
-            } else {
-                cv.client.port
-            }
-        };
         for &(from_server, flags, len) in steps {
             for k in 0..cv.n {
                 let f = cv.seg(k, from_server, flags, len, 64);
                 x.rx(
                     (k as usize + from_server as usize) % 2,
-                    port(&cv, from_server),
+                    cv.port(from_server),
                     f,
                 );
             }
@@ -1700,7 +1693,7 @@ mod fuzz {
                 FuzzMove::Batch { from_server, segs } => {
                     for s in segs {
                         let f = s.frame(&mut cv, *from_server);
-                        x.rx((s.k / cv.n) as usize % 2, port(&cv, *from_server), f);
+                        x.rx((s.k / cv.n) as usize % 2, cv.port(*from_server), f);
                     }
                 }
                 &FuzzMove::Flood {
@@ -1713,7 +1706,7 @@ mod fuzz {
                     for p in first..first.saturating_add(n) {
                         x.rx(
                             p as usize % 2,
-                            port(&cv, from_server),
+                            cv.port(from_server),
                             cv.opening(p, from_server),
                         );
                     }

@@ -1415,11 +1415,7 @@ impl Twins {
         ic: FuzzIcmp,
         wrap: impl Fn(u16, Vec<Vec<u8>>) -> Vec<Vec<u8>>,
     ) -> Option<Vec<u8>> {
-        let (from, to) = if from_server {
-            (cv.server.port, cv.client.port)
-        } else {
-            (cv.client.port, cv.server.port)
-        };
+        let (from, to) = (cv.port(from_server), cv.port(!from_server));
         let n = self.cached.sink.on(to).len();
         let f = cv.icmp_error(k, from_server, ic, 64);
         self.rx(from, &wrap(from, vec![f]));
