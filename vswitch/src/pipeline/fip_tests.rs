@@ -1430,18 +1430,25 @@ fn floating_ip_sides() -> (Side<'static>, Side<'static>) {
     (internet, vm1)
 }
 
+/// A conversation's client and server.
+type Sides = (Side<'static>, Side<'static>);
+
+/// The two shapes of established flows the scripted twin tests play: through the floating
+/// IP (twins whose external gateway is resolved) and between two instances of this host.
+fn established_shapes() -> [(fn() -> Twins, Sides); 2] {
+    [
+        (fip_twins, floating_ip_sides()),
+        (|| Twins::new(harness), east_west_sides()),
+    ]
+}
+
 /// An ICMP error about an established flow, from either end (the fuzz's kinds, quoting the
 /// whole packet or its first 28 bytes), reaches the other end as an error about the packet
 /// that end sent: through the floating IP (the outer destination and the quoted source
 /// translated back) and between two instances of this host (related in both zones).
 #[test]
 fn icmp_errors_about_established_flows_reach_the_other_end() {
-    type Sides = (Side<'static>, Side<'static>);
-    let cases: [(fn() -> Twins, Sides); 2] = [
-        (fip_twins, floating_ip_sides()),
-        (|| Twins::new(harness), east_west_sides()),
-    ];
-    for (make, (client, server)) in cases {
+    for (make, (client, server)) in established_shapes() {
         for udp in [false, true] {
             let mut tw = make();
             let mut cv = Conversation::new(client, server, 2);
@@ -1738,12 +1745,7 @@ mod fuzz {
     /// cache, on all three twins alike.
     #[test]
     fn a_flood_fills_the_fuzzed_table_and_the_conversation_goes_on() {
-        type Sides = (Side<'static>, Side<'static>);
-        let cases: [(fn() -> Twins, Sides); 2] = [
-            (fip_twins, floating_ip_sides()),
-            (|| Twins::new(harness), east_west_sides()),
-        ];
-        for (make, (client, server)) in cases {
+        for (make, (client, server)) in established_shapes() {
             for evict in [false, true] {
                 let mut tw = make().limit(FUZZ_TABLE, evict);
                 let mut cv = Conversation::new(client, server, 6);

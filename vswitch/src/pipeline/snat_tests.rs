@@ -306,25 +306,35 @@ fn a_port_goes_to_a_new_connection_once_its_connection_is_gone() {
         .unwrap();
     h.rx(OVERLAY, &[from_compute1(&inner)]);
     assert_eq!(h.sink.on(UPLINK).len(), 4, "the RST goes out: {:?}", h.c);
-    // Closed, its port still held for CLOSE's 10 s: a new connection finds none.
-    let newcomer = syn_out(X2, 50000);
-    h.rx(OVERLAY, std::slice::from_ref(&newcomer));
-    assert_eq!(h.c.dropped(D::RouterSnatExhausted), 1);
-    later(&mut h, 11);
-    h.rx(OVERLAY, std::slice::from_ref(&newcomer));
-    assert_eq!(h.c.dropped(D::RouterSnatExhausted), 1, "{:?}", h.c);
-    let out = h.sink.on(UPLINK).last().unwrap().clone();
-    assert_eq!(tcp4(&out), (G, ports[0], INET, 443), "the freed port");
+    // A new connection's SYN finds no port (one more refusal); `secs` later, its retransmission
+    // gets one (no more refusals): the port it leaves from.
+    let refused_then_translated = |h: &mut Harness, syn: Vec<u8>, secs: u64| {
+        let refused = h.c.dropped(D::RouterSnatExhausted);
+        h.rx(OVERLAY, std::slice::from_ref(&syn));
+        assert_eq!(
+            h.c.dropped(D::RouterSnatExhausted),
+            refused + 1,
+            "no port yet"
+        );
+        later(h, secs);
+        h.rx(OVERLAY, &[syn]);
+        assert_eq!(
+            h.c.dropped(D::RouterSnatExhausted),
+            refused + 1,
+            "{:?}",
+            h.c
+        );
+        let out = h.sink.on(UPLINK).last().unwrap().clone();
+        let (src, port, dst, dport) = tcp4(&out);
+        assert_eq!((src, dst, dport), (G, INET, 443));
+        port
+    };
+    // Closed, its port held for CLOSE's 10 s.
+    let port = refused_then_translated(&mut h, syn_out(X2, 50000), 11);
+    assert_eq!(port, ports[0], "the freed port");
     // The two unanswered SYNs keep their ports until SYN_SENT's 120 s are up, then the
     // same happens to them.
-    let second = syn_out(X2, 50001);
-    h.rx(OVERLAY, std::slice::from_ref(&second));
-    assert_eq!(h.c.dropped(D::RouterSnatExhausted), 2);
-    later(&mut h, 110);
-    h.rx(OVERLAY, std::slice::from_ref(&second));
-    assert_eq!(h.c.dropped(D::RouterSnatExhausted), 2, "{:?}", h.c);
-    let out = h.sink.on(UPLINK).last().unwrap().clone();
-    let (_, port, _, _) = tcp4(&out);
+    let port = refused_then_translated(&mut h, syn_out(X2, 50001), 110);
     assert!(ports[1..].contains(&port), "{port} is one of {ports:?}");
     // The newcomer's connection kept its port all along.
     h.rx(UPLINK, &[synack_in(ports[0])]);
