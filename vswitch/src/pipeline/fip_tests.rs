@@ -1050,6 +1050,141 @@ fn east_west_udp_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     assert!(tw.cached.c.count(E::ConntrackNew) > new);
 }
 
+/// A one-way UDP stream between two instances of this host, both with a stateful group (a
+/// TRex profile, syslog, RTP one way): from its second datagram on, the flow cache answers a
+/// flow the stages left unreplied as they answer it, in both zones: the flow stays
+/// unreplied and unassured, with the unreplied deadline (30 s). The first reply is the
+/// stages' (it makes the flow replied and assured), after which the cache answers it both
+/// ways as a replied flow; a flow left alone past its unreplied deadline is the stages' to
+/// open again.
+#[test]
+fn one_way_udp_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
+    use crate::pipeline::conntrack::state;
+    let mut tw = Twins::new(harness);
+    let n = 40u16;
+    let [there, back] = udp_flows(n, (M2, X2), (M1, X1), 40000, 5001);
+    let by_state = |tw: &Twins, st: u8| tw.cached.s.fw.ct.by_state[st as usize];
+    for _ in 0..5 {
+        tw.rx(VM2, &there);
+    }
+    assert_eq!(
+        tw.hits(),
+        3 * n as u64,
+        "the first datagram of a flow opens it, the second is learnt"
+    );
+    assert_eq!(by_state(&tw, state::UNREPLIED), 2 * n as u32, "both zones");
+    assert_eq!(tw.cached.sink.on(VM1).len(), 5 * n as usize);
+    assert_eq!(
+        tw.cached.sink.on(VM1).last(),
+        there.last(),
+        "switched as it came"
+    );
+    // 20 s later (the cache's slots stale, the flows' deadlines not yet passed): the stages
+    // answer once and the cache learns again.
+    tw.advance(20_000);
+    for _ in 0..3 {
+        tw.rx(VM2, &there);
+    }
+    assert_eq!(tw.hits(), 5 * n as u64, "relearnt after MAX_AGE_MS");
+    assert_eq!(by_state(&tw, state::UNREPLIED), 2 * n as u32);
+    // 20 s more: still alive, since every datagram moved the deadline on (from the cache
+    // too), and answered by the cache again after one round.
+    tw.advance(20_000);
+    let new = tw.cached.c.count(E::ConntrackNew);
+    for _ in 0..2 {
+        tw.rx(VM2, &there);
+    }
+    assert_eq!(tw.cached.c.count(E::ConntrackNew), new, "no flow expired");
+    assert_eq!(tw.hits(), 6 * n as u64);
+    // The replies: the stages make the flows replied; the next datagram there misses (its
+    // slot was learnt unreplied) and is learnt again, as a replied flow's.
+    tw.rx(VM1, &back);
+    assert_eq!(tw.hits(), 6 * n as u64, "first replies take the stages");
+    assert_eq!(by_state(&tw, state::REPLIED), 2 * n as u32, "both zones");
+    assert_eq!(by_state(&tw, state::UNREPLIED), 0);
+    tw.rx(VM2, &there);
+    assert_eq!(
+        tw.hits(),
+        6 * n as u64,
+        "the unreplied slots no longer hold"
+    );
+    for _ in 0..2 {
+        tw.rx(VM2, &there);
+        tw.rx(VM1, &back);
+    }
+    assert_eq!(
+        tw.hits(),
+        (6 + 2 + 1) * n as u64,
+        "{:?}",
+        tw.cached.s.flows.stats
+    );
+    // Other flows one way, left alone for 31 s: their next datagrams open them again.
+    let [others, _] = udp_flows(n, (M2, X2), (M1, X1), 41000, 5001);
+    for _ in 0..3 {
+        tw.rx(VM2, &others);
+    }
+    let (hits, new) = (tw.hits(), tw.cached.c.count(E::ConntrackNew));
+    tw.advance(31_000);
+    tw.rx(VM2, &others);
+    assert_eq!(tw.hits(), hits, "expired flows are not the cache's");
+    assert_eq!(tw.cached.c.count(E::ConntrackNew), new + 2 * n as u64);
+}
+
+/// One-way UDP from the Internet to an instance behind its floating IP (DNAT, routed, the
+/// instance's stateful group): answered by the flow cache from a flow's second datagram on
+/// as the stages answer it (addresses, TTL, MACs, the tag popped, the checksum), the flow
+/// left unreplied; the instance's first reply is the stages', and from then on the cache
+/// answers both ways.
+#[test]
+fn one_way_udp_to_a_floating_ip_from_the_flow_cache_is_what_the_stages_make_of_it() {
+    let mut tw = fip_twins();
+    let n = 40u16;
+    let inbound = |round: u8| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|k| {
+                let payload = [round ^ k as u8; 21];
+                udp4_tagged(
+                    (INET_GW, FG1),
+                    Some(101),
+                    (INET, F1),
+                    (40000 + k, 53),
+                    &payload,
+                )
+            })
+            .collect()
+    };
+    for round in 0..4 {
+        tw.rx(UPLINK, &inbound(round));
+    }
+    assert_eq!(tw.hits(), 2 * n as u64, "{:?}", tw.cached.s.flows.stats);
+    let unreplied = super::conntrack::state::UNREPLIED as usize;
+    assert_eq!(tw.cached.s.fw.ct.by_state[unreplied], n as u32);
+    let (from, to, _) = udp4_fields(tw.cached.sink.on(VM1).last().unwrap());
+    assert_eq!(
+        (from, to),
+        ((INET, 40000 + n - 1), (X1, 53)),
+        "DNAT to the fixed IP, the real source kept"
+    );
+    let replies: Vec<Vec<u8>> = (0..n)
+        .map(|k| udp4_tagged((M1, GW1), None, (X1, INET), (53, 40000 + k), &[k as u8; 30]))
+        .collect();
+    tw.rx(VM1, &replies);
+    assert_eq!(tw.hits(), 2 * n as u64, "first replies take the stages");
+    for round in 4..6 {
+        tw.rx(UPLINK, &inbound(round));
+        tw.rx(VM1, &replies);
+    }
+    // Round 4 there relearns (its slots were learnt unreplied), and so does the first
+    // round back; the rest hit.
+    assert_eq!(
+        tw.hits(),
+        (2 + 1 + 1) * n as u64,
+        "{:?}",
+        tw.cached.s.flows.stats
+    );
+    assert_eq!(tw.cached.s.fw.ct.by_state[unreplied], 0);
+}
+
 /// UDP through a floating IP (DNAT in, SNAT out), many flows: once a flow is replied, the
 /// flow cache answers its datagrams both ways as the stages do (addresses, TTL, MACs, tag,
 /// both checksums; a datagram without a UDP checksum stays without one), with payloads and
@@ -1365,16 +1500,27 @@ fn probe_east_west_established_cost() {
 }
 
 /// Replied UDP flows between two instances of this host under callgrind (see
-/// [`probe_replied_udp`]): 256 flows from vm2 to vm1, each datagram checked in both zones.
+/// [`probe_udp`]): 256 flows from vm2 to vm1, each datagram checked in both zones.
 #[test]
 #[ignore = "a profiling workload, run by hand under valgrind"]
 fn probe_east_west_udp_cost() {
     let mut h = harness();
     let [there, back] = udp_flows(256, (M2, X2), (M1, X1), 40000, 5001);
-    probe_replied_udp(&mut h, (VM2, &there), (VM1, &back));
+    probe_udp(&mut h, (VM2, &there), (VM1, &back));
 }
 
-/// Replied UDP flows through the floating IP under callgrind (see [`probe_replied_udp`]):
+/// One-way UDP flows between two instances of this host under callgrind (see
+/// [`probe_udp`]): 256 flows from vm2 to vm1, never replied, each datagram checked in both
+/// zones.
+#[test]
+#[ignore = "a profiling workload, run by hand under valgrind"]
+fn probe_east_west_one_way_udp_cost() {
+    let mut h = harness();
+    let [there, _] = udp_flows(256, (M2, X2), (M1, X1), 40000, 5001);
+    probe_udp(&mut h, (VM2, &there), (VM1, &[]));
+}
+
+/// Replied UDP flows through the floating IP under callgrind (see [`probe_udp`]):
 /// 256 flows from the Internet host (VLAN 101, DNAT, routed, vm1's zone) and vm1's replies
 /// (SNAT, routed, tagged).
 #[test]
@@ -1392,7 +1538,7 @@ fn probe_floating_ip_udp_cost() {
     let replies: Vec<_> = (0..n)
         .map(|k| udp4_tagged((M1, GW1), None, (X1, INET), (53, 40000 + k), &[9; 18]))
         .collect();
-    probe_replied_udp(&mut h, (UPLINK, &inbound), (VM1, &replies));
+    probe_udp(&mut h, (UPLINK, &inbound), (VM1, &replies));
 }
 
 /// The fip-inbound shape under callgrind (see [`probe_established`]): 256 connections from
@@ -1728,14 +1874,18 @@ mod fuzz {
     fn play(
         tw: Twins,
         sides: (Side<'static>, Side<'static>),
-        udp: bool,
+        (udp, one_way): (bool, bool),
         evict: bool,
         moves: &[FuzzMove],
     ) {
         let mut tw = tw.limit(FUZZ_TABLE, evict);
         let mut cv = Conversation::new(sides.0, sides.1, 6);
         cv.udp = udp;
-        tw.warm_up(&mut cv, |_, f| f);
+        if one_way {
+            tw.warm_up_one_way(&mut cv, |_, f| f);
+        } else {
+            tw.warm_up(&mut cv, |_, f| f);
+        }
         tw.play(&mut cv, moves, |_, f| f);
     }
 
@@ -1800,7 +1950,7 @@ mod fuzz {
             moves in fuzz_moves(),
             evict in any::<bool>(),
         ) {
-            play(fip_twins_retabled(), floating_ip_sides(), false, evict, &moves);
+            play(fip_twins_retabled(), floating_ip_sides(), (false, false), evict, &moves);
         }
 
         /// Two instances of this host, each packet judged in both zones.
@@ -1809,16 +1959,18 @@ mod fuzz {
             moves in fuzz_moves(),
             evict in any::<bool>(),
         ) {
-            play(Twins::new(harness), east_west_sides(), false, evict, &moves);
+            play(Twins::new(harness), east_west_sides(), (false, false), evict, &moves);
         }
 
-        /// The same with replied UDP flows.
+        /// The same with UDP flows, replied or (`one_way`) not yet: the Internet host's
+        /// datagrams answered from the flow cache until vm1 replies.
         #[test]
         fn floating_ip_udp_flows_are_the_same_with_and_without_the_cache(
             moves in fuzz_moves(),
             evict in any::<bool>(),
+            one_way in any::<bool>(),
         ) {
-            play(fip_twins_retabled(), floating_ip_sides(), true, evict, &moves);
+            play(fip_twins_retabled(), floating_ip_sides(), (true, one_way), evict, &moves);
         }
 
         /// One worker against two, every frame arriving on either of the two (as RSS
@@ -1849,8 +2001,9 @@ mod fuzz {
         fn east_west_udp_flows_are_the_same_with_and_without_the_cache(
             moves in fuzz_moves(),
             evict in any::<bool>(),
+            one_way in any::<bool>(),
         ) {
-            play(Twins::new(harness), east_west_sides(), true, evict, &moves);
+            play(Twins::new(harness), east_west_sides(), (true, one_way), evict, &moves);
         }
     }
 }

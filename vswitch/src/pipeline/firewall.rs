@@ -486,7 +486,8 @@ pub fn ingress<B: PacketBuf, T: Tracer>(
 
 /// Tells the flow cache what one judgement did for packet `i` at `port`: a pass through
 /// the fast path as a plain ACK of established connection `entry` (direction `plain_dir`), or
-/// as a datagram of its replied UDP flow, is repeatable, any other pass is not.
+/// as a datagram of its replied UDP flow (or of its unreplied one, one way), is repeatable,
+/// any other pass is not.
 #[inline(always)]
 fn note(fc: &mut flowcache::FlowCache, i: usize, o: Outcome, entry: u32, plain_dir: u8, port: u16) {
     if o != Outcome::Pass {
@@ -861,12 +862,13 @@ fn fast_path(
         _ => {}
     }
     // A datagram of an assured UDP flow that was and stays replied changed nothing but the
-    // deadline (and the reply flag, already set): the flow cache may repeat it, as it repeats
-    // a plain ACK.
+    // deadline (and the reply flag, already set), nor did one more datagram of a flow not
+    // replied yet, in its original direction (a one-way stream): the flow cache may repeat
+    // either, as it repeats a plain ACK.
     if fl.key.proto() == super::conntrack::PROTO_UDP
-        && moved == Advanced::To(state::REPLIED)
-        && before.state == state::REPLIED
-        && before.flags & flag::ASSURED != 0
+        && moved == Advanced::To(before.state)
+        && ((before.state == state::REPLIED && before.flags & flag::ASSURED != 0)
+            || (before.state == state::UNREPLIED && dir == 0))
     {
         f.plain_dir = dir;
     }

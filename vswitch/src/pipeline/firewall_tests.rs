@@ -1008,8 +1008,9 @@ mod fuzz {
 
     /// Plays `moves` on 6 connections (`udp`: flows; `v6`: over IPv6) from vm2 to vm1, the
     /// connection tables [`FUZZ_TABLE`] entries (`evict`: when full, a new connection evicts
-    /// the oldest unestablished one).
-    fn play(udp: bool, v6: bool, evict: bool, moves: &[FuzzMove]) {
+    /// the oldest unestablished one); `one_way` (UDP): the flows start unreplied, vm2's
+    /// datagrams answered from the flow cache until vm1 replies.
+    fn play(udp: bool, v6: bool, evict: bool, one_way: bool, moves: &[FuzzMove]) {
         let mut tw = twins(if v6 { policy6 } else { policy }).limit(FUZZ_TABLE, evict);
         let (vm2, vm1) = sides();
         let mut cv = Conversation::new(vm2, vm1, 6);
@@ -1018,12 +1019,17 @@ mod fuzz {
             let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
             cv.v6 = Some([a(V6_2), a(V6_1)]);
         }
-        tw.warm_up(&mut cv, |_, f| f);
-        // Every connection established (replied) in both zones.
-        let steady = if udp {
-            state::REPLIED
+        // Every connection established (replied; unreplied one way) in both zones.
+        let steady = if udp && one_way {
+            tw.warm_up_one_way(&mut cv, |_, f| f);
+            state::UNREPLIED
         } else {
-            state::ESTABLISHED
+            tw.warm_up(&mut cv, |_, f| f);
+            if udp {
+                state::REPLIED
+            } else {
+                state::ESTABLISHED
+            }
         };
         assert_eq!(tw.staged.s.fw.ct.by_state[steady as usize], 2 * cv.n as u32);
         tw.play(&mut cv, moves, |_, f| f);
@@ -1037,15 +1043,17 @@ mod fuzz {
             moves in fuzz_moves(),
             evict in any::<bool>(),
         ) {
-            play(false, false, evict, &moves);
+            play(false, false, evict, false, &moves);
         }
 
+        /// Replied flows, or one-way ones that the moves may reply to.
         #[test]
         fn udp_flows_are_judged_the_same_as_security_groups_change(
             moves in fuzz_moves(),
             evict in any::<bool>(),
+            one_way in any::<bool>(),
         ) {
-            play(true, false, evict, &moves);
+            play(true, false, evict, one_way, &moves);
         }
 
         /// The same over IPv6.
@@ -1054,8 +1062,9 @@ mod fuzz {
             moves in fuzz_moves(),
             udp in any::<bool>(),
             evict in any::<bool>(),
+            one_way in any::<bool>(),
         ) {
-            play(udp, true, evict, &moves);
+            play(udp, true, evict, one_way, &moves);
         }
     }
 

@@ -19,17 +19,19 @@
 //! checksums by constant incremental deltas, RFC 1624: the changed words are the same for
 //! every packet of the flow; a UDP checksum of 0, none, stays 0 and one that comes out 0 is
 //! sent as 0xffff, as `nat` does), moves the same connection entries on as they did (a TCP
-//! segment: the same window checks; a UDP datagram: the deadline of its replied flow), and
-//! counts what they counted. Anything the entry cannot answer exactly (an entry that moved on
-//! or went, SYN/FIN/RST, a TTL the router would answer with an ICMP error, a packet bigger
-//! than the egress MTU, a bad IP checksum) misses, changes nothing, and takes the stages.
+//! segment: the same window checks; a UDP datagram: the deadline of its flow, replied or, one
+//! way, not yet), and counts what they counted. Anything the entry cannot answer exactly (an
+//! entry that moved on or went, SYN/FIN/RST, a TTL the router would answer with an ICMP
+//! error, a packet bigger than the egress MTU, a bad IP checksum) misses, changes nothing, and
+//! takes the stages.
 //! So does a packet behind one of its own connection that takes the stages in the same
 //! batch (a FIN, then an ACK): the stages move the connection's entries on packet by packet,
 //! in the order they came, and a hit answered first would move them on out of turn.
 //!
 //! Entries are made only from what the stages just did to a packet that missed: it went the
 //! whole way to one port or one VTEP as a plain ACK of established connections (or a datagram
-//! of replied, assured UDP flows), each stage noted what it used (the connection entries, the
+//! of replied, assured UDP flows, or one more of flows not replied yet, in their original
+//! direction: a one-way stream), each stage noted what it used (the connection entries, the
 //! router, the ports the firewall counted), no
 //! event the cache cannot repeat (a learned or moved MAC, a new connection, an ICMP error, a
 //! held packet...) was counted in its batch, and the rewrite the entry would apply to the
@@ -142,53 +144,80 @@ const REPEATABLE: [E; 2] = [E::Unicast, E::Flooded];
 
 /// How a hit moves a connection entry on: as the firewall's fast path does (window checks
 /// unless the entry is liberal), as a router's translation (liberal TCP tracking), or as the
-/// firewall's fast path and a translation move a replied UDP flow on (its deadline; the learn
-/// makes the firewall's and the router's notes of a datagram this).
+/// firewall's fast path and a translation move a UDP flow on, replied (its deadline) or not
+/// yet replied, in its original direction (its unreplied deadline: the flow stays unreplied
+/// and unassured, as the stages leave it). The learn makes the firewall's and the router's
+/// notes of a datagram one of the last two, from the state of the flow's entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Track {
     #[default]
-    Firewall,
-    Translation,
-    Datagram,
+    Firewall = 0,
+    Translation = 1,
+    Datagram = 2,
+    Unreplied = 3,
 }
+
+/// [`Track::steady`] of each track, by its number: a load on a hit, not a branch.
+const STEADY: [u8; 4] = [
+    state::ESTABLISHED,
+    state::ESTABLISHED,
+    state::REPLIED,
+    state::UNREPLIED,
+];
 
 impl Track {
     /// The state an entry tracked this way is in while the cache may answer for it.
     #[inline(always)]
     fn steady(self) -> u8 {
-        if self == Track::Datagram {
-            state::REPLIED
-        } else {
-            state::ESTABLISHED
+        STEADY[self as usize & 3]
+    }
+
+    /// How a datagram moves its flow's entry on, from the entry's state and the datagram's
+    /// direction: `None` when the cache may not answer for it (a reply to an unreplied flow
+    /// makes it replied and assured, which only the stages do).
+    #[inline]
+    fn of_datagram(st: u8, dir: u8) -> Option<Track> {
+        match st {
+            state::REPLIED => Some(Track::Datagram),
+            state::UNREPLIED if dir == 0 => Some(Track::Unreplied),
+            _ => None,
         }
+    }
+
+    /// Whether the cache answers for an entry tracked this way only while it is assured: all
+    /// but an unreplied flow's, which the stages assure only once the reply comes (and a
+    /// reply never takes a slot of this track).
+    #[inline(always)]
+    fn assured(self) -> bool {
+        self != Track::Unreplied
     }
 }
 
 /// The deadlines a hit gives the entries it moves on (those the stages would give them: an
-/// established TCP connection's, a replied UDP flow's), read from the timeouts once a batch.
+/// established TCP connection's, a replied or unreplied UDP flow's), read from the timeouts
+/// once a batch, by [`Track`] number.
 #[derive(Clone, Copy)]
-struct Deadlines {
-    established: u32,
-    replied_udp: u32,
-}
+struct Deadlines([u32; 4]);
 
 impl Deadlines {
     #[inline(always)]
     fn of(t: &super::conntrack::Timeouts) -> Self {
-        Deadlines {
-            established: t.of(PROTO_TCP, state::ESTABLISHED),
-            replied_udp: t.of(PROTO_UDP, state::REPLIED),
-        }
+        Self::new(
+            t.of(PROTO_TCP, state::ESTABLISHED),
+            t.of(PROTO_UDP, state::REPLIED),
+            t.of(PROTO_UDP, state::UNREPLIED),
+        )
+    }
+
+    const fn new(established: u32, replied_udp: u32, unreplied_udp: u32) -> Self {
+        Deadlines([established, established, replied_udp, unreplied_udp])
     }
 
     /// The time to live of an entry tracked `how`, in its steady state.
     #[inline(always)]
     fn of_track(self, how: Track) -> u32 {
-        if how == Track::Datagram {
-            self.replied_udp
-        } else {
-            self.established
-        }
+        self.0[how as usize & 3]
     }
 }
 
@@ -1027,7 +1056,7 @@ fn track_all(
     // track_twins checks the count itself; tested here first, the other slots' way stays as
     // short as before (without it, 6-8 more instructions a floating-IP or SNAT hit).
     if e.nrefs == 2 {
-        if let Some(done) = track_twins(e, seg, ct, now, ttls.established) {
+        if let Some(done) = track_twins(e, seg, ct, now, ttls.of_track(Track::Firewall)) {
             return done;
         }
     }
@@ -1052,7 +1081,7 @@ fn track_all(
                             tcp::track(state::ESTABLISHED, r.dir, &mut ce.tcp, seg, false),
                             tcp::Verdict::Ok(state::ESTABLISHED)
                         ),
-                        Track::Datagram => true,
+                        Track::Datagram | Track::Unreplied => true,
                     }
             }
             _ => false,
@@ -1074,15 +1103,14 @@ fn track_all(
     true
 }
 
-/// Connection entry `ce` still holds the assured connection that `r` was made for, in the
-/// state the cache answers for it in (established; a UDP flow's: replied), and it has not
-/// expired.
+/// Connection entry `ce` still holds the connection that `r` was made for, in the state the
+/// cache answers for it in (established; a UDP flow's: replied, or unreplied), and it has
+/// not expired. An entry in the first two is assured (the stages assure it as it gets there,
+/// and the twin harnesses check that after every step), one unreplied is not: the state
+/// says all the flags would.
 #[inline(always)]
 fn holds(ce: &super::conntrack::Entry, r: &SlotRef, now: u32) -> bool {
-    fingerprint(ce) == r.fp
-        && ce.state == r.how.steady()
-        && ce.flags & flag::ASSURED != 0
-        && !expired(ce.expires, now)
+    fingerprint(ce) == r.fp && ce.state == r.how.steady() && !expired(ce.expires, now)
 }
 
 /// What a segment (or datagram) that passed in direction `dir` does to its entry besides the
@@ -1230,10 +1258,18 @@ pub fn learn<B: PacketBuf>(
         let mut ok = true;
         for (r, &(idx, dir, how)) in refs.iter_mut().zip(&rec.refs[..rec.nrefs as usize]) {
             // The firewall and the router note a datagram as they note a plain ACK; what a
-            // datagram does to its entries is the same whichever of them tracked it.
-            let how = if slot.udp { Track::Datagram } else { how };
-            match s.fw.ct.entry(idx) {
-                Some(e) if e.state == how.steady() && e.flags & flag::ASSURED != 0 => {
+            // datagram does to its entries is the same whichever of them tracked it, and
+            // depends on whether its flow has been replied.
+            let e = s.fw.ct.entry(idx);
+            let how = match e {
+                Some(e) if slot.udp => Track::of_datagram(e.state, dir),
+                _ => Some(how),
+            };
+            match (e, how) {
+                (Some(e), Some(how))
+                    if e.state == how.steady()
+                        && (e.flags & flag::ASSURED != 0 || !how.assured()) =>
+                {
                     *r = SlotRef {
                         fp: fingerprint(e),
                         idx,
@@ -1586,11 +1622,8 @@ mod tests {
     }
 
     /// Deadlines for the tests of TCP slots: an established connection's 1,000 ms (the UDP
-    /// one far off, so that a TCP entry given it would show).
-    const TTLS: Deadlines = Deadlines {
-        established: 1000,
-        replied_udp: 999_000,
-    };
+    /// ones far off, so that a TCP entry given one would show).
+    const TTLS: Deadlines = Deadlines::new(1000, 999_000, 888_000);
 
     /// A connection tracked in two zones whose windows differ (the second never saw the
     /// server's data): a segment the first zone accepts and the second refuses is refused

@@ -1508,8 +1508,9 @@ fn snat_later_fragment<B: PacketBuf, T: Tracer>(
 
 /// Tells the flow cache how a packet of `kind` moved translation `idx` on (direction `dir`)
 /// from state and flags `was`: a plain ACK of an assured, established translation that stayed
-/// established, or a datagram of an assured UDP translation that was and stays replied (it
-/// moved the deadline on, nothing else), is repeatable; anything else is not.
+/// established, a datagram of an assured UDP translation that was and stays replied, or one
+/// more datagram of a UDP translation not replied yet, in its original direction (each moved
+/// the deadline on, nothing else), is repeatable; anything else is not.
 fn note_translation(
     fc: &mut super::flowcache::FlowCache,
     ct: &super::conntrack::Conntrack,
@@ -1523,16 +1524,18 @@ fn note_translation(
     let Some(e) = ct.entry(idx) else {
         return fc.spoil(i);
     };
-    let steady = match kind {
+    let assured = |fl: u8| fl & flag::ASSURED != 0;
+    let held = |(st, fl): (u8, u8)| match kind {
         Kind::Tcp(seg) if seg.flags & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK => {
-            Some(state::ESTABLISHED)
+            st == state::ESTABLISHED && assured(fl)
         }
-        Kind::Ports if e.proto() == PROTO_UDP => Some(state::REPLIED),
-        _ => None,
+        Kind::Ports if e.proto() == PROTO_UDP => {
+            (st == state::REPLIED && assured(fl)) || (st == state::UNREPLIED && dir == 0)
+        }
+        _ => false,
     };
-    let held = |(st, fl): (u8, u8)| Some(st) == steady && fl & flag::ASSURED != 0;
     match was {
-        Some(before) if held(before) && held((e.state, e.flags)) => {
+        Some(before) if held(before) && before.0 == e.state && held((e.state, e.flags)) => {
             fc.note_ct(i, idx, dir, super::flowcache::Track::Translation)
         }
         _ => fc.spoil(i),

@@ -1446,16 +1446,21 @@ mod cache_fuzz {
         probe_routed(true);
     }
 
-    fn play(sides: (Side<'static>, Side<'static>), udp: bool, evict: bool, moves: &[FuzzMove]) {
-        play_v(sides, udp, false, evict, moves)
+    fn play(
+        sides: (Side<'static>, Side<'static>),
+        flows: (bool, bool),
+        evict: bool,
+        moves: &[FuzzMove],
+    ) {
+        play_v(sides, flows, false, evict, moves)
     }
 
-    /// Plays `moves` on 6 connections (`udp`: flows; `v6`: over IPv6) between `sides`, the
-    /// connection tables [`FUZZ_TABLE`] entries (`evict`: when full, a new connection evicts
-    /// the oldest unestablished one).
+    /// Plays `moves` on 6 connections (`udp`: flows, `one_way`: not replied yet; `v6`: over
+    /// IPv6) between `sides`, the connection tables [`FUZZ_TABLE`] entries (`evict`: when
+    /// full, a new connection evicts the oldest unestablished one).
     fn play_v(
         sides: (Side<'static>, Side<'static>),
-        udp: bool,
+        (udp, one_way): (bool, bool),
         v6: bool,
         evict: bool,
         moves: &[FuzzMove],
@@ -1466,7 +1471,11 @@ mod cache_fuzz {
             cv.v6 = Some(v6_of(&sides));
         }
         let mut tw = Twins::new(harness).limit(FUZZ_TABLE, evict);
-        tw.warm_up(&mut cv, from_compute2);
+        if one_way {
+            tw.warm_up_one_way(&mut cv, from_compute2);
+        } else {
+            tw.warm_up(&mut cv, from_compute2);
+        }
         tw.play(&mut cv, moves, from_compute2);
     }
 
@@ -1478,15 +1487,16 @@ mod cache_fuzz {
             moves in fuzz_moves(),
             evict in any::<bool>(),
         ) {
-            play(routed_sides(), false, evict, &moves);
+            play(routed_sides(), (false, false), evict, &moves);
         }
 
         #[test]
         fn routed_udp_flows_are_the_same_with_and_without_the_cache(
             moves in fuzz_moves(),
             evict in any::<bool>(),
+            one_way in any::<bool>(),
         ) {
-            play(routed_sides(), true, evict, &moves);
+            play(routed_sides(), (true, one_way), evict, &moves);
         }
 
         #[test]
@@ -1494,27 +1504,29 @@ mod cache_fuzz {
             moves in fuzz_moves(),
             evict in any::<bool>(),
         ) {
-            play(across_hosts_sides(), false, evict, &moves);
+            play(across_hosts_sides(), (false, false), evict, &moves);
         }
 
         #[test]
         fn udp_flows_routed_on_another_host_are_the_same_with_and_without_the_cache(
             moves in fuzz_moves(),
             evict in any::<bool>(),
+            one_way in any::<bool>(),
         ) {
-            play(across_hosts_sides(), true, evict, &moves);
+            play(across_hosts_sides(), (true, one_way), evict, &moves);
         }
 
-        /// IPv6, routed here or on compute2, TCP or UDP.
+        /// IPv6, routed here or on compute2, TCP or UDP (replied, or one way).
         #[test]
         fn routed_ipv6_flows_are_the_same_with_and_without_the_cache(
             moves in fuzz_moves(),
             across in any::<bool>(),
             udp in any::<bool>(),
             evict in any::<bool>(),
+            one_way in any::<bool>(),
         ) {
             let sides = if across { across_hosts_sides() } else { routed_sides() };
-            play_v(sides, udp, true, evict, &moves);
+            play_v(sides, (udp, udp && one_way), true, evict, &moves);
         }
     }
 }

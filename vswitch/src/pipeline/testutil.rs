@@ -709,15 +709,12 @@ pub fn probe_established(
     }
 }
 
-/// A fixed workload of replied UDP flows for counting instructions per datagram, as
-/// [`probe_established`]: one datagram of every flow from `a`'s port and one back from `b`'s,
-/// 41 rounds (the first opens and replies each flow, the second is learnt: 39 hit both ways),
-/// every datagram forwarded out of the other port. `PROBE_NO_CACHE=1`: the stages alone.
-pub fn probe_replied_udp(
-    h: &mut Harness,
-    (a, there): (u16, &[Vec<u8>]),
-    (b, back): (u16, &[Vec<u8>]),
-) {
+/// A fixed workload of UDP flows for counting instructions per datagram, as
+/// [`probe_established`]: one datagram of every flow from `a`'s port and one back from `b`'s
+/// (none: one way, the flows never replied), 41 rounds (the first opens and replies each
+/// flow, the second is learnt: 39 hit, both ways or one), every datagram forwarded out of the
+/// other port. `PROBE_NO_CACHE=1`: the stages alone.
+pub fn probe_udp(h: &mut Harness, (a, there): (u16, &[Vec<u8>]), (b, back): (u16, &[Vec<u8>])) {
     h.s.flows.enabled = std::env::var_os("PROBE_NO_CACHE").is_none();
     let n = there.len();
     for _ in 0..41 {
@@ -1288,6 +1285,16 @@ impl Twins {
             v
         };
         assert_eq!(conns(a), conns(b), "{}", msg("connections"));
+        // What the flow cache relies on: an entry established (replied) is assured.
+        use super::conntrack::{flag, state};
+        for (_, k, e) in a.s.fw.ct.iter() {
+            let steady = e.state == state::ESTABLISHED || e.state == state::REPLIED;
+            assert!(
+                !steady || e.flags & flag::ASSURED != 0,
+                "{k}: state {} but not assured, {which}",
+                e.state
+            );
+        }
         let routers = |h: &Harness| -> Vec<[u64; 4]> {
             h.s.router
                 .c
@@ -1342,6 +1349,23 @@ impl Twins {
             }
         }
         assert!(self.hits() >= 2 * cv.n as u64, "hits: {}", self.hits());
+    }
+
+    /// Brings `cv`'s UDP flows to where the flow cache answers them one way: three rounds of
+    /// datagrams from the client only (the first opens each flow, the second is learnt), the
+    /// flows left unreplied; every frame wrapped by `wrap` for its port.
+    #[track_caller]
+    pub fn warm_up_one_way(
+        &mut self,
+        cv: &mut Conversation,
+        wrap: impl Fn(u16, Vec<Vec<u8>>) -> Vec<Vec<u8>>,
+    ) {
+        assert!(cv.udp, "one way: UDP flows");
+        for _ in 0..3 {
+            let (port, frames) = cv.all(false, 0, 20);
+            self.rx(port, &wrap(port, frames));
+        }
+        assert!(self.hits() >= cv.n as u64, "hits: {}", self.hits());
     }
 
     /// Time passes on all three: `ms` milliseconds, the connection tracker's clock with them (as
