@@ -1524,18 +1524,25 @@ fn note_translation(
     let Some(e) = ct.entry(idx) else {
         return fc.spoil(i);
     };
-    let assured = |fl: u8| fl & flag::ASSURED != 0;
-    let held = |(st, fl): (u8, u8)| match kind {
-        Kind::Tcp(seg) if seg.flags & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK => {
-            st == state::ESTABLISHED && assured(fl)
-        }
-        Kind::Ports if e.proto() == PROTO_UDP => {
-            (st == state::REPLIED && assured(fl)) || (st == state::UNREPLIED && dir == 0)
-        }
-        _ => false,
+    let Some((st, fl)) = was else {
+        return fc.spoil(i);
     };
-    match was {
-        Some(before) if held(before) && before.0 == e.state && held((e.state, e.flags)) => {
+    // The state it must have been in and still be in, and whether assured.
+    let steady = match kind {
+        Kind::Tcp(seg) if seg.flags & (tcp::FIN | tcp::SYN | tcp::RST | tcp::ACK) == tcp::ACK => {
+            Some((state::ESTABLISHED, true))
+        }
+        Kind::Ports if e.proto() == PROTO_UDP && st == state::REPLIED => Some((st, true)),
+        Kind::Ports if e.proto() == PROTO_UDP && st == state::UNREPLIED && dir == 0 => {
+            Some((st, false))
+        }
+        _ => None,
+    };
+    let assured = |fl: u8| fl & flag::ASSURED != 0;
+    match steady {
+        Some((want, sure))
+            if st == want && e.state == want && (!sure || (assured(fl) && assured(e.flags))) =>
+        {
             fc.note_ct(i, idx, dir, super::flowcache::Track::Translation)
         }
         _ => fc.spoil(i),
