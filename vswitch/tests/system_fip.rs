@@ -49,8 +49,8 @@ use std::time::{Duration, Instant};
 use support::{
     add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports, ping_ok, py,
     python, python_server, server_output, tcp_transfer_to_a_stalled_reader, tshark_fields,
-    udp_refused, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd, EXT_GW_IP,
-    EXT_GW_MAC, INET_IP, VID,
+    udp_refused, udp_stream_one_way, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology,
+    Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
 };
 
 // The instance on selfservice1 and router1's interface there.
@@ -940,6 +940,23 @@ fn floating_ip_north_south() {
         s2.conntrack_delta(&s1, "related") >= 1,
         "the port unreachable should be related to the instance's UDP flow: {}",
         s2.0["conntrack"]
+    );
+    // 4b. A one-way stream from the Internet host to the floating IP (never answered): every
+    // datagram DNATed, routed and let in by the instance's group, most of them by the flow
+    // cache (the flow stays unreplied in the instance's zone).
+    let at = ("0.0.0.0", FIP, UDP_IN);
+    let n = 2000;
+    assert_eq!(
+        udp_stream_one_way(&topo, &inet, &i1, at, n),
+        n,
+        "datagrams received"
+    );
+    let s2c = vs.stats();
+    let hits = s2c.flow_cache("hits") - s2.flow_cache("hits");
+    assert!(
+        hits > n as u64 / 2,
+        "the flow cache answered {hits} of {n} datagrams ({})",
+        s2c.0["flow_cache"]
     );
 
     // 5. Without DF a packet too big for the instance's network goes on in fragments, as a

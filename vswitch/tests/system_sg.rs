@@ -26,8 +26,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use support::{
-    host_toml, ping, py, tcp_transfer, tcp_transfer_to_a_stalled_reader, Bg, HostPort, InstanceNet,
-    Stats, Topology, Vswitchd,
+    host_toml, ping, py, tcp_transfer, tcp_transfer_to_a_stalled_reader, udp_stream_one_way, Bg,
+    HostPort, InstanceNet, Stats, Topology, Vswitchd,
 };
 
 /// One instance: namespace role, port name (= interface in the switch namespace), Neutron
@@ -476,45 +476,6 @@ for i in range(count):
 print("answered", answered, "refused", refused, "timeout", timedout, flush=True)
 "#;
 
-/// `udp_sink.py IP PORT`: counts the datagrams that arrive (never answering), until none came
-/// for 2 s after the first; prints `ready`, then `got N distinct M` (M: distinct sequence
-/// numbers, the first 4 bytes of each datagram).
-const UDP_SINK_PY: &str = r#"
-import socket, struct, sys
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-s.bind((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-seen, n = set(), 0
-s.settimeout(30)
-while True:
-    try:
-        d = s.recv(2048)
-    except socket.timeout:
-        break
-    s.settimeout(2)
-    n += 1
-    seen.add(struct.unpack("!I", d[:4])[0])
-print("got", n, "distinct", len(seen), flush=True)
-"#;
-
-/// `udp_stream.py IP PORT COUNT`: COUNT datagrams of 200 bytes (sequence number first) to
-/// IP:PORT, one way, paced (2 ms every 20: about 10,000 a second, which a debug build of
-/// vswitchd on a busy 2-CPU machine keeps up with); prints `sent COUNT`.
-const UDP_STREAM_PY: &str = r#"
-import socket, struct, sys, time
-ip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_DGRAM)
-pad = bytes(196)
-for i in range(count):
-    s.sendto(struct.pack("!I", i) + pad, (ip, port))
-    if i % 20 == 19:
-        time.sleep(0.002)
-print("sent", count, flush=True)
-"#;
-
 /// `syn_flood.py IFACE SRC_MAC DST_MAC DST_IP DST_PORT COUNT`: COUNT TCP SYNs on a packet
 /// socket, from 100.64.0.0 + i, source port 1024 + i % 64000 (every 5-tuple distinct), with
 /// valid checksums (computed incrementally: only the source address, port and sequence
@@ -721,47 +682,16 @@ fn a_one_way_udp_stream_crosses_the_security_groups_from_the_flow_cache() {
         return;
     };
     let (a, b) = (lab.ns(&A), lab.ns(&B));
-    let mut sink = lab.topo.spawn(
-        &b,
-        "udp-sink",
-        &[
-            support::python(),
-            "-c",
-            UDP_SINK_PY,
-            B.ip,
-            &UDP_PORT.to_string(),
-        ],
-    );
-    assert!(
-        sink.wait_for("ready", Duration::from_secs(10)),
-        "UDP sink did not start: {}",
-        sink.stderr_text()
-    );
     // b's MAC resolved first: the datagrams a's kernel would queue while it asks (a few)
     // and drop (the rest) are not what this test is about.
     let (rc, text) = ping(&lab.topo, &a, B.ip, 1, 4);
     assert_eq!(rc, 0, "ping a -> b:\n{text}");
     let s0 = lab.stats();
     let n = 3000;
-    let sent = py(
-        &lab.topo,
-        &a,
-        UDP_STREAM_PY,
-        &[B.ip, &UDP_PORT.to_string(), &n.to_string()],
-    );
-    assert!(sent.contains(&format!("sent {n}")), "sender: {sent}");
-    assert!(
-        sink.wait_for("got", Duration::from_secs(40)),
-        "UDP sink did not finish: {}",
-        sink.stderr_text()
-    );
-    let got = sink.stdout_text();
+    let at = (B.ip, B.ip, UDP_PORT);
+    let got = udp_stream_one_way(&lab.topo, &a, &b, at, n);
     let s1 = lab.stats();
-    assert!(
-        got.contains(&format!("got {n} distinct {n}")),
-        "b received: {got}; vswitchd: {}",
-        s1.0
-    );
+    assert_eq!(got, n, "datagrams b received of {n}: vswitchd {}", s1.0);
     eprintln!(
         "conntrack {}; flow cache {}",
         s1.0["conntrack"], s1.0["flow_cache"]
@@ -773,7 +703,7 @@ fn a_one_way_udp_stream_crosses_the_security_groups_from_the_flow_cache() {
     );
     let hits = s1.flow_cache("hits") - s0.flow_cache("hits");
     assert!(
-        hits > n / 2,
+        hits > n as u64 / 2,
         "the flow cache answered {hits} of {n} datagrams ({})",
         s1.0["flow_cache"]
     );

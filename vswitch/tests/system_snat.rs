@@ -56,8 +56,8 @@ use std::time::{Duration, Instant};
 use support::{
     add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports,
     late_udp_answer_refused, ping_ok, python, python_server, tcp_transfer_to_a_stalled_reader,
-    tshark_fields, udp_refused, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology, Vswitchd,
-    EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
+    tshark_fields, udp_refused, udp_stream_one_way, Bg, HostPort, InstanceNet, OverlayHost, Stats,
+    Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
 };
 
 const I1_MAC: &str = "fa:16:3e:00:01:04";
@@ -801,6 +801,27 @@ fn centralized_snat_north_south() {
     let (c1_b, n1_b) = (vs1.stats(), vs3.stats());
     assert_eq!(c1_b.drops_since(&c1_a), vec![], "compute1 dropped");
     assert_eq!(n1_b.drops_since(&n1_a), vec![], "network1 dropped");
+
+    // A one-way stream from i1 to the Internet host (never answered): every datagram routed
+    // to the SNAT port on compute1 and translated on network1, most of them by each one's
+    // flow cache (the translation stays unreplied).
+    let n = 2000;
+    let at = (INET_IP, INET_IP, PORT + 5);
+    assert_eq!(
+        udp_stream_one_way(&topo, &i1, &inet, at, n),
+        n,
+        "datagrams received"
+    );
+    let (c1_c, n1_c) = (vs1.stats(), vs3.stats());
+    for (who, a, b) in [("compute1", &c1_b, &c1_c), ("network1", &n1_b, &n1_c)] {
+        let hits = b.flow_cache("hits") - a.flow_cache("hits");
+        assert!(
+            hits > n as u64 / 2,
+            "{who}'s flow cache answered {hits} of {n} datagrams ({})",
+            b.0["flow_cache"]
+        );
+        assert_eq!(b.drops_since(a), vec![], "{who} dropped");
+    }
 
     // 2. 20 connections at once, 10 from each instance: 20 distinct source ports at the
     // server, all from the gateway address, all complete.

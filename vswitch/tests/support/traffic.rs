@@ -337,3 +337,76 @@ pub fn tcp_transfer_to_a_stalled_reader(
     );
     secs
 }
+
+/// `udp_sink.py IP PORT`: counts the datagrams that arrive (never answering), until none came
+/// for 2 s after the first; prints `listening`, then `got N distinct M` (M: distinct sequence
+/// numbers, the first 4 bytes of each datagram).
+const UDP_SINK_PY: &str = r#"
+import socket, struct, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+seen, n = set(), 0
+s.settimeout(30)
+while True:
+    try:
+        d = s.recv(2048)
+    except socket.timeout:
+        break
+    s.settimeout(2)
+    n += 1
+    seen.add(struct.unpack("!I", d[:4])[0])
+print("got", n, "distinct", len(seen), flush=True)
+"#;
+
+/// `udp_stream.py IP PORT COUNT`: COUNT datagrams of 200 bytes (sequence number first) to
+/// IP:PORT, one way, paced (2 ms every 20: about 10,000 a second, which a debug build of
+/// vswitchd on a busy 2-CPU machine keeps up with); prints `sent COUNT`.
+const UDP_STREAM_PY: &str = r#"
+import socket, struct, sys, time
+ip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+pad = bytes(196)
+for i in range(count):
+    s.sendto(struct.pack("!I", i) + pad, (ip, port))
+    if i % 20 == 19:
+        time.sleep(0.002)
+print("sent", count, flush=True)
+"#;
+
+/// A one-way UDP stream (a syslog or RTP stream: never answered): `n` datagrams of 200 bytes
+/// from `client_ns` to `dst:port`, received by a sink in `server_ns` bound to `bind:port`
+/// (`bind` behind a floating IP). Returns how many distinct datagrams arrived. The sender's
+/// next hop should be resolved already: a kernel drops most of what it sends while it asks.
+pub fn udp_stream_one_way(
+    topo: &Topology,
+    client_ns: &str,
+    server_ns: &str,
+    (bind, dst, port): (&str, &str, u16),
+    n: u32,
+) -> u32 {
+    let port = port.to_string();
+    let sink = python_server(topo, server_ns, "udp-sink", UDP_SINK_PY, &[bind, &port]);
+    let sent = py(
+        topo,
+        client_ns,
+        UDP_STREAM_PY,
+        &[dst, &port, &n.to_string()],
+    );
+    assert!(sent.contains(&format!("sent {n}")), "sender: {sent}");
+    let got = server_output(sink, 40);
+    let w: Vec<&str> = got
+        .lines()
+        .find(|l| l.starts_with("got "))
+        .unwrap_or_else(|| panic!("UDP sink output: {got}"))
+        .split_whitespace()
+        .collect();
+    eprintln!(
+        "UDP one way {client_ns} -> {dst}:{port}: {} of {n} arrived",
+        w[3]
+    );
+    w[3].parse().expect("distinct count")
+}
