@@ -597,6 +597,16 @@ fn firewall_delta(after: &Stats, before: &Stats, port: &str) -> (u64, u64) {
     (a1 - a0, d1 - d0)
 }
 
+/// Neither a's nor b's security groups dropped anything since `before`, nor did any other
+/// stage.
+#[track_caller]
+fn assert_nothing_dropped(after: &Stats, before: &Stats) {
+    assert_eq!(firewall_delta(after, before, A.port).1, 0, "dropped at vma");
+    assert_eq!(firewall_delta(after, before, B.port).1, 0, "dropped at vmb");
+    let bad = unexpected_drops(after, before, &[]);
+    assert!(bad.is_empty(), "unexpected drops {bad:?}");
+}
+
 /// After a rule change, a running stream must stop: bytes received by `sink`'s connection
 /// `k` do not grow between 1 s and 2.5 s after the reload. Returns the bytes it got.
 fn assert_stream_stopped(sink: &Sink, k: u32, what: &str) -> u64 {
@@ -707,10 +717,7 @@ fn a_one_way_udp_stream_crosses_the_security_groups_from_the_flow_cache() {
         "the flow cache answered {hits} of {n} datagrams ({})",
         s1.0["flow_cache"]
     );
-    assert_eq!(firewall_delta(&s1, &s0, A.port).1, 0, "dropped at vma");
-    assert_eq!(firewall_delta(&s1, &s0, B.port).1, 0, "dropped at vmb");
-    let bad = unexpected_drops(&s1, &s0, &[]);
-    assert!(bad.is_empty(), "unexpected drops {bad:?}");
+    assert_nothing_dropped(&s1, &s0);
     lab.finish();
 }
 
@@ -749,10 +756,7 @@ fn a_zero_window_and_its_probes_pass_the_security_groups() {
     let s1 = lab.stats();
     assert!(!zero.is_empty(), "b never advertised a zero window");
     eprintln!("zero-window advertisements from b: {}", zero.len());
-    assert_eq!(firewall_delta(&s1, &s0, A.port).1, 0, "dropped at vma");
-    assert_eq!(firewall_delta(&s1, &s0, B.port).1, 0, "dropped at vmb");
-    let bad = unexpected_drops(&s1, &s0, &[]);
-    assert!(bad.is_empty(), "unexpected drops {bad:?}");
+    assert_nothing_dropped(&s1, &s0);
     lab.finish();
 }
 

@@ -1050,6 +1050,19 @@ fn east_west_udp_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     assert!(tw.cached.c.count(E::ConntrackNew) > new);
 }
 
+/// Round `round` of `n` UDP flows from the Internet host (ports 40000 + k, VLAN 101) to
+/// port 53 of floating IP F1, each datagram's payload (and so its checksum) changing with the
+/// round.
+fn udp_to_the_floating_ip(n: u16, round: u8) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|k| {
+            let payload = [round ^ k as u8; 21];
+            let (macs, ips) = ((INET_GW, FG1), (INET, F1));
+            udp4_tagged(macs, Some(101), ips, (40000 + k, 53), &payload)
+        })
+        .collect()
+}
+
 /// A one-way UDP stream between two instances of this host, both with a stateful group (a
 /// TRex profile, syslog, RTP one way): from its second datagram on, the flow cache answers a
 /// flow the stages left unreplied as they answer it, in both zones: the flow stays
@@ -1139,20 +1152,7 @@ fn one_way_udp_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
 fn one_way_udp_to_a_floating_ip_from_the_flow_cache_is_what_the_stages_make_of_it() {
     let mut tw = fip_twins();
     let n = 40u16;
-    let inbound = |round: u8| -> Vec<Vec<u8>> {
-        (0..n)
-            .map(|k| {
-                let payload = [round ^ k as u8; 21];
-                udp4_tagged(
-                    (INET_GW, FG1),
-                    Some(101),
-                    (INET, F1),
-                    (40000 + k, 53),
-                    &payload,
-                )
-            })
-            .collect()
-    };
+    let inbound = |round: u8| udp_to_the_floating_ip(n, round);
     for round in 0..4 {
         tw.rx(UPLINK, &inbound(round));
     }
@@ -1193,20 +1193,7 @@ fn one_way_udp_to_a_floating_ip_from_the_flow_cache_is_what_the_stages_make_of_i
 fn udp_through_a_floating_ip_from_the_flow_cache_is_what_the_stages_make_of_it() {
     let mut tw = fip_twins();
     let n = 40u16;
-    let inbound = |round: u8| -> Vec<Vec<u8>> {
-        (0..n)
-            .map(|k| {
-                let payload = [round ^ k as u8; 21];
-                udp4_tagged(
-                    (INET_GW, FG1),
-                    Some(101),
-                    (INET, F1),
-                    (40000 + k, 53),
-                    &payload,
-                )
-            })
-            .collect()
-    };
+    let inbound = |round: u8| udp_to_the_floating_ip(n, round);
     let replies = |round: u8| -> Vec<Vec<u8>> {
         (0..n)
             .map(|k| {

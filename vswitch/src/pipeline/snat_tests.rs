@@ -860,6 +860,19 @@ fn a_translation_picked_up_again_is_cached_anew() {
     assert_eq!(tw.hits(), hits + 1, "FIN_WAIT is the stages' to track");
 }
 
+/// Round `round` of `n` UDP flows from i1 (ports 40000 + k) to port `dport` of the Internet
+/// host, as compute1 sends them to the SNAT port in VXLAN, each datagram's payload (and so its
+/// checksum) changing with the round.
+fn udp_from_compute1(n: u16, dport: u16, round: u8) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|k| {
+            let payload = [round ^ k as u8; 25];
+            let ends = ((X1, INET), (40000 + k, dport));
+            from_compute1(&udp4_tagged((DVR1, SNAT1), None, ends.0, ends.1, &payload))
+        })
+        .collect()
+}
+
 /// UDP through the SNAT router, many flows: once a flow is replied, the flow cache answers
 /// its datagrams both ways as the stages do (out: the gateway address and the flow's own
 /// port, VLAN 101; back: the instance's address and port, in VXLAN to compute1), checksums
@@ -869,15 +882,7 @@ fn a_translation_picked_up_again_is_cached_anew() {
 fn udp_snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     let mut tw = Twins::new(|| harness([1024, 65535]));
     let n = 40u16;
-    let out = |round: u8| -> Vec<Vec<u8>> {
-        (0..n)
-            .map(|k| {
-                let payload = [round ^ k as u8; 25];
-                let inner = udp4_tagged((DVR1, SNAT1), None, (X1, INET), (40000 + k, 53), &payload);
-                from_compute1(&inner)
-            })
-            .collect()
-    };
+    let out = |round: u8| udp_from_compute1(n, 53, round);
     tw.rx(OVERLAY, &out(0));
     // The ports the router chose, as the server sees them.
     let ports: Vec<u16> = tw.cached.sink.on(UPLINK)[..]
@@ -951,16 +956,7 @@ fn one_way_udp_snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them()
     tw.rx(UPLINK, &[stray]);
     assert_eq!(tw.cached.c.dropped(D::RouterSnatUnknown), 1);
     let n = 40u16;
-    let out = |round: u8| -> Vec<Vec<u8>> {
-        (0..n)
-            .map(|k| {
-                let payload = [round ^ k as u8; 25];
-                let inner =
-                    udp4_tagged((DVR1, SNAT1), None, (X1, INET), (40000 + k, 514), &payload);
-                from_compute1(&inner)
-            })
-            .collect()
-    };
+    let out = |round: u8| udp_from_compute1(n, 514, round);
     for round in 0..4 {
         tw.rx(OVERLAY, &out(round));
     }
