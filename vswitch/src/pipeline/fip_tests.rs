@@ -1143,6 +1143,40 @@ fn one_way_udp_flows_from_the_flow_cache_are_what_the_stages_make_of_them() {
     assert_eq!(tw.cached.c.count(E::ConntrackNew), new + 2 * n as u64);
 }
 
+/// A full connection table that evicts the oldest unestablished connection: a new flow
+/// ahead of a one-way flow's datagram in the same batch pushes that flow's unreplied entries
+/// out, and the stages then open it again. So with the table about to evict, a one-way
+/// flow's hit behind a packet that takes the stages takes them too, in order (the
+/// differential fuzz found the cache answering it first, from the entries about to go).
+#[test]
+fn a_one_way_flow_pushed_out_of_a_full_table_is_opened_again_as_by_the_stages() {
+    let mut tw = Twins::new(harness).limit(4, true);
+    let [there, _] = udp_flows(2, (M2, X2), (M1, X1), 40000, 5001);
+    for _ in 0..3 {
+        tw.rx(VM2, &there);
+    }
+    assert_eq!(
+        tw.hits(),
+        2,
+        "the third round answered by the cache, both flows"
+    );
+    assert_eq!(tw.cached.s.fw.ct.len(), 4, "full: two flows in two zones");
+    let [newcomer, _] = udp_flows(1, (M2, X2), (M1, X1), 41000, 5001);
+    let new = tw.cached.c.count(E::ConntrackNew);
+    tw.rx(VM2, &[newcomer[0].clone(), there[0].clone()]);
+    assert_eq!(
+        tw.hits(),
+        2,
+        "behind the newcomer, the first flow takes the stages"
+    );
+    assert_eq!(
+        tw.cached.c.count(E::ConntrackNew),
+        new + 4,
+        "the newcomer pushed the first flow out, which was opened again (two zones each)"
+    );
+    assert_eq!(tw.cached.s.fw.ct.stats.evicted, 4);
+}
+
 /// One-way UDP from the Internet to an instance behind its floating IP (DNAT, routed, the
 /// instance's stateful group): answered by the flow cache from a flow's second datagram on
 /// as the stages answer it (addresses, TTL, MACs, the tag popped, the checksum), the flow

@@ -184,14 +184,6 @@ impl Track {
             _ => None,
         }
     }
-
-    /// Whether the cache answers for an entry tracked this way only while it is assured: all
-    /// but an unreplied flow's, which the stages assure only once the reply comes (and a
-    /// reply never takes a slot of this track).
-    #[inline(always)]
-    fn assured(self) -> bool {
-        self != Track::Unreplied
-    }
 }
 
 /// The deadlines a hit gives the entries it moves on (those the stages would give them: an
@@ -910,7 +902,7 @@ fn settle<B: PacketBuf, const V6: bool>(
     // packet by packet, in the order they came.
     let staged = busy & !ready;
     if staged != 0 {
-        ready &= !demote_behind(b, fc, staged, ready);
+        ready &= !demote_behind::<B, V6>(b, fc, &s.fw.ct, staged, ready);
     }
     let mut w = ready;
     while w != 0 {
@@ -922,7 +914,7 @@ fn settle<B: PacketBuf, const V6: bool>(
         };
         if !track_all(e, &fc.segs[i], &mut s.fw.ct, now, ttls) {
             fc.missed(i, p.data());
-            w &= !demote_behind(b, fc, 1 << i, w);
+            w &= !demote_behind::<B, V6>(b, fc, &s.fw.ct, 1 << i, w);
             continue;
         }
         if V6 {
@@ -956,25 +948,57 @@ fn settle<B: PacketBuf, const V6: bool>(
     }
 }
 
+/// The most connection entries one packet's stages open (the sender's zone, the receiver's,
+/// a translation), with room to spare.
+const NEW_PER_PACKET: usize = 4;
+
+/// Of the candidates `hits`, those whose slot tracks an unreplied flow, when the connection
+/// table is about to evict: a packet that takes the stages ahead of one of them may open a
+/// connection that pushes out the unreplied entries it relies on (the stages would then open
+/// that flow again), so it takes the stages too, in order.
+#[inline(always)]
+fn evictable<const V6: bool>(ct: &super::conntrack::Conntrack, fc: &FlowCache, hits: u32) -> u32 {
+    if !ct.may_evict_within(NEW_PER_PACKET * BURST) {
+        return 0;
+    }
+    let slots = if V6 { &fc.slots6 } else { &fc.slots };
+    let mut out = 0u32;
+    let mut w = hits;
+    while w != 0 {
+        let i = w.trailing_zeros() as usize & (BURST - 1);
+        w &= w - 1;
+        if let Some(e) = slots.get(fc.found[i] as usize) {
+            let n = (e.nrefs as usize).min(REFS);
+            if e.refs[..n].iter().any(|r| r.how == Track::Unreplied) {
+                out |= 1 << i;
+            }
+        }
+    }
+    out
+}
+
 /// Of the candidates `hits` the cache would answer, those behind a packet of `staged` (which
-/// take the stages) that may move the same connection entries on, and those behind them:
-/// they miss, and the set of them is returned. Rare (a batch whose packets all hit, or all
-/// miss, never gets here), so out of line.
+/// take the stages) that may move the same connection entries on (or push them out of a
+/// connection table about to evict: [`evictable`]), and those behind them: they miss, and the
+/// set of them is returned. Rare (a batch whose packets all hit, or all miss, never gets
+/// here), so out of line.
 #[inline(never)]
 #[cold]
-fn demote_behind<B: PacketBuf>(
+fn demote_behind<B: PacketBuf, const V6: bool>(
     b: &Batch<B>,
     fc: &mut FlowCache,
+    ct: &super::conntrack::Conntrack,
     mut staged: u32,
     hits: u32,
 ) -> u32 {
+    let evictable = evictable::<V6>(ct, fc, hits);
     let mut demoted = 0u32;
     let mut w = hits;
     while w != 0 {
         let i = w.trailing_zeros() as usize & (BURST - 1);
         w &= w - 1;
         let ahead = staged & ((1u32 << i) - 1);
-        if ahead != 0 && follows_staged(b, ahead, i) {
+        if ahead != 0 && (evictable & (1 << i) != 0 || follows_staged(b, ahead, i)) {
             if let Some(p) = b.pkts[i].as_ref() {
                 fc.missed(i, p.data());
             }
@@ -1265,11 +1289,9 @@ pub fn learn<B: PacketBuf>(
                 Some(e) if slot.udp => Track::of_datagram(e.state, dir),
                 _ => Some(how),
             };
+            // (As in `holds`, the state says whether the entry is assured.)
             match (e, how) {
-                (Some(e), Some(how))
-                    if e.state == how.steady()
-                        && (e.flags & flag::ASSURED != 0 || !how.assured()) =>
-                {
+                (Some(e), Some(how)) if e.state == how.steady() => {
                     *r = SlotRef {
                         fp: fingerprint(e),
                         idx,

@@ -605,6 +605,14 @@ impl Conntrack {
         self.used as usize
     }
 
+    /// Whether `n` more connections could make this table evict one it holds (it evicts, and
+    /// they would not all fit): a connection not yet established may then go while a batch
+    /// runs.
+    #[inline]
+    pub fn may_evict_within(&self, n: usize) -> bool {
+        self.evict && self.len() + n > self.capacity()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.used == 0
     }
