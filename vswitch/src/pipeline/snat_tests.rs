@@ -978,19 +978,7 @@ fn one_way_udp_snat_flows_from_the_flow_cache_are_what_the_stages_make_of_them()
         .iter()
         .map(|&p| udp4_tagged((INET_GW, QG1), Some(101), (INET, G), (514, p), &[7; 40]))
         .collect();
-    tw.rx(UPLINK, &back);
-    assert_eq!(tw.hits(), 2 * n as u64, "first replies take the stages");
-    assert_eq!(tw.cached.s.fw.ct.by_state[unreplied], 0);
-    for round in 4..6 {
-        tw.rx(OVERLAY, &out(round));
-        tw.rx(UPLINK, &back);
-    }
-    assert_eq!(
-        tw.hits(),
-        (2 + 1 + 1) * n as u64,
-        "{:?}",
-        tw.cached.s.flows.stats
-    );
+    tw.reply_to_one_way((OVERLAY, out), (UPLINK, &back), n);
     // Other flows one way, left alone for 31 s: the stages translate them again.
     let others: Vec<Vec<u8>> = (0..n)
         .map(|k| {

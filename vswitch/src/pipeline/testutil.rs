@@ -1506,6 +1506,30 @@ impl Twins {
         self.cached.s.flows.stats.hits
     }
 
+    /// Replies to `n` one-way UDP flows the cache answers (from `back`'s port): the first
+    /// replies take the stages and leave no flow unreplied; then two rounds each way (rounds
+    /// 4 and 5 of `there`): the first datagram there misses (its slot was learnt unreplied)
+    /// and is learnt again, as is the second reply, and the rest hit.
+    #[track_caller]
+    pub fn reply_to_one_way(
+        &mut self,
+        (there_port, there): (u16, impl Fn(u8) -> Vec<Vec<u8>>),
+        (back_port, back): (u16, &[Vec<u8>]),
+        n: u16,
+    ) {
+        let hits = self.hits();
+        self.rx(back_port, back);
+        assert_eq!(self.hits(), hits, "first replies take the stages");
+        let unreplied = super::conntrack::state::UNREPLIED as usize;
+        assert_eq!(self.cached.s.fw.ct.by_state[unreplied], 0);
+        for round in 4..6 {
+            self.rx(there_port, &there(round));
+            self.rx(back_port, back);
+        }
+        let stats = self.cached.s.flows.stats;
+        assert_eq!(self.hits(), hits + 2 * n as u64, "{stats:?}");
+    }
+
     /// All get new tables (the next generation).
     pub fn set_tables(&mut self, make: impl Fn() -> Tables) {
         for h in self.all() {
