@@ -36,6 +36,12 @@ pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
+/// Reads a big-endian u32 at `at` (the caller has checked bounds).
+#[inline(always)]
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 /// Writes a big-endian u16 at `at` (the caller has checked bounds).
 #[inline(always)]
 pub(crate) fn put_be16(b: &mut [u8], at: usize, v: u16) {

@@ -43,7 +43,7 @@ use super::conntrack::{expired, flag, flow, state, tcp, TcpPeer, PROTO_TCP, PROT
 use super::{Batch, CoreState, Next, BURST};
 use crate::counters::{BatchCounters, Event as E, RouterStat};
 use crate::packet::checksum::{adjust, fold};
-use crate::packet::{be16, put_be16, PacketBuf};
+use crate::packet::{be16, be32, put_be16, PacketBuf};
 use crate::tables::{NetIdx, Tables};
 use vswitch_ffi::hugemem::HugeSlice;
 
@@ -514,12 +514,6 @@ fn le64<const N: usize>(d: &[u8; N], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&d[at..at + 8]);
     u64::from_le_bytes(w)
-}
-
-/// The big-endian 32-bit number of header `d` at `at` (a sequence number).
-#[inline(always)]
-fn be32<const N: usize>(d: &[u8; N], at: usize) -> u32 {
-    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
 }
 
 /// A candidate's key: ingress port, network, source VTEP, protocol; MACs; ports; addresses.

@@ -12,6 +12,7 @@
 //! an error about the packet it sent, and the outside one about the packet it sent.
 //! Later fragments carry no transport header: only their IPv4 header changes.
 use crate::packet::checksum::update16;
+use crate::packet::{be16, be32};
 
 /// Which address of a packet to rewrite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,16 +40,6 @@ impl Field {
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
-
-#[inline(always)]
-fn be16(d: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([d[at], d[at + 1]])
-}
-
-#[inline(always)]
-fn be32(d: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
-}
 
 /// One's-complement update of checksum `c` for a 32-bit field going from `old` to `new`
 /// (RFC 1624 eqn. 3 over both 16-bit halves at once).

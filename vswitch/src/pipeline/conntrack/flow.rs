@@ -1,6 +1,7 @@
 //! Reading what the tracker and the security-group classifier need from one Ethernet frame.
 use super::tcp::{self, Segment};
 use super::{Key, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use crate::packet::{be16, be32};
 
 const ETH: usize = 14;
 const PROTO_SCTP: u8 = 132;
@@ -67,15 +68,6 @@ impl Flow {
     fn malformed() -> Flow {
         MALFORMED
     }
-}
-
-#[inline(always)]
-fn be16(d: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([d[at], d[at + 1]])
-}
-#[inline(always)]
-fn be32(d: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
 }
 
 /// Parses an untagged Ethernet frame.
