@@ -441,6 +441,26 @@ impl FlowCache {
         }
     }
 
+    /// The way of its bucket that holds candidate `i`'s key, if any (`V6`: in the IPv6
+    /// table).
+    #[inline(always)]
+    fn way<const V6: bool>(&self, i: usize) -> Option<usize> {
+        let bi = self.bucket[i] as usize;
+        if V6 {
+            let key = &self.cand_keys6[i];
+            self.keys6
+                .get(bi)
+                .and_then(|k| k.0.iter().position(|x| x == key))
+        } else {
+            let key = &self.cand_keys[i];
+            match self.keys.get(bi) {
+                Some(k) if k.0[0] == *key => Some(0),
+                Some(k) if k.0[1] == *key => Some(1),
+                _ => None,
+            }
+        }
+    }
+
     /// Packet `i` took a path the cache cannot repeat.
     #[inline(always)]
     pub fn spoil(&mut self, i: usize) {
@@ -813,20 +833,7 @@ fn settle<B: PacketBuf, const V6: bool>(
         let i = w.trailing_zeros() as usize & (BURST - 1);
         w &= w - 1;
         let bi = fc.bucket[i] as usize;
-        let way = if V6 {
-            let key = &fc.cand_keys6[i];
-            fc.keys6
-                .get(bi)
-                .and_then(|k| k.0.iter().position(|x| x == key))
-        } else {
-            let key = &fc.cand_keys[i];
-            match fc.keys.get(bi) {
-                Some(k) if k.0[0] == *key => Some(0),
-                Some(k) if k.0[1] == *key => Some(1),
-                _ => None,
-            }
-        };
-        fc.found[i] = way.map_or(NOT_FOUND, |w| (2 * bi + w) as u32);
+        fc.found[i] = fc.way::<V6>(i).map_or(NOT_FOUND, |w| (2 * bi + w) as u32);
         let slots = if V6 { &fc.slots6 } else { &fc.slots };
         if let Some(e) = slots.get(fc.found[i] as usize) {
             // Both of its lines.
@@ -1237,15 +1244,9 @@ pub fn learn<B: PacketBuf>(
         // (OVS's EMC inserts with a probability too).
         let bi = fc.bucket[i] as usize;
         let own = if v6 {
-            let key = &fc.cand_keys6[i];
-            fc.keys6
-                .get(bi)
-                .and_then(|k| k.0.iter().position(|k| k == key))
+            fc.way::<true>(i)
         } else {
-            let key = &fc.cand_keys[i];
-            fc.keys
-                .get(bi)
-                .and_then(|k| k.0.iter().position(|k| k == key))
+            fc.way::<false>(i)
         };
         let slots = if v6 { &fc.slots6 } else { &fc.slots };
         let Some(ways) = slots.get(2 * bi..2 * bi + 2) else {
