@@ -47,10 +47,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::{
-    add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports, ping_ok, py,
-    python, python_server, server_output, tcp_transfer_to_a_stalled_reader, tshark_fields,
-    udp_refused, udp_stream_one_way, Bg, HostPort, InstanceNet, OverlayHost, Stats, Topology,
-    Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
+    add_internet, big_udp_exchange, host_toml_overlay, instance_and_overlay_ports, line_words,
+    ping_ok, py, python, python_server, server_output, tcp_transfer_to_a_stalled_reader,
+    tshark_fields, udp_refused, udp_stream_one_way, Bg, HostPort, InstanceNet, OverlayHost, Stats,
+    Topology, Vswitchd, EXT_GW_IP, EXT_GW_MAC, INET_IP, VID,
 };
 
 // The instance on selfservice1 and router1's interface there.
@@ -269,15 +269,6 @@ print("local", local[0], local[1])
 print("sent", n, hashlib.sha256(data).hexdigest())
 print("back", len(back), hashlib.sha256(back).hexdigest())
 "#;
-
-/// The words of the first line of `text` that starts with `key`.
-fn line_words<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(key))
-        .unwrap_or_else(|| panic!("no \"{key} ...\" line in:\n{text}"))
-        .split_whitespace()
-        .collect()
-}
 
 /// A TCP connection from `client_ns` to `dst:port` (a server in `server_ns` listening on
 /// `bind`): `bytes` random bytes go to the server and come back (SHA-256 checked both

@@ -199,6 +199,15 @@ pub fn late_udp_answer_refused(
         .to_string()
 }
 
+/// The words of the first line of `text` that starts with `key`.
+pub fn line_words<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .unwrap_or_else(|| panic!("no \"{key} ...\" line in:\n{text}"))
+        .split_whitespace()
+        .collect()
+}
+
 /// A python server (`code` with `args`) started in `ns`, once it has printed "listening".
 pub fn python_server(topo: &Topology, ns: &str, label: &str, code: &str, args: &[&str]) -> Bg {
     let mut a = vec![python(), "-c", code];
@@ -313,12 +322,7 @@ pub fn tcp_transfer_to_a_stalled_reader(
     );
     let server_out = server_output(server, 30);
     let sent: Vec<&str> = client.split_whitespace().collect();
-    let recv: Vec<&str> = server_out
-        .lines()
-        .find(|l| l.starts_with("received"))
-        .unwrap_or_else(|| panic!("tcp server output: {server_out}"))
-        .split_whitespace()
-        .collect();
+    let recv = line_words(&server_out, "received");
     assert_eq!(sent[1], bytes.to_string(), "client: {client}");
     assert_eq!(
         recv[1],
@@ -398,12 +402,7 @@ pub fn udp_stream_one_way(
     );
     assert!(sent.contains(&format!("sent {n}")), "sender: {sent}");
     let got = server_output(sink, 40);
-    let w: Vec<&str> = got
-        .lines()
-        .find(|l| l.starts_with("got "))
-        .unwrap_or_else(|| panic!("UDP sink output: {got}"))
-        .split_whitespace()
-        .collect();
+    let w = line_words(&got, "got");
     eprintln!(
         "UDP one way {client_ns} -> {dst}:{port}: {} of {n} arrived",
         w[3]
