@@ -536,17 +536,28 @@ fn le64<const N: usize>(d: &[u8; N], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// The first three words of a key, either family's: ingress port, network, source VTEP and
+/// the protocol (at `proto_at`); the MACs; the last 4 bytes of the source MAC and the ports
+/// (at `ports_at`).
+#[inline(always)]
+fn key_head<const N: usize>(
+    d: &[u8; N],
+    (in_port, net, from_vtep): (u16, NetIdx, u16),
+    proto_at: usize,
+    ports_at: usize,
+) -> [u64; 3] {
+    let p = ports_at;
+    let w2 = u32::from_le_bytes([d[8], d[9], d[10], d[11]]) as u64
+        | (u32::from_le_bytes([d[p], d[p + 1], d[p + 2], d[p + 3]]) as u64) << 32;
+    let w0 = in_port as u64 | (net as u64) << 16 | (from_vtep as u64) << 32;
+    [w0 | (d[proto_at] as u64) << 48, le64(d, 0), w2]
+}
+
 /// A candidate's key: ingress port, network, source VTEP, protocol; MACs; ports; addresses.
 #[inline(always)]
 fn key_of(d: &Hdr, in_port: u16, net: NetIdx, from_vtep: u16) -> [u64; 4] {
-    let w2 = u32::from_le_bytes([d[8], d[9], d[10], d[11]]) as u64
-        | (u32::from_le_bytes([d[34], d[35], d[36], d[37]]) as u64) << 32;
-    [
-        in_port as u64 | (net as u64) << 16 | (from_vtep as u64) << 32 | (d[23] as u64) << 48,
-        le64(d, 0),
-        w2,
-        le64(d, 26),
-    ]
+    let [w0, w1, w2] = key_head(d, (in_port, net, from_vtep), 23, 34);
+    [w0, w1, w2, le64(d, 26)]
 }
 
 #[inline(always)]
@@ -662,11 +673,10 @@ fn candidate6(d: &Hdr6) -> bool {
 /// addresses.
 #[inline(always)]
 fn key6(d: &Hdr6, in_port: u16, net: NetIdx, from_vtep: u16) -> [u64; 8] {
-    let w2 = u32::from_le_bytes([d[8], d[9], d[10], d[11]]) as u64
-        | (u32::from_le_bytes([d[54], d[55], d[56], d[57]]) as u64) << 32;
+    let [w0, w1, w2] = key_head(d, (in_port, net, from_vtep), 20, 54);
     [
-        in_port as u64 | (net as u64) << 16 | (from_vtep as u64) << 32 | (d[20] as u64) << 48,
-        le64(d, 0),
+        w0,
+        w1,
         w2,
         le64(d, 22),
         le64(d, 30),
