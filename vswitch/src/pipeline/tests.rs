@@ -44,6 +44,37 @@ fn unicast_between_instances_on_one_network_is_unchanged() {
 }
 
 #[test]
+fn a_whole_burst_to_one_provider_port_is_tagged_frame_by_frame_or_dropped_whole() {
+    let mut h = Harness::new();
+    let peer_ip = [203, 0, 113, 50];
+    // The peer's MAC is learnt on the uplink (net1 is VLAN 101 there).
+    h.rx(UPLINK, &[udp4_vlan(PEER, MAC1, 101, peer_ip, IP1)]);
+    let frames: Vec<_> = (0..32)
+        .map(|i| udp4(MAC1, PEER, IP1, peer_ip, 1000 + i, 53))
+        .collect();
+    h.rx(VM1, &frames);
+    let up = h.sink.on(UPLINK);
+    assert_eq!(up.len(), 32, "every frame of the burst, in order");
+    for (out, f) in up.iter().zip(&frames) {
+        assert_eq!(vlan_of(out), Some(101));
+        let untagged: Vec<u8> = out[..12].iter().chain(&out[16..]).copied().collect();
+        assert_eq!(&untagged, f);
+    }
+    assert_eq!(h.c.count(E::VlanPushed), 32);
+    assert_eq!(
+        h.txb.sent(UPLINK).bytes,
+        frames.iter().map(|f| f.len() as u64 + 4).sum::<u64>(),
+        "tx bytes count the tag"
+    );
+    // The same burst with the uplink down: every frame counted and freed, none sent.
+    h.t.ports[UPLINK as usize].up = false;
+    h.rx(VM1, &frames);
+    assert_eq!(h.c.dropped(D::EgressDown), 32);
+    assert_eq!(h.sink.on(UPLINK).len(), 32);
+    assert_eq!(h.txb.sent(UPLINK).packets, 32);
+}
+
+#[test]
 fn broadcast_floods_its_network_only_and_tags_the_provider_copy() {
     let mut h = Harness::new();
     let f = arp(MAC1, MAC1, IP1, IP2);
