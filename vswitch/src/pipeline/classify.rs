@@ -27,27 +27,22 @@ pub fn run<B: PacketBuf, T: Tracer>(
         return;
     };
     // Summed here and added once: not a read-modify-write of the batch per frame.
+    // What holds for the whole port, decided once: a frame that passes the per-frame checks
+    // too goes on with the port's network, the rest take the checks in order, out of line.
+    let port_ok = port.up && !(port.kind == PortKind::Instance && port.network == NO_NET);
     let mut rx_bytes = 0u64;
     for i in 0..b.len {
         let Some(p) = b.pkts[i].as_ref() else {
             continue;
         };
-        rx_bytes += p.pkt_len() as u64;
+        let len = p.pkt_len();
+        rx_bytes += len as u64;
         let d = p.data();
-        let r = if d.len() < ETH_HDR_LEN {
-            Some(DropReason::Runt)
-        } else if !port.up {
-            Some(DropReason::PortDown)
-        } else if p.pkt_len() > port.max_frame {
-            Some(DropReason::Oversize)
-        } else if bad_src(d) {
-            Some(DropReason::BadSrcMac)
-        } else if port.kind == PortKind::Instance && port.network == NO_NET {
-            Some(DropReason::NoNetwork)
-        } else {
-            None
-        };
-        match r {
+        if !T::ON && port_ok && len <= port.max_frame && d.len() >= ETH_HDR_LEN && !bad_src(d) {
+            b.meta[i].network = port.network;
+            continue;
+        }
+        match verdict(port, d, len) {
             Some(r) => {
                 trace!(
                     tr,
@@ -56,7 +51,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
                     "drop {} (port {}, {} bytes, max {})",
                     r.name(),
                     port.name,
-                    p.pkt_len(),
+                    len,
                     port.max_frame
                 );
                 b.drop_pkt(i, r, c);
@@ -69,7 +64,7 @@ pub fn run<B: PacketBuf, T: Tracer>(
                     "in_port {} ({:?}), {} bytes",
                     port.name,
                     port.kind,
-                    p.pkt_len()
+                    len
                 );
                 debug_assert_eq!(b.meta[i].next, Next::Continue);
                 b.meta[i].network = port.network;
@@ -80,6 +75,26 @@ pub fn run<B: PacketBuf, T: Tracer>(
 }
 
 /// A multicast or all-zero source MAC (the caller has checked `d` holds a header).
+/// Why a frame of `len` bytes (`d` its first segment) from `port` is dropped, in the order the
+/// checks are made (a runt first), or `None`.
+#[cold]
+#[inline(never)]
+fn verdict(port: &crate::tables::PortEntry, d: &[u8], len: usize) -> Option<DropReason> {
+    if d.len() < ETH_HDR_LEN {
+        Some(DropReason::Runt)
+    } else if !port.up {
+        Some(DropReason::PortDown)
+    } else if len > port.max_frame {
+        Some(DropReason::Oversize)
+    } else if bad_src(d) {
+        Some(DropReason::BadSrcMac)
+    } else if port.kind == PortKind::Instance && port.network == NO_NET {
+        Some(DropReason::NoNetwork)
+    } else {
+        None
+    }
+}
+
 #[inline(always)]
 fn bad_src(d: &[u8]) -> bool {
     let src = mac48_at(d, 6);

@@ -347,6 +347,33 @@ fn runts_oversize_and_bad_sources_are_dropped() {
 }
 
 #[test]
+fn a_down_port_or_one_without_a_network_drops_what_it_receives_runts_first() {
+    let mut h = Harness::new();
+    let f = udp4(MAC1, MAC2, IP1, IP2, 1, 2);
+    h.t.ports[VM1 as usize].up = false;
+    h.rx(VM1, &[f.clone(), vec![0u8; 13], f.clone()]);
+    assert_eq!(h.c.dropped(D::PortDown), 2);
+    assert_eq!(h.c.dropped(D::Runt), 1, "a runt is a runt on any port");
+    h.t.ports[VM1 as usize].up = true;
+    h.t.ports[VM1 as usize].network = crate::tables::NO_NET;
+    let mut big = f.clone();
+    big.resize(1515, 0);
+    h.rx(VM1, &[f.clone(), big]);
+    assert_eq!(h.c.dropped(D::NoNetwork), 1);
+    assert_eq!(
+        h.c.dropped(D::Oversize),
+        1,
+        "the frame's own checks come first"
+    );
+    assert_eq!(h.sink.total(), 0);
+    assert_eq!(
+        h.rx_bytes,
+        3 * f.len() as u64 + 13 + 1515,
+        "all of it was received"
+    );
+}
+
+#[test]
 fn full_tx_ring_drops_and_counts_the_rest() {
     let mut h = Harness::new();
     h.sink.limit = Some(10);
