@@ -171,13 +171,26 @@ pub fn run<B: PacketBuf, T: Tracer>(
         overlay: t.overlay.as_ref().is_some_and(|o| o.port == b.in_port),
     };
     s.encap = Default::default();
-    // The usual batch under load: every packet to one port of one network, whole. One plan,
-    // and the packets move into the port's buffer without the per-packet dispatch (the trace
+    // The usual batch under load: every packet of one network to one port, or to one remote
+    // VTEP, whole. One plan, and the packets move without the per-packet dispatch (the trace
     // takes the general way, which explains each packet).
     if !T::ON {
-        if let Some((port, net)) = one_port(b) {
-            send_all(b, port, plan(t, port, net), txb, tx, c);
-            return;
+        match one_way(b) {
+            Some((Next::Output(port), net)) => {
+                send_all(b, port, plan(t, port, net), txb, tx, c);
+                return;
+            }
+            Some((Next::Tunnel(vtep), net)) => {
+                let n = b.len.min(BURST);
+                for (i, slot) in b.pkts[..n].iter_mut().enumerate() {
+                    if let Some(p) = slot.take() {
+                        tunnel_send(p, vtep, net, i, t, s, txb, tx, c, tr);
+                    }
+                }
+                s.encap.flush(&s.tunnel);
+                return;
+            }
+            _ => {}
         }
     }
     // The egress plan of the last (port, network) pair: a batch rarely has more than a few.
@@ -225,23 +238,23 @@ pub fn run<B: PacketBuf, T: Tracer>(
     B::free_bulk(&mut b.pkts[..b.len]);
 }
 
-/// The port and network every packet of the batch goes to, when they all go to one port of
-/// one network and none leaves in fragments.
+/// Where every packet of the batch goes, and their network, when they all go one way (to
+/// one port, or encapsulated to one VTEP) and none leaves in fragments.
 #[inline(always)]
-fn one_port<B>(b: &Batch<B>) -> Option<(u16, u16)> {
+fn one_way<B>(b: &Batch<B>) -> Option<(Next, u16)> {
     let metas = b.meta.get(..b.len)?;
     let first = metas.first()?;
-    let Next::Output(port) = first.next else {
+    let (next, net) = (first.next, first.network);
+    if !matches!(next, Next::Output(_) | Next::Tunnel(_)) {
         return None;
-    };
-    let net = first.network;
+    }
     metas
         .iter()
-        .all(|m| m.next == Next::Output(port) && m.network == net && m.frag_mtu == 0)
-        .then_some((port, net))
+        .all(|m| m.next == next && m.network == net && m.frag_mtu == 0)
+        .then_some((next, net))
 }
 
-/// [`send`] for every packet of a batch [`one_port`] found going one way: what leaves is
+/// [`send`] for every packet of a batch [`one_way`] found going to `port`: what leaves is
 /// queued on `port`, what the egress refuses is counted and freed with the batch.
 #[inline(always)]
 fn send_all<B: PacketBuf>(

@@ -145,6 +145,31 @@ fn encap_to_remote_vtep_is_valid_vxlan() {
 }
 
 #[test]
+fn a_whole_burst_to_one_vtep_is_encapsulated_frame_by_frame_in_order() {
+    let mut h = resolved();
+    let inner: Vec<_> = (0..32)
+        .map(|k| udp4(M1, R1, IP1, IPR1, 1000 + k, 80))
+        .collect();
+    h.rx(VM1, &inner);
+    let out = h.sink.on(OVERLAY);
+    assert_eq!(out.len(), 32, "drops: {:?}", h.c.drops);
+    for (f, want) in out.iter().zip(&inner) {
+        let s = etherparse::SlicedPacket::from_ethernet(f).unwrap();
+        let Some(etherparse::TransportSlice::Udp(u)) = &s.transport else {
+            panic!("udp")
+        };
+        assert_eq!(u.destination_port(), 4789);
+        assert_eq!(&u.payload()[8..], &want[..], "inner frame, in order");
+    }
+    assert_eq!(h.c.count(E::TunnelEncap), 32);
+    assert_eq!(
+        h.s.tunnel.vtep_tx[0].load(std::sync::atomic::Ordering::Relaxed),
+        32,
+        "the VTEP's counter, added once for the batch"
+    );
+}
+
+#[test]
 fn computed_udp_checksum_is_valid() {
     let mut t = tables();
     t.overlay.as_mut().unwrap().udp_checksum = true;
