@@ -244,14 +244,19 @@ pub fn run<B: PacketBuf, T: Tracer>(
 fn one_way<B>(b: &Batch<B>) -> Option<(Next, u16)> {
     let metas = b.meta.get(..b.len)?;
     let first = metas.first()?;
-    let (next, net) = (first.next, first.network);
-    if !matches!(next, Next::Output(_) | Next::Tunnel(_)) {
-        return None;
+    let net = first.network;
+    // Compared with a constant kind, each packet's check stays a few instructions.
+    let all = |next: Next| {
+        metas
+            .iter()
+            .all(|m| m.next == next && m.network == net && m.frag_mtu == 0)
+            .then_some((next, net))
+    };
+    match first.next {
+        Next::Output(port) => all(Next::Output(port)),
+        Next::Tunnel(vtep) => all(Next::Tunnel(vtep)),
+        _ => None,
     }
-    metas
-        .iter()
-        .all(|m| m.next == next && m.network == net && m.frag_mtu == 0)
-        .then_some((next, net))
 }
 
 /// [`send`] for every packet of a batch [`one_way`] found going to `port`: what leaves is
