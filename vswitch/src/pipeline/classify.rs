@@ -26,10 +26,10 @@ pub fn run<B: PacketBuf, T: Tracer>(
         }
         return;
     };
-    // Summed here and added once: not a read-modify-write of the batch per frame.
     // What holds for the whole port, decided once: a frame that passes the per-frame checks
     // too goes on with the port's network, the rest take the checks in order, out of line.
     let port_ok = port.up && !(port.kind == PortKind::Instance && port.network == NO_NET);
+    // Summed here and added once: not a read-modify-write of the batch per frame.
     let mut rx_bytes = 0u64;
     for i in 0..b.len {
         let Some(p) = b.pkts[i].as_ref() else {
@@ -74,7 +74,6 @@ pub fn run<B: PacketBuf, T: Tracer>(
     b.rx_bytes += rx_bytes;
 }
 
-/// A multicast or all-zero source MAC (the caller has checked `d` holds a header).
 /// Why a frame of `len` bytes (`d` its first segment) from `port` is dropped, in the order the
 /// checks are made (a runt first), or `None`.
 #[cold]
@@ -95,6 +94,7 @@ fn verdict(port: &crate::tables::PortEntry, d: &[u8], len: usize) -> Option<Drop
     }
 }
 
+/// A multicast or all-zero source MAC (the caller has checked `d` holds a header).
 #[inline(always)]
 fn bad_src(d: &[u8]) -> bool {
     let src = mac48_at(d, 6);

@@ -48,6 +48,21 @@ struct TxBuf<B> {
     sent: TxStats,
 }
 
+impl<B: PacketBuf> TxBuf<B> {
+    /// Queues `p`, flushing first if the buffer is full.
+    #[inline(always)]
+    fn add(&mut self, port: u16, p: B, tx: &mut impl Tx<B>, c: &mut BatchCounters) {
+        if self.n >= BURST {
+            TxBuffers::flush_one(self, port, tx, c);
+        }
+        self.bytes += p.pkt_len() as u64;
+        if let Some(to) = self.pkts.get_mut(self.n) {
+            *to = Some(p);
+            self.n += 1;
+        }
+    }
+}
+
 /// Per-port results of a flush, for the core's counters.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TxStats {
@@ -76,12 +91,7 @@ impl<B: PacketBuf> TxBuffers<B> {
             c.drop(DropReason::EgressDown);
             return;
         };
-        if tb.n == BURST {
-            Self::flush_one(tb, port, tx, c);
-        }
-        tb.bytes += p.pkt_len() as u64;
-        tb.pkts[tb.n] = Some(p);
-        tb.n += 1;
+        tb.add(port, p, tx, c);
     }
 
     /// Queues every packet of `pkts` for `port` in order (their slots left empty), flushing
@@ -102,14 +112,8 @@ impl<B: PacketBuf> TxBuffers<B> {
             return false;
         };
         for slot in pkts {
-            let Some(p) = slot.take() else { continue };
-            if tb.n >= BURST {
-                Self::flush_one(tb, port, tx, c);
-            }
-            tb.bytes += p.pkt_len() as u64;
-            if let Some(to) = tb.pkts.get_mut(tb.n) {
-                *to = Some(p);
-                tb.n += 1;
+            if let Some(p) = slot.take() {
+                tb.add(port, p, tx, c);
             }
         }
         true
