@@ -364,7 +364,12 @@ impl Default for BatchCounters {
 impl BatchCounters {
     #[inline(always)]
     pub fn drop(&mut self, r: DropReason) {
-        self.drops[r as usize] += 1;
+        self.drop_n(r, 1);
+    }
+    /// Counts `n` drops for `r` at once (a whole batch refused by one egress).
+    #[inline(always)]
+    pub fn drop_n(&mut self, r: DropReason, n: u64) {
+        self.drops[r as usize] += n;
     }
     #[inline(always)]
     pub fn event(&mut self, e: Event) {

@@ -63,6 +63,12 @@ impl<B: PacketBuf> TxBuf<B> {
     }
 }
 
+/// How many packets the slots hold.
+#[inline(always)]
+fn queued<B>(pkts: &[Option<B>]) -> u64 {
+    pkts.iter().flatten().count() as u64
+}
+
 /// Per-port results of a flush, for the core's counters.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TxStats {
@@ -106,9 +112,7 @@ impl<B: PacketBuf> TxBuffers<B> {
         c: &mut BatchCounters,
     ) -> bool {
         let Some(tb) = self.bufs.get_mut(port as usize) else {
-            for _ in pkts.iter().flatten() {
-                c.drop(DropReason::EgressDown);
-            }
+            c.drop_n(DropReason::EgressDown, queued(pkts));
             return false;
         };
         for slot in pkts {
@@ -295,11 +299,7 @@ fn send_all<B: PacketBuf>(
                 }
             }
         }
-        Err(r) => {
-            for _ in pkts.iter().flatten() {
-                c.drop(r);
-            }
-        }
+        Err(r) => c.drop_n(r, queued(pkts)),
     }
     B::free_bulk(pkts);
 }
